@@ -1,0 +1,78 @@
+"""The ``emberd`` command line.
+
+Each subsystem owns its subcommands in its own ``cli`` module and registers
+them here through ``register(subparsers)``. Registration must stay cheap: heavy
+imports (onnxruntime, sounddevice, annoy) happen inside the handlers, so
+``emberd --help`` is instant and file-only use works without PortAudio.
+
+Errors the user can fix are raised as :class:`emberd.errors.EmberdError` and
+printed as one line with exit code 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from emberd import __version__
+from emberd.errors import EmberdError
+
+#: Modules that contribute subcommands, in ``--help`` order.
+SUBCOMMAND_MODULES = (
+    "emberd.daemon.cli",  # run, demo
+    "emberd.library.cli",  # index, query, library
+    "emberd.models.cli",  # models, embed
+    "emberd.dsp.cli",  # features, devices
+    "emberd.clients.cli",  # watch, panel
+)
+
+EXIT_USAGE = 2  # bad input or environment: one clear line, no traceback
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse exits 2 on usage errors already; keep its one-line style."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the full ``emberd`` parser with every subsystem's subcommands."""
+    parser = _Parser(prog="emberd", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--version", action="version", version=f"emberd {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in SUBCOMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:  # subsystem not built yet
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``emberd`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose > 1 else logging.INFO if args.verbose else logging.WARNING,
+        format="emberd: %(levelname)s: %(message)s",
+    )
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        rc = args.func(args)
+    except EmberdError as exc:
+        print(f"emberd: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+    return int(rc or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

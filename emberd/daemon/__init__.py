@@ -1,0 +1,1 @@
+"""The live daemon: device capture, the analysis worker, OSC/ZeroMQ publishers, control."""

@@ -1,0 +1,1 @@
+"""Signal processing: sample and frame ring buffers, audio sources, the streaming mel front end."""

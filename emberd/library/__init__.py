@@ -1,0 +1,1 @@
+"""The user's sample library: scanning, indexing, storage, nearest-neighbour search, fingerprints."""

@@ -1,0 +1,1 @@
+"""Encoders: manifests and registry, the ONNX Runtime path, converters (aiSFX, DSP baseline)."""
