@@ -1,0 +1,234 @@
+"""The wire format, defined once and shared by the daemon and every client.
+
+ZeroMQ (PUB/SUB)
+----------------
+Every message is multipart ``[topic, header, payload?]``:
+
+* ``topic`` -- ASCII bytes. Per-channel topics are ``"<kind>.<channel>"``
+  (``match.0``, ``emb.3``) so a subscriber can subscribe to ``b"match."`` for
+  every channel or ``b"match.0"`` for one. ``status`` and ``similarity`` have
+  no channel suffix.
+* ``header`` -- UTF-8 JSON object. Always present: ``v`` (format version),
+  ``kind``, ``seq`` (per-topic sequence number, starts at 0; a gap means the
+  subscriber dropped messages), ``capture_time`` (Unix seconds of the first
+  sample of the audio the message describes), ``publish_time`` (Unix seconds
+  when the daemon sent it), ``model``. Per-channel kinds add ``channel``.
+  Messages with an array add ``shape`` and ``dtype`` (always ``"float32"``,
+  little-endian, C order).
+* ``payload`` -- the raw array bytes, present exactly when ``shape`` is.
+
+Kinds and their extra header fields:
+
+=============  ==============================================================
+``emb``        payload = the embedding, shape ``[dim]``
+``match``      ``matches``: list of match objects, best first -- the same
+               objects as ``emberd query --json`` (``path`` absolute,
+               ``name``, ``score``, ``distance``, ``segment_start_s``,
+               ``tags``, ``kind`` = ``"exact"`` or ``"similar"``)
+``tag``        ``tags``: list of ``{"tag": str, "confidence": float}``,
+               highest first, confidences sum to <= 1
+``level``      ``rms_db`` (float, dBFS), ``peak_db`` (float), ``onset`` (bool)
+``similarity`` ``channels``: list of channel numbers; payload = cosine matrix,
+               shape ``[C, C]``
+``status``     ``status``: the status object (see ``emberd.daemon.status``)
+=============  ==============================================================
+
+Control (REQ/REP)
+-----------------
+Request: a UTF-8 JSON object ``{"cmd": NAME, ...}``. Reply: a JSON object
+``{"ok": true, ...}`` or ``{"ok": false, "error": "..."}``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+WIRE_VERSION = 1
+
+# Message kinds (the part of the topic before the dot).
+KIND_EMB = "emb"
+KIND_MATCH = "match"
+KIND_TAG = "tag"
+KIND_LEVEL = "level"
+KIND_SIMILARITY = "similarity"
+KIND_STATUS = "status"
+PER_CHANNEL_KINDS = frozenset({KIND_EMB, KIND_MATCH, KIND_TAG, KIND_LEVEL})
+ALL_KINDS = frozenset(PER_CHANNEL_KINDS | {KIND_SIMILARITY, KIND_STATUS})
+
+# Control commands understood by the daemon (ZeroMQ and OSC alike).
+CONTROL_COMMANDS = ("status", "reload", "set_k", "set_model", "pause", "resume", "capture")
+
+DEFAULT_PUB_ENDPOINT = "tcp://127.0.0.1:5556"
+DEFAULT_CONTROL_ENDPOINT = "tcp://127.0.0.1:5557"
+
+
+class WireError(ValueError):
+    """A message that does not follow the wire format."""
+
+
+def topic_for(kind: str, channel: int | None = None) -> bytes:
+    """Return the ZeroMQ topic frame for ``kind`` (and ``channel`` when per channel)."""
+    if kind in PER_CHANNEL_KINDS:
+        if channel is None:
+            raise WireError(f"kind {kind!r} needs a channel")
+        return f"{kind}.{channel}".encode("ascii")
+    if kind not in ALL_KINDS:
+        raise WireError(f"unknown kind {kind!r}")
+    return kind.encode("ascii")
+
+
+@dataclass
+class Message:
+    """One decoded ZeroMQ message.
+
+    Attributes
+    ----------
+    kind : str
+        One of the ``KIND_*`` constants.
+    header : dict
+        The JSON header, as sent.
+    array : numpy.ndarray or None
+        The payload as a read-only float32 array, when the message has one.
+    """
+
+    kind: str
+    header: dict[str, Any]
+    array: np.ndarray | None = None
+    channel: int | None = field(default=None)
+
+    @property
+    def seq(self) -> int:
+        return int(self.header["seq"])
+
+    @property
+    def capture_time(self) -> float:
+        return float(self.header["capture_time"])
+
+    @property
+    def publish_time(self) -> float:
+        return float(self.header["publish_time"])
+
+
+def encode(
+    kind: str,
+    *,
+    seq: int,
+    capture_time: float,
+    model: str,
+    channel: int | None = None,
+    array: np.ndarray | None = None,
+    publish_time: float | None = None,
+    **fields: Any,
+) -> list[bytes]:
+    """Encode one message as the multipart frames to send.
+
+    Parameters
+    ----------
+    kind : str
+        Message kind (``KIND_*``).
+    seq : int
+        Per-topic sequence number.
+    capture_time : float
+        Unix seconds of the audio the message describes.
+    model : str
+        Name of the encoder that produced it.
+    channel : int, optional
+        Input channel, required for per-channel kinds.
+    array : numpy.ndarray, optional
+        Payload; sent as little-endian float32 in C order.
+    publish_time : float, optional
+        Defaults to now.
+    **fields
+        Kind-specific JSON header fields.
+
+    Returns
+    -------
+    list of bytes
+        ``[topic, header]`` or ``[topic, header, payload]``.
+    """
+    header: dict[str, Any] = {
+        "v": WIRE_VERSION,
+        "kind": kind,
+        "seq": int(seq),
+        "capture_time": float(capture_time),
+        "publish_time": float(time.time() if publish_time is None else publish_time),
+        "model": model,
+    }
+    if channel is not None:
+        header["channel"] = int(channel)
+    header.update(fields)
+    frames = [topic_for(kind, channel)]
+    if array is not None:
+        arr = np.ascontiguousarray(array, dtype="<f4")
+        header["shape"] = list(arr.shape)
+        header["dtype"] = "float32"
+        frames.append(json.dumps(header, separators=(",", ":")).encode("utf-8"))
+        frames.append(arr.tobytes())
+    else:
+        frames.append(json.dumps(header, separators=(",", ":")).encode("utf-8"))
+    return frames
+
+
+def decode(frames: list[bytes]) -> Message:
+    """Decode multipart frames into a :class:`Message`.
+
+    Raises
+    ------
+    WireError
+        If the frames do not follow the wire format.
+    """
+    if len(frames) not in (2, 3):
+        raise WireError(f"expected 2 or 3 frames, got {len(frames)}")
+    try:
+        topic = bytes(frames[0]).decode("ascii")
+        header = json.loads(bytes(frames[1]).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise WireError(f"bad topic or header: {exc}") from exc
+    if not isinstance(header, dict):
+        raise WireError("header is not a JSON object")
+    kind, _, chan = topic.partition(".")
+    if kind not in ALL_KINDS or header.get("kind") != kind:
+        raise WireError(f"unknown or inconsistent kind in topic {topic!r}")
+    for key in ("seq", "capture_time", "publish_time"):
+        if not isinstance(header.get(key), (int, float)):
+            raise WireError(f"header field {key!r} missing or not a number")
+    channel = None
+    if kind in PER_CHANNEL_KINDS:
+        if not chan.isdigit():
+            raise WireError(f"topic {topic!r} lacks a channel number")
+        channel = int(chan)
+    array = None
+    if "shape" in header:
+        if len(frames) != 3:
+            raise WireError("header has a shape but no payload frame")
+        shape = tuple(int(n) for n in header["shape"])
+        if header.get("dtype") != "float32":
+            raise WireError(f"unsupported dtype {header.get('dtype')!r}")
+        payload = bytes(frames[2])
+        if len(payload) != 4 * int(np.prod(shape, dtype=np.int64)):
+            raise WireError(f"payload of {len(payload)} bytes does not fit shape {shape}")
+        array = np.frombuffer(payload, dtype="<f4").reshape(shape)
+    elif len(frames) == 3:
+        raise WireError("payload frame without a shape in the header")
+    return Message(kind=kind, header=header, array=array, channel=channel)
+
+
+def encode_request(cmd: str, **args: Any) -> bytes:
+    """Encode a control request ``{"cmd": cmd, ...}``."""
+    return json.dumps({"cmd": cmd, **args}).encode("utf-8")
+
+
+def decode_reply(data: bytes) -> dict[str, Any]:
+    """Decode a control reply; raises :class:`WireError` if it is not a JSON object with ``ok``."""
+    try:
+        reply = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise WireError(f"reply is not JSON: {exc}") from exc
+    if not isinstance(reply, dict) or not isinstance(reply.get("ok"), bool):
+        raise WireError("reply is not a JSON object with a boolean 'ok'")
+    return reply
