@@ -1,0 +1,210 @@
+"""Preallocated ring buffers: audio samples between threads, mel frames for the encoder.
+
+:class:`SampleRing` is single-producer/single-consumer: the producer is the PortAudio
+callback (or a file/synth pump), the consumer the analysis worker. Each side only ever
+*writes* its own position counter (``_written`` by the producer, ``_read`` by the
+consumer) and only *reads* the other's; CPython makes an int rebinding atomic, and the
+producer publishes ``_written`` only after the samples are copied, so no lock is needed
+and the producer never blocks. Positions are absolute sample counts (never wrap).
+
+:class:`FrameRing` holds the latest mel frames for the encoder; it is owned by one
+thread (the worker writes frames and reads windows), so it has no cross-thread rules.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+from emberd.errors import EmberdError
+
+F32 = npt.NDArray[np.float32]
+
+
+def _positive(name: str, value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+        raise EmberdError(f"{name} {value!r}: must be a positive integer")
+    return int(value)
+
+
+class SampleRing:
+    """SPSC ring of float32 audio ``[capacity, channels]``; never allocates after init.
+
+    Parameters
+    ----------
+    capacity : int
+        Frames (samples per channel) the ring holds.
+    channels : int
+        Channels per frame.
+
+    Notes
+    -----
+    Shared attributes (written by -> read by):
+
+    * ``_written`` total frames ever written (producer -> consumer)
+    * ``_read`` total frames ever read (consumer -> producer)
+    * ``overflow_frames`` frames dropped because the ring was full (producer -> anyone)
+    * ``nonfinite_samples`` NaN/Inf samples zeroed on write (producer -> anyone)
+    """
+
+    def __init__(self, capacity: int, channels: int = 1) -> None:
+        self.capacity = _positive("ring capacity", capacity)
+        self.channels = _positive("ring channels", channels)
+        self._buf: F32 = np.zeros((self.capacity, self.channels), dtype=np.float32)
+        self._finite = np.ones((self.capacity, self.channels), dtype=np.bool_)  # scratch
+        self._written = 0
+        self._read = 0
+        self.overflow_frames = 0
+        self.nonfinite_samples = 0
+
+    @property
+    def available(self) -> int:
+        """Frames written and not yet read."""
+        return self._written - self._read
+
+    @property
+    def free(self) -> int:
+        """Frames that can be written without overflow."""
+        return self.capacity - (self._written - self._read)
+
+    @property
+    def total_written(self) -> int:
+        """Frames accepted since creation (absolute position of the next write)."""
+        return self._written
+
+    @property
+    def total_read(self) -> int:
+        """Frames consumed since creation (absolute position of the next read)."""
+        return self._read
+
+    def write(self, block: npt.ArrayLike, *, sanitize: bool = True) -> bool:
+        """Copy ``block`` (``[n, channels]`` or ``[n]`` when mono) into the ring.
+
+        Real-time safe: no allocation, no lock. Frames that do not fit are dropped and
+        counted in ``overflow_frames``; NaN/Inf samples are zeroed and counted in
+        ``nonfinite_samples`` (when ``sanitize``).
+
+        Returns
+        -------
+        bool
+            True if every frame fitted.
+        """
+        data = np.asarray(block)
+        if data.ndim == 1:
+            data = data.reshape(-1, 1)
+        n = data.shape[0]
+        take = min(n, self.capacity - (self._written - self._read))
+        if take < n:
+            self.overflow_frames += n - take
+        if take > 0:
+            start = self._written % self.capacity
+            first = min(take, self.capacity - start)
+            self._copy_in(data[:first], start, sanitize)
+            if take > first:
+                self._copy_in(data[first:take], 0, sanitize)
+            self._written += take  # publish only after the copy
+        return take == n
+
+    def _copy_in(self, src: np.ndarray, start: int, sanitize: bool) -> None:
+        n = src.shape[0]
+        dst = self._buf[start : start + n]
+        np.copyto(dst, src, casting="same_kind")
+        if sanitize:
+            mask = self._finite[start : start + n]
+            np.isfinite(dst, out=mask)
+            bad = mask.size - int(np.count_nonzero(mask))
+            if bad:
+                np.logical_not(mask, out=mask)
+                np.copyto(dst, 0.0, where=mask)
+                self.nonfinite_samples += bad
+
+    def read(self, out: np.ndarray) -> int:
+        """Move up to ``len(out)`` frames into ``out`` (``[n, channels]`` or ``[n]`` mono).
+
+        Returns
+        -------
+        int
+            Frames copied (``out[:n]`` is valid).
+        """
+        dst = out.reshape(-1, 1) if out.ndim == 1 else out
+        n = min(dst.shape[0], self._written - self._read)
+        if n > 0:
+            start = self._read % self.capacity
+            first = min(n, self.capacity - start)
+            dst[:first] = self._buf[start : start + first]
+            if n > first:
+                dst[first:n] = self._buf[: n - first]
+            self._read += n  # release the slots only after the copy
+        return n
+
+
+class FrameRing:
+    """Ring of the latest ``capacity`` mel frames ``[capacity, n_bands]`` (float32).
+
+    Frames have absolute indices ``0, 1, 2, ...``; ``total`` is the index of the next
+    frame. Owned by one thread (see module docstring).
+    """
+
+    def __init__(self, capacity: int, n_bands: int) -> None:
+        self.capacity = _positive("frame ring capacity", capacity)
+        self.n_bands = _positive("frame ring bands", n_bands)
+        self._buf: F32 = np.zeros((self.capacity, self.n_bands), dtype=np.float32)
+        self.total = 0
+
+    @property
+    def available(self) -> int:
+        """Frames still held (``min(total, capacity)``)."""
+        return min(self.total, self.capacity)
+
+    def write(self, frames: np.ndarray) -> None:
+        """Append ``frames`` ``[n, n_bands]``; the oldest are overwritten."""
+        n = frames.shape[0]
+        if n > self.capacity:  # only the last ``capacity`` frames survive anyway
+            self.total += n - self.capacity
+            frames = frames[n - self.capacity :]
+            n = self.capacity
+        start = self.total % self.capacity
+        first = min(n, self.capacity - start)
+        self._buf[start : start + first] = frames[:first]
+        if n > first:
+            self._buf[: n - first] = frames[first:]
+        self.total += n
+
+    def copy_range(self, start: int, out: np.ndarray) -> None:
+        """Copy frames ``start .. start + len(out) - 1`` (absolute indices) into ``out``.
+
+        Raises
+        ------
+        IndexError
+            If part of the range is not written yet or already overwritten.
+        """
+        n = out.shape[0]
+        if start < self.total - self.capacity or start + n > self.total or start < 0:
+            raise IndexError(
+                f"frames {start}..{start + n - 1} not held (have "
+                f"{self.total - self.available}..{self.total - 1})"
+            )
+        pos = start % self.capacity
+        first = min(n, self.capacity - pos)
+        out[:first] = self._buf[pos : pos + first]
+        if n > first:
+            out[first:] = self._buf[: n - first]
+
+    def latest(self, n: int, out: np.ndarray) -> int:
+        """Copy the latest ``min(n, available)`` frames, oldest first, into ``out[:count]``.
+
+        Returns
+        -------
+        int
+            Frames copied.
+        """
+        count = min(n, self.available, out.shape[0])
+        if count > 0:
+            self.copy_range(self.total - count, out[:count])
+        return count
+
+    def to_array(self) -> F32:
+        """All held frames, oldest first, as a new array (for tests and offline use)."""
+        out = np.empty((self.available, self.n_bands), dtype=np.float32)
+        self.latest(self.available, out)
+        return out
