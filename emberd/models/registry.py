@@ -1,0 +1,190 @@
+"""Where models live and how a name becomes a manifest.
+
+Built-in models (``aisfx``, ``dsp-baseline``) ship a manifest inside the
+package; their ``.onnx`` is written on demand under
+``emberd.paths.models_dir()/NAME/`` (``emberd models fetch aisfx``; the
+baseline is generated on first use). User models are imported into
+``models_dir()/NAME/`` as ``model.onnx`` + ``manifest.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+from emberd.errors import ComponentMissing, EmberdError
+from emberd.models.manifest import (
+    MANIFEST_FILE,
+    ModelManifest,
+    builtin_manifest_dict,
+    load_manifest,
+    parse_manifest,
+)
+
+log = logging.getLogger(__name__)
+
+BUILTINS = ("aisfx", "dsp-baseline")
+DEFAULT_MODEL = "aisfx"
+FALLBACK_MODEL = "dsp-baseline"
+
+
+def _builtin(name: str, root: Path) -> ModelManifest:
+    folder = root / name
+    fetched = folder / MANIFEST_FILE
+    if fetched.is_file():
+        return load_manifest(fetched, origin="builtin")
+    data = builtin_manifest_dict(name)
+    return parse_manifest(data, folder, where=f"built-in {name}", origin="builtin")
+
+
+def available(manifest: ModelManifest) -> bool:
+    """Whether the model's ``.onnx`` file is present."""
+    return manifest.path.is_file()
+
+
+def list_models() -> list[ModelManifest]:
+    """Every known model: built-ins first, then user models by name."""
+    root = _models_root()
+    found = [_builtin(name, root) for name in BUILTINS]
+    for manifest in sorted(root.glob(f"*/{MANIFEST_FILE}")):
+        if manifest.parent.name in BUILTINS:
+            continue
+        try:
+            found.append(load_manifest(manifest))
+        except EmberdError as exc:  # one broken user model must not hide the others
+            log.warning("skipping %s", exc)
+    return found
+
+
+def _models_root() -> Path:
+    from emberd.paths import models_dir
+
+    return models_dir()
+
+
+def resolve(name: str) -> ModelManifest:
+    """Return the manifest of a model whose ``.onnx`` file exists.
+
+    ``dsp-baseline`` is generated if missing; ``aisfx`` must have been fetched.
+
+    Raises
+    ------
+    ComponentMissing
+        ``aisfx`` not fetched yet (the message gives the fix).
+    EmberdError
+        Unknown name, broken manifest, missing ``.onnx``.
+    """
+    root = _models_root()
+    if name in BUILTINS:
+        manifest = _builtin(name, root)
+        if name == "dsp-baseline" and not available(manifest):
+            fetch(name)
+            manifest = _builtin(name, root)
+        if not available(manifest):
+            raise ComponentMissing(
+                f"model {name}: not fetched yet ({manifest.path} missing); "
+                f"fix with: emberd models fetch {name}"
+            )
+        return manifest
+    path = root / name / MANIFEST_FILE
+    if not path.is_file():
+        known = ", ".join(m.name for m in list_models())
+        raise EmberdError(f"model {name!r}: unknown (known: {known})")
+    manifest = load_manifest(path)
+    if not available(manifest):
+        raise EmberdError(f"model {name}: {manifest.path} is missing")
+    return manifest
+
+
+def resolve_default(name: str | None = None, *, auto_fetch: bool = True) -> ModelManifest:
+    """Resolve ``name`` (default aiSFX), falling back to the DSP baseline loudly.
+
+    Parameters
+    ----------
+    name : str, optional
+        A model name; ``None`` means :data:`DEFAULT_MODEL` with fallback.
+        An explicit name never falls back.
+    auto_fetch : bool
+        Try ``emberd models fetch aisfx`` first when aiSFX is missing.
+    """
+    if name is not None:
+        return resolve(name)
+    try:
+        return resolve(DEFAULT_MODEL)
+    except ComponentMissing as first:
+        reason = str(first)
+        if auto_fetch:
+            try:
+                fetch(DEFAULT_MODEL)
+                return resolve(DEFAULT_MODEL)
+            except EmberdError as exc:
+                reason = str(exc)
+    log.warning(
+        "FALLING BACK to the DSP baseline encoder: aiSFX is unavailable (%s). "
+        "Matches will be much weaker; fix with: emberd models fetch aisfx",
+        reason,
+    )
+    return resolve(FALLBACK_MODEL)
+
+
+def fetch(name: str) -> ModelManifest:
+    """Fetch or build a built-in model into ``models_dir()``; return its manifest."""
+    from emberd.atomic import atomic_write_bytes
+
+    root = _models_root()
+    if name == "aisfx":
+        from emberd.models import aisfx
+        from emberd.paths import cache_dir
+
+        return load_manifest(aisfx.fetch(root, cache_dir()), origin="builtin")
+    if name == "dsp-baseline":
+        from emberd.models import baseline
+
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(folder / "model.onnx", baseline.build_onnx().SerializeToString())
+        return _builtin(name, root)
+    raise EmberdError(
+        f"model {name!r}: only built-in models can be fetched ({', '.join(BUILTINS)})"
+    )
+
+
+def import_model(onnx_path: str | Path, manifest_path: str | Path) -> ModelManifest:
+    """Copy a user ``.onnx`` and its manifest into ``models_dir()/NAME/``.
+
+    The manifest is checked against the ONNX graph's real inputs and outputs
+    before anything is copied.
+
+    Raises
+    ------
+    EmberdError
+        Missing file, malformed manifest, a built-in's name, or shapes that
+        contradict the ONNX graph.
+    """
+    from emberd.atomic import atomic_open, atomic_write_text
+    from emberd.models.runtime import check_onnx_file
+
+    src = Path(onnx_path)
+    if not src.is_file():
+        raise EmberdError(f"{src}: ONNX file not found")
+    probe = load_manifest(manifest_path, base_dir=src.parent)
+    if probe.name in BUILTINS:
+        raise EmberdError(f"{manifest_path}: name {probe.name!r} is reserved for a built-in model")
+    probe = parse_manifest(
+        {**json.loads(Path(manifest_path).read_text(encoding="utf-8")), "file": src.name},
+        src.parent,
+        where=str(manifest_path),
+    )
+    check_onnx_file(probe)
+    folder = _models_root() / probe.name
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(src, "rb") as fin, atomic_open(folder / "model.onnx", "wb") as fout:
+        shutil.copyfileobj(fin, fout)
+    data = probe.to_dict()
+    for key in ("path", "origin"):
+        data.pop(key)
+    data["file"] = "model.onnx"
+    atomic_write_text(folder / MANIFEST_FILE, json.dumps(data, indent=2) + "\n")
+    return load_manifest(folder / MANIFEST_FILE)
