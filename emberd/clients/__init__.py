@@ -1,1 +1,1 @@
-"""Clients: wire format and typed messages, ZeroMQ/OSC client library, watch CLI, web panel, patches."""
+"""Clients: wire format, typed messages, ZeroMQ/OSC client library, watch, web panel, patches."""

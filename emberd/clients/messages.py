@@ -1,0 +1,248 @@
+"""Typed messages: what a client gets from emberd, whichever transport carried it.
+
+ZeroMQ messages (:mod:`emberd.clients.wire`) and OSC messages
+(:mod:`emberd.clients.osc_client`) decode into the same dataclasses, so the
+terminal monitor, the web panel and user scripts share one vocabulary.
+
+Connection changes are not data but clients need them: :class:`ConnectionEvent`
+reports "waiting for daemon", "connected", "silent" and "restarted".
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+import numpy as np
+
+from emberd.clients import wire
+from emberd.errors import EmberdError
+
+
+@dataclass(frozen=True)
+class Match:
+    """One library match, as in ``emberd query --json``."""
+
+    rank: int
+    name: str
+    path: str
+    score: float
+    distance: float = math.nan
+    segment_start_s: float = 0.0
+    tags: tuple[str, ...] = ()
+    kind: str = "similar"
+    id: int | None = None
+
+    @classmethod
+    def from_dict(cls, rank: int, obj: dict[str, Any]) -> Match:
+        """Build a match from a ``matches`` list entry; raises :class:`wire.WireError`."""
+        try:
+            tags = obj.get("tags") or ()
+            raw_id = obj.get("id", obj.get("file_id"))
+            return cls(
+                rank=int(obj.get("rank", rank)),
+                name=str(obj.get("name") or obj.get("path", "").rsplit("/", 1)[-1]),
+                path=str(obj.get("path", "")),
+                score=float(obj["score"]),
+                distance=float(obj.get("distance", math.nan)),
+                segment_start_s=float(obj.get("segment_start_s") or 0.0),
+                tags=tuple(str(t) for t in tags),
+                kind=str(obj.get("kind", "similar")),
+                id=None if raw_id is None else int(raw_id),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise wire.WireError(f"bad match object: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class Tag:
+    """A live tag and its vote confidence in [0, 1]."""
+
+    tag: str
+    confidence: float
+
+
+@dataclass(frozen=True)
+class _Base:
+    """Fields every emberd message carries."""
+
+    seq: int
+    capture_time: float  # Unix seconds of the first sample described
+    publish_time: float  # Unix seconds when the daemon sent it
+    model: str
+
+    @property
+    def latency_s(self) -> float:
+        """Capture-to-publish latency in seconds, as the daemon measured it."""
+        return self.publish_time - self.capture_time
+
+
+@dataclass(frozen=True)
+class MatchMessage(_Base):
+    """Top-k library matches of one channel for one hop, best first."""
+
+    channel: int = 0
+    matches: tuple[Match, ...] = ()
+
+
+@dataclass(frozen=True)
+class TagMessage(_Base):
+    """Live tags of one channel (weighted vote over the matches' folder tags)."""
+
+    channel: int = 0
+    tags: tuple[Tag, ...] = ()
+
+
+@dataclass(frozen=True)
+class EmbMessage(_Base):
+    """The embedding of one channel for one hop (float32, shape ``[dim]``)."""
+
+    channel: int = 0
+    embedding: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+
+
+@dataclass(frozen=True)
+class LevelMessage(_Base):
+    """Level of one channel for one hop."""
+
+    channel: int = 0
+    rms_db: float = -math.inf
+    peak_db: float = -math.inf
+    onset: bool = False
+
+
+@dataclass(frozen=True)
+class SimilarityMessage(_Base):
+    """Channel-by-channel cosine similarity matrix ``[C, C]``."""
+
+    channels: tuple[int, ...] = ()
+    matrix: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
+
+
+@dataclass(frozen=True)
+class StatusMessage(_Base):
+    """The daemon's status object (latency, overflows, model, provider, ...)."""
+
+    status: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ConnectionEvent:
+    """A change in the link to the daemon, surfaced by the subscriber.
+
+    Attributes
+    ----------
+    state : str
+        ``"waiting"`` (nothing heard yet), ``"connected"`` (messages flow),
+        ``"silent"`` (no message for longer than the silence limit: daemon
+        stopped, paused or unreachable), ``"restarted"`` (a sequence number went
+        backwards: a new daemon process is publishing).
+    detail : str
+        Human-readable reason.
+    """
+
+    state: str
+    detail: str = ""
+
+
+DaemonMessage = Union[  # noqa: UP007 - a runtime alias; `X | Y` needs Python 3.10 at runtime too
+    MatchMessage, TagMessage, EmbMessage, LevelMessage, SimilarityMessage, StatusMessage
+]
+Item = Union[DaemonMessage, ConnectionEvent]  # noqa: UP007
+
+
+def _base(header: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "seq": int(header["seq"]),
+        "capture_time": float(header["capture_time"]),
+        "publish_time": float(header["publish_time"]),
+        "model": str(header.get("model", "")),
+    }
+
+
+def from_wire(msg: wire.Message) -> DaemonMessage:
+    """Turn a decoded :class:`wire.Message` into its typed message.
+
+    Raises
+    ------
+    emberd.clients.wire.WireError
+        If kind-specific fields are missing or malformed.
+    """
+    h = msg.header
+    base = _base(h)
+    ch = int(msg.channel) if msg.channel is not None else 0
+    try:
+        if msg.kind == wire.KIND_MATCH:
+            matches = tuple(Match.from_dict(i, m) for i, m in enumerate(h.get("matches") or []))
+            return MatchMessage(**base, channel=ch, matches=matches)
+        if msg.kind == wire.KIND_TAG:
+            tags = tuple(Tag(str(t["tag"]), float(t["confidence"])) for t in h.get("tags") or [])
+            return TagMessage(**base, channel=ch, tags=tags)
+        if msg.kind == wire.KIND_EMB:
+            if msg.array is None:
+                raise wire.WireError("emb message without payload")
+            return EmbMessage(**base, channel=ch, embedding=msg.array.reshape(-1))
+        if msg.kind == wire.KIND_LEVEL:
+            return LevelMessage(
+                **base,
+                channel=ch,
+                rms_db=float(h.get("rms_db", -math.inf)),
+                peak_db=float(h.get("peak_db", -math.inf)),
+                onset=bool(h.get("onset", False)),
+            )
+        if msg.kind == wire.KIND_SIMILARITY:
+            if msg.array is None or msg.array.ndim != 2:
+                raise wire.WireError("similarity message without a [C, C] payload")
+            channels = tuple(int(c) for c in h.get("channels", range(msg.array.shape[0])))
+            return SimilarityMessage(**base, channels=channels, matrix=msg.array)
+        if msg.kind == wire.KIND_STATUS:
+            status = h.get("status")
+            if not isinstance(status, dict):
+                raise wire.WireError("status message without a status object")
+            return StatusMessage(**base, status=status)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise wire.WireError(f"bad {msg.kind} message: {exc}") from exc
+    raise wire.WireError(f"unknown kind {msg.kind!r}")
+
+
+def decode_frames(frames: list[bytes]) -> DaemonMessage:
+    """Decode ZeroMQ multipart frames straight into a typed message."""
+    return from_wire(wire.decode(frames))
+
+
+def to_json(item: Item) -> dict[str, Any]:
+    """A JSON-ready dict of a typed message (arrays as lists), for the web panel."""
+    if isinstance(item, ConnectionEvent):
+        return {"kind": "connection", "state": item.state, "detail": item.detail}
+    out: dict[str, Any] = {
+        "seq": item.seq,
+        "capture_time": item.capture_time,
+        "publish_time": item.publish_time,
+        "model": item.model,
+    }
+    if isinstance(item, MatchMessage):
+        out.update(kind="match", channel=item.channel,
+                   matches=[{"rank": m.rank, "name": m.name, "score": m.score, "tags": list(m.tags),
+                             "kind": m.kind, "path": m.path} for m in item.matches])
+    elif isinstance(item, TagMessage):
+        out.update(kind="tag", channel=item.channel,
+                   tags=[{"tag": t.tag, "confidence": t.confidence} for t in item.tags])
+    elif isinstance(item, EmbMessage):
+        out.update(kind="emb", channel=item.channel)
+    elif isinstance(item, LevelMessage):
+        out.update(kind="level", channel=item.channel, rms_db=_finite(item.rms_db),
+                   peak_db=_finite(item.peak_db), onset=item.onset)
+    elif isinstance(item, SimilarityMessage):
+        out.update(kind="similarity", channels=list(item.channels),
+                   matrix=np.nan_to_num(item.matrix).round(4).tolist())
+    elif isinstance(item, StatusMessage):
+        out.update(kind="status", status=item.status)
+    else:  # pragma: no cover - exhaustive above
+        raise EmberdError(f"message: cannot serialise {type(item).__name__}")
+    return out
+
+
+def _finite(x: float, floor_db: float = -120.0) -> float:
+    """JSON has no -inf: clamp silence to a floor in dB."""
+    return x if math.isfinite(x) else floor_db

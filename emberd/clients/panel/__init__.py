@@ -1,0 +1,1 @@
+"""The web panel (``emberd panel``): server, library map and static page."""

@@ -1,0 +1,197 @@
+"""The panel's 2-D map of a library: PCA of the per-file embeddings, cached.
+
+The map is computed once per (library, model, library generation) and cached
+atomically as JSON in the user cache folder; the library's generation counter
+changes whenever its vectors change, which invalidates the cache.  Live
+embeddings are projected with the same mean and axes, so a channel's cursor
+lands near the samples it sounds like.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from emberd.atomic import atomic_write_text
+from emberd.errors import EmberdError
+from emberd.paths import cache_dir
+
+MAP_FORMAT_VERSION = 1
+MIN_NORM = 1e-12  # vectors shorter than this have no direction
+
+
+@dataclass
+class LibraryMap:
+    """PCA projection of a library plus its plotted points.
+
+    Attributes
+    ----------
+    model : str
+        Encoder whose vectors were mapped.
+    mean : numpy.ndarray
+        ``[dim]`` mean of the unit-normalised file vectors.
+    axes : numpy.ndarray
+        ``[2, dim]`` principal axes.
+    scale : float
+        Divides projected coordinates so the library fits in about [-1, 1].
+    points : list of dict
+        ``{"id", "name", "tags", "x", "y"}`` per file.
+    paths : dict
+        ``{file id: absolute path}`` -- the only files the panel will serve.
+    """
+
+    model: str
+    mean: np.ndarray
+    axes: np.ndarray
+    scale: float
+    points: list[dict[str, Any]]
+    paths: dict[int, str]
+
+    def project(self, vector: np.ndarray) -> tuple[float, float]:
+        """Map one embedding to 2-D map coordinates (same normalisation as the library)."""
+        v = np.asarray(vector, dtype=np.float64).reshape(-1)
+        if v.shape[0] != self.mean.shape[0]:
+            raise EmberdError(
+                f"panel map: embedding has {v.shape[0]} dims, the map's model "
+                f"{self.model!r} has {self.mean.shape[0]}"
+            )
+        norm = float(np.linalg.norm(v))
+        if not np.isfinite(norm) or norm < MIN_NORM:
+            return 0.0, 0.0
+        xy = self.axes @ (v / norm - self.mean) / self.scale
+        return float(xy[0]), float(xy[1])
+
+    def public_json(self) -> dict[str, Any]:
+        """What the browser gets: the points, no paths."""
+        return {"model": self.model, "points": self.points}
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": MAP_FORMAT_VERSION,
+            "model": self.model,
+            "mean": self.mean.tolist(),
+            "axes": self.axes.tolist(),
+            "scale": self.scale,
+            "points": self.points,
+            "paths": {str(k): v for k, v in self.paths.items()},
+        }
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> LibraryMap:
+        return cls(
+            model=str(obj["model"]),
+            mean=np.asarray(obj["mean"], dtype=np.float64),
+            axes=np.asarray(obj["axes"], dtype=np.float64),
+            scale=float(obj["scale"]),
+            points=list(obj["points"]),
+            paths={int(k): str(v) for k, v in obj["paths"].items()},
+        )
+
+
+def fit_map(
+    model: str,
+    ids: np.ndarray,
+    vectors: np.ndarray,
+    names: list[str],
+    tags: list[list[str]],
+    paths: list[str],
+) -> LibraryMap:
+    """PCA of unit-normalised ``vectors [n, dim]`` to two axes.
+
+    Works for any ``n >= 1`` (with one file the map is a single point at the
+    centre); axes missing because of too few files are zero.
+    """
+    x = np.asarray(vectors, dtype=np.float64)
+    if x.ndim != 2 or x.shape[0] == 0:
+        raise EmberdError(f"panel map: library has no vectors for model {model!r}")
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    x = x / np.maximum(norms, MIN_NORM)
+    mean = x.mean(axis=0)
+    centred = x - mean
+    # SVD of the centred data: rows of vt are the principal axes, largest first.
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    axes = np.zeros((2, x.shape[1]))
+    axes[: min(2, vt.shape[0])] = vt[:2]
+    xy = centred @ axes.T
+    scale = float(np.abs(xy).max()) if xy.size else 1.0
+    scale = scale if scale > MIN_NORM else 1.0
+    xy /= scale
+    points = [
+        {"id": int(i), "name": n, "tags": list(t), "x": round(float(p[0]), 5),
+         "y": round(float(p[1]), 5)}
+        for i, n, t, p in zip(ids, names, tags, xy, strict=True)
+    ]
+    return LibraryMap(model, mean, axes, scale, points,
+                      {int(i): str(p) for i, p in zip(ids, paths, strict=True)})
+
+
+def _cache_file(library: Path, model: str) -> Path:
+    key = hashlib.sha1(str(library.absolute()).encode("utf-8")).hexdigest()[:16]
+    folder = cache_dir() / "panel-maps"
+    folder.mkdir(parents=True, exist_ok=True)
+    safe_model = "".join(c if c.isalnum() or c in "-_." else "_" for c in model)
+    return folder / f"{key}-{safe_model}.json"
+
+
+def load_library_map(library: str | Path, model: str | None = None) -> tuple[LibraryMap, bool]:
+    """Load (from cache) or compute the map of ``library`` for ``model``.
+
+    Parameters
+    ----------
+    library : path-like
+        An emberd library folder (built by ``emberd index``).
+    model : str, optional
+        Encoder name; default the library's only model (an error if several).
+
+    Returns
+    -------
+    (LibraryMap, bool)
+        The map and whether it came from the cache.
+    """
+    from emberd.library.store import Store
+
+    path = Path(library).expanduser()
+    store = Store(path, create=False)
+    try:
+        models = store.models()
+        if model is None:
+            if len(models) != 1:
+                raise EmberdError(
+                    f"{path}: library has models {sorted(models) or 'none'}; pick one with --model"
+                )
+            model = next(iter(models))
+        if model not in models:
+            raise EmberdError(f"{path}: library has no vectors for model {model!r} "
+                              f"(it has {sorted(models)})")
+        generation = store.generation()
+        cache = _cache_file(path, model)
+        try:
+            cached = json.loads(cache.read_text("utf-8"))
+            fresh = cached.get("generation") == generation
+            if cached.get("format") == MAP_FORMAT_VERSION and fresh:
+                return LibraryMap.from_json(cached), True
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # missing or unreadable cache: recompute
+        # Only the pooled per-file vectors (is_file = 1), not the segment vectors.
+        rows = store.conn.execute(
+            "SELECT file_id, vector FROM vectors WHERE model=? AND is_file=1 ORDER BY file_id",
+            (model,),
+        ).fetchall()
+        if not rows:
+            raise EmberdError(f"{path}: library has no file vectors for model {model!r}")
+        ids = np.array([r[0] for r in rows], dtype=np.int64)
+        vectors = np.frombuffer(b"".join(r[1] for r in rows), np.float32).reshape(len(rows), -1)
+        records = store.file_by_id(ids.tolist())
+        keep = [i for i, fid in enumerate(ids) if int(fid) in records]
+        recs = [records[int(ids[i])] for i in keep]
+        lib_map = fit_map(model, ids[keep], vectors[keep], [r.name for r in recs],
+                          [list(r.tags) for r in recs], [r.path for r in recs])
+    finally:
+        store.close()
+    atomic_write_text(cache, json.dumps({**lib_map.to_json(), "generation": generation}))
+    return lib_map, False

@@ -1,0 +1,280 @@
+// emberd panel: live matches, library map with channel cursors, similarity heat map.
+// Talks only to the server that served it: /ws (JSON messages), /map.json, /audio/<id>.
+"use strict";
+
+const PALETTE = ["#ff8a3d", "#4cc9f0", "#80ed99", "#f72585", "#ffd166", "#b388ff", "#06d6a0", "#ef476f"];
+const TRAIL_POINTS = 24;        // past cursor positions drawn per channel
+const CURSOR_SMOOTHING = 0.35;  // fraction of the way to the target per animation frame
+const RECONNECT_MS = 1000;      // wait before reopening a dropped WebSocket
+const SHOW_MATCHES = 5;
+
+const state = {
+  connected: false, messages: 0, matchMessages: 0, cursorMoves: 0,
+  map: { points: [], model: null }, cursors: {}, channels: {}, similarity: null,
+  playingId: null,
+};
+window.emberdState = state;  // for tests and curious users
+
+const colour = (ch) => PALETTE[ch % PALETTE.length];
+const $ = (id) => document.getElementById(id);
+
+// ---------------------------------------------------------------- connection
+function setConn(cls, text) {
+  const el = $("conn");
+  el.className = "conn " + cls;
+  el.dataset.state = cls;
+  el.textContent = text;
+}
+
+function connect() {
+  const ws = new WebSocket(`ws://${location.host}/ws`);
+  ws.onopen = () => { state.connected = true; setConn("waiting", "waiting for daemon…"); };
+  ws.onclose = () => {
+    state.connected = false;
+    setConn("waiting", "panel server gone — retrying…");
+    setTimeout(connect, RECONNECT_MS);
+  };
+  ws.onmessage = (ev) => {
+    let msg;
+    try { msg = JSON.parse(ev.data); } catch (e) { return; }
+    state.messages++;
+    handle(msg);
+  };
+}
+
+function handle(msg) {
+  switch (msg.kind) {
+    case "hello": break;
+    case "connection":
+      if (msg.state === "waiting") setConn("waiting", "waiting for daemon…");
+      else if (msg.state === "silent") setConn("silent", "daemon silent — waiting…");
+      else if (msg.state === "restarted") { setConn("restarted", "daemon restarted"); resetChannels(); }
+      else setConn("connected", "connected");
+      break;
+    case "match": live(); onMatch(msg); break;
+    case "tag": live(); channel(msg.channel).tags = msg.tags; renderChannel(msg.channel); break;
+    case "level": live(); onLevel(msg); break;
+    case "cursor": live(); onCursor(msg); break;
+    case "similarity": live(); state.similarity = msg; drawSimilarity(); break;
+    case "status": onStatus(msg.status || {}); break;
+  }
+  $("st-msgs").textContent = state.messages;
+}
+
+function live() {
+  const el = $("conn");
+  if (el.dataset.state === "waiting" || el.dataset.state === "silent") setConn("connected", "connected");
+}
+
+// ---------------------------------------------------------------- status
+function find(obj, names) {
+  for (const n of names) if (obj && obj[n] !== undefined && obj[n] !== null) return obj[n];
+  for (const v of Object.values(obj || {})) {
+    if (v && typeof v === "object" && !Array.isArray(v)) {
+      const f = find(v, names);
+      if (f !== undefined) return f;
+    }
+  }
+  return undefined;
+}
+const ms = (v) => (typeof v === "number" ? v.toFixed(1) + " ms" : "–");
+
+function onStatus(st) {
+  $("st-model").textContent = find(st, ["model"]) ?? "–";
+  $("st-provider").textContent = find(st, ["provider"]) ?? "–";
+  $("st-p50").textContent = ms(find(st, ["latency_p50_ms", "hop_latency_p50_ms", "p50_ms"]));
+  $("st-p99").textContent = ms(find(st, ["latency_p99_ms", "hop_latency_p99_ms", "p99_ms"]));
+  $("st-overflows").textContent = find(st, ["overflows"]) ?? "0";
+}
+
+// ---------------------------------------------------------------- channels
+function channel(ch) {
+  if (!state.channels[ch]) {
+    state.channels[ch] = { matches: [], tags: [], rms_db: -120, onset: false };
+    const div = document.createElement("div");
+    div.className = "channel";
+    div.id = "ch-" + ch;
+    div.style.setProperty("--c", colour(ch));
+    div.innerHTML = `<div class="head"><span class="name">ch ${ch}</span>
+      <div class="level"><span></span></div><span class="db">–</span></div>
+      <div class="tags"></div><ol class="matches"></ol>`;
+    const list = $("channels");
+    const after = [...list.children].find((c) => Number(c.id.slice(3)) > ch);
+    list.insertBefore(div, after || null);
+  }
+  return state.channels[ch];
+}
+
+function resetChannels() {
+  state.channels = {};
+  state.cursors = {};
+  $("channels").innerHTML = "";
+}
+
+function onMatch(msg) {
+  state.matchMessages++;
+  channel(msg.channel).matches = msg.matches || [];
+  renderChannel(msg.channel);
+}
+
+function onLevel(msg) {
+  const c = channel(msg.channel);
+  c.rms_db = msg.rms_db; c.onset = msg.onset;
+  const div = $("ch-" + msg.channel);
+  const pct = Math.max(0, Math.min(100, (msg.rms_db + 60) / 60 * 100));
+  div.querySelector(".level > span").style.width = pct + "%";
+  div.querySelector(".level").classList.toggle("onset", !!msg.onset);
+  div.querySelector(".db").textContent = msg.rms_db.toFixed(1) + " dB";
+}
+
+function esc(s) {
+  return String(s).replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
+}
+
+function renderChannel(ch) {
+  const c = state.channels[ch];
+  const div = $("ch-" + ch);
+  div.querySelector(".tags").innerHTML = (c.tags || []).slice(0, 4)
+    .map((t) => `<span class="tag">${esc(t.tag)} <b>${t.confidence.toFixed(2)}</b></span>`).join("");
+  const top = c.matches.length ? c.matches[0].score : 1;
+  div.querySelector(".matches").innerHTML = c.matches.slice(0, SHOW_MATCHES).map((m) => {
+    const width = Math.max(2, Math.round(100 * Math.max(0, m.score) / Math.max(top, 1e-6)));
+    const id = m.id === null || m.id === undefined ? "" : m.id;
+    const playing = id !== "" && id === state.playingId ? " playing" : "";
+    return `<li class="match${playing}" data-id="${id}" title="${esc((m.tags || []).join(", "))}">
+      <span class="mname">${esc(m.name)}<small>${esc((m.tags || []).join(" · "))}</small></span>
+      <span class="score">${m.score.toFixed(3)}</span><span class="bar" style="width:${width}%"></span></li>`;
+  }).join("");
+}
+
+$("channels").addEventListener("click", (ev) => {
+  const li = ev.target.closest(".match");
+  if (li && li.dataset.id !== "") audition(Number(li.dataset.id));
+});
+
+function audition(id) {
+  const player = $("player");
+  state.playingId = id;
+  player.src = `/audio/${id}`;
+  player.play().catch(() => {});  // autoplay rules: the click itself allows playback
+  Object.keys(state.channels).forEach(renderChannel);
+}
+
+// ---------------------------------------------------------------- map
+const mapCanvas = $("map");
+const mctx = mapCanvas.getContext("2d");
+const PAD = 28;
+
+function toCanvas(x, y) {
+  const w = mapCanvas.width - 2 * PAD, h = mapCanvas.height - 2 * PAD;
+  return [PAD + (x + 1) / 2 * w, PAD + (1 - (y + 1) / 2) * h];
+}
+
+function tagColour(tag) {
+  let h = 0;
+  for (const ch of tag || "") h = (h * 31 + ch.charCodeAt(0)) % 360;
+  return `hsla(${h}, 55%, 62%, 0.75)`;
+}
+
+function onCursor(msg) {
+  let c = state.cursors[msg.channel];
+  if (!c) c = state.cursors[msg.channel] = { x: msg.x, y: msg.y, tx: msg.x, ty: msg.y, trail: [] };
+  if (c.tx !== msg.x || c.ty !== msg.y) state.cursorMoves++;
+  c.tx = msg.x; c.ty = msg.y;
+  c.trail.push([msg.x, msg.y]);
+  if (c.trail.length > TRAIL_POINTS) c.trail.shift();
+}
+
+function drawMap() {
+  const w = mapCanvas.width, h = mapCanvas.height;
+  mctx.clearRect(0, 0, w, h);
+  mctx.strokeStyle = "#22262e"; mctx.lineWidth = 1;
+  for (let i = -1; i <= 1; i += 0.5) {
+    const [x0, y0] = toCanvas(i, -1), [x1, y1] = toCanvas(i, 1);
+    mctx.beginPath(); mctx.moveTo(x0, y0); mctx.lineTo(x1, y1); mctx.stroke();
+    const [a0, b0] = toCanvas(-1, i), [a1, b1] = toCanvas(1, i);
+    mctx.beginPath(); mctx.moveTo(a0, b0); mctx.lineTo(a1, b1); mctx.stroke();
+  }
+  const highlighted = new Set();
+  for (const c of Object.values(state.channels)) for (const m of c.matches.slice(0, 3)) highlighted.add(m.id);
+  for (const p of state.map.points) {
+    const [x, y] = toCanvas(p.x, p.y);
+    const hot = highlighted.has(p.id);
+    mctx.fillStyle = tagColour((p.tags || [])[0]);
+    mctx.beginPath(); mctx.arc(x, y, hot ? 5 : 3, 0, 2 * Math.PI); mctx.fill();
+    if (hot) {
+      mctx.strokeStyle = "#fff"; mctx.lineWidth = 1.5; mctx.stroke();
+      mctx.fillStyle = "#e4e6eb"; mctx.font = "11px system-ui";
+      mctx.fillText(p.name, x + 7, y - 6);
+    }
+  }
+  for (const [ch, c] of Object.entries(state.cursors)) {
+    c.x += (c.tx - c.x) * CURSOR_SMOOTHING;
+    c.y += (c.ty - c.y) * CURSOR_SMOOTHING;
+    const col = colour(Number(ch));
+    mctx.strokeStyle = col; mctx.globalAlpha = 0.45; mctx.lineWidth = 2;
+    mctx.beginPath();
+    c.trail.forEach(([tx, ty], i) => { const [x, y] = toCanvas(tx, ty); i ? mctx.lineTo(x, y) : mctx.moveTo(x, y); });
+    mctx.stroke(); mctx.globalAlpha = 1;
+    const [x, y] = toCanvas(c.x, c.y);
+    mctx.fillStyle = col; mctx.strokeStyle = "#fff"; mctx.lineWidth = 2;
+    mctx.beginPath(); mctx.arc(x, y, 8, 0, 2 * Math.PI); mctx.fill(); mctx.stroke();
+    mctx.fillStyle = "#fff"; mctx.font = "bold 11px system-ui";
+    mctx.fillText("ch " + ch, x + 11, y + 4);
+  }
+  requestAnimationFrame(drawMap);
+}
+
+function nearestPoint(ev) {
+  const r = mapCanvas.getBoundingClientRect();
+  const sx = (ev.clientX - r.left) * mapCanvas.width / r.width, sy = (ev.clientY - r.top) * mapCanvas.height / r.height;
+  let best = null, bestD = 100;  // within 10 canvas px
+  for (const p of state.map.points) {
+    const [x, y] = toCanvas(p.x, p.y);
+    const d = (x - sx) ** 2 + (y - sy) ** 2;
+    if (d < bestD) { best = p; bestD = d; }
+  }
+  return best;
+}
+mapCanvas.addEventListener("mousemove", (ev) => {
+  const p = nearestPoint(ev), tip = $("map-tip");
+  if (!p) { tip.hidden = true; return; }
+  tip.hidden = false;
+  tip.textContent = `${p.name} — ${(p.tags || []).join(", ")}`;
+  tip.style.left = ev.offsetX + 18 + "px"; tip.style.top = ev.offsetY + 30 + "px";
+});
+mapCanvas.addEventListener("click", (ev) => { const p = nearestPoint(ev); if (p) audition(p.id); });
+
+// ---------------------------------------------------------------- similarity
+function drawSimilarity() {
+  const cv = $("sim"), ctx = cv.getContext("2d"), s = state.similarity;
+  ctx.clearRect(0, 0, cv.width, cv.height);
+  if (!s || !s.matrix.length) return;
+  const n = s.matrix.length, lab = 26, cell = (cv.width - lab) / n;
+  for (let i = 0; i < n; i++) {
+    for (let j = 0; j < n; j++) {
+      const v = Math.max(-1, Math.min(1, s.matrix[i][j]));
+      // cool (dissimilar) to hot (similar): stems that clash in a mix light up.
+      const t = (v + 1) / 2;
+      ctx.fillStyle = `hsl(${(1 - t) * 220}, 75%, ${18 + t * 42}%)`;
+      ctx.fillRect(lab + j * cell, lab + i * cell, cell - 1, cell - 1);
+      if (cell > 28) {
+        ctx.fillStyle = t > 0.6 ? "#111" : "#ddd"; ctx.font = "10px system-ui"; ctx.textAlign = "center";
+        ctx.fillText(v.toFixed(2), lab + (j + 0.5) * cell, lab + (i + 0.5) * cell + 3);
+      }
+    }
+    const name = String((s.channels || [])[i] ?? i);
+    ctx.fillStyle = colour(Number(name)); ctx.font = "11px system-ui"; ctx.textAlign = "center";
+    ctx.fillText(name, lab + (i + 0.5) * cell, 16);
+    ctx.textAlign = "right"; ctx.fillText(name, 20, lab + (i + 0.5) * cell + 4);
+  }
+  ctx.textAlign = "left";
+}
+
+// ---------------------------------------------------------------- start
+fetch("/map.json").then((r) => r.json()).then((m) => {
+  state.map = m;
+  $("map-info").textContent = m.points.length ? `${m.points.length} files · ${m.model}` : "(no library given)";
+}).catch(() => {});
+requestAnimationFrame(drawMap);
+connect();
