@@ -32,3 +32,23 @@ def drumkit_dir() -> Path:
     """Debian's hydrogen-drumkits folder (real drum samples)."""
     require(HYDROGEN_DRUMKITS.is_dir(), f"hydrogen-drumkits ({HYDROGEN_DRUMKITS})")
     return HYDROGEN_DRUMKITS
+
+
+@pytest.fixture(scope="session")
+def aisfx_manifest_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """aiSFX fetched and converted once per test session (models area).
+
+    The wheel is cached in ``emberd.paths.cache_dir()`` (so reruns don't
+    download it again); the converted ``model.onnx`` + ``manifest.json`` go to
+    a session temporary folder, leaving the user's data dir alone.
+    """
+    from emberd.errors import ComponentMissing
+    from emberd.models import aisfx
+    from emberd.paths import cache_dir
+
+    root = tmp_path_factory.mktemp("aisfx-models")
+    try:
+        return aisfx.fetch(root, cache_dir())
+    except ComponentMissing as exc:
+        require(False, f"aiSFX wheel via pip download ({exc})")
+        raise
