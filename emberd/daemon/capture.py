@@ -1,0 +1,291 @@
+"""Device capture: a sounddevice InputStream feeding a preallocated :class:`SampleRing`.
+
+Thread map
+----------
+* **PortAudio callback thread** runs :meth:`DeviceSource._callback` only: it copies the
+  block into the ring (NaN/Inf samples zeroed and counted by ``SampleRing.write``),
+  bumps counters and stores the block's ADC time in a preallocated slot. No
+  allocation, logging, lock or blocking call.
+* **Consumer thread** (the daemon worker) iterates the source: it reads fixed-size
+  blocks out of the ring and attaches capture timestamps.
+* **Any thread** may call :meth:`DeviceSource.stats`, ``start``/``stop``/``close``.
+
+Shared attributes (written by -> read by)
+-----------------------------------------
+* ``ring._written`` / ``ring.overflow_frames`` / ``ring.nonfinite_samples``:
+  callback -> consumer, stats
+* ``ring._read``: consumer -> callback
+* ``input_overflows`` (callbacks flagged ``input_overflow`` by PortAudio),
+  ``callbacks``: callback -> stats
+* ``_ts_sample`` / ``_ts_adc`` (slot ``callbacks % TIMESTAMP_SLOTS``, written before
+  ``callbacks`` is bumped): callback -> consumer
+
+sounddevice is imported lazily (:func:`sounddevice_module`) so that file-only use of
+emberd works on machines without PortAudio. PortAudio lists host APIs when it is
+initialised (at import): start a JACK server before emberd to see the JACK devices.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from emberd.dsp.ring import SampleRing
+from emberd.dsp.sources import Block, check_block_size, check_sample_rate
+from emberd.errors import ComponentMissing, EmberdError
+
+RING_SECONDS = 2.0  # seconds of audio the ring holds before it overflows
+TIMESTAMP_SLOTS = 64  # recent callbacks whose ADC time is kept
+POLL_FRACTION = 0.25  # consumer sleeps this fraction of a block while waiting
+
+
+def sounddevice_module() -> ModuleType:
+    """Import sounddevice, or raise ComponentMissing with the one-line fix."""
+    try:
+        import sounddevice
+    except OSError as exc:  # the wheel is there but libportaudio is not
+        raise ComponentMissing(
+            f"PortAudio: not found ({exc}); install it (Debian/Ubuntu: apt install "
+            "libportaudio2, macOS: brew install portaudio)"
+        ) from None
+    except ImportError as exc:
+        raise ComponentMissing(f"sounddevice: not installed ({exc})") from None
+    return sounddevice
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """One PortAudio device as ``emberd devices`` shows it."""
+
+    index: int
+    name: str
+    hostapi: str
+    max_input_channels: int
+    max_output_channels: int
+    default_samplerate: float
+    default_input: bool
+    default_output: bool
+
+
+def list_devices() -> list[DeviceInfo]:
+    """Every PortAudio device with its host API, channels and default rate."""
+    sd = sounddevice_module()
+    hostapis = sd.query_hostapis()
+    default_in, default_out = _defaults(sd)
+    out = []
+    for dev in sd.query_devices():
+        out.append(
+            DeviceInfo(
+                index=int(dev["index"]),
+                name=str(dev["name"]),
+                hostapi=str(hostapis[dev["hostapi"]]["name"]),
+                max_input_channels=int(dev["max_input_channels"]),
+                max_output_channels=int(dev["max_output_channels"]),
+                default_samplerate=float(dev["default_samplerate"]),
+                default_input=int(dev["index"]) == default_in,
+                default_output=int(dev["index"]) == default_out,
+            )
+        )
+    return out
+
+
+def _defaults(sd: ModuleType) -> tuple[int, int]:
+    dev = sd.default.device
+    try:
+        return int(dev[0]), int(dev[1])
+    except (TypeError, ValueError):  # a name was set as default
+        return -1, -1
+
+
+def resolve_input_device(device: int | str | None) -> DeviceInfo:
+    """Find an input device by index, exact name, or unique case-insensitive substring.
+
+    ``None`` means PortAudio's default input. A string of digits is an index.
+
+    Raises
+    ------
+    EmberdError
+        No such device, ambiguous name, or a device without input channels.
+    """
+    devices = list_devices()
+    inputs = [d for d in devices if d.max_input_channels > 0]
+    if device is None:
+        for d in inputs:
+            if d.default_input:
+                return d
+        if inputs:
+            return inputs[0]
+        raise EmberdError("input device: none found (see `emberd devices`)")
+    if isinstance(device, str) and device.strip().isdigit():
+        device = int(device.strip())
+    if isinstance(device, int):
+        match = [d for d in devices if d.index == device]
+        if not match:
+            raise EmberdError(f"input device {device}: no device with that index")
+        if match[0].max_input_channels <= 0:
+            raise EmberdError(f"input device {device} ({match[0].name}): has no input channels")
+        return match[0]
+    exact = [d for d in inputs if d.name == device]
+    if len(exact) == 1:
+        return exact[0]
+    found = [d for d in inputs if device.lower() in d.name.lower()]
+    if not found:
+        raise EmberdError(
+            f"input device {device!r}: no input device with that name (see `emberd devices`)"
+        )
+    if len(found) > 1:
+        names = "; ".join(f"{d.index}: {d.name} [{d.hostapi}]" for d in found)
+        raise EmberdError(f"input device {device!r}: ambiguous, matches {names}")
+    return found[0]
+
+
+class DeviceSource:
+    """Live audio from a PortAudio input device, as an :class:`AudioSource`.
+
+    Parameters
+    ----------
+    device : int, str or None
+        Index, name (exact or unique substring) or ``None`` for the default input.
+    sr : int
+        Sample rate in Hz.
+    channels : int
+        Input channels to capture.
+    block_size : int
+        Frames per PortAudio callback and per yielded block.
+    latency : "low", "high" or float seconds
+        PortAudio suggested latency.
+    ring_seconds : float
+        Ring buffer size; if the consumer falls further behind, frames are dropped and
+        counted (``ring.overflow_frames``).
+    """
+
+    def __init__(
+        self,
+        device: int | str | None = None,
+        *,
+        sr: int = 44100,
+        channels: int = 1,
+        block_size: int = 256,
+        latency: str | float = "low",
+        ring_seconds: float = RING_SECONDS,
+    ) -> None:
+        self.sr = check_sample_rate(sr)
+        self.block_size = check_block_size(block_size)
+        if isinstance(channels, bool) or not isinstance(channels, int) or channels <= 0:
+            raise EmberdError(f"channels {channels!r}: must be a positive integer")
+        self.channels = channels
+        self.latency = latency
+        self.ring = SampleRing(max(int(ring_seconds * self.sr), 2 * self.block_size), channels)
+        self.device: DeviceInfo | None = None
+        self.requested_device = device
+        self.callbacks = 0
+        self.input_overflows = 0
+        self._ts_sample = np.zeros(TIMESTAMP_SLOTS, dtype=np.int64)
+        self._ts_adc = np.zeros(TIMESTAMP_SLOTS, dtype=np.float64)
+        self._unix_minus_stream = time.time() - time.monotonic()
+        self._stream: Any = None
+        self._closed = False
+
+    # -- PortAudio callback thread ------------------------------------------------------
+    def _callback(self, indata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
+        """Copy into the ring and count; nothing else (real-time thread)."""
+        slot = self.callbacks % TIMESTAMP_SLOTS
+        self._ts_sample[slot] = self.ring.total_written + self.ring.overflow_frames
+        adc = time_info.inputBufferAdcTime
+        self._ts_adc[slot] = adc if adc > 0.0 else time_info.currentTime
+        if status.input_overflow:
+            self.input_overflows += 1
+        self.ring.write(indata)
+        self.callbacks += 1  # publishes the timestamp slot
+
+    # -- control ------------------------------------------------------------------------
+    def start(self) -> None:
+        """Open the device and start the stream."""
+        if self._stream is not None:
+            return
+        sd = sounddevice_module()
+        self.device = resolve_input_device(self.requested_device)
+        if self.channels > self.device.max_input_channels:
+            raise EmberdError(
+                f"input device {self.device.name!r}: has {self.device.max_input_channels} "
+                f"input channels, {self.channels} requested"
+            )
+        try:
+            stream = sd.InputStream(
+                device=self.device.index,
+                samplerate=self.sr,
+                blocksize=self.block_size,
+                channels=self.channels,
+                dtype="float32",
+                latency=self.latency,
+                callback=self._callback,
+            )
+            stream.start()
+        except (sd.PortAudioError, ValueError) as exc:
+            raise EmberdError(f"input device {self.device.name!r}: cannot open ({exc})") from None
+        # Map PortAudio stream time to Unix time once; ADC times are on the stream clock.
+        self._unix_minus_stream = time.time() - float(stream.time)
+        self._stream = stream
+
+    def stop(self) -> None:
+        """Stop and close the stream (the ring keeps what was captured)."""
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            stream.stop()
+            stream.close()
+
+    def close(self) -> None:
+        """Stop capturing and end iteration."""
+        self._closed = True
+        self.stop()
+
+    @property
+    def active(self) -> bool:
+        """True while the stream runs."""
+        return self._stream is not None and bool(self._stream.active)
+
+    def stats(self) -> dict[str, int]:
+        """Counters: callbacks, PortAudio input overflows, ring overflow, NaN/Inf zeroed."""
+        return {
+            "callbacks": self.callbacks,
+            "input_overflows": self.input_overflows,
+            "ring_overflow_frames": self.ring.overflow_frames,
+            "nonfinite_samples": self.ring.nonfinite_samples,
+        }
+
+    # -- consumer thread ----------------------------------------------------------------
+    def capture_time(self, sample: int) -> float:
+        """Unix time of device sample ``sample`` (counting dropped frames)."""
+        n = self.callbacks
+        if n == 0:
+            return time.time()
+        slot = (n - 1) % TIMESTAMP_SLOTS
+        return self._unix_minus_stream + float(self._ts_adc[slot]) + (
+            sample - int(self._ts_sample[slot])
+        ) / self.sr
+
+    def __iter__(self) -> Iterator[Block]:
+        if self._stream is None and not self._closed:
+            self.start()
+        buf = np.zeros((self.block_size, self.channels), dtype=np.float32)
+        wait_s = POLL_FRACTION * self.block_size / self.sr
+        while True:
+            if self.ring.available >= self.block_size:
+                # Ring position = device sample index until the ring overflows; after
+                # that, timestamps shift by the dropped frames (which are counted).
+                start = self.ring.total_read
+                self.ring.read(buf)
+                yield Block(buf.copy(), self.capture_time(start), start)
+            elif self._closed or not self.active:
+                n = self.ring.read(buf)
+                if n:
+                    start = self.ring.total_read - n
+                    yield Block(buf[:n].copy(), self.capture_time(start), start)
+                return
+            else:
+                time.sleep(wait_s)  # polling: the callback must not signal (no locks)
