@@ -1,0 +1,356 @@
+"""Assemble and run the daemon: input, worker, publishers, control servers.
+
+:class:`Daemon` checks the network settings first (cheap, one-line errors), then loads
+the model, opens the input, starts the publishers (waiting until their sockets are
+bound), the worker (waiting until the library is open), the control servers and finally
+the input, so the first audio block already finds everything running. :meth:`Daemon.close`
+stops them in the reverse order. See ``emberd/daemon/__init__.py`` for the thread map.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+
+from emberd.clients import osc_format as fmt
+from emberd.clients.wire import DEFAULT_CONTROL_ENDPOINT, DEFAULT_PUB_ENDPOINT
+from emberd.daemon import netpolicy
+from emberd.daemon.control import Controller, OscControlServer, ZmqControlServer
+from emberd.daemon.engine import Engine, build_engine
+from emberd.daemon.feed import BLOCK_FRAMES, PACES, FeederInput, array_blocks
+from emberd.daemon.handoff import Handoff
+from emberd.daemon.publish_osc import OscPublisher
+from emberd.daemon.publish_zmq import ZmqPublisher
+from emberd.daemon.status import DaemonStats
+from emberd.daemon.worker import MAX_K, Item, Worker
+from emberd.errors import EmberdError
+
+log = logging.getLogger(__name__)
+
+WEKINATOR_TARGET = ("127.0.0.1", 6448)  # Wekinator's default OSC input port
+WEKINATOR_DIMS = 16  # inputs sent to Wekinator when --osc-proj is not given
+BIND_TIMEOUT_S = 10.0  # wait for a publisher/control socket to bind
+START_TIMEOUT_S = 120.0  # wait for the worker to open the library
+JOIN_TIMEOUT_S = 5.0  # per thread at shutdown
+MAX_CHANNELS = 64  # analysed channels (encoder batch; similarity matrix rows)
+SYNTH_SECONDS = 30.0  # length of one pass of the synthetic input
+NO_ENDPOINT = ("", "none", "off")  # --zmq-pub none / --control none disable the socket
+
+
+@dataclass
+class DaemonConfig:
+    """Everything ``emberd run`` takes (see ``emberd run --help``)."""
+
+    library: Path
+    input: str = "default"
+    pace: str = "realtime"
+    loop: bool = False
+    channels: str = "mix"
+    model: str | None = None
+    device: str = "auto"
+    encoder: str = "windowed"
+    hop_ms: float | None = None
+    k: int = 5
+    osc: list[str] = field(default_factory=list)
+    osc_in: str | None = None
+    zmq_pub: str = DEFAULT_PUB_ENDPOINT
+    control: str = DEFAULT_CONTROL_ENDPOINT
+    wekinator: bool = False
+    listen_any: bool = False
+    max_datagram: int = fmt.DEFAULT_MAX_DATAGRAM_BYTES
+    osc_proj: int = 0
+    osc_embedding: bool = True
+    threads: int = 2
+
+
+def parse_channels(spec: str, available: int) -> list[int]:
+    """Parse ``--channels``: ``mix`` (all channels averaged, published as 0), ``all``,
+    or a list like ``0,2,4-7`` of 0-based input channels.
+
+    Returns
+    -------
+    list of int
+        Ring column per analysed channel; ``[-1]`` means the mix.
+    """
+    spec = spec.strip().lower()
+    if spec == "mix":
+        return [-1]
+    if spec == "all":
+        chans = list(range(available))
+    else:
+        chans = []
+        for part in spec.split(","):
+            m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
+            if not m:
+                raise EmberdError(f"--channels {spec!r}: expected mix, all or e.g. 0,2,4-7")
+            lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
+            if hi < lo:
+                raise EmberdError(f"--channels {spec!r}: range {lo}-{hi} runs backwards")
+            chans.extend(range(lo, hi + 1))
+        chans = list(dict.fromkeys(chans))
+    bad = [c for c in chans if c >= available]
+    if bad:
+        raise EmberdError(
+            f"--channels {spec!r}: input has {available} channel(s), no channel {bad[0]}"
+        )
+    if not 1 <= len(chans) <= MAX_CHANNELS:
+        raise EmberdError(f"--channels {spec!r}: 1 to {MAX_CHANNELS} channels")
+    return chans
+
+
+def open_input(config: DaemonConfig, sr: int) -> Any:
+    """Open ``--input``: ``synth``, an audio file, or a device (index, name or ``default``)."""
+    if config.pace not in PACES:
+        raise EmberdError(f"--pace {config.pace!r}: choose from {', '.join(PACES)}")
+    spec = config.input
+    if spec == "synth":
+        from emberd.daemon.sounds import performance
+
+        audio = performance(sr=sr, seconds=SYNTH_SECONDS)
+        return FeederInput(array_blocks(audio), sr=sr, channels=1, pace=config.pace,
+                           loop=config.loop, description="synth")  # fmt: skip
+    path = Path(spec).expanduser()
+    if path.exists() or any(sep in spec for sep in ("/", "\\")) or path.suffix:
+        return _file_input(path, sr, config)
+    if config.pace != "realtime" or config.loop:
+        raise EmberdError("--pace fast and --loop apply to file input only")
+    from emberd.daemon.device import DeviceInput, device_channels
+
+    device: int | str | None = None if spec == "default" else int(spec) if spec.isdigit() else spec
+    channels = device_channels(device, config.channels)
+    return DeviceInput(device, sr=sr, channels=channels, block_size=BLOCK_FRAMES)
+
+
+def _file_input(path: Path, sr: int, config: DaemonConfig) -> FeederInput:
+    """A feeder over a streaming :class:`~emberd.dsp.sources.FileSource` (resampled to ``sr``)."""
+    from emberd.dsp.sources import FileSource
+
+    first: list[Any] = [FileSource(path, sr=sr, block_size=BLOCK_FRAMES, pace="fast")]  # validates
+
+    def blocks() -> Iterator[np.ndarray]:
+        src = first.pop() if first else FileSource(path, sr=sr, block_size=BLOCK_FRAMES,
+                                                   pace="fast")  # fmt: skip
+        try:
+            for block in src:
+                yield block.data
+        finally:
+            src.close()
+
+    return FeederInput(blocks, sr=sr, channels=first[0].channels, pace=config.pace,
+                       loop=config.loop, description=str(path))  # fmt: skip
+
+
+class Daemon:
+    """The running daemon (a context manager: ``with Daemon(cfg) as d: d.wait()``).
+
+    Attributes (after :meth:`start`)
+    ----------
+    pub_endpoint, control_endpoint : str or None
+        Bound ZeroMQ endpoints with their real ports.
+    osc_in_address : (host, port) or None
+    stats : DaemonStats
+    worker : Worker
+    """
+
+    def __init__(self, config: DaemonConfig) -> None:
+        self.config = config
+        self.pub_endpoint: str | None = None
+        self.control_endpoint: str | None = None
+        self.osc_in_address: tuple[str, int] | None = None
+        self._threads: list[Any] = []
+        self._handoffs: list[Handoff[Item]] = []
+        self._context: Any = None
+        self._input: Any = None
+        self.worker: Worker | None = None
+        self.stats: DaemonStats | None = None
+        self._stop = threading.Event()
+
+    # ------------------------------------------------------------------ start
+
+    def _check_network(self) -> tuple[list[tuple[str, int]], tuple[str, int] | None]:
+        cfg = self.config
+        if not fmt.MIN_MAX_DATAGRAM_BYTES <= cfg.max_datagram <= 65507:
+            raise EmberdError(
+                f"--max-datagram {cfg.max_datagram}: must be in {fmt.MIN_MAX_DATAGRAM_BYTES}..65507"
+            )
+        if not 1 <= cfg.k <= MAX_K:
+            raise EmberdError(f"--k {cfg.k}: must be in 1..{MAX_K}")
+        if cfg.zmq_pub.lower() not in NO_ENDPOINT:
+            cfg.zmq_pub = netpolicy.check_zmq_endpoint(cfg.zmq_pub, "--zmq-pub",
+                                                       listen_any=cfg.listen_any)  # fmt: skip
+        if cfg.control.lower() not in NO_ENDPOINT:
+            cfg.control = netpolicy.check_zmq_endpoint(cfg.control, "--control",
+                                                       listen_any=cfg.listen_any)  # fmt: skip
+        osc_in = None
+        if cfg.osc_in:
+            osc_in = netpolicy.parse_host_port(cfg.osc_in, "--osc-in")
+            netpolicy.check_listen_host(osc_in[0], "--osc-in", listen_any=cfg.listen_any)
+        targets = [
+            netpolicy.resolve_target(*netpolicy.parse_host_port(t, "--osc"), "--osc")
+            for t in cfg.osc
+        ]
+        return targets, osc_in
+
+    def start(self) -> Daemon:
+        """Start every thread; raises EmberdError (and cleans up) if anything fails."""
+        try:
+            self._start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def _start(self) -> None:
+        cfg = self.config
+        targets, osc_in = self._check_network()
+        from emberd.models.registry import resolve_default
+
+        manifest = resolve_default(cfg.model)  # None: aiSFX, or dsp-baseline with a warning
+        self._input = source = open_input(cfg, int(manifest.frontend().sr))
+        columns = parse_channels(cfg.channels, source.ring.channels)
+        engine = self._engine(manifest, len(columns))
+        self.stats = stats = DaemonStats(source.nominal_block_s)
+        stats.info.update(
+            input=source.description,
+            library=str(cfg.library),
+            osc_targets=[f"{h}:{p}" for h, p in targets],
+        )
+        pubs: list[Any] = []
+        if targets or cfg.wekinator:
+            h: Handoff[Item] = Handoff()
+            pubs.append(OscPublisher(
+                targets, h, stats, max_bytes=cfg.max_datagram,
+                proj_dims=cfg.osc_proj, send_embedding=cfg.osc_embedding,
+                wekinator=WEKINATOR_TARGET if cfg.wekinator else None,
+                wekinator_dims=cfg.osc_proj or WEKINATOR_DIMS))  # fmt: skip
+            self._handoffs.append(h)
+        if cfg.zmq_pub.lower() not in NO_ENDPOINT or cfg.control.lower() not in NO_ENDPOINT:
+            import zmq
+
+            self._context = zmq.Context()
+        if cfg.zmq_pub.lower() not in NO_ENDPOINT:
+            h = Handoff()
+            zp = ZmqPublisher(cfg.zmq_pub, h, stats, context=self._context)
+            pubs.append(zp)
+            self._handoffs.append(h)
+        for p in pubs:
+            p.start()
+            self._threads.append(p)
+        for p in pubs:
+            if isinstance(p, ZmqPublisher):
+                p.bound.wait(BIND_TIMEOUT_S)
+                if p.error is not None:
+                    raise EmberdError(f"--zmq-pub {cfg.zmq_pub}: cannot bind ({p.error})")
+                self.pub_endpoint = p.endpoint
+        stats.info["zmq_pub"] = self.pub_endpoint
+        library_path = Path(cfg.library).expanduser()
+
+        def open_library() -> Any:
+            from emberd.library import Library
+
+            return Library.open(library_path)
+
+        self.worker = worker = Worker(
+            source=source, engine=engine, open_library=open_library, channel_index=columns,
+            handoffs=self._handoffs, stats=stats, k=cfg.k, realtime=cfg.pace == "realtime",
+        )  # fmt: skip
+        if columns == [-1]:
+            worker.channels = [0]
+        worker.start()
+        self._threads.append(worker)
+        if not worker.ready.wait(START_TIMEOUT_S):
+            raise EmberdError(f"library {library_path}: not open after {START_TIMEOUT_S:g} s")
+        if worker.error is not None:
+            if isinstance(worker.error, EmberdError):
+                raise worker.error
+            raise EmberdError(f"library {library_path}: cannot open ({worker.error})")
+        controller = Controller(worker, stats, lambda name: self._engine(name, len(columns)))
+        if cfg.control.lower() not in NO_ENDPOINT:
+            cs = ZmqControlServer(cfg.control, controller, stats, context=self._context)
+            cs.start()
+            self._threads.append(cs)
+            cs.bound.wait(BIND_TIMEOUT_S)
+            if cs.error is not None:
+                raise EmberdError(f"--control {cfg.control}: cannot bind ({cs.error})")
+            self.control_endpoint = cs.endpoint
+        if osc_in is not None:
+            oc = OscControlServer(*osc_in, controller, stats, max_bytes=cfg.max_datagram)
+            oc.start()
+            self._threads.append(oc)
+            self.osc_in_address = oc.address
+        stats.info["control"] = self.control_endpoint
+        if self.osc_in_address is not None:
+            stats.info["osc_in"] = "{}:{}".format(*self.osc_in_address)
+        source.start()
+
+    def _engine(self, model: Any, channels: int) -> Engine:
+        cfg = self.config
+        return build_engine(model, channels=channels, device=cfg.device, hop_ms=cfg.hop_ms,
+                            strategy=cfg.encoder, threads=cfg.threads)  # fmt: skip
+
+    # ------------------------------------------------------------------ run / stop
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the input ends, the worker fails, or :meth:`request_stop`; True if ended."""
+        assert self.worker is not None
+        done = self.worker.done
+        waited = 0.0
+        while not done.is_set() and not self._stop.is_set():
+            done.wait(0.2)
+            waited += 0.2
+            if timeout is not None and waited >= timeout:
+                return False
+        return True
+
+    def request_stop(self) -> None:
+        """Ask :meth:`wait` to return (signal handlers call this)."""
+        self._stop.set()
+
+    @property
+    def error(self) -> BaseException | None:
+        """What ended the daemon abnormally (input or worker failure), if anything."""
+        if self._input is not None and getattr(self._input, "error", None) is not None:
+            return self._input.error
+        return self.worker.error if self.worker is not None else None
+
+    def close(self) -> None:
+        """Stop the input, drain the publishers, stop every thread, free the sockets."""
+        if self._input is not None:
+            self._input.stop()
+        if self.worker is not None:
+            self.worker.stop()
+            if self.worker.is_alive():
+                self.worker.join(JOIN_TIMEOUT_S)
+        for h in self._handoffs:
+            h.close()
+        for t in self._threads:
+            if hasattr(t, "stop"):
+                t.stop()
+        for t in self._threads:
+            if t.is_alive():
+                t.join(JOIN_TIMEOUT_S)
+        stuck = [t.name for t in self._threads if t.is_alive()]
+        self._threads.clear()
+        if self._context is not None:
+            if stuck:  # a thread still holds a socket: close them all rather than hang
+                log.warning("threads did not stop: %s", ", ".join(stuck))
+                self._context.destroy(linger=0)
+            else:
+                self._context.term()
+            self._context = None
+
+    def __enter__(self) -> Daemon:
+        return self.start()
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()

@@ -1,0 +1,151 @@
+"""``emberd run`` (the live daemon) and ``emberd demo``."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from typing import Any
+
+from emberd.clients.osc_format import DEFAULT_MAX_DATAGRAM_BYTES
+from emberd.clients.wire import DEFAULT_CONTROL_ENDPOINT, DEFAULT_PUB_ENDPOINT
+
+DEFAULT_K = 5  # matches per hop
+DEFAULT_DEMO_SECONDS = 20.0  # length of `emberd demo`
+
+
+def add_daemon_options(p: argparse.ArgumentParser, *, demo: bool = False) -> None:
+    """Options shared by ``run`` and ``demo``."""
+    p.add_argument("--model", default=None,
+                   help="encoder (default: aisfx, falling back loudly to dsp-baseline)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                   help="ONNX Runtime device (default auto)")
+    p.add_argument("--encoder", default="windowed", choices=("windowed", "streaming"),
+                   help="windowed: ONNX encoder on the latest window each hop (default); "
+                        "streaming: cached activations, aisfx only")
+    p.add_argument("--hop-ms", type=float, default=None, metavar="MS",
+                   help="analysis hop (default: one mel frame, 23.2 ms for aisfx)")
+    p.add_argument("--k", type=int, default=DEFAULT_K,
+                   help=f"matches per hop (default {DEFAULT_K})")
+    p.add_argument("--osc", action="append", default=[], metavar="HOST:PORT",
+                   help="send OSC to HOST:PORT (repeatable)")
+    p.add_argument("--osc-in", default=None, metavar="HOST:PORT",
+                   help="listen for OSC control (/emberd/ctl/...) on HOST:PORT")
+    p.add_argument("--zmq-pub", default=DEFAULT_PUB_ENDPOINT, metavar="ENDPOINT",
+                   help=f"ZeroMQ PUB endpoint (default {DEFAULT_PUB_ENDPOINT}; 'none' disables)")
+    p.add_argument("--control", default=DEFAULT_CONTROL_ENDPOINT, metavar="ENDPOINT",
+                   help=f"ZeroMQ control REP endpoint (default {DEFAULT_CONTROL_ENDPOINT}; "
+                        "'none' disables)")
+    p.add_argument("--wekinator", action="store_true",
+                   help="also send /wek/inputs (projected embedding) to 127.0.0.1:6448")
+    p.add_argument("--osc-proj", type=int, default=0, metavar="N",
+                   help="also send /emberd/proj: N floats from a fixed random projection")
+    p.add_argument("--no-osc-embedding", action="store_true",
+                   help="do not send the /emberd/emb blobs")
+    p.add_argument("--listen-any", action="store_true",
+                   help="allow listening on non-loopback addresses (default: 127.0.0.1 only)")
+    p.add_argument("--max-datagram", type=int, default=DEFAULT_MAX_DATAGRAM_BYTES, metavar="BYTES",
+                   help=f"largest OSC datagram (default {DEFAULT_MAX_DATAGRAM_BYTES})")
+    p.add_argument("--threads", type=int, default=2, help="encoder threads (default 2)")
+    if not demo:
+        p.add_argument("--channels", default="mix", metavar="SPEC",
+                       help="input channels to analyse separately: mix (default), all, "
+                            "or e.g. 0,2,4-7")
+
+
+def register(subparsers: Any) -> None:
+    """Add ``run`` and ``demo``."""
+    run = subparsers.add_parser(
+        "run", help="the live daemon: audio in, nearest library sounds out over OSC/ZeroMQ",
+        description="Analyse live audio every hop and publish the nearest sounds of a sample "
+        "library, tags, levels and embeddings over OSC and ZeroMQ.",
+    )  # fmt: skip
+    run.add_argument("--library", required=True, metavar="PATH",
+                     help="library made by `emberd index`")
+    run.add_argument("--input", default="default", metavar="DEVICE|FILE|synth",
+                     help="device index or name ('default'), an audio file, or 'synth'")
+    run.add_argument("--pace", default="realtime", choices=("realtime", "fast"),
+                     help="file input: real time (default) or as fast as possible")
+    run.add_argument("--loop", action="store_true", help="file input: start again at the end")
+    add_daemon_options(run)
+    run.set_defaults(func=run_command)
+
+    demo = subparsers.add_parser(
+        "demo", help="live demo: synthesised performance against a synthesised library",
+        description="Build (once) a small library of synthesised one-shots, play a synthesised "
+        "performance through the daemon in real time and show the live matches. Needs no "
+        "audio hardware or network.",
+    )  # fmt: skip
+    demo.add_argument("--input", default="synth", metavar="synth|default|DEVICE|FILE",
+                      help="synth (default), 'default' for the default input device, or a file")
+    demo.add_argument("--duration", type=float, default=DEFAULT_DEMO_SECONDS, metavar="S",
+                      help=f"seconds to run (default {DEFAULT_DEMO_SECONDS:g}; 0 = until Ctrl-C)")
+    demo.add_argument("--rebuild", action="store_true", help="rebuild the demo library")
+    add_daemon_options(demo, demo=True)
+    demo.set_defaults(func=demo_command)
+
+
+def config_from_args(args: argparse.Namespace, **overrides: Any) -> Any:
+    """Build a :class:`~emberd.daemon.app.DaemonConfig` from parsed options."""
+    from pathlib import Path
+
+    from emberd.daemon.app import DaemonConfig
+
+    values = dict(
+        library=Path(getattr(args, "library", "") or "."),
+        input=args.input,
+        pace=getattr(args, "pace", "realtime"),
+        loop=getattr(args, "loop", False),
+        channels=getattr(args, "channels", "mix"),
+        model=args.model,
+        device=args.device,
+        encoder=args.encoder,
+        hop_ms=args.hop_ms,
+        k=args.k,
+        osc=list(args.osc),
+        osc_in=args.osc_in,
+        zmq_pub=args.zmq_pub,
+        control=args.control,
+        wekinator=args.wekinator,
+        listen_any=args.listen_any,
+        max_datagram=args.max_datagram,
+        osc_proj=args.osc_proj,
+        osc_embedding=not args.no_osc_embedding,
+        threads=args.threads,
+    )
+    values.update(overrides)
+    return DaemonConfig(**values)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """``emberd run``: start, run until the input ends or SIGINT/SIGTERM, exit 0."""
+    from emberd.daemon.app import Daemon
+
+    daemon = Daemon(config_from_args(args))
+    stop = lambda *_: daemon.request_stop()  # noqa: E731
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    with daemon.start():
+        st = daemon.stats.info if daemon.stats else {}
+        print(
+            f"emberd: {st.get('model', '?')} on {st.get('provider', '?')}, input "
+            f"{st.get('input', '?')}; pub {daemon.pub_endpoint}, control "
+            f"{daemon.control_endpoint}, osc-in {st.get('osc_in')}, osc -> "
+            f"{', '.join(st.get('osc_targets', [])) or 'none'}",
+            file=sys.stderr,
+            flush=True,
+        )
+        daemon.wait()
+        error = daemon.error
+    if error is not None:
+        from emberd.errors import EmberdError
+
+        raise error if isinstance(error, EmberdError) else EmberdError(f"daemon: {error}")
+    return 0
+
+
+def demo_command(args: argparse.Namespace) -> int:
+    """``emberd demo``."""
+    from emberd.daemon.demo import run_demo
+
+    return run_demo(args)

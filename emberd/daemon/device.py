@@ -1,0 +1,74 @@
+"""Device input for the worker: :class:`~emberd.daemon.capture.DeviceSource` plus arrival marks.
+
+The worker reads the DeviceSource's ring directly (not its block iterator, which
+copies). This subclass adds one :meth:`BlockClock.mark` after the DSP callback's copy,
+so the daemon measures callback interval jitter; capture times come from PortAudio's
+ADC timestamps (:meth:`DeviceSource.capture_time`).
+
+Shared attributes (written by -> read by): ``arrivals`` marks (callback -> worker), see
+:mod:`emberd.daemon.clock`; the rest as in :mod:`emberd.daemon.capture`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from emberd.daemon.capture import DeviceSource, resolve_input_device
+from emberd.daemon.clock import BlockClock
+
+
+class _AdcClock:
+    """The worker's clock interface over ADC timestamps and callback arrival marks."""
+
+    def __init__(self, source: DeviceInput) -> None:
+        self.source = source
+
+    def time_of(self, pos: int) -> float:
+        # Ring positions skip frames dropped on overflow; the device count does not.
+        src = self.source
+        return src.capture_time(pos + int(src.ring.overflow_frames))
+
+    def new_intervals(self) -> np.ndarray:
+        return self.source.arrivals.new_intervals()
+
+
+class DeviceInput(DeviceSource):
+    """A DeviceSource the worker can drive (``ring``, ``clock``, ``finished``)."""
+
+    def __init__(self, device: int | str | None, *, sr: int, channels: int, block_size: int):
+        super().__init__(device, sr=sr, channels=channels, block_size=block_size)
+        self.arrivals = BlockClock(self.sr)
+        self.clock = _AdcClock(self)
+        self.finished = False  # a device never ends by itself
+        self.nominal_block_s = block_size / self.sr
+        self.description = f"device {device if device is not None else 'default'}"
+        self.error: BaseException | None = None
+
+    @property
+    def overflows(self) -> int:
+        """PortAudio input overflows (the ring's own overflow is counted separately)."""
+        return self.input_overflows
+
+    def _callback(self, indata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
+        super()._callback(indata, frames, time_info, status)
+        self.arrivals.mark(self.ring.total_written)
+
+    def start(self) -> None:
+        super().start()
+        if self.device is not None:
+            d = self.device
+            self.description = f"device {d.index}: {d.name} [{d.hostapi}]"
+
+
+def device_channels(device: int | str | None, spec: str) -> int:
+    """How many device channels to open for ``--channels SPEC`` (``mix``: up to 2)."""
+    info = resolve_input_device(device)
+    spec = spec.strip().lower()
+    if spec == "mix":
+        return min(2, info.max_input_channels)
+    if spec == "all":
+        return info.max_input_channels
+    highest = max(int(p) for p in spec.replace("-", ",").split(",") if p.strip().isdigit())
+    return highest + 1

@@ -1,0 +1,184 @@
+"""Encoder strategies for the live worker: how a hop's embedding is computed.
+
+``windowed`` (default) runs the ONNX :class:`~emberd.models.runtime.Encoder` on the
+latest ``window_frames`` mel frames of every channel, all channels as one batch, every
+hop. ``streaming`` feeds only the new frames to
+:class:`~emberd.models.streaming.StreamingEncoder` (aiSFX only), which keeps the conv
+activations of earlier frames; it emits one embedding per 8 frames, about 0.7 s behind
+the newest frame (its right context). Both implement :class:`HopEncoder`, and the worker
+does not care which one it holds.
+
+An :class:`Engine` bundles the strategy with one :class:`StreamingFrontEnd` per channel;
+``set_model`` builds a new Engine on the control thread and hands it to the worker.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from emberd.errors import EmberdError
+
+log = logging.getLogger(__name__)
+
+ENCODER_STRATEGIES = ("windowed", "streaming")
+FRAME_CAPACITY_MIN = 512  # mel frames kept per channel (12 s at 23 ms), more than any window
+SILENCE_PRIME_S = 0.2  # s of zeros pushed through a scratch front end to learn the silence frame
+
+
+class HopEncoder(Protocol):
+    """What the worker needs from an encoder strategy."""
+
+    kind: str
+    model: str
+    provider: str
+    dim: int
+    window_frames: int
+
+    def embed_hop(self, fronts: list[Any], end_frame: int) -> np.ndarray | None:
+        """Embedding ``[C, dim]`` of the audio up to frame ``end_frame`` (exclusive), or None."""
+        ...
+
+
+def silence_frame(config: Any) -> np.ndarray:
+    """The mel frame a front end produces for digital silence (pads the first windows)."""
+    from emberd.dsp.frontend import StreamingFrontEnd
+
+    fe = StreamingFrontEnd(config)
+    fe.push(np.zeros(int(SILENCE_PRIME_S * config.sr) + config.n_fft, dtype=np.float32))
+    out = np.zeros((1, config.n_mels), dtype=np.float32)
+    if fe.frames.latest(1, out) != 1:  # pragma: no cover - 0.2 s always gives frames
+        raise EmberdError("front end: no frame from silence")
+    return out[0]
+
+
+class WindowedEncoder:
+    """ONNX encoder on the latest window of every channel, one batch per hop."""
+
+    kind = "windowed"
+
+    def __init__(self, encoder: Any, channels: int, silence: np.ndarray) -> None:
+        manifest = encoder.manifest
+        self.encoder = encoder
+        self.model: str = manifest.name
+        self.provider: str = encoder.provider
+        self.dim: int = int(manifest.dim)
+        self.window_frames: int = int(manifest.window_frames)
+        self._window = np.empty((channels, self.window_frames, manifest.n_mels), np.float32)
+        self._silence = silence
+
+    def embed_hop(self, fronts: list[Any], end_frame: int) -> np.ndarray | None:
+        for c, fe in enumerate(fronts):
+            oldest = fe.frames.total - fe.frames.available  # oldest frame still held
+            n = max(0, min(self.window_frames, end_frame - oldest, end_frame))
+            pad = self.window_frames - n
+            if pad:
+                self._window[c, :pad] = self._silence  # before the stream began: silence
+            if n:
+                fe.frames.copy_range(end_frame - n, self._window[c, pad:])
+        return np.asarray(self.encoder.embed(self._window), dtype=np.float32)
+
+
+class StreamingHopEncoder:
+    """:class:`StreamingEncoder` fed with each hop's new frames (aiSFX only)."""
+
+    kind = "streaming"
+
+    def __init__(self, streaming: Any, model: str, channels: int, n_mels: int) -> None:
+        self.streaming = streaming
+        self.model = model
+        self.provider = "numpy"  # BLAS GEMMs, not ONNX Runtime
+        self.dim = int(streaming.dim)
+        self.window_frames = int(streaming.window_columns * 8)
+        self._fed = 0
+        self._buf = np.empty((channels, streaming.chunk_frames * 4, n_mels), np.float32)
+        self._last: np.ndarray | None = None
+
+    def embed_hop(self, fronts: list[Any], end_frame: int) -> np.ndarray | None:
+        while self._fed < end_frame:
+            n = min(end_frame - self._fed, self._buf.shape[1])
+            for c, fe in enumerate(fronts):
+                fe.frames.copy_range(self._fed, self._buf[c, :n])
+            for _end, emb in self.streaming.push(self._buf[:, :n]):
+                self._last = emb.copy()
+            self._fed += n
+        return self._last
+
+
+@dataclass
+class Engine:
+    """A hop encoder plus one front end per channel, built together for one model."""
+
+    manifest: Any
+    fronts: list[Any]
+    encoder: HopEncoder
+    hop_frames: int  # mel frames between two hops
+
+    @property
+    def config(self) -> Any:
+        return self.manifest.frontend()
+
+
+def build_engine(
+    model: Any,
+    *,
+    channels: int,
+    device: str,
+    hop_ms: float | None,
+    strategy: str = "windowed",
+    threads: int = 2,
+) -> Engine:
+    """Build an Engine for ``model``: a manifest, a name, or None (aiSFX, falling back
+    loudly to dsp-baseline).
+
+    Raises
+    ------
+    EmberdError
+        Unknown model or strategy, or a strategy the model does not support.
+    """
+    from emberd.dsp.frontend import StreamingFrontEnd
+    from emberd.models.registry import resolve_default
+
+    if strategy not in ENCODER_STRATEGIES:
+        raise EmberdError(f"encoder {strategy!r}: choose from {', '.join(ENCODER_STRATEGIES)}")
+    manifest = model if hasattr(model, "window_frames") else resolve_default(model)
+    config = manifest.frontend()
+    frame_s = config.hop_length / config.sr
+    hop_frames = 1 if hop_ms is None else max(1, round(hop_ms / 1000.0 / frame_s))
+    capacity = max(FRAME_CAPACITY_MIN, 4 * manifest.window_frames)
+    fronts = [StreamingFrontEnd(config, frame_capacity=capacity) for _ in range(channels)]
+    encoder: HopEncoder
+    if strategy == "streaming":
+        encoder = _streaming(manifest, channels=channels, hop_frames=hop_frames, threads=threads)
+    else:
+        from emberd.models.runtime import Encoder
+
+        onnx = Encoder(manifest, device=device, threads=threads)
+        encoder = WindowedEncoder(onnx, channels, silence_frame(config))
+    log.info(
+        "encoder %s (%s) on %s, hop %d frame(s) = %.1f ms",
+        manifest.name, encoder.kind, encoder.provider, hop_frames, hop_frames * frame_s * 1000,
+    )  # fmt: skip
+    return Engine(manifest=manifest, fronts=fronts, encoder=encoder, hop_frames=hop_frames)
+
+
+def _streaming(manifest: Any, *, channels: int, hop_frames: int, threads: int) -> HopEncoder:
+    """Build the streaming aiSFX encoder from the fetched checkpoint."""
+    if manifest.name != "aisfx":
+        raise EmberdError(f"encoder streaming: only for aisfx, not {manifest.name}")
+    from emberd.models import aisfx
+    from emberd.models.streaming import StreamingEncoder
+    from emberd.paths import cache_dir
+
+    state, _ = aisfx.load_checkpoint(aisfx.fetch_wheel(cache_dir()))
+    enc = StreamingEncoder(
+        aisfx.folded_weights(state),
+        hop_frames=hop_frames,
+        window_frames=manifest.window_frames,
+        channels=channels,
+        threads=threads,
+    )
+    return StreamingHopEncoder(enc, manifest.name, channels, manifest.n_mels)

@@ -1,0 +1,121 @@
+"""ZeroMQ publisher thread: one PUB socket, multipart messages in the wire format.
+
+The thread creates, binds, uses and closes its PUB socket itself (a ZeroMQ socket
+must stay in one thread). Per hop and channel it sends ``match.<c>``, ``tag.<c>``,
+``level.<c>`` and ``emb.<c>``, then ``similarity`` when there are several channels;
+``status`` once a second. Frames come from :func:`emberd.clients.wire.encode`.
+The send high-water mark is explicit (:data:`SNDHWM_MESSAGES`); a slow subscriber
+loses messages (visible as gaps in its per-topic ``seq``), it never slows the daemon.
+A subscriber that joins late asks the control channel for ``status``.
+
+Shared attributes (written by -> read by):
+
+* ``endpoint`` the bound endpoint, with the real port (this thread, before ``bound`` is set
+  -> app)
+* ``stats.publisher_drops["zmq"]`` (this thread -> status)
+* ``stats.latency_ring("zmq")`` (this thread -> status)
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from emberd.clients import wire
+from emberd.daemon.handoff import Handoff
+from emberd.daemon.status import DaemonStats
+from emberd.daemon.worker import EndOfStream, HopResult, Item, StatusItem
+
+SNDHWM_MESSAGES = 1000  # queued messages per subscriber: ~2 s of 8-channel hops
+GET_TIMEOUT_S = 0.2  # wake-up period to notice a stop request
+
+
+class ZmqPublisher(threading.Thread):
+    """Publishes hops and status on a ZeroMQ PUB socket (see module docstring)."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        handoff: Handoff[Item],
+        stats: DaemonStats,
+        *,
+        context: Any,
+        send_embedding: bool = True,
+    ) -> None:
+        super().__init__(name="emberd-zmq-pub", daemon=True)
+        self.endpoint = endpoint
+        self.handoff = handoff
+        self.stats = stats
+        self.context = context
+        self.send_embedding = send_embedding
+        self.bound = threading.Event()
+        self.error: BaseException | None = None
+        self.send_drops = 0
+        self._seq: dict[bytes, int] = {}
+        self._latency = stats.latency_ring("zmq")
+        self._sock: Any = None
+
+    def run(self) -> None:
+        import zmq
+
+        sock = self.context.socket(zmq.PUB)
+        try:
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.SNDHWM, SNDHWM_MESSAGES)
+            try:
+                sock.bind(self.endpoint)
+            except zmq.ZMQError as exc:
+                self.error = exc
+                return
+            self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+            self._sock = sock
+        finally:
+            self.bound.set()
+        try:
+            while True:
+                item = self.handoff.get(GET_TIMEOUT_S)
+                self.stats.publisher_drops["zmq"] = self.handoff.dropped + self.send_drops
+                if item is None:
+                    if self.handoff.closed:
+                        return
+                    continue
+                if isinstance(item, EndOfStream):
+                    return
+                if isinstance(item, StatusItem):
+                    self._send(wire.KIND_STATUS, None, item.capture_time, item.status.get(
+                        "model", ""), status=item.status)  # fmt: skip
+                else:
+                    self._hop(item)
+        finally:
+            sock.close(linger=0)
+
+    def _send(
+        self, kind: str, channel: int | None, capture_time: float, model: str, **kw: Any
+    ) -> None:
+        import zmq
+
+        topic = wire.topic_for(kind, channel)
+        seq = self._seq.get(topic, 0)
+        self._seq[topic] = seq + 1
+        frames = wire.encode(kind, seq=seq, capture_time=capture_time, model=model,
+                             channel=channel, **kw)  # fmt: skip
+        try:
+            self._sock.send_multipart(frames, flags=zmq.NOBLOCK)
+        except zmq.Again:  # PUB drops at the HWM anyway; count it when the OS says so
+            self.send_drops += 1
+
+    def _hop(self, hop: HopResult) -> None:
+        t, model = hop.capture_time, hop.model
+        for c, channel in enumerate(hop.channels):
+            self._send(wire.KIND_MATCH, channel, t, model, hop=hop.seq, matches=hop.matches[c])
+            self._send(wire.KIND_TAG, channel, t, model, hop=hop.seq, tags=hop.tags[c])
+            rms_db, peak_db, onset = hop.levels[c]
+            self._send(wire.KIND_LEVEL, channel, t, model, hop=hop.seq, rms_db=round(rms_db, 2),
+                       peak_db=round(peak_db, 2), onset=bool(onset))  # fmt: skip
+            if self.send_embedding:
+                self._send(wire.KIND_EMB, channel, t, model, hop=hop.seq, array=hop.embeddings[c])
+        if hop.similarity is not None:
+            self._send(wire.KIND_SIMILARITY, None, t, model, hop=hop.seq,
+                       channels=list(hop.channels), array=hop.similarity)  # fmt: skip
+        self._latency.add((time.time() - hop.capture_time) * 1000.0)

@@ -1,0 +1,140 @@
+"""The daemon's status object: timing, counters and what is running.
+
+:class:`DaemonStats` is written by the worker (hop latency, inference time, hop
+counters), the publishers (per-transport drops), the control servers (rejected
+requests) and read by whoever builds a status snapshot (worker, control thread).
+Percentiles come from preallocated rings of the latest samples, so the worker never
+allocates to record a figure.
+
+Status object fields (the ``status`` ZeroMQ message, the control ``status`` reply and,
+in part, ``/emberd/status``):
+
+``model``, ``provider`` (active ONNX Runtime execution provider), ``encoder``
+(``windowed`` or ``streaming``), ``channels``, ``sr``, ``hop_ms``, ``k``, ``paused``,
+``input``, ``library``, ``start_time`` (Unix s), ``uptime_s``, ``hops``,
+``latency_p50_ms`` / ``latency_p99_ms`` (capture of the first sample of a hop ->
+its last datagram sent; the slowest transport), ``latency_ms_by_transport``,
+``inference_ms`` / ``inference_p99_ms`` (encoder call per hop, all channels),
+``hop_work_ms`` (whole hop: encoder + search + votes), ``callback_interval_ms``,
+``callback_jitter_ms`` (p99 of |block interval - nominal|), ``callback_jitter_max_ms``,
+``overflows`` (frames the callback could not store), ``dropped_hops`` (hops skipped by
+a late worker plus hops dropped by full publisher queues), ``rejected`` (malformed
+control requests and OSC datagrams), ``rejected_control``, ``rejected_osc``,
+``nonfinite_samples``, ``osc_targets``, ``zmq_pub``, ``control``, ``osc_in``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import numpy as np
+
+STATS_WINDOW_HOPS = 2048  # latest hops in the percentile figures (47 s at 23 ms)
+JITTER_WINDOW_BLOCKS = 8192  # latest block intervals in the jitter figure
+
+
+class _Ring:
+    """Fixed-size ring of float64 samples for percentiles (single writer)."""
+
+    def __init__(self, size: int) -> None:
+        self.buf = np.zeros(size, dtype=np.float64)
+        self.n = 0
+
+    def add(self, value: float) -> None:
+        self.buf[self.n % self.buf.size] = value
+        self.n += 1
+
+    def add_many(self, values: np.ndarray) -> None:
+        for v in values[-self.buf.size :]:
+            self.add(float(v))
+
+    def values(self) -> np.ndarray:
+        return self.buf[: min(self.n, self.buf.size)].copy()
+
+    def percentile(self, q: float) -> float:
+        vals = self.values()
+        return float(np.percentile(vals, q)) if vals.size else 0.0
+
+
+class DaemonStats:
+    """Counters and timing rings shared by the daemon's threads.
+
+    Shared attributes (written by -> read by):
+
+    * ``latency_rings[t]`` (publisher of transport t -> snapshot)
+    * ``inference_ms``, ``hop_work_ms`` rings (publisher/worker -> snapshot)
+    * ``hops``, ``skipped_hops`` (worker -> snapshot)
+    * ``rejected_control``, ``rejected_osc`` (control threads -> snapshot; each
+      counter has a single writer thread)
+    * ``info`` dict of static-ish facts (app/worker on model change -> snapshot)
+    """
+
+    def __init__(self, nominal_block_s: float) -> None:
+        self.start_time = time.time()
+        self.start_mono = time.perf_counter()
+        self.nominal_block_s = nominal_block_s
+        self.latency_rings: dict[str, _Ring] = {}  # per transport, each written by its publisher
+        self.inference_ms = _Ring(STATS_WINDOW_HOPS)
+        self.hop_work_ms = _Ring(STATS_WINDOW_HOPS)
+        self.block_interval_ms = _Ring(JITTER_WINDOW_BLOCKS)
+        self.hops = 0
+        self.skipped_hops = 0
+        self.rejected_control = 0
+        self.rejected_osc = 0
+        self.overflows = 0
+        self.nonfinite_samples = 0
+        self.publisher_drops: dict[str, int] = {}
+        self.info: dict[str, Any] = {}
+        self._lock = threading.Lock()  # snapshot vs. jitter ring update (not the callback)
+
+    def ms_since_start(self, unix_time: float) -> int:
+        """Integer milliseconds since the daemon started (the OSC time base)."""
+        return round((unix_time - self.start_time) * 1000.0)
+
+    def latency_ring(self, transport: str) -> _Ring:
+        """The capture -> publish latency ring of one transport (created on first use)."""
+        return self.latency_rings.setdefault(transport, _Ring(STATS_WINDOW_HOPS))
+
+    def add_block_intervals(self, intervals_s: np.ndarray) -> None:
+        """Record callback intervals (seconds); called by the worker."""
+        with self._lock:
+            self.block_interval_ms.add_many(intervals_s * 1000.0)
+
+    def snapshot(self) -> dict[str, Any]:
+        """The status object (a new dict; safe to hand to another thread)."""
+        with self._lock:
+            intervals = self.block_interval_ms.values()
+        nominal_ms = self.nominal_block_s * 1000.0
+        jitter = np.abs(intervals - nominal_ms) if intervals.size else np.zeros(1)
+        rings = dict(self.latency_rings)
+        lat50 = {t: r.percentile(50) for t, r in rings.items()}
+        lat99 = {t: r.percentile(99) for t, r in rings.items()}
+        dropped = self.skipped_hops + sum(self.publisher_drops.values())
+        status: dict[str, Any] = dict(self.info)
+        status.update(
+            start_time=self.start_time,
+            uptime_s=round(time.perf_counter() - self.start_mono, 3),
+            hops=self.hops,
+            latency_p50_ms=round(max(lat50.values(), default=0.0), 3),
+            latency_p99_ms=round(max(lat99.values(), default=0.0), 3),
+            latency_ms_by_transport={
+                t: {"p50": round(lat50[t], 3), "p99": round(lat99[t], 3)} for t in lat50
+            },
+            inference_ms=round(self.inference_ms.percentile(50), 3),
+            inference_p99_ms=round(self.inference_ms.percentile(99), 3),
+            hop_work_ms=round(self.hop_work_ms.percentile(50), 3),
+            callback_interval_ms=round(float(np.median(intervals)), 3) if intervals.size else 0.0,
+            callback_jitter_ms=round(float(np.percentile(jitter, 99)), 3),
+            callback_jitter_max_ms=round(float(jitter.max()), 3),
+            overflows=self.overflows,
+            nonfinite_samples=self.nonfinite_samples,
+            dropped_hops=dropped,
+            skipped_hops=self.skipped_hops,
+            publisher_drops=dict(self.publisher_drops),
+            rejected=self.rejected_control + self.rejected_osc,
+            rejected_control=self.rejected_control,
+            rejected_osc=self.rejected_osc,
+        )
+        return status

@@ -1,0 +1,475 @@
+"""The analysis worker: ring -> mel frames -> encoder every hop -> search -> tags -> handoffs.
+
+One thread. It drains the :class:`~emberd.dsp.ring.SampleRing` the producer (audio
+callback or file/synth feeder) fills, pushes each selected channel through its own
+:class:`~emberd.dsp.frontend.StreamingFrontEnd`, and every ``hop_frames`` mel frames
+runs the encoder on all channels as one batch, searches the library, votes tags,
+measures level/onset and the channel similarity matrix, and hands one
+:class:`HopResult` to every publisher's :class:`~emberd.daemon.handoff.Handoff`
+(drop-oldest; it never waits for a transport).
+
+Commands from the control threads (``set_k``, ``set_model``, ``reload``, ``capture``)
+arrive on a queue and are applied between hops, so the worker alone touches the
+engine, the library (an SQLite connection must stay in the thread that opened it)
+and the per-channel state.
+
+Shared attributes (written by -> read by):
+
+* ``paused`` (control thread -> worker)
+* ``k`` (worker, on ``set_k`` -> control thread for status)
+* ``engine`` (worker, on ``set_model`` -> control thread for status)
+* ``done`` event (worker at end of input -> app)
+* ``stats`` counters (see :class:`~emberd.daemon.status.DaemonStats`)
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from emberd.daemon.analysis import OnsetDetector, cosine_matrix, level_db, vote_tags
+from emberd.daemon.engine import Engine
+from emberd.daemon.handoff import Handoff
+from emberd.daemon.status import DaemonStats
+from emberd.errors import EmberdError
+
+log = logging.getLogger(__name__)
+
+READ_CHUNK_FRAMES = 2048  # samples per channel drained from the ring per front-end push
+STATUS_PERIOD_S = 1.0  # status message interval
+WAIT_MIN_S = 0.0005  # shortest sleep while waiting for audio
+WAIT_MAX_S = 0.005  # longest sleep while waiting for audio (bounds command latency)
+MAX_K = 100  # largest k for set_k / --k
+MAX_CAPTURE_S = 60.0  # longest capture command
+
+
+@dataclass
+class HopResult:
+    """Everything published for one hop, for every channel (built by the worker, read-only after).
+
+    ``capture_time`` is the Unix time of the first sample of the newest hop of audio
+    (the audio that made this hop happen); ``latency = publish - capture_time``.
+    """
+
+    seq: int
+    capture_time: float
+    model: str
+    channels: list[int]
+    embeddings: np.ndarray  # [C, dim] float32, a copy
+    matches: list[list[dict[str, Any]]]
+    tags: list[list[dict[str, Any]]]
+    levels: list[tuple[float, float, bool]]  # (rms_db, peak_db, onset) per channel
+    similarity: np.ndarray | None  # [C, C] when C > 1
+
+
+@dataclass
+class StatusItem:
+    """A status snapshot to publish."""
+
+    status: dict[str, Any]
+    capture_time: float
+
+
+@dataclass
+class EndOfStream:
+    """The input ended (file without --loop); publishers flush and exit."""
+
+
+Item = HopResult | StatusItem | EndOfStream
+
+
+@dataclass
+class Command:
+    """A control request for the worker, answered through ``reply``."""
+
+    cmd: str
+    args: dict[str, Any]
+    reply: dict[str, Any] | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+
+    def answer(self, reply: dict[str, Any]) -> None:
+        self.reply = reply
+        self.done.set()
+
+
+@dataclass
+class _Capture:
+    command: Command
+    end_pos: int  # sample position at which the capture ends
+    channels: list[int]  # indexes into the worker's channel list
+    sums: np.ndarray  # [C, dim] sum of unit embeddings
+    hops: int = 0
+
+
+class Worker(threading.Thread):
+    """The analysis thread (see module docstring).
+
+    Parameters
+    ----------
+    source : LiveInput
+        Has ``ring`` (SampleRing), ``clock`` (BlockClock), ``sr``, ``finished``.
+    engine : Engine
+        Front ends + hop encoder.
+    open_library : callable
+        ``open_library() -> library``; called in this thread (SQLite affinity).
+    channel_index : list of int
+        Ring columns to analyse; their numbers are the published channel numbers.
+    handoffs : list of Handoff
+        One per publisher.
+    stats : DaemonStats
+    k : int
+        Matches per hop.
+    realtime : bool
+        Skip hops when late (live input); ``False`` (fast file input) computes every hop.
+    """
+
+    def __init__(
+        self,
+        *,
+        source: Any,
+        engine: Engine,
+        open_library: Callable[[], Any],
+        channel_index: list[int],
+        handoffs: list[Handoff[Item]],
+        stats: DaemonStats,
+        k: int,
+        realtime: bool,
+    ) -> None:
+        super().__init__(name="emberd-worker", daemon=True)
+        self.source = source
+        self.engine = engine
+        self._open_library = open_library
+        self.library: Any = None
+        self.channel_index = list(channel_index)
+        self.channels = list(channel_index)
+        self.handoffs = handoffs
+        self.stats = stats
+        self.k = k
+        self.realtime = realtime
+        self.paused = False
+        self.commands: queue.Queue[Command] = queue.Queue()
+        self.ready = threading.Event()
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+        self._stop_event = threading.Event()
+        n = len(channel_index)
+        self._scratch = np.zeros((READ_CHUNK_FRAMES, source.ring.channels), np.float32)
+        self._chan = np.zeros((n, READ_CHUNK_FRAMES), np.float32)
+        self._sumsq = np.zeros(n, np.float64)
+        self._peak = np.zeros(n, np.float64)
+        self._count = 0  # samples accumulated into _sumsq/_peak since the last hop
+        self._onsets = [OnsetDetector() for _ in range(n)]
+        self._read_pos = 0  # samples consumed from the ring
+        self._seq = 0
+        self._next_status = 0.0
+        self._capture: _Capture | None = None
+        self._reset_schedule()
+
+    # ------------------------------------------------------------------ control API
+
+    def stop(self) -> None:
+        """Ask the thread to end after the current iteration."""
+        self._stop_event.set()
+
+    def submit(self, cmd: str, args: dict[str, Any]) -> Command:
+        """Queue a command; wait on ``command.done`` for the reply."""
+        command = Command(cmd, args)
+        self.commands.put(command)
+        return command
+
+    # ------------------------------------------------------------------ thread
+
+    def run(self) -> None:
+        try:
+            self.library = self._open_library()
+        except BaseException as exc:  # reported by the app as a one-line error
+            self.error = exc
+            self.ready.set()
+            self.done.set()
+            return
+        self.ready.set()
+        try:
+            self._loop()
+        except BaseException as exc:  # a bug: keep the message, end the daemon cleanly
+            log.exception("worker failed")
+            self.error = exc
+        finally:
+            for h in self.handoffs:
+                h.put(EndOfStream())
+            self._fail_pending("daemon stopping")
+            self.done.set()
+
+    def _loop(self) -> None:
+        ring = self.source.ring
+        while not self._stop_event.is_set():
+            self._apply_commands()
+            now = time.time()
+            if now >= self._next_status:
+                self._publish_status(now)
+            n = ring.read(self._scratch)
+            if n:
+                self._consume(n)
+                continue
+            if self.source.finished and ring.available == 0:
+                self._end_of_input()
+                return
+            self._wait()
+
+    def _wait(self) -> None:
+        """Sleep until the next hop's audio should have arrived (bounded both ways)."""
+        if not self.realtime:
+            time.sleep(WAIT_MIN_S)
+            return
+        need = self._hop_sample_end(self._next_hop_frame) - self._read_pos
+        sr = self.source.sr
+        time.sleep(min(WAIT_MAX_S, max(WAIT_MIN_S, need / sr)))
+
+    # ------------------------------------------------------------------ audio
+
+    def _consume(self, n: int) -> None:
+        fronts = self.engine.fronts
+        for c, col in enumerate(self.channel_index):
+            x = self._chan[c, :n]
+            np.copyto(x, self._scratch[:n, col])
+            self._sumsq[c] += float(np.dot(x, x))
+            self._peak[c] = max(self._peak[c], float(np.max(np.abs(x))))
+            fronts[c].push(x)
+        self._count += n
+        self._read_pos += n
+        total = fronts[0].frames.total
+        if total < self._next_hop_frame:
+            return
+        hop = self.engine.hop_frames
+        pending = (total - self._next_hop_frame) // hop + 1
+        if self.realtime and pending > 1:  # late: analyse only the newest hop
+            self.stats.skipped_hops += pending - 1
+            self._next_hop_frame += (pending - 1) * hop
+            pending = 1
+        for _ in range(pending):
+            self._hop(self._next_hop_frame)
+            self._next_hop_frame += hop
+
+    def _end_of_input(self) -> None:
+        """Flush the front ends and analyse the tail, then tell the publishers."""
+        for fe in self.engine.fronts:
+            fe.flush()
+        total = self.engine.fronts[0].frames.total
+        while self._next_hop_frame <= total:
+            self._hop(self._next_hop_frame)
+            self._next_hop_frame += self.engine.hop_frames
+        if self._last_hop_frame < total:
+            self._hop(total)  # the very end, so short files always get a hop
+        self._publish_status(time.time())
+        if self._capture is not None:
+            self._finish_capture()
+
+    # ------------------------------------------------------------------ hop
+
+    def _reset_schedule(self) -> None:
+        self._next_hop_frame = self.engine.hop_frames + self.engine.fronts[0].frames.total
+        self._last_hop_frame = -1
+
+    def _hop_sample_end(self, end_frame: int) -> int:
+        """Sample position (exclusive) of the newest sample frame ``end_frame - 1`` needs."""
+        cfg = self.engine.config
+        last = (end_frame - 1) * cfg.hop_length
+        return last + (cfg.n_fft // 2 if cfg.center else cfg.n_fft)
+
+    def _hop(self, end_frame: int) -> None:
+        self._last_hop_frame = end_frame
+        cfg = self.engine.config
+        sample_end = min(self._hop_sample_end(end_frame), self._read_pos)
+        hop_samples = self.engine.hop_frames * cfg.hop_length
+        capture_time = self.source.clock.time_of(sample_end - hop_samples)
+        levels = self._levels()
+        if self.paused and self._capture is None:
+            return
+        t0 = time.perf_counter()
+        emb = self.engine.encoder.embed_hop(self.engine.fronts, end_frame)
+        t1 = time.perf_counter()
+        if emb is None:  # a streaming encoder still filling its context
+            return
+        self.stats.inference_ms.add((t1 - t0) * 1000.0)
+        if self._capture is not None:
+            self._add_capture(emb)
+        if self.paused:
+            return
+        matches = self._search(emb, self.k)
+        tags = [vote_tags(m) for m in matches]
+        sim = cosine_matrix(emb) if len(self.channels) > 1 else None
+        self.stats.hop_work_ms.add((time.perf_counter() - t0) * 1000.0)
+        result = HopResult(
+            seq=self._seq,
+            capture_time=capture_time,
+            model=self.engine.encoder.model,
+            channels=self.channels,
+            embeddings=np.array(emb, dtype=np.float32, copy=True),
+            matches=matches,
+            tags=tags,
+            levels=levels,
+            similarity=sim,
+        )
+        self._seq += 1
+        self.stats.hops += 1
+        for h in self.handoffs:
+            h.put(result)
+
+    def _levels(self) -> list[tuple[float, float, bool]]:
+        out = []
+        for c in range(len(self.channels)):
+            if self._count:
+                rms = math.sqrt(self._sumsq[c] / self._count)
+                rms_db = 20.0 * math.log10(rms) if rms > 0 else -120.0
+                peak_db = 20.0 * math.log10(self._peak[c]) if self._peak[c] > 0 else -120.0
+            else:
+                rms_db, peak_db = level_db(np.zeros(0, np.float32))
+            rms_db, peak_db = max(rms_db, -120.0), max(peak_db, -120.0)
+            out.append((rms_db, peak_db, self._onsets[c].push(rms_db)))
+        self._sumsq[:] = 0.0
+        self._peak[:] = 0.0
+        self._count = 0
+        return out
+
+    def _search(self, emb: np.ndarray, k: int) -> list[list[dict[str, Any]]]:
+        try:
+            return [list(m) for m in self.library.search(emb, k, model=self.engine.encoder.model)]
+        except EmberdError as exc:  # e.g. library not embedded with this model: say so once
+            if not getattr(self, "_search_warned", False):
+                log.warning("library search failed: %s", exc)
+                self._search_warned = True
+            return [[] for _ in self.channels]
+
+    # ------------------------------------------------------------------ status
+
+    def _publish_status(self, now: float) -> None:
+        self._next_status = now + STATUS_PERIOD_S
+        ring = self.source.ring
+        self.stats.overflows = int(ring.overflow_frames) + int(getattr(self.source, "overflows", 0))
+        self.stats.nonfinite_samples = int(ring.nonfinite_samples)
+        self.stats.add_block_intervals(self.source.clock.new_intervals())
+        self.stats.info.update(self.describe())
+        item = StatusItem(self.stats.snapshot(), now)
+        for h in self.handoffs:
+            h.put(item)
+
+    def describe(self) -> dict[str, Any]:
+        """The worker's part of the status object."""
+        enc = self.engine.encoder
+        cfg = self.engine.config
+        return {
+            "model": enc.model,
+            "provider": enc.provider,
+            "encoder": enc.kind,
+            "dim": enc.dim,
+            "channels": len(self.channels),
+            "channel_numbers": list(self.channels),
+            "sr": cfg.sr,
+            "hop_ms": round(self.engine.hop_frames * cfg.hop_length / cfg.sr * 1000.0, 3),
+            "window_ms": round(enc.window_frames * cfg.hop_length / cfg.sr * 1000.0, 3),
+            "k": self.k,
+            "paused": self.paused,
+        }
+
+    # ------------------------------------------------------------------ commands
+
+    def _apply_commands(self) -> None:
+        while True:
+            try:
+                command = self.commands.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                reply = self._run_command(command)
+            except EmberdError as exc:
+                reply = {"ok": False, "error": str(exc)}
+            if reply is not None:
+                command.answer(reply)
+
+    def _run_command(self, command: Command) -> dict[str, Any] | None:
+        args = command.args
+        if command.cmd == "set_k":
+            self.k = int(args["k"])
+            return {"ok": True, "k": self.k}
+        if command.cmd == "reload":
+            library = self._open_library()
+            old, self.library = self.library, library
+            if hasattr(old, "close"):
+                old.close()
+            self._search_warned = False
+            return {"ok": True, "library": str(getattr(library, "path", ""))}
+        if command.cmd == "set_model":
+            return self._swap_engine(args["engine"])
+        if command.cmd == "capture":
+            if self._capture is not None:
+                return {"ok": False, "error": "capture: one is already running"}
+            chans = args["channels"]
+            self._capture = _Capture(
+                command=command,
+                end_pos=self._read_pos + round(float(args["seconds"]) * self.source.sr),
+                channels=chans,
+                sums=np.zeros((len(self.channels), self.engine.encoder.dim), np.float64),
+            )
+            return None  # answered when the capture ends
+        return {"ok": False, "error": f"unknown command {command.cmd!r}"}
+
+    def _swap_engine(self, engine: Engine) -> dict[str, Any]:
+        probe = np.zeros((1, engine.encoder.dim), np.float32)
+        probe[0, 0] = 1.0
+        self.library.search(probe, 1, model=engine.encoder.model)  # EmberdError if not indexed
+        if self._capture is not None:
+            self._capture.command.answer({"ok": False, "error": "capture: model changed"})
+            self._capture = None
+        self.engine = engine
+        self._reset_schedule()
+        self._search_warned = False
+        return {"ok": True, "model": engine.encoder.model, "provider": engine.encoder.provider}
+
+    def _add_capture(self, emb: np.ndarray) -> None:
+        cap = self._capture
+        assert cap is not None
+        norms = np.linalg.norm(emb, axis=1, keepdims=True)
+        cap.sums += emb / np.maximum(norms, 1e-12)
+        cap.hops += 1
+        if self._read_pos >= cap.end_pos:
+            self._finish_capture()
+
+    def _finish_capture(self) -> None:
+        cap = self._capture
+        assert cap is not None
+        self._capture = None
+        if cap.hops == 0:
+            cap.command.answer({"ok": False, "error": "capture: no audio arrived"})
+            return
+        pooled = (cap.sums[cap.channels] / cap.hops).astype(np.float32)
+        matches = self._search(pooled, self.k)
+        cap.command.answer(
+            {
+                "ok": True,
+                "seconds": round(cap.hops * self.engine.hop_frames * self.engine.config.hop_length
+                                 / self.engine.config.sr, 3),
+                "hops": cap.hops,
+                "model": self.engine.encoder.model,
+                "results": [
+                    {"channel": self.channels[c], "matches": m, "tags": vote_tags(m)}
+                    for c, m in zip(cap.channels, matches, strict=True)
+                ],
+            }
+        )  # fmt: skip
+
+    def _fail_pending(self, why: str) -> None:
+        if self._capture is not None:
+            self._capture.command.answer({"ok": False, "error": f"capture: {why}"})
+            self._capture = None
+        while True:
+            try:
+                self.commands.get_nowait().answer({"ok": False, "error": why})
+            except queue.Empty:
+                return
