@@ -21,7 +21,7 @@ from emberd.atomic import atomic_write_text
 from emberd.errors import EmberdError
 from emberd.paths import cache_dir
 
-MAP_FORMAT_VERSION = 1
+MAP_FORMAT_VERSION = 2
 MIN_NORM = 1e-12  # vectors shorter than this have no direction
 
 
@@ -37,8 +37,8 @@ class LibraryMap:
         ``[dim]`` mean of the unit-normalised file vectors.
     axes : numpy.ndarray
         ``[2, dim]`` principal axes.
-    scale : float
-        Divides projected coordinates so the library fits in about [-1, 1].
+    scale : numpy.ndarray
+        ``[2]``: divides projected coordinates so the library fills [-1, 1] on both axes.
     points : list of dict
         ``{"id", "name", "tags", "x", "y"}`` per file.
     paths : dict
@@ -48,7 +48,7 @@ class LibraryMap:
     model: str
     mean: np.ndarray
     axes: np.ndarray
-    scale: float
+    scale: np.ndarray
     points: list[dict[str, Any]]
     paths: dict[int, str]
 
@@ -76,7 +76,7 @@ class LibraryMap:
             "model": self.model,
             "mean": self.mean.tolist(),
             "axes": self.axes.tolist(),
-            "scale": self.scale,
+            "scale": self.scale.tolist(),
             "points": self.points,
             "paths": {str(k): v for k, v in self.paths.items()},
         }
@@ -87,7 +87,7 @@ class LibraryMap:
             model=str(obj["model"]),
             mean=np.asarray(obj["mean"], dtype=np.float64),
             axes=np.asarray(obj["axes"], dtype=np.float64),
-            scale=float(obj["scale"]),
+            scale=np.asarray(obj["scale"], dtype=np.float64).reshape(2),
             points=list(obj["points"]),
             paths={int(k): str(v) for k, v in obj["paths"].items()},
         )
@@ -118,8 +118,10 @@ def fit_map(
     axes = np.zeros((2, x.shape[1]))
     axes[: min(2, vt.shape[0])] = vt[:2]
     xy = centred @ axes.T
-    scale = float(np.abs(xy).max()) if xy.size else 1.0
-    scale = scale if scale > MIN_NORM else 1.0
+    # Each axis scaled on its own: the second component is often much smaller and
+    # would otherwise squash the map into a line.
+    scale = np.abs(xy).max(axis=0)
+    scale = np.where(scale > MIN_NORM, scale, 1.0)
     xy /= scale
     points = [
         {"id": int(i), "name": n, "tags": list(t), "x": round(float(p[0]), 5),

@@ -196,7 +196,7 @@ function drawMap() {
     mctx.beginPath(); mctx.moveTo(a0, b0); mctx.lineTo(a1, b1); mctx.stroke();
   }
   const highlighted = new Set();
-  for (const c of Object.values(state.channels)) for (const m of c.matches.slice(0, 3)) highlighted.add(m.id);
+  for (const c of Object.values(state.channels)) for (const m of c.matches.slice(0, 1)) highlighted.add(m.id);
   for (const p of state.map.points) {
     const [x, y] = toCanvas(p.x, p.y);
     const hot = highlighted.has(p.id);
@@ -205,7 +205,7 @@ function drawMap() {
     if (hot) {
       mctx.strokeStyle = "#fff"; mctx.lineWidth = 1.5; mctx.stroke();
       mctx.fillStyle = "#e4e6eb"; mctx.font = "11px system-ui";
-      mctx.fillText(p.name, x + 7, y - 6);
+      label(p.name, x, y - 6, 7);
     }
   }
   for (const [ch, c] of Object.entries(state.cursors)) {
@@ -220,9 +220,29 @@ function drawMap() {
     mctx.fillStyle = col; mctx.strokeStyle = "#fff"; mctx.lineWidth = 2;
     mctx.beginPath(); mctx.arc(x, y, 8, 0, 2 * Math.PI); mctx.fill(); mctx.stroke();
     mctx.fillStyle = "#fff"; mctx.font = "bold 11px system-ui";
-    mctx.fillText("ch " + ch, x + 11, y + 4);
+    label("ch " + ch, x, y + 4, 11);
   }
+  drawLegend();
   requestAnimationFrame(drawMap);
+}
+
+// Text beside a point, flipped to the left side near the right edge so it stays readable.
+function label(text, x, y, gap) {
+  const w = mctx.measureText(text).width;
+  if (x + gap + w > mapCanvas.width - 4) { mctx.textAlign = "right"; mctx.fillText(text, x - gap, y); }
+  else { mctx.textAlign = "left"; mctx.fillText(text, x + gap, y); }
+  mctx.textAlign = "left";
+}
+
+function drawLegend() {
+  const tags = [...new Set(state.map.points.map((p) => (p.tags || [])[0]).filter(Boolean))].sort();
+  mctx.font = "11px system-ui";
+  tags.slice(0, 12).forEach((t, i) => {
+    const y = 14 + i * 15;
+    mctx.fillStyle = tagColour(t);
+    mctx.beginPath(); mctx.arc(10, y - 4, 4, 0, 2 * Math.PI); mctx.fill();
+    mctx.fillStyle = "#8a909c"; mctx.fillText(t, 18, y);
+  });
 }
 
 function nearestPoint(ev) {
