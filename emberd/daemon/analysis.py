@@ -39,7 +39,8 @@ def vote_tags(matches: Sequence[dict[str, Any]], *, max_tags: int = 8) -> list[d
             votes[tag] = votes.get(tag, 0.0) + weight / len(dict.fromkeys(tags))
     if total <= 0.0:
         return []
-    ranked = sorted(votes.items(), key=lambda kv: (-kv[1], kv[0]))[:max_tags]
+    ranked = sorted(((t, v) for t, v in votes.items() if v > 0.0), key=lambda kv: (-kv[1], kv[0]))
+    ranked = ranked[:max_tags]
     return [{"tag": tag, "confidence": round(v / total, 6)} for tag, v in ranked]
 
 

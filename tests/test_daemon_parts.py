@@ -1,0 +1,110 @@
+"""Daemon building blocks: tag vote, level/onset, similarity, handoff, bind policy, channels."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from emberd.daemon.analysis import OnsetDetector, cosine_matrix, level_db, vote_tags
+from emberd.daemon.app import parse_channels
+from emberd.daemon.clock import BlockClock
+from emberd.daemon.handoff import Handoff
+from emberd.daemon.netpolicy import check_listen_host, check_zmq_endpoint, is_loopback
+from emberd.errors import EmberdError
+
+
+def test_tag_vote_weights_by_score() -> None:
+    matches = [
+        {"score": 0.9, "tags": ["Kicks"]},
+        {"score": 0.8, "tags": ["Kicks"]},
+        {"score": 0.3, "tags": ["Snares"]},
+        {"score": -0.5, "tags": ["Pads"]},  # negative similarity: no vote
+    ]
+    tags = vote_tags(matches)
+    assert [t["tag"] for t in tags] == ["Kicks", "Snares"]
+    assert tags[0]["confidence"] == pytest.approx(1.7 / 2.0)
+    assert tags[1]["confidence"] == pytest.approx(0.3 / 2.0)
+
+
+def test_tag_vote_nested_folders_share_weight() -> None:
+    tags = vote_tags([{"score": 1.0, "tags": ["Drums", "Kicks"]}, {"score": 1.0, "tags": []}])
+    assert {t["tag"]: t["confidence"] for t in tags} == {"Drums": 0.25, "Kicks": 0.25}
+    assert sum(t["confidence"] for t in tags) <= 1.0
+    assert vote_tags([]) == []
+    assert vote_tags([{"score": float("nan"), "tags": ["X"]}]) == []
+
+
+def test_level_and_onset() -> None:
+    rms, peak = level_db(np.full(1000, 0.5, np.float32))
+    assert rms == pytest.approx(-6.02, abs=0.01) and peak == pytest.approx(-6.02, abs=0.01)
+    assert level_db(np.zeros(10, np.float32))[0] == -120.0
+    det = OnsetDetector()
+    fired = [det.push(x) for x in [-80, -80, -80, -80, -10, -12, -14, -80, -80, -80, -80, -20]]
+    assert fired == [False] * 4 + [True] + [False] * 6 + [True]
+
+
+def test_similarity_matrix() -> None:
+    e = np.array([[1, 0, 0], [2, 0, 0], [0, 1, 0]], np.float32)
+    sim = cosine_matrix(e)
+    np.testing.assert_allclose(sim, [[1, 1, 0], [1, 1, 0], [0, 0, 1]], atol=1e-6)
+    assert sim.dtype == np.float32
+
+
+def test_handoff_drops_oldest_and_counts() -> None:
+    h: Handoff[int] = Handoff(capacity=3)
+    for i in range(5):
+        h.put(i)
+    assert h.dropped == 2
+    assert [h.get(0.0) for _ in range(3)] == [2, 3, 4]
+    assert h.get(0.0) is None
+    got: list[int | None] = []
+    t = threading.Thread(target=lambda: got.append(h.get(5.0)))
+    t.start()
+    h.put(9)
+    t.join()
+    assert got == [9]
+    h.close()
+    assert h.get(5.0) is None  # closed and empty: returns at once
+
+
+def test_block_clock_extrapolates_and_measures_intervals() -> None:
+    clock = BlockClock(sr=1000, capacity=8)
+    for k in range(1, 20):
+        clock.mark(k * 10)
+    t_last = clock.time_of(190)
+    assert clock.time_of(180) == pytest.approx(t_last - 0.01)
+    iv = clock.new_intervals()
+    assert iv.size == 7  # only the marks still held
+    assert clock.new_intervals().size == 0
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.3.2.1", "::1", "localhost", "[::1]"])
+def test_loopback_hosts_accepted(host: str) -> None:
+    assert is_loopback(host)
+    check_listen_host(host, "--osc-in", listen_any=False)
+
+
+@pytest.mark.parametrize("endpoint", ["tcp://0.0.0.0:5556", "tcp://*:5556", "tcp://10.1.2.3:1"])
+def test_non_loopback_refused_without_listen_any(endpoint: str) -> None:
+    with pytest.raises(EmberdError, match="--listen-any"):
+        check_zmq_endpoint(endpoint, "--zmq-pub", listen_any=False)
+    assert check_zmq_endpoint(endpoint, "--zmq-pub", listen_any=True).startswith("tcp://")
+
+
+def test_zmq_endpoint_forms() -> None:
+    assert check_zmq_endpoint("tcp://127.0.0.1:0", "x", listen_any=False) == "tcp://127.0.0.1:*"
+    assert check_zmq_endpoint("ipc:///tmp/e", "x", listen_any=False) == "ipc:///tmp/e"
+    for bad in ("127.0.0.1:5556", "tcp://127.0.0.1", "udp://127.0.0.1:1", "tcp://127.0.0.1:99999"):
+        with pytest.raises(EmberdError):
+            check_zmq_endpoint(bad, "--control", listen_any=False)
+
+
+def test_parse_channels() -> None:
+    assert parse_channels("mix", 2) == [-1]
+    assert parse_channels("all", 3) == [0, 1, 2]
+    assert parse_channels("0,2-4, 2", 8) == [0, 2, 3, 4]
+    for bad, n in (("5", 2), ("3-1", 8), ("a", 2), ("", 2)):
+        with pytest.raises(EmberdError, match="--channels"):
+            parse_channels(bad, n)
