@@ -1,0 +1,119 @@
+"""Stalled subscribers and dead OSC targets: daemon memory and cadence over time.
+
+The daemon (file input looped at real-time pace, dsp-baseline, small library)
+sends OSC to two targets nobody listens on (a closed loopback port and a
+TEST-NET-1 address) for the whole run. After a quiet anchor window, two ZeroMQ
+subscribers connect, subscribe to everything and never read, for
+``--duration`` seconds. A third, reading subscriber measures the cadence of
+``emb.0``. Printed: hop interval p50/p99 in the anchor window and while
+stalled (and the ratio), RSS at the end of the anchor and the end of the
+stall (goal: growth < 20 MiB), messages the reading subscriber missed, the
+daemon's drop counters, and the time from SIGTERM to exit.
+
+Usage: ``python bench/stall.py [--duration 600] [--anchor-s 30]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from emberd.testing import smalllib
+from emberd.testing.harness import Daemon, HopClock, RssSampler
+from emberd.testing.stalled import StalledSubscribers, dead_osc_targets
+
+MIB = 1024 * 1024
+SETTLE_S = 5.0  # after start-up, before the anchor window
+REPORT_EVERY_S = 60.0  # progress line period
+
+
+def _p(x: np.ndarray, q: float) -> float:
+    return float(np.percentile(x, q) * 1000.0) if x.size else float("nan")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    ap.add_argument("--duration", type=float, default=600.0, help="seconds of stalled subscribers")
+    ap.add_argument("--anchor-s", type=float, default=30.0)
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args(argv)
+
+    with tempfile.TemporaryDirectory(prefix="emberd-stall-") as tmp:
+        root = Path(tmp)
+        smalllib.write_sounds(root / "sounds", per_folder=4)
+        proc = smalllib.index([root / "sounds"], root / "lib")
+        if proc.returncode != 0:
+            print(proc.stderr, file=sys.stderr)
+            return 1
+        perf = smalllib.write_performance(root / "perf.wav", seconds=20.0)
+        osc_args = [a for t in dead_osc_targets() for a in ("--osc", t)]
+        daemon = Daemon(["--library", str(root / "lib"), "--model", smalllib.FAST_MODEL,
+                         "--input", str(perf), "--loop", "--pace", "realtime", *osc_args],
+                        root / "daemon.log")
+        daemon.start()
+        try:
+            clock = HopClock(daemon.pub, "emb.0").start()
+            rss = RssSampler(daemon.pid, period=1.0).start()
+            time.sleep(SETTLE_S)
+            a0 = time.monotonic()
+            time.sleep(args.anchor_s)
+            a1 = time.monotonic()
+            with StalledSubscribers(daemon.pub):
+                end = a1 + args.duration
+                next_report = a1 + REPORT_EVERY_S
+                while (now := time.monotonic()) < end:
+                    time.sleep(min(1.0, end - now))
+                    if time.monotonic() >= next_report:
+                        next_report += REPORT_EVERY_S
+                        print(f"  {time.monotonic() - a1:6.0f} s  rss "
+                              f"{rss.samples[-1][1] / MIB:7.1f} MiB", flush=True)
+                s1 = time.monotonic()
+                status = daemon.status()
+                alive = daemon.alive()
+            clock.stop()
+            rss.stop()
+            t_term = time.monotonic()
+            daemon.signal(signal.SIGTERM)
+            assert daemon.proc is not None
+            rc = daemon.proc.wait(30)
+            exit_s = time.monotonic() - t_term
+        finally:
+            daemon.stop()
+        anchor = clock.intervals_between(a0, a1)
+        stalled = clock.intervals_between(a1, s1)
+        rss_anchor = [r for t, r in rss.samples if a1 - 10.0 <= t <= a1]
+        rss_end = [r for t, r in rss.samples if s1 - 10.0 <= t <= s1]
+        results = {
+            "alive": alive,
+            "stall_seconds": round(s1 - a1, 1),
+            "interval_p50_ms_anchor": round(_p(anchor, 50), 2),
+            "interval_p99_ms_anchor": round(_p(anchor, 99), 2),
+            "interval_p50_ms_stalled": round(_p(stalled, 50), 2),
+            "interval_p99_ms_stalled": round(_p(stalled, 99), 2),
+            "p99_ratio": round(_p(stalled, 99) / _p(anchor, 99), 3),
+            "rss_anchor_mib": round(float(np.median(rss_anchor)) / MIB, 1),
+            "rss_growth_mib": round(float(np.median(rss_end) - np.median(rss_anchor)) / MIB, 2),
+            "rss_peak_mib": round(rss.peak / MIB, 1),
+            "reader_seq_gaps": clock.seq_gaps(),
+            "publisher_drops": status.get("publisher_drops"),
+            "dropped_hops": status.get("dropped_hops"),
+            "overflows": status.get("overflows"),
+            "sigterm_exit_code": rc,
+            "sigterm_exit_s": round(exit_s, 3),
+        }
+    for key, value in results.items():
+        print(f"{key:24s} {value}")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+    return 0 if alive else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
