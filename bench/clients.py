@@ -19,6 +19,7 @@ import argparse
 import json
 import threading
 import time
+from typing import Any
 
 import numpy as np
 import zmq
@@ -41,8 +42,8 @@ def _matches() -> list[dict[str, object]]:
              "tags": ["Kicks"], "kind": "similar"} for i in range(K_MATCHES)]
 
 
-def _publish(n: int) -> tuple[zmq.Socket, str, threading.Thread]:  # type: ignore[type-arg]
-    ctx = zmq.Context.instance()
+def _publish(n: int) -> tuple[Any, str, threading.Thread]:
+    ctx: Any = zmq.Context.instance()
     pub = ctx.socket(zmq.XPUB)
     pub.setsockopt(zmq.LINGER, 0)
     pub.setsockopt(zmq.SNDHWM, 0)  # the bench must not drop
@@ -80,7 +81,7 @@ def zmq_typed(n: int) -> float:
 
 def zmq_anchor(n: int) -> float:
     pub, endpoint, thread = _publish(n)
-    sub = zmq.Context.instance().socket(zmq.SUB)
+    sub: Any = zmq.Context.instance().socket(zmq.SUB)
     sub.setsockopt(zmq.LINGER, 0)
     sub.setsockopt(zmq.RCVHWM, 0)
     sub.setsockopt(zmq.SUBSCRIBE, b"match")
