@@ -200,3 +200,22 @@ def test_cli_info_fetched_aisfx(
     assert info["ready"] is True and info["dim"] == 512
     assert info["path"] == str((data_dir / "models" / "aisfx" / "model.onnx").resolve())
     assert info["provider"] in ("CPUExecutionProvider", "CUDAExecutionProvider")
+
+
+def test_failed_fetch_falls_back_loudly(
+    tmp_path: Path,
+    data_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # An empty wheel cache and pip told to use no index: the download fails at once.
+    monkeypatch.setenv("EMBERD_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    with pytest.raises(ComponentMissing, match=r"pip download aisfx==0\.1\.2' failed"):
+        registry.fetch("aisfx")
+    with caplog.at_level("WARNING"):
+        m = registry.resolve_default(None)
+    assert m.name == "dsp-baseline"
+    messages = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("FALLING BACK" in msg and "pip download" in msg for msg in messages)
+    assert main(["models", "fetch", "aisfx"]) == 2

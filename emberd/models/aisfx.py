@@ -135,6 +135,7 @@ def fetch_wheel(cache_dir: Path) -> Path:
         cmd = [
             sys.executable, "-m", "pip", "download", f"aisfx=={AISFX_VERSION}",
             "--no-deps", "--only-binary=:all:", "--disable-pip-version-check",
+            "--retries", "2",  # offline: fail in seconds, then fall back
             "-d", str(cache_dir),
         ]  # fmt: skip
         log.info("downloading aiSFX %s: %s", AISFX_VERSION, " ".join(cmd))

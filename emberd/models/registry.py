@@ -116,6 +116,10 @@ def resolve_default(name: str | None = None, *, auto_fetch: bool = True) -> Mode
     except ComponentMissing as first:
         reason = str(first)
         if auto_fetch:
+            log.warning(
+                "aiSFX is not fetched yet: fetching it now (pip download aisfx==0.1.2, 23 MB, "
+                "then conversion to ONNX); next time run 'emberd models fetch aisfx' first"
+            )
             try:
                 fetch(DEFAULT_MODEL)
                 return resolve(DEFAULT_MODEL)
