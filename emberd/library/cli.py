@@ -1,0 +1,176 @@
+"""``emberd index``, ``emberd query`` and ``emberd library info``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from typing import Any
+
+DEFAULT_MODEL = "aisfx"
+
+
+def register(subparsers: Any) -> None:
+    """Add the library subcommands to the ``emberd`` parser."""
+    idx = subparsers.add_parser(
+        "index", help="index sample folders into a library",
+        description="Scan folders for audio, embed new and changed files, drop deleted ones.",
+    )
+    idx.add_argument("dirs", nargs="+", metavar="DIR", help="folders to index (recursive)")
+    idx.add_argument("--library", required=True, metavar="PATH", help="library folder")
+    idx.add_argument("--model", default=DEFAULT_MODEL, help="embedding model (default: aisfx)")
+    idx.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+                     help="decoder processes (0: decode in the main process)")
+    idx.add_argument("--threads", type=int, default=2, help="encoder threads")
+    idx.add_argument("--quiet", action="store_true", help="no progress bar")
+    idx.set_defaults(func=_index)
+
+    q = subparsers.add_parser(
+        "query", help="find library sounds for audio files",
+        description="Identify each file in the library and list similar sounds.",
+    )
+    q.add_argument("files", nargs="+", metavar="FILE")
+    q.add_argument("--library", required=True, metavar="PATH")
+    q.add_argument("--model", default=DEFAULT_MODEL)
+    q.add_argument("--k", type=int, default=10, help="matches per file")
+    q.add_argument("--search", choices=("auto", "exact", "annoy"), default="auto")
+    q.add_argument("--json", action="store_true", help="one JSON object per line")
+    q.set_defaults(func=_query)
+
+    lib = subparsers.add_parser("library", help="library maintenance")
+    lib_sub = lib.add_subparsers(dest="library_command", metavar="COMMAND")
+    info = lib_sub.add_parser("info", help="counts, models, Annoy recall@10 vs exact")
+    info.add_argument("--library", required=True, metavar="PATH")
+    info.add_argument("--sample", type=int, default=200, help="queries for the recall measurement")
+    info.add_argument("--json", action="store_true")
+    info.set_defaults(func=_info)
+    lib.set_defaults(func=lambda _a: lib.print_help() or 2)
+
+
+def _index(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TaskProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from emberd.errors import EmberdError
+    from emberd.library.indexer import Indexer
+
+    if args.jobs < 0:
+        raise EmberdError(f"--jobs {args.jobs}: must be 0 or more")
+    indexer = _guard_db(lambda: Indexer(args.library, args.model, jobs=args.jobs,
+                                        threads=args.threads))
+    console = Console(stderr=True)
+    show = not args.quiet and console.is_terminal
+    with Progress(
+        TextColumn("indexing"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
+        TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("eta"),
+        TimeRemainingColumn(), console=console, disable=not show,
+    ) as bar:
+        task = bar.add_task("index", total=None, rate="")
+        import time
+
+        t0 = time.monotonic()
+
+        def on_start(total: int) -> None:
+            bar.update(task, total=total)
+
+        def progress(done: int, total: int) -> None:
+            rate = done / max(time.monotonic() - t0, 1e-6)
+            bar.update(task, completed=done, rate=f"{rate:.1f} files/s")
+
+        try:
+            summary = _guard_db(lambda: indexer.run(args.dirs, progress=progress,
+                                                    on_start=on_start))
+        finally:
+            indexer.close()
+    for line in summary.lines():
+        print(line)
+    return 0 if summary.indexed + summary.unchanged > 0 else 1
+
+
+def _guard_db(fn: Any) -> Any:
+    """Turn a damaged-database error anywhere below into one EmberdError line."""
+    import sqlite3
+
+    from emberd.errors import EmberdError
+
+    try:
+        return fn()
+    except sqlite3.DatabaseError as exc:
+        raise EmberdError(f"library database damaged or locked ({exc})") from None
+
+
+def _query(args: argparse.Namespace) -> int:
+    from emberd.dsp.sources import load_audio
+    from emberd.errors import EmberdError
+    from emberd.library.query import Library, encoder_for
+
+    if args.k < 1:
+        raise EmberdError(f"--k {args.k}: must be at least 1")
+    library = _guard_db(lambda: Library.open(args.library, search=args.search))
+    try:
+        sr = encoder_for(args.model).manifest.frontend().sr
+        library.require_model(args.model)  # fail early, before any query runs
+        failed = 0
+        for path in args.files:
+            try:
+                y, _info = load_audio(path, sr=sr, mono=True)
+                matches = _guard_db(lambda y=y: library.query_audio(y, sr, args.k,
+                                                                    model=args.model))
+                record: dict[str, Any] = {"query": path, "matches": matches}
+            except EmberdError as exc:
+                failed += 1
+                record = {"query": path, "error": str(exc)}
+            _print_record(record, args.json)
+    finally:
+        library.close()
+    return 0 if failed < len(args.files) else 2
+
+
+def _print_record(record: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(record), flush=True)
+        return
+    print(record["query"])
+    if "error" in record:
+        print(f"  error: {record['error']}")
+        return
+    for i, m in enumerate(record["matches"], 1):
+        tags = "/".join(m["tags"])
+        print(f"  {i:2d}. {m['score']:.3f} {m['kind']:7s} {m['path']}"
+              + (f"  [{tags}]" if tags else "")
+              + (f" @ {m['segment_start_s']:.2f} s" if m["segment_start_s"] else ""))
+
+
+def _info(args: argparse.Namespace) -> int:
+    from emberd.library.query import Library
+
+    library = _guard_db(lambda: Library.open(args.library))
+    try:
+        data = _guard_db(lambda: library.info(recall_sample=args.sample))
+    finally:
+        library.close()
+    if args.json:
+        print(json.dumps(data))
+        return 0
+    print(f"library {data['path']}: {data['files']} files, {data['vectors']} vectors, "
+          f"{data['fingerprints']} landmarks")
+    for name, entry in data["models"].items():
+        print(f"  model {name} v{entry['version']} ({entry['dim']}-d): {entry['files']} files, "
+              f"{entry['vectors']} vectors")
+        annoy = entry["annoy"]
+        if isinstance(annoy, dict):
+            recall = next(v for k, v in annoy.items() if k.startswith("recall@"))
+            print(f"    annoy: {annoy['items']} items, {annoy['trees']} trees, recall@10 vs "
+                  f"exact {recall:.3f} on {annoy['sample']} queries"
+                  + (" (stale: re-run emberd index)" if annoy["stale"] else ""))
+        else:
+            print(f"    annoy: {annoy}")
+    return 0

@@ -1,0 +1,369 @@
+"""The library as the daemon and ``emberd query`` use it: :class:`Library`.
+
+Small interface::
+
+    lib = Library.open(path)                         # never creates or writes
+    lib.search(vectors [n, dim], k, model="aisfx")   # similar sounds, every live hop
+    lib.identify(audio, sr, k)                       # "which of my samples is this?"
+    lib.query_audio(audio, sr, k, model=...)         # both stages, as `emberd query`
+
+Each match is a dict (the ``emberd query --json`` match object): ``path``
+(absolute), ``name``, ``score`` (cosine similarity, or for an identification
+the fraction of query landmarks that lined up), ``distance`` (Annoy's angular
+distance ``sqrt(2 - 2 cos)``), ``segment_start_s``, ``tags``, ``kind``
+(``"exact"``: the landmark stage identified this file; ``"similar"``: nearest
+by embedding).
+
+Search back end per model: exact (one matrix product over all file and
+segment vectors) up to :data:`EXACT_MAX_ITEMS`, Annoy with exact re-ranking of
+its candidates beyond; ``search="exact"|"annoy"`` overrides.  A damaged Annoy
+index falls back to exact search with a warning.  The SQLite connection stays
+in the thread that opened the library.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import sqlite3
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from emberd.errors import EmberdError
+from emberd.library import fingerprint
+from emberd.library.indexer import frame_energy, window_weights
+from emberd.library.search import AnnoySearch, ExactSearch
+from emberd.library.store import FileRecord, Store
+
+log = logging.getLogger(__name__)
+
+EXACT_MAX_ITEMS = 50_000  # 50k x 512 float32 = 100 MB, ~5 ms per query on one core
+SEARCH_MODES = ("auto", "exact", "annoy")
+DEDUP_FACTOR = 4  # fetch k x this items: several segments of one file collapse into one match
+
+
+@dataclass
+class _ModelIndex:
+    backend: ExactSearch | AnnoySearch
+    dim: int
+
+
+def _distance(score: float) -> float:
+    """Angular distance of two unit vectors with cosine ``score`` (Annoy's definition)."""
+    return math.sqrt(max(0.0, 2.0 - 2.0 * score))
+
+
+class Library:
+    """An open library (see the module docstring). Use :meth:`open`."""
+
+    def __init__(self, store: Store, search: str) -> None:
+        self.store = store
+        self.search_mode = search
+        self.path = store.path
+        self._indexes: dict[str, _ModelIndex] = {}
+        self._files: dict[int, FileRecord] | None = None
+        self._fp: fingerprint.FingerprintIndex | None = None
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], *, search: str = "auto") -> Library:
+        """Open an existing library read-only.
+
+        Parameters
+        ----------
+        path : path-like
+            Library folder made by ``emberd index``.
+        search : {"auto", "exact", "annoy"}
+            Back end choice (auto: exact up to EXACT_MAX_ITEMS items).
+
+        Raises
+        ------
+        EmberdError
+            Not a library, a newer or damaged one.
+        """
+        if search not in SEARCH_MODES:
+            raise EmberdError(f"search={search!r}: choose from {', '.join(SEARCH_MODES)}")
+        return cls(Store(path, create=False), search)
+
+    def close(self) -> None:
+        """Release the database and unmap indexes."""
+        for idx in self._indexes.values():
+            if isinstance(idx.backend, AnnoySearch):
+                idx.backend.unload()
+        self._indexes.clear()
+        self.store.close()
+
+    def models(self) -> dict[str, tuple[str, int]]:
+        """``{model name: (version, dim)}`` of the models the library holds vectors for."""
+        return self._db(self.store.models)
+
+    def _db(self, fn: Any, *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except sqlite3.DatabaseError as exc:
+            raise EmberdError(f"{self.path}: damaged library database ({exc})") from None
+
+    def files(self) -> dict[int, FileRecord]:
+        """All file records by id (cached)."""
+        if self._files is None:
+            self._files = {r.id: r for r in self._db(self.store.files).values()}
+        return self._files
+
+    def require_model(self, model: str) -> int:
+        """Return ``model``'s dim, or raise EmberdError if the library has no vectors for it."""
+        known = self.models()
+        if model not in known:
+            have = ", ".join(sorted(known)) or "none"
+            raise EmberdError(
+                f"library {self.path}: not indexed with model {model} (has: {have}); "
+                f"run: emberd index DIR --library {self.path} --model {model}"
+            )
+        return known[model][1]
+
+    def _index(self, model: str) -> _ModelIndex:
+        if model in self._indexes:
+            return self._indexes[model]
+        dim = self.require_model(model)
+        backend: ExactSearch | AnnoySearch | None = None
+        n_items = self._db(
+            lambda: self.store.conn.execute(
+                "SELECT COUNT(*) FROM vectors WHERE model=?", (model,)
+            ).fetchone()[0]
+        )
+        want_annoy = self.search_mode == "annoy" or (
+            self.search_mode == "auto" and n_items > EXACT_MAX_ITEMS
+        )
+        if want_annoy:
+            try:
+                backend = AnnoySearch.open(self.path / "index", model, dim=dim)
+            except EmberdError as exc:
+                log.warning("%s; using exact search", exc)
+            if backend is None:
+                log.warning("model %s: no Annoy index; using exact search", model)
+        if backend is None:
+            ids, _fids, _starts, matrix = self._db(self.store.vectors, model)
+            backend = ExactSearch(ids, matrix)
+        self._indexes[model] = _ModelIndex(backend, dim)
+        return self._indexes[model]
+
+    def search(
+        self, vectors: np.ndarray, k: int = 10, *, model: str
+    ) -> list[list[dict[str, Any]]]:
+        """Nearest library sounds for each query vector (kind ``"similar"``).
+
+        Parameters
+        ----------
+        vectors : float array [n, dim] (or [dim])
+            Query embeddings from ``model``.
+        k : int
+            Matches per query (distinct files).
+        model : str
+            The model that made the vectors.
+
+        Returns
+        -------
+        list of list of dict
+            Per query, up to k match dicts, best first.
+        """
+        if k < 1:
+            raise EmberdError(f"k={k}: must be at least 1")
+        idx = self._index(model)
+        q = np.atleast_2d(np.asarray(vectors, np.float32))
+        if q.shape[1] != idx.dim:
+            raise EmberdError(f"query vectors have dim {q.shape[1]}, model {model} gives {idx.dim}")
+        if not np.all(np.isfinite(q)):
+            raise EmberdError("query vectors contain NaN or infinite values")
+        ids, scores = idx.backend.search(q, k * DEDUP_FACTOR + 4)
+        rows = self._db(self.store.vector_rows, [i for i in ids.ravel().tolist() if i >= 0])
+        files = self.files()
+        missing = {fid for fid, _ in rows.values() if fid not in files}
+        if missing:  # indexed after we cached the file table
+            self._files = None
+            files = self.files()
+        out = []
+        for id_row, score_row in zip(ids, scores, strict=True):
+            matches: list[dict[str, Any]] = []
+            seen: set[int] = set()
+            for vid, score in zip(id_row.tolist(), score_row.tolist(), strict=True):
+                if vid < 0 or vid not in rows:
+                    continue
+                fid, start = rows[vid]
+                if fid in seen or fid not in files:
+                    continue
+                seen.add(fid)
+                matches.append(self._match(files[fid], float(score), float(start), "similar"))
+                if len(matches) == k:
+                    break
+            out.append(matches)
+        return out
+
+    @staticmethod
+    def _match(rec: FileRecord, score: float, start: float, kind: str) -> dict[str, Any]:
+        return {
+            "path": rec.path,
+            "name": rec.name,
+            "score": round(score, 6),
+            "distance": round(_distance(min(score, 1.0)), 6),
+            "segment_start_s": round(start, 4),
+            "tags": list(rec.tags),
+            "kind": kind,
+        }
+
+    def fingerprints(self) -> fingerprint.FingerprintIndex:
+        """The landmark index (loaded on first use)."""
+        if self._fp is None:
+            def load() -> fingerprint.FingerprintIndex:
+                rows = self.store.conn.execute(
+                    "SELECT hash, file_id, t FROM fingerprints"
+                ).fetchall()
+                arr = np.array(rows, np.int64).reshape(-1, 3)
+                n_files = self.store.conn.execute(
+                    "SELECT COUNT(*) FROM fingerprinted WHERE params=?", (fingerprint.PARAMS,)
+                ).fetchone()[0]
+                return fingerprint.FingerprintIndex(arr[:, 0], arr[:, 1], arr[:, 2], n_files)
+
+            self._fp = self._db(load)
+        return self._fp
+
+    def identify(self, audio: np.ndarray, sr: int, k: int = 1) -> list[dict[str, Any]]:
+        """Identify which library file a piece of audio is (landmark stage only).
+
+        Parameters
+        ----------
+        audio : float array [n] or [n, channels]
+            The sound (a file, or the live daemon's last window).
+        sr : int
+            Its sample rate in Hz.
+        k : int
+            Candidates to return.
+
+        Returns
+        -------
+        list of dict
+            Empty when nothing is identified; otherwise the identified file first
+            (kind ``"exact"``), with ``score`` = fraction of the query's landmarks
+            that lined up and ``segment_start_s`` = where in the file the query starts.
+        """
+        matches = self.fingerprints().match(audio, sr, top=max(k, 2))
+        if not fingerprint.is_identified(matches):
+            return []
+        n_query = max(len(fingerprint.landmarks(audio, sr)[0]), 1)
+        files = self.files()
+        out = []
+        for fid, count, offset_s in matches[:1]:
+            if fid in files:
+                score = min(1.0, count / n_query)
+                out.append(self._match(files[fid], score, offset_s, "exact"))
+        return out
+
+    def query_audio(
+        self, audio: np.ndarray, sr: int, k: int = 10, *, model: str
+    ) -> list[dict[str, Any]]:
+        """Both stages for one sound: the identified file (if any) first, then similar ones.
+
+        Parameters
+        ----------
+        audio : float array [n]
+            Mono audio.
+        sr : int
+            Its sample rate in Hz.
+        k : int
+            Total matches.
+        model : str
+            Embedding model for the similarity stage.
+        """
+        from emberd.models.embedding import pool
+
+        exact = self.identify(audio, sr, k=1)
+        emb, weights = _embed_query(audio, sr, model)
+        similar = self.search(pool(emb, "energy", weights)[None, :], k + 1, model=model)[0]
+        taken = {m["path"] for m in exact}
+        return (exact + [m for m in similar if m["path"] not in taken])[:k]
+
+    def info(self, *, recall_sample: int = 200, k: int = 10, seed: int = 0) -> dict[str, Any]:
+        """Counts, models and, per model, Annoy's recall@k against exact search.
+
+        Parameters
+        ----------
+        recall_sample : int
+            Library vectors used as queries for the recall measurement.
+        k : int
+            Neighbours compared.
+        seed : int
+            Sample selection seed.
+        """
+        out: dict[str, Any] = {"path": str(self.path), **self._db(self.store.counts), "models": {}}
+        for name, (version, dim) in self.models().items():
+            ids, _f, _s, matrix = self._db(self.store.vectors, name)
+            entry: dict[str, Any] = {
+                "version": version,
+                "dim": dim,
+                "vectors": len(ids),
+                "files": len(self._db(self.store.embedded_file_ids, name)),
+            }
+            try:
+                ann = AnnoySearch.open(self.path / "index", name, dim=dim)
+            except EmberdError as exc:
+                ann, entry["annoy"] = None, f"unusable: {exc}"
+            if ann is None:
+                entry.setdefault("annoy", "not built")
+            elif len(ids):
+                rng = np.random.default_rng(seed)
+                pick = rng.choice(len(ids), size=min(recall_sample, len(ids)), replace=False)
+                exact_ids, _ = ExactSearch(ids, matrix).search(matrix[pick], k)
+                ann_ids, _ = ann.search(matrix[pick], k)
+                hits = [
+                    len(set(a.tolist()) & set(e.tolist())) / max(len(e), 1)
+                    for a, e in zip(ann_ids, exact_ids, strict=True)
+                ]
+                entry["annoy"] = {
+                    "items": ann.manifest.items,
+                    "trees": ann.manifest.trees,
+                    f"recall@{k}": round(float(np.mean(hits)), 4),
+                    "sample": len(pick),
+                    "stale": ann.manifest.generation != self._db(self.store.generation),
+                }
+                ann.unload()
+            out["models"][name] = entry
+        return out
+
+
+_ENCODERS: dict[str, Any] = {}
+
+
+def encoder_for(model: str) -> Any:
+    """A cached :class:`emberd.models.runtime.Encoder` for ``model`` (query side)."""
+    if model not in _ENCODERS:
+        from emberd.models.registry import resolve
+        from emberd.models.runtime import Encoder
+
+        _ENCODERS[model] = Encoder(resolve(model), device="auto", threads=2)
+    return _ENCODERS[model]
+
+
+def _embed_query(audio: np.ndarray, sr: int, model: str) -> tuple[np.ndarray, np.ndarray]:
+    """Window embeddings and window energies of a query sound, as the indexer computes them."""
+    from emberd.dsp.frontend import melspectrogram
+    from emberd.models.embedding import embed_windows, frame_windows
+
+    enc = encoder_for(model)
+    cfg = enc.manifest.frontend()
+    y = np.asarray(audio, np.float32)
+    if y.ndim > 1:
+        y = y.mean(axis=1)
+    if sr != cfg.sr:
+        import soxr
+
+        y = np.asarray(soxr.resample(y, sr, cfg.sr, quality="HQ"), np.float32)
+    if len(y) < cfg.n_fft:
+        y = np.pad(y, (0, cfg.n_fft - len(y)))
+    mel = melspectrogram(y, cfg)
+    m = enc.manifest
+    windows, starts = frame_windows(
+        mel, window_frames=m.window_frames, hop_frames=m.hop_frames, tail="pad"
+    )
+    emb = embed_windows(windows, enc)
+    energy = frame_energy(y, cfg.hop_length, mel.shape[0])
+    return emb, window_weights(energy, starts, m.window_frames)
