@@ -26,46 +26,24 @@ FOLDERS = {"Kicks": "EE_Kick_", "Snares": "EE_Snare_", "Hats": "EE_Hat_"}
 MODEL = "dsp-baseline"
 
 
-def build_store_library(drumkit_dir: Path, root: Path, lib: Path) -> Path:
-    """A small real library: real drum samples in tag folders, real dsp-baseline vectors."""
-    import soundfile as sf
-    import soxr
-
-    from emberd.library.store import Store
-    from emberd.models.embedding import embed_signal
-    from emberd.models.registry import resolve
-    from emberd.models.runtime import Encoder
+def build_drum_library(drumkit_dir: Path, root: Path, lib: Path) -> Path:
+    """A small real library: real drum samples in tag folders, indexed by ``emberd index``."""
+    from emberd.testing import smalllib
 
     kit = drumkit_dir / KIT
     for folder, prefix in FOLDERS.items():
         (root / folder).mkdir(parents=True)
         for src in sorted(kit.glob(prefix + "*.flac"))[:4]:
             shutil.copy(src, root / folder / src.name)
-    manifest = resolve(MODEL)
-    encoder = Encoder(manifest, device="cpu", threads=1)
-    sr = manifest.frontend().sr
-    store = Store(lib)
-    try:
-        with store.transaction():
-            store.ensure_model(MODEL, manifest.version, manifest.dim)
-            for path in sorted(root.rglob("*.flac")):
-                y, file_sr = sf.read(path, dtype="float32", always_2d=True)
-                y = soxr.resample(y.mean(axis=1), file_sr, sr)
-                emb, starts = embed_signal(y, encoder, tail="pad")
-                fid = store.upsert_file(str(path), str(root), path.stat().st_size, 0, path.name,
-                                        len(y) / sr, sr, 1, [path.parent.name])
-                store.put_vectors(fid, MODEL, emb.mean(axis=0),
-                                  [(float(s), e) for s, e in zip(starts, emb, strict=True)])
-            store.bump_generation()
-    finally:
-        store.close()
+    done = smalllib.index([root], lib, model=MODEL)
+    assert done.returncode == 0, done.stderr
     return lib
 
 
 @pytest.fixture(scope="module")
 def library(drumkit_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     base = tmp_path_factory.mktemp("panel")
-    return build_store_library(drumkit_dir, base / "samples", base / "lib")
+    return build_drum_library(drumkit_dir, base / "samples", base / "lib")
 
 
 @pytest.fixture(autouse=True)
@@ -107,7 +85,7 @@ def test_library_map_is_cached_until_the_library_changes(library: Path) -> None:
         store.close()
     _, cached3 = load_library_map(library)
     assert cached3 is False
-    with pytest.raises(EmberdError, match="no vectors for model 'aisfx'"):
+    with pytest.raises(EmberdError, match="not indexed with model aisfx"):
         load_library_map(library, "aisfx")
 
 

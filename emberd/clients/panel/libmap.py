@@ -155,21 +155,20 @@ def load_library_map(library: str | Path, model: str | None = None) -> tuple[Lib
     (LibraryMap, bool)
         The map and whether it came from the cache.
     """
-    from emberd.library.store import Store
+    from emberd.library import Library
 
     path = Path(library).expanduser()
-    store = Store(path, create=False)
+    lib = Library.open(path)
+    store = lib.store
     try:
-        models = store.models()
+        models = lib.models()
         if model is None:
             if len(models) != 1:
                 raise EmberdError(
                     f"{path}: library has models {sorted(models) or 'none'}; pick one with --model"
                 )
             model = next(iter(models))
-        if model not in models:
-            raise EmberdError(f"{path}: library has no vectors for model {model!r} "
-                              f"(it has {sorted(models)})")
+        lib.require_model(model)
         generation = store.generation()
         cache = _cache_file(path, model)
         try:
@@ -179,7 +178,8 @@ def load_library_map(library: str | Path, model: str | None = None) -> tuple[Lib
                 return LibraryMap.from_json(cached), True
         except (OSError, ValueError, KeyError, TypeError):
             pass  # missing or unreadable cache: recompute
-        # Only the pooled per-file vectors (is_file = 1), not the segment vectors.
+        # Only the pooled per-file vectors (is_file = 1), not the segment vectors;
+        # the Library API has no accessor for them yet.
         rows = store.conn.execute(
             "SELECT file_id, vector FROM vectors WHERE model=? AND is_file=1 ORDER BY file_id",
             (model,),
@@ -188,12 +188,12 @@ def load_library_map(library: str | Path, model: str | None = None) -> tuple[Lib
             raise EmberdError(f"{path}: library has no file vectors for model {model!r}")
         ids = np.array([r[0] for r in rows], dtype=np.int64)
         vectors = np.frombuffer(b"".join(r[1] for r in rows), np.float32).reshape(len(rows), -1)
-        records = store.file_by_id(ids.tolist())
+        records = lib.files()
         keep = [i for i, fid in enumerate(ids) if int(fid) in records]
         recs = [records[int(ids[i])] for i in keep]
         lib_map = fit_map(model, ids[keep], vectors[keep], [r.name for r in recs],
                           [list(r.tags) for r in recs], [r.path for r in recs])
     finally:
-        store.close()
+        lib.close()
     atomic_write_text(cache, json.dumps({**lib_map.to_json(), "generation": generation}))
     return lib_map, False
