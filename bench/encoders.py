@@ -94,7 +94,8 @@ def main() -> int:
     x1 = rng.random((1, WINDOW_FRAMES, N_MELS), dtype=np.float32)
     x32 = rng.random((BATCH, WINDOW_FRAMES, N_MELS), dtype=np.float32)
 
-    print(f"cpu cores: {os.cpu_count()}, numpy BLAS threads: default")
+    blas = os.environ.get("OPENBLAS_NUM_THREADS", "default")
+    print(f"usable cpu cores: {len(os.sched_getaffinity(0))}, OPENBLAS_NUM_THREADS: {blas}")
     header = (
         f"{'encoder':<13} {'runtime':<18} {'p50 ms':>8} {'p99 ms':>8} {'cpu ms':>7} "
         f"{'win/s@32':>9} {'p50 x':>7} {'win/s x':>8}"
