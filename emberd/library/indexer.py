@@ -143,6 +143,21 @@ def window_weights(energy: np.ndarray, starts: np.ndarray, window_frames: int) -
     )
 
 
+PARENT_POLL_S = 0.5  # how quickly an orphaned worker notices its parent is gone
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Worker initializer: exit when the indexer dies (SIGKILL leaves no one to stop us)."""
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(PARENT_POLL_S)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="emberd-parent-watch", daemon=True).start()
+
+
 def _prepare_inline(job: _Job, frontend: Any) -> Future[dict[str, Any]]:
     fut: Future[dict[str, Any]] = Future()
     try:
@@ -302,7 +317,12 @@ class Indexer:
             return
         ctx = multiprocessing.get_context("spawn")
         window = max(1, self.jobs * IN_FLIGHT_PER_JOB)
-        with ProcessPoolExecutor(max_workers=self.jobs, mp_context=ctx) as pool:
+        with ProcessPoolExecutor(
+            max_workers=self.jobs,
+            mp_context=ctx,
+            initializer=_die_with_parent,
+            initargs=(os.getpid(),),
+        ) as pool:
             pending: list[tuple[_Job, Future[dict[str, Any]]]] = []
             it = iter(jobs)
             for job in it:

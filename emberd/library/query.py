@@ -95,6 +95,12 @@ class Library:
         self._indexes.clear()
         self.store.close()
 
+    def __enter__(self) -> Library:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def models(self) -> dict[str, tuple[str, int]]:
         """``{model name: (version, dim)}`` of the models the library holds vectors for."""
         return self._db(self.store.models)

@@ -129,7 +129,27 @@ def read_manifest(index_dir: Path, model: str) -> AnnoyManifest | None:
         manifest = AnnoyManifest(**data)
     except (ValueError, TypeError, OSError) as exc:
         raise EmberdError(f"{path}: unreadable index manifest ({exc})") from None
+    for name, kind in _MANIFEST_TYPES.items():
+        value = getattr(manifest, name)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise EmberdError(f"{path}: index manifest field {name} has the wrong type")
     return manifest
+
+
+_MANIFEST_TYPES: dict[str, type] = {
+    "format": str,
+    "version": int,
+    "file": str,
+    "model": str,
+    "model_version": str,
+    "dim": int,
+    "metric": str,
+    "items": int,
+    "trees": int,
+    "sha256": str,
+    "file_size": int,
+    "generation": int,
+}
 
 
 def validate(
