@@ -297,7 +297,10 @@ def build_annoy(
     for item, vec in zip(ids.tolist(), vectors, strict=True):
         index.add_item(int(item), vec)
     index.build(trees, n_jobs=threads)
-    old = read_manifest(index_dir, model) if manifest_path(index_dir, model).exists() else None
+    try:
+        old = read_manifest(index_dir, model)
+    except EmberdError:  # a damaged manifest is what this rebuild replaces
+        old = None
     tmp = index_dir / f".{model}.building.ann"
     index.save(str(tmp))
     index.unload()
@@ -320,6 +323,9 @@ def build_annoy(
         generation=generation,
     )
     atomic_write_text(manifest_path(index_dir, model), json.dumps(asdict(manifest), indent=1))
-    if old is not None and old.file != final.name:
+    # Only ever delete one of this model's own index files: a damaged or hostile manifest
+    # could name "../library.sqlite".
+    if (old is not None and old.file != final.name and old.file.startswith(f"{model}-")
+            and old.file.endswith(".ann") and os.sep not in old.file and "/" not in old.file):
         (index_dir / old.file).unlink(missing_ok=True)
     return manifest
