@@ -169,6 +169,7 @@ class Daemon:
         self._handoffs: list[Handoff[Item]] = []
         self._context: Any = None
         self._input: Any = None
+        self._input_started = False
         self.worker: Worker | None = None
         self.stats: DaemonStats | None = None
         self._stop = threading.Event()
@@ -199,14 +200,27 @@ class Daemon:
         ]
         return targets, osc_in
 
-    def start(self) -> Daemon:
-        """Start every thread; raises EmberdError (and cleans up) if anything fails."""
+    def start(self, *, start_input: bool = True) -> Daemon:
+        """Start every thread; raises EmberdError (and cleans up) if anything fails.
+
+        With ``start_input=False`` everything runs (status is published, control
+        answers) but no audio flows until :meth:`start_input`: a test can connect its
+        subscribers first and lose nothing.
+        """
         try:
             self._start()
+            if start_input:
+                self.start_input()
         except BaseException:
             self.close()
             raise
         return self
+
+    def start_input(self) -> None:
+        """Start the audio input (device stream or feeder)."""
+        if self._input is not None and not self._input_started:
+            self._input_started = True
+            self._input.start()
 
     def _start(self) -> None:
         cfg = self.config
@@ -289,7 +303,6 @@ class Daemon:
         stats.info["control"] = self.control_endpoint
         if self.osc_in_address is not None:
             stats.info["osc_in"] = "{}:{}".format(*self.osc_in_address)
-        source.start()
 
     def _engine(self, model: Any, channels: int) -> Engine:
         cfg = self.config

@@ -1,9 +1,13 @@
 """ZeroMQ publisher thread: one PUB socket, multipart messages in the wire format.
 
 The thread creates, binds, uses and closes its PUB socket itself (a ZeroMQ socket
-must stay in one thread). Per hop and channel it sends ``match.<c>``, ``tag.<c>``,
-``level.<c>`` and ``emb.<c>``, then ``similarity`` when there are several channels;
-``status`` once a second. Frames come from :func:`emberd.clients.wire.encode`.
+must stay in one thread). Hop messages add ``hop`` (the hop number, shared by all
+messages of one hop) and ``stream_s`` (where the hop's newest audio starts, in
+seconds since the input began) to the wire header. Per hop and channel it sends
+``match.<c>``, ``tag.<c>``, ``level.<c>`` and ``emb.<c>``, then ``similarity`` when
+there are several channels; ``status`` once a second, and a last one with
+``"final": true`` when the daemon stops. Frames come from
+:func:`emberd.clients.wire.encode`.
 The send high-water mark is explicit (:data:`SNDHWM_MESSAGES`); a slow subscriber
 loses messages (visible as gaps in its per-topic ``seq``), it never slows the daemon.
 A subscriber that joins late asks the control channel for ``status``.
@@ -29,6 +33,7 @@ from emberd.daemon.worker import EndOfStream, HopResult, Item, StatusItem
 
 SNDHWM_MESSAGES = 1000  # queued messages per subscriber: ~2 s of 8-channel hops
 GET_TIMEOUT_S = 0.2  # wake-up period to notice a stop request
+FLUSH_LINGER_MS = 1000  # at the end of a file: let queued messages reach subscribers
 
 
 class ZmqPublisher(threading.Thread):
@@ -72,6 +77,7 @@ class ZmqPublisher(threading.Thread):
             self._sock = sock
         finally:
             self.bound.set()
+        linger = 0  # on shutdown by signal/close: drop what is queued, exit at once
         try:
             while True:
                 item = self.handoff.get(GET_TIMEOUT_S)
@@ -81,6 +87,11 @@ class ZmqPublisher(threading.Thread):
                         return
                     continue
                 if isinstance(item, EndOfStream):
+                    # Last word: subscribers know nothing more will come.
+                    final = {**self.stats.snapshot(), "final": True}
+                    self._send(wire.KIND_STATUS, None, time.time(), final.get("model", ""),
+                               status=final)  # fmt: skip
+                    linger = FLUSH_LINGER_MS
                     return
                 if isinstance(item, StatusItem):
                     self._send(wire.KIND_STATUS, None, item.capture_time, item.status.get(
@@ -88,7 +99,7 @@ class ZmqPublisher(threading.Thread):
                 else:
                     self._hop(item)
         finally:
-            sock.close(linger=0)
+            sock.close(linger=linger)
 
     def _send(
         self, kind: str, channel: int | None, capture_time: float, model: str, **kw: Any
@@ -107,15 +118,16 @@ class ZmqPublisher(threading.Thread):
 
     def _hop(self, hop: HopResult) -> None:
         t, model = hop.capture_time, hop.model
+        common = {"hop": hop.seq, "stream_s": round(hop.stream_s, 6)}
         for c, channel in enumerate(hop.channels):
-            self._send(wire.KIND_MATCH, channel, t, model, hop=hop.seq, matches=hop.matches[c])
-            self._send(wire.KIND_TAG, channel, t, model, hop=hop.seq, tags=hop.tags[c])
+            self._send(wire.KIND_MATCH, channel, t, model, matches=hop.matches[c], **common)
+            self._send(wire.KIND_TAG, channel, t, model, tags=hop.tags[c], **common)
             rms_db, peak_db, onset = hop.levels[c]
-            self._send(wire.KIND_LEVEL, channel, t, model, hop=hop.seq, rms_db=round(rms_db, 2),
-                       peak_db=round(peak_db, 2), onset=bool(onset))  # fmt: skip
+            self._send(wire.KIND_LEVEL, channel, t, model, rms_db=round(rms_db, 2),
+                       peak_db=round(peak_db, 2), onset=bool(onset), **common)  # fmt: skip
             if self.send_embedding:
-                self._send(wire.KIND_EMB, channel, t, model, hop=hop.seq, array=hop.embeddings[c])
+                self._send(wire.KIND_EMB, channel, t, model, array=hop.embeddings[c], **common)
         if hop.similarity is not None:
-            self._send(wire.KIND_SIMILARITY, None, t, model, hop=hop.seq,
-                       channels=list(hop.channels), array=hop.similarity)  # fmt: skip
+            self._send(wire.KIND_SIMILARITY, None, t, model, channels=list(hop.channels),
+                       array=hop.similarity, **common)  # fmt: skip
         self._latency.add((time.time() - hop.capture_time) * 1000.0)

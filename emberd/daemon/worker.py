@@ -61,6 +61,7 @@ class HopResult:
 
     seq: int
     capture_time: float
+    stream_s: float  # where the hop's newest audio starts, in seconds since the input began
     model: str
     channels: list[int]
     embeddings: np.ndarray  # [C, dim] float32, a copy
@@ -309,6 +310,7 @@ class Worker(threading.Thread):
         result = HopResult(
             seq=self._seq,
             capture_time=capture_time,
+            stream_s=(sample_end - hop_samples) / cfg.sr,
             model=self.engine.encoder.model,
             channels=self.channels,
             embeddings=np.array(emb, dtype=np.float32, copy=True),
