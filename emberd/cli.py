@@ -57,8 +57,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``emberd`` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    verbosity = (logging.WARNING, logging.INFO, logging.DEBUG)
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose > 1 else logging.INFO if args.verbose else logging.WARNING,
+        level=verbosity[min(args.verbose, 2)],
         format="emberd: %(levelname)s: %(message)s",
     )
     if not getattr(args, "func", None):
