@@ -39,6 +39,8 @@ EMBED_BATCH_WINDOWS = 64  # windows per encoder call
 IN_FLIGHT_PER_JOB = 4  # decoded files queued per worker (bounds memory)
 SILENCE_PEAK = 1e-4  # -80 dBFS: a file whose peak stays below is silent
 HASH_CHUNK_BYTES = 1 << 20
+MAX_FILE_S = 600.0  # s; longer files (mixes, field recordings) are skipped: decoding one whole
+# takes ~2 MB of worker memory per second of audio (a 2-hour file peaked at 14 GB)
 
 
 @dataclass
@@ -77,6 +79,18 @@ def _sha256(path: str) -> str:
     return h.hexdigest()
 
 
+def _header_duration_s(path: str) -> float | None:
+    """Duration from the file header without decoding; None if the header is unreadable
+    (``load_audio`` then says why)."""
+    import soundfile
+
+    try:
+        info = soundfile.info(path)
+    except Exception:  # any header problem is reported by load_audio with its reason
+        return None
+    return info.frames / info.samplerate if info.samplerate > 0 else None
+
+
 def prepare_file(job: _Job, frontend: Any) -> dict[str, Any]:
     """Decode one file and compute what the main process stores (runs in a worker).
 
@@ -92,6 +106,9 @@ def prepare_file(job: _Job, frontend: Any) -> dict[str, Any]:
     path = job.path
     if not os.path.exists(path):
         return {"ok": False, "reason": "vanished before decoding"}
+    duration = _header_duration_s(path)
+    if duration is not None and duration > MAX_FILE_S:
+        return {"ok": False, "reason": f"too long ({duration:.0f} s > {MAX_FILE_S:.0f} s limit)"}
     try:
         sha = _sha256(path)
         st = os.stat(path)
