@@ -90,7 +90,8 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
 class Lines:
     """Collect a child process's output lines in a thread (never an unread pipe)."""
 
-    def __init__(self, stream: IO[bytes]) -> None:
+    def __init__(self, stream: IO[bytes], context: Callable[[], str]) -> None:
+        self.context = context  # more to show on failure: the daemon's log tail
         self.lines: queue.Queue[str] = queue.Queue()
         self.seen: list[str] = []
         threading.Thread(target=self._read, args=(stream,), daemon=True).start()
@@ -107,7 +108,8 @@ class Lines:
             left = end - time.monotonic()
             if left <= 0:
                 tail = "\n".join(self.seen[-30:])
-                raise AssertionError(f"only {len(hits)}/{count} lines in {timeout} s:\n{tail}")
+                raise AssertionError(f"only {len(hits)}/{count} lines in {timeout} s:\n{tail}\n"
+                                     f"--- daemon log ---\n{self.context()}")
             try:
                 line = self.lines.get(timeout=min(left, 1.0))
             except queue.Empty:
@@ -119,13 +121,13 @@ class Lines:
 
 
 def _spawn(
-    cmd: list[str], env: dict[str, str] | None = None
+    setup: Setup, cmd: list[str], env: dict[str, str] | None = None
 ) -> tuple[subprocess.Popen[bytes], Lines]:
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})},
                             start_new_session=True)
     assert proc.stdout is not None
-    return proc, Lines(proc.stdout)
+    return proc, Lines(proc.stdout, setup.daemon.log_tail)
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -148,7 +150,7 @@ def test_pd_patch_prints_matches_and_tags_from_the_daemon(setup: Setup) -> None:
     require(pd is not None, "puredata (pd)")
     assert pd is not None
     port = setup.osc_ports["pd"]
-    proc, out = _spawn([pd, "-nogui", "-nosound", "-noprefs", "-stderr",
+    proc, out = _spawn(setup, [pd, "-nogui", "-nosound", "-noprefs", "-stderr",
                         "-send", f"emberd-port {port}", str(PATCHES / "emberd.pd")])
     try:
         matches = out.wait(lambda s: s.startswith("emberd-match:"), 10, CLIENT_WAIT_S)
@@ -172,7 +174,7 @@ def test_sclang_prints_matches_and_tags_from_the_daemon(setup: Setup) -> None:
     port = setup.osc_ports["sclang"]
     # No display, and QtWebEngine refuses to start as root without this.
     env = {"QT_QPA_PLATFORM": "offscreen", "QTWEBENGINE_DISABLE_SANDBOX": "1"}
-    proc, out = _spawn([sclang, str(PATCHES / "emberd.scd"), str(port)], env)
+    proc, out = _spawn(setup, [sclang, str(PATCHES / "emberd.scd"), str(port)], env)
     try:
         out.wait(lambda s: s.startswith(f"emberd: listening for OSC on port {port}"), 1,
                  CLIENT_WAIT_S)
@@ -191,7 +193,7 @@ def test_oscdump_sees_the_documented_address_space(setup: Setup) -> None:
     oscdump = shutil.which("oscdump")
     require(oscdump is not None, "liblo-tools (oscdump)")
     assert oscdump is not None
-    proc, out = _spawn([oscdump, "-L", str(setup.osc_ports["oscdump"])])
+    proc, out = _spawn(setup, [oscdump, "-L", str(setup.osc_ports["oscdump"])])
     try:
         matches = out.wait(lambda s: " /emberd/match " in f" {s} ", 10, CLIENT_WAIT_S)
         tags = out.wait(lambda s: " /emberd/tags " in f" {s} ", 2, CLIENT_WAIT_S)
@@ -247,6 +249,11 @@ def test_subscriber_and_control_client_against_the_daemon(setup: Setup) -> None:
             assert any(two() for _ in range(200)), "set_k(2) never took effect"
             ctl.set_k(5)
         assert sub.malformed == 0
+        # capture answers only after recording: longer than the per-try timeout of 5 s.
+        captured = ctl.capture(6.0, channel=1)
+        (result,) = captured["results"]
+        assert result["channel"] == 1 and {m["name"] for m in result["matches"]} <= setup.names
+        assert ctl.timeouts == 0
 
 
 def test_watch_shows_the_daemon(setup: Setup) -> None:

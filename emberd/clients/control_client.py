@@ -85,11 +85,12 @@ class ControlClient:
     ) -> None:
         self.close()
 
-    def request(self, cmd: str, **args: Any) -> dict[str, Any]:
+    def request(self, cmd: str, *, wait_s: float | None = None, **args: Any) -> dict[str, Any]:
         """Send ``{"cmd": cmd, **args}`` and return the reply dict.
 
         A reply with ``"ok": false`` is returned as is (the caller decides);
-        no reply at all after every retry raises.
+        no reply at all after every retry raises. ``wait_s`` overrides the
+        per-attempt timeout (a ``capture`` answers only after recording).
 
         Raises
         ------
@@ -98,10 +99,11 @@ class ControlClient:
             answered with something that is not a control reply.
         """
         payload = wire.encode_request(cmd, **args)
+        timeout = self.timeout if wait_s is None else float(wait_s)
         for _attempt in range(self.retries):
             sock = self._socket()
             sock.send(payload)
-            if sock.poll(int(self.timeout * 1000), zmq.POLLIN):
+            if sock.poll(int(timeout * 1000), zmq.POLLIN):
                 data = sock.recv()
                 try:
                     return wire.decode_reply(data)
@@ -113,12 +115,12 @@ class ControlClient:
             self._drop_socket()
         raise EmberdError(
             f"control {self.endpoint}: no reply to {cmd!r} after {self.retries} tries "
-            f"of {self.timeout:g} s (is `emberd run` running?)"
+            f"of {timeout:g} s (is `emberd run` running?)"
         )
 
-    def call(self, cmd: str, **args: Any) -> dict[str, Any]:
+    def call(self, cmd: str, *, wait_s: float | None = None, **args: Any) -> dict[str, Any]:
         """Like :meth:`request`, but raise :class:`EmberdError` on an ``ok: false`` reply."""
-        reply = self.request(cmd, **args)
+        reply = self.request(cmd, wait_s=wait_s, **args)
         if not reply["ok"]:
             raise EmberdError(f"control {cmd}: {reply.get('error', 'failed')}")
         return reply
@@ -148,6 +150,13 @@ class ControlClient:
         """Resume analysis."""
         return self.call("resume")
 
-    def capture(self, seconds: float) -> dict[str, Any]:
-        """Record ``seconds`` of live input, search the library with it, return the matches."""
-        return self.call("capture", seconds=float(seconds))
+    def capture(self, seconds: float, channel: int | None = None) -> dict[str, Any]:
+        """Record ``seconds`` of live input, search the library with it, return the reply.
+
+        The reply's ``results`` holds one ``{"channel", "matches", "tags"}`` per channel.
+        """
+        args: dict[str, Any] = {"seconds": float(seconds)}
+        if channel is not None:
+            args["channel"] = int(channel)
+        # The daemon answers after recording: wait for that on top of the usual timeout.
+        return self.call("capture", wait_s=self.timeout + float(seconds), **args)
