@@ -84,7 +84,8 @@ def index(sources: Sequence[str | os.PathLike[str]], library: str | os.PathLike[
     """Run ``emberd index`` in a child process and return it (output captured as text)."""
     return subprocess.run(
         index_command(sources, library, *extra, model=model),
-        capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+        capture_output=True, text=True, errors="surrogateescape", timeout=timeout,
+        stdin=subprocess.DEVNULL,
     )
 
 
