@@ -64,54 +64,68 @@ def _sparse_rows(fb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 class _Kernel:
-    """Frames ``[k, n_fft]`` -> mel ``[k, n_mels]`` in preallocated float64 scratch."""
+    """Frames ``[k, n_fft]`` -> mel ``[k, n_mels]`` in preallocated float64 scratch.
+
+    Few numpy calls per batch, because for one frame per call (a 256-sample block and a
+    1024-sample hop) the per-call overhead, not the arithmetic, is most of the cost:
+
+    * power 2: the filterbank gathers the real and imaginary parts of each bin it uses
+      straight from the complex spectrum, squares and weights them (no |X|^2 pass);
+    * the log10(1e4 x + 1) gain is folded into the filterbank weights, and the
+      compression constant and min-max scaling into one multiply(-add) that also casts
+      to float32.
+    """
 
     def __init__(self, config: FrontEndConfig, max_batch: int) -> None:
         self.config = config
         self.max_batch = max_batch
         self.window = config_window(config).astype(np.float64)
-        self._cols, self._weights, self._starts = _sparse_rows(mel_filterbank(config))
-        n_bins = config.n_bins
+        cols, weights, starts = _sparse_rows(mel_filterbank(config))
+        if config.compression == "log10_1e4":
+            weights = weights * LOG10_1E4_GAIN
+        self._power2 = config.power == 2.0
+        if self._power2:  # gather re and im of every used bin from the complex spectrum
+            self._idx = np.stack([2 * cols, 2 * cols + 1], axis=1).ravel()
+            self._weights = np.repeat(weights, 2)
+            self._starts = 2 * starts
+        else:
+            self._idx, self._weights, self._starts = cols, weights, starts
         self._win = np.zeros((max_batch, config.n_fft), dtype=np.float64)
-        self._spec = np.zeros((max_batch, n_bins), dtype=np.complex128)
-        self._sq = np.zeros((max_batch, 2 * n_bins), dtype=np.float64)
-        self._power = np.zeros((max_batch, n_bins), dtype=np.float64)
-        self._terms = np.zeros((max_batch, self._cols.shape[0]), dtype=np.float64)
+        self._spec = np.zeros((max_batch, config.n_bins), dtype=np.complex128)
+        self._power = np.zeros((max_batch, config.n_bins), dtype=np.float64)  # power 1 only
+        self._terms = np.zeros((max_batch, self._idx.shape[0]), dtype=np.float64)
         self._mel = np.zeros((max_batch, config.n_mels), dtype=np.float64)
-        self._scale_gain = 1.0 / (config.scale_max - config.scale_min)
-        self._identity_scale = config.scale_min == 0.0 and config.scale_max == 1.0
+        # Output = gain * f(mel) + offset, with f = log10 (db), ln(1 + x) (log10_1e4), x.
+        span = config.scale_max - config.scale_min
+        const = {"none": 1.0, "db": 10.0, "log10_1e4": float(_INV_LN10)}[config.compression]
+        self._gain = const / span
+        self._offset = -config.scale_min / span
 
     def run(self, frames: np.ndarray, out: np.ndarray) -> None:
         """Compute ``len(frames) <= max_batch`` mel frames into ``out`` (float32)."""
         k = frames.shape[0]
-        cfg = self.config
-        win, spec, power, mel = self._win[:k], self._spec[:k], self._power[:k], self._mel[:k]
+        win, spec, terms, mel = self._win[:k], self._spec[:k], self._terms[:k], self._mel[:k]
         np.multiply(frames, self.window, out=win)
         np.fft.rfft(win, axis=-1, out=spec)
-        if cfg.power == 2.0:
-            sq = self._sq[:k]
-            np.square(spec.view(np.float64), out=sq)  # re^2, im^2 interleaved
-            np.add(sq[:, 0::2], sq[:, 1::2], out=power)
-        else:
-            np.abs(spec, out=power)
-        # Sparse filterbank product: gather the bins each band uses, weight, sum per band.
-        terms = self._terms[:k]
+        # Sparse filterbank product: gather the terms each band uses, weight, sum per band.
         # mode='clip': with the default 'raise' numpy buffers ``out`` (an allocation).
-        np.take(power, self._cols, axis=1, out=terms, mode="clip")
+        if self._power2:
+            np.take(spec.view(np.float64), self._idx, axis=1, out=terms, mode="clip")
+            np.square(terms, out=terms)
+        else:
+            np.abs(spec, out=self._power[:k])
+            np.take(self._power[:k], self._idx, axis=1, out=terms, mode="clip")
         np.multiply(terms, self._weights, out=terms)
         np.add.reduceat(terms, self._starts, axis=1, out=mel)
-        if cfg.compression == "db":
+        compression = self.config.compression
+        if compression == "db":
             np.maximum(mel, DB_AMIN, out=mel)
             np.log10(mel, out=mel)
-            mel *= 10.0
-        elif cfg.compression == "log10_1e4":
-            mel *= LOG10_1E4_GAIN
+        elif compression == "log10_1e4":
             np.log1p(mel, out=mel)  # log10(1 + g x) = ln(1 + g x) / ln 10, exact near 0
-            mel *= _INV_LN10
-        if not self._identity_scale:
-            mel -= cfg.scale_min
-            mel *= self._scale_gain
-        np.copyto(out, mel, casting="same_kind")
+        np.multiply(mel, self._gain, out=out, casting="same_kind")
+        if self._offset:
+            np.add(out, self._offset, out=out, casting="same_kind")
 
 
 def n_frames_for(n_samples: int, config: FrontEndConfig) -> int:
@@ -208,6 +222,14 @@ class StreamingFrontEnd:
         self._kernel = _Kernel(config, max_batch)
         cap = max(2 * config.n_fft, config.n_fft + (max_batch - 1) * config.hop_length)
         self._buf = np.zeros(cap, dtype=np.float64)
+        # Frames always start at a multiple of hop in the buffer (the compaction moves the
+        # next frame to index 0), so one strided view made here serves every hop: row m
+        # is the frame starting at m * hop. (as_strided per hop costs ~10 us.)
+        hop = config.hop_length
+        self._rows = np.lib.stride_tricks.as_strided(
+            self._buf, shape=((cap - config.n_fft) // hop + 1, config.n_fft),
+            strides=(hop * self._buf.itemsize, self._buf.itemsize), writeable=False,
+        )
         self._zeros = np.zeros(config.n_fft, dtype=np.float64)  # right padding in flush
         self._out = np.zeros((max_batch, config.n_mels), dtype=np.float32)
         self.reset()
@@ -311,13 +333,9 @@ class StreamingFrontEnd:
         batch = self._kernel.max_batch
         while done < ready:
             k = min(batch, ready - done)
-            span = self._buf[self._start : self._start + (k - 1) * hop + n_fft]
-            frames = np.lib.stride_tricks.as_strided(
-                span, shape=(k, n_fft), strides=(hop * span.itemsize, span.itemsize),
-                writeable=False,
-            )
+            row = self._start // hop
             out = self._out[:k]
-            self._kernel.run(frames, out)
+            self._kernel.run(self._rows[row : row + k], out)
             self.frames.write(out)
             self._start += k * hop
             done += k
