@@ -108,11 +108,13 @@ def conv_rows(x: np.ndarray, wmat: np.ndarray, col: np.ndarray, out: np.ndarray)
 
 def pool2x2(x: np.ndarray, tmp: np.ndarray, out: np.ndarray) -> None:
     """2x2 max pool (floor) of ``x [2q, B, F, C]`` into ``out [q, B, F//2, C]`` via ``tmp``."""
-    q = out.shape[0]
-    f2 = out.shape[2]
+    q, b, f2, c = out.shape
     t = tmp[:q]
     np.maximum(x[0 : 2 * q : 2], x[1 : 2 * q : 2], out=t)
-    np.maximum(t[:, :, 0 : 2 * f2 : 2], t[:, :, 1 : 2 * f2 : 2], out=out)
+    # Mel pairs as a reduction over a [.., 2, C] view: the equivalent strided
+    # np.maximum(t[:, :, 0::2], t[:, :, 1::2]) makes numpy allocate a 64 KB buffer.
+    pairs = t[:, :, : 2 * f2].reshape(q * b * f2, 2, c)
+    np.maximum.reduce(pairs, axis=1, out=out.reshape(q * b * f2, c))
 
 
 def forward_columns(folded: Folded, mel: np.ndarray) -> np.ndarray:
@@ -166,10 +168,14 @@ class _Conv:
 
     def __init__(self, w: np.ndarray, b: np.ndarray, rows: int, channels: int, mel: int) -> None:
         c_in = w.shape[1]
-        self.wmat = gemm_weights(w)
-        self.bias = b
+        k = KERNEL * KERNEL * c_in
+        # The bias rides in the GEMM as a last row of weights against a column of
+        # ones: a broadcast ``y += b`` would make numpy allocate a 32 KB ufunc buffer.
+        self.wmat = np.ascontiguousarray(np.vstack([gemm_weights(w), b[None]]))
         self.x = np.zeros((rows + _CONTEXT_ROWS, channels, mel, c_in), np.float32)
-        self.col = np.zeros((rows, channels, mel, KERNEL, KERNEL, c_in), np.float32)
+        self.col = np.zeros((rows, channels, mel, k + 1), np.float32)
+        self.col[..., k] = 1.0
+        self.patches = self.col[..., :k].reshape(rows, channels, mel, KERNEL, KERNEL, c_in)
         self.held = 1  # rows at the front of x: starts with the zero row "-1" (padding)
 
     def reset(self) -> None:
@@ -246,11 +252,13 @@ class NumpyStack:
                     target = nxt.x[nxt.held : nxt.held + n_out]
                 else:
                     target = self._y[:n_out]
-                conv_rows(conv.x[:m], conv.wmat, conv.col, target)
+                im2col(conv.x[:m], conv.patches[:n_out])
+                k1, c_out = conv.wmat.shape
+                np.matmul(
+                    conv.col[:n_out].reshape(-1, k1), conv.wmat, out=target.reshape(-1, c_out)
+                )
                 if pool is None:
-                    # Bias + ReLU now; pooled layers do it after the pool (4x fewer values).
-                    target += conv.bias
-                    np.maximum(target, 0.0, out=target)
+                    np.maximum(target, 0.0, out=target)  # pooled layers: after the pool
             keep = min(m, _CONTEXT_ROWS)  # the last input rows are the next call's context
             for r in range(keep):
                 conv.x[r] = conv.x[m - keep + r]
@@ -262,8 +270,7 @@ class NumpyStack:
                 if q:
                     dst = nxt.x[nxt.held : nxt.held + q]
                     pool2x2(raw[: 2 * q], scratch, dst)
-                    dst += conv.bias  # max commutes with a per-channel constant and ReLU
-                    np.maximum(dst, 0.0, out=dst)
+                    np.maximum(dst, 0.0, out=dst)  # ReLU commutes with max: 4x fewer values
                 if avail % 2:
                     raw[0] = raw[avail - 1]
                 self._pending[i] = avail % 2

@@ -206,8 +206,11 @@ class StreamingEncoder:
         n = x.shape[1]
         if n == 0:
             return []
-        if not np.isfinite(x.sum()):
-            raise EmberdError("streaming encoder: frames contain NaN or Inf")
+        # One contiguous channel at a time: a whole-array sum of a strided slice
+        # would allocate numpy's 32 KB iterator buffer on every hop.
+        for c in range(self.channels):
+            if not np.isfinite(x[c].sum()):
+                raise EmberdError("streaming encoder: frames contain NaN or Inf")
         # Columns this push can complete, bounded by the frames it moves past the grid.
         most = (self._frames_in + n) // COLUMN_FRAMES - self._frames_in // COLUMN_FRAMES + 1
         if most > self._out.shape[0]:  # only a push longer than hop_frames gets here
