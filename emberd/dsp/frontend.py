@@ -141,7 +141,7 @@ def n_frames_for(n_samples: int, config: FrontEndConfig) -> int:
 
 
 def melspectrogram(
-    y: npt.ArrayLike, config: FrontEndConfig, *, max_batch: int = 256
+    y: npt.ArrayLike, config: FrontEndConfig, *, max_batch: int = DEFAULT_MAX_BATCH
 ) -> F32:
     """Mel frames of a whole mono signal.
 
