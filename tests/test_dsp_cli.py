@@ -130,3 +130,13 @@ def test_subprocess_bad_input(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert proc.stderr == f"emberd: error: {bad}: empty file\n"
+
+
+def test_devices_without_portaudio_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With sounddevice unimportable, ``emberd devices`` names the missing component."""
+    monkeypatch.setitem(sys.modules, "sounddevice", None)  # import now raises ImportError
+    assert main(["devices"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "sounddevice: not installed" in err

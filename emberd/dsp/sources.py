@@ -37,7 +37,7 @@ PACES = ("realtime", "fast")
 SYNTH_KINDS = ("sine", "clicks", "noise", "silence", "mix")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # eq on arrays is ambiguous; compare .data yourself
 class Block:
     """One block of audio.
 
