@@ -144,6 +144,17 @@ def test_aisfx_end_of_stream_matches_framecutter(length: int) -> None:
     assert rel(stream(y, preset("aisfx"), [256]), ref) <= ESSENTIA_TOL
 
 
+@pytest.mark.parametrize("length", [2048, 2600, 5000])
+def test_librosa_uncentred(length: int) -> None:
+    librosa = pytest.importorskip("librosa")
+    y = synth_signal("noise", 0, length, sr=22050, seed=4) + 0.01
+    ref = librosa.feature.melspectrogram(y=y, sr=22050, center=False).T
+    config = preset("librosa", center=False)
+    assert n_frames_for(2047, config) == 0  # librosa refuses a signal shorter than n_fft
+    assert rel(melspectrogram(y, config), ref) <= LIBROSA_TOL
+    assert rel(stream(y, config, [300]), ref) <= LIBROSA_TOL
+
+
 @pytest.mark.parametrize("length", [1, 500, 512, 513, 2048, 5000])
 def test_librosa_frame_count_at_edges(length: int) -> None:
     librosa = pytest.importorskip("librosa")
