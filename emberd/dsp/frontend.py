@@ -10,7 +10,7 @@ frames: measured with numpy 2.4, float64 input with ``out=`` allocates nothing, 
 float32 input makes numpy allocate a converted copy plus work buffer (about 34 KB per
 2048-point frame) on every call. A real DFT as a matmul with a cached basis would be
 allocation-free too but costs n_fft x (n_fft + 2) multiply-adds per frame (4.2 M for
-2048 points, a 33 MB float64 basis): far slower than pocketfft's ~20 us.
+2048 points, a 33 MB float64 basis): far slower than pocketfft's ~12 us.
 The filterbank product is sparse (gather, weight, ``np.add.reduceat``) rather than a
 BLAS matmul: ~2000 non-zeros instead of 128 x 1025, and no BLAS thread pool, which
 measured up to 10 ms for one small matmul on a loaded 2-core machine.
