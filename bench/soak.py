@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from emberd.testing import smalllib
-from emberd.testing.harness import Daemon, HopClock, RssSampler, free_port
+from emberd.testing.harness import Daemon, HopClock, RssSampler
 
 MIB = 1024 * 1024
 WARMUP_S = 20.0  # excluded from the memory baseline (allocator, ONNX arenas)
@@ -42,7 +42,7 @@ class OscCounter:
 
     def __init__(self) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", free_port(socket.SOCK_DGRAM)))
+        self.sock.bind(("127.0.0.1", 0))
         self.sock.settimeout(0.2)
         self.port = self.sock.getsockname()[1]
         self.count = 0

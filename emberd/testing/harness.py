@@ -220,29 +220,47 @@ class Daemon:
     ) -> None:
         self.args = list(args)
         self.log_path = Path(log_path)
-        self.pub_port = free_port()
-        self.control_port = free_port()
-        self.osc_in_port = free_port(socket.SOCK_DGRAM) if osc_in else 0
-        self.pub = f"tcp://127.0.0.1:{self.pub_port}"
-        self.control_endpoint = f"tcp://127.0.0.1:{self.control_port}"
+        # Port 0: the daemon picks free ports and prints them. Choosing "free" ports here
+        # races with every ephemeral connect on the machine (a REQ socket polling a port
+        # nobody listens on yet can even connect to itself and hold it).
         if "--zmq-pub" not in self.args:
-            self.args += ["--zmq-pub", self.pub]
+            self.args += ["--zmq-pub", "tcp://127.0.0.1:0"]
         if "--control" not in self.args:
-            self.args += ["--control", self.control_endpoint]
+            self.args += ["--control", "tcp://127.0.0.1:0"]
         if osc_in and "--osc-in" not in self.args:
-            self.args += ["--osc-in", f"127.0.0.1:{self.osc_in_port}"]
+            self.args += ["--osc-in", "127.0.0.1:0"]
+        self.pub = self.control_endpoint = ""
+        self.pub_port = self.control_port = self.osc_in_port = 0
         self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
         self._log: Any = None
+        self._log_offset = 0
 
     @property
     def pid(self) -> int:
         assert self.proc is not None
         return self.proc.pid
 
+    def _banner(self) -> bool:
+        """Parse the start-up line (``pub ..., control ..., osc-in ...``) for the real ports."""
+        import re
+
+        with contextlib.suppress(OSError):
+            text = self.log_path.read_bytes()[self._log_offset :].decode("utf-8", "replace")
+            m = re.search(r"pub (\S+), control (\S+), osc-in (\S+),", text)
+            if m:
+                self.pub, self.control_endpoint = m.group(1), m.group(2)
+                self.pub_port = int(self.pub.rsplit(":", 1)[1])
+                self.control_port = int(self.control_endpoint.rsplit(":", 1)[1])
+                if m.group(3) != "None":
+                    self.osc_in_port = int(m.group(3).rsplit(":", 1)[1])
+                return True
+        return False
+
     def start(self, *, ready_timeout: float = DEFAULT_START_TIMEOUT_S) -> Daemon:
-        """Start the process and wait until it answers ``status`` on the control channel."""
+        """Start the process; wait for its start-up line and a ``status`` answer."""
         self._log = open(self.log_path, "ab")
+        self._log_offset = self._log.tell()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "emberd", "run", *self.args],
             stdout=self._log,
@@ -256,9 +274,15 @@ class Daemon:
                 raise RuntimeError(
                     f"daemon exited with {self.proc.returncode} during start-up:\n{self.log_tail()}"
                 )
+            if not self.control_endpoint and not self._banner():
+                return None
             return self.try_status(timeout=0.5)
 
-        wait_for(ready, ready_timeout, what="daemon to answer status")
+        try:
+            wait_for(ready, ready_timeout, what="daemon to answer status")
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def request(self, cmd: str, *, timeout: float = 5.0, **args: Any) -> dict[str, Any]:
