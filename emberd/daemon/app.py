@@ -170,6 +170,7 @@ class Daemon:
         self._context: Any = None
         self._input: Any = None
         self._input_started = False
+        self._started = False
         self.worker: Worker | None = None
         self.stats: DaemonStats | None = None
         self._stop = threading.Event()
@@ -207,6 +208,9 @@ class Daemon:
         answers) but no audio flows until :meth:`start_input`: a test can connect its
         subscribers first and lose nothing.
         """
+        if self._started:
+            return self
+        self._started = True
         try:
             self._start()
             if start_input:
@@ -221,6 +225,8 @@ class Daemon:
         if self._input is not None and not self._input_started:
             self._input_started = True
             self._input.start()
+            if self.stats is not None:  # a device knows its full name only once open
+                self.stats.info["input"] = self._input.description
 
     def _start(self) -> None:
         cfg = self.config

@@ -125,7 +125,7 @@ def run_command(args: argparse.Namespace) -> int:
     stop = lambda *_: daemon.request_stop()  # noqa: E731
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    with daemon.start():
+    with daemon:
         st = daemon.stats.info if daemon.stats else {}
         print(
             f"emberd: {st.get('model', '?')} on {st.get('provider', '?')}, input "

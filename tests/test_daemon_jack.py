@@ -1,0 +1,150 @@
+"""Real capture: the daemon records a JACK server through sounddevice/PortAudio.
+
+A private JACK server with the dummy backend (no hardware) runs under a unique name.
+The daemon (``emberd run --input default``, a child process) opens PortAudio's JACK
+device; this test plays library samples into the server with a JACK-Client player
+whose output port is connected to PortAudio's input port, and checks that the daemon
+publishes each sample as top-1 for audio captured within 1 s of the sample's onset.
+The 1 s is measured on the audio's own capture timestamps, not on how fast the
+machine answers.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import soundfile as sf
+from conftest import require
+
+from emberd.clients import wire
+from emberd.testing import smalllib
+from emberd.testing.harness import Daemon, jack_available, start_jackd, stop_process, wait_for
+
+MODEL = smalllib.FAST_MODEL
+ONSET_WINDOW_S = 1.0  # the sample must be top-1 for audio within this long after its onset
+CLOCK_SLACK_S = 0.1  # JACK cycle vs. PortAudio ADC timestamp mapping
+SETTLE_S = 2.5  # audio time after an onset before the next sample is played
+RECV_TIMEOUT_MS = 30000
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path]]:
+    root = tmp_path_factory.mktemp("jacklib")
+    files = smalllib.write_sounds(root / "sounds", per_folder=3)
+    lib = root / "lib"
+    proc = smalllib.index([root / "sounds"], lib)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return lib, files
+
+
+class Player:
+    """A JACK client with one output port that plays a buffer when triggered."""
+
+    def __init__(self, jack: Any, server: str) -> None:
+        self.client = jack.Client(f"emberd-test-player-{uuid.uuid4().hex[:6]}",
+                                  servername=server, no_start_server=True)  # fmt: skip
+        self.port = self.client.outports.register("out")
+        self.data = np.zeros(0, np.float32)
+        self.pos = -1
+        self.onset: float | None = None
+        self.played = threading.Event()
+        self.client.set_process_callback(self._process)
+        self.client.activate()
+
+    def _process(self, frames: int) -> None:
+        out = self.port.get_array()
+        out[:] = 0.0
+        if 0 <= self.pos < self.data.size:
+            if self.pos == 0:
+                self.onset = time.time()  # this cycle carries the first sample
+            n = min(frames, self.data.size - self.pos)
+            out[:n] = self.data[self.pos : self.pos + n]
+            self.pos += n
+            if self.pos >= self.data.size:
+                self.played.set()
+
+    def play(self, data: np.ndarray) -> None:
+        self.played.clear()
+        self.onset = None
+        self.data = np.ascontiguousarray(data, np.float32)
+        self.pos = 0
+
+    def close(self) -> None:
+        self.client.deactivate()
+        self.client.close()
+
+
+def test_jack_capture_publishes_played_sample_as_top1(
+    library: tuple[Path, list[Path]], tmp_path: Path
+) -> None:
+    require(jack_available(), "jackd and jack_lsp (Debian jackd2)")
+    try:
+        import jack
+    except (ImportError, OSError):  # pragma: no cover - JACK-Client is a dev dependency
+        require(False, "JACK-Client with libjack")
+        return
+    import zmq
+
+    lib, files = library
+    server = f"emberd-test-{uuid.uuid4().hex[:8]}"
+    jackd = start_jackd(server, rate=44100, period=256, log_path=tmp_path / "jackd.log")
+    env = {"JACK_DEFAULT_SERVER": server, "JACK_NO_START_SERVER": "1"}
+    ctx: Any = zmq.Context()
+    player: Player | None = None
+    daemon = Daemon(["--library", str(lib), "--model", MODEL, "--input", "default",
+                     "--channels", "0", "--device", "cpu"],
+                    tmp_path / "daemon.log", env=env, osc_in=False)  # fmt: skip
+    try:
+        daemon.start()
+        # The control channel answers before the device is open: wait for its full name.
+        wait_for(lambda: "JACK" in daemon.status()["input"], 30, what="the JACK device")
+        sub = ctx.socket(zmq.SUB)
+        sub.setsockopt(zmq.LINGER, 0)
+        sub.setsockopt(zmq.RCVTIMEO, RECV_TIMEOUT_MS)
+        sub.setsockopt(zmq.SUBSCRIBE, b"match.0")
+        sub.connect(daemon.pub)
+        sub.recv_multipart()  # subscription live: hops are flowing
+        player = Player(jack, server)
+        targets = [p for p in player.client.get_ports(is_audio=True, is_input=True)
+                   if not p.name.startswith("system:")]  # PortAudio's capture port(s)
+        assert targets, [p.name for p in player.client.get_ports()]
+        for t in targets:
+            player.client.connect(player.port, t)
+        for pick in (0, 4, 9):  # a kick, a snare, a pad
+            sample = files[pick]
+            data, sr = sf.read(sample, dtype="float32")
+            assert sr == 44100
+            player.play(data)
+            assert player.played.wait(30), "the JACK player did not run"
+            onset = player.onset
+            assert onset is not None
+            tops: list[str] = []
+            while True:
+                msg = wire.decode(sub.recv_multipart())
+                t = msg.capture_time
+                if onset - CLOCK_SLACK_S <= t <= onset + ONSET_WINDOW_S and msg.header["matches"]:
+                    tops.append(msg.header["matches"][0]["path"])
+                if t > onset + SETTLE_S:
+                    break
+            assert tops, f"no hop captured within {ONSET_WINDOW_S} s of the onset"
+            assert str(sample.resolve()) in {str(Path(p).resolve()) for p in tops}, (
+                sample.name, sorted({Path(p).name for p in tops}))  # fmt: skip
+        status = daemon.status()
+        assert status["hops"] > 0 and status["callback_interval_ms"] > 0
+        sub.close(0)
+    finally:
+        if player is not None:
+            player.close()
+        rc = daemon.stop()
+        ctx.destroy(linger=0)
+        stop_process(jackd, signal.SIGTERM)  # SIGTERM: jackd removes its shared memory
+        if jackd.poll() is None:
+            stop_process(jackd)
+    assert rc == 0, daemon.log_tail()
