@@ -12,7 +12,6 @@ import signal
 import sqlite3
 import struct
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -105,7 +104,7 @@ def test_incremental_changed_deleted_and_second_model(sounds: Path, tmp_path: Pa
     store.ensure_model  # noqa: B018 - the API exists
     with store.transaction():
         store.ensure_model("other", "1", 64)
-        ids, fids, starts, mat = store.vectors(MODEL)
+        _ids, fids, _starts, mat = store.vectors(MODEL)
         for fid in set(fids.tolist()):
             store.put_vectors(fid, "other", mat[fids == fid][0] * -1.0, [])
         store.bump_generation()

@@ -280,13 +280,9 @@ class Library:
         model : str
             Embedding model for the similarity stage.
         """
-        from emberd.models.embedding import pool
-
         exact = self.identify(audio, sr, k=1)
-        emb, weights = _embed_query(audio, sr, model)
-        similar = self.search(pool(emb, "energy", weights)[None, :], k + 1, model=model)[0]
-        taken = {m["path"] for m in exact}
-        return (exact + [m for m in similar if m["path"] not in taken])[:k]
+        similar = self.search(query_vector(audio, sr, model)[None, :], k + 1, model=model)[0]
+        return combine(exact, similar, k)
 
     def info(self, *, recall_sample: int = 200, k: int = 10, seed: int = 0) -> dict[str, Any]:
         """Counts, models and, per model, Annoy's recall@k against exact search.
@@ -334,6 +330,22 @@ class Library:
                 ann.unload()
             out["models"][name] = entry
         return out
+
+
+def combine(
+    exact: list[dict[str, Any]], similar: list[dict[str, Any]], k: int
+) -> list[dict[str, Any]]:
+    """The identified file (if any) first, then the similar ones without it; k in all."""
+    taken = {m["path"] for m in exact}
+    return (exact + [m for m in similar if m["path"] not in taken])[:k]
+
+
+def query_vector(audio: np.ndarray, sr: int, model: str) -> np.ndarray:
+    """A query sound's pooled embedding, computed exactly as the indexer does for files."""
+    from emberd.models.embedding import pool
+
+    emb, weights = _embed_query(audio, sr, model)
+    return pool(emb, "energy", weights)
 
 
 _ENCODERS: dict[str, Any] = {}
