@@ -292,7 +292,8 @@ class Daemon:
             if isinstance(worker.error, EmberdError):
                 raise worker.error
             raise EmberdError(f"library {library_path}: cannot open ({worker.error})")
-        controller = Controller(worker, stats, lambda name: self._engine(name, len(columns)))
+        controller = Controller(worker, stats, lambda name: self._engine(name, len(columns)),
+                                open_library)  # fmt: skip
         if cfg.control.lower() not in NO_ENDPOINT:
             cs = ZmqControlServer(cfg.control, controller, stats, context=self._context)
             cs.start()

@@ -1,11 +1,13 @@
 """Control: the same commands over ZeroMQ REP and over OSC, never fatal to the daemon.
 
 :class:`Controller` validates a request dict and runs it: ``status``, ``pause`` and
-``resume`` directly; ``set_k``, ``reload`` and ``capture`` through the worker's command
-queue (applied between hops); ``set_model`` builds the new engine here, on the control
-thread (loading a model takes a while and must not stall the worker), and hands it to
-the worker. Every invalid or failed request gets ``{"ok": false, "error": ...}`` and is
-counted by the server that received it.
+``resume`` directly; ``set_k`` and ``reload`` through the worker's command queue
+(applied between hops); ``capture`` has the worker record the next N seconds of the
+chosen channels, then searches the library with the recording here (identify + similar,
+as ``emberd query``), so the hops keep coming; ``set_model`` builds the new engine
+here, on the control thread (loading a model takes a while and must not stall the
+worker), and hands it to the worker. Every invalid or failed request gets
+``{"ok": false, "error": ...}`` and is counted by the server that received it.
 
 Threads. :class:`ZmqControlServer` owns a REP socket; :class:`OscControlServer` owns a
 UDP socket and replies to each datagram's sender (``/emberd/reply cmd ok detail``). Each
@@ -26,6 +28,7 @@ from typing import Any
 
 from emberd.clients import osc_format as fmt
 from emberd.clients.wire import CONTROL_COMMANDS
+from emberd.daemon.analysis import vote_tags
 from emberd.daemon.status import DaemonStats
 from emberd.daemon.worker import MAX_CAPTURE_S, MAX_K, Worker
 from emberd.errors import EmberdError
@@ -63,14 +66,21 @@ class Controller:
     stats : DaemonStats
     build_engine : callable
         ``build_engine(model_name) -> Engine`` for ``set_model``.
+    open_library : callable
+        ``open_library() -> Library`` for ``capture`` (a connection of its own).
     """
 
     def __init__(
-        self, worker: Worker, stats: DaemonStats, build_engine: Callable[[str], Any]
+        self,
+        worker: Worker,
+        stats: DaemonStats,
+        build_engine: Callable[[str], Any],
+        open_library: Callable[[], Any],
     ) -> None:
         self.worker = worker
         self.stats = stats
         self.build_engine = build_engine
+        self.open_library = open_library
         self._model_lock = threading.Lock()  # one set_model at a time
 
     def status(self) -> dict[str, Any]:
@@ -142,11 +152,33 @@ class Controller:
             return _error(f"capture: channel must be one of {channels}")
         else:
             index = [channels.index(channel)]
-        return self._ask(
+        rec = self._ask(
             "capture",
             {"seconds": float(seconds), "channels": index},
             timeout=COMMAND_TIMEOUT_S + float(seconds),
         )
+        if not rec.get("ok"):
+            return rec
+        return self._search_recording(rec)
+
+    def _search_recording(self, rec: dict[str, Any]) -> dict[str, Any]:
+        """Query the library with each captured channel (identify + similar), on this thread.
+
+        This thread opens its own library connection (SQLite connections stay in their
+        thread) and leaves the worker's alone, so the hops keep coming meanwhile.
+        """
+        audio, sr, model, k = rec["audio"], rec["sr"], rec["model"], rec["k"]
+        library = self.open_library()
+        try:
+            results = []
+            for i, channel in enumerate(rec["channels"]):
+                matches = library.query_audio(audio[:, i], sr, k, model=model)
+                results.append({"channel": channel, "matches": matches,
+                                "tags": vote_tags(matches)})  # fmt: skip
+        finally:
+            library.close()
+        return {"ok": True, "seconds": round(audio.shape[0] / sr, 3), "model": model,
+                "results": results}  # fmt: skip
 
     def _ask(
         self, cmd: str, args: dict[str, Any], timeout: float = COMMAND_TIMEOUT_S
@@ -325,7 +357,7 @@ class OscControlServer(threading.Thread):
                         score=float(m.get("score", 0.0)), name=str(m.get("name", "")),
                         path=str(m.get("path", "")), max_bytes=self.max_bytes,
                         address=fmt.ADDR_CAPTURE_MATCH))  # fmt: skip
-            detail = {"ok": True, "hops": reply.get("hops"), "seconds": reply.get("seconds")}
+            detail = {"ok": True, "seconds": reply.get("seconds")}
         else:
             detail = reply
         self._reply(sender, cmd, detail)

@@ -104,10 +104,9 @@ class Command:
 @dataclass
 class _Capture:
     command: Command
-    end_pos: int  # sample position at which the capture ends
     channels: list[int]  # indexes into the worker's channel list
-    sums: np.ndarray  # [C, dim] sum of unit embeddings
-    hops: int = 0
+    audio: np.ndarray  # [n, len(channels)] float32, filled as audio arrives
+    filled: int = 0
 
 
 class Worker(threading.Thread):
@@ -245,6 +244,8 @@ class Worker(threading.Thread):
             fronts[c].push(x)
         self._count += n
         self._read_pos += n
+        if self._capture is not None:
+            self._record(n)
         total = fronts[0].frames.total
         if total < self._next_hop_frame:
             return
@@ -291,7 +292,7 @@ class Worker(threading.Thread):
         hop_samples = self.engine.hop_frames * cfg.hop_length
         capture_time = self.source.clock.time_of(sample_end - hop_samples)
         levels = self._levels()
-        if self.paused and self._capture is None:
+        if self.paused:
             return
         t0 = time.perf_counter()
         emb = self.engine.encoder.embed_hop(self.engine.fronts, end_frame)
@@ -299,10 +300,6 @@ class Worker(threading.Thread):
         if emb is None:  # a streaming encoder still filling its context
             return
         self.stats.inference_ms.add((t1 - t0) * 1000.0)
-        if self._capture is not None:
-            self._add_capture(emb)
-        if self.paused:
-            return
         matches = self._search(emb, self.k)
         tags = [vote_tags(m) for m in matches]
         sim = cosine_matrix(emb) if len(self.channels) > 1 else None
@@ -413,12 +410,8 @@ class Worker(threading.Thread):
             if self._capture is not None:
                 return {"ok": False, "error": "capture: one is already running"}
             chans = args["channels"]
-            self._capture = _Capture(
-                command=command,
-                end_pos=self._read_pos + round(float(args["seconds"]) * self.source.sr),
-                channels=chans,
-                sums=np.zeros((len(self.channels), self.engine.encoder.dim), np.float64),
-            )
+            n = max(1, round(float(args["seconds"]) * self.source.sr))
+            self._capture = _Capture(command, chans, np.zeros((n, len(chans)), np.float32))
             return None  # answered when the capture ends
         return {"ok": False, "error": f"unknown command {command.cmd!r}"}
 
@@ -434,37 +427,33 @@ class Worker(threading.Thread):
         self._search_warned = False
         return {"ok": True, "model": engine.encoder.model, "provider": engine.encoder.provider}
 
-    def _add_capture(self, emb: np.ndarray) -> None:
+    def _record(self, n: int) -> None:
+        """Copy the newest ``n`` samples of the captured channels; answer when full."""
         cap = self._capture
         assert cap is not None
-        norms = np.linalg.norm(emb, axis=1, keepdims=True)
-        cap.sums += emb / np.maximum(norms, 1e-12)
-        cap.hops += 1
-        if self._read_pos >= cap.end_pos:
+        take = min(n, cap.audio.shape[0] - cap.filled)
+        for i, c in enumerate(cap.channels):
+            cap.audio[cap.filled : cap.filled + take, i] = self._chan[c, n - take : n]
+        cap.filled += take
+        if cap.filled == cap.audio.shape[0]:
             self._finish_capture()
 
     def _finish_capture(self) -> None:
+        """Hand the recording to the control thread, which searches the library with it."""
         cap = self._capture
         assert cap is not None
         self._capture = None
-        if cap.hops == 0:
+        if cap.filled == 0:
             cap.command.answer({"ok": False, "error": "capture: no audio arrived"})
             return
-        pooled = (cap.sums[cap.channels] / cap.hops).astype(np.float32)
-        matches = self._search(pooled, self.k)
-        cap.command.answer(
-            {
-                "ok": True,
-                "seconds": round(cap.hops * self.engine.hop_frames * self.engine.config.hop_length
-                                 / self.engine.config.sr, 3),
-                "hops": cap.hops,
-                "model": self.engine.encoder.model,
-                "results": [
-                    {"channel": self.channels[c], "matches": m, "tags": vote_tags(m)}
-                    for c, m in zip(cap.channels, matches, strict=True)
-                ],
-            }
-        )  # fmt: skip
+        cap.command.answer({
+            "ok": True,
+            "audio": cap.audio[: cap.filled],
+            "sr": self.source.sr,
+            "channels": [self.channels[c] for c in cap.channels],
+            "model": self.engine.encoder.model,
+            "k": self.k,
+        })  # fmt: skip
 
     def _fail_pending(self, why: str) -> None:
         if self._capture is not None:
