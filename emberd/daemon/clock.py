@@ -68,6 +68,14 @@ class BlockClock:
         i = (n - 1) % self.capacity
         return float(self._time[i]) - (int(self._end_pos[i]) - pos) / self.sr
 
+    def last_arrival(self) -> tuple[int, float]:
+        """``(end position, perf_counter time)`` of the latest mark; ``(0, now)`` before any."""
+        n = self._count
+        if n == 0:
+            return 0, time.perf_counter()
+        i = (n - 1) % self.capacity
+        return int(self._end_pos[i]), float(self._mono[i])
+
     def new_intervals(self) -> np.ndarray:
         """Block-to-block arrival intervals (seconds) since the previous call; consumer only."""
         n = self._count

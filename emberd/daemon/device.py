@@ -39,12 +39,16 @@ class DeviceInput(DeviceSource):
 
     def __init__(self, device: int | str | None, *, sr: int, channels: int, block_size: int):
         super().__init__(device, sr=sr, channels=channels, block_size=block_size)
-        self.arrivals = BlockClock(self.sr)
+        self.arrivals = BlockClock(self.sr)  # ring positions, like the worker's
         self.clock = _AdcClock(self)
         self.finished = False  # a device never ends by itself
         self.nominal_block_s = block_size / self.sr
         self.description = f"device {device if device is not None else 'default'}"
         self.error: BaseException | None = None
+        from emberd.daemon.reconnect import InputWatchdog
+
+        self.detached = False  # set when a stalled stream is abandoned (see reconnect.py)
+        self.watchdog = InputWatchdog(self)
 
     @property
     def overflows(self) -> int:
@@ -52,8 +56,23 @@ class DeviceInput(DeviceSource):
         return self.input_overflows
 
     def _callback(self, indata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
+        if self.detached:  # an abandoned stream that came back: the capture child owns the ring
+            return
         super()._callback(indata, frames, time_info, status)
         self.arrivals.mark(self.ring.total_written)
+
+    def watch(self, now: float) -> bool:
+        """Stall detection and reconnection (worker thread); True when the input state changed."""
+        return self.watchdog.watch(now)
+
+    def stop(self) -> None:
+        """Stop capturing without ever blocking on a wedged PortAudio stream."""
+        from emberd.daemon.reconnect import stop_stream_bounded
+
+        self.watchdog.close()
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            stop_stream_bounded(stream)
 
     def start(self) -> None:
         super().start()

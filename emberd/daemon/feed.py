@@ -74,6 +74,7 @@ class FeederInput:
         self.nominal_block_s = BLOCK_FRAMES / sr
         self.ring = SampleRing(int(RING_SECONDS * sr), channels)
         self.clock = BlockClock(sr)
+        self.arrivals = self.clock  # the worker predicts block arrivals from these marks
         self.finished = False
         self.error: BaseException | None = None
         self._stop_event = threading.Event()

@@ -184,3 +184,5 @@ class OscPublisher(threading.Thread):
         seq = int(status.get("hops", 0))
         now_ms = self.stats.ms_since_start(time.time())
         self._send(fmt.encode_status((seq, now_ms, now_ms), status))
+        if "input_state" in status:  # device input: stalled / reconnecting / running
+            self._send(fmt.encode_input((seq, now_ms, now_ms), status))

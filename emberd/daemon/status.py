@@ -16,7 +16,8 @@ in part, ``/emberd/status``):
 its last datagram sent; the slowest transport), ``latency_ms_by_transport``,
 ``inference_ms`` / ``inference_p99_ms`` (encoder call per hop, all channels),
 ``hop_work_ms`` (whole hop: encoder + search + votes), ``callback_interval_ms``,
-``callback_jitter_ms`` (p99 of |block interval - nominal|), ``callback_jitter_max_ms``,
+``callback_jitter_ms`` (p99 of |block interval - nominal| over the latest 8192 blocks),
+``callback_jitter_max_ms`` (same window), ``callback_jitter_max_run_ms`` (whole run),
 ``overflows`` (frames the callback could not store), ``dropped_hops`` (hops skipped by
 a late worker plus hops dropped by full publisher queues), ``rejected`` (malformed
 control requests and OSC datagrams), ``rejected_control``, ``rejected_osc``,
@@ -86,6 +87,7 @@ class DaemonStats:
         self.overflows = 0
         self.nonfinite_samples = 0
         self.publisher_drops: dict[str, int] = {}
+        self.jitter_max_run_ms = 0.0  # largest |interval - nominal| since start
         self.info: dict[str, Any] = {}
         self._lock = threading.Lock()  # snapshot vs. jitter ring update (not the callback)
 
@@ -101,6 +103,9 @@ class DaemonStats:
         """Record callback intervals (seconds); called by the worker."""
         with self._lock:
             self.block_interval_ms.add_many(intervals_s * 1000.0)
+            if intervals_s.size:
+                dev = float(np.max(np.abs(intervals_s - self.nominal_block_s))) * 1000.0
+                self.jitter_max_run_ms = max(self.jitter_max_run_ms, dev)
 
     def snapshot(self) -> dict[str, Any]:
         """The status object (a new dict; safe to hand to another thread)."""
@@ -128,6 +133,7 @@ class DaemonStats:
             callback_interval_ms=round(float(np.median(intervals)), 3) if intervals.size else 0.0,
             callback_jitter_ms=round(float(np.percentile(jitter, 99)), 3),
             callback_jitter_max_ms=round(float(jitter.max()), 3),
+            callback_jitter_max_run_ms=round(self.jitter_max_run_ms, 3),
             overflows=self.overflows,
             nonfinite_samples=self.nonfinite_samples,
             dropped_hops=dropped,

@@ -45,8 +45,8 @@ log = logging.getLogger(__name__)
 
 READ_CHUNK_FRAMES = 2048  # samples per channel drained from the ring per front-end push
 STATUS_PERIOD_S = 1.0  # status message interval
-WAIT_MIN_S = 0.0005  # shortest sleep while waiting for audio
-WAIT_MAX_S = 0.005  # longest sleep while waiting for audio (bounds command latency)
+WAIT_POLL_S = 0.0005  # sleep while the audio is due but has not arrived yet
+WAIT_MAX_S = 0.05  # longest sleep while waiting for audio (bounds command latency)
 MAX_K = 100  # largest k for set_k / --k
 MAX_CAPTURE_S = 60.0  # longest capture command
 
@@ -221,16 +221,27 @@ class Worker(threading.Thread):
             if self.source.finished and ring.available == 0:
                 self._end_of_input()
                 return
+            watch = getattr(self.source, "watch", None)  # device input: stall watchdog
+            if watch is not None and watch(time.monotonic()):
+                self._publish_status(now)  # report a stall or a reconnection at once
             self._wait()
 
     def _wait(self) -> None:
-        """Sleep until the next hop's audio should have arrived (bounded both ways)."""
+        """Sleep until the block completing the next hop should have arrived.
+
+        The producer cannot signal (no locks in the callback), so the worker predicts:
+        the latest block arrived at ``t`` ending at ``pos``; the sample the next hop
+        needs arrives ``(need - pos) / sr`` later. Sleeping to exactly then and polling
+        briefly after keeps the wake-up delay near :data:`WAIT_POLL_S`, not a poll period.
+        """
         if not self.realtime:
-            time.sleep(WAIT_MIN_S)
+            time.sleep(WAIT_POLL_S)
             return
-        need = self._hop_sample_end(self._next_hop_frame) - self._read_pos
-        sr = self.source.sr
-        time.sleep(min(WAIT_MAX_S, max(WAIT_MIN_S, need / sr)))
+        pos, t_arrived = self.source.arrivals.last_arrival()
+        need = self._hop_sample_end(self._next_hop_frame)
+        due = t_arrived + max(0, need - pos) / self.source.sr
+        delay = due - time.perf_counter()
+        time.sleep(min(WAIT_MAX_S, delay) if delay > WAIT_POLL_S else WAIT_POLL_S)
 
     # ------------------------------------------------------------------ audio
 
@@ -375,6 +386,7 @@ class Worker(threading.Thread):
             "window_ms": round(enc.window_frames * cfg.hop_length / cfg.sr * 1000.0, 3),
             "k": self.k,
             "paused": self.paused,
+            **(self.source.watchdog.describe() if hasattr(self.source, "watchdog") else {}),
         }
 
     # ------------------------------------------------------------------ commands

@@ -1,0 +1,242 @@
+"""Capture-to-OSC-packet latency of the live daemon on loopback, and callback jitter.
+
+Runs ``emberd run`` as a child process (CPU, 23.2 ms hop, 256-frame blocks) on the
+synthesised performance at real-time pace (``--source synth``, the feeder thread plays
+the callback's part) or captured from a private JACK dummy server through PortAudio
+(``--source jack``, a real callback), with 4 OSC targets and 4 ZeroMQ subscribers
+reading everything. For every hop the OSC receivers take the arrival time of the
+rank-0 ``/emberd/match`` datagram minus the capture time it carries (the first sample
+of the hop's newest audio; integer ms, so +-0.5 ms). The daemon's own status gives the
+callback interval jitter, overflows, dropped hops and inference time.
+
+Anchors, measured in this process on the same machine: one bare encoder call on one
+window (what the hop has to pay at least) and a bare loopback UDP datagram. Goal
+(issue 5): p99 <= hop + 10 ms, zero overflows over 10 minutes
+(``--duration 600``).
+
+Usage::
+
+    python bench/latency.py --duration 60 [--model aisfx] [--source jack]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+from emberd.clients import osc_format as fmt
+from emberd.testing.harness import Daemon, HopClock, jack_available, start_jackd, stop_process
+
+BLOCK_FRAMES = 256  # frames per callback block
+HOP_MS = 23.2  # analysis hop (one aiSFX mel frame)
+SUBSCRIBERS = 4  # OSC targets and ZeroMQ subscribers each
+GOAL_MARGIN_MS = 10.0  # p99 goal = hop + this
+ANCHOR_CALLS = 200  # bare encoder calls for the anchor
+
+
+def _anchor_encoder_ms(model: str) -> float:
+    from emberd.models.registry import resolve_default
+    from emberd.models.runtime import Encoder
+
+    man = resolve_default(model)
+    enc = Encoder(man, device="cpu", threads=2)
+    x = np.zeros((1, man.window_frames, man.n_mels), np.float32)
+    times = []
+    for _ in range(ANCHOR_CALLS):
+        t0 = time.perf_counter()
+        enc.embed(x)
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times) * 1000.0)
+
+
+def _anchor_udp_ms() -> float:
+    a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    b.bind(("127.0.0.1", 0))
+    times = []
+    for _ in range(500):
+        t0 = time.perf_counter()
+        a.sendto(b"x" * 200, b.getsockname())
+        b.recv(2048)
+        times.append(time.perf_counter() - t0)
+    a.close()
+    b.close()
+    return float(np.median(times) * 1000.0)
+
+
+class OscReceivers:
+    """SUBSCRIBERS UDP sockets read by one thread; latency per rank-0 match datagram."""
+
+    def __init__(self, n: int) -> None:
+        self.socks = []
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 21)
+            s.bind(("127.0.0.1", 0))
+            s.setblocking(False)
+            self.socks.append(s)
+        self.records: list[tuple[float, int]] = []  # (arrival unix s, capture_ms)
+        self.datagrams = 0
+        self.oversize = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @property
+    def targets(self) -> list[str]:
+        return [f"127.0.0.1:{s.getsockname()[1]}" for s in self.socks]
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            ready, _, _ = select.select(self.socks, [], [], 0.2)
+            for s in ready:
+                while True:
+                    try:
+                        d = s.recv(65536)
+                    except BlockingIOError:
+                        break
+                    now = time.time()
+                    self.datagrams += 1
+                    self.oversize += len(d) > fmt.DEFAULT_MAX_DATAGRAM_BYTES
+                    if d.startswith(b"/emberd/match\x00"):
+                        p = fmt.decode(d)
+                        if p.fields["rank"] == 0 and p.fields["channel"] == 0:
+                            self.records.append((now, int(p.fields["capture_ms"])))
+
+    def start(self) -> OscReceivers:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        for s in self.socks:
+            s.close()
+
+
+class JackPlayer:
+    """Loops the performance into PortAudio's JACK input port (``--source jack``)."""
+
+    def __init__(self, server: str, audio: np.ndarray) -> None:
+        import jack
+
+        self.client = jack.Client("emberd-bench-player", servername=server,
+                                  no_start_server=True)  # fmt: skip
+        self.port = self.client.outports.register("out")
+        self.audio = audio
+        self.pos = 0
+        self.client.set_process_callback(self._process)
+        self.client.activate()
+
+    def _process(self, frames: int) -> None:
+        out = self.port.get_array()
+        idx = (self.pos + np.arange(frames)) % self.audio.size
+        out[:] = self.audio[idx]
+        self.pos = (self.pos + frames) % self.audio.size
+
+    def connect(self) -> None:
+        for p in self.client.get_ports(is_audio=True, is_input=True):
+            if not p.name.startswith("system:"):
+                self.client.connect(self.port, p)
+
+    def close(self) -> None:
+        self.client.deactivate()
+        self.client.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--duration", type=float, default=60.0, help="seconds (issue: 600)")
+    ap.add_argument("--model", default="dsp-baseline", help="encoder (default dsp-baseline)")
+    ap.add_argument("--source", choices=("synth", "jack"), default="synth")
+    ap.add_argument("--warmup", type=float, default=5.0, help="seconds ignored at the start")
+    args = ap.parse_args(argv)
+
+    from emberd.daemon.demo import build_demo_library
+    from emberd.daemon.sounds import performance
+
+    library = build_demo_library(args.model)
+    anchor_enc = _anchor_encoder_ms(args.model)
+    anchor_udp = _anchor_udp_ms()
+    work = Path(tempfile.mkdtemp(prefix="emberd-bench-"))
+    rx = OscReceivers(SUBSCRIBERS).start()
+    osc = [a for t in rx.targets for a in ("--osc", t)]
+    env: dict[str, str] = {}
+    jackd: subprocess.Popen[bytes] | None = None
+    player: JackPlayer | None = None
+    daemon_args = ["--library", str(library), "--model", args.model, "--device", "cpu",
+                   "--hop-ms", str(HOP_MS), "--k", "5", *osc]  # fmt: skip
+    if args.source == "jack":
+        if not jack_available():
+            print("bench: jackd not installed", file=sys.stderr)
+            return 2
+        server = f"emberd-bench-{uuid.uuid4().hex[:6]}"
+        jackd = start_jackd(server, rate=44100, period=BLOCK_FRAMES, log_path=work / "jackd.log")
+        env = {"JACK_DEFAULT_SERVER": server, "JACK_NO_START_SERVER": "1"}
+        daemon_args += ["--input", "default", "--channels", "0"]
+    else:
+        daemon_args += ["--input", "synth", "--loop"]
+    d = Daemon(daemon_args, work / "daemon.log", env=env, osc_in=False)
+    subs: list[HopClock] = []
+    try:
+        d.start()
+        if args.source == "jack":
+            player = JackPlayer(env["JACK_DEFAULT_SERVER"], performance(seconds=20.0))
+            player.connect()
+        subs = [HopClock(d.pub, "").start() for _ in range(SUBSCRIBERS)]
+        start_time = float(d.status()["start_time"])
+        t_begin = time.time() + args.warmup
+        time.sleep(args.warmup + args.duration)  # the measurement period itself
+        status = d.status()
+    finally:
+        for s in subs:
+            s.stop()
+        rc = d.stop()
+        rx.stop()
+        if player is not None:
+            player.close()
+        if jackd is not None:
+            stop_process(jackd, signal.SIGTERM)
+    lat = np.array([(arr - (start_time + cap / 1000.0)) * 1000.0
+                    for arr, cap in rx.records if arr >= t_begin])  # fmt: skip
+    if lat.size == 0:
+        print(f"bench: no match datagrams received (daemon exit {rc})", file=sys.stderr)
+        return 1
+    p50, p99, pmax = np.percentile(lat, [50, 99, 100])
+    hop_ms = float(status["hop_ms"])
+    goal = hop_ms + GOAL_MARGIN_MS
+    print(f"emberd latency bench: model {args.model} on {status['provider']}, source "
+          f"{args.source}, hop {hop_ms:.1f} ms, {BLOCK_FRAMES}-frame blocks, "
+          f"{SUBSCRIBERS} OSC targets + {SUBSCRIBERS} ZeroMQ subscribers, "
+          f"{args.duration:g} s measured (+{args.warmup:g} s warm-up), {os.cpu_count()} CPUs")
+    print(f"  capture -> OSC packet: p50 {p50:.2f} ms, p99 {p99:.2f} ms, max {pmax:.2f} ms "
+          f"over {lat.size} packets; goal p99 <= {goal:.1f} ms -> "
+          f"{'MET' if p99 <= goal else 'MISSED'} (p99/goal {p99 / goal:.2f})")
+    print(f"  processing beyond the hop: p50 {p50 - hop_ms:.2f} ms = "
+          f"{(p50 - hop_ms) / anchor_enc:.2f} x anchor encoder call ({anchor_enc:.2f} ms); "
+          f"loopback UDP anchor {anchor_udp:.3f} ms")
+    print(f"  daemon status: hop latency (last datagram) p50 {status['latency_p50_ms']:.2f} / "
+          f"p99 {status['latency_p99_ms']:.2f} ms, inference p50 {status['inference_ms']:.2f} / "
+          f"p99 {status['inference_p99_ms']:.2f} ms, hops {status['hops']}")
+    print(f"  callback interval p50 {status['callback_interval_ms']:.3f} ms, jitter p99 "
+          f"{status['callback_jitter_ms']:.3f} ms (last 47 s), max over the run "
+          f"{status['callback_jitter_max_run_ms']:.3f} ms; "
+          f"overflows {status['overflows']}, dropped hops {status['dropped_hops']}, "
+          f"datagrams {rx.datagrams} (over 1200 B: {rx.oversize}), ZeroMQ messages per "
+          f"subscriber {[len(s.arrivals) for s in subs]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
