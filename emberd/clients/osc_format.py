@@ -48,6 +48,7 @@ ADDR_PROJ = "/emberd/proj"
 ADDR_LEVEL = "/emberd/level"
 ADDR_SIMILARITY = "/emberd/similarity"
 ADDR_STATUS = "/emberd/status"
+ADDR_INPUT = "/emberd/input"
 ADDR_REPLY = "/emberd/reply"
 ADDR_CAPTURE_MATCH = "/emberd/capture/match"
 CONTROL_PREFIX = "/emberd/ctl/"
@@ -84,6 +85,7 @@ ADDRESSES: dict[str, tuple[str, tuple[str, ...], str]] = {
         ),
         "",
     ),
+    ADDR_INPUT: ("iiisii", (*TIME_FIELDS, "state", "stalls", "reconnects"), ""),
     ADDR_REPLY: ("sis", ("cmd", "ok", "detail"), ""),
     ADDR_CAPTURE_MATCH: ("iifss", ("channel", "rank", "score", "name", "path"), ""),
     ADDR_WEKINATOR: ("", (), "f"),
@@ -300,6 +302,13 @@ def encode_status(times: tuple[int, int, int], status: dict[str, Any]) -> bytes:
         else:
             args.append(int(value or 0))
     return _build(ADDR_STATUS, types, args)
+
+
+def encode_input(times: tuple[int, int, int], status: dict[str, Any]) -> bytes:
+    """Encode the device input state (``running``, ``stalled`` or ``reconnecting``)."""
+    return _build(ADDR_INPUT, "iiisii", [
+        *times, str(status.get("input_state", "running")),
+        int(status.get("input_stalls", 0)), int(status.get("input_reconnects", 0))])
 
 
 def encode_reply(

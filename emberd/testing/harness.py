@@ -405,9 +405,17 @@ def start_jackd(
     return proc
 
 
-def stop_process(proc: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
-    """Signal ``proc`` (by its own pid) and reap it."""
+def stop_process(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+    """Signal ``proc`` (by its own pid) and reap it; SIGKILL if it is still there after 10 s.
+
+    Prefer SIGTERM for jackd: a SIGKILLed JACK2 server leaves its entry in the shared
+    registry (``/dev/shm/jack-shm-registry``), and after 8 such entries no JACK server
+    starts on the machine ("Too many servers already active").
+    """
     if proc.poll() is None:
         proc.send_signal(sig)
-    with contextlib.suppress(subprocess.TimeoutExpired):
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
         proc.wait(10)
