@@ -108,3 +108,21 @@ def test_parse_channels() -> None:
     for bad, n in (("5", 2), ("3-1", 8), ("a", 2), ("", 2)):
         with pytest.raises(EmberdError, match="--channels"):
             parse_channels(bad, n)
+
+
+def test_lossless_handoff_waits_instead_of_dropping() -> None:
+    h: Handoff[int] = Handoff(capacity=2, lossless=True)
+    got: list[int] = []
+
+    def consume() -> None:
+        while len(got) < 50:
+            item = h.get(5.0)
+            if item is not None:
+                got.append(item)
+
+    t = threading.Thread(target=consume)
+    t.start()
+    for i in range(50):
+        h.put(i)  # blocks while the consumer is 2 behind
+    t.join()
+    assert got == list(range(50)) and h.dropped == 0

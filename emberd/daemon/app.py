@@ -250,8 +250,9 @@ class Daemon:
             osc_targets=[f"{h}:{p}" for h, p in targets],
         )
         pubs: list[Any] = []
+        lossless = cfg.pace == "fast"  # no live audio to keep up with: deliver every hop
         if targets or cfg.wekinator:
-            h: Handoff[Item] = Handoff()
+            h: Handoff[Item] = Handoff(lossless=lossless)
             pubs.append(OscPublisher(
                 targets, h, stats, max_bytes=cfg.max_datagram,
                 proj_dims=cfg.osc_proj, send_embedding=cfg.osc_embedding,
@@ -263,7 +264,7 @@ class Daemon:
 
             self._context = zmq.Context()
         if cfg.zmq_pub.lower() not in NO_ENDPOINT:
-            h = Handoff()
+            h = Handoff(lossless=lossless)
             zp = ZmqPublisher(cfg.zmq_pub, h, stats, context=self._context)
             pubs.append(zp)
             self._handoffs.append(h)

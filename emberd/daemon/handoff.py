@@ -2,7 +2,9 @@
 
 The worker must never wait for a slow transport: :meth:`Handoff.put` never blocks.
 When the publisher has fallen ``capacity`` items behind, the oldest item is dropped
-and counted, so the publisher always sends the freshest hops.
+and counted, so the publisher always sends the freshest hops. The one exception is
+file input at ``fast`` pace (``lossless=True``): there is no live audio to keep up
+with, so the worker waits for the publisher and every hop is delivered.
 
 Shared attributes (written by -> read by):
 
@@ -24,8 +26,9 @@ HANDOFF_CAPACITY_ITEMS = 16  # hops a publisher may lag: 0.37 s at a 23 ms hop
 class Handoff(Generic[T]):
     """Bounded FIFO; full -> the oldest item is replaced and counted in ``dropped``."""
 
-    def __init__(self, capacity: int = HANDOFF_CAPACITY_ITEMS) -> None:
+    def __init__(self, capacity: int = HANDOFF_CAPACITY_ITEMS, *, lossless: bool = False) -> None:
         self._items: collections.deque[T] = collections.deque(maxlen=capacity)
+        self.lossless = lossless
         self._cond = threading.Condition()
         self._closed = False
         self.dropped = 0
@@ -33,6 +36,8 @@ class Handoff(Generic[T]):
     def put(self, item: T) -> None:
         """Append ``item``; never blocks longer than the short lock hold of a pop."""
         with self._cond:
+            while self.lossless and len(self._items) == self._items.maxlen and not self._closed:
+                self._cond.wait()  # fast file input only: back-pressure, nothing lost
             if len(self._items) == self._items.maxlen:
                 self.dropped += 1  # deque(maxlen) drops the oldest on append
             self._items.append(item)
@@ -43,7 +48,11 @@ class Handoff(Generic[T]):
         with self._cond:
             if not self._items and not self._closed:
                 self._cond.wait(timeout)
-            return self._items.popleft() if self._items else None
+            if not self._items:
+                return None
+            item = self._items.popleft()
+            self._cond.notify_all()  # a lossless put may be waiting for room
+            return item
 
     def close(self) -> None:
         """Wake the consumer; :meth:`get` returns the remaining items, then None."""
