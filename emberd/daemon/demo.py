@@ -215,25 +215,29 @@ def run_demo(args: argparse.Namespace) -> int:
     if manifest.name == "aisfx":
         console.print(AISFX_CREDIT)
     end = time.monotonic() + args.duration if args.duration > 0 else float("inf")
+    live = Live(view.render(), console=console, refresh_per_second=REFRESH_PER_S)
     try:
-        with Live(view.render(), console=console, refresh_per_second=REFRESH_PER_S,
-                  transient=False, auto_refresh=console.is_terminal) as live:  # fmt: skip
-            last_line = 0.0
-            while time.monotonic() < end and not daemon.worker.done.is_set():  # type: ignore[union-attr]
-                if sub.poll(POLL_MS):
-                    while True:
-                        try:
-                            view.feed(sub.recv_multipart(zmq.NOBLOCK))
-                        except zmq.Again:
-                            break
-                if console.is_terminal:
-                    live.update(view.render())
-                elif time.monotonic() - last_line >= 1.0:
-                    last_line = time.monotonic()
-                    print(view.line(), flush=True)
+        if console.is_terminal:  # a live table; otherwise (a pipe, CI) one line a second
+            live.start()
+        last_line = 0.0
+        assert daemon.worker is not None
+        while time.monotonic() < end and not daemon.worker.done.is_set():
+            if sub.poll(POLL_MS):
+                while True:
+                    try:
+                        view.feed(sub.recv_multipart(zmq.NOBLOCK))
+                    except zmq.Again:
+                        break
+            if console.is_terminal:
+                live.update(view.render())
+            elif time.monotonic() - last_line >= 1.0:
+                last_line = time.monotonic()
+                print(view.line(), flush=True)
     except KeyboardInterrupt:
         pass
     finally:
+        if live.is_started:
+            live.stop()
         sub.close(0)
         ctx.term()
         status = daemon.stats.snapshot() if daemon.stats else {}

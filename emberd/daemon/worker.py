@@ -216,7 +216,12 @@ class Worker(threading.Thread):
                 self._publish_status(now)
             n = ring.read(self._scratch)
             if n:
-                self._consume(n)
+                # Drain everything that arrived (the front end is cheap), then analyse:
+                # a slow hop never leaves a backlog that later hops inherit.
+                while n:
+                    self._consume(n)
+                    n = ring.read(self._scratch)
+                self._run_hops()
                 continue
             if self.source.finished and ring.available == 0:
                 self._end_of_input()
@@ -257,7 +262,10 @@ class Worker(threading.Thread):
         self._read_pos += n
         if self._capture is not None:
             self._record(n)
-        total = fronts[0].frames.total
+
+    def _run_hops(self) -> None:
+        """Analyse the hops whose frames are complete (live input: only the newest)."""
+        total = self.engine.fronts[0].frames.total
         if total < self._next_hop_frame:
             return
         hop = self.engine.hop_frames
