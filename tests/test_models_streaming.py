@@ -141,8 +141,10 @@ def test_hop_size_does_not_change_the_sequence(
 
 def test_backends_agree(folded: list[tuple[np.ndarray, np.ndarray]], drum_mel: np.ndarray) -> None:
     x = drum_mel[None, :300]
-    a = run(StreamingEncoder(folded, hop_frames=8, backend="onnx"), x, 8)
-    b = run(StreamingEncoder(folded, hop_frames=8, backend="numpy"), x, 8)
+    enc_a = StreamingEncoder(folded, hop_frames=8, backend="onnx")
+    enc_b = StreamingEncoder(folded, hop_frames=8, backend="numpy")
+    assert (enc_a.provider, enc_b.provider) == ("CPUExecutionProvider", "numpy")
+    a, b = run(enc_a, x, 8), run(enc_b, x, 8)
     assert set(a) <= set(b)
     for end in a:
         assert np.abs(a[end] - b[end]).max() <= TOL

@@ -91,6 +91,13 @@ class StreamingEncoder:
     spinning : bool
         ONNX Runtime only: let idle worker threads spin between hops.
 
+    Attributes
+    ----------
+    provider : str
+        What runs the convs: the ONNX Runtime execution provider or ``"numpy"``.
+    channels, dim, window_columns, chunk_frames : int
+        Streams, embedding size (512), columns in the max (12), buffer step.
+
     Examples
     --------
     >>> enc = StreamingEncoder(folded, hop_frames=1, channels=2)
@@ -137,6 +144,7 @@ class StreamingEncoder:
             )
             self._numpy: cn.NumpyStack | None = None
             self._latency = self._onnx.latency_frames
+            self.provider = self._onnx.provider
         else:
             from threadpoolctl import threadpool_limits
 
@@ -144,6 +152,7 @@ class StreamingEncoder:
             self._onnx = None
             self._numpy = cn.NumpyStack(weights, channels, self.chunk_frames)
             self._latency = self._numpy.latency_frames
+            self.provider = "numpy"  # BLAS GEMMs
         self._ring = np.zeros((self.window_columns, channels, self.dim), np.float32)
         self._out = np.zeros(
             (self.chunk_frames // COLUMN_FRAMES + 2, channels, self.dim), np.float32

@@ -178,15 +178,18 @@ class OnnxStack:
     def __init__(
         self, folded: cn.Folded, channels: int, *, threads: int = 2, spinning: bool = False
     ) -> None:
+        from emberd.models.runtime import session_options
+
         ort = onnxruntime()
         model = build_step_graph(folded, channels)
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+        # The same threading and spinning policy as the windowed Encoder. CPU only:
+        # one small step per hop is latency-bound, and the lead measures GPU separately.
         self._session = ort.InferenceSession(
-            model.SerializeToString(), opts, providers=["CPUExecutionProvider"]
+            model.SerializeToString(),
+            session_options(threads, spinning=spinning),
+            providers=["CPUExecutionProvider"],
         )
+        self.provider: str = self._session.get_providers()[0]
         self.channels = channels
         self.dim = int(folded[-1][0].shape[0])
         shapes = state_shapes(folded, channels)
