@@ -326,11 +326,13 @@ def test_panel_in_headless_chromium(setup: Setup, tmp_path: Path) -> None:
         wait.until(lambda d: d.execute_script(
             "return JSON.stringify(window.emberdState.cursors)") != first)
         wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, ".channel")) == 2)
-        names = [e.text.split("\n")[0] for e in
-                 driver.find_elements(By.CSS_SELECTOR, ".match .mname")]
+        # Read the DOM in one script: the rows update every animation frame.
+        names = driver.execute_script(
+            "return [...document.querySelectorAll('.match .n')].map(e => e.textContent)")
         assert names and _names_in(names) <= setup.names and _names_in(names)
-        tags = driver.find_elements(By.CSS_SELECTOR, ".channel .tag")
-        assert tags and any(t.text.split()[0] in TAGS for t in tags)
+        tags = driver.execute_script(
+            "return [...document.querySelectorAll('.channel .tag')].map(e => e.textContent)")
+        assert tags and any(t.split()[0] in TAGS for t in tags)
         # Status from the daemon, and levels moving.
         wait.until(lambda d: d.find_element(By.ID, "st-model").text == MODEL)
         assert driver.find_element(By.ID, "st-p50").text.endswith(" ms")
@@ -353,28 +355,59 @@ def test_panel_in_headless_chromium(setup: Setup, tmp_path: Path) -> None:
 
 
 # ----------------------------------------------------------------------- restart
+def _replace_option(args: list[str], option: str, value: str | None) -> list[str]:
+    """``args`` with ``option VALUE`` set to ``value`` (removed when None)."""
+    out: list[str] = []
+    skip = False
+    for i, arg in enumerate(args):
+        if skip:
+            skip = False
+            continue
+        if arg == option and i + 1 < len(args):
+            skip = True
+            continue
+        out.append(arg)
+    return out if value is None else [*out, option, value]
+
+
 def test_subscriber_reports_a_daemon_restart(setup: Setup, tmp_path: Path) -> None:
     """Runs last: a second daemon on the same endpoints replaces the first."""
+    from rich.console import Console
+
     from emberd.testing.harness import Daemon
 
     first = setup.daemon
+    watch = WatchState(endpoint=first.pub)  # what `emberd watch` would show
+
+    def screen() -> str:
+        console = Console(record=True, width=120, color_system=None)
+        console.print(render(watch))
+        return console.export_text()
+
     with Subscriber(first.pub, ["match", "status"], silence_s=2.0) as sub:
         def wait_state(state: str) -> ConnectionEvent:
             end = time.monotonic() + CLIENT_WAIT_S
             while time.monotonic() < end:
                 item = sub.recv(timeout_s=1.0)
+                if item is not None:
+                    watch.update(item)
                 if isinstance(item, ConnectionEvent) and item.state == state:
                     return item
             raise AssertionError(f"no {state!r} event")
 
         wait_state("connected")
-        args = list(first.args)
+        # The same PUB endpoint for the new process (the first one bound port 0).
+        args = _replace_option(list(first.args), "--zmq-pub", first.pub)
+        args = _replace_option(args, "--control", "tcp://127.0.0.1:0")
+        args = _replace_option(args, "--osc-in", None)
         first.stop()
         wait_state("silent")
+        assert "daemon silent" in screen()
         second = Daemon(args, tmp_path / "daemon2.log", osc_in=False).start()
         try:
             event = wait_state("restarted")
             assert "daemon restarted" in event.detail
             assert sub.restarts == 1
+            assert "daemon restarted (1×)" in screen()
         finally:
             second.stop()

@@ -131,20 +131,49 @@ function esc(s) {
   return String(s).replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
 }
 
+// Messages arrive every hop (~43/s per channel): mark channels dirty and redraw them
+// once per animation frame, updating rows in place so a click never hits a replaced row.
+const dirty = new Set();
 function renderChannel(ch) {
+  if (!dirty.size) requestAnimationFrame(flushChannels);
+  dirty.add(Number(ch));
+}
+function flushChannels() {
+  for (const ch of dirty) if (state.channels[ch]) drawChannel(ch);
+  dirty.clear();
+}
+
+function drawChannel(ch) {
   const c = state.channels[ch];
   const div = $("ch-" + ch);
-  div.querySelector(".tags").innerHTML = (c.tags || []).slice(0, 4)
+  const tagHtml = (c.tags || []).slice(0, 4)
     .map((t) => `<span class="tag">${esc(t.tag)} <b>${t.confidence.toFixed(2)}</b></span>`).join("");
-  const top = c.matches.length ? c.matches[0].score : 1;
-  div.querySelector(".matches").innerHTML = c.matches.slice(0, SHOW_MATCHES).map((m) => {
+  const tagsEl = div.querySelector(".tags");
+  if (tagsEl.innerHTML !== tagHtml) tagsEl.innerHTML = tagHtml;
+  const list = div.querySelector(".matches");
+  const shown = c.matches.slice(0, SHOW_MATCHES);
+  while (list.children.length < shown.length) {
+    const li = document.createElement("li");
+    li.className = "match";
+    li.innerHTML = '<span class="mname"><span class="n"></span><small></small></span>' +
+      '<span class="score"></span><span class="bar"></span>';
+    list.appendChild(li);
+  }
+  while (list.children.length > shown.length) list.lastChild.remove();
+  const top = shown.length ? shown[0].score : 1;
+  shown.forEach((m, i) => {
+    const li = list.children[i];
+    const id = m.id === null || m.id === undefined ? "" : String(m.id);
+    const tags = (m.tags || []).join(" · ");
+    li.dataset.id = id;
+    li.title = tags;
+    li.classList.toggle("playing", id !== "" && Number(id) === state.playingId);
+    li.querySelector(".n").textContent = m.name;
+    li.querySelector("small").textContent = tags;
+    li.querySelector(".score").textContent = m.score.toFixed(3);
     const width = Math.max(2, Math.round(100 * Math.max(0, m.score) / Math.max(top, 1e-6)));
-    const id = m.id === null || m.id === undefined ? "" : m.id;
-    const playing = id !== "" && id === state.playingId ? " playing" : "";
-    return `<li class="match${playing}" data-id="${id}" title="${esc((m.tags || []).join(", "))}">
-      <span class="mname">${esc(m.name)}<small>${esc((m.tags || []).join(" · "))}</small></span>
-      <span class="score">${m.score.toFixed(3)}</span><span class="bar" style="width:${width}%"></span></li>`;
-  }).join("");
+    li.querySelector(".bar").style.width = width + "%";
+  });
 }
 
 $("channels").addEventListener("click", (ev) => {
@@ -170,10 +199,15 @@ function toCanvas(x, y) {
   return [PAD + (x + 1) / 2 * w, PAD + (1 - (y + 1) / 2) * h];
 }
 
+// Folder tags get evenly spaced hues in sorted order, so a handful of tags never collide.
+let tagHues = new Map();
+function indexTags() {
+  const tags = [...new Set(state.map.points.map((p) => (p.tags || [])[0]).filter(Boolean))].sort();
+  tagHues = new Map(tags.map((t, i) => [t, (200 + i * 360 / Math.max(tags.length, 1)) % 360]));
+}
 function tagColour(tag) {
-  let h = 0;
-  for (const ch of tag || "") h = (h * 31 + ch.charCodeAt(0)) % 360;
-  return `hsla(${h}, 55%, 62%, 0.75)`;
+  const h = tagHues.get(tag);
+  return h === undefined ? "rgba(160, 165, 175, 0.6)" : `hsla(${h}, 70%, 62%, 0.85)`;
 }
 
 function onCursor(msg) {
@@ -235,7 +269,7 @@ function label(text, x, y, gap) {
 }
 
 function drawLegend() {
-  const tags = [...new Set(state.map.points.map((p) => (p.tags || [])[0]).filter(Boolean))].sort();
+  const tags = [...tagHues.keys()];
   mctx.font = "11px system-ui";
   tags.slice(0, 12).forEach((t, i) => {
     const y = 14 + i * 15;
@@ -294,6 +328,7 @@ function drawSimilarity() {
 // ---------------------------------------------------------------- start
 fetch("/map.json").then((r) => r.json()).then((m) => {
   state.map = m;
+  indexTags();
   $("map-info").textContent = m.points.length ? `${m.points.length} files · ${m.model}` : "(no library given)";
 }).catch(() => {});
 requestAnimationFrame(drawMap);
