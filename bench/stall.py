@@ -10,7 +10,12 @@ stalled (and the ratio), RSS at the end of the anchor and the end of the
 stall (goal: growth < 20 MiB), messages the reading subscriber missed, the
 daemon's drop counters, and the time from SIGTERM to exit.
 
-Usage: ``python bench/stall.py [--duration 600] [--anchor-s 30]``.
+With ``--jack``, a second part times device faults on a private JACK server
+(dummy backend): the server is stopped under the daemon's capture; printed are
+the time until status says ``stalled`` (goal: < 1 s), until the daemon
+reconnects once the server is back, and from SIGTERM to exit while stalled.
+
+Usage: ``python bench/stall.py [--duration 600] [--anchor-s 30] [--jack]``.
 """
 
 from __future__ import annotations
@@ -26,7 +31,15 @@ from pathlib import Path
 import numpy as np
 
 from emberd.testing import smalllib
-from emberd.testing.harness import Daemon, HopClock, RssSampler
+from emberd.testing.harness import (
+    Daemon,
+    HopClock,
+    RssSampler,
+    jack_available,
+    start_jackd,
+    stop_process,
+    wait_for,
+)
 from emberd.testing.stalled import StalledSubscribers, dead_osc_targets
 
 MIB = 1024 * 1024
@@ -38,11 +51,54 @@ def _p(x: np.ndarray, q: float) -> float:
     return float(np.percentile(x, q) * 1000.0) if x.size else float("nan")
 
 
+def jack_fault_timing(root: Path) -> dict[str, object]:
+    """Stop the JACK server under the daemon; time detection, reconnection and exit."""
+    import uuid
+
+    server = f"emberd-bench-{uuid.uuid4().hex[:8]}"
+    jackd = start_jackd(server, log_path=root / "jackd.log")
+    env = {"JACK_DEFAULT_SERVER": server, "JACK_NO_START_SERVER": "1"}
+    d = Daemon(["--library", str(root / "lib"), "--model", smalllib.FAST_MODEL,
+                "--input", "default"], root / "daemon-jack.log", env=env, osc_in=False)
+    out: dict[str, object] = {}
+    try:
+        d.start()
+        wait_for(lambda: d.status()["hops"] > 50, 60, what="hops from JACK")
+        t0 = time.monotonic()
+        stop_process(jackd, signal.SIGTERM)
+        t_stop = time.monotonic()
+        wait_for(lambda: d.status(timeout=1.0)["input_state"] != "running", 30,
+                 what="stall", interval=0.01)
+        out["jack_stall_detect_s"] = round(time.monotonic() - t_stop, 3)
+        out["jack_stop_call_s"] = round(t_stop - t0, 3)
+        t1 = time.monotonic()
+        jackd = start_jackd(server, log_path=root / "jackd2.log")
+        t_up = time.monotonic()
+        wait_for(lambda: d.status(timeout=1.0)["input_reconnects"] >= 1, 60, what="reconnect",
+                 interval=0.01)
+        out["jack_restart_s"] = round(t_up - t1, 3)
+        out["jack_reconnect_after_server_up_s"] = round(time.monotonic() - t_up, 3)
+        stop_process(jackd, signal.SIGTERM)
+        wait_for(lambda: d.status(timeout=1.0)["input_state"] != "running", 30, what="stall 2",
+                 interval=0.01)
+        t2 = time.monotonic()
+        d.signal(signal.SIGTERM)
+        assert d.proc is not None
+        out["jack_sigterm_exit_code_while_stalled"] = d.proc.wait(30)
+        out["jack_sigterm_exit_s_while_stalled"] = round(time.monotonic() - t2, 3)
+    finally:
+        d.stop()
+        if jackd.poll() is None:
+            stop_process(jackd, signal.SIGTERM)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("--duration", type=float, default=600.0, help="seconds of stalled subscribers")
     ap.add_argument("--anchor-s", type=float, default=30.0)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--jack", action="store_true", help="also time JACK server faults")
     args = ap.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="emberd-stall-") as tmp:
@@ -108,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
             "sigterm_exit_code": rc,
             "sigterm_exit_s": round(exit_s, 3),
         }
+        if args.jack and jack_available():
+            results.update(jack_fault_timing(root))
     for key, value in results.items():
         print(f"{key:24s} {value}")
     if args.json:

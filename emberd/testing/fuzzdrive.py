@@ -44,14 +44,26 @@ def _rejected(daemon: Daemon, key: str) -> int:
     return int(daemon.status()[key])
 
 
+def _pace(t0: float, sent: int, rate: float) -> None:
+    """Sleep so that ``sent`` messages take at least ``sent / rate`` seconds (0: no limit)."""
+    if rate > 0:
+        delay = t0 + sent / rate - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+
+
 def fuzz_osc(
     daemon: Daemon,
     n: int,
     *,
     seed: int = 0,
+    rate: float = 0.0,
     progress: Callable[[int], None] | None = None,
 ) -> FuzzResult:
-    """Send ``n`` malformed datagrams to the daemon's ``--osc-in`` and account for them."""
+    """Send ``n`` malformed datagrams to the daemon's ``--osc-in`` and account for them.
+
+    ``rate`` caps datagrams per second (0: as fast as the daemon absorbs them).
+    """
     result = FuzzResult()
     base = _rejected(daemon, "rejected_osc")
     drops0 = udp_drops(daemon.osc_in_port)
@@ -62,6 +74,7 @@ def fuzz_osc(
     burst_n = burst_bytes = 0
     try:
         for cat, dgram in fuzzmsg.osc_datagrams(n, seed=seed):
+            _pace(t0, result.sent, rate)
             sock.sendto(dgram, target)
             result.sent += 1
             result.categories[cat] += 1
@@ -91,10 +104,14 @@ def fuzz_zmq(
     n: int,
     *,
     seed: int = 0,
+    rate: float = 0.0,
     progress: Callable[[int], None] | None = None,
     progress_every: int = 1000,
 ) -> FuzzResult:
-    """Send ``n`` malformed control requests; every reply must be an error reply."""
+    """Send ``n`` malformed control requests; every reply must be an error reply.
+
+    ``rate`` caps requests per second (0: one after the other, as fast as replies come).
+    """
     import zmq
 
     result = FuzzResult()
@@ -106,6 +123,7 @@ def fuzz_zmq(
     t0 = time.monotonic()
     try:
         for cat, frames in fuzzmsg.zmq_requests(n, seed=seed):
+            _pace(t0, result.sent, rate)
             sock.send_multipart(frames)
             result.sent += 1
             result.categories[cat] += 1
