@@ -39,7 +39,7 @@ import numpy as np
 
 from emberd.dsp.sources import load_audio
 from emberd.library.indexer import Indexer
-from emberd.library.query import Library, combine, query_vector
+from emberd.library.query import IDENTIFY_CANDIDATES, Library, combine, query_vector
 
 KITS = Path("/usr/share/hydrogen/data/drumkits")
 SR = 44100  # Hz, the models' rate
@@ -169,60 +169,58 @@ def main() -> None:
         f"{len(queries)} queries, categories {dict(Counter(cats[q] for q in queries))}"
     )
 
+    truth = [by_path[p].id for p in queries]
     tfs = transforms(audio, args.seed)
     hits: dict[tuple[str, str, str], list[float]] = defaultdict(list)
     t0 = time.monotonic()
     for name, tf in tfs.items():
         for i, (path, y) in enumerate(zip(queries, audio, strict=True)):
             yq = tf(y, i)
-            exact = lib.identify(yq, SR, k=1)
-            hits[("landmarks", name, "answered")].append(float(bool(exact)))
-            if exact:
-                hits[("landmarks", name, "precision")].append(float(exact[0]["path"] == path))
+            lm = lib.fingerprints().match(yq, SR, top=1)
+            hits[("landmarks", name, "lm_top1")].append(float(bool(lm) and lm[0][0] == truth[i]))
             for model in args.models:
-                similar = lib.search(query_vector(yq, SR, model)[None, :], K + 1, model=model)[0]
-                full = combine(exact, similar, K)
+                vec = query_vector(yq, SR, model)[None, :]
+                similar = lib.search(vec, max(K, IDENTIFY_CANDIDATES) + 1, model=model)[0]
+                ident = lib.identify(yq, SR, similar=similar)
+                full = combine(ident, similar, K)
                 paths = [m["path"] for m in full]
                 hits[(model, name, "top1")].append(float(paths[:1] == [path]))
                 hits[(model, name, "top5")].append(float(path in paths))
-                emb_paths = [m["path"] for m in similar]
-                hits[(model, name, "emb_top1")].append(float(emb_paths[:1] == [path]))
+                hits[(model, name, "emb_top1")].append(float(similar[0]["path"] == path))
+                confirmed = bool(ident) and ident[0]["kind"] == "exact"
+                hits[(model, name, "answered")].append(float(confirmed))
+                if confirmed:
+                    hits[(model, name, "precision")].append(float(ident[0]["path"] == path))
         print(f"  {name}: done ({time.monotonic() - t0:.0f} s)", flush=True)
 
     def mean(key: tuple[str, str, str]) -> float:
         return float(np.mean(hits[key])) if hits[key] else float("nan")
 
     names = list(tfs)
-    print("\nidentification (whole pipeline: landmarks, then embeddings)")
-    print(
-        f"{'transform':16s}"
-        + "".join(f"{m + ' top1':>18s}{m + ' top5':>18s}" for m in args.models)
-        + f"{'emb-only top1':>28s}"
-        + f"{'landmark answered':>19s}{'its precision':>15s}"
-    )
-    for name in names:
-        row = f"{name:16s}"
-        for m in args.models:
-            row += f"{mean((m, name, 'top1')):18.3f}{mean((m, name, 'top5')):18.3f}"
-        row += "  " + " / ".join(f"{mean((m, name, 'emb_top1')):.3f}" for m in args.models).rjust(
-            26
-        )
-        row += f"{mean(('landmarks', name, 'answered')):19.3f}"
-        row += f"{mean(('landmarks', name, 'precision')):15.3f}"
-        print(row)
-    row = f"{'MEAN':16s}"
+    print("\nidentification, whole pipeline (emberd query): top-1 / top-5 per encoder;")
+    print("  emb = embeddings alone top-1; lm = landmarks alone top-1; conf = share the landmarks")
+    print("  confirmed (kind 'exact') and how often that answer was right")
     for m in args.models:
-        row += f"{np.mean([mean((m, n, 'top1')) for n in names]):18.3f}"
-        row += f"{np.mean([mean((m, n, 'top5')) for n in names]):18.3f}"
-    row += "  " + " / ".join(
-        f"{np.mean([mean((m, n, 'emb_top1')) for n in names]):.3f}" for m in args.models
-    ).rjust(26)
-    print(row)
+        print(f"\n  {m}")
+        print(
+            f"  {'transform':16s}{'top1':>7s}{'top5':>7s}{'emb':>7s}{'lm':>7s}{'conf':>7s}"
+            f"{'right':>7s}"
+        )
+        for name in [*names, "MEAN"]:
+            keys = names if name == "MEAN" else [name]
+
+            def avg(model: str, what: str, keys: list[str] = keys) -> float:
+                return float(np.mean([mean((model, n, what)) for n in keys]))
+
+            print(
+                f"  {name:16s}{avg(m, 'top1'):7.3f}{avg(m, 'top5'):7.3f}"
+                f"{avg(m, 'emb_top1'):7.3f}{avg('landmarks', 'lm_top1'):7.3f}"
+                f"{avg(m, 'answered'):7.3f}{avg(m, 'precision'):7.3f}"
+            )
 
     print("\nsimilarity: category precision@5 (stored file vectors, self excluded)")
     for model in args.models:
-        ids, fids, _starts, matrix = lib.store.vectors(model)
-        is_file = np.array([True] * len(ids))
+        _ids, fids, _starts, matrix = lib.store.vectors(model)
         rows = lib.store.conn.execute(
             "SELECT id, is_file FROM vectors WHERE model=? ORDER BY id", (model,)
         ).fetchall()

@@ -31,6 +31,7 @@ PEAK_TIME_RADIUS_HOPS = 3  # ... and +-3 hops (+-35 ms)
 MAX_PEAKS_PER_FRAME = 5
 DYNAMIC_RANGE_DB = 50.0  # peaks quieter than the loudest by more than this are ignored
 FAN_OUT = 8  # pairs per anchor peak
+MAX_SUCCESSORS = 32  # later peaks examined per anchor (5 peaks/frame: >= 6 frames ahead)
 MAX_DT_HOPS = 40  # 464 ms target zone
 MAX_DPITCH_SEMITONES = 36.0
 PITCH_QUANT_SEMITONES = 1.0  # anchor band width
@@ -39,12 +40,21 @@ MIN_MATCHES = 6  # time-consistent hash matches needed to call a file identified
 MIN_MARGIN = 1.5  # best score must beat the runner-up file by this factor
 MAX_HASH_FILES_FRACTION = 0.2  # hashes in more files than this are too common to tell anything
 
+TEMPLATE_FRAMES = 64  # 0.74 s from the onset: the part of a one-shot that identifies it
+TEMPLATE_BANDS = 48  # log-spaced bands FP_FMIN_HZ..FP_FMAX_HZ (~1/6 octave: detune-tolerant)
+TEMPLATE_RANGE_DB = 60.0  # template cells below max - this are clipped
+TEMPLATE_DB_STEP = 0.25  # uint8 storage step (60 dB in 240 steps)
+ONSET_DB = 20.0  # the onset is the first frame within this of the loudest frame
+NOISE_FLOOR_PERCENTILE = 10.0  # per band, of the query: cells below are noise, not evidence
+
 #: Changes whenever the hash definition changes (stored with each fingerprinted file).
 PARAMS = (
-    f"v1 sr{FP_SR} n{FP_N_FFT} h{FP_HOP} f{FP_FMIN_HZ:g}-{FP_FMAX_HZ:g} r{PEAK_FREQ_RADIUS_BINS}x"
-    f"{PEAK_TIME_RADIUS_HOPS} p{MAX_PEAKS_PER_FRAME} d{DYNAMIC_RANGE_DB:g} fo{FAN_OUT} "
+    f"v3 sr{FP_SR} n{FP_N_FFT} h{FP_HOP} f{FP_FMIN_HZ:g}-{FP_FMAX_HZ:g} r{PEAK_FREQ_RADIUS_BINS}x"
+    f"{PEAK_TIME_RADIUS_HOPS} p{MAX_PEAKS_PER_FRAME} d{DYNAMIC_RANGE_DB:g} "
+    f"fo{FAN_OUT}/{MAX_SUCCESSORS} "
     f"dt{MAX_DT_HOPS} dp{MAX_DPITCH_SEMITONES:g} "
-    f"q{PITCH_QUANT_SEMITONES:g}/{DPITCH_QUANT_SEMITONES:g}"
+    f"q{PITCH_QUANT_SEMITONES:g}/{DPITCH_QUANT_SEMITONES:g} "
+    f"tpl{TEMPLATE_FRAMES}x{TEMPLATE_BANDS}/{TEMPLATE_RANGE_DB:g}/{ONSET_DB:g}"
 )
 
 _DT_BITS = 6
@@ -141,16 +151,20 @@ def landmarks(y: np.ndarray, sr: int) -> tuple[np.ndarray, np.ndarray, np.ndarra
         return empty, empty, empty
     order = np.lexsort((p, t))
     t, p = t[order], p[order]
-    anchors, targets = [], []
+    # Targets of anchor i are the next peaks in time order (i+1, i+2, ...): test a fixed
+    # number of successors at once and keep the first FAN_OUT that fit the target zone.
     n = len(t)
-    for i in range(n):
-        j_stop = np.searchsorted(t, t[i] + MAX_DT_HOPS, side="right")
-        cand = np.arange(i + 1, j_stop)
-        cand = cand[np.abs(p[cand] - p[i]) <= MAX_DPITCH_SEMITONES][:FAN_OUT]
-        anchors.append(np.full(len(cand), i))
-        targets.append(cand)
-    a = np.concatenate(anchors)
-    b = np.concatenate(targets)
+    succ = np.arange(n)[:, None] + np.arange(1, MAX_SUCCESSORS + 1)[None, :]
+    inside = succ < n
+    succ = np.minimum(succ, n - 1)
+    ok = (
+        inside
+        & (t[succ] - t[:, None] <= MAX_DT_HOPS)
+        & (np.abs(p[succ] - p[:, None]) <= MAX_DPITCH_SEMITONES)
+    )
+    ok &= np.cumsum(ok, axis=1) <= FAN_OUT
+    a, col = np.nonzero(ok)
+    b = succ[a, col]
     if len(a) == 0:
         empty = np.zeros(0, np.int64)
         return empty, empty, empty
@@ -164,6 +178,94 @@ def landmarks(y: np.ndarray, sr: int) -> tuple[np.ndarray, np.ndarray, np.ndarra
 def _pack(band: np.ndarray, dp: np.ndarray, dt: np.ndarray) -> np.ndarray:
     """Pack (band, dpitch, dt) into one int64 hash."""
     return (band << (_DP_BITS + _DT_BITS)) | (dp << _DT_BITS) | dt
+
+
+_BAND_MATRIX: np.ndarray | None = None
+
+
+def _band_matrix() -> np.ndarray:
+    """[TEMPLATE_BANDS, bins] averaging FFT power into log-spaced bands (cached)."""
+    global _BAND_MATRIX
+    if _BAND_MATRIX is None:
+        freqs = np.fft.rfftfreq(FP_N_FFT, 1.0 / FP_SR)
+        edges = np.geomspace(FP_FMIN_HZ, FP_FMAX_HZ, TEMPLATE_BANDS + 1)
+        m = np.zeros((TEMPLATE_BANDS, len(freqs)), np.float32)
+        for b in range(TEMPLATE_BANDS):
+            sel = (freqs >= edges[b]) & (freqs < edges[b + 1])
+            if not sel.any():  # narrow low bands: nearest bin
+                sel[np.argmin(np.abs(freqs - 0.5 * (edges[b] + edges[b + 1])))] = True
+            m[b, sel] = 1.0 / sel.sum()
+        _BAND_MATRIX = m
+    return _BAND_MATRIX
+
+
+def template(y: np.ndarray, sr: int) -> np.ndarray:
+    """Onset-aligned log-band spectrogram of a sound, for re-ranking identification candidates.
+
+    Parameters
+    ----------
+    y : float array [n] or [n, channels]
+        Audio.
+    sr : int
+        Its sample rate in Hz.
+
+    Returns
+    -------
+    uint8 array [TEMPLATE_FRAMES, TEMPLATE_BANDS]
+        dB above (max - TEMPLATE_RANGE_DB) in TEMPLATE_DB_STEP steps.
+    """
+    y = np.asarray(y, dtype=np.float32)
+    if y.ndim > 1:
+        y = y.mean(axis=1)
+    if sr != FP_SR:
+        import soxr
+
+        y = soxr.resample(y, sr, FP_SR, quality="HQ").astype(np.float32)
+    need = FP_N_FFT + FP_HOP * (TEMPLATE_FRAMES - 1)
+    if len(y) < need:
+        y = np.pad(y, (0, need - len(y)))
+    n_frames = 1 + (len(y) - FP_N_FFT) // FP_HOP
+    frames = np.lib.stride_tricks.as_strided(
+        y, shape=(n_frames, FP_N_FFT), strides=(y.strides[0] * FP_HOP, y.strides[0])
+    )
+    power = np.abs(np.fft.rfft(frames * np.hanning(FP_N_FFT).astype(np.float32), axis=1)) ** 2
+    db = 10.0 * np.log10(power @ _band_matrix().T + 1e-12)
+    loud = db.max(axis=1)
+    onset = int(np.argmax(loud > loud.max() - ONSET_DB))
+    t = db[onset : onset + TEMPLATE_FRAMES]
+    if len(t) < TEMPLATE_FRAMES:
+        t = np.concatenate([t, np.full((TEMPLATE_FRAMES - len(t), TEMPLATE_BANDS), -300.0)])
+    rel = np.clip(t - t.max() + TEMPLATE_RANGE_DB, 0.0, TEMPLATE_RANGE_DB)
+    return np.round(rel / TEMPLATE_DB_STEP).astype(np.uint8)
+
+
+def template_scores(query: np.ndarray, library: np.ndarray) -> np.ndarray:
+    """Correlation of a query template with library templates, noise floor aware.
+
+    Library cells quieter than the query's own noise floor (a low percentile per
+    band) are raised to it: added noise must not count against the right file.
+
+    Parameters
+    ----------
+    query : uint8 array [F, B]
+        From :func:`template`.
+    library : uint8 array [n, F, B]
+        Candidates' templates.
+
+    Returns
+    -------
+    float array [n]
+        Pearson correlation in [-1, 1]; higher is more alike.
+    """
+    q = query.astype(np.float32) * TEMPLATE_DB_STEP
+    lib = library.astype(np.float32) * TEMPLATE_DB_STEP
+    floor = np.percentile(q, NOISE_FLOOR_PERCENTILE, axis=0)
+    lib = np.maximum(lib, floor[None, None, :])
+    qc = q - q.mean()
+    lc = lib - lib.mean(axis=(1, 2), keepdims=True)
+    num = (lc * qc[None]).sum(axis=(1, 2))
+    den = np.sqrt((lc**2).sum(axis=(1, 2)) * (qc**2).sum()) + 1e-9
+    return np.asarray(num / den)
 
 
 class FingerprintIndex:

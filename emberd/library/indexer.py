@@ -49,6 +49,7 @@ class Summary:
 
     indexed: int = 0
     unchanged: int = 0
+    refreshed: int = 0  # unchanged files whose landmarks were recomputed (new definition)
     removed: int = 0
     skipped: list[Skip] = field(default_factory=list)
     seconds: float = 0.0
@@ -61,6 +62,8 @@ class Summary:
             f"indexed {self.indexed}, unchanged {self.unchanged}, removed {self.removed}, "
             f"skipped {len(self.skipped)} ({self.seconds:.1f} s, {rate:.1f} files/s)"
         ]
+        if self.refreshed:
+            out.append(f"landmarks recomputed for {self.refreshed} unchanged files")
         out += [f"  skipped {s.path}: {s.reason}" for s in self.skipped]
         return out
 
@@ -69,6 +72,7 @@ class Summary:
 class _Job:
     path: str
     need_fingerprint: bool
+    need_embedding: bool = True
 
 
 def _sha256(path: str) -> str:
@@ -129,6 +133,7 @@ def prepare_file(job: _Job, frontend: Any) -> dict[str, Any]:
     mel = melspectrogram(y, frontend)
     out: dict[str, Any] = {
         "ok": True,
+        "need_embedding": job.need_embedding,
         "sha256": sha,
         "size": st.st_size,
         "mtime_ns": st.st_mtime_ns,
@@ -140,7 +145,7 @@ def prepare_file(job: _Job, frontend: Any) -> dict[str, Any]:
     }
     if job.need_fingerprint:
         hashes, times, _bands = fingerprint.landmarks(y, frontend.sr)
-        out["fp"] = (hashes, times)
+        out["fp"] = (hashes, times, fingerprint.template(y, frontend.sr))
     return out
 
 
@@ -222,7 +227,12 @@ class Indexer:
         """Split scan candidates into (to do, unchanged) and list stored files under ``roots``
         that the scan no longer found (deleted, or now unreadable)."""
         stored = self.store.files()
-        embedded = self.store.embedded_file_ids(self.model)
+        # Unchanged = same size and mtime, embedded with this model and fingerprinted with the
+        # current landmark definition (a new definition re-does every file once).
+        embedded = self.store.embedded_file_ids(self.model) & self.store.fingerprinted_ids(
+            fingerprint.PARAMS
+        )
+        self._embedded = self.store.embedded_file_ids(self.model)
         todo, unchanged = [], []
         seen = set()
         for cand in result.candidates:
@@ -292,18 +302,17 @@ class Indexer:
             on_start(len(todo))
         done_fp = self.store.fingerprinted_ids(fingerprint.PARAMS)
         stored = self.store.files()
-        jobs = [
-            _Job(
-                c.path,
-                not (
-                    c.path in stored
-                    and stored[c.path].id in done_fp
-                    and stored[c.path].size == c.size
-                    and stored[c.path].mtime_ns == c.mtime_ns
-                ),
+        jobs = []
+        for c in todo:
+            rec = stored.get(c.path)
+            same = rec is not None and rec.size == c.size and rec.mtime_ns == c.mtime_ns
+            jobs.append(
+                _Job(
+                    c.path,
+                    need_fingerprint=not (same and rec is not None and rec.id in done_fp),
+                    need_embedding=not (same and rec is not None and rec.id in self._embedded),
+                )
             )
-            for c in todo
-        ]
         by_path = {c.path: c for c in todo}
         batch: list[tuple[Candidate, dict[str, Any]]] = []
         done = 0
@@ -320,6 +329,9 @@ class Indexer:
                 progress(done, len(jobs))
         if batch:
             summary.indexed += self._commit(batch, summary)
+        summary.refreshed = sum(not j.need_embedding for j in jobs)
+        summary.indexed -= summary.refreshed
+        summary.unchanged += summary.refreshed
         summary.annoy_items = self._rebuild_index()
         summary.seconds = time.monotonic() - t0
         return summary
@@ -371,8 +383,12 @@ class Indexer:
         from emberd.models.embedding import frame_windows, pool
 
         m = self.manifest
-        all_windows, spans = [], []
+        all_windows = [np.zeros((0, m.window_frames, m.n_mels), np.float32)]
+        spans: list[np.ndarray | None] = []
         for _cand, res in batch:
+            if not res["need_embedding"]:
+                spans.append(None)
+                continue
             windows, starts = frame_windows(
                 res["mel"], window_frames=m.window_frames, hop_frames=m.hop_frames, tail="pad"
             )
@@ -387,8 +403,11 @@ class Indexer:
         hop_s = self.frontend.hop_seconds
         stored = 0
         pos = 0
-        rows = []
+        rows: list[tuple[Candidate, dict[str, Any], np.ndarray | None, list[Any]]] = []
         for (cand, res), starts in zip(batch, spans, strict=True):
+            if starts is None:  # landmarks only: the stored vectors are current
+                rows.append((cand, res, None, []))
+                continue
             file_emb = emb[pos : pos + len(starts)]
             pos += len(starts)
             weights = window_weights(res["energy_per_frame"], starts, m.window_frames)
@@ -423,7 +442,8 @@ class Indexer:
                     res["channels"],
                     cand.tags,
                 )
-                self.store.put_vectors(fid, self.model, vec, segs)
+                if vec is not None:
+                    self.store.put_vectors(fid, self.model, vec, segs)
                 if "fp" in res:
                     self.store.put_fingerprints(fid, fingerprint.PARAMS, *res["fp"])
                 stored += 1

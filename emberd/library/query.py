@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 
 EXACT_MAX_ITEMS = 50_000  # 50k x 512 float32 = 100 MB, ~5 ms per query on one core
 SEARCH_MODES = ("auto", "exact", "annoy")
+IDENTIFY_CANDIDATES = 10  # landmark and embedding candidates re-ranked by identify()
+LANDMARK_WEIGHT = 0.05  # per log(1 + aligned landmarks); cosine and correlation weigh 1
 DEDUP_FACTOR = 4  # fetch k x this items: several segments of one file collapse into one match
 
 
@@ -233,8 +235,19 @@ class Library:
             self._fp = self._db(load)
         return self._fp
 
-    def identify(self, audio: np.ndarray, sr: int, k: int = 1) -> list[dict[str, Any]]:
-        """Identify which library file a piece of audio is (landmark stage only).
+    def identify(
+        self,
+        audio: np.ndarray,
+        sr: int,
+        *,
+        similar: list[dict[str, Any]] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Say which library file a piece of audio is: the identification stage.
+
+        Candidates are the files whose landmarks line up best plus, when given,
+        the embedding matches ``similar``; each is scored as
+        ``LANDMARK_WEIGHT * log(1 + aligned landmarks) + embedding cosine +
+        onset-template correlation`` (weights chosen on bench/identify.py).
 
         Parameters
         ----------
@@ -242,32 +255,50 @@ class Library:
             The sound (a file, or the live daemon's last window).
         sr : int
             Its sample rate in Hz.
-        k : int
-            Candidates to return.
+        similar : list of dict, optional
+            Embedding matches for the same sound (from :meth:`search`).
 
         Returns
         -------
         list of dict
-            Empty when nothing is identified; otherwise the identified file first
-            (kind ``"exact"``), with ``score`` = fraction of the query's landmarks
-            that lined up and ``segment_start_s`` = where in the file the query starts.
+            Empty when there is no candidate; else the best candidate, with kind
+            ``"exact"`` when its landmarks confirm it (enough aligned, well ahead
+            of the next file) and ``"similar"`` otherwise. ``score`` is its
+            embedding cosine when known, else its template correlation.
         """
-        matches = self.fingerprints().match(audio, sr, top=max(k, 2))
-        if not fingerprint.is_identified(matches):
-            return []
-        n_query = max(len(fingerprint.landmarks(audio, sr)[0]), 1)
+        lm = self.fingerprints().match(audio, sr, top=IDENTIFY_CANDIDATES)
+        counts = {fid: count for fid, count, _ in lm}
+        offsets = {fid: off for fid, _, off in lm}
         files = self.files()
-        out = []
-        for fid, count, offset_s in matches[:1]:
-            if fid in files:
-                score = min(1.0, count / n_query)
-                out.append(self._match(files[fid], score, offset_s, "exact"))
-        return out
+        by_path = {r.path: r.id for r in files.values()}
+        cosine = {by_path[m["path"]]: m["score"] for m in (similar or []) if m["path"] in by_path}
+        cands = [f for f in dict.fromkeys([*counts, *cosine]) if f in files]
+        if not cands:
+            return []
+        raw = self._db(self.store.templates, cands)
+        query_t = fingerprint.template(audio, sr)
+        shape = (fingerprint.TEMPLATE_FRAMES, fingerprint.TEMPLATE_BANDS)
+        with_t = [f for f in cands if f in raw and len(raw[f]) == shape[0] * shape[1]]
+        corr = dict.fromkeys(cands, 0.0)
+        if with_t:
+            lib_t = np.stack([np.frombuffer(raw[f], np.uint8).reshape(shape) for f in with_t])
+            scores = fingerprint.template_scores(query_t, lib_t).tolist()
+            corr.update(zip(with_t, scores, strict=True))
+        floor_cos = min(cosine.values()) if cosine else 0.0
+        fused = {
+            f: LANDMARK_WEIGHT * math.log1p(counts.get(f, 0)) + cosine.get(f, floor_cos) + corr[f]
+            for f in cands
+        }
+        best = max(cands, key=lambda f: fused[f])
+        confirmed = fingerprint.is_identified(lm) and lm[0][0] == best
+        score = cosine.get(best, corr[best])
+        kind = "exact" if confirmed else "similar"
+        return [self._match(files[best], float(score), float(offsets.get(best, 0.0)), kind)]
 
     def query_audio(
         self, audio: np.ndarray, sr: int, k: int = 10, *, model: str
     ) -> list[dict[str, Any]]:
-        """Both stages for one sound: the identified file (if any) first, then similar ones.
+        """Both stages for one sound: the identified file first, then similar ones.
 
         Parameters
         ----------
@@ -280,9 +311,9 @@ class Library:
         model : str
             Embedding model for the similarity stage.
         """
-        exact = self.identify(audio, sr, k=1)
-        similar = self.search(query_vector(audio, sr, model)[None, :], k + 1, model=model)[0]
-        return combine(exact, similar, k)
+        vec = query_vector(audio, sr, model)[None, :]
+        similar = self.search(vec, max(k, IDENTIFY_CANDIDATES) + 1, model=model)[0]
+        return combine(self.identify(audio, sr, similar=similar), similar, k)
 
     def info(self, *, recall_sample: int = 200, k: int = 10, seed: int = 0) -> dict[str, Any]:
         """Counts, models and, per model, Annoy's recall@k against exact search.

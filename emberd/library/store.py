@@ -70,6 +70,10 @@ CREATE TABLE IF NOT EXISTS fingerprints (
 );
 CREATE INDEX IF NOT EXISTS fingerprints_hash ON fingerprints(hash);
 CREATE INDEX IF NOT EXISTS fingerprints_file ON fingerprints(file_id);
+CREATE TABLE IF NOT EXISTS templates (
+    file_id INTEGER PRIMARY KEY REFERENCES files(id) ON DELETE CASCADE,
+    data BLOB NOT NULL
+);
 CREATE TABLE IF NOT EXISTS fingerprinted (
     file_id INTEGER PRIMARY KEY REFERENCES files(id) ON DELETE CASCADE,
     params TEXT NOT NULL
@@ -174,8 +178,8 @@ class Store:
             self.conn.execute("PRAGMA foreign_keys=ON")
         except sqlite3.DatabaseError as exc:
             raise EmberdError(f"{db}: damaged library database ({exc})") from None
-        if existed:
-            return  # opening never writes: a reader must not wait for an indexer's lock
+        if existed and not create:
+            return  # opening to read never writes: a reader must not wait for an indexer's lock
         with self.transaction():
             for stmt in _SCHEMA.split(";"):
                 if stmt.strip():
@@ -396,15 +400,37 @@ class Store:
         )
 
     def put_fingerprints(
-        self, file_id: int, params: str, hashes: np.ndarray, times: np.ndarray
+        self,
+        file_id: int,
+        params: str,
+        hashes: np.ndarray,
+        times: np.ndarray,
+        template: np.ndarray,
     ) -> None:
-        """Replace ``file_id``'s landmark hashes."""
+        """Replace ``file_id``'s landmark hashes and onset template."""
         self.conn.execute("DELETE FROM fingerprints WHERE file_id=?", (file_id,))
         self.conn.executemany(
             "INSERT INTO fingerprints (hash, file_id, t) VALUES (?, ?, ?)",
             zip(hashes.tolist(), [file_id] * len(hashes), times.tolist(), strict=True),
         )
+        self.conn.execute(
+            "INSERT OR REPLACE INTO templates VALUES (?, ?)",
+            (file_id, np.ascontiguousarray(template, np.uint8).tobytes()),
+        )
         self.conn.execute("INSERT OR REPLACE INTO fingerprinted VALUES (?, ?)", (file_id, params))
+
+    def templates(self, file_ids: Iterable[int]) -> dict[int, bytes]:
+        """Raw onset templates of the given files (missing ones left out)."""
+        ids = [int(i) for i in file_ids]
+        out: dict[int, bytes] = {}
+        for chunk in range(0, len(ids), 500):
+            part = ids[chunk : chunk + 500]
+            q = ",".join("?" * len(part))
+            for fid, data in self.conn.execute(
+                f"SELECT file_id, data FROM templates WHERE file_id IN ({q})", part
+            ):
+                out[fid] = data
+        return out
 
     def remove_files(self, file_ids: Iterable[int]) -> None:
         """Delete files with their vectors and fingerprints."""
