@@ -404,10 +404,11 @@ class Indexer:
         stored = 0
         pos = 0
         rows: list[tuple[Candidate, dict[str, Any], np.ndarray | None, list[Any]]] = []
-        for (cand, res), starts in zip(batch, spans, strict=True):
-            if starts is None:  # landmarks only: the stored vectors are current
+        for (cand, res), span in zip(batch, spans, strict=True):
+            if span is None:  # landmarks only: the stored vectors are current
                 rows.append((cand, res, None, []))
                 continue
+            starts = span
             file_emb = emb[pos : pos + len(starts)]
             pos += len(starts)
             weights = window_weights(res["energy_per_frame"], starts, m.window_frames)
@@ -430,7 +431,7 @@ class Indexer:
             return 0
         with self.store.transaction():
             self.store.ensure_model(self.model, m.version, m.dim)
-            for cand, res, vec, segs in rows:
+            for cand, res, fvec, segs in rows:
                 fid = self.store.upsert_file(
                     cand.path,
                     cand.root,
@@ -442,8 +443,8 @@ class Indexer:
                     res["channels"],
                     cand.tags,
                 )
-                if vec is not None:
-                    self.store.put_vectors(fid, self.model, vec, segs)
+                if fvec is not None:
+                    self.store.put_vectors(fid, self.model, fvec, segs)
                 if "fp" in res:
                     self.store.put_fingerprints(fid, fingerprint.PARAMS, *res["fp"])
                 stored += 1
