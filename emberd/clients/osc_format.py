@@ -321,6 +321,24 @@ def encode_reply(
     return _build(ADDR_REPLY, "sis", [cmd, int(ok), shorten_utf8(text, room, keep="left")])
 
 
+_PARSED_TYPE_TAGS = frozenset(b"ihfdsbrmtTFN[]")  # what python-osc parses
+
+
+def _check_type_tags(dgram: bytes) -> None:
+    """Refuse type tags python-osc does not parse *before* it sees them: it logs a
+    warning for each one, and a flood of such datagrams would flood the log."""
+    end = dgram.find(b"\x00")
+    if end < 0:
+        return  # python-osc reports the malformed address
+    start = (end + 4) & ~3
+    if dgram[start : start + 1] != b",":
+        return
+    stop = dgram.find(b"\x00", start)
+    tags = dgram[start + 1 : stop if stop >= 0 else len(dgram)]
+    if any(t not in _PARSED_TYPE_TAGS for t in tags):
+        raise OscFormatError(f"unsupported OSC type tags {tags[:16]!r}")
+
+
 def decode(dgram: bytes) -> OscPacket:
     """Decode one datagram (any OSC message; named fields for known addresses).
 
@@ -330,6 +348,7 @@ def decode(dgram: bytes) -> OscPacket:
         For a bundle, a truncated or malformed datagram, or known address with
         the wrong argument types.
     """
+    _check_type_tags(dgram)
     try:
         msg = OscMessage(dgram)
         args = tuple(msg.params)
