@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import queue
 import socket
 import threading
 import time
@@ -40,6 +41,7 @@ POLL_TIMEOUT_S = 0.2  # control threads wake this often to notice a stop request
 MAX_REQUEST_BYTES = 65536  # larger control requests are refused unread
 MAX_OSC_DATAGRAM_BYTES = 65536  # UDP receive buffer (largest IPv4 payload fits)
 MAX_MODEL_NAME_CHARS = 200
+CAPTURE_QUEUE = 4  # OSC capture requests waiting for the capture helper; more are refused
 
 #: Keys each command accepts besides ``cmd``.
 ALLOWED_KEYS: dict[str, frozenset[str]] = {
@@ -299,6 +301,9 @@ class OscControlServer(threading.Thread):
         self.sock.settimeout(POLL_TIMEOUT_S)
         self.address: tuple[str, int] = self.sock.getsockname()[:2]
         self._reply_lock = threading.Lock()  # capture helpers reply from their own thread
+        self._captures: queue.Queue[tuple[dict[str, Any], tuple[str, int]]] = queue.Queue(
+            maxsize=CAPTURE_QUEUE)
+        self._capture_thread: threading.Thread | None = None
 
     def stop(self) -> None:
         self._stop_event.set()
@@ -326,9 +331,29 @@ class OscControlServer(threading.Thread):
                 self.stats.rejected_osc += 1
             self._reply(sender, "?", {"ok": False, "error": str(exc)[:200]})
             return
-        if request["cmd"] == "capture":  # takes seconds: answer from a helper thread
-            threading.Thread(target=self._run, args=(request, sender), daemon=True).start()
+        if request["cmd"] == "capture":  # takes seconds: answer from the capture helper
+            try:
+                self._captures.put_nowait((request, sender))
+            except queue.Full:  # a flood of captures: one thread and a short queue, no more
+                with self._reply_lock:
+                    self.stats.rejected_osc += 1
+                self._reply(sender, "capture", {"ok": False, "error": "capture: busy"})
+                return
+            if self._capture_thread is None:
+                self._capture_thread = threading.Thread(target=self._capture_loop,
+                                                        name="emberd-osc-capture", daemon=True)
+                self._capture_thread.start()
         else:
+            self._run(request, sender)
+
+    def _capture_loop(self) -> None:
+        # One long-lived helper: a thread per request made a capture flood start
+        # thousands of threads (and grew RSS through per-thread malloc arenas).
+        while not self._stop_event.is_set():
+            try:
+                request, sender = self._captures.get(timeout=POLL_TIMEOUT_S)
+            except queue.Empty:
+                continue
             self._run(request, sender)
 
     def _run(self, request: dict[str, Any], sender: tuple[str, int]) -> None:
