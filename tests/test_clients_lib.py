@@ -171,6 +171,19 @@ def test_subscriber_restart_by_status_start_time(pub: Publisher) -> None:
     assert isinstance(kinds[2], ConnectionEvent) and "start time" in kinds[2].detail
 
 
+def test_subscriber_reports_a_final_status_as_stopped(pub: Publisher) -> None:
+    with Subscriber(pub.endpoint, ["status", "match"]) as sub:
+        pub.wait_subscribed(2)
+        pub.send("match", 0, seq=3, **match_fields(["a.wav"]))
+        pub.send("status", seq=4, status={"start_time": 1.0, "final": True})
+        pub.send("match", 0, seq=0, **match_fields(["b.wav"]))
+        items = [next_data(sub) for _ in range(5)]
+    assert [type(i).__name__ for i in items] == [
+        "MatchMessage", "ConnectionEvent", "StatusMessage", "ConnectionEvent", "MatchMessage"]
+    assert isinstance(items[1], ConnectionEvent) and items[1].state == "stopped"
+    assert isinstance(items[3], ConnectionEvent) and items[3].state == "restarted"
+
+
 def test_subscriber_counts_malformed_without_raising(pub: Publisher) -> None:
     with Subscriber(pub.endpoint) as sub:
         pub.wait_subscribed()

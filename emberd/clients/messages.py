@@ -136,7 +136,8 @@ class ConnectionEvent:
     state : str
         ``"waiting"`` (nothing heard yet), ``"connected"`` (messages flow),
         ``"silent"`` (no message for longer than the silence limit: daemon
-        stopped, paused or unreachable), ``"restarted"`` (a sequence number went
+        stopped, paused or unreachable), ``"stopped"`` (the daemon announced its
+        shutdown in a final status), ``"restarted"`` (a sequence number went
         backwards: a new daemon process is publishing).
     detail : str
         Human-readable reason.

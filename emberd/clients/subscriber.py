@@ -4,7 +4,8 @@ ZeroMQ reconnects on its own, so a SUB socket never errors when the daemon is
 down -- it just stays quiet.  :class:`Subscriber` turns that quiet into
 :class:`~emberd.clients.messages.ConnectionEvent` items: ``waiting`` before the
 first message, ``silent`` after ``silence_s`` without one (the daemon publishes
-status at least once a second, so silence means it stopped), ``connected``
+status at least once a second, so silence means it stopped), ``stopped`` when
+its final status says it is shutting down, ``connected``
 when messages flow again and ``restarted`` when a topic's sequence number goes
 backwards (a new daemon process starts counting from 0) or the status
 message's ``start_time`` changes.
@@ -176,6 +177,12 @@ class Subscriber:
             return ConnectionEvent("restarted", f"daemon restarted ({why})")
         if prev is not None and msg.seq > prev + 1:
             self.dropped += msg.seq - prev - 1
+        if isinstance(msg, StatusMessage) and msg.status.get("final"):
+            # The daemon's last word (end of input, or shut down): say so at once
+            # instead of waiting for the silence limit.
+            self.state = "stopped"
+            self._pending = msg
+            return ConnectionEvent("stopped", f"daemon at {self.endpoint} stopped")
         if self.state != "connected":
             was = self.state
             self.state = "connected"

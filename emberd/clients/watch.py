@@ -71,7 +71,9 @@ class WatchState:
                 self.latencies_ms.clear()
             return
         self.messages += 1
-        if self.connection in ("waiting", "silent"):
+        if self.connection in ("waiting", "silent") or (
+            self.connection == "stopped" and not isinstance(item, StatusMessage)
+        ):
             self.connection = "connected"
         self.model = item.model or self.model
         if isinstance(item, MatchMessage):
@@ -147,6 +149,9 @@ def _status_line(state: WatchState) -> Table:
 def _connection_text(state: WatchState) -> Text:
     if state.connection == "waiting":
         return Text(f"waiting for daemon… ({state.endpoint})", style="yellow")
+    if state.connection == "stopped":
+        return Text(f"daemon stopped — waiting for it to come back ({state.endpoint})",
+                    style="yellow")
     if state.connection == "silent":
         return Text(f"daemon silent — waiting for it to come back ({state.endpoint})",
                     style="yellow")

@@ -48,6 +48,7 @@ function handle(msg) {
     case "connection":
       if (msg.state === "waiting") setConn("waiting", "waiting for daemon…");
       else if (msg.state === "silent") setConn("silent", "daemon silent — waiting…");
+      else if (msg.state === "stopped") setConn("silent", "daemon stopped — waiting…");
       else if (msg.state === "restarted") { setConn("restarted", "daemon restarted"); resetChannels(); }
       else setConn("connected", "connected");
       break;
@@ -56,7 +57,7 @@ function handle(msg) {
     case "level": live(); onLevel(msg); break;
     case "cursor": live(); onCursor(msg); break;
     case "similarity": live(); state.similarity = msg; drawSimilarity(); break;
-    case "status": onStatus(msg.status || {}); break;
+    case "status": onStatus(msg.status || {}); if (msg.status && msg.status.final) setConn("silent", "daemon stopped — waiting…"); break;
   }
   $("st-msgs").textContent = state.messages;
 }
@@ -80,7 +81,12 @@ function find(obj, names) {
 const ms = (v) => (typeof v === "number" ? v.toFixed(1) + " ms" : "–");
 
 function onStatus(st) {
-  $("st-model").textContent = find(st, ["model"]) ?? "–";
+  const model = find(st, ["model"]);
+  $("st-model").textContent = model ?? "–";
+  if (model && state.map.model && model !== state.map.model) {
+    // Live embeddings of another model cannot be placed on this map.
+    $("map-info").textContent = `map is ${state.map.model}, daemon runs ${model}: no cursors`;
+  }
   $("st-provider").textContent = find(st, ["provider"]) ?? "–";
   $("st-p50").textContent = ms(find(st, ["latency_p50_ms", "hop_latency_p50_ms", "p50_ms"]));
   $("st-p99").textContent = ms(find(st, ["latency_p99_ms", "hop_latency_p99_ms", "p99_ms"]));
