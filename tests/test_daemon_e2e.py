@@ -121,6 +121,57 @@ def test_file_input_publishes_the_sample_as_top1(
     assert status["dropped_hops"] == 0 and status["overflows"] == 0
 
 
+@pytest.fixture(scope="module")
+def aisfx_library(
+    aisfx_manifest_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, list[Path]]:
+    """The small library indexed with aiSFX (the session's fetched model, via EMBERD_DATA_DIR)."""
+    import os
+
+    data = tmp_path_factory.mktemp("aisfx-data")
+    (data / "models").symlink_to(aisfx_manifest_path.parent.parent, target_is_directory=True)
+    old = os.environ.get("EMBERD_DATA_DIR")
+    os.environ["EMBERD_DATA_DIR"] = str(data)  # this process and the indexer child
+    root = tmp_path_factory.mktemp("aisfxlib")
+    files = smalllib.write_sounds(root / "sounds", per_folder=3)
+    proc = smalllib.index([root / "sounds"], root / "lib", model="aisfx")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    yield root / "lib", files
+    if old is None:
+        os.environ.pop("EMBERD_DATA_DIR", None)
+    else:
+        os.environ["EMBERD_DATA_DIR"] = old
+
+
+@pytest.mark.parametrize("encoder", ["windowed", "streaming"])
+def test_aisfx_encoders_find_the_sample_and_its_folder(
+    aisfx_library: tuple[Path, list[Path]], encoder: str, tmp_path: Path
+) -> None:
+    """aiSFX, both strategies, on the real model. aiSFX places the synthetic siblings of
+    a folder (kicks 15 Hz apart) very close together, so the property checked is the
+    product's: within the second after the onset the played file is among the top 3 and
+    most hops put a file of its folder first. The streaming encoder looks 30 frames
+    (0.7 s) ahead, so its second starts 0.7 s later."""
+    lib, files = aisfx_library
+    delay_s = 0.0 if encoder == "windowed" else 0.7
+    for pick in (0, 4, 11):  # a kick, a snare, a pad
+        sample = files[pick]
+        played = tmp_path / f"played{pick}.wav"
+        onset = _padded_copy(sample, played, before_s=1.0, after_s=2.0) + delay_s
+        msgs, status = _run_collect(_config(lib, played, model="aisfx", encoder=encoder))
+        assert status["model"] == "aisfx" and status["encoder"] == encoder
+        hops = [m for m in msgs if m.kind == wire.KIND_MATCH and m.header["matches"]
+                and onset <= m.header["stream_s"] <= onset + 1.0]  # fmt: skip
+        assert hops, "no hop in the second after the onset"
+        top3 = {Path(x["path"]).name for m in hops for x in m.header["matches"][:3]}
+        assert sample.name in top3, sorted(top3)
+        settled = [m for m in hops if m.header["stream_s"] >= onset + 0.3]
+        same_folder = [m for m in settled
+                       if m.header["matches"][0]["tags"][-1] == sample.parent.name]  # fmt: skip
+        assert len(same_folder) > len(settled) / 2, (sample.name, [
+            m.header["matches"][0]["name"] for m in settled])  # fmt: skip
+
+
 def test_pub_sub_multichannel_and_osc_targets(
     library: tuple[Path, list[Path]], tmp_path: Path
 ) -> None:
@@ -357,3 +408,19 @@ def test_publishing_continues_while_control_is_flooded(live: Daemon) -> None:
     finally:
         done.set()
         t.join()
+
+
+def test_mix_is_the_mean_of_all_channels(library: tuple[Path, list[Path]], tmp_path: Path) -> None:
+    """--channels mix: a sample on the left and silence on the right is still found."""
+    lib, files = library
+    y, sr = sf.read(files[3], dtype="float32")
+    stereo = np.zeros((y.size + sr, 2), np.float32)
+    stereo[sr // 2 : sr // 2 + y.size, 0] = y
+    path = tmp_path / "left.wav"
+    sf.write(path, stereo, sr)
+    msgs, status = _run_collect(_config(lib, path, channels="mix"))
+    levels = [m.header["rms_db"] for m in msgs if m.kind == wire.KIND_LEVEL]
+    assert status["channels"] == 1 and max(levels) > -40.0  # the left channel is heard
+    tops = {m.header["matches"][0]["name"] for m in msgs
+            if m.kind == wire.KIND_MATCH and m.header["matches"]}  # fmt: skip
+    assert files[3].name in tops

@@ -122,6 +122,7 @@ class Worker(threading.Thread):
         ``open_library() -> library``; called in this thread (SQLite affinity).
     channel_index : list of int
         Ring columns to analyse; their numbers are the published channel numbers.
+        ``[-1]`` analyses the mix of all columns, published as channel 0.
     handoffs : list of Handoff
         One per publisher.
     stats : DaemonStats
@@ -254,7 +255,10 @@ class Worker(threading.Thread):
         fronts = self.engine.fronts
         for c, col in enumerate(self.channel_index):
             x = self._chan[c, :n]
-            np.copyto(x, self._scratch[:n, col])
+            if col < 0:  # --channels mix: the mean of every input channel
+                np.mean(self._scratch[:n], axis=1, out=x)
+            else:
+                np.copyto(x, self._scratch[:n, col])
             self._sumsq[c] += float(np.dot(x, x))
             self._peak[c] = max(self._peak[c], float(np.max(np.abs(x))))
             fronts[c].push(x)
