@@ -29,13 +29,17 @@ Thread map
   connections stay in their thread) and per-channel state. It never waits for a
   transport: handoffs drop the oldest hop when a publisher lags.
 * **publishers**: each owns its socket(s) (a ZeroMQ socket is used by one thread).
-* **control**: own sockets; malformed requests get an error reply and a counter.
+* **control**: own sockets; malformed requests get an error reply and a counter;
+  ``capture`` searches the library on the control thread with its own connection.
+* **reconnect** (device input only, :mod:`reconnect`): the worker's watchdog notices a
+  stalled stream; a reconnect thread restarts capture in a child process whose reader
+  thread becomes the ring's only producer.
 
 Shared state between threads is listed in each module's docstring as
 "written by -> read by". Modules: :mod:`app` (assembly), :mod:`cli`, :mod:`worker`,
 :mod:`engine` (windowed / streaming encoder strategies), :mod:`analysis` (tags,
 level, onset, similarity), :mod:`handoff`, :mod:`publish_osc`, :mod:`publish_zmq`,
 :mod:`control`, :mod:`status`, :mod:`clock`, :mod:`feed`, :mod:`device`,
-:mod:`capture` (PortAudio DeviceSource), :mod:`netpolicy`, :mod:`sounds` and
+:mod:`capture` (PortAudio DeviceSource), :mod:`reconnect`, :mod:`netpolicy`, :mod:`sounds` and
 :mod:`demo`.
 """
