@@ -112,3 +112,28 @@ def test_signal_clean_exit(sig: int, library: Path, perf: Path, tmp_path: Path) 
     leftovers = [p for p in after if p.name.endswith(".tmp") or p.name.startswith(".")]
     assert not leftovers, leftovers
     assert set(after) <= set(lib_files) | {p for p in after if p.name.endswith(("-wal", "-shm"))}
+
+
+def test_osc_capture_flood_keeps_threads_bounded(library: Path, perf: Path,
+                                                 tmp_path: Path) -> None:
+    """Valid but flooding ``capture`` requests: one helper thread, the rest refused as busy."""
+    import psutil
+    from pythonosc.osc_message_builder import OscMessageBuilder
+
+    builder = OscMessageBuilder("/emberd/ctl/capture")
+    builder.add_arg(0.05, "f")
+    dgram = builder.build().dgram
+    with Daemon(_args(library, perf), tmp_path / "daemon.log") as d:
+        proc = psutil.Process(d.pid)
+        base = proc.num_threads()
+        most = base
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            for i in range(2000):
+                s.sendto(dgram, ("127.0.0.1", d.osc_in_port))
+                if i % 50 == 0:
+                    most = max(most, proc.num_threads())
+        wait_for(lambda: d.status()["rejected_osc"] > 0, 30, what="busy captures refused")
+        most = max(most, proc.num_threads())
+        assert most <= base + 2, f"threads grew from {base} to {most}"
+        assert d.alive()
+        assert d.request("status")["ok"] is True

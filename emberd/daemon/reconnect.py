@@ -39,6 +39,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 STALL_S = 0.5  # s without a block while capturing: stalled (86 blocks of 256 at 44.1 kHz)
+FIRST_BLOCK_S = 2.0  # s allowed for the very first block after the stream starts
 BACKOFF_S = (0.5, 1.0, 2.0, 4.0, 8.0)  # waits before successive reconnection attempts
 STOP_TIMEOUT_S = 1.0  # longest wait for PortAudio to stop a stream at shutdown
 CHILD_START_S = 10.0  # a capture child gets this long to deliver its first block
@@ -101,10 +102,11 @@ class InputWatchdog:
         """Called by the worker while it waits for audio; True when the state changed
         since the last call (the worker then publishes status at once)."""
         n = self.source.callbacks
-        if n != self._seen:
+        idle = self.source._stream is None and self._child is None  # not capturing yet
+        limit = STALL_S if n > 0 else FIRST_BLOCK_S
+        if n != self._seen or idle:
             self._seen, self._progress = n, now
-        elif self.state == RUNNING and self._child is None and self.source._stream is not None \
-                and now - self._progress > STALL_S:
+        elif self.state == RUNNING and self._child is None and now - self._progress > limit:
             self.state = STALLED
             self.stalls += 1
             log.warning("input stalled: no audio for %.1f s; reconnecting", now - self._progress)
