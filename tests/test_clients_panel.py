@@ -204,3 +204,36 @@ def test_panel_bridges_zeromq_to_websocket(
     with connect(f"ws://127.0.0.1:{running.server.port}/ws") as ws2:
         kinds = {json.loads(ws2.recv(timeout=WAIT_S))["kind"] for _ in range(5)}
         assert kinds == {"hello", "connection", "match", "cursor", "similarity"}
+
+
+def test_panel_command_serves_and_refuses_bad_input(library: Path) -> None:
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "emberd", "panel", "--port", "0", "--zmq", "tcp://127.0.0.1:9",
+           "--library", str(library)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=os.environ.copy())
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        pattern = r"emberd panel: library map of 12 files \(dsp-baseline, (cached|computed)\)"
+        assert re.match(pattern, first), first
+        url = re.search(r"open (http://127\.0\.0\.1:\d+/)", proc.stdout.readline())
+        assert url, "no URL printed"
+        with urllib.request.urlopen(url.group(1) + "map.json", timeout=WAIT_S) as r:
+            assert len(json.loads(r.read())["points"]) == 12
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(WAIT_S)
+    for bad, message in ((["--library", str(library / "nope")], "no emberd library"),
+                         (["--port", "70000"], "--port: 70000 is not a port number"),
+                         (["--library", str(library), "--model", "aisfx"], "not indexed")):
+        out = subprocess.run([sys.executable, "-m", "emberd", "panel", *bad],
+                             capture_output=True, text=True, timeout=120, check=False)
+        assert out.returncode == 2, out
+        assert out.stderr.startswith("emberd: error: ") and message in out.stderr
+        assert len(out.stderr.strip().splitlines()) == 1
