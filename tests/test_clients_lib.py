@@ -129,6 +129,9 @@ def test_subscriber_yields_every_typed_message(pub: Publisher) -> None:
     assert isinstance(st, StatusMessage) and st.status["provider"] == "CPUExecutionProvider"
     assert to_json(s)["matrix"] == [[1.0, 0.5], [0.5, 1.0]]
     assert to_json(lv)["rms_db"] == -12.5
+    nan_status = StatusMessage(seq=0, capture_time=0.0, publish_time=0.0, model="m",
+                               status={"p99": float("nan"), "drops": {"osc": float("inf")}})
+    assert to_json(nan_status)["status"] == {"p99": None, "drops": {"osc": None}}
 
 
 def test_subscriber_topic_filter(pub: Publisher) -> None:

@@ -238,10 +238,21 @@ def to_json(item: Item) -> dict[str, Any]:
         out.update(kind="similarity", channels=list(item.channels),
                    matrix=np.nan_to_num(item.matrix).round(4).tolist())
     elif isinstance(item, StatusMessage):
-        out.update(kind="status", status=item.status)
+        out.update(kind="status", status=_json_safe(item.status))
     else:  # pragma: no cover - exhaustive above
         raise EmberdError(f"message: cannot serialise {type(item).__name__}")
     return out
+
+
+def _json_safe(value: Any) -> Any:
+    """Copy of a JSON-like value with NaN/inf as None (browsers reject NaN in JSON)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
 
 
 def _finite(x: float, floor_db: float = -120.0) -> float:
