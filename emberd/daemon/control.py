@@ -1,7 +1,7 @@
 """Control: the same commands over ZeroMQ REP and over OSC, never fatal to the daemon.
 
-:class:`Controller` validates a request dict and runs it: ``status``, ``pause`` and
-``resume`` directly; ``set_k`` and ``reload`` through the worker's command queue
+:class:`Controller` validates a request dict and runs it: ``status`` directly;
+``pause``, ``resume``, ``set_k`` and ``reload`` through the worker's command queue
 (applied between hops); ``capture`` has the worker record the next N seconds of the
 chosen channels, then searches the library with the recording here (identify + similar,
 as ``emberd query``), so the hops keep coming; ``set_model`` builds the new engine
@@ -109,12 +109,8 @@ class Controller:
     def _dispatch(self, cmd: str, req: dict[str, Any]) -> dict[str, Any]:
         if cmd == "status":
             return {"ok": True, "status": self.status()}
-        if cmd == "pause":
-            self.worker.paused = True
-            return {"ok": True, "paused": True}
-        if cmd == "resume":
-            self.worker.paused = False
-            return {"ok": True, "paused": False}
+        if cmd in ("pause", "resume"):  # via the worker: no hop is half-done on reply
+            return self._ask(cmd, {})
         if cmd == "set_k":
             k = req.get("k")
             if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:

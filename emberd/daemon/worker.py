@@ -15,7 +15,7 @@ and the per-channel state.
 
 Shared attributes (written by -> read by):
 
-* ``paused`` (control thread -> worker)
+* ``paused`` (worker, on ``pause``/``resume`` -> control thread for status)
 * ``k`` (worker, on ``set_k`` -> control thread for status)
 * ``engine`` (worker, on ``set_model`` -> control thread for status)
 * ``done`` event (worker at end of input -> app)
@@ -418,6 +418,9 @@ class Worker(threading.Thread):
 
     def _run_command(self, command: Command) -> dict[str, Any] | None:
         args = command.args
+        if command.cmd in ("pause", "resume"):
+            self.paused = command.cmd == "pause"
+            return {"ok": True, "paused": self.paused}
         if command.cmd == "set_k":
             self.k = int(args["k"])
             return {"ok": True, "k": self.k}
