@@ -248,6 +248,7 @@ function drawMap() {
       label(p.name, x, y - 6, 7);
     }
   }
+  const labels = [];  // cursor label positions drawn so far: stack labels that would overlap
   for (const [ch, c] of Object.entries(state.cursors)) {
     c.x += (c.tx - c.x) * CURSOR_SMOOTHING;
     c.y += (c.ty - c.y) * CURSOR_SMOOTHING;
@@ -260,7 +261,10 @@ function drawMap() {
     mctx.fillStyle = col; mctx.strokeStyle = "#fff"; mctx.lineWidth = 2;
     mctx.beginPath(); mctx.arc(x, y, 8, 0, 2 * Math.PI); mctx.fill(); mctx.stroke();
     mctx.fillStyle = "#fff"; mctx.font = "bold 11px system-ui";
-    label("ch " + ch, x, y + 4, 11);
+    let ly = y + 4;
+    while (labels.some(([lx, l]) => Math.abs(lx - x) < 40 && Math.abs(l - ly) < 12)) ly += 13;
+    labels.push([x, ly]);
+    label("ch " + ch, x, ly, 11);
   }
   drawLegend();
   requestAnimationFrame(drawMap);
