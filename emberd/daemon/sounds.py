@@ -17,6 +17,7 @@ VARIANTS = 4  # one-shots per kind in the demo library
 PERFORMANCE_VARIANT_OFFSET = 100  # performance variants never equal library variants
 BEAT_S = 0.6  # s between events in the performance (100 BPM)
 PEAK = 0.8  # peak level of each one-shot (-1.9 dBFS)
+MIX_GAIN = 0.7  # per-event gain in the performance, headroom for overlapping tails
 
 #: Library folder per kind.
 FOLDERS = {
@@ -116,6 +117,6 @@ def performance(*, sr: int = SR, seconds: float = 20.0) -> np.ndarray:
         kind = PATTERN[i % len(PATTERN)]
         x = one_shot(kind, PERFORMANCE_VARIANT_OFFSET + i % 7, sr=sr)
         end = min(n, start + x.size)
-        out[start:end] += x[: end - start]
-    np.clip(out, -1.0, 1.0, out=out)
+        out[start:end] += MIX_GAIN * x[: end - start]
+    np.clip(out, -1.0, 1.0, out=out)  # overlapping tails may still add up
     return out
