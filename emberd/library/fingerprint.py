@@ -19,6 +19,8 @@ histogram, cheap enough for every hop of the live daemon.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 FP_SR = 22050  # Hz: fingerprints ignore content above 11 kHz (low-passed copies still match)
@@ -36,8 +38,8 @@ MAX_DT_HOPS = 40  # 464 ms target zone
 MAX_DPITCH_SEMITONES = 36.0
 PITCH_QUANT_SEMITONES = 1.0  # anchor band width
 DPITCH_QUANT_SEMITONES = 0.5
-MIN_MATCHES = 6  # time-consistent hash matches needed to call a file identified
-MIN_MARGIN = 1.5  # best score must beat the runner-up file by this factor
+MIN_MATCHES = 10  # time-consistent hash matches needed to call a file identified
+MIN_MARGIN = 3.0  # best score must beat the runner-up file by this factor
 MAX_HASH_FILES_FRACTION = 0.2  # hashes in more files than this are too common to tell anything
 
 TEMPLATE_FRAMES = 64  # 0.74 s from the onset: the part of a one-shot that identifies it
@@ -257,9 +259,17 @@ def template_scores(query: np.ndarray, library: np.ndarray) -> np.ndarray:
     float array [n]
         Pearson correlation in [-1, 1]; higher is more alike.
     """
-    q = query.astype(np.float32) * TEMPLATE_DB_STEP
-    lib = library.astype(np.float32) * TEMPLATE_DB_STEP
-    floor = np.percentile(q, NOISE_FLOOR_PERCENTILE, axis=0)
+    # Compare over the query's own duration only: padding past its end says nothing.
+    frames = (query > 0).any(axis=1)
+    if not frames.any():
+        return np.zeros(len(library))
+    q = query[frames].astype(np.float32) * TEMPLATE_DB_STEP
+    lib = library[:, frames].astype(np.float32) * TEMPLATE_DB_STEP
+    # Cells at 0 are padding past the end of a short query or digital silence: not noise.
+    present = np.where(q > 0, q, np.nan)
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN band: no floor there
+        floor = np.nan_to_num(np.nanpercentile(present, NOISE_FLOOR_PERCENTILE, axis=0))
     lib = np.maximum(lib, floor[None, None, :])
     qc = q - q.mean()
     lc = lib - lib.mean(axis=(1, 2), keepdims=True)

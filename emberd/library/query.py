@@ -244,8 +244,10 @@ class Library:
     ) -> list[dict[str, Any]]:
         """Say which library file a piece of audio is: the identification stage.
 
-        Candidates are the files whose landmarks line up best plus, when given,
-        the embedding matches ``similar``; each is scored as
+        A file whose landmarks clearly line up (enough of them, far ahead of the
+        next file) is the answer, kind ``"exact"``. Otherwise the candidates --
+        the files whose landmarks line up best plus, when given, the embedding
+        matches ``similar`` -- are scored as
         ``LANDMARK_WEIGHT * log(1 + aligned landmarks) + embedding cosine +
         onset-template correlation`` (weights chosen on bench/identify.py).
 
@@ -261,10 +263,11 @@ class Library:
         Returns
         -------
         list of dict
-            Empty when there is no candidate; else the best candidate, with kind
-            ``"exact"`` when its landmarks confirm it (enough aligned, well ahead
-            of the next file) and ``"similar"`` otherwise. ``score`` is its
-            embedding cosine when known, else its template correlation.
+            Empty when there is no candidate; else the answer, kind ``"exact"``
+            (landmarks confirmed it) or ``"similar"`` (best fused score).
+            ``score`` is its embedding cosine when known, else its template
+            correlation; ``segment_start_s`` where in the file the query starts
+            (landmark alignment, 0 when unknown).
         """
         lm = self.fingerprints().match(audio, sr, top=IDENTIFY_CANDIDATES)
         counts = {fid: count for fid, count, _ in lm}
@@ -289,8 +292,10 @@ class Library:
             f: LANDMARK_WEIGHT * math.log1p(counts.get(f, 0)) + cosine.get(f, floor_cos) + corr[f]
             for f in cands
         }
-        best = max(cands, key=lambda f: fused[f])
-        confirmed = fingerprint.is_identified(lm) and lm[0][0] == best
+        # Landmarks that clearly confirm one file decide (a live window over part of a loop);
+        # otherwise the fused score does (noise, reverb, a second sound).
+        confirmed = fingerprint.is_identified(lm) and lm[0][0] in files
+        best = lm[0][0] if confirmed else max(cands, key=lambda f: fused[f])
         score = cosine.get(best, corr[best])
         kind = "exact" if confirmed else "similar"
         return [self._match(files[best], float(score), float(offsets.get(best, 0.0)), kind)]
