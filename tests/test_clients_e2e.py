@@ -65,11 +65,16 @@ class Setup:
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
+    base = tmp_path_factory.mktemp("clients-e2e")
+    with pytest.MonkeyPatch.context() as mp:  # the panel map cache, for this module only
+        mp.setenv("EMBERD_CACHE_DIR", str(base / "cache"))
+        yield from _setup(base)
+
+
+def _setup(base: Path) -> Iterator[Setup]:
     from emberd.testing import smalllib
     from emberd.testing.harness import Daemon
 
-    base = tmp_path_factory.mktemp("clients-e2e")
-    os.environ.setdefault("EMBERD_CACHE_DIR", str(base / "cache"))
     files = smalllib.write_sounds(base / "samples", per_folder=3)
     lib = base / "lib"
     done = smalllib.index([base / "samples"], lib)
