@@ -3,8 +3,10 @@
 One run consumes exactly 8 new mel frames (one block-4 column's worth) and the
 cached time context of every layer, and returns one new block-4 column (mean
 over mel) plus the updated context. Shapes are fixed, so ONNX Runtime plans
-the whole step once; the numpy im2col path (``conv_numpy``) was about 30%
-slower per step on the 2-core development machine, see ``bench/streaming.py``.
+the whole step once. Chosen by measurement on the shared 2-core development
+machine: per 8-frame hop the numpy im2col path (``conv_numpy``) took 1.4x the
+ONNX step at 1 BLAS thread and ~10x at 2 (OpenBLAS threads stall on a loaded
+machine); see ``bench/streaming.py``.
 
 Step ``s`` (frames ``8s .. 8s+7``) with "valid" time convolution (pads 0 in
 time, 1 in mel) produces these rows, where each conv lags one row behind its
