@@ -11,6 +11,7 @@ edges) agrees only where the contexts coincide; see emberd/models/streaming.py.
 
 from __future__ import annotations
 
+import itertools
 import tracemalloc
 from pathlib import Path
 
@@ -130,6 +131,14 @@ def test_hop_size_does_not_change_the_sequence(
         hop: run(StreamingEncoder(folded, hop_frames=hop, backend=backend), x, hop)
         for hop in (1, 3, 8, 13, 16)
     }
+    rng = np.random.default_rng(5)  # and an irregular split, empty pushes included
+    enc = StreamingEncoder(folded, hop_frames=8, backend=backend)
+    cuts = np.cumsum(rng.integers(0, 20, size=60))
+    cuts = np.concatenate([[0], cuts[cuts < x.shape[1]], [x.shape[1]]])
+    seqs[-1] = {}
+    for a, b in itertools.pairwise(cuts):
+        for end, emb in enc.push(x[:, a:b]):
+            seqs[-1][end] = emb.copy()
     base = seqs[8]
     assert len(base) >= 30
     for hop, seq in seqs.items():
