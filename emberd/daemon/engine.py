@@ -90,7 +90,7 @@ class StreamingHopEncoder:
     def __init__(self, streaming: Any, model: str, channels: int, n_mels: int) -> None:
         self.streaming = streaming
         self.model = model
-        self.provider = "numpy"  # BLAS GEMMs, not ONNX Runtime
+        self.provider = str(streaming.provider)  # ONNX Runtime step graph (default) or numpy
         self.dim = int(streaming.dim)
         self.window_frames = int(streaming.window_columns * 8)
         self._fed = 0
