@@ -10,9 +10,10 @@ all with 2 threads, spinning off (as the daemon runs). Then quality on real
 audio (hydrogen-drumkits one-shots with gaps, plus a synthesised loop):
 cosine between each streaming embedding and the windowed reference (ONNX on
 the same 100 frames, zero-padded edges) and against the network run on the
-whole stream (exact by construction), and a small identification check:
-top-1 of each one-shot's embedding at its onset against a library of the
-isolated one-shots, streaming vs windowed.
+whole stream (exact by construction), and a small identification check: the
+one-shots again, each alone in its window in a second stream, their embedding
+at the onset queried (top-1, cosine) against a library of the isolated
+one-shots embedded windowed, streaming vs windowed queries.
 
 The last line is ``per_hop_ms_p50=... per_hop_ms_p99=... full_window_ms_p50=...
 speedup=... cos_p5=...`` (1 channel, ONNX backend, 8-frame hops).
