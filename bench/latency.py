@@ -3,7 +3,8 @@
 Runs ``emberd run`` as a child process (CPU, 23.2 ms hop, 256-frame blocks) on the
 synthesised performance at real-time pace (``--source synth``, the feeder thread plays
 the callback's part) or captured from a private JACK dummy server through PortAudio
-(``--source jack``, a real callback), with 4 OSC targets and 4 ZeroMQ subscribers
+(``--source jack``, a real callback; the player is a child process), with 4 OSC
+targets and 4 ZeroMQ subscribers
 reading everything. For every hop the OSC receivers take the arrival time of the
 rank-0 ``/emberd/match`` datagram minus the capture time it carries (the first sample
 of the hop's newest audio; integer ms, so +-0.5 ms). The daemon's own status gives the
@@ -125,34 +126,35 @@ class OscReceivers:
             s.close()
 
 
-class JackPlayer:
-    """Loops the performance into PortAudio's JACK input port (``--source jack``)."""
+PLAYER_SCRIPT = """
+import sys, threading, jack, numpy as np, soundfile as sf
+audio, _ = sf.read(sys.argv[2], dtype="float32")
+audio = np.concatenate([audio, audio[:4096]])  # wrap-around without modulo per cycle
+client = jack.Client("emberd-bench-player", servername=sys.argv[1], no_start_server=True)
+port = client.outports.register("out")
+pos = [0]
+@client.set_process_callback
+def process(frames):
+    p = pos[0]
+    port.get_array()[:] = audio[p : p + frames]
+    pos[0] = (p + frames) % (audio.size - 4096)
+client.activate()
+for p in client.get_ports(is_audio=True, is_input=True):
+    if not p.name.startswith("system:"):
+        client.connect(port, p)
+print("playing", flush=True)
+threading.Event().wait()
+"""
 
-    def __init__(self, server: str, audio: np.ndarray) -> None:
-        import jack
 
-        self.client = jack.Client("emberd-bench-player", servername=server,
-                                  no_start_server=True)  # fmt: skip
-        self.port = self.client.outports.register("out")
-        self.audio = audio
-        self.pos = 0
-        self.client.set_process_callback(self._process)
-        self.client.activate()
-
-    def _process(self, frames: int) -> None:
-        out = self.port.get_array()
-        idx = (self.pos + np.arange(frames)) % self.audio.size
-        out[:] = self.audio[idx]
-        self.pos = (self.pos + frames) % self.audio.size
-
-    def connect(self) -> None:
-        for p in self.client.get_ports(is_audio=True, is_input=True):
-            if not p.name.startswith("system:"):
-                self.client.connect(self.port, p)
-
-    def close(self) -> None:
-        self.client.deactivate()
-        self.client.close()
+def start_player(server: str, wav: Path) -> subprocess.Popen[str]:
+    """Loop ``wav`` into PortAudio's JACK input from a child process (its own GIL)."""
+    proc = subprocess.Popen([sys.executable, "-c", PLAYER_SCRIPT, server, str(wav)],
+                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+    assert proc.stdout is not None
+    if proc.stdout.readline().strip() != "playing":
+        raise RuntimeError("bench: the JACK player did not start")
+    return proc
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -174,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     osc = [a for t in rx.targets for a in ("--osc", t)]
     env: dict[str, str] = {}
     jackd: subprocess.Popen[bytes] | None = None
-    player: JackPlayer | None = None
+    player: subprocess.Popen[str] | None = None
     daemon_args = ["--library", str(library), "--model", args.model, "--device", "cpu",
                    "--hop-ms", str(HOP_MS), "--k", "5", *osc]  # fmt: skip
     if args.source == "jack":
@@ -192,8 +194,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         d.start()
         if args.source == "jack":
-            player = JackPlayer(env["JACK_DEFAULT_SERVER"], performance(seconds=20.0))
-            player.connect()
+            import soundfile as sf
+
+            sf.write(work / "performance.wav", performance(seconds=20.0), 44100)
+            player = start_player(env["JACK_DEFAULT_SERVER"], work / "performance.wav")
         subs = [HopClock(d.pub, "").start() for _ in range(SUBSCRIBERS)]
         start_time = float(d.status()["start_time"])
         t_begin = time.time() + args.warmup
@@ -205,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         rc = d.stop()
         rx.stop()
         if player is not None:
-            player.close()
+            stop_process(player)  # type: ignore[arg-type]
         if jackd is not None:
             stop_process(jackd, signal.SIGTERM)
     lat = np.array([(arr - (start_time + cap / 1000.0)) * 1000.0
@@ -235,6 +239,9 @@ def main(argv: list[str] | None = None) -> int:
           f"overflows {status['overflows']}, dropped hops {status['dropped_hops']}, "
           f"datagrams {rx.datagrams} (over 1200 B: {rx.oversize}), ZeroMQ messages per "
           f"subscriber {[len(s.arrivals) for s in subs]}")
+    if "input_state" in status:  # device input: the stall watchdog's view
+        print(f"  device input: state {status['input_state']}, stalls "
+              f"{status.get('input_stalls')}, reconnects {status.get('input_reconnects')}")
     return 0
 
 

@@ -2,8 +2,12 @@
 
 The worker reads the DeviceSource's ring directly (not its block iterator, which
 copies). This subclass adds one :meth:`BlockClock.mark` after the DSP callback's copy,
-so the daemon measures callback interval jitter; capture times come from PortAudio's
-ADC timestamps (:meth:`DeviceSource.capture_time`).
+so the daemon measures callback interval jitter, and capture times come from these
+arrival marks: the wall-clock time each block reached the process, extrapolated back
+by sample count. PortAudio's ADC timestamps (:meth:`DeviceSource.capture_time`) are
+not used: on JACK's dummy backend they drift from the wall clock at every input
+overflow (measured: -92 ms after 13 overflows in 20 s on a loaded machine), which
+would show as a growing false latency.
 
 Shared attributes (written by -> read by): ``arrivals`` marks (callback -> worker), see
 :mod:`emberd.daemon.clock`; the rest as in :mod:`emberd.daemon.capture`.
@@ -19,28 +23,13 @@ from emberd.daemon.capture import DeviceSource, resolve_input_device
 from emberd.daemon.clock import BlockClock
 
 
-class _AdcClock:
-    """The worker's clock interface over ADC timestamps and callback arrival marks."""
-
-    def __init__(self, source: DeviceInput) -> None:
-        self.source = source
-
-    def time_of(self, pos: int) -> float:
-        # Ring positions skip frames dropped on overflow; the device count does not.
-        src = self.source
-        return src.capture_time(pos + int(src.ring.overflow_frames))
-
-    def new_intervals(self) -> np.ndarray:
-        return self.source.arrivals.new_intervals()
-
-
 class DeviceInput(DeviceSource):
     """A DeviceSource the worker can drive (``ring``, ``clock``, ``finished``)."""
 
     def __init__(self, device: int | str | None, *, sr: int, channels: int, block_size: int):
         super().__init__(device, sr=sr, channels=channels, block_size=block_size)
         self.arrivals = BlockClock(self.sr)  # ring positions, like the worker's
-        self.clock = _AdcClock(self)
+        self.clock = self.arrivals  # capture times from arrival marks (module docstring)
         self.finished = False  # a device never ends by itself
         self.nominal_block_s = block_size / self.sr
         self.description = f"device {device if device is not None else 'default'}"
