@@ -8,6 +8,7 @@ publishes over ZeroMQ and OSC exactly as a client would.
 
 from __future__ import annotations
 
+import itertools
 import json
 import socket
 import threading
@@ -306,8 +307,25 @@ def test_control_commands(live: Daemon) -> None:
     assert _cmd(live, "status")["status"]["hops"] == hops  # ...but nothing is published
     assert _cmd(live, "resume") == {"ok": True, "paused": False}
     wait_for(lambda: _cmd(live, "status")["status"]["hops"] > hops, 30, what="hops after resume")
-    swapped = _cmd(live, "set_model", model=MODEL)
-    assert swapped["ok"] and swapped["model"] == MODEL
+    import zmq
+
+    ctx = zmq.Context.instance()
+    assert live.pub_endpoint is not None
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt(zmq.RCVTIMEO, RECV_TIMEOUT_MS)
+    sub.setsockopt(zmq.SUBSCRIBE, b"match.0")
+    sub.connect(live.pub_endpoint)
+    try:
+        before = wire.decode(sub.recv_multipart())  # flowing
+        swapped = _cmd(live, "set_model", model=MODEL)
+        assert swapped["ok"] and swapped["model"] == MODEL
+        times = [before.capture_time] + [wire.decode(sub.recv_multipart()).capture_time
+                                         for _ in range(60)]  # fmt: skip
+    finally:
+        sub.close(0)
+    # New front ends start counting at zero: capture times must still run forward.
+    assert all(b >= a - 0.05 for a, b in itertools.pairwise(times)), times
     _cmd(live, "set_k", k=3)
 
 

@@ -299,14 +299,17 @@ class Worker(threading.Thread):
     # ------------------------------------------------------------------ hop
 
     def _reset_schedule(self) -> None:
+        """Start hop counting on the current engine's front ends (new after set_model)."""
         self._next_hop_frame = self.engine.hop_frames + self.engine.fronts[0].frames.total
         self._last_hop_frame = -1
+        # Ring position of the engine's frame 0: fresh front ends start at the next read.
+        self._origin = getattr(self, "_read_pos", 0) - self.engine.fronts[0].samples_in
 
     def _hop_sample_end(self, end_frame: int) -> int:
         """Sample position (exclusive) of the newest sample frame ``end_frame - 1`` needs."""
         cfg = self.engine.config
         last = (end_frame - 1) * cfg.hop_length
-        return last + (cfg.n_fft // 2 if cfg.center else cfg.n_fft)
+        return self._origin + last + (cfg.n_fft // 2 if cfg.center else cfg.n_fft)
 
     def _hop(self, end_frame: int) -> None:
         self._last_hop_frame = end_frame
