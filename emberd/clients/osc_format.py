@@ -132,9 +132,14 @@ def _fixed_size(address: str, types: str) -> int:
     return _string_size(address) + _string_size("," + types)
 
 
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+
+
 def _build(address: str, types: str, args: list[Any]) -> bytes:
     builder = OscMessageBuilder(address)
     for tag, value in zip(types, args, strict=False):
+        if tag == "i":  # clamp: an out-of-range int must not make the datagram unbuildable
+            value = min(INT32_MAX, max(INT32_MIN, int(value)))
         builder.add_arg(value, tag)
     return bytes(builder.build().dgram)
 

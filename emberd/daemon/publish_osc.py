@@ -12,7 +12,8 @@ Shared attributes (written by -> read by):
 
 * ``stats.publisher_drops["osc"]`` mirrors the handoff's drop counter (this thread -> status)
 * ``stats.latency_ring("osc")`` capture -> last datagram of a hop sent (this thread -> status)
-* ``send_errors`` datagrams the OS refused (this thread -> status)
+* ``send_errors`` datagrams the OS refused, ``encode_errors`` items that could not be
+  encoded (this thread -> status)
 """
 
 from __future__ import annotations
@@ -96,6 +97,7 @@ class OscPublisher(threading.Thread):
         self.wekinator_dims = min(wekinator_dims, fmt.max_floats(fmt.ADDR_WEKINATOR, "", max_bytes))
         self.send_embedding = send_embedding
         self.send_errors = 0
+        self.encode_errors = 0
         self.sent = 0
         self._proj: dict[tuple[int, int], Projection] = {}
         self._latency = stats.latency_ring("osc")
@@ -113,10 +115,15 @@ class OscPublisher(threading.Thread):
                     continue
                 if isinstance(item, EndOfStream):
                     return
-                if isinstance(item, StatusItem):
-                    self._status(item)
-                else:
-                    self._hop(item)
+                try:
+                    if isinstance(item, StatusItem):
+                        self._status(item)
+                    else:
+                        self._hop(item)
+                except Exception:  # a bug in one message must not silence every target
+                    self.encode_errors += 1
+                    if self.encode_errors == 1:
+                        log.exception("OSC publisher: cannot encode a message")
         finally:
             self._sock.close()
 

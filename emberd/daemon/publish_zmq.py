@@ -22,6 +22,7 @@ Shared attributes (written by -> read by):
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from typing import Any
@@ -30,6 +31,8 @@ from emberd.clients import wire
 from emberd.daemon.handoff import Handoff
 from emberd.daemon.status import DaemonStats
 from emberd.daemon.worker import EndOfStream, HopResult, Item, StatusItem
+
+log = logging.getLogger(__name__)
 
 SNDHWM_MESSAGES = 1000  # queued messages per subscriber: ~2 s of 8-channel hops
 GET_TIMEOUT_S = 0.2  # wake-up period to notice a stop request
@@ -57,6 +60,7 @@ class ZmqPublisher(threading.Thread):
         self.bound = threading.Event()
         self.error: BaseException | None = None
         self.send_drops = 0
+        self.encode_errors = 0
         self._seq: dict[bytes, int] = {}
         self._latency = stats.latency_ring("zmq")
         self._sock: Any = None
@@ -93,11 +97,16 @@ class ZmqPublisher(threading.Thread):
                                status=final)  # fmt: skip
                     linger = FLUSH_LINGER_MS
                     return
-                if isinstance(item, StatusItem):
-                    self._send(wire.KIND_STATUS, None, item.capture_time, item.status.get(
-                        "model", ""), status=item.status)  # fmt: skip
-                else:
-                    self._hop(item)
+                try:
+                    if isinstance(item, StatusItem):
+                        self._send(wire.KIND_STATUS, None, item.capture_time,
+                                   item.status.get("model", ""), status=item.status)  # fmt: skip
+                    else:
+                        self._hop(item)
+                except Exception:  # a bug in one message must not silence the socket
+                    self.encode_errors += 1
+                    if self.encode_errors == 1:
+                        log.exception("ZeroMQ publisher: cannot encode a message")
         finally:
             sock.close(linger=linger)
 
