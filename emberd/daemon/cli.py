@@ -12,6 +12,7 @@ from emberd.clients.wire import DEFAULT_CONTROL_ENDPOINT, DEFAULT_PUB_ENDPOINT
 
 DEFAULT_K = 5  # matches per hop
 DEFAULT_DEMO_SECONDS = 20.0  # length of `emberd demo`
+DEMO_OSC_TARGET = "127.0.0.1:9000"  # where the Pd patch (clients/patches/emberd.pd) listens
 
 
 def add_daemon_options(p: argparse.ArgumentParser, *, demo: bool = False) -> None:
@@ -74,7 +75,8 @@ def register(subparsers: Any) -> None:
         "demo", help="live demo: synthesised performance against a synthesised library",
         description="Build (once) a small library of synthesised one-shots, play a synthesised "
         "performance through the daemon in real time and show the live matches. Needs no "
-        "audio hardware or network.",
+        f"audio hardware or network. Publishes ZeroMQ on the `run` defaults and OSC to "
+        f"{DEMO_OSC_TARGET} unless --osc is given.",
     )  # fmt: skip
     demo.add_argument("--input", default="synth", metavar="synth|default|DEVICE|FILE",
                       help="synth (default), 'default' for the default input device, or a file")
@@ -148,4 +150,6 @@ def demo_command(args: argparse.Namespace) -> int:
     """``emberd demo``."""
     from emberd.daemon.demo import run_demo
 
+    if not args.osc:  # the demo publishes OSC too, to where the bundled Pd patch listens
+        args.osc = [DEMO_OSC_TARGET]
     return run_demo(args)
