@@ -1,8 +1,11 @@
-"""StreamingEncoder: exactness against the network on the whole stream, hop-size
-independence, channel batching, latency, and agreement with the windowed aiSFX
-reference on real drums.
+"""StreamingEncoder, both edge modes.
 
-The reference for exactness is :func:`emberd.models.conv_numpy.forward_columns`
+Exact edges (default): every embedding equals the windowed ONNX reference
+(:class:`emberd.models.runtime.Encoder`) on the 100 frames ending at the newest
+complete step, with no look-ahead; hop-size invariance, channel batching, no
+per-hop allocation, and the dirty-row table of the module docstring.
+
+Continuous edges: the reference for exactness is :func:`emberd.models.conv_numpy.forward_columns`
 (itself checked against ONNX Runtime here) run on the entire stream at once:
 with zero padding only at the stream start, every streaming column must equal
 it. The windowed reference (ONNX, 100 frames, zero padding at both window
@@ -14,6 +17,7 @@ from __future__ import annotations
 import itertools
 import tracemalloc
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -62,6 +66,11 @@ def drum_mel(drumkit_dir: Path) -> np.ndarray:
     return melspectrogram(np.concatenate([*parts, loop]), preset("aisfx"))
 
 
+def continuous(folded: cn.Folded, **kwargs: Any) -> StreamingEncoder:
+    """A continuous-edge encoder (the default is exact edges)."""
+    return StreamingEncoder(folded, edges="continuous", **kwargs)
+
+
 def run(enc: StreamingEncoder, x: np.ndarray, hop: int) -> dict[int, np.ndarray]:
     """Push ``x [C, T, 96]`` in hops; map end_frame -> embedding copy."""
     out: dict[int, np.ndarray] = {}
@@ -95,7 +104,7 @@ def test_every_embedding_equals_the_whole_stream_network(
 ) -> None:
     x = drum_mel[None, :600]
     cols = cn.forward_columns(folded, x)
-    got = run(StreamingEncoder(folded, hop_frames=8, backend=backend), x, 8)
+    got = run(continuous(folded, hop_frames=8, backend=backend), x, 8)
     # Everything but the last 32 frames' look-ahead comes out, starting at frame 8.
     assert sorted(got) == list(range(8, 600 - 32 + 1, 8))
     for end, emb in got.items():
@@ -107,7 +116,7 @@ def test_interior_columns_equal_the_windowed_reference(
 ) -> None:
     # window_frames=8: the "max" runs over one column, so each embedding IS a column.
     x = drum_mel[None, :400]
-    got = run(StreamingEncoder(folded, hop_frames=8, window_frames=8), x, 8)
+    got = run(continuous(folded, hop_frames=8, window_frames=8), x, 8)
     checked = 0
     for start in range(0, 400 - 100 - 32, 24):
         window_cols = cn.forward_columns(folded, x[:, start : start + 100])[0]
@@ -128,11 +137,11 @@ def test_hop_size_does_not_change_the_sequence(
 ) -> None:
     x = drum_mel[None, 200:520]
     seqs = {
-        hop: run(StreamingEncoder(folded, hop_frames=hop, backend=backend), x, hop)
+        hop: run(continuous(folded, hop_frames=hop, backend=backend), x, hop)
         for hop in (1, 3, 8, 13, 16)
     }
     rng = np.random.default_rng(5)  # and an irregular split, empty pushes included
-    enc = StreamingEncoder(folded, hop_frames=8, backend=backend)
+    enc = continuous(folded, hop_frames=8, backend=backend)
     cuts = np.cumsum(rng.integers(0, 20, size=60))
     cuts = np.concatenate([[0], cuts[cuts < x.shape[1]], [x.shape[1]]])
     seqs[-1] = {}
@@ -150,8 +159,8 @@ def test_hop_size_does_not_change_the_sequence(
 
 def test_backends_agree(folded: list[tuple[np.ndarray, np.ndarray]], drum_mel: np.ndarray) -> None:
     x = drum_mel[None, :300]
-    enc_a = StreamingEncoder(folded, hop_frames=8, backend="onnx")
-    enc_b = StreamingEncoder(folded, hop_frames=8, backend="numpy")
+    enc_a = continuous(folded, hop_frames=8, backend="onnx")
+    enc_b = continuous(folded, hop_frames=8, backend="numpy")
     assert (enc_a.provider, enc_b.provider) == ("CPUExecutionProvider", "numpy")
     a, b = run(enc_a, x, 8), run(enc_b, x, 8)
     assert set(a) <= set(b)
@@ -166,9 +175,9 @@ def test_channel_batch_equals_single_channel_runs(
     rng = np.random.default_rng(3)
     starts = rng.integers(0, drum_mel.shape[0] - 240, size=4)
     x = np.stack([drum_mel[s : s + 240] for s in starts])
-    batched = run(StreamingEncoder(folded, hop_frames=8, channels=4, backend=backend), x, 8)
+    batched = run(continuous(folded, hop_frames=8, channels=4, backend=backend), x, 8)
     for c in range(4):
-        single = run(StreamingEncoder(folded, hop_frames=8, backend=backend), x[c : c + 1], 8)
+        single = run(continuous(folded, hop_frames=8, backend=backend), x[c : c + 1], 8)
         assert sorted(single) == sorted(batched)
         for end, emb in single.items():
             assert np.abs(batched[end][c] - emb[0]).max() <= TOL, (c, end)
@@ -178,7 +187,7 @@ def test_channel_batch_equals_single_channel_runs(
 def test_latency_is_exact(
     folded: list[tuple[np.ndarray, np.ndarray]], drum_mel: np.ndarray, backend: str
 ) -> None:
-    enc = StreamingEncoder(folded, hop_frames=1, backend=backend)
+    enc = continuous(folded, hop_frames=1, backend=backend)
     for t in range(120):
         for end, _emb in enc.push(drum_mel[t : t + 1]):
             # Delivered by the push carrying frame end + latency - 1.
@@ -186,10 +195,11 @@ def test_latency_is_exact(
     assert enc.latency_frames == {"onnx": 32, "numpy": 30}[backend]
 
 
+@pytest.mark.parametrize("edges", ("exact", "continuous"))
 def test_reset_starts_a_new_stream(
-    folded: list[tuple[np.ndarray, np.ndarray]], drum_mel: np.ndarray
+    edges: str, folded: list[tuple[np.ndarray, np.ndarray]], drum_mel: np.ndarray
 ) -> None:
-    enc = StreamingEncoder(folded, hop_frames=8)
+    enc = StreamingEncoder(folded, hop_frames=8, edges=edges)
     first = run(enc, drum_mel[None, :200], 8)
     enc.reset()
     assert enc.frames_pushed == 0
@@ -204,7 +214,7 @@ def test_no_array_allocation_per_hop(
     folded: list[tuple[np.ndarray, np.ndarray]], drum_mel: np.ndarray, backend: str
 ) -> None:
     x = np.ascontiguousarray(np.stack([drum_mel[:400]] * 8))
-    enc = StreamingEncoder(folded, hop_frames=8, channels=8, backend=backend)
+    enc = continuous(folded, hop_frames=8, channels=8, backend=backend)
     run(enc, x[:, :80], 8)  # warm-up
     tracemalloc.start()
     try:
@@ -229,7 +239,7 @@ def test_cosine_to_the_windowed_reference_on_real_drums(
     from emberd.models.runtime import Encoder
 
     x = drum_mel[None]
-    got = run(StreamingEncoder(folded, hop_frames=8), x, 8)
+    got = run(continuous(folded, hop_frames=8), x, 8)
     ends = [e for e in sorted(got) if e >= 96 and e + 4 <= x.shape[1]]
     windows = np.stack([drum_mel[e - 96 : e + 4] for e in ends])
     ref = Encoder(load_manifest(aisfx_manifest_path), device="cpu", threads=2).embed(windows)
@@ -262,3 +272,153 @@ def test_bad_input_is_one_clear_error(folded: list[tuple[np.ndarray, np.ndarray]
         StreamingEncoder(folded, hop_frames=8, backend="tpu")
     with pytest.raises(EmberdError, match="folded"):
         StreamingEncoder(folded[:7], hop_frames=8)
+    with pytest.raises(EmberdError, match="edges"):
+        StreamingEncoder(folded, hop_frames=8, edges="soft")
+    with pytest.raises(EmberdError, match="numpy backend only"):
+        StreamingEncoder(folded, hop_frames=8, backend="onnx")
+    with pytest.raises(EmberdError, match="device"):
+        StreamingEncoder(folded, hop_frames=8, device="tpu")
+    with pytest.raises(EmberdError, match="pad_frame"):
+        StreamingEncoder(folded, hop_frames=8, pad_frame=np.zeros(40, np.float32))
+
+
+# ------------------------------------------------------------------ exact edges
+
+
+@pytest.fixture(scope="module")
+def reference(aisfx_manifest_path: Path) -> Any:
+    from emberd.models.manifest import load_manifest
+    from emberd.models.runtime import Encoder
+
+    return Encoder(load_manifest(aisfx_manifest_path), device="cpu", threads=2)
+
+
+def test_exact_equals_the_windowed_onnx_reference_on_real_drums(
+    folded: list[tuple[np.ndarray, np.ndarray]], drum_mel: np.ndarray, reference: Any
+) -> None:
+    # The pad frame stands in for the audio before the stream: the first windows
+    # are pad + the frames so far, as the daemon's windowed path builds them.
+    pad = drum_mel.min(axis=0)
+    x = drum_mel[None, :640]
+    got = run(StreamingEncoder(folded, hop_frames=8, pad_frame=pad), x, 8)
+    assert sorted(got) == list(range(8, 640 + 1, 8))  # every step, from frame 8 on
+    padded = np.concatenate([np.repeat(pad[None], 100, axis=0), x[0]])
+    ends = sorted(got)
+    windows = np.stack([padded[e : e + 100] for e in ends])  # frames [e - 100, e)
+    ref = np.concatenate([reference.embed(windows[i : i + 40]) for i in range(0, len(ends), 40)])
+    emb = np.stack([got[e][0] for e in ends])
+    err = np.abs(emb - ref).max(axis=1)
+    assert err.max() <= TOL, (ends[int(err.argmax())], err.max())
+    cos = (emb * ref).sum(1) / (np.linalg.norm(emb, axis=1) * np.linalg.norm(ref, axis=1))
+    assert cos.min() >= 0.99999
+
+
+def test_exact_is_the_reference_for_other_window_lengths(
+    folded: list[tuple[np.ndarray, np.ndarray]], drum_mel: np.ndarray
+) -> None:
+    # The dirty-row propagation is generic: odd lengths, floors at every pool.
+    for window in (8, 27, 64, 101):
+        x = drum_mel[None, 100 : 100 + window + 48]
+        got = run(StreamingEncoder(folded, hop_frames=8, window_frames=window), x, 8)
+        for end in range(window + 8 - window % 8, x.shape[1] + 1, 8):
+            ref = cn.forward(folded, x[:, end - window : end])
+            assert np.abs(got[end] - ref).max() <= TOL, (window, end)
+
+
+def test_dirty_rows_match_the_documented_table() -> None:
+    from emberd.models.streaming_exact import _ranges, dirty_masks
+
+    convs, pools = dirty_masks(100)
+    table = [(1, 9), (2, 10), (2, 6), (3, 7), (3, 5), (4, 6), (3, 4), (4, 5)]
+    for mask, (left, right) in zip(convs, table, strict=True):
+        assert _ranges(mask) == ((0, left), (mask.size - right, mask.size))
+    pooled = [_ranges(m) for m in pools if m is not None]
+    assert pooled == [((0, 1), (45, 50)), ((0, 2), (21, 25)), ((0, 2), (9, 12))]
+
+
+def test_exact_frames_96_to_99_matter_to_the_reference(
+    folded: list[tuple[np.ndarray, np.ndarray]], drum_mel: np.ndarray
+) -> None:
+    # The third pool drops block-3 row 24, but that row is conv context for row
+    # 23: the window really is 100 frames, which is why exact mode ends at 8k + 8.
+    w = drum_mel[None, 200:300].copy()
+    base = cn.forward(folded, w)
+    w[:, 96:] += 1.0
+    assert np.abs(cn.forward(folded, w) - base).max() > 100 * TOL
+
+
+def test_exact_hop_size_does_not_change_the_sequence(
+    folded: list[tuple[np.ndarray, np.ndarray]], drum_mel: np.ndarray
+) -> None:
+    x = drum_mel[None, 200:440]
+    seqs = {hop: run(StreamingEncoder(folded, hop_frames=hop), x, hop) for hop in (1, 3, 8, 13, 16)}
+    base = seqs[8]
+    assert sorted(base) == list(range(8, 240 + 1, 8))
+    for hop, seq in seqs.items():
+        assert sorted(seq) == sorted(base), hop  # zero look-ahead: nothing held back
+        for end in base:
+            assert np.array_equal(seq[end], base[end]), (hop, end)
+
+
+def test_exact_channel_batch_equals_single_channel_runs(
+    folded: list[tuple[np.ndarray, np.ndarray]], drum_mel: np.ndarray
+) -> None:
+    rng = np.random.default_rng(3)
+    starts = rng.integers(0, drum_mel.shape[0] - 200, size=3)
+    x = np.stack([drum_mel[s : s + 200] for s in starts])
+    batched = run(StreamingEncoder(folded, hop_frames=8, channels=3), x, 8)
+    for c in range(3):
+        single = run(StreamingEncoder(folded, hop_frames=8), x[c : c + 1], 8)
+        assert sorted(single) == sorted(batched)
+        for end, emb in single.items():
+            assert np.abs(batched[end][c] - emb[0]).max() <= TOL, (c, end)
+
+
+def test_exact_has_zero_look_ahead(
+    folded: list[tuple[np.ndarray, np.ndarray]], drum_mel: np.ndarray
+) -> None:
+    enc = StreamingEncoder(folded, hop_frames=1)
+    assert enc.latency_frames == 0
+    ends = []
+    for t in range(120):
+        for end, _emb in enc.push(drum_mel[t : t + 1]):
+            # Returned by the push that carries the window's own last frame.
+            assert enc.frames_pushed == end == t + 1
+            ends.append(end)
+    assert ends == list(range(8, 121, 8))
+
+
+def test_exact_no_array_allocation_per_hop(
+    folded: list[tuple[np.ndarray, np.ndarray]], drum_mel: np.ndarray
+) -> None:
+    x = np.ascontiguousarray(np.stack([drum_mel[:240]] * 8))
+    enc = StreamingEncoder(folded, hop_frames=8, channels=8)
+    run(enc, x[:, :40], 8)  # warm-up
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        for s in range(40, 240, 8):
+            enc.push(x[:, s : s + 8])
+        peak = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * 1024  # one [8, 512] float32 array is 16 KiB
+
+
+def test_cuda_request_falls_back_to_cpu(
+    folded: list[tuple[np.ndarray, np.ndarray]], drum_mel: np.ndarray
+) -> None:
+    from emberd.models.onnxrt import onnxruntime
+
+    available = onnxruntime().get_available_providers()
+    enc = continuous(folded, hop_frames=8, device="cuda")
+    if "CUDAExecutionProvider" not in available:
+        assert enc.provider == "CPUExecutionProvider"
+    cpu = continuous(folded, hop_frames=8, device="cpu")
+    a, b = run(enc, drum_mel[None, :120], 8), run(cpu, drum_mel[None, :120], 8)
+    assert sorted(a) == sorted(b)
+    for end in a:
+        assert np.abs(a[end] - b[end]).max() <= TOL
+    exact = StreamingEncoder(folded, hop_frames=8, device="cuda")  # numpy: CPU, a warning
+    assert exact.provider == "numpy"

@@ -1,87 +1,107 @@
 """StreamingEncoder: per-hop aiSFX embeddings with cached conv activations.
 
 The aiSFX conv stack (Ma & Lerch, ISMIR 2022; MIT code, CC BY 4.0 model) is
-translation-equivariant in time, so consecutive windows share almost all their
-work. This encoder keeps every conv layer's last two input rows (its time
-context) and every pool's unpaired row, so each hop computes only the new time
-rows of every layer: about a tenth of a 100-frame window's work per 8 frames.
+translation-equivariant in time, so consecutive windows share most of their
+work. Two ways to treat the window's time edges (``edges=``):
 
-Time grid and latency
----------------------
+``"exact"`` (default): each embedding IS the windowed reference
+    (:class:`emberd.models.runtime.Encoder` on the last 100 frames, zero padding
+    at both window edges at every layer), to float32 rounding (measured max abs
+    difference ~1e-5). The reference's own activations are cached; a hop
+    recomputes only the rows the 8-frame slide changes: the new rows and the
+    rows the zero padding reaches at both edges, which grow by one row per conv
+    (:mod:`emberd.models.streaming_exact` derives and tabulates them). No
+    look-ahead: the push that delivers frame ``8k + 7`` returns the embedding of
+    frames ``[8k + 8 - 100, 8k + 8)`` (``end_frame = 8k + 8``). Before 100 frames
+    exist the window is left-padded with ``pad_frame`` (the daemon passes its
+    front end's silence frame, like its windowed path), so embeddings flow from
+    frame 8 on. Cost: 9 of 12 block-4 columns and 10 of 25 block-3 rows change
+    every hop, so a hop is ~54 % of a window's multiply-adds; at most ~1.9x
+    faster than the full window, ~2-2.5x measured (numpy at 1 BLAS thread
+    against ONNX Runtime at 2, on the loaded 2-core machine; see
+    ``bench/streaming.py``). numpy backend only: its im2col GEMMs run near
+    the core's peak, and its rings slide without copying, where a fixed-shape
+    ONNX step graph would copy the whole ~10 MB per channel state every hop.
+
+``"continuous"``: the stream has no window edges. Every conv keeps its last
+    two input rows and every pool its unpaired row, so a hop computes only the
+    new rows (about a tenth of a window's work per 8 frames), but edge columns
+    see the real neighbouring audio instead of zeros; see below.
+
+Continuous mode: time grid and latency
+--------------------------------------
 The three 2x pools make one block-4 *column* per 8 input frames: column ``j``
 pools frames ``8j .. 8j+7``. Each 3x3 conv needs one row of context on each
 side at its own resolution, which adds up to 30 input frames on each side of a
-column (receptive field 68 frames). The stream is continuous: the right-hand
-context is real later audio, not zero padding, so column ``j`` exists only once
-frame ``8j + 37`` has arrived. :attr:`StreamingEncoder.latency_frames` is the
-resulting look-ahead, counted from the embedding's ``end_frame``: 32 frames
-(0.74 s at 1024-sample hops, 44.1 kHz) with the ONNX backend, which steps in
-whole 8-frame blocks; 30 with the numpy backend, which runs any frame count.
-At the start of a stream every layer sees zeros before row 0, exactly like the
-reference's zero padding.
-
-Embedding
----------
+column (receptive field 68 frames). The right-hand context is real later
+audio, so column ``j`` exists only once frame ``8j + 37`` has arrived.
+:attr:`StreamingEncoder.latency_frames` is the resulting look-ahead, counted
+from the embedding's ``end_frame``: 32 frames (0.74 s at 1024-sample hops,
+44.1 kHz) with the ONNX backend, which steps in whole 8-frame blocks; 30 with
+the numpy backend, which runs any frame count. At the start of a stream every
+layer sees zeros before row 0, exactly like the reference's zero padding.
 Block-4 output is averaged over mel into a 512-d column vector; the embedding
 after column ``j`` is the element-wise max over the last ``window_frames // 8``
-columns (12 for the 100-frame aiSFX window: the reference floors too, its third
-pool turns 25 rows into 12 and drops frames 96-99). It covers frames
-``[end_frame - 96, end_frame)`` with ``end_frame = 8j + 8``: the same columns
-as the 100-frame reference window starting at ``end_frame - 96``. Until 12
-columns exist the max runs over the columns seen so far.
+columns (12). It covers frames ``[end_frame - 96, end_frame)`` with
+``end_frame = 8j + 8``: the same columns as the 100-frame reference window
+starting at ``end_frame - 96``. Until 12 columns exist the max runs over the
+columns seen so far.
 
-Difference from the windowed reference
---------------------------------------
-The reference pads every layer with zeros at both time edges of its 100-frame
-window; here the edge rows see the real neighbouring audio. Columns 4-7 of a
-window (receptive field inside frames 0-99) agree to float rounding; columns
-0-2 and 9-11 differ (median cosine per column 0.77 / 0.93 / 0.99 at the left
-edge, 0.998 / 0.96 / 0.80 at the right on drums). Measured on 154 s of
-hydrogen-drumkits one-shots and a loop (``bench/streaming.py``), the cosine
-between streaming and windowed embeddings of the same 100 frames is 0.946 at
-the 5th percentile and 0.981 at the median, so the issue's 0.99 at p5 is not
-met. It cannot be while the edges keep the stream's real context: the
-reference's zero rows at every layer are not something audio produces
-(silence gives ReLU(bias), not 0). Emulating them exactly means recomputing
-the cones under both window edges every hop: by their sizes about 3.5x the
-work of the streaming hop on top of it, leaving ~2x over the windowed run.
-Identification: one-shots queried against a library of the same 80 isolated
-one-shots (embedded windowed) are found 79/80 times streaming, 80/80 windowed
-(the miss: a short hi-hat, its window mostly silence, where the two silence
-conventions weigh most). Against the whole stream run through the network in one
-piece (:func:`emberd.models.conv_numpy.forward_columns`) every column is
-identical (max abs difference 2.4e-6).
+Continuous mode: difference from the windowed reference
+-------------------------------------------------------
+Columns 4-7 of a window (receptive field inside frames 0-99) agree to float
+rounding; columns 0-3 and 8-11 differ (median cosine per column 0.77 / 0.93 /
+0.99 at the left edge, 0.998 / 0.96 / 0.80 at the right on drums). On 154 s
+of hydrogen-drumkits one-shots and a loop the cosine to the windowed
+embedding of the same 100 frames is 0.946 at the 5th percentile, 0.981 at the
+median; identification 79/80 against 80/80 windowed. Against the whole stream
+run through the network in one piece
+(:func:`emberd.models.conv_numpy.forward_columns`) every column is identical.
 
 Hops of any size
 ----------------
 :meth:`StreamingEncoder.push` accepts any number of frames. Frames that do not
-yet complete a step (ONNX) or a pool pair / conv context (numpy) wait in
-buffers; every completed column yields exactly one embedding, so the sequence
-of embeddings does not depend on how the stream is cut into pushes, only the
-push that delivers each one does.
+yet complete a step wait in buffers; every completed step yields exactly one
+embedding, so the sequence of embeddings does not depend on how the stream is
+cut into pushes, only the push that delivers each one does.
 
-Backends
---------
-``"onnx"`` (default) runs a fixed-shape step graph with state inputs/outputs
-(:mod:`emberd.models.streaming_onnx`), ``"numpy"`` im2col GEMMs on BLAS
-(:class:`emberd.models.conv_numpy.NumpyStack`). Both are allocation-free per
-hop after construction; C channels share every conv.
+Backends and devices
+--------------------
+Continuous: ``"onnx"`` (default) runs a fixed-shape step graph with state
+inputs/outputs (:mod:`emberd.models.streaming_onnx`; ``device="cuda"`` keeps
+the state on the GPU with IO binding), ``"numpy"`` im2col GEMMs on BLAS
+(:class:`emberd.models.conv_numpy.NumpyStack`). Exact: numpy
+(:class:`emberd.models.streaming_exact.ExactStack`) on the CPU whatever the
+device. All are allocation-free per hop after construction; C channels share
+every conv.
 """
 
 from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from emberd.errors import EmberdError
 from emberd.models import conv_numpy as cn
 
+if TYPE_CHECKING:
+    from emberd.models.streaming_exact import ExactStack
+    from emberd.models.streaming_onnx import OnnxStack
+
+log = logging.getLogger(__name__)
+
 WINDOW_FRAMES = 100  # aiSFX EMB_BLOCK_LENGTH: 2.32 s at 1024-sample hops, 44.1 kHz
 COLUMN_FRAMES = cn.TIME_STRIDE_FRAMES  # 8 input frames per block-4 column
 BACKENDS = ("onnx", "numpy")
+EDGES = ("exact", "continuous")
+DEVICES = ("auto", "cpu", "cuda")
+EXACT_BLAS_THREADS = 1  # OpenBLAS at 2 threads ran the exact hop ~10x slower on 2 loaded cores
 
 
 class StreamingEncoder:
-    """Incremental aiSFX encoder over a continuous multi-channel stream of mel frames.
+    """Incremental aiSFX encoder over a multi-channel stream of mel frames.
 
     Parameters
     ----------
@@ -91,24 +111,38 @@ class StreamingEncoder:
         Typical frames per :meth:`push` (the daemon's hop); sizes the buffers so
         that pushes up to this size allocate nothing.
     window_frames : int
-        Reference window length in frames; the embedding maxes over the last
-        ``window_frames // 8`` columns.
+        Reference window length in frames.
     channels : int
         Independent streams processed together in every conv.
     threads : int
-        ONNX Runtime intra-op threads (``"onnx"``) or BLAS threads (``"numpy"``;
-        BLAS pools are process-wide, so this sets them for the whole process).
-    backend : {"onnx", "numpy"}
-        Compute path, see the module docstring.
+        ONNX Runtime intra-op threads (continuous ``"onnx"``) or BLAS threads
+        (continuous ``"numpy"``; BLAS pools are process-wide, so this sets them
+        for the whole process). Exact mode runs BLAS at 1 thread
+        (:data:`EXACT_BLAS_THREADS`).
+    backend : {"onnx", "numpy"}, optional
+        Compute path; default ``"numpy"`` for exact edges (the only one),
+        ``"onnx"`` for continuous.
     spinning : bool
         ONNX Runtime only: let idle worker threads spin between hops.
+    edges : {"exact", "continuous"}
+        Window-edge treatment, see the module docstring.
+    pad_frame : ndarray, float32 [96], optional
+        Exact mode: the frame the window holds before the stream starts
+        (default zeros).
+    device : {"auto", "cpu", "cuda"}
+        Continuous ONNX backend: execution provider, chosen and falling back to
+        CPU like :class:`emberd.models.runtime.Encoder`. The numpy paths always
+        run on the CPU (``"cuda"`` then logs a warning).
 
     Attributes
     ----------
     provider : str
         What runs the convs: the ONNX Runtime execution provider or ``"numpy"``.
-    channels, dim, window_columns, chunk_frames : int
-        Streams, embedding size (512), columns in the max (12), buffer step.
+    edges : str
+        ``"exact"`` or ``"continuous"``.
+    channels, dim, window_frames, window_columns, chunk_frames : int
+        Streams, embedding size (512), window (100), columns in the max (12),
+        buffer step.
 
     Examples
     --------
@@ -125,8 +159,11 @@ class StreamingEncoder:
         window_frames: int = WINDOW_FRAMES,
         channels: int = 1,
         threads: int = 2,
-        backend: str = "onnx",
+        backend: str | None = None,
         spinning: bool = False,
+        edges: str = "exact",
+        pad_frame: np.ndarray | None = None,
+        device: str = "cpu",
     ) -> None:
         if hop_frames < 1:
             raise EmberdError(f"streaming encoder: hop_frames must be >= 1, got {hop_frames}")
@@ -138,32 +175,54 @@ class StreamingEncoder:
             raise EmberdError(f"streaming encoder: channels must be >= 1, got {channels}")
         if threads < 1:
             raise EmberdError(f"streaming encoder: threads must be >= 1, got {threads}")
+        if edges not in EDGES:
+            raise EmberdError(
+                f"streaming encoder: unknown edges {edges!r}, expected one of {EDGES}"
+            )
+        if device not in DEVICES:
+            raise EmberdError(f"streaming encoder: device {device!r}, expected one of {DEVICES}")
+        if backend is None:
+            backend = "numpy" if edges == "exact" else "onnx"
         if backend not in BACKENDS:
             raise EmberdError(
                 f"streaming encoder: unknown backend {backend!r}, expected one of {BACKENDS}"
             )
+        if edges == "exact" and backend != "numpy":
+            raise EmberdError("streaming encoder: exact edges run on the numpy backend only")
         weights = cn.check_folded(folded)
         self.channels = channels
         self.backend = backend
+        self.edges = edges
+        self.window_frames = window_frames
         self.window_columns = window_frames // COLUMN_FRAMES
         self.dim = int(weights[-1][0].shape[0])
         self.chunk_frames = -(-hop_frames // COLUMN_FRAMES) * COLUMN_FRAMES
+        self._onnx: OnnxStack | None = None
+        self._numpy: cn.NumpyStack | None = None
+        self._exact: ExactStack | None = None
         if backend == "onnx":
             from emberd.models.streaming_onnx import OnnxStack
 
-            self._onnx: OnnxStack | None = OnnxStack(
-                weights, channels, threads=threads, spinning=spinning
+            self._onnx = OnnxStack(
+                weights, channels, threads=threads, spinning=spinning, device=device
             )
-            self._numpy: cn.NumpyStack | None = None
             self._latency = self._onnx.latency_frames
-            self.provider = self._onnx.provider
+            self.provider: str = self._onnx.provider
         else:
             from threadpoolctl import threadpool_limits
 
-            threadpool_limits(limits=threads, user_api="blas")
-            self._onnx = None
-            self._numpy = cn.NumpyStack(weights, channels, self.chunk_frames)
-            self._latency = self._numpy.latency_frames
+            if device == "cuda":
+                log.warning("streaming encoder: the numpy backend runs on the CPU, not CUDA")
+            if edges == "exact":
+                from emberd.models.streaming_exact import ExactStack
+
+                threadpool_limits(limits=EXACT_BLAS_THREADS, user_api="blas")
+                self._exact = ExactStack(weights, channels, window_frames, pad_frame)
+                self._latency = 0
+            else:
+                threadpool_limits(limits=threads, user_api="blas")
+                self._numpy = cn.NumpyStack(weights, channels, self.chunk_frames)
+                self._latency = self._numpy.latency_frames
             self.provider = "numpy"  # BLAS GEMMs
         self._ring = np.zeros((self.window_columns, channels, self.dim), np.float32)
         self._out = np.zeros(
@@ -176,7 +235,7 @@ class StreamingEncoder:
     @property
     def latency_frames(self) -> int:
         """Look-ahead: the embedding ending at ``end_frame`` is returned by the push
-        that delivers frame ``end_frame + latency_frames - 1`` (0-based)."""
+        that delivers frame ``end_frame + latency_frames - 1`` (0-based); 0 for exact."""
         return self._latency
 
     @property
@@ -190,12 +249,14 @@ class StreamingEncoder:
             self._onnx.reset()
         if self._numpy is not None:
             self._numpy.reset()
+        if self._exact is not None:
+            self._exact.reset()
         self._columns = 0
         self._frames_in = 0
-        self._fill = 0  # frames waiting in the ONNX step buffer
+        self._fill = 0  # frames waiting in the 8-frame step buffer (ONNX, exact)
 
     def push(self, frames: np.ndarray) -> list[tuple[int, np.ndarray]]:
-        """Feed the next mel frames; return one embedding per newly completed column.
+        """Feed the next mel frames; return one embedding per newly completed step.
 
         Parameters
         ----------
@@ -205,11 +266,12 @@ class StreamingEncoder:
         Returns
         -------
         list of (end_frame, embedding)
-            ``end_frame``: exclusive end (a multiple of 8, counted from the stream
-            start) of the 96 frames the embedding covers; the matching 100-frame
-            reference window starts at ``end_frame - 96``. ``embedding``: float32
-            ``[channels, 512]``, a view into an internal buffer that the next push
-            overwrites; copy it to keep it.
+            ``end_frame``: a multiple of 8, counted from the stream start. Exact
+            edges: the embedding is the reference on frames ``[end_frame - 100,
+            end_frame)``. Continuous: it covers ``[end_frame - 96, end_frame)``;
+            the matching 100-frame reference window starts at ``end_frame - 96``.
+            ``embedding``: float32 ``[channels, 512]``, a view into an internal
+            buffer that the next push overwrites; copy it to keep it.
 
         Raises
         ------
@@ -236,15 +298,37 @@ class StreamingEncoder:
         most = (self._frames_in + n) // COLUMN_FRAMES - self._frames_in // COLUMN_FRAMES + 1
         if most > self._out.shape[0]:  # only a push longer than hop_frames gets here
             self._out = np.zeros((most, self.channels, self.dim), np.float32)
-        made = 0
-        if self._onnx is not None:
-            made = self._push_onnx(x)
-        else:
-            made = self._push_numpy(x)
+        if self._exact is not None:
+            made = self._push_exact(x)
+            last = self._frames_in // COLUMN_FRAMES * COLUMN_FRAMES
+            return [(last - (made - 1 - k) * COLUMN_FRAMES, self._out[k]) for k in range(made)]
+        made = self._push_onnx(x) if self._onnx is not None else self._push_numpy(x)
         first = self._columns - made
         return [((first + k + 1) * COLUMN_FRAMES, self._out[k]) for k in range(made)]
 
     # ----------------------------------------------------------------- private
+
+    def _push_exact(self, x: np.ndarray) -> int:
+        stack = self._exact
+        assert stack is not None
+        made = 0
+        start = 0
+        n = x.shape[1]
+        while start < n:
+            take = min(COLUMN_FRAMES - self._fill, n - start)
+            # The stack's step buffer is time-major [8, C, 96].
+            stack.frames[self._fill : self._fill + take] = x[:, start : start + take].transpose(
+                1, 0, 2
+            )
+            self._fill += take
+            self._frames_in += take
+            start += take
+            if self._fill == COLUMN_FRAMES:
+                self._fill = 0
+                stack.step()
+                self._out[made] = stack.embedding
+                made += 1
+        return made
 
     def _push_onnx(self, x: np.ndarray) -> int:
         stack = self._onnx

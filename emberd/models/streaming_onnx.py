@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from emberd.errors import EmberdError
 from emberd.models import conv_numpy as cn
 from emberd.models.onnxrt import onnxruntime
 
@@ -173,25 +174,52 @@ class OnnxStack:
         ONNX Runtime intra-op threads.
     spinning : bool
         Let idle intra-op threads spin between steps (lower latency, burns CPU).
+    device : {"auto", "cpu", "cuda"}
+        Provider choice and CPU fallback as :class:`emberd.models.runtime.Encoder`.
+        On CUDA the state lives on the device: two sets of state OrtValues,
+        each run reads one set and writes the other (the bindings swap each
+        step); only the 8 new frames go up and the 512-d column comes back.
+
+    Attributes
+    ----------
+    provider : str
+        The execution provider really running the graph.
     """
 
     latency_frames = LATENCY_FRAMES
 
     def __init__(
-        self, folded: cn.Folded, channels: int, *, threads: int = 2, spinning: bool = False
+        self,
+        folded: cn.Folded,
+        channels: int,
+        *,
+        threads: int = 2,
+        spinning: bool = False,
+        device: str = "cpu",
     ) -> None:
-        from emberd.models.runtime import session_options
+        from emberd.models import runtime as rt
 
+        if device not in rt.DEVICES:
+            raise EmberdError(f"device {device!r}: choose from {', '.join(rt.DEVICES)}")
         ort = onnxruntime()
         model = build_step_graph(folded, channels)
-        # The same threading and spinning policy as the windowed Encoder. CPU only:
-        # one small step per hop is latency-bound, and the lead measures GPU separately.
+        available = ort.get_available_providers()
+        providers: list[Any] = [rt.CPU_EP]
+        if device in ("auto", "cuda") and rt.CUDA_EP in available:
+            providers = [(rt.CUDA_EP, {"device_id": 0}), rt.CPU_EP]
         self._session = ort.InferenceSession(
             model.SerializeToString(),
-            session_options(threads, spinning=spinning),
-            providers=["CPUExecutionProvider"],
+            rt.session_options(threads, spinning=spinning),
+            providers=providers,
         )
         self.provider: str = self._session.get_providers()[0]
+        if device == "cuda" and self.provider != rt.CUDA_EP:
+            rt._state_fallback_once(
+                "this ONNX Runtime has no CUDA provider"
+                if rt.CUDA_EP not in available
+                else "the CUDA provider failed to initialise"
+            )
+        on_gpu = self.provider == rt.CUDA_EP
         self.channels = channels
         self.dim = int(folded[-1][0].shape[0])
         shapes = state_shapes(folded, channels)
@@ -202,44 +230,59 @@ class OnnxStack:
         ]
         self._masks = [np.ones((1, 1, r[2], 1), np.float32) for r in _ROWS]
         self._warm_masks = [row_masks(s) for s in range(WARMUP_STEPS)]
+        # CPU: OrtValues share the numpy buffers. CUDA: device buffers, refreshed by
+        # update_inplace from the numpy ones (frames each step, masks in warm-up).
+        where = ("cuda", 0) if on_gpu else None
+        self._frames_v = self._value(self.frames, where)
+        self._mask_v = [self._value(m, where) for m in self._masks]
+        self._state_v = [{k: self._value(a, where) for k, a in st.items()} for st in self._states]
+        self._column_v = self._value(self.column, None)  # read on the host either way
+        self._on_gpu = on_gpu
         self._bindings = []
         for side in range(2):
             binding = self._session.io_binding()
-            self._bind(binding, FRAMES, self.frames, out=False)
-            for i, mask in enumerate(self._masks):
-                self._bind(binding, f"mask{i}", mask, out=False)
+            binding.bind_ortvalue_input(FRAMES, self._frames_v)
+            for i, mask in enumerate(self._mask_v):
+                binding.bind_ortvalue_input(f"mask{i}", mask)
             for name in shapes:
-                self._bind(binding, name, self._states[side][name], out=False)
-                self._bind(binding, f"{name}_out", self._states[1 - side][name], out=True)
-            self._bind(binding, COLUMN, self.column, out=True)
+                binding.bind_ortvalue_input(name, self._state_v[side][name])
+                binding.bind_ortvalue_output(f"{name}_out", self._state_v[1 - side][name])
+            binding.bind_ortvalue_output(COLUMN, self._column_v)
             self._bindings.append(binding)
         self.reset()
 
     @staticmethod
-    def _bind(binding: Any, name: str, arr: np.ndarray, *, out: bool) -> None:
+    def _value(arr: np.ndarray, where: tuple[str, int] | None) -> Any:
+        """An OrtValue for ``arr``: sharing its memory on CPU, a device copy on CUDA."""
         ort = onnxruntime()
-        value = ort.OrtValue.ortvalue_from_numpy(arr)  # shares arr's memory on CPU
-        if out:
-            binding.bind_ortvalue_output(name, value)
-        else:
-            binding.bind_ortvalue_input(name, value)
+        if where is None:
+            return ort.OrtValue.ortvalue_from_numpy(arr)
+        return ort.OrtValue.ortvalue_from_numpy(arr, where[0], where[1])
 
     def reset(self) -> None:
         """Zero the context (stream start = zero padding) and restart the warm-up masks."""
-        for states in self._states:
-            for arr in states.values():
+        for states, values in zip(self._states, self._state_v, strict=True):
+            for name, arr in states.items():
                 arr[...] = 0.0
+                if self._on_gpu:
+                    values[name].update_inplace(arr)
         self._step = 0
         self._side = 0
 
     def run(self) -> bool:
         """Run one step on :attr:`frames`; return True if :attr:`column` is a valid column."""
+        masks_changed = self._step <= WARMUP_STEPS
         if self._step < WARMUP_STEPS:
             for dst, src in zip(self._masks, self._warm_masks[self._step], strict=True):
                 dst[...] = src
         elif self._step == WARMUP_STEPS:
             for dst in self._masks:
                 dst[...] = 1.0
+        if self._on_gpu:
+            self._frames_v.update_inplace(self.frames)
+            if masks_changed:
+                for value, mask in zip(self._mask_v, self._masks, strict=True):
+                    value.update_inplace(mask)
         self._session.run_with_iobinding(self._bindings[self._side])
         self._side = 1 - self._side
         self._step += 1
