@@ -1,22 +1,23 @@
-"""Streaming encoder benchmark: per-hop cost against the full-window run, and quality.
+"""Streaming encoder benchmark: both edge modes against the full-window run, and quality.
 
-In one process, interleaved so both see the same machine load:
+In one process, interleaved call by call so all paths see the same machine load,
+repeated in rounds (the figures are medians over rounds):
 
-* the full-window aiSFX ONNX graph on one 100-frame window (the anchor);
-* the streaming encoder at 8-frame hops, ONNX step graph (default) and numpy
-  im2col backend, 1 channel and 8 channels batched;
+* the full-window aiSFX ONNX graph on 100-frame windows (the anchor), 1 and 8;
+* exact edges (default; numpy, 1 BLAS thread) at 8-frame hops, 1 and 8 channels;
+* continuous edges (ONNX step graph) at 8-frame hops, 1 and 8 channels;
 
-all with 2 threads, spinning off (as the daemon runs). Then quality on real
-audio (hydrogen-drumkits one-shots with gaps, plus a synthesised loop):
-cosine between each streaming embedding and the windowed reference (ONNX on
-the same 100 frames, zero-padded edges) and against the network run on the
-whole stream (exact by construction), and a small identification check: the
-one-shots again, each alone in its window in a second stream, their embedding
-at the onset queried (top-1, cosine) against a library of the isolated
-one-shots embedded windowed, streaming vs windowed queries.
+ONNX Runtime with 2 threads, spinning off (as the daemon runs). Then quality on
+real audio (hydrogen-drumkits one-shots with gaps, plus a synthesised loop):
+cosine between each mode's embeddings and the windowed reference on the same
+100 frames; identification (each one-shot alone in a second stream, queried
+top-1 against a library of the isolated one-shots embedded windowed); and the
+onset-to-top-1 delay, audio time from a one-shot's onset until the first
+embedding that finds it is *delivered* (the daemon's "within 1 s" criterion).
 
 The last line is ``per_hop_ms_p50=... per_hop_ms_p99=... full_window_ms_p50=...
-speedup=... cos_p5=...`` (1 channel, ONNX backend, 8-frame hops).
+speedup=... cos_p5=...`` for the default mode (exact edges, 1 channel, 8-frame
+hops); the continuous mode's figures are on the lines before it.
 
 Usage: ``python bench/streaming.py [--quick]``. Fetches aiSFX if needed.
 aiSFX: Ma & Lerch, ISMIR 2022 (MIT code, CC BY 4.0 model).
@@ -38,6 +39,7 @@ from emberd.models.runtime import session_options
 from emberd.models.streaming import StreamingEncoder
 
 THREADS = 2
+ROUNDS = 3  # interleaved timing rounds; medians over rounds
 HOP_FRAMES = 8  # one block-4 column per hop
 WINDOW_FRAMES = 100
 FRAME_MS = 1024 / 44100 * 1e3  # 23.2 ms per mel frame
@@ -88,7 +90,7 @@ def dense_stream(shots: list[np.ndarray], rng: np.random.Generator) -> np.ndarra
 
 
 def spaced_stream(shots: list[np.ndarray]) -> tuple[np.ndarray, list[int]]:
-    """Each one-shot alone in its window: onsets every SPACING_FRAMES (on the column grid).
+    """Each one-shot alone in its window: onsets every SPACING_FRAMES (a multiple of 8).
 
     Returns the stream and the onset frame of each shot.
     """
@@ -108,11 +110,21 @@ def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     )
 
 
+def run_stream(enc: StreamingEncoder, mel: np.ndarray) -> dict[int, np.ndarray]:
+    """Push ``mel [T, 96]`` in 8-frame hops; map end_frame -> embedding copy."""
+    enc.reset()
+    got: dict[int, np.ndarray] = {}
+    for s in range(0, mel.shape[0], HOP_FRAMES):
+        for end, emb in enc.push(mel[None, s : s + HOP_FRAMES]):
+            got[end] = emb[0].copy()
+    return got
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer hops and one-shots")
     args = parser.parse_args()
-    n_hops = 150 if args.quick else 600
+    n_hops = 60 if args.quick else 200
     n_shots = 30 if args.quick else 80
 
     from emberd.dsp.config import preset
@@ -145,73 +157,74 @@ def main() -> None:
     window1 = np.ascontiguousarray(mel[None, :WINDOW_FRAMES])
     window8 = np.ascontiguousarray(frames8[:, :WINDOW_FRAMES])
     encs = {
-        "stream onnx  C=1": StreamingEncoder(folded, hop_frames=HOP_FRAMES, threads=THREADS),
-        "stream onnx  C=8": StreamingEncoder(
-            folded, hop_frames=HOP_FRAMES, channels=8, threads=THREADS
-        ),
-        "stream numpy C=1": StreamingEncoder(
-            folded, hop_frames=HOP_FRAMES, threads=THREADS, backend="numpy"
-        ),
-        "stream numpy C=8": StreamingEncoder(
-            folded, hop_frames=HOP_FRAMES, channels=8, threads=THREADS, backend="numpy"
-        ),
+        f"{edges:<10} C={c}": StreamingEncoder(
+            folded, hop_frames=HOP_FRAMES, channels=c, threads=THREADS, edges=edges
+        )
+        for edges in ("exact", "continuous")
+        for c in (1, 8)
     }
 
     def hop(enc: StreamingEncoder) -> Callable[[int], object]:
         x = frames8[: enc.channels]
         return lambda i: enc.push(x[:, i * HOP_FRAMES : (i + 1) * HOP_FRAMES])
 
-    # (fn, every): the costly paths run on every 2nd/4th round to keep the run short.
+    # (fn, every): the 8-channel full window runs every 4th round to keep the run short.
     fns: dict[str, tuple[Callable[[int], object], int]] = {
-        "full window  C=1": (lambda i: full_embed(window1), 1),
-        "full window  C=8": (lambda i: full_embed(window8), 4),
-        "stream onnx  C=1": (hop(encs["stream onnx  C=1"]), 1),
-        "stream onnx  C=8": (hop(encs["stream onnx  C=8"]), 1),
-        "stream numpy C=1": (hop(encs["stream numpy C=1"]), 2),
-        "stream numpy C=8": (hop(encs["stream numpy C=8"]), 4),
+        "full window C=1": (lambda i: full_embed(window1), 1),
+        "full window C=8": (lambda i: full_embed(window8), 4),
+        **{name: (hop(enc), 1) for name, enc in encs.items()},
     }
-    for fn, _every in fns.values():  # warm-up: ORT plans, first pushes fill the context
+    for fn, _every in fns.values():  # warm-up: ORT plans, first pushes
         for i in range(5):
             fn(i)
-    for enc in encs.values():
-        enc.reset()
-    times = timed(fns, n_hops)
-    anchor = float(np.percentile(times["full window  C=1"], 50))
-    print(f"\nper call, {THREADS} threads, spinning off, interleaved rounds")
-    print(f"{'path':<18} {'calls':>6} {'p50 ms':>8} {'p99 ms':>8} {'x anchor':>9}")
-    for name, t in times.items():
-        p50, p99 = np.percentile(t, [50, 99])
-        print(f"{name:<18} {t.size:6d} {p50:8.3f} {p99:8.3f} {p50 / anchor:9.3f}")
-    print("(anchor: full window C=1; the stream rows are one 8-frame hop each)")
+    rounds: list[dict[str, np.ndarray]] = []
+    for _ in range(ROUNDS):
+        for enc in encs.values():
+            enc.reset()
+        rounds.append(timed(fns, n_hops))
+    med: dict[str, tuple[float, float]] = {}
+    for name in fns:
+        pct = np.array([np.percentile(r[name], [50, 99]) for r in rounds])
+        med[name] = (float(np.median(pct[:, 0])), float(np.median(pct[:, 1])))
+    ratio = {  # per-round p50 ratios to the same-round full window, then the median
+        name: float(np.median([np.percentile(r[f"full window C={name[-1]}"], 50)
+                               / np.percentile(r[name], 50) for r in rounds]))
+        for name in encs
+    }  # fmt: skip
+    print(f"\nper call, ORT {THREADS} threads, spinning off, interleaved; medians of {ROUNDS} "
+          f"rounds x {n_hops} hops")  # fmt: skip
+    print(f"{'path':<18} {'p50 ms':>8} {'p99 ms':>8} {'full/this':>10}")
+    for name in fns:
+        p50, p99 = med[name]
+        print(f"{name:<18} {p50:8.3f} {p99:8.3f} {ratio.get(name, 1.0):10.2f}")
+    print("(full/this: same-channel full-window p50 over this path's p50, per round)")
     hop_ms = HOP_FRAMES * FRAME_MS
-    p99_8 = float(np.percentile(times["stream onnx  C=8"], 99))
-    print(
-        f"8 channels per 8-frame hop: p99 {p99_8:.2f} ms of the {hop_ms:.1f} ms hop "
-        f"({100 * p99_8 / hop_ms:.1f}%)"
-    )
+    for name in ("exact      C=8", "continuous C=8"):
+        p99_8 = med[name][1]
+        print(f"{name.split()[0]}, 8 channels per 8-frame hop: p99 {p99_8:.2f} ms of the "
+              f"{hop_ms:.1f} ms hop ({100 * p99_8 / hop_ms:.1f}%)")  # fmt: skip
 
     # --------------------------------------------------------------- quality
-    enc = StreamingEncoder(folded, hop_frames=HOP_FRAMES, threads=THREADS)
-    got: dict[int, np.ndarray] = {}
-    for s in range(0, mel.shape[0], HOP_FRAMES):
-        for end, emb in enc.push(mel[None, s : s + HOP_FRAMES]):
-            got[end] = emb[0].copy()
-    ends = [e for e in sorted(got) if e >= 96 and e + 4 <= mel.shape[0]]
-    windows = np.stack([mel[e - 96 : e + 4] for e in ends])
-    ref = np.concatenate([full_embed(windows[i : i + 64]) for i in range(0, len(ends), 64)])
-    stream = np.stack([got[e] for e in ends])
-    cos = cosine(stream, ref)
-    cols = cn.forward_columns(folded, mel[None, : mel.shape[0] // 8 * 8])[0]
-    whole = np.stack([cols[max(0, e // 8 - 12) : e // 8].max(axis=0) for e in ends])
-    print(
-        f"\nquality on {len(ends)} embeddings: cosine to the windowed reference "
-        f"p1 {np.percentile(cos, 1):.4f} p5 {np.percentile(cos, 5):.4f} "
-        f"p50 {np.percentile(cos, 50):.4f} min {cos.min():.4f}; "
-        f"max |stream - whole-stream network| {np.abs(stream - whole).max():.2e}"
-    )
+    exact = StreamingEncoder(folded, hop_frames=HOP_FRAMES, pad_frame=mel.min(axis=0))
+    cont = StreamingEncoder(folded, hop_frames=HOP_FRAMES, threads=THREADS, edges="continuous")
+    cos: dict[str, np.ndarray] = {}
+    for name, enc, shift in (("exact", exact, 0), ("continuous", cont, 4)):
+        # Exact: the window ends at end_frame; continuous: it starts at end_frame - 96.
+        got = run_stream(enc, mel)
+        ends = [e for e in sorted(got) if e + shift >= WINDOW_FRAMES and e + shift <= mel.shape[0]]
+        windows = np.stack([mel[e + shift - WINDOW_FRAMES : e + shift] for e in ends])
+        ref = np.concatenate([full_embed(windows[i : i + 64]) for i in range(0, len(ends), 64)])
+        emb = np.stack([got[e] for e in ends])
+        cos[name] = cosine(emb, ref)
+        c = cos[name]
+        print(f"\n{name}: {len(ends)} embeddings, cosine to the windowed reference p1 "
+              f"{np.percentile(c, 1):.5f} p5 {np.percentile(c, 5):.5f} p50 "
+              f"{np.percentile(c, 50):.5f} min {c.min():.5f}; max abs diff "
+              f"{np.abs(emb - ref).max():.2e}", end="")  # fmt: skip
+    print()
 
-    # Identification: each one-shot, alone in its window in a stream, queried
-    # against a library of the isolated one-shots embedded with the windowed net.
+    # Identification and onset-to-top-1 delay: each one-shot alone in a second
+    # stream, queried against a library of the isolated one-shots embedded windowed.
     lib_windows = np.zeros((len(shots), WINDOW_FRAMES, cn.N_MELS), np.float32)
     for i, shot in enumerate(shots):
         m = melspectrogram(shot, preset("aisfx"))[:WINDOW_FRAMES]
@@ -219,28 +232,48 @@ def main() -> None:
     library = np.concatenate([full_embed(lib_windows[i : i + 32]) for i in range(0, n_shots, 32)])
     y2, onsets = spaced_stream(shots)
     mel2 = melspectrogram(y2, preset("aisfx"))
-    enc.reset()
-    got2: dict[int, np.ndarray] = {}
-    for s in range(0, mel2.shape[0], HOP_FRAMES):
-        for end, emb in enc.push(mel2[None, s : s + HOP_FRAMES]):
-            got2[end] = emb[0].copy()
-    q_stream = np.stack([got2[o + 96] for o in onsets])
-    wins2 = np.stack([mel2[o : o + WINDOW_FRAMES] for o in onsets])
-    q_window = np.concatenate([full_embed(wins2[i : i + 32]) for i in range(0, n_shots, 32)])
     truth = np.arange(n_shots)
-    picks = {}
-    for name, q in (("windowed", q_window), ("streaming", q_stream)):
-        picks[name] = cosine(q[:, None], library[None]).argmax(axis=1)
-        top1 = 100 * float((picks[name] == truth).mean())
-        print(f"identification top-1 ({name}): {top1:.1f}% of {n_shots} one-shots")
-    same = 100 * float((picks["windowed"] == picks["streaming"]).mean())
-    print(f"streaming and windowed pick the same library item for {same:.1f}%")
+    for lead in (0, 4):  # the library's alignment, and exact mode's (ends on the 8-grid)
+        wins2 = np.stack([mel2[o - lead : o - lead + WINDOW_FRAMES] for o in onsets])
+        q_win = np.concatenate([full_embed(wins2[i : i + 32]) for i in range(0, n_shots, 32)])
+        top1 = 100 * float((cosine(q_win[:, None], library[None]).argmax(1) == truth).mean())
+        print(f"identification top-1, windowed on [onset - {lead}, onset + {100 - lead}): "
+              f"{top1:.1f}% of {n_shots}")  # fmt: skip
+    for name, enc, query_end, delivered_after in (
+        ("exact", exact, 96, 0),  # window [onset - 4, onset + 96)
+        ("continuous", cont, 96, cont.latency_frames),  # covers [onset, onset + 96)
+    ):
+        got2 = run_stream(enc, mel2)
+        q = np.stack([got2[o + query_end] for o in onsets])
+        top1 = 100 * float((cosine(q[:, None], library[None]).argmax(1) == truth).mean())
+        # Delay: audio from the onset until the first embedding whose top-1 is right
+        # is delivered (its end frame plus the mode's look-ahead).
+        delays = []
+        for i, o in enumerate(onsets):
+            steps = range(o + HOP_FRAMES, o + SPACING_FRAMES, HOP_FRAMES)
+            qs = np.stack([got2[e] for e in steps if e in got2])
+            hit = np.flatnonzero(cosine(qs[:, None], library[None]).argmax(1) == i)
+            if hit.size:
+                delays.append((HOP_FRAMES * (hit[0] + 1) + delivered_after) * FRAME_MS)
+        d = np.asarray(delays)
+        print(f"identification top-1, {name}: {top1:.1f}%; onset-to-top-1 delay (delivered) "
+              f"p50 {np.median(d):.0f} ms p90 {np.percentile(d, 90):.0f} ms, within 1 s "
+              f"{100 * float((d <= 1000).sum()) / n_shots:.1f}% of one-shots")  # fmt: skip
 
-    t1 = times["stream onnx  C=1"]
-    p50, p99 = np.percentile(t1, [50, 99])
+    c50, c99 = med["continuous C=1"]
+    print(f"continuous (other mode): per_hop_ms_p50={c50:.3f} per_hop_ms_p99={c99:.3f} "
+          f"speedup={ratio['continuous C=1']:.2f} cos_p5={np.percentile(cos['continuous'], 5):.4f}"
+          f"; 8 channels p50={med['continuous C=8'][0]:.3f} "
+          f"speedup={ratio['continuous C=8']:.2f}")  # fmt: skip
+    e50, e99 = med["exact      C=1"]
+    print(f"exact 8 channels: per_hop_ms_p50={med['exact      C=8'][0]:.3f} "
+          f"per_hop_ms_p99={med['exact      C=8'][1]:.3f} "
+          f"full_window_ms_p50={med['full window C=8'][0]:.3f} "
+          f"speedup={ratio['exact      C=8']:.2f}")  # fmt: skip
     print(
-        f"per_hop_ms_p50={p50:.3f} per_hop_ms_p99={p99:.3f} full_window_ms_p50={anchor:.3f} "
-        f"speedup={anchor / p50:.2f} cos_p5={np.percentile(cos, 5):.4f}"
+        f"per_hop_ms_p50={e50:.3f} per_hop_ms_p99={e99:.3f} "
+        f"full_window_ms_p50={med['full window C=1'][0]:.3f} "
+        f"speedup={ratio['exact      C=1']:.2f} cos_p5={np.percentile(cos['exact'], 5):.4f}"
     )
 
 

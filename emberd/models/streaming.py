@@ -87,7 +87,7 @@ from emberd.errors import EmberdError
 from emberd.models import conv_numpy as cn
 
 if TYPE_CHECKING:
-    from emberd.models.streaming_exact import ExactStack
+    from emberd.models.streaming_exact import ExactGroups
     from emberd.models.streaming_onnx import OnnxStack
 
 log = logging.getLogger(__name__)
@@ -118,7 +118,8 @@ class StreamingEncoder:
         ONNX Runtime intra-op threads (continuous ``"onnx"``) or BLAS threads
         (continuous ``"numpy"``; BLAS pools are process-wide, so this sets them
         for the whole process). Exact mode runs BLAS at 1 thread
-        (:data:`EXACT_BLAS_THREADS`).
+        (:data:`EXACT_BLAS_THREADS`) and steps up to ``threads`` channel groups
+        in parallel instead.
     backend : {"onnx", "numpy"}, optional
         Compute path; default ``"numpy"`` for exact edges (the only one),
         ``"onnx"`` for continuous.
@@ -199,7 +200,7 @@ class StreamingEncoder:
         self.chunk_frames = -(-hop_frames // COLUMN_FRAMES) * COLUMN_FRAMES
         self._onnx: OnnxStack | None = None
         self._numpy: cn.NumpyStack | None = None
-        self._exact: ExactStack | None = None
+        self._exact: ExactGroups | None = None
         if backend == "onnx":
             from emberd.models.streaming_onnx import OnnxStack
 
@@ -214,10 +215,11 @@ class StreamingEncoder:
             if device == "cuda":
                 log.warning("streaming encoder: the numpy backend runs on the CPU, not CUDA")
             if edges == "exact":
-                from emberd.models.streaming_exact import ExactStack
+                from emberd.models.streaming_exact import ExactGroups
 
                 threadpool_limits(limits=EXACT_BLAS_THREADS, user_api="blas")
-                self._exact = ExactStack(weights, channels, window_frames, pad_frame)
+                # Parallelism across channel groups instead: one core per group.
+                self._exact = ExactGroups(weights, channels, window_frames, pad_frame, threads)
                 self._latency = 0
             else:
                 threadpool_limits(limits=threads, user_api="blas")

@@ -56,6 +56,8 @@ is shifted or allocated per step.
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 from emberd.errors import EmberdError
@@ -330,3 +332,67 @@ class ExactStack:
             _gather(pre, src_base, 2 * p, 2 * q, raw)
             cn.pool2x2(raw[: 2 * k], half, out[:k])
             _scatter(dst, dst_base, p, out[:k])
+
+
+class ExactGroups:
+    """:class:`ExactStack` over channel groups, stepped in parallel threads.
+
+    The channels are split into ``groups`` contiguous groups, each its own stack;
+    a step runs group 0 on the calling thread and the others on a small thread
+    pool (numpy releases the GIL in the GEMMs and copies), so C channels use up
+    to ``groups`` cores at 1 BLAS thread each. Same interface as ExactStack.
+
+    Parameters
+    ----------
+    folded, channels, window_frames, pad_frame
+        As :class:`ExactStack`.
+    groups : int
+        Parallel channel groups (clipped to ``channels``).
+    """
+
+    def __init__(
+        self,
+        folded: cn.Folded,
+        channels: int,
+        window_frames: int,
+        pad_frame: np.ndarray | None = None,
+        groups: int = 1,
+    ) -> None:
+        import weakref
+        from concurrent.futures import ThreadPoolExecutor
+
+        groups = max(1, min(groups, channels))
+        bounds = np.linspace(0, channels, groups + 1).round().astype(int)
+        self._slices = [(int(a), int(b)) for a, b in itertools.pairwise(bounds)]
+        self._stacks = [
+            ExactStack(folded, b - a, window_frames, pad_frame) for a, b in self._slices
+        ]
+        self.dim = self._stacks[0].dim
+        self.frames = np.zeros((STEP_FRAMES, channels, cn.N_MELS), np.float32)
+        self.embedding = np.zeros((channels, self.dim), np.float32)
+        self._pool: ThreadPoolExecutor | None = None
+        if groups > 1:
+            self._pool = ThreadPoolExecutor(groups - 1, thread_name_prefix="emberd-exact")
+            weakref.finalize(self, self._pool.shutdown, wait=False)
+
+    def reset(self) -> None:
+        """Reset every group (see :meth:`ExactStack.reset`)."""
+        for stack in self._stacks:
+            stack.reset()
+
+    def step(self) -> None:
+        """Step every group on its slice of :attr:`frames`; fill :attr:`embedding`."""
+        if self._pool is None:
+            self._step_group(0)
+            return
+        futures = [self._pool.submit(self._step_group, g) for g in range(1, len(self._stacks))]
+        self._step_group(0)
+        for f in futures:
+            f.result()  # re-raises a group's exception here
+
+    def _step_group(self, g: int) -> None:
+        a, b = self._slices[g]
+        stack = self._stacks[g]
+        stack.frames[...] = self.frames[:, a:b]
+        stack.step()
+        self.embedding[a:b] = stack.embedding
