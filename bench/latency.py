@@ -147,6 +147,37 @@ threading.Event().wait()
 """
 
 
+CAPTURE_ONLY_SCRIPT = """
+import json, os, sys, time
+import numpy as np
+from emberd.daemon.device import DeviceInput
+d = DeviceInput(None, sr=44100, channels=1, block_size=256)
+d.start()
+buf = np.zeros((4096, 1), np.float32)
+end, ivs = time.time() + float(sys.argv[1]), []
+while time.time() < end:
+    while d.ring.read(buf):
+        pass
+    ivs.append(d.arrivals.new_intervals())
+    time.sleep(0.01)
+dev = np.abs(np.concatenate(ivs) * 1000.0 - 256 / 44.1)
+print(json.dumps({"overflows": d.input_overflows, "callbacks": d.callbacks,
+                  "jitter_p99_ms": float(np.percentile(dev, 99)),
+                  "jitter_max_ms": float(dev.max())}), flush=True)
+os._exit(0)  # skip PortAudio's exit handler (it can abort on JACK)
+"""
+
+
+def capture_only_anchor(env: dict[str, str], seconds: float) -> dict[str, float]:
+    """Callback jitter and overflows of bare capture (no analysis) on the same server."""
+    import json
+
+    out = subprocess.run([sys.executable, "-c", CAPTURE_ONLY_SCRIPT, str(seconds)],
+                         env={**os.environ, **env}, capture_output=True, text=True,
+                         timeout=seconds + 60)  # fmt: skip
+    return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
 def start_player(server: str, wav: Path) -> subprocess.Popen[str]:
     """Loop ``wav`` into PortAudio's JACK input from a child process (its own GIL)."""
     proc = subprocess.Popen([sys.executable, "-c", PLAYER_SCRIPT, server, str(wav)],
@@ -189,6 +220,9 @@ def main(argv: list[str] | None = None) -> int:
         daemon_args += ["--input", "default", "--channels", "0"]
     else:
         daemon_args += ["--input", "synth", "--loop"]
+    anchor_cap: dict[str, float] | None = None
+    if args.source == "jack":  # anchor: the same capture with no daemon at all
+        anchor_cap = capture_only_anchor(env, min(60.0, max(10.0, args.duration / 4)))
     d = Daemon(daemon_args, work / "daemon.log", env=env, osc_in=False)
     subs: list[HopClock] = []
     try:
@@ -239,6 +273,14 @@ def main(argv: list[str] | None = None) -> int:
           f"overflows {status['overflows']}, dropped hops {status['dropped_hops']}, "
           f"datagrams {rx.datagrams} (over 1200 B: {rx.oversize}), ZeroMQ messages per "
           f"subscriber {[len(s.arrivals) for s in subs]}")
+    if anchor_cap is not None:
+        secs = min(60.0, max(10.0, args.duration / 4))
+        per_min = status["overflows"] / ((args.duration + args.warmup) / 60.0)
+        anchor_per_min = anchor_cap["overflows"] / (secs / 60.0)
+        print(f"  anchor, bare capture on the same server for {secs:g} s (no daemon): "
+              f"overflows {anchor_cap['overflows']:g} ({anchor_per_min:.1f}/min; daemon "
+              f"{per_min:.1f}/min, ratio {per_min / max(anchor_per_min, 1e-9):.2f}), jitter p99 "
+              f"{anchor_cap['jitter_p99_ms']:.3f} ms, max {anchor_cap['jitter_max_ms']:.3f} ms")
     if "input_state" in status:  # device input: the stall watchdog's view
         print(f"  device input: state {status['input_state']}, stalls "
               f"{status.get('input_stalls')}, reconnects {status.get('input_reconnects')}")
