@@ -30,6 +30,14 @@ of look-ahead (the numpy path, which runs any number of frames, needs 30).
 Rows with a negative index must read as the reference's zero padding; during
 the first four steps a per-layer 0/1 mask input zeroes them (it is all ones
 afterwards), and the first four columns are discarded.
+
+Devices: ``OnnxStack(device=...)`` picks providers like
+:class:`emberd.models.runtime.Encoder` (CUDA first for ``"auto"``/``"cuda"``,
+CPU fallback with the same one-time warning). On CUDA the two state sets are
+device OrtValues bound once; the bindings alternate each step, so the state
+never leaves the GPU and only 8 frames go up and one column comes back.
+This is the continuous-edge step graph; exact edges run in numpy
+(:mod:`emberd.models.streaming_exact`).
 """
 
 from __future__ import annotations
