@@ -58,7 +58,7 @@ class DaemonConfig:
     channels: str = "mix"
     model: str | None = None
     device: str = "auto"
-    encoder: str = "windowed"
+    encoder: str = "streaming"
     hop_ms: float | None = None
     k: int = 5
     osc: list[str] = field(default_factory=list)

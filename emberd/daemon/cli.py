@@ -21,9 +21,10 @@ def add_daemon_options(p: argparse.ArgumentParser, *, demo: bool = False) -> Non
                    help="encoder (default: aisfx, falling back loudly to dsp-baseline)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                    help="ONNX Runtime device (default auto)")
-    p.add_argument("--encoder", default="windowed", choices=("windowed", "streaming"),
-                   help="windowed: ONNX encoder on the latest window each hop (default); "
-                        "streaming: cached activations, aisfx only")
+    p.add_argument("--encoder", default="streaming", choices=("windowed", "streaming"),
+                   help="streaming: cached activations, same embeddings as windowed, "
+                        "aisfx only (default; other models run windowed); "
+                        "windowed: ONNX encoder on the latest window each hop")
     p.add_argument("--hop-ms", type=float, default=None, metavar="MS",
                    help="analysis hop (default: one mel frame, 23.2 ms for aisfx)")
     p.add_argument("--k", type=int, default=DEFAULT_K,

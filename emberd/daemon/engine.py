@@ -1,12 +1,13 @@
 """Encoder strategies for the live worker: how a hop's embedding is computed.
 
-``windowed`` (default) runs the ONNX :class:`~emberd.models.runtime.Encoder` on the
-latest ``window_frames`` mel frames of every channel, all channels as one batch, every
-hop. ``streaming`` feeds only the new frames to
-:class:`~emberd.models.streaming.StreamingEncoder` (aiSFX only), which keeps the conv
-activations of earlier frames; it emits one embedding per 8 frames, about 0.7 s behind
-the newest frame (its right context). Both implement :class:`HopEncoder`, and the worker
-does not care which one it holds.
+``streaming`` (default) feeds only the new frames to
+:class:`~emberd.models.streaming.StreamingEncoder` (aiSFX only; other models run
+windowed), which keeps the windowed network's activations across hops and recomputes
+only the rows the hop changes: each embedding equals the windowed one on the 100 frames
+ending at the newest complete 8-frame step, with no look-ahead (exact edges).
+``windowed`` runs the ONNX :class:`~emberd.models.runtime.Encoder` on the latest
+``window_frames`` mel frames of every channel, all channels as one batch, every hop.
+Both implement :class:`HopEncoder`, and the worker does not care which one it holds.
 
 An :class:`Engine` bundles the strategy with one :class:`StreamingFrontEnd` per channel;
 ``set_model`` builds a new Engine on the control thread and hands it to the worker.
@@ -25,6 +26,7 @@ from emberd.errors import EmberdError
 log = logging.getLogger(__name__)
 
 ENCODER_STRATEGIES = ("windowed", "streaming")
+STREAMING_MODELS = ("aisfx",)  # models with a streaming implementation; others run windowed
 FRAME_CAPACITY_MIN = 512  # mel frames kept per channel (12 s at 23 ms), more than any window
 SILENCE_PRIME_S = 0.2  # s of zeros pushed through a scratch front end to learn the silence frame
 
@@ -90,9 +92,9 @@ class StreamingHopEncoder:
     def __init__(self, streaming: Any, model: str, channels: int, n_mels: int) -> None:
         self.streaming = streaming
         self.model = model
-        self.provider = str(streaming.provider)  # ONNX Runtime step graph (default) or numpy
+        self.provider = str(streaming.provider)  # numpy (exact edges, default) or ONNX step graph
         self.dim = int(streaming.dim)
-        self.window_frames = int(streaming.window_columns * 8)
+        self.window_frames = int(streaming.window_frames)
         self._fed = 0
         self._buf = np.empty((channels, streaming.chunk_frames * 4, n_mels), np.float32)
         self._last: np.ndarray | None = None
@@ -128,11 +130,12 @@ def build_engine(
     channels: int,
     device: str,
     hop_ms: float | None,
-    strategy: str = "windowed",
+    strategy: str = "streaming",
     threads: int = 2,
 ) -> Engine:
     """Build an Engine for ``model``: a manifest, a name, or None (aiSFX, falling back
-    loudly to dsp-baseline).
+    loudly to dsp-baseline). ``strategy="streaming"`` runs windowed for models without
+    a streaming implementation (everything but aiSFX).
 
     Raises
     ------
@@ -151,8 +154,12 @@ def build_engine(
     capacity = max(FRAME_CAPACITY_MIN, 4 * manifest.window_frames)
     fronts = [StreamingFrontEnd(config, frame_capacity=capacity) for _ in range(channels)]
     encoder: HopEncoder
+    if strategy == "streaming" and manifest.name not in STREAMING_MODELS:
+        log.info("encoder streaming: not available for %s, running windowed", manifest.name)
+        strategy = "windowed"
     if strategy == "streaming":
-        encoder = _streaming(manifest, channels=channels, hop_frames=hop_frames, threads=threads)
+        encoder = _streaming(manifest, channels=channels, hop_frames=hop_frames, threads=threads,
+                             device=device, silence=silence_frame(config))  # fmt: skip
     else:
         from emberd.models.runtime import Encoder
 
@@ -165,7 +172,10 @@ def build_engine(
     return Engine(manifest=manifest, fronts=fronts, encoder=encoder, hop_frames=hop_frames)
 
 
-def _streaming(manifest: Any, *, channels: int, hop_frames: int, threads: int) -> HopEncoder:
+def _streaming(
+    manifest: Any, *, channels: int, hop_frames: int, threads: int, device: str,
+    silence: np.ndarray,
+) -> HopEncoder:
     """Build the streaming aiSFX encoder from the fetched checkpoint."""
     if manifest.name != "aisfx":
         raise EmberdError(f"encoder streaming: only for aisfx, not {manifest.name}")
@@ -180,5 +190,7 @@ def _streaming(manifest: Any, *, channels: int, hop_frames: int, threads: int) -
         window_frames=manifest.window_frames,
         channels=channels,
         threads=threads,
+        pad_frame=silence,  # before the stream: silence, as the windowed path pads
+        device=device,
     )
     return StreamingHopEncoder(enc, manifest.name, channels, manifest.n_mels)
