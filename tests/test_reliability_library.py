@@ -219,6 +219,8 @@ DB_FAULTS: dict[str, Callable[[Path], None]] = {
     "db_garbled_header": lambda p: p.write_bytes(b"\x00" * 100 + p.read_bytes()[100:]),
     "db_garbled_middle": _garble,
     "db_newer_schema": lambda p: _set_meta(p, "schema_version", "99"),
+    "db_older_schema": lambda p: _set_meta(p, "schema_version", "0"),
+    "db_bad_schema": lambda p: _set_meta(p, "schema_version", "one"),
     "db_not_emberd": lambda p: _set_meta(p, "app", "something-else"),
 }
 

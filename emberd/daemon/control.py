@@ -258,8 +258,14 @@ class ZmqControlServer(threading.Thread):
             while not self._stop_event.is_set():
                 if not poller.poll(int(POLL_TIMEOUT_S * 1000)):
                     continue
-                frames = sock.recv_multipart(flags=zmq.NOBLOCK)
-                reply = self._answer(frames)
+                # copy=False: an oversized request is refused by its length without a
+                # second (Python-side) copy of up to megabytes.
+                parts = sock.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+                size = max((len(p) for p in parts), default=0)
+                if size > MAX_REQUEST_BYTES:
+                    reply = _error(f"request of {size} bytes exceeds {MAX_REQUEST_BYTES}")
+                else:
+                    reply = self._answer([p.bytes for p in parts])
                 if not reply.get("ok"):
                     self.stats.rejected_control += 1
                 sock.send(encode_reply(reply))
@@ -305,10 +311,15 @@ class OscControlServer(threading.Thread):
         self._stop_event.set()
 
     def run(self) -> None:
+        # One preallocated buffer: recvfrom(65536) allocated 64 KiB per datagram and shrank
+        # it, fragmenting the heap (RSS grew ~6 MiB under a flood of small datagrams).
+        buf = bytearray(MAX_OSC_DATAGRAM_BYTES)
+        view = memoryview(buf)
         try:
             while not self._stop_event.is_set():
                 try:
-                    dgram, sender = self.sock.recvfrom(MAX_OSC_DATAGRAM_BYTES)
+                    n, sender = self.sock.recvfrom_into(buf)
+                    dgram = bytes(view[:n])
                 except TimeoutError:
                     continue
                 except OSError:
