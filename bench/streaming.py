@@ -94,9 +94,9 @@ def spaced_stream(shots: list[np.ndarray]) -> tuple[np.ndarray, list[int]]:
 
     Returns the stream and the onset frame of each shot.
     """
-    y = np.zeros((len(shots) + 1) * SPACING_FRAMES * 1024, np.float32)
+    y = np.zeros((len(shots) + 2) * SPACING_FRAMES * 1024, np.float32)
     onsets = []
-    for i, shot in enumerate(shots):
+    for i, shot in enumerate(shots, start=1):  # room before the first: windows start early
         start = i * SPACING_FRAMES * 1024
         clip = shot[: (WINDOW_FRAMES - 4) * 1024]  # silence before the next window
         y[start : start + clip.size] = clip
@@ -123,6 +123,9 @@ def run_stream(enc: StreamingEncoder, mel: np.ndarray) -> dict[int, np.ndarray]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer hops and one-shots")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                        help="full window and continuous step graph on this device "
+                             "(exact edges run numpy on the CPU)")  # fmt: skip
     args = parser.parse_args()
     n_hops = 60 if args.quick else 200
     n_shots = 30 if args.quick else 80
@@ -134,11 +137,15 @@ def main() -> None:
     state, _ds = aisfx.load_checkpoint(aisfx.fetch_wheel(cache_dir()))
     folded = aisfx.folded_weights(state)
     ort = onnxruntime()
+    providers: list[object] = ["CPUExecutionProvider"]
+    if args.device == "cuda":
+        providers.insert(0, ("CUDAExecutionProvider", {"device_id": 0}))
     full = ort.InferenceSession(
         aisfx.build_onnx(folded).SerializeToString(),
         session_options(THREADS, spinning=False),
-        providers=["CPUExecutionProvider"],
+        providers=providers,
     )
+    print(f"full window on {full.get_providers()[0]}")
 
     def full_embed(x: np.ndarray) -> np.ndarray:
         return np.asarray(full.run(None, {aisfx.INPUT_NAME: x})[0])
@@ -158,11 +165,13 @@ def main() -> None:
     window8 = np.ascontiguousarray(frames8[:, :WINDOW_FRAMES])
     encs = {
         f"{edges:<10} C={c}": StreamingEncoder(
-            folded, hop_frames=HOP_FRAMES, channels=c, threads=THREADS, edges=edges
+            folded, hop_frames=HOP_FRAMES, channels=c, threads=THREADS, edges=edges,
+            device=args.device if edges == "continuous" else "cpu",
         )
         for edges in ("exact", "continuous")
         for c in (1, 8)
     }
+    print(f"continuous step graph on {encs['continuous C=1'].provider}")
 
     def hop(enc: StreamingEncoder) -> Callable[[int], object]:
         x = frames8[: enc.channels]
