@@ -347,6 +347,20 @@ def test_exact_frames_96_to_99_matter_to_the_reference(
     assert np.abs(cn.forward(folded, w) - base).max() > 100 * TOL
 
 
+def test_exact_threads_do_not_change_the_embeddings(
+    folded: list[tuple[np.ndarray, np.ndarray]], drum_mel: np.ndarray
+) -> None:
+    # threads=2: one channel splits each step into its two edges, several channels
+    # run in groups; both must give what one thread gives.
+    for channels in (1, 4):
+        x = np.stack([drum_mel[40 * c : 40 * c + 160] for c in range(channels)])
+        one = run(StreamingEncoder(folded, hop_frames=8, channels=channels, threads=1), x, 8)
+        two = run(StreamingEncoder(folded, hop_frames=8, channels=channels, threads=2), x, 8)
+        assert sorted(one) == sorted(two)
+        for end in one:
+            assert np.abs(one[end] - two[end]).max() <= TOL, (channels, end)
+
+
 def test_exact_hop_size_does_not_change_the_sequence(
     folded: list[tuple[np.ndarray, np.ndarray]], drum_mel: np.ndarray
 ) -> None:
@@ -388,11 +402,12 @@ def test_exact_has_zero_look_ahead(
     assert ends == list(range(8, 121, 8))
 
 
+@pytest.mark.parametrize("channels", [1, 8])  # edge split / channel groups in threads
 def test_exact_no_array_allocation_per_hop(
-    folded: list[tuple[np.ndarray, np.ndarray]], drum_mel: np.ndarray
+    folded: list[tuple[np.ndarray, np.ndarray]], drum_mel: np.ndarray, channels: int
 ) -> None:
-    x = np.ascontiguousarray(np.stack([drum_mel[:240]] * 8))
-    enc = StreamingEncoder(folded, hop_frames=8, channels=8)
+    x = np.ascontiguousarray(np.stack([drum_mel[:240]] * channels))
+    enc = StreamingEncoder(folded, hop_frames=8, channels=channels)
     run(enc, x[:, :40], 8)  # warm-up
     tracemalloc.start()
     try:

@@ -57,6 +57,7 @@ is shifted or allocated per step.
 from __future__ import annotations
 
 import itertools
+from concurrent.futures import Executor
 
 import numpy as np
 
@@ -182,6 +183,10 @@ class ExactStack:
         Reference window length in frames (>= 8).
     pad_frame : ndarray, float32 [96], optional
         The frame the window holds before the stream starts (default zeros).
+    executor : concurrent.futures.Executor, optional
+        Given, a step runs the right-edge rows of every layer on it while the
+        caller runs the left-edge rows: the two cones share no row (for windows
+        where every layer has one range at each edge, as for 100 frames).
     """
 
     def __init__(
@@ -190,6 +195,7 @@ class ExactStack:
         channels: int,
         window_frames: int,
         pad_frame: np.ndarray | None = None,
+        executor: Executor | None = None,
     ) -> None:
         weights = cn.check_folded(folded)
         if window_frames < STEP_FRAMES:
@@ -206,7 +212,8 @@ class ExactStack:
         self._pool_plan: list[Ranges | None] = []
         self._pool_all: list[Ranges | None] = []
         self._pre: list[np.ndarray | None] = []  # pre-pool rings
-        self._pool_tmp: list[tuple[np.ndarray, np.ndarray, np.ndarray] | None] = []
+        Tmp = tuple[np.ndarray, np.ndarray, np.ndarray]
+        self._pool_tmp: list[tuple[Tmp, ...] | None] = []
         self._level: list[int] = []  # pools before each conv
         n, mel, level = window_frames, cn.N_MELS, 0
         for i, (w, b) in enumerate(weights):
@@ -226,10 +233,11 @@ class ExactStack:
                 self._pool_all.append(
                     tuple(r for g in _batches(((0, n // 2),), cap_p) for r in g)
                 )
-                self._pool_tmp.append((
-                    np.zeros((2 * cap_p, channels, mel, c), np.float32),
-                    np.zeros((cap_p, channels, mel, c), np.float32),
-                    np.zeros((cap_p, channels, mel // 2, c), np.float32),
+                self._pool_tmp.append(tuple(  # one set per edge (they may run concurrently)
+                    (np.zeros((2 * cap_p, channels, mel, c), np.float32),
+                     np.zeros((cap_p, channels, mel, c), np.float32),
+                     np.zeros((cap_p, channels, mel // 2, c), np.float32))
+                    for _side in range(2)
                 ))  # fmt: skip
                 n, mel, level = n // 2, mel // 2, level + 1
             else:
@@ -248,13 +256,30 @@ class ExactStack:
         self._cols_tmp = np.zeros((self._layers[-1].cap, channels, self.dim), np.float32)
         self._inv_mel = np.float32(1.0 / mel)
         self._base = [0] * self._levels
+        # Edge split: per conv the left range (scratch rows from 0) and the right
+        # range (scratch rows after the left's), per pool its left and right range.
+        two = all(len(p) == 1 and len(p[0]) == 2 for p in self._conv_plan) and all(
+            p is None or len(p) == 2 for p in self._pool_plan
+        )
+        self._executor = executor if two else None
+        self._sides: list[tuple[list[list[Ranges]], list[Ranges | None], list[int]]] = []
+        if two:
+            for side in range(2):
+                convs: list[list[Ranges]] = [[(p[0][side],)] for p in self._conv_plan]
+                pools: list[Ranges | None] = [
+                    None if p is None else (p[side],) for p in self._pool_plan
+                ]
+                starts = [0 if side == 0 else p[0][0][1] - p[0][0][0] for p in self._conv_plan]
+                self._sides.append((convs, pools, starts))
+        self._zero = [0] * cn.N_CONVS
         self.reset()
 
     def reset(self) -> None:
         """Fill the window with ``pad_frame`` and compute it in full."""
         self._base = [0] * self._levels
         self._layers[0].x[...] = self._pad[None, None, :, None]
-        self._run(full=True)
+        self._pass(self._conv_all, self._pool_all, self._zero, 0)
+        np.max(self.columns, axis=0, out=self.embedding)
 
     def step(self) -> None:
         """Slide the window by :attr:`frames` (8 frames) and update :attr:`embedding`."""
@@ -262,17 +287,29 @@ class ExactStack:
             self._base[lv] = (self._base[lv] + (STEP_FRAMES >> lv)) % self._n[lv]
         first = self._layers[0]
         _scatter(first.x, self._base[0], first.n - STEP_FRAMES, self.frames[..., None])
-        self._run(full=False)
+        if self._executor is None:
+            self._pass(self._conv_plan, self._pool_plan, self._zero, 0)
+        else:
+            right = self._executor.submit(self._pass, *self._sides[1], 1)
+            self._pass(*self._sides[0], 0)
+            right.result()  # re-raises the right edge's exception here
+        np.max(self.columns, axis=0, out=self.embedding)
 
     # ----------------------------------------------------------------- private
 
-    def _run(self, *, full: bool) -> None:
+    def _pass(
+        self,
+        conv_plans: list[list[Ranges]],
+        pool_plans: list[Ranges | None],
+        starts: list[int],
+        side: int,
+    ) -> None:
+        """Recompute the planned rows of every layer in order (one edge, or all)."""
         last = cn.N_CONVS - 1
         for i, layer in enumerate(self._layers):
             base = self._base[self._level[i]]
-            plans = self._conv_all[i] if full else self._conv_plan[i]
-            for ranges in plans:
-                self._conv(layer, base, ranges)
+            for ranges in conv_plans[i]:
+                self._conv(layer, base, ranges, starts[i])
                 pre = self._pre[i]
                 if pre is not None:
                     target = pre
@@ -280,27 +317,26 @@ class ExactStack:
                     target = self._layers[i + 1].x
                 else:
                     target = None
-                off = 0
+                off = starts[i]
                 for a, b in ranges:
                     y = layer.y[off : off + b - a]
                     if target is not None:
                         _scatter(target, base, a, y)
                     else:  # last conv: mean over mel -> the column ring
-                        cols = self._cols_tmp[: b - a]
+                        cols = self._cols_tmp[off : off + b - a]
                         np.add.reduce(y, axis=2, out=cols)
                         cols *= self._inv_mel
                         _scatter(self.columns, base, a, cols)
                     off += b - a
-            pool = self._pool_all[i] if full else self._pool_plan[i]
+            pool = pool_plans[i]
             if pool is not None:
-                self._pool(i, pool)
-        np.max(self.columns, axis=0, out=self.embedding)
+                self._pool(i, pool, side)
 
-    def _conv(self, layer: _Layer, base: int, ranges: Ranges) -> None:
-        """Recompute output rows ``ranges`` of one conv into ``layer.y`` (stacked)."""
+    def _conv(self, layer: _Layer, base: int, ranges: Ranges, start: int) -> None:
+        """Recompute output rows ``ranges`` of one conv into ``layer.y[start:]`` (stacked)."""
         n = layer.n
-        off = 0  # rows of col / y used
-        seg = 0  # rows of xin used
+        off = start  # rows of col / y used
+        seg = start + 2 if start else 0  # rows of xin used (each range has 2 context rows)
         for a, b in ranges:
             m = b - a + 2
             xin = layer.xin[seg : seg + m]
@@ -314,16 +350,16 @@ class ExactStack:
             off += b - a
             seg += m
         k1, c_out = layer.wmat.shape
-        y = layer.y[:off]
-        np.matmul(layer.col[:off].reshape(-1, k1), layer.wmat, out=y.reshape(-1, c_out))
+        y = layer.y[start:off]
+        np.matmul(layer.col[start:off].reshape(-1, k1), layer.wmat, out=y.reshape(-1, c_out))
         np.maximum(y, 0.0, out=y)  # ReLU (commutes with the max pool that may follow)
 
-    def _pool(self, i: int, ranges: Ranges) -> None:
+    def _pool(self, i: int, ranges: Ranges, side: int) -> None:
         """Recompute pooled rows ``ranges`` of the pool after conv ``i``."""
         pre = self._pre[i]
         tmp = self._pool_tmp[i]
         assert pre is not None and tmp is not None
-        raw, half, out = tmp
+        raw, half, out = tmp[side]
         src_base = self._base[self._level[i]]
         dst = self._layers[i + 1].x
         dst_base = self._base[self._level[i] + 1]
@@ -337,17 +373,19 @@ class ExactStack:
 class ExactGroups:
     """:class:`ExactStack` over channel groups, stepped in parallel threads.
 
-    The channels are split into ``groups`` contiguous groups, each its own stack;
-    a step runs group 0 on the calling thread and the others on a small thread
-    pool (numpy releases the GIL in the GEMMs and copies), so C channels use up
-    to ``groups`` cores at 1 BLAS thread each. Same interface as ExactStack.
+    With ``workers`` > 1 the channels are split into up to ``workers`` contiguous
+    groups, each its own stack; a step runs group 0 on the calling thread and the
+    others on a small thread pool (numpy releases the GIL in the GEMMs and
+    copies), so C channels use up to ``workers`` cores at 1 BLAS thread each. A
+    single channel instead splits each step into its left- and right-edge rows
+    (:class:`ExactStack` ``executor``). Same interface as ExactStack.
 
     Parameters
     ----------
     folded, channels, window_frames, pad_frame
         As :class:`ExactStack`.
-    groups : int
-        Parallel channel groups (clipped to ``channels``).
+    workers : int
+        Threads a step may use (the caller's included).
     """
 
     def __init__(
@@ -356,24 +394,25 @@ class ExactGroups:
         channels: int,
         window_frames: int,
         pad_frame: np.ndarray | None = None,
-        groups: int = 1,
+        workers: int = 1,
     ) -> None:
         import weakref
         from concurrent.futures import ThreadPoolExecutor
 
-        groups = max(1, min(groups, channels))
+        groups = max(1, min(workers, channels))
+        self._pool: ThreadPoolExecutor | None = None
+        if workers > 1:
+            self._pool = ThreadPoolExecutor(max(1, groups - 1), thread_name_prefix="emberd-exact")
+            weakref.finalize(self, self._pool.shutdown, wait=False)
         bounds = np.linspace(0, channels, groups + 1).round().astype(int)
         self._slices = [(int(a), int(b)) for a, b in itertools.pairwise(bounds)]
+        edge_pool = self._pool if groups == 1 else None  # one group: split its edges instead
         self._stacks = [
-            ExactStack(folded, b - a, window_frames, pad_frame) for a, b in self._slices
+            ExactStack(folded, b - a, window_frames, pad_frame, edge_pool) for a, b in self._slices
         ]
         self.dim = self._stacks[0].dim
         self.frames = np.zeros((STEP_FRAMES, channels, cn.N_MELS), np.float32)
         self.embedding = np.zeros((channels, self.dim), np.float32)
-        self._pool: ThreadPoolExecutor | None = None
-        if groups > 1:
-            self._pool = ThreadPoolExecutor(groups - 1, thread_name_prefix="emberd-exact")
-            weakref.finalize(self, self._pool.shutdown, wait=False)
 
     def reset(self) -> None:
         """Reset every group (see :meth:`ExactStack.reset`)."""
@@ -382,7 +421,7 @@ class ExactGroups:
 
     def step(self) -> None:
         """Step every group on its slice of :attr:`frames`; fill :attr:`embedding`."""
-        if self._pool is None:
+        if self._pool is None or len(self._stacks) == 1:
             self._step_group(0)
             return
         futures = [self._pool.submit(self._step_group, g) for g in range(1, len(self._stacks))]
