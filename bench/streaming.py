@@ -4,7 +4,9 @@ In one process, interleaved call by call so all paths see the same machine load,
 repeated in rounds (the figures are medians over rounds):
 
 * the full-window aiSFX ONNX graph on 100-frame windows (the anchor), 1 and 8;
-* exact edges (default; numpy, 1 BLAS thread) at 8-frame hops, 1 and 8 channels;
+* exact edges (default; numpy, 1 BLAS thread) at 8-frame hops, 1 and 8 channels,
+  with 2 threads (one channel: left and right edge in parallel; 8: two groups of 4)
+  and with 1;
 * continuous edges (ONNX step graph) at 8-frame hops, 1 and 8 channels;
 
 ONNX Runtime with 2 threads, spinning off (as the daemon runs). Then quality on
@@ -171,6 +173,10 @@ def main() -> None:
         for edges in ("exact", "continuous")
         for c in (1, 8)
     }
+    for c in (1, 8):  # exact with no helper thread (1 core): edge split / groups off
+        encs[f"exact 1 thr C={c}"] = StreamingEncoder(
+            folded, hop_frames=HOP_FRAMES, channels=c, threads=1
+        )
     print(f"continuous step graph on {encs['continuous C=1'].provider}")
 
     def hop(enc: StreamingEncoder) -> Callable[[int], object]:
