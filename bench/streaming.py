@@ -231,10 +231,10 @@ def main() -> None:
         ref = np.concatenate([full_embed(windows[i : i + 64]) for i in range(0, len(ends), 64)])
         emb = np.stack([got[e] for e in ends])
         cos[name] = cosine(emb, ref)
-        c = cos[name]
+        cs = cos[name]
         print(f"\n{name}: {len(ends)} embeddings, cosine to the windowed reference p1 "
-              f"{np.percentile(c, 1):.5f} p5 {np.percentile(c, 5):.5f} p50 "
-              f"{np.percentile(c, 50):.5f} min {c.min():.5f}; max abs diff "
+              f"{np.percentile(cs, 1):.5f} p5 {np.percentile(cs, 5):.5f} p50 "
+              f"{np.percentile(cs, 50):.5f} min {cs.min():.5f}; max abs diff "
               f"{np.abs(emb - ref).max():.2e}", end="")  # fmt: skip
     print()
 
