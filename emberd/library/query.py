@@ -8,11 +8,12 @@ Small interface::
     lib.query_audio(audio, sr, k, model=...)         # both stages, as `emberd query`
 
 Each match is a dict (the ``emberd query --json`` match object): ``path``
-(absolute), ``name``, ``score`` (cosine similarity, or for an identification
-the fraction of query landmarks that lined up), ``distance`` (Annoy's angular
-distance ``sqrt(2 - 2 cos)``), ``segment_start_s``, ``tags``, ``kind``
-(``"exact"``: the landmark stage identified this file; ``"similar"``: nearest
-by embedding).
+(absolute), ``name``, ``score`` (cosine similarity; for an identification its
+embedding cosine when known, else its template correlation), ``distance``
+(Annoy's angular distance ``sqrt(2 - 2 cos)``), ``segment_start_s``, ``tags``,
+``kind`` (``"exact"``: identified confidently -- landmarks confirmed it or the
+re-ranker of :mod:`emberd.library.rerank` is sure; ``"similar"``: the best
+guess of the identification stage, or nearest by embedding).
 
 Search back end per model: exact (one matrix product over all file and
 segment vectors) up to :data:`EXACT_MAX_ITEMS`, Annoy with exact re-ranking of
@@ -33,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from emberd.errors import EmberdError
-from emberd.library import fingerprint
+from emberd.library import fingerprint, rerank
 from emberd.library.indexer import frame_energy, window_weights
 from emberd.library.search import AnnoySearch, ExactSearch
 from emberd.library.store import FileRecord, Store
@@ -42,8 +43,12 @@ log = logging.getLogger(__name__)
 
 EXACT_MAX_ITEMS = 50_000  # 50k x 512 float32 = 100 MB, ~5 ms per query on one core
 SEARCH_MODES = ("auto", "exact", "annoy")
-IDENTIFY_CANDIDATES = 10  # landmark and embedding candidates re-ranked by identify()
-LANDMARK_WEIGHT = 0.05  # per log(1 + aligned landmarks); cosine and correlation weigh 1
+# Identification candidates (re-ranked by emberd.library.rerank; chosen on bench/identify.py,
+# where 100 + 50 + 100 of 752 files hold the source for 92-100 % of queries per transform):
+IDENTIFY_CANDIDATES = 100  # embedding neighbours query_audio hands to identify()
+LANDMARK_CANDIDATES = 50  # best landmark matches
+ATTACK_CANDIDATES = 100  # nearest attack vectors (one matrix product over all templates)
+INSIDE_FILE_S = 0.5  # a landmark alignment this far into a file: a window over a loop
 DEDUP_FACTOR = 4  # fetch k x this items: several segments of one file collapse into one match
 
 
@@ -68,6 +73,7 @@ class Library:
         self._indexes: dict[str, _ModelIndex] = {}
         self._files: dict[int, FileRecord] | None = None
         self._fp: fingerprint.FingerprintIndex | None = None
+        self._tpl: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], *, search: str = "auto") -> Library:
@@ -235,6 +241,23 @@ class Library:
             self._fp = self._db(load)
         return self._fp
 
+    def _templates(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """All stored templates: file ids [n], uint8 templates [n, F, B], attack vectors."""
+        if self._tpl is None:
+            shape = (fingerprint.TEMPLATE_FRAMES, fingerprint.TEMPLATE_BANDS)
+
+            def load() -> dict[int, bytes]:
+                rows = self.store.conn.execute("SELECT file_id, data FROM templates")
+                return {int(f): d for f, d in rows if len(d) == shape[0] * shape[1]}
+
+            raw = self._db(load)
+            ids = np.array(sorted(raw), np.int64)
+            tpl = np.zeros((len(ids), *shape), np.uint8)
+            for i, f in enumerate(ids.tolist()):
+                tpl[i] = np.frombuffer(raw[f], np.uint8).reshape(shape)
+            self._tpl = (ids, tpl, rerank.attack_vectors(tpl))
+        return self._tpl
+
     def identify(
         self,
         audio: np.ndarray,
@@ -244,12 +267,15 @@ class Library:
     ) -> list[dict[str, Any]]:
         """Say which library file a piece of audio is: the identification stage.
 
-        A file whose landmarks clearly line up (enough of them, far ahead of the
-        next file) is the answer, kind ``"exact"``. Otherwise the candidates --
-        the files whose landmarks line up best plus, when given, the embedding
-        matches ``similar`` -- are scored as
-        ``LANDMARK_WEIGHT * log(1 + aligned landmarks) + embedding cosine +
-        onset-template correlation`` (weights chosen on bench/identify.py).
+        Candidates (cheap, wide): the best LANDMARK_CANDIDATES landmark matches,
+        the embedding matches ``similar`` (``query_audio`` passes
+        EMBED_CANDIDATES) and the ATTACK_CANDIDATES nearest attack vectors
+        (onset-aligned log-band patches, one matrix product). They are re-ranked
+        by :mod:`emberd.library.rerank` (spectro-temporal comparisons of the
+        query with each candidate's stored template, combined by a logistic rule
+        fitted on bench/identify.py). A query that starts well inside a longer
+        file (a live window over a loop) is answered by the landmarks alone when
+        they clearly confirm one file: templates only cover a file's start.
 
         Parameters
         ----------
@@ -264,40 +290,49 @@ class Library:
         -------
         list of dict
             Empty when there is no candidate; else the answer, kind ``"exact"``
-            (landmarks confirmed it) or ``"similar"`` (best fused score).
-            ``score`` is its embedding cosine when known, else its template
-            correlation; ``segment_start_s`` where in the file the query starts
-            (landmark alignment, 0 when unknown).
+            (landmarks confirmed it, or the re-ranker is at least
+            rerank.EXACT_PROBABILITY sure) or ``"similar"``. ``score`` is its
+            embedding cosine when known, else its template correlation;
+            ``segment_start_s`` where in the file the query starts (landmark
+            alignment, 0 when unknown).
         """
-        lm = self.fingerprints().match(audio, sr, top=IDENTIFY_CANDIDATES)
+        lm = self.fingerprints().match(audio, sr, top=LANDMARK_CANDIDATES)
         counts = {fid: count for fid, count, _ in lm}
         offsets = {fid: off for fid, _, off in lm}
         files = self.files()
+        confirmed = fingerprint.is_identified(lm) and lm[0][0] in files
+        if confirmed and lm[0][2] > INSIDE_FILE_S:
+            best = lm[0][0]
+            return [self._match(files[best], 1.0, float(offsets[best]), "exact")]
         by_path = {r.path: r.id for r in files.values()}
         cosine = {by_path[m["path"]]: m["score"] for m in (similar or []) if m["path"] in by_path}
-        cands = [f for f in dict.fromkeys([*counts, *cosine]) if f in files]
+        ids, tpl, attack = self._templates()
+        row_of = {f: i for i, f in enumerate(ids.tolist())}
+        query = rerank.QueryPatch(audio, sr)
+        tv = attack @ query.attack_vector() if len(ids) else np.zeros(0, np.float32)
+        nearest = ids[np.argsort(-tv)[:ATTACK_CANDIDATES]].tolist()
+        cands = [
+            f for f in dict.fromkeys([*counts, *cosine, *nearest]) if f in files and f in row_of
+        ]
         if not cands:
+            if confirmed:
+                best = lm[0][0]
+                return [self._match(files[best], 1.0, float(offsets[best]), "exact")]
             return []
-        raw = self._db(self.store.templates, cands)
-        query_t = fingerprint.template(audio, sr)
-        shape = (fingerprint.TEMPLATE_FRAMES, fingerprint.TEMPLATE_BANDS)
-        with_t = [f for f in cands if f in raw and len(raw[f]) == shape[0] * shape[1]]
-        corr = dict.fromkeys(cands, 0.0)
-        if with_t:
-            lib_t = np.stack([np.frombuffer(raw[f], np.uint8).reshape(shape) for f in with_t])
-            scores = fingerprint.template_scores(query_t, lib_t).tolist()
-            corr.update(zip(with_t, scores, strict=True))
+        rows = np.array([row_of[f] for f in cands])
+        feats = rerank.features(query, tpl[rows])
         floor_cos = min(cosine.values()) if cosine else 0.0
-        fused = {
-            f: LANDMARK_WEIGHT * math.log1p(counts.get(f, 0)) + cosine.get(f, floor_cos) + corr[f]
-            for f in cands
-        }
-        # Landmarks that clearly confirm one file decide (a live window over part of a loop);
-        # otherwise the fused score does (noise, reverb, a second sound).
-        confirmed = fingerprint.is_identified(lm) and lm[0][0] in files
-        best = lm[0][0] if confirmed else max(cands, key=lambda f: fused[f])
-        score = cosine.get(best, corr[best])
-        kind = "exact" if confirmed else "similar"
+        feats["cos"] = np.array([cosine.get(f, floor_cos) for f in cands])
+        feats["llm"] = np.log1p([counts.get(f, 0) for f in cands])
+        feats["tv"] = tv[rows]
+        q_t = fingerprint.template(audio, sr)
+        feats["cur"] = fingerprint.template_scores(q_t, tpl[rows])
+        prob = rerank.probabilities(rerank.feature_matrix(feats))
+        i = int(np.argmax(prob))
+        best = cands[i]
+        exact = prob[i] >= rerank.EXACT_PROBABILITY or (confirmed and lm[0][0] == best)
+        score = cosine.get(best, float(feats["ncc"][i]))
+        kind = "exact" if exact else "similar"
         return [self._match(files[best], float(score), float(offsets.get(best, 0.0)), kind)]
 
     def query_audio(
