@@ -290,8 +290,8 @@ class Library:
         -------
         list of dict
             Empty when there is no candidate; else the answer, kind ``"exact"``
-            (landmarks confirmed it, or the re-ranker is at least
-            rerank.EXACT_PROBABILITY sure) or ``"similar"``. ``score`` is its
+            (the re-ranker is at least rerank.EXACT_PROBABILITY sure, or the
+            landmarks confirmed a window inside a longer file) or ``"similar"``. ``score`` is its
             embedding cosine when known, else its template correlation;
             ``segment_start_s`` where in the file the query starts (landmark
             alignment, 0 when unknown).
@@ -330,7 +330,8 @@ class Library:
         prob = rerank.probabilities(rerank.feature_matrix(feats))
         i = int(np.argmax(prob))
         best = cands[i]
-        exact = prob[i] >= rerank.EXACT_PROBABILITY or (confirmed and lm[0][0] == best)
+        # Landmark agreement adds no precision here: in a mix the other sound is confirmed too.
+        exact = prob[i] >= rerank.EXACT_PROBABILITY
         score = cosine.get(best, float(feats["ncc"][i]))
         kind = "exact" if exact else "similar"
         return [self._match(files[best], float(score), float(offsets.get(best, 0.0)), kind)]
