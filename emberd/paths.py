@@ -12,30 +12,27 @@ from pathlib import Path
 APP_NAME = "emberd"
 
 
-def data_dir() -> Path:
-    """User data folder (models, demo library); created on demand."""
-    env = os.environ.get("EMBERD_DATA_DIR")
+def _folder(env_var: str, kind: str) -> Path:
+    """The folder named by ``env_var``, else platformdirs' ``user_<kind>_dir``; created."""
+    env = os.environ.get(env_var)
     if env:
         path = Path(env)
     else:
         import platformdirs
 
-        path = Path(platformdirs.user_data_dir(APP_NAME))
+        path = Path(getattr(platformdirs, f"user_{kind}_dir")(APP_NAME))
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def data_dir() -> Path:
+    """User data folder (models, demo library); created on demand."""
+    return _folder("EMBERD_DATA_DIR", "data")
 
 
 def cache_dir() -> Path:
     """User cache folder (downloaded wheels, PCA maps); created on demand."""
-    env = os.environ.get("EMBERD_CACHE_DIR")
-    if env:
-        path = Path(env)
-    else:
-        import platformdirs
-
-        path = Path(platformdirs.user_cache_dir(APP_NAME))
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    return _folder("EMBERD_CACHE_DIR", "cache")
 
 
 def models_dir() -> Path:
