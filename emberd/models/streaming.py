@@ -82,6 +82,7 @@ every conv.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -313,45 +314,42 @@ class StreamingEncoder:
 
     # ----------------------------------------------------------------- private
 
-    def _push_exact(self, x: np.ndarray) -> int:
-        stack = self._exact
-        assert stack is not None
-        made = 0
+    def _fill_steps(self, x: np.ndarray, dst: np.ndarray) -> Iterator[None]:
+        """Copy ``x`` [C, n, 96] into the step buffer ``dst`` [C, 8, 96]; yield at each full one.
+
+        Shared by the exact and ONNX paths, which both run on 8-frame columns.
+        """
         start = 0
         n = x.shape[1]
         while start < n:
             take = min(COLUMN_FRAMES - self._fill, n - start)
-            # The stack's step buffer is time-major [8, C, 96].
-            stack.frames[self._fill : self._fill + take] = x[:, start : start + take].transpose(
-                1, 0, 2
-            )
+            dst[:, self._fill : self._fill + take] = x[:, start : start + take]
             self._fill += take
             self._frames_in += take
             start += take
             if self._fill == COLUMN_FRAMES:
                 self._fill = 0
-                stack.step()
-                self._out[made] = stack.embedding
-                made += 1
+                yield
+
+    def _push_exact(self, x: np.ndarray) -> int:
+        stack = self._exact
+        assert stack is not None
+        made = 0
+        # The stack's step buffer is time-major [8, C, 96]: fill it through a channel-major view.
+        for _ in self._fill_steps(x, stack.frames.transpose(1, 0, 2)):
+            stack.step()
+            self._out[made] = stack.embedding
+            made += 1
         return made
 
     def _push_onnx(self, x: np.ndarray) -> int:
         stack = self._onnx
         assert stack is not None
         made = 0
-        start = 0
-        n = x.shape[1]
-        while start < n:
-            take = min(COLUMN_FRAMES - self._fill, n - start)
-            stack.frames[:, self._fill : self._fill + take] = x[:, start : start + take]
-            self._fill += take
-            self._frames_in += take
-            start += take
-            if self._fill == COLUMN_FRAMES:
-                self._fill = 0
-                if stack.run():
-                    self._add_column(stack.column, made)
-                    made += 1
+        for _ in self._fill_steps(x, stack.frames):
+            if stack.run():
+                self._add_column(stack.column, made)
+                made += 1
         return made
 
     def _push_numpy(self, x: np.ndarray) -> int:
