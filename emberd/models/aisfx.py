@@ -50,6 +50,7 @@ from typing import Any, Literal
 import numpy as np
 
 from emberd.errors import ComponentMissing, EmberdError
+from emberd.models.onnxgraph import finish_model
 
 log = logging.getLogger(__name__)
 
@@ -437,7 +438,6 @@ def build_onnx(folded: Folded, *, name: str = "aisfx", opset: int = OPSET) -> An
         Input ``mel`` float32 ``[batch, frames, 96]`` (both dynamic; frames >= 8),
         output ``embedding`` float32 ``[batch, 512]``.
     """
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     if len(folded) != 2 * len(CHANNELS):
@@ -485,22 +485,15 @@ def build_onnx(folded: Folded, *, name: str = "aisfx", opset: int = OPSET) -> An
 
     reduce("ReduceMean", x, "mean_mel", 3)  # [B, 512, T', M'] -> [B, 512, T']
     reduce("ReduceMax", "mean_mel", OUTPUT_NAME, 2)  # -> [B, 512]
-    graph = helper.make_graph(
+    return finish_model(
         nodes,
-        name,
+        inits,
         [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["batch", "frames", N_MELS])],
         [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["batch", DIM])],
-        initializer=inits,
-    )
-    model = helper.make_model(
-        graph,
-        opset_imports=[helper.make_opsetid("", opset)],
-        producer_name="emberd",
+        name=name,
+        opset=opset,
         doc_string=f"aiSFX EmbeddingNet, BatchNorm folded. {CITATION}. Licence: {LICENCE}.",
     )
-    model.ir_version = min(model.ir_version, 8)  # loadable by ONNX Runtime >= 1.14
-    onnx.checker.check_model(model)
-    return model
 
 
 def manifest_dict(onnx_file: str = "model.onnx") -> dict[str, Any]:

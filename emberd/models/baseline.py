@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from emberd.errors import EmberdError
+from emberd.models.onnxgraph import finish_model
 
 N_MELS = 96
 N_MFCC = 20
@@ -60,7 +61,6 @@ def build_onnx(*, n_mels: int = N_MELS, opset: int = OPSET) -> Any:
         Input ``mel`` float32 ``[batch, frames, n_mels]``, output ``embedding``
         float32 ``[batch, 64]``.
     """
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     if n_mels % N_SUBBANDS:
@@ -88,22 +88,15 @@ def build_onnx(*, n_mels: int = N_MELS, opset: int = OPSET) -> Any:
         node("ReduceMean", ["feats"], ["mean"], axes=[1], keepdims=0),
         node("Concat", ["mean", "std"], [OUTPUT_NAME], axis=1),  # [B, 64]
     ]
-    graph = helper.make_graph(
+    return finish_model(
         nodes,
-        "dsp_baseline",
+        inits,
         [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["batch", "frames", n_mels])],
         [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["batch", DIM])],
-        initializer=inits,
-    )
-    model = helper.make_model(
-        graph,
-        opset_imports=[helper.make_opsetid("", opset)],
-        producer_name="emberd",
+        name="dsp_baseline",
+        opset=opset,
         doc_string="emberd DSP baseline: MFCC + band contrast, mean/std over the window",
     )
-    model.ir_version = min(model.ir_version, 8)  # loadable by ONNX Runtime >= 1.14
-    onnx.checker.check_model(model)
-    return model
 
 
 def reference(x: np.ndarray) -> np.ndarray:

@@ -48,6 +48,7 @@ import numpy as np
 
 from emberd.errors import EmberdError
 from emberd.models import conv_numpy as cn
+from emberd.models.onnxgraph import finish_model
 from emberd.models.onnxrt import onnxruntime
 
 STEP_FRAMES = cn.TIME_STRIDE_FRAMES  # frames per run
@@ -95,7 +96,6 @@ def build_step_graph(folded: cn.Folded, channels: int) -> Any:
     Inputs: ``frames`` [C, 8, 96], every ``ctx{i}``/``pend`` state, ``mask{i}``.
     Outputs: ``column`` [C, 512] and every state as ``{name}_out``.
     """
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     weights = cn.check_folded(folded)
@@ -160,13 +160,7 @@ def build_step_graph(folded: cn.Folded, channels: int) -> Any:
     nodes.append(helper.make_node("ReduceMean", [x], ["mean"], axes=[2, 3], keepdims=0))
     nodes.append(helper.make_node("Identity", ["mean"], [COLUMN]))
     outputs.insert(0, helper.make_tensor_value_info(COLUMN, TensorProto.FLOAT, [channels, 512]))
-    graph = helper.make_graph(nodes, "aisfx_step", inputs, outputs, initializer=inits)
-    model = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="emberd"
-    )
-    model.ir_version = min(model.ir_version, 8)
-    onnx.checker.check_model(model)
-    return model
+    return finish_model(nodes, inits, inputs, outputs, name="aisfx_step", opset=17)
 
 
 class OnnxStack:
