@@ -26,8 +26,8 @@ from __future__ import annotations
 import json
 import random
 import struct
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, TypeVar
 
 from pythonosc.osc_message_builder import OscMessageBuilder
 
@@ -114,6 +114,20 @@ def _osc_string(text: str) -> bytes:
 def _bundle(timetag: int, elements: list[bytes]) -> bytes:
     body = b"".join(struct.pack(">i", len(e)) + e for e in elements)
     return _osc_string("#bundle") + struct.pack(">Q", timetag) + body
+
+
+_Msg = TypeVar("_Msg")
+
+
+def _draw(n: int, seed: int, categories: Mapping[str, Callable[[random.Random], _Msg]],
+          weights: Mapping[str, float]) -> Iterator[tuple[str, _Msg]]:
+    """Yield ``n`` ``(category, message)`` pairs, categories drawn by weight from one seed."""
+    rng = random.Random(seed)
+    names = list(categories)
+    chances = [weights[k] for k in names]
+    for _ in range(n):
+        cat = rng.choices(names, chances)[0]
+        yield cat, categories[cat](rng)
 
 
 def _rand_text(rng: random.Random, n: int) -> str:
@@ -233,12 +247,7 @@ def osc_datagrams(n: int, *, seed: int = 0) -> Iterator[tuple[str, bytes]]:
     seed : int
         The same seed gives the same sequence.
     """
-    rng = random.Random(seed)
-    names = list(OSC_CATEGORIES)
-    weights = [OSC_WEIGHTS[k] for k in names]
-    for _ in range(n):
-        cat = rng.choices(names, weights)[0]
-        dgram = OSC_CATEGORIES[cat](rng)
+    for cat, dgram in _draw(n, seed, OSC_CATEGORIES, OSC_WEIGHTS):
         if len(dgram) > UDP_MAX_PAYLOAD_BYTES:  # pragma: no cover - generators stay below
             dgram = dgram[:UDP_MAX_PAYLOAD_BYTES]
         yield cat, dgram
@@ -358,12 +367,7 @@ def zmq_requests(n: int, *, seed: int = 0) -> Iterator[tuple[str, list[bytes]]]:
     seed : int
         The same seed gives the same sequence.
     """
-    rng = random.Random(seed)
-    names = list(ZMQ_CATEGORIES)
-    weights = [ZMQ_WEIGHTS[k] for k in names]
-    for _ in range(n):
-        cat = rng.choices(names, weights)[0]
-        yield cat, ZMQ_CATEGORIES[cat](rng)
+    yield from _draw(n, seed, ZMQ_CATEGORIES, ZMQ_WEIGHTS)
 
 
 def ntp_to_unix(ntp_seconds: int) -> float:
