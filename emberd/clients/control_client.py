@@ -7,19 +7,19 @@ restarting, or not up yet, costs a retry instead of a hung client.
 
 from __future__ import annotations
 
-from types import TracebackType
 from typing import Any
 
 import zmq
 
 from emberd.clients import wire
+from emberd.clients.closing import Closing
 from emberd.errors import EmberdError
 
 DEFAULT_TIMEOUT_S = 2.0  # per attempt
 DEFAULT_RETRIES = 3  # attempts before giving up
 
 
-class ControlClient:
+class ControlClient(Closing):
     """Send control commands to the daemon and return its replies as dicts.
 
     Parameters
@@ -76,14 +76,6 @@ class ControlClient:
     def close(self) -> None:
         """Close the socket (idempotent)."""
         self._drop_socket()
-
-    def __enter__(self) -> ControlClient:
-        return self
-
-    def __exit__(
-        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
     def request(self, cmd: str, *, wait_s: float | None = None, **args: Any) -> dict[str, Any]:
         """Send ``{"cmd": cmd, **args}`` and return the reply dict.

@@ -13,12 +13,12 @@ from __future__ import annotations
 import socket
 import time
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any, TypeVar
 
 import numpy as np
 
 from emberd.clients import osc_format as fmt
+from emberd.clients.closing import Closing
 from emberd.clients.messages import (
     ConnectionEvent,
     DaemonMessage,
@@ -153,7 +153,7 @@ class OscDecoder:
         return [self._emit_matches(ch) for ch in done]
 
 
-class OscReceiver:
+class OscReceiver(Closing):
     """Listen for emberd's OSC on a UDP port and yield typed messages.
 
     Parameters
@@ -179,14 +179,6 @@ class OscReceiver:
     def close(self) -> None:
         """Close the socket."""
         self._sock.close()
-
-    def __enter__(self) -> OscReceiver:
-        return self
-
-    def __exit__(
-        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
     def recv(self, timeout_s: float | None = None) -> Item | None:
         """Next typed message, or ``None`` after ``timeout_s`` seconds with none complete."""

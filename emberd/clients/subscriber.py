@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Iterator
-from types import TracebackType
 
 import zmq
 
 from emberd.clients import wire
+from emberd.clients.closing import Closing
 from emberd.clients.messages import (
     ConnectionEvent,
     DaemonMessage,
@@ -34,7 +34,7 @@ DEFAULT_RCVHWM_MSGS = 1000  # per-socket queue; a slow client drops rather than 
 RECONNECT_IVL_MS = 200  # how fast ZeroMQ retries a vanished publisher
 
 
-class Subscriber:
+class Subscriber(Closing):
     """Subscribe to an emberd PUB endpoint and iterate typed messages.
 
     Parameters
@@ -98,14 +98,6 @@ class Subscriber:
         """Close the socket (idempotent)."""
         if not self._sock.closed:
             self._sock.close(0)
-
-    def __enter__(self) -> Subscriber:
-        return self
-
-    def __exit__(
-        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
     # -- receiving -----------------------------------------------------------------
     def recv(self, timeout_s: float | None = None) -> Item | None:
