@@ -32,6 +32,7 @@ from emberd.clients.wire import CONTROL_COMMANDS
 from emberd.daemon.analysis import vote_tags
 from emberd.daemon.status import DaemonStats
 from emberd.daemon.worker import MAX_CAPTURE_S, MAX_K, Worker
+from emberd.daemon.zmqbind import bind_socket
 from emberd.errors import EmberdError
 
 log = logging.getLogger(__name__)
@@ -241,17 +242,9 @@ class ZmqControlServer(threading.Thread):
     def run(self) -> None:
         import zmq
 
-        sock = self.context.socket(zmq.REP)
-        try:
-            sock.setsockopt(zmq.LINGER, 0)
-            try:
-                sock.bind(self.endpoint)
-            except zmq.ZMQError as exc:
-                self.error = exc
-                return
-            self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
-        finally:
-            self.bound.set()
+        sock = bind_socket(self, zmq.REP)
+        if sock is None:
+            return
         try:
             poller = zmq.Poller()
             poller.register(sock, zmq.POLLIN)

@@ -31,6 +31,7 @@ from emberd.clients import wire
 from emberd.daemon.handoff import Handoff
 from emberd.daemon.status import DaemonStats
 from emberd.daemon.worker import EndOfStream, HopResult, Item, StatusItem
+from emberd.daemon.zmqbind import bind_socket
 
 log = logging.getLogger(__name__)
 
@@ -68,19 +69,10 @@ class ZmqPublisher(threading.Thread):
     def run(self) -> None:
         import zmq
 
-        sock = self.context.socket(zmq.PUB)
-        try:
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.SNDHWM, SNDHWM_MESSAGES)
-            try:
-                sock.bind(self.endpoint)
-            except zmq.ZMQError as exc:
-                self.error = exc
-                return
-            self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
-            self._sock = sock
-        finally:
-            self.bound.set()
+        sock = bind_socket(self, zmq.PUB, {zmq.SNDHWM: SNDHWM_MESSAGES})
+        if sock is None:
+            return
+        self._sock = sock
         linger = 0  # on shutdown by signal/close: drop what is queued, exit at once
         try:
             while True:
