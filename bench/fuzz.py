@@ -21,7 +21,6 @@ Usage: ``python bench/fuzz.py [--osc 100000] [--zmq 100000] [--rounds 2] [--rate
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -30,14 +29,11 @@ from pathlib import Path
 import numpy as np
 
 from emberd.testing import fuzzdrive, smalllib
+from emberd.testing.benchkit import MIB, report
+from emberd.testing.benchkit import percentile_ms as _p
 from emberd.testing.harness import Daemon, HopClock, RssSampler
 
-MIB = 1024 * 1024
 SETTLE_S = 5.0  # after start-up, before the anchor window (ONNX warm-up, allocator)
-
-
-def _p(x: np.ndarray, q: float) -> float:
-    return float(np.percentile(x, q) * 1000.0) if x.size else float("nan")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,15 +54,13 @@ def main(argv: list[str] | None = None) -> int:
     ok = True
     with tempfile.TemporaryDirectory(prefix="emberd-fuzz-") as tmp:
         root = Path(tmp)
-        smalllib.write_sounds(root / "sounds", per_folder=4)
-        proc = smalllib.index([root / "sounds"], root / "lib")
-        if proc.returncode != 0:
-            print(proc.stderr, file=sys.stderr)
+        try:
+            lib = smalllib.build_library(root, per_folder=4)
+        except RuntimeError as exc:
+            print(exc, file=sys.stderr)
             return 1
         perf = smalllib.write_performance(root / "perf.wav", seconds=20.0)
-        daemon = Daemon(["--library", str(root / "lib"), "--model", smalllib.FAST_MODEL,
-                         "--input", str(perf), "--loop", "--pace", "realtime"],
-                        root / "daemon.log")
+        daemon = Daemon(smalllib.daemon_args(lib, perf), root / "daemon.log")
         with daemon:
             clock = HopClock(daemon.pub, "emb.0").start()
             rss = RssSampler(daemon.pid, period=0.25).start()
@@ -122,10 +116,7 @@ def main(argv: list[str] | None = None) -> int:
             })
             clock.stop()
             rss.stop()
-    for key, value in results.items():
-        print(f"{key:24s} {value}")
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=1))
+    report(results, args.json)
     return 0 if ok else 1
 
 

@@ -15,7 +15,6 @@ Usage: ``python bench/soak.py --duration 1800 [--channels 1] [--model dsp-baseli
 from __future__ import annotations
 
 import argparse
-import json
 import socket
 import sys
 import tempfile
@@ -26,9 +25,10 @@ from pathlib import Path
 import numpy as np
 
 from emberd.testing import smalllib
+from emberd.testing.benchkit import MIB, report
+from emberd.testing.benchkit import percentile_ms as _p
 from emberd.testing.harness import Daemon, HopClock, RssSampler
 
-MIB = 1024 * 1024
 WARMUP_S = 20.0  # excluded from the memory baseline (allocator, ONNX arenas)
 SUBSCRIBERS = 4
 OSC_TARGETS = 2
@@ -64,10 +64,6 @@ class OscCounter:
         self.sock.close()
 
 
-def _p(x: np.ndarray, q: float) -> float:
-    return float(np.percentile(x, q) * 1000.0) if x.size else float("nan")
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("--duration", type=float, default=1800.0, help="seconds at full load")
@@ -78,18 +74,17 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="emberd-soak-") as tmp:
         root = Path(tmp)
-        smalllib.write_sounds(root / "sounds", per_folder=6)
-        proc = smalllib.index([root / "sounds"], root / "lib", model=args.model)
-        if proc.returncode != 0:
-            print(proc.stderr, file=sys.stderr)
+        try:
+            lib = smalllib.build_library(root, per_folder=6, model=args.model)
+        except RuntimeError as exc:
+            print(exc, file=sys.stderr)
             return 1
         perf = smalllib.write_performance(root / "perf.wav", seconds=30.0,
                                           channels=args.channels)
         targets = [OscCounter() for _ in range(OSC_TARGETS)]
         chan = ["--channels", "all"] if args.channels > 1 else []
-        daemon = Daemon(["--library", str(root / "lib"), "--model", args.model,
-                         "--input", str(perf), "--loop", "--pace", "realtime", *chan,
-                         *[a for t in targets for a in ("--osc", f"127.0.0.1:{t.port}")]],
+        osc_args = [a for t in targets for a in ("--osc", f"127.0.0.1:{t.port}")]
+        daemon = Daemon(smalllib.daemon_args(lib, perf, *chan, *osc_args, model=args.model),
                         root / "daemon.log")
         with daemon:
             subs = [HopClock(daemon.pub, "emb.0").start()]
@@ -158,10 +153,7 @@ def main(argv: list[str] | None = None) -> int:
             "rss_end_mib": round(float(np.median(rss_end)) / MIB, 1),
             "rss_growth_mib": round(float(np.median(rss_end) - np.median(rss_start)) / MIB, 2),
         }
-    for key, value in results.items():
-        print(f"{key:28s} {value}")
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=1))
+    report(results, args.json, width=28)
     return 0 if alive else 1
 
 

@@ -21,7 +21,6 @@ Usage: ``python bench/stall.py [--duration 600] [--anchor-s 30] [--jack]``.
 from __future__ import annotations
 
 import argparse
-import json
 import signal
 import sys
 import tempfile
@@ -31,6 +30,8 @@ from pathlib import Path
 import numpy as np
 
 from emberd.testing import smalllib
+from emberd.testing.benchkit import MIB, report
+from emberd.testing.benchkit import percentile_ms as _p
 from emberd.testing.harness import (
     Daemon,
     HopClock,
@@ -42,13 +43,8 @@ from emberd.testing.harness import (
 )
 from emberd.testing.stalled import StalledSubscribers, dead_osc_targets
 
-MIB = 1024 * 1024
 SETTLE_S = 5.0  # after start-up, before the anchor window
 REPORT_EVERY_S = 60.0  # progress line period
-
-
-def _p(x: np.ndarray, q: float) -> float:
-    return float(np.percentile(x, q) * 1000.0) if x.size else float("nan")
 
 
 def jack_fault_timing(root: Path) -> dict[str, object]:
@@ -103,16 +99,14 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="emberd-stall-") as tmp:
         root = Path(tmp)
-        smalllib.write_sounds(root / "sounds", per_folder=4)
-        proc = smalllib.index([root / "sounds"], root / "lib")
-        if proc.returncode != 0:
-            print(proc.stderr, file=sys.stderr)
+        try:
+            lib = smalllib.build_library(root, per_folder=4)
+        except RuntimeError as exc:
+            print(exc, file=sys.stderr)
             return 1
         perf = smalllib.write_performance(root / "perf.wav", seconds=20.0)
         osc_args = [a for t in dead_osc_targets() for a in ("--osc", t)]
-        daemon = Daemon(["--library", str(root / "lib"), "--model", smalllib.FAST_MODEL,
-                         "--input", str(perf), "--loop", "--pace", "realtime", *osc_args],
-                        root / "daemon.log")
+        daemon = Daemon(smalllib.daemon_args(lib, perf, *osc_args), root / "daemon.log")
         daemon.start()
         try:
             clock = HopClock(daemon.pub, "emb.0").start()
@@ -166,10 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         if args.jack and jack_available():
             results.update(jack_fault_timing(root))
-    for key, value in results.items():
-        print(f"{key:24s} {value}")
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=1))
+    report(results, args.json)
     return 0 if alive else 1
 
 

@@ -27,12 +27,7 @@ MIB = 1024 * 1024
 
 @pytest.fixture(scope="module")
 def library(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("daemonlib")
-    smalllib.write_sounds(root / "sounds", per_folder=3)
-    lib = root / "lib"
-    proc = smalllib.index([root / "sounds"], lib)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return lib
+    return smalllib.build_library(tmp_path_factory.mktemp("daemonlib"), per_folder=3)
 
 
 @pytest.fixture(scope="module")
@@ -40,15 +35,10 @@ def perf(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return smalllib.write_performance(tmp_path_factory.mktemp("perf") / "perf.wav", seconds=8.0)
 
 
-def _args(library: Path, perf: Path, *extra: str) -> list[str]:
-    return ["--library", str(library), "--model", smalllib.FAST_MODEL, "--input", str(perf),
-            "--loop", "--pace", "realtime", *extra]
-
-
 def test_stalled_subscribers_and_dead_osc_targets(library: Path, perf: Path,
                                                   tmp_path: Path) -> None:
     osc = [a for t in dead_osc_targets() for a in ("--osc", t)]
-    with Daemon(_args(library, perf, *osc), tmp_path / "daemon.log") as d:
+    with Daemon(smalllib.daemon_args(library, perf, *osc), tmp_path / "daemon.log") as d:
         reader = HopClock(d.pub, "emb.0").start()
         rss = RssSampler(d.pid, period=0.25).start()
         try:
@@ -89,7 +79,7 @@ def _port_free(port: int) -> bool:
 def test_signal_clean_exit(sig: int, library: Path, perf: Path, tmp_path: Path) -> None:
     lib_files = {p: p.stat().st_size for p in library.rglob("*") if p.is_file()}
     osc = [a for t in dead_osc_targets()[:1] for a in ("--osc", t)]
-    d = Daemon(_args(library, perf, *osc), tmp_path / "daemon.log")
+    d = Daemon(smalllib.daemon_args(library, perf, *osc), tmp_path / "daemon.log")
     d.start()
     try:
         reader = HopClock(d.pub, "emb.0").start()
@@ -123,7 +113,7 @@ def test_osc_capture_flood_keeps_threads_bounded(library: Path, perf: Path,
     builder = OscMessageBuilder("/emberd/ctl/capture")
     builder.add_arg(0.05, "f")
     dgram = builder.build().dgram
-    with Daemon(_args(library, perf), tmp_path / "daemon.log") as d:
+    with Daemon(smalllib.daemon_args(library, perf), tmp_path / "daemon.log") as d:
         proc = psutil.Process(d.pid)
         base = proc.num_threads()
         most = base

@@ -63,12 +63,7 @@ class OscInbox:
 
 @pytest.fixture(scope="module")
 def library(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("devlib")
-    smalllib.write_sounds(root / "sounds", per_folder=2)
-    lib = root / "lib"
-    proc = smalllib.index([root / "sounds"], lib)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return lib
+    return smalllib.build_library(tmp_path_factory.mktemp("devlib"), per_folder=2)
 
 
 def test_server_killed_detected_reported_reconnected(library: Path, tmp_path: Path) -> None:

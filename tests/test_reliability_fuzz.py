@@ -31,23 +31,14 @@ N_ZMQ = 5000  # malformed ZeroMQ control requests in CI
 
 @pytest.fixture(scope="module")
 def library(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("fuzzlib")
-    smalllib.write_sounds(root / "sounds", per_folder=3)
-    lib = root / "lib"
-    proc = smalllib.index([root / "sounds"], lib)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return lib
+    return smalllib.build_library(tmp_path_factory.mktemp("fuzzlib"), per_folder=3)
 
 
 @pytest.fixture(scope="module")
 def daemon(library: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     root = tmp_path_factory.mktemp("fuzzd")
     perf = smalllib.write_performance(root / "perf.wav", seconds=8.0)
-    d = Daemon(
-        ["--library", str(library), "--model", smalllib.FAST_MODEL, "--input", str(perf),
-         "--loop", "--pace", "realtime"],
-        root / "daemon.log",
-    )
+    d = Daemon(smalllib.daemon_args(library, perf), root / "daemon.log")
     with d:
         yield d
 

@@ -106,3 +106,27 @@ def write_performance(path: str | os.PathLike[str], *, seconds: float = 10.0,
             out[start : start + y.size, c] += 0.5 * y
     sf.write(path, out if channels > 1 else out[:, 0], SR, subtype="PCM_16")
     return Path(path)
+
+
+def build_library(root: str | os.PathLike[str], *, per_folder: int = 4,
+                  model: str = FAST_MODEL) -> Path:
+    """Write sounds into ``root/sounds`` and index them into ``root/lib``; return ``root/lib``.
+
+    Raises
+    ------
+    RuntimeError
+        ``emberd index`` failed; the message is its standard error.
+    """
+    write_sounds(Path(root) / "sounds", per_folder=per_folder)
+    lib = Path(root) / "lib"
+    proc = index([Path(root) / "sounds"], lib, model=model)
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr)
+    return lib
+
+
+def daemon_args(library: str | os.PathLike[str], perf: str | os.PathLike[str], *extra: str,
+                model: str = FAST_MODEL) -> list[str]:
+    """``emberd run`` arguments: ``perf`` looped at real-time pace against ``library``."""
+    return ["--library", os.fspath(library), "--model", model, "--input", os.fspath(perf),
+            "--loop", "--pace", "realtime", *extra]
