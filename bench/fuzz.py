@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from emberd.testing import fuzzdrive, smalllib
+from emberd.testing import benchkit, fuzzdrive, smalllib
 from emberd.testing.benchkit import MIB, report
 from emberd.testing.benchkit import percentile_ms as _p
 from emberd.testing.harness import Daemon, HopClock, RssSampler
@@ -54,20 +54,15 @@ def main(argv: list[str] | None = None) -> int:
     ok = True
     with tempfile.TemporaryDirectory(prefix="emberd-fuzz-") as tmp:
         root = Path(tmp)
-        try:
-            lib = smalllib.build_library(root, per_folder=4)
-        except RuntimeError as exc:
-            print(exc, file=sys.stderr)
+        prepared = benchkit.prepare(root, per_folder=4, seconds=20.0)
+        if prepared is None:
             return 1
-        perf = smalllib.write_performance(root / "perf.wav", seconds=20.0)
+        lib, perf = prepared
         daemon = Daemon(smalllib.daemon_args(lib, perf), root / "daemon.log")
         with daemon:
             clock = HopClock(daemon.pub, "emb.0").start()
             rss = RssSampler(daemon.pid, period=0.25).start()
-            time.sleep(SETTLE_S)
-            a0 = time.monotonic()
-            time.sleep(args.anchor_s)
-            a1 = time.monotonic()
+            a0, a1 = benchkit.quiet_window(SETTLE_S, args.anchor_s)
             anchor = clock.intervals_between(a0, a1)
             rss_anchor = float(np.median([r for t, r in rss.samples if a1 - 5.0 <= t <= a1]))
             results.update({

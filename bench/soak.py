@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from emberd.testing import smalllib
+from emberd.testing import benchkit, smalllib
 from emberd.testing.benchkit import MIB, report
 from emberd.testing.benchkit import percentile_ms as _p
 from emberd.testing.harness import Daemon, HopClock, RssSampler
@@ -74,13 +74,11 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="emberd-soak-") as tmp:
         root = Path(tmp)
-        try:
-            lib = smalllib.build_library(root, per_folder=6, model=args.model)
-        except RuntimeError as exc:
-            print(exc, file=sys.stderr)
+        prepared = benchkit.prepare(root, per_folder=6, seconds=30.0, channels=args.channels,
+                                    model=args.model)
+        if prepared is None:
             return 1
-        perf = smalllib.write_performance(root / "perf.wav", seconds=30.0,
-                                          channels=args.channels)
+        lib, perf = prepared
         targets = [OscCounter() for _ in range(OSC_TARGETS)]
         chan = ["--channels", "all"] if args.channels > 1 else []
         osc_args = [a for t in targets for a in ("--osc", f"127.0.0.1:{t.port}")]

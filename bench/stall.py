@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from emberd.testing import smalllib
+from emberd.testing import benchkit, smalllib
 from emberd.testing.benchkit import MIB, report
 from emberd.testing.benchkit import percentile_ms as _p
 from emberd.testing.harness import (
@@ -99,22 +99,17 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="emberd-stall-") as tmp:
         root = Path(tmp)
-        try:
-            lib = smalllib.build_library(root, per_folder=4)
-        except RuntimeError as exc:
-            print(exc, file=sys.stderr)
+        prepared = benchkit.prepare(root, per_folder=4, seconds=20.0)
+        if prepared is None:
             return 1
-        perf = smalllib.write_performance(root / "perf.wav", seconds=20.0)
+        lib, perf = prepared
         osc_args = [a for t in dead_osc_targets() for a in ("--osc", t)]
         daemon = Daemon(smalllib.daemon_args(lib, perf, *osc_args), root / "daemon.log")
         daemon.start()
         try:
             clock = HopClock(daemon.pub, "emb.0").start()
             rss = RssSampler(daemon.pid, period=1.0).start()
-            time.sleep(SETTLE_S)
-            a0 = time.monotonic()
-            time.sleep(args.anchor_s)
-            a1 = time.monotonic()
+            a0, a1 = benchkit.quiet_window(SETTLE_S, args.anchor_s)
             with StalledSubscribers(daemon.pub):
                 end = a1 + args.duration
                 next_report = a1 + REPORT_EVERY_S

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
+
+from emberd.testing import smalllib
 
 MIB = 1024 * 1024  # bytes
 
@@ -21,3 +25,29 @@ def report(results: dict[str, object], json_path: Path | None, *, width: int = 2
         print(f"{key:{width}s} {value}")
     if json_path:
         json_path.write_text(json.dumps(results, indent=1))
+
+
+def prepare(root: Path, *, per_folder: int, seconds: float, channels: int = 1,
+            model: str = smalllib.FAST_MODEL) -> tuple[Path, Path] | None:
+    """Build the small library under ``root`` and a performance file to loop.
+
+    Returns
+    -------
+    (library, performance) or None
+        ``None`` when indexing failed (its standard error is printed).
+    """
+    try:
+        lib = smalllib.build_library(root, per_folder=per_folder, model=model)
+    except RuntimeError as exc:
+        print(exc, file=sys.stderr)
+        return None
+    perf = smalllib.write_performance(root / "perf.wav", seconds=seconds, channels=channels)
+    return lib, perf
+
+
+def quiet_window(settle_s: float, anchor_s: float) -> tuple[float, float]:
+    """Wait ``settle_s``, then time an ``anchor_s`` window; return its monotonic bounds."""
+    time.sleep(settle_s)
+    a0 = time.monotonic()
+    time.sleep(anchor_s)
+    return a0, time.monotonic()
