@@ -8,9 +8,13 @@ PortAudio, the fetched aiSFX model) call :func:`require` instead of
 
 from __future__ import annotations
 
+import importlib
 import os
+import struct
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 
 REQUIRE_COMPONENTS = os.environ.get("EMBERD_REQUIRE_COMPONENTS", "") not in ("", "0")
@@ -25,6 +29,29 @@ def require(condition: bool, component: str) -> None:
     if REQUIRE_COMPONENTS:
         pytest.fail(message + " (EMBERD_REQUIRE_COMPONENTS is set)", pytrace=False)
     pytest.skip(message)
+
+
+def dev_module(name: str) -> Any:
+    """Import a dev dependency (reference implementation); missing = skip, or fail in CI."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        require(False, f"dev dependency {name}")
+
+
+def rel(a: np.ndarray, ref: np.ndarray) -> float:
+    """Max abs difference relative to the reference's max magnitude."""
+    assert a.shape == ref.shape, (a.shape, ref.shape)
+    return float(np.max(np.abs(a - ref)) / np.max(np.abs(ref)))
+
+
+def wav_bytes(sr: int, samples: np.ndarray) -> bytes:
+    """A 16-bit mono RIFF/WAVE file written by hand (so sr may be 0)."""
+    data = samples.astype("<i2").tobytes()
+    fmt = struct.pack("<HHIIHH", 1, 1, sr, sr * 2, 2, 16)
+    body = b"WAVE" + b"fmt " + struct.pack("<I", 16) + fmt + b"data"
+    body += struct.pack("<I", len(data)) + data
+    return b"RIFF" + struct.pack("<I", len(body)) + body
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import require
+from conftest import require, wav_bytes
 
 from emberd.cli import main
 from emberd.dsp.config import preset
@@ -45,14 +44,6 @@ def test_features_writes_streaming_frames(
     assert f"{ref.shape[0]} frames x {config.n_mels} bands" in capsys.readouterr().out
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp left
 
-
-def wav_bytes(sr: int, samples: np.ndarray) -> bytes:
-    """A 16-bit mono RIFF/WAVE file written by hand (so sr may be 0)."""
-    data = samples.astype("<i2").tobytes()
-    fmt = struct.pack("<HHIIHH", 1, 1, sr, sr * 2, 2, 16)
-    body = b"WAVE" + b"fmt " + struct.pack("<I", 16) + fmt + b"data"
-    body += struct.pack("<I", len(data)) + data
-    return b"RIFF" + struct.pack("<I", len(body)) + body
 
 
 def sounddevice() -> Any:

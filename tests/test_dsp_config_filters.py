@@ -3,30 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib
-from typing import Any
 
 import numpy as np
 import pytest
-from conftest import require
+from conftest import dev_module, rel
 
 from emberd.dsp import filters
 from emberd.dsp.config import AISFX_SCALE_MAX, PRESETS, FrontEndConfig, preset
 from emberd.errors import EmberdError
-
-
-def dev_module(name: str) -> Any:
-    """Import a dev dependency (reference implementation); missing = skip, or fail in CI."""
-    try:
-        return importlib.import_module(name)
-    except ImportError:
-        require(False, f"dev dependency {name}")
-
-
-
-def rel(a: np.ndarray, ref: np.ndarray) -> float:
-    """Max abs difference relative to the reference's max magnitude."""
-    return float(np.max(np.abs(a - ref)) / np.max(np.abs(ref)))
 
 
 def test_aisfx_preset_is_the_training_front_end() -> None:

@@ -7,14 +7,12 @@ mel matrix: the worst element error measured against the signal's own scale.
 from __future__ import annotations
 
 import contextlib
-import importlib
 import tracemalloc
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
-from conftest import require
+from conftest import dev_module, rel
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -28,19 +26,7 @@ STREAM_TOL = 1e-5  # streaming vs batch
 LIBROSA_TOL = 1e-4  # librosa preset vs librosa
 ESSENTIA_TOL = 1e-3  # aisfx preset vs Essentia (float32 inside Essentia)
 
-def dev_module(name: str) -> Any:
-    """Import a dev dependency (reference implementation); missing = skip, or fail in CI."""
-    try:
-        return importlib.import_module(name)
-    except ImportError:
-        require(False, f"dev dependency {name}")
 
-
-
-def rel(a: np.ndarray, ref: np.ndarray) -> float:
-    """Max abs difference relative to the reference's max magnitude."""
-    assert a.shape == ref.shape, (a.shape, ref.shape)
-    return float(np.max(np.abs(a - ref)) / np.max(np.abs(ref)))
 
 
 def stream(y: np.ndarray, config: FrontEndConfig, splits: list[int]) -> np.ndarray:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import struct
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
+from conftest import wav_bytes
 
 from emberd.dsp.sources import (
     AudioSource,
@@ -18,15 +18,6 @@ from emberd.dsp.sources import (
     synth_signal,
 )
 from emberd.errors import EmberdError
-
-
-def wav_bytes(sr: int, samples: np.ndarray) -> bytes:
-    """A 16-bit mono RIFF/WAVE file written by hand (so sr may be 0)."""
-    data = samples.astype("<i2").tobytes()
-    fmt = struct.pack("<HHIIHH", 1, 1, sr, sr * 2, 2, 16)
-    body = b"WAVE" + b"fmt " + struct.pack("<I", 16) + fmt + b"data"
-    body += struct.pack("<I", len(data)) + data
-    return b"RIFF" + struct.pack("<I", len(body)) + body
 
 
 @pytest.fixture()
