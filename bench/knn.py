@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from emberd.library.search import AnnoySearch, ExactSearch, build_annoy, normalize
+from emberd.library.search import AnnoySearch, ExactSearch, build_annoy, normalize, read_manifest
 
 K = 10
 CLUSTERS = 2000
@@ -65,6 +65,9 @@ def main() -> None:
         help="Annoy search_k per requested candidate",
     )
     ap.add_argument("--dir", help="folder for the index (default: temporary)")
+    ap.add_argument(
+        "--reuse", action="store_true", help="query the index already built in --dir (same args)"
+    )
     args = ap.parse_args()
 
     rng = np.random.default_rng(0)
@@ -94,14 +97,21 @@ def main() -> None:
     folder = Path(args.dir or tempfile.mkdtemp(prefix="emberd-knn-"))
     folder.mkdir(parents=True, exist_ok=True)
     rss0 = rss_mb()
-    t = time.perf_counter()
-    manifest = build_annoy(folder, "bench", "1", np.arange(args.n), data, trees=args.trees)
-    build_s = time.perf_counter() - t
-    size = (folder / manifest.file).stat().st_size
-    print(
-        f"annoy build: {args.trees} trees in {build_s:.1f} s, file {size / 2**30:.2f} GiB "
-        f"(RSS during build peaked above {rss0:.0f} MiB)"
-    )
+    existing = read_manifest(folder, "bench") if args.reuse else None
+    if existing is not None and (existing.items, existing.dim, existing.trees) == (
+        args.n, args.dim, args.trees
+    ):
+        size = (folder / existing.file).stat().st_size
+        print(f"annoy: reusing {existing.trees} trees, file {size / 2**30:.2f} GiB")
+    else:
+        t = time.perf_counter()
+        manifest = build_annoy(folder, "bench", "1", np.arange(args.n), data, trees=args.trees)
+        build_s = time.perf_counter() - t
+        size = (folder / manifest.file).stat().st_size
+        print(
+            f"annoy build: {args.trees} trees in {build_s:.1f} s, file {size / 2**30:.2f} GiB "
+            f"(RSS during build peaked above {rss0:.0f} MiB)"
+        )
     del data
     rss_before = rss_mb()
     t = time.perf_counter()

@@ -23,6 +23,8 @@ import warnings
 
 import numpy as np
 
+from emberd.library import waveform
+
 FP_SR = 22050  # Hz: fingerprints ignore content above 11 kHz (low-passed copies still match)
 FP_N_FFT = 1024  # 46 ms window at 22.05 kHz
 FP_HOP = 256  # 11.6 ms: drum transients are a few hops long
@@ -56,7 +58,9 @@ PARAMS = (
     f"fo{FAN_OUT}/{MAX_SUCCESSORS} "
     f"dt{MAX_DT_HOPS} dp{MAX_DPITCH_SEMITONES:g} "
     f"q{PITCH_QUANT_SEMITONES:g}/{DPITCH_QUANT_SEMITONES:g} "
-    f"tpl{TEMPLATE_FRAMES}x{TEMPLATE_BANDS}/{TEMPLATE_RANGE_DB:g}/{ONSET_DB:g}"
+    f"tpl{TEMPLATE_FRAMES}x{TEMPLATE_BANDS}/{TEMPLATE_RANGE_DB:g}/{ONSET_DB:g} "
+    f"wave{waveform.WAVE_SR}/{waveform.SNIPPET_SAMPLES}/{waveform.PRE_ROLL_SAMPLES}/"
+    f"{waveform.ONSET_DB:g}"
 )
 
 _DT_BITS = 6

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from emberd.errors import EmberdError
-from emberd.library import fingerprint
+from emberd.library import fingerprint, waveform
 from emberd.library.scan import Candidate, ScanResult, Skip, scan
 from emberd.library.store import Store
 
@@ -145,7 +145,12 @@ def prepare_file(job: _Job, frontend: Any) -> dict[str, Any]:
     }
     if job.need_fingerprint:
         hashes, times, _bands = fingerprint.landmarks(y, frontend.sr)
-        out["fp"] = (hashes, times, fingerprint.template(y, frontend.sr))
+        out["fp"] = (
+            hashes,
+            times,
+            fingerprint.template(y, frontend.sr),
+            waveform.snippet(y, frontend.sr),
+        )
     return out
 
 

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from emberd.errors import EmberdError
-from emberd.library import fingerprint, rerank
+from emberd.library import fingerprint, rerank, waveform
 from emberd.library.indexer import frame_energy, window_weights
 from emberd.library.search import AnnoySearch, ExactSearch
 from emberd.library.store import FileRecord, Store
@@ -48,6 +48,7 @@ SEARCH_MODES = ("auto", "exact", "annoy")
 IDENTIFY_CANDIDATES = 100  # embedding neighbours query_audio hands to identify()
 LANDMARK_CANDIDATES = 50  # best landmark matches
 ATTACK_CANDIDATES = 100  # nearest attack vectors (one matrix product over all templates)
+RESIDUAL_CANDIDATES = 50  # nearest attack vectors of what is left after the best waveform match
 INSIDE_FILE_S = 0.5  # a landmark alignment this far into a file: a window over a loop
 DEDUP_FACTOR = 4  # fetch k x this items: several segments of one file collapse into one match
 
@@ -214,8 +215,10 @@ class Library:
         return out
 
     @staticmethod
-    def _match(rec: FileRecord, score: float, start: float, kind: str) -> dict[str, Any]:
-        return {
+    def _match(
+        rec: FileRecord, score: float, start: float, kind: str, stage: str | None = None
+    ) -> dict[str, Any]:
+        out = {
             "path": rec.path,
             "name": rec.name,
             "score": round(score, 6),
@@ -224,6 +227,9 @@ class Library:
             "tags": list(rec.tags),
             "kind": kind,
         }
+        if stage is not None:
+            out["stage"] = stage  # which identification stage answered
+        return out
 
     def fingerprints(self) -> fingerprint.FingerprintIndex:
         """The landmark index (loaded on first use)."""
@@ -270,10 +276,13 @@ class Library:
         Candidates (cheap, wide): the best LANDMARK_CANDIDATES landmark matches,
         the embedding matches ``similar`` (``query_audio`` passes
         EMBED_CANDIDATES) and the ATTACK_CANDIDATES nearest attack vectors
-        (onset-aligned log-band patches, one matrix product). They are re-ranked
+        (onset-aligned log-band patches, one matrix product). They are ranked
         by :mod:`emberd.library.rerank` (spectro-temporal comparisons of the
         query with each candidate's stored template, combined by a logistic rule
-        fitted on bench/identify.py). A query that starts well inside a longer
+        fitted on bench/identify.py), then :func:`emberd.library.waveform.explain`
+        correlates the query's onset waveform with theirs (and explains a mix of
+        two library sounds as such); it answers whenever a waveform correlates,
+        else the template ranking does. A query that starts well inside a longer
         file (a live window over a loop) is answered by the landmarks alone when
         they clearly confirm one file: templates only cover a file's start.
 
@@ -290,8 +299,12 @@ class Library:
         -------
         list of dict
             Empty when there is no candidate; else the answer, kind ``"exact"``
-            (the re-ranker is at least rerank.EXACT_PROBABILITY sure, or the
-            landmarks confirmed a window inside a longer file) or ``"similar"``. ``score`` is its
+            (a waveform matched, the template ranker is at least
+            rerank.EXACT_PROBABILITY sure, or the landmarks confirmed a window
+            inside a longer file) or ``"similar"``; ``stage`` says which of
+            ``"waveform"``, ``"template"``, ``"landmarks"`` answered. A waveform
+            answer also has ``rho`` (its correlation), ``gain_db`` (its level in
+            the query) and, for a mix, ``mixed_with`` (the other file's path). ``score`` is its
             embedding cosine when known, else its template correlation;
             ``segment_start_s`` where in the file the query starts (landmark
             alignment, 0 when unknown).
@@ -303,7 +316,7 @@ class Library:
         confirmed = fingerprint.is_identified(lm) and lm[0][0] in files
         if confirmed and lm[0][2] > INSIDE_FILE_S:
             best = lm[0][0]
-            return [self._match(files[best], 1.0, float(offsets[best]), "exact")]
+            return [self._match(files[best], 1.0, float(offsets[best]), "exact", "landmarks")]
         by_path = {r.path: r.id for r in files.values()}
         cosine = {by_path[m["path"]]: m["score"] for m in (similar or []) if m["path"] in by_path}
         ids, tpl, attack = self._templates()
@@ -317,7 +330,7 @@ class Library:
         if not cands:
             if confirmed:
                 best = lm[0][0]
-                return [self._match(files[best], 1.0, float(offsets[best]), "exact")]
+                return [self._match(files[best], 1.0, float(offsets[best]), "exact", "landmarks")]
             return []
         rows = np.array([row_of[f] for f in cands])
         feats = rerank.features(query, tpl[rows])
@@ -328,13 +341,32 @@ class Library:
         q_t = fingerprint.template(audio, sr)
         feats["cur"] = fingerprint.template_scores(q_t, tpl[rows])
         prob = rerank.probabilities(rerank.feature_matrix(feats))
+
+        def neighbours(residual: np.ndarray, rsr: int) -> list[int]:
+            patch = rerank.QueryPatch(residual, rsr)
+            near = np.argsort(-(attack @ patch.attack_vector()))[:RESIDUAL_CANDIDATES]
+            return [f for f in ids[near].tolist() if f in files]
+
+        wave = waveform.explain(
+            audio, sr, cands, prob, lambda f: self._db(self.store.snippets, f), neighbours
+        )
+        if wave is not None and wave.file_id in files:
+            best = wave.file_id
+            score = float(cosine.get(best, wave.rho))
+            match = self._match(files[best], score, 0.0, "exact", "waveform")
+            match["rho"] = round(wave.rho, 4)
+            match["gain_db"] = round(wave.gain_db, 2)
+            if wave.mixed_with is not None and wave.mixed_with in files:
+                match["mixed_with"] = files[wave.mixed_with].path
+            return [match]
         i = int(np.argmax(prob))
         best = cands[i]
         # Landmark agreement adds no precision here: in a mix the other sound is confirmed too.
         exact = prob[i] >= rerank.EXACT_PROBABILITY
         score = cosine.get(best, float(feats["ncc"][i]))
         kind = "exact" if exact else "similar"
-        return [self._match(files[best], float(score), float(offsets.get(best, 0.0)), kind)]
+        start = float(offsets.get(best, 0.0))
+        return [self._match(files[best], float(score), start, kind, "template")]
 
     def query_audio(
         self, audio: np.ndarray, sr: int, k: int = 10, *, model: str

@@ -29,7 +29,7 @@ MANIFEST_VERSION = 1
 METRIC: Literal["angular"] = "angular"
 DEFAULT_TREES = 32  # recall@10 >= 0.95 at 1e5..1e6 items with SEARCH_K_PER_RESULT (bench/knn.py)
 SEARCH_K_PER_RESULT = 400  # Annoy search_k = this x candidates; more = better recall, slower
-RERANK_FACTOR = 4  # ask Annoy for k x this candidates, then re-rank them exactly
+RERANK_FACTOR = 4  # the candidate pool is k x this x SEARCH_K_PER_RESULT leaf items
 HASH_CHUNK_BYTES = 1 << 22  # 4 MiB reads while hashing index files
 
 
@@ -234,19 +234,19 @@ class AnnoySearch:
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Return ``(ids [n, k], scores [n, k])``, best first, padded with id -1 / score -inf."""
         q = normalize(np.atleast_2d(queries))
-        n_cand = max(k * RERANK_FACTOR, k)
-        search_k = n_cand * self.search_k_per_result
+        # Annoy gathers search_k leaf items, computes their exact angular distances and keeps
+        # the best: its answer is already the exact re-ranking of that candidate pool, so the
+        # cosines come from its distances (d^2 = 2 - 2 cos on unit vectors), no vector copies.
+        search_k = max(k * RERANK_FACTOR, k) * self.search_k_per_result
         out_ids = np.full((len(q), k), -1, np.int64)
         out_scores = np.full((len(q), k), -np.inf, np.float32)
         for row, vec in enumerate(q):
-            cand = self.index.get_nns_by_vector(vec.tolist(), n_cand, search_k=search_k)
-            if not cand:
-                continue
-            mat = normalize(np.array([self.index.get_item_vector(i) for i in cand], np.float32))
-            cols, vals = _topk((mat @ vec)[None, :], k)
-            take = cols.shape[1]
-            out_ids[row, :take] = np.asarray(cand, np.int64)[cols[0]]
-            out_scores[row, :take] = vals[0]
+            cand, dist = self.index.get_nns_by_vector(
+                vec.tolist(), k, search_k=search_k, include_distances=True
+            )
+            take = len(cand)
+            out_ids[row, :take] = cand
+            out_scores[row, :take] = 1.0 - np.square(np.asarray(dist, np.float32)) / 2.0
         return out_ids, out_scores
 
     def unload(self) -> None:

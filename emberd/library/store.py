@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from emberd.errors import EmberdError
+from emberd.library.waveform import Snippet
 
 DB_NAME = "library.sqlite"
 INDEX_DIR = "index"
@@ -72,6 +73,12 @@ CREATE INDEX IF NOT EXISTS fingerprints_hash ON fingerprints(hash);
 CREATE INDEX IF NOT EXISTS fingerprints_file ON fingerprints(file_id);
 CREATE TABLE IF NOT EXISTS templates (
     file_id INTEGER PRIMARY KEY REFERENCES files(id) ON DELETE CASCADE,
+    data BLOB NOT NULL
+);
+-- onset waveform (emberd.library.waveform.snippet): int16 samples times scale
+CREATE TABLE IF NOT EXISTS snippets (
+    file_id INTEGER PRIMARY KEY REFERENCES files(id) ON DELETE CASCADE,
+    scale REAL NOT NULL,
     data BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS fingerprinted (
@@ -406,8 +413,9 @@ class Store:
         hashes: np.ndarray,
         times: np.ndarray,
         template: np.ndarray,
+        snippet: Snippet,
     ) -> None:
-        """Replace ``file_id``'s landmark hashes and onset template."""
+        """Replace ``file_id``'s landmark hashes, onset template and onset waveform."""
         self.conn.execute("DELETE FROM fingerprints WHERE file_id=?", (file_id,))
         self.conn.executemany(
             "INSERT INTO fingerprints (hash, file_id, t) VALUES (?, ?, ?)",
@@ -416,6 +424,10 @@ class Store:
         self.conn.execute(
             "INSERT OR REPLACE INTO templates VALUES (?, ?)",
             (file_id, np.ascontiguousarray(template, np.uint8).tobytes()),
+        )
+        self.conn.execute(
+            "INSERT OR REPLACE INTO snippets VALUES (?, ?, ?)",
+            (file_id, float(snippet.scale), snippet.data),
         )
         self.conn.execute("INSERT OR REPLACE INTO fingerprinted VALUES (?, ?)", (file_id, params))
 
@@ -430,6 +442,24 @@ class Store:
                 f"SELECT file_id, data FROM templates WHERE file_id IN ({q})", part
             ):
                 out[fid] = data
+        return out
+
+    def snippets(self, file_ids: Iterable[int]) -> dict[int, Snippet]:
+        """Stored onset waveforms of the given files (missing ones left out; none at all in a
+        library last indexed by an emberd without them)."""
+        ids = [int(i) for i in file_ids]
+        out: dict[int, Snippet] = {}
+        try:
+            for chunk in range(0, len(ids), 500):
+                part = ids[chunk : chunk + 500]
+                q = ",".join("?" * len(part))
+                for fid, scale, data in self.conn.execute(
+                    f"SELECT file_id, scale, data FROM snippets WHERE file_id IN ({q})", part
+                ):
+                    out[int(fid)] = Snippet(float(scale), bytes(data))
+        except sqlite3.OperationalError as exc:
+            if "no such table" not in str(exc):
+                raise
         return out
 
     def remove_files(self, file_ids: Iterable[int]) -> None:

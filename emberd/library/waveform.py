@@ -1,0 +1,283 @@
+"""Waveform matching: the last word in "which of my samples is this?".
+
+Templates and embeddings compare band energies; they cannot tell apart two
+round-robin hits of the same snare, and a mix of two library sounds
+correlates with both. The waveform itself can: a sample played back with
+noise, reverb or another sound on top still correlates sample-for-sample
+with its source, and a different hit of the same drum does not.
+
+Each library file keeps a *snippet*: its first SNIPPET_SAMPLES samples from
+just before the onset, at WAVE_SR, as int16 plus one scale (11 KB a file).
+For a query, :func:`explain`
+
+1. correlates the query's onset region with every candidate's snippet over
+   +-LAG_SAMPLES (normalised cross-correlation ``rho``, one FFT per
+   candidate), and for the best few also with the query re-stretched by
+   STRETCH_CENTS (a sample pitched slightly by resampling), refined between
+   grid points for the best REFINE_TOP;
+2. takes the best-correlated file; if it explains nearly all of the onset
+   (``rho >= ALONE_RHO``) that is the answer;
+3. otherwise subtracts it (least-squares gain at its lag) and looks for a
+   second library sound in the residual (its own attack-vector neighbours
+   too): a mix of two library sounds is explained as A + B, both gains fitted
+   jointly, and the answer is the one with the louder peak in the mix;
+4. abstains (returns None) when nothing correlates above WAVE_MIN_RHO, e.g.
+   a sound pitched by more than STRETCH_CENTS: the template ranker answers.
+
+Files that are the same recording at another level (velocity layers made by
+scaling one hit) correlate equally; among those the one whose fitted gain is
+nearest 0 dB (the file as it is) wins.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+WAVE_SR = 22050  # Hz (the fingerprint rate): content above 11 kHz is not needed to tell hits apart
+SNIPPET_SAMPLES = 5512  # 250 ms at WAVE_SR: the attack and early decay that identify a hit
+PRE_ROLL_SAMPLES = 110  # 5 ms kept before the detected onset
+LAG_SAMPLES = 1024  # +-46 ms of onset misalignment searched by the correlation
+ENVELOPE_SAMPLES = 32  # 1.5 ms moving average for onset detection
+ONSET_DB = 20.0  # the onset is the first sample whose envelope is within this of its maximum
+STRETCH_CENTS = (-50.0, -37.5, -25.0, -12.5, 12.5, 25.0, 37.5, 50.0)  # resampling searched
+STRETCH_BY_RANK = 16  # candidates re-correlated at every stretch: the ranker's best ...
+STRETCH_BY_RHO = 8  # ... and the best-correlated at the original speed
+REFINE_TOP = 4  # the best few after the grid are refined between grid points ...
+REFINE_STEPS = 3  # ... halving the step each time (12.5 -> 6.25, 3.1, 1.6 cents)
+ALONE_RHO = 0.97  # one file explaining this much of the onset leaves no room for a second sound
+PAIR_MIN_RHO = 0.5  # a second sound must correlate this well with the residual
+WAVE_MIN_RHO = 0.5  # below this the waveform stage abstains
+SAME_RECORDING_RHO = 0.002  # candidates within this of the best rho may be level copies of it
+INT16_FULL_SCALE = 32767.0
+
+_SEGMENT = SNIPPET_SAMPLES + 2 * LAG_SAMPLES  # query samples around the onset
+_NFFT = 1 << int(np.ceil(np.log2(_SEGMENT + SNIPPET_SAMPLES)))  # linear (not circular) xcorr
+
+
+@dataclass(frozen=True)
+class Snippet:
+    """A library file's stored onset waveform (see :func:`snippet`)."""
+
+    scale: float  # multiply the int16 samples by this to get the file's own units
+    data: bytes  # SNIPPET_SAMPLES little-endian int16
+
+    def samples(self) -> np.ndarray:
+        """The waveform as float32 [SNIPPET_SAMPLES] in the file's units."""
+        raw = np.frombuffer(self.data, "<i2")
+        out = np.zeros(SNIPPET_SAMPLES, np.float32)
+        out[: len(raw)] = raw[:SNIPPET_SAMPLES].astype(np.float32) * np.float32(self.scale)
+        return out
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """What the waveform stage says a query is."""
+
+    file_id: int
+    rho: float  # its normalised correlation with the query's onset region
+    gain_db: float  # its level in the query relative to the file (least squares)
+    mixed_with: int | None  # the other library sound, when the query is explained as a mix
+
+
+def _mono(y: np.ndarray, sr: int) -> np.ndarray:
+    y = np.asarray(y, dtype=np.float32)
+    if y.ndim > 1:
+        y = y.mean(axis=1)
+    if sr != WAVE_SR:
+        import soxr
+
+        y = np.asarray(soxr.resample(y, sr, WAVE_SR, quality="HQ"), np.float32)
+    return y
+
+
+def onset_sample(y: np.ndarray) -> int:
+    """First sample whose smoothed magnitude is within ONSET_DB of the loudest."""
+    if len(y) == 0:
+        return 0
+    env = np.convolve(np.abs(y), np.full(ENVELOPE_SAMPLES, 1.0 / ENVELOPE_SAMPLES), mode="same")
+    return int(np.argmax(env > env.max() * 10 ** (-ONSET_DB / 20)))
+
+
+def _window(y: np.ndarray, start: int, n: int) -> np.ndarray:
+    """``y[start:start + n]`` with zeros outside ``y``."""
+    out = np.zeros(n, np.float32)
+    a, b = max(start, 0), min(start + n, len(y))
+    if b > a:
+        out[a - start : b - start] = y[a:b]
+    return out
+
+
+def snippet(y: np.ndarray, sr: int) -> Snippet:
+    """The onset waveform a library file keeps for :func:`explain`.
+
+    Parameters
+    ----------
+    y : float array [n] or [n, channels]
+        The file's audio.
+    sr : int
+        Its sample rate in Hz.
+    """
+    y = _mono(y, sr)
+    w = _window(y, onset_sample(y) - PRE_ROLL_SAMPLES, SNIPPET_SAMPLES)
+    peak = float(np.max(np.abs(w))) if len(w) else 0.0
+    scale = peak / INT16_FULL_SCALE if peak > 0 else 1.0
+    data = np.round(w / scale).clip(-INT16_FULL_SCALE, INT16_FULL_SCALE).astype("<i2")
+    return Snippet(scale, data.tobytes())
+
+
+def correlate(segment: np.ndarray, snippets: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Best normalised cross-correlation of a query segment with each snippet.
+
+    Parameters
+    ----------
+    segment : float array [SNIPPET_SAMPLES + 2 * LAG_SAMPLES]
+        The query around its onset (:func:`onset_segment`).
+    snippets : float array [n, SNIPPET_SAMPLES]
+        Candidate waveforms.
+
+    Returns
+    -------
+    rho, gain, lag : arrays [n]
+        Correlation in [-1, 1] (the share of the query's energy over the
+        snippet's span that the snippet explains is ``rho ** 2``),
+        least-squares gain of the snippet in the query, and the lag in samples
+        (0 .. 2 * LAG_SAMPLES) where both are taken.
+    """
+    q = np.fft.rfft(segment, _NFFT)
+    x = np.fft.irfft(q[None] * np.conj(np.fft.rfft(snippets, _NFFT, axis=1)), _NFFT, axis=1)
+    x = x[:, : 2 * LAG_SAMPLES + 1]
+    cum = np.concatenate([[0.0], np.cumsum(segment.astype(np.float64) ** 2)])
+    seg_energy = cum[SNIPPET_SAMPLES:] - cum[: 2 * LAG_SAMPLES + 1]
+    # Lags where the query is (nearly) silent would divide by ~0: floor their energy.
+    seg_energy = np.maximum(seg_energy, 1e-3 * seg_energy.max() + 1e-12)
+    energy = (snippets.astype(np.float64) ** 2).sum(axis=1) + 1e-20
+    rho = x / np.sqrt(energy[:, None] * seg_energy[None])
+    lag = np.argmax(rho, axis=1)
+    rows = np.arange(len(snippets))
+    return rho[rows, lag], x[rows, lag] / energy, lag
+
+
+def onset_segment(y: np.ndarray) -> np.ndarray:
+    """The query around its onset: LAG_SAMPLES of slack on both sides of a snippet's span."""
+    return _window(y, onset_sample(y) - PRE_ROLL_SAMPLES - LAG_SAMPLES, _SEGMENT)
+
+
+def _stretched(y: np.ndarray, cents: float) -> np.ndarray:
+    """``y`` resampled as if played ``cents`` lower (undoes a pitch-up by resampling)."""
+    import soxr
+
+    head = y[: onset_sample(y) + 2 * _SEGMENT]  # only the onset region is compared
+    return np.asarray(soxr.resample(head, WAVE_SR, WAVE_SR * 2 ** (cents / 1200)), np.float32)
+
+
+def _placed(s: np.ndarray, lag: int) -> np.ndarray:
+    out = np.zeros(_SEGMENT, np.float32)
+    out[lag : lag + SNIPPET_SAMPLES] = s
+    return out
+
+
+def explain(
+    audio: np.ndarray,
+    sr: int,
+    candidates: Sequence[int],
+    rank: np.ndarray,
+    load: Callable[[Sequence[int]], dict[int, Snippet]],
+    neighbours: Callable[[np.ndarray, int], list[int]],
+) -> Explanation | None:
+    """Which library file (or pair of files) a query is, by waveform.
+
+    Parameters
+    ----------
+    audio : float array [n] or [n, channels]
+        The query.
+    sr : int
+        Its sample rate in Hz.
+    candidates : sequence of int
+        Candidate file ids (from the cheap stages).
+    rank : float array [len(candidates)]
+        The template ranker's score of each candidate (higher = likelier);
+        the best STRETCH_BY_RANK are searched over STRETCH_CENTS.
+    load : callable
+        File ids -> their stored snippets (files without one are left out).
+    neighbours : callable
+        ``(audio at WAVE_SR, sr) -> file ids`` likely to contain it: called on
+        the residual to find the second sound of a mix.
+
+    Returns
+    -------
+    Explanation or None
+        None when no snippet correlates at least WAVE_MIN_RHO.
+    """
+    y = _mono(audio, sr)
+    snips = load(list(candidates))
+    ids = [f for f in candidates if f in snips]
+    if not ids or not np.any(y):
+        return None
+    mat = np.stack([snips[f].samples() for f in ids])
+    seg = onset_segment(y)
+    rho, gain, lag = correlate(seg, mat)
+    cents = np.zeros(len(ids))
+    pos = {f: i for i, f in enumerate(candidates)}
+    by_rank = np.argsort(-np.asarray([rank[pos[f]] for f in ids]))[:STRETCH_BY_RANK]
+    top = np.unique(np.concatenate([by_rank, np.argsort(-rho)[:STRETCH_BY_RHO]]))
+    for c in STRETCH_CENTS:
+        r, g, lg = correlate(onset_segment(_stretched(y, c)), mat[top])
+        up = r > rho[top]
+        rho[top] = np.where(up, r, rho[top])
+        gain[top] = np.where(up, g, gain[top])
+        lag[top] = np.where(up, lg, lag[top])
+        cents[top] = np.where(up, c, cents[top])
+    # Noise-like sounds decorrelate within a few cents: refine the best few between grid points.
+    step = min(np.diff(sorted({0.0, *STRETCH_CENTS}))) if STRETCH_CENTS else 0.0
+    for i in np.argsort(-rho)[:REFINE_TOP] if step else []:
+        h = step / 2
+        for _ in range(REFINE_STEPS):
+            for c in (cents[i] - h, cents[i] + h):
+                r, g, lg = correlate(onset_segment(_stretched(y, c)), mat[i : i + 1])
+                if r[0] > rho[i]:
+                    rho[i], gain[i], lag[i], cents[i] = r[0], g[0], lg[0], c
+            h /= 2
+    best = int(np.argmax(rho))
+    if rho[best] < WAVE_MIN_RHO:
+        return None
+    if rho[best] >= ALONE_RHO:
+        return _single(ids, rho, gain, best)
+    # Residual after the best file: is a second library sound there?
+    ys = y if cents[best] == 0 else _stretched(y, float(cents[best]))
+    seg = onset_segment(ys)
+    _r1, g1, l1 = correlate(seg, mat[best : best + 1])
+    first = _placed(mat[best], int(l1[0]))
+    resid = seg - g1[0] * first
+    same = {f for f, r in zip(ids, rho, strict=True) if r >= rho[best] - SAME_RECORDING_RHO}
+    pool = [f for f in dict.fromkeys([*ids, *neighbours(resid, WAVE_SR)]) if f not in same]
+    snips.update(load([f for f in pool if f not in snips]))
+    pool = [f for f in pool if f in snips]
+    if not pool:
+        return _single(ids, rho, gain, best)
+    pmat = np.stack([snips[f].samples() for f in pool])
+    r2, _g2, l2 = correlate(resid, pmat)
+    second = int(np.argmax(r2))
+    if r2[second] < PAIR_MIN_RHO:
+        return _single(ids, rho, gain, best)
+    basis = np.stack([first, _placed(pmat[second], int(l2[second]))], axis=1).astype(np.float64)
+    coef = np.linalg.lstsq(basis, seg.astype(np.float64), rcond=None)[0]
+    # The answer is the sound with the louder peak in the mix, whichever explains more energy.
+    loud = [coef[0] * np.abs(mat[best]).max(), coef[1] * np.abs(pmat[second]).max()]
+    a, b = (ids[best], pool[second]) if loud[0] >= loud[1] else (pool[second], ids[best])
+    k = 0 if a == ids[best] else 1
+    rho_a = float(rho[best]) if k == 0 else float(r2[second])
+    return Explanation(a, rho_a, _db(float(coef[k])), b)
+
+
+def _single(ids: list[int], rho: np.ndarray, gain: np.ndarray, best: int) -> Explanation:
+    """The best file, or the level copy of it whose gain is nearest 0 dB."""
+    near = np.nonzero(rho >= rho[best] - SAME_RECORDING_RHO)[0]
+    pick = int(near[np.argmin(np.abs([_db(float(gain[i])) for i in near]))])
+    return Explanation(ids[pick], float(rho[pick]), _db(float(gain[pick])), None)
+
+
+def _db(gain: float) -> float:
+    return float(20.0 * np.log10(max(abs(gain), 1e-6)))
