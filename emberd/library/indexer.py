@@ -49,7 +49,7 @@ class Summary:
 
     indexed: int = 0
     unchanged: int = 0
-    refreshed: int = 0  # unchanged files whose landmarks were recomputed (new definition)
+    refreshed: int = 0  # unchanged files whose identification data was recomputed
     removed: int = 0
     skipped: list[Skip] = field(default_factory=list)
     seconds: float = 0.0
@@ -63,7 +63,10 @@ class Summary:
             f"skipped {len(self.skipped)} ({self.seconds:.1f} s, {rate:.1f} files/s)"
         ]
         if self.refreshed:
-            out.append(f"landmarks recomputed for {self.refreshed} unchanged files")
+            out.append(
+                f"identification data (landmarks, templates, snippets) recomputed for "
+                f"{self.refreshed} unchanged files"
+            )
         out += [f"  skipped {s.path}: {s.reason}" for s in self.skipped]
         return out
 

@@ -128,7 +128,14 @@ def snippet(y: np.ndarray, sr: int) -> Snippet:
     return Snippet(scale, data.tobytes())
 
 
-def correlate(segment: np.ndarray, snippets: np.ndarray) -> tuple[np.ndarray, ...]:
+def spectra(snippets: np.ndarray) -> np.ndarray:
+    """Conjugate spectra of snippets [n, SNIPPET_SAMPLES], as :func:`correlate` uses them."""
+    return np.conj(np.fft.rfft(snippets, _NFFT, axis=1))
+
+
+def correlate(
+    segment: np.ndarray, snippets: np.ndarray, conj_spectra: np.ndarray | None = None
+) -> tuple[np.ndarray, ...]:
     """Best normalised cross-correlation of a query segment with each snippet.
 
     Parameters
@@ -137,6 +144,8 @@ def correlate(segment: np.ndarray, snippets: np.ndarray) -> tuple[np.ndarray, ..
         The query around its onset (:func:`onset_segment`).
     snippets : float array [n, SNIPPET_SAMPLES]
         Candidate waveforms.
+    conj_spectra : complex array [n, bins], optional
+        ``spectra(snippets)``, when the same candidates are correlated again.
 
     Returns
     -------
@@ -146,8 +155,9 @@ def correlate(segment: np.ndarray, snippets: np.ndarray) -> tuple[np.ndarray, ..
         least-squares gain of the snippet in the query, and the lag in samples
         (0 .. 2 * LAG_SAMPLES) where both are taken.
     """
-    q = np.fft.rfft(segment, _NFFT)
-    x = np.fft.irfft(q[None] * np.conj(np.fft.rfft(snippets, _NFFT, axis=1)), _NFFT, axis=1)
+    if conj_spectra is None:
+        conj_spectra = spectra(snippets)
+    x = np.fft.irfft(np.fft.rfft(segment, _NFFT)[None] * conj_spectra, _NFFT, axis=1)
     x = x[:, : 2 * LAG_SAMPLES + 1]
     cum = np.concatenate([[0.0], np.cumsum(segment.astype(np.float64) ** 2)])
     seg_energy = cum[SNIPPET_SAMPLES:] - cum[: 2 * LAG_SAMPLES + 1]
@@ -218,13 +228,14 @@ def explain(
         return None
     mat = np.stack([snips[f].samples() for f in ids])
     seg = onset_segment(y)
-    rho, gain, lag = correlate(seg, mat)
+    spec = spectra(mat)
+    rho, gain, lag = correlate(seg, mat, spec)
     cents = np.zeros(len(ids))
     pos = {f: i for i, f in enumerate(candidates)}
     by_rank = np.argsort(-np.asarray([rank[pos[f]] for f in ids]))[:STRETCH_BY_RANK]
     top = np.unique(np.concatenate([by_rank, np.argsort(-rho)[:STRETCH_BY_RHO]]))
     for c in STRETCH_CENTS:
-        r, g, lg = correlate(onset_segment(_stretched(y, c)), mat[top])
+        r, g, lg = correlate(onset_segment(_stretched(y, c)), mat[top], spec[top])
         up = r > rho[top]
         rho[top] = np.where(up, r, rho[top])
         gain[top] = np.where(up, g, gain[top])
@@ -236,7 +247,9 @@ def explain(
         h = step / 2
         for _ in range(REFINE_STEPS):
             for c in (cents[i] - h, cents[i] + h):
-                r, g, lg = correlate(onset_segment(_stretched(y, c)), mat[i : i + 1])
+                r, g, lg = correlate(
+                    onset_segment(_stretched(y, c)), mat[i : i + 1], spec[i : i + 1]
+                )
                 if r[0] > rho[i]:
                     rho[i], gain[i], lag[i], cents[i] = r[0], g[0], lg[0], c
             h /= 2
@@ -248,7 +261,7 @@ def explain(
     # Residual after the best file: is a second library sound there?
     ys = y if cents[best] == 0 else _stretched(y, float(cents[best]))
     seg = onset_segment(ys)
-    _r1, g1, l1 = correlate(seg, mat[best : best + 1])
+    _r1, g1, l1 = correlate(seg, mat[best : best + 1], spec[best : best + 1])
     first = _placed(mat[best], int(l1[0]))
     resid = seg - g1[0] * first
     same = {f for f, r in zip(ids, rho, strict=True) if r >= rho[best] - SAME_RECORDING_RHO}
@@ -257,19 +270,27 @@ def explain(
     pool = [f for f in pool if f in snips]
     if not pool:
         return _single(ids, rho, gain, best)
-    pmat = np.stack([snips[f].samples() for f in pool])
-    r2, _g2, l2 = correlate(resid, pmat)
+    row = {f: i for i, f in enumerate(ids)}
+    new = [f for f in pool if f not in row]
+    pmat = np.concatenate([mat, np.stack([snips[f].samples() for f in new])]) if new else mat
+    pspec = np.concatenate([spec, spectra(pmat[len(mat) :])]) if new else spec
+    row.update({f: len(mat) + i for i, f in enumerate(new)})
+    take = np.array([row[f] for f in pool])
+    pmat, pspec = pmat[take], pspec[take]
+    r2, g2, l2 = correlate(resid, pmat, pspec)
     second = int(np.argmax(r2))
     if r2[second] < PAIR_MIN_RHO:
         return _single(ids, rho, gain, best)
     basis = np.stack([first, _placed(pmat[second], int(l2[second]))], axis=1).astype(np.float64)
     coef = np.linalg.lstsq(basis, seg.astype(np.float64), rcond=None)[0]
+    # Level copies of either sound correlate as well as it does: keep the one nearest 0 dB.
+    one = _single(ids, rho, gain, best)
+    two = _single(pool, r2, g2, second)
     # The answer is the sound with the louder peak in the mix, whichever explains more energy.
     loud = [coef[0] * np.abs(mat[best]).max(), coef[1] * np.abs(pmat[second]).max()]
-    a, b = (ids[best], pool[second]) if loud[0] >= loud[1] else (pool[second], ids[best])
-    k = 0 if a == ids[best] else 1
-    rho_a = float(rho[best]) if k == 0 else float(r2[second])
-    return Explanation(a, rho_a, _db(float(coef[k])), b)
+    if loud[0] >= loud[1]:
+        return Explanation(one.file_id, one.rho, one.gain_db, two.file_id)
+    return Explanation(two.file_id, two.rho, two.gain_db, one.file_id)
 
 
 def _single(ids: list[int], rho: np.ndarray, gain: np.ndarray, best: int) -> Explanation:
