@@ -45,9 +45,10 @@ ONSET_DB = 20.0  # the onset is the first sample whose envelope is within this o
 STRETCH_CENTS = (-50.0, -37.5, -25.0, -12.5, 12.5, 25.0, 37.5, 50.0)  # resampling searched
 STRETCH_BY_RANK = 16  # candidates re-correlated at every stretch: the ranker's best ...
 STRETCH_BY_RHO = 8  # ... and the best-correlated at the original speed
+STRETCH_MIN_GAIN = 0.01  # rho a stretch must add over none to be believed
 REFINE_TOP = 4  # the best few after the grid are refined between grid points ...
 REFINE_STEPS = 3  # ... halving the step each time (12.5 -> 6.25, 3.1, 1.6 cents)
-ALONE_RHO = 0.97  # one file explaining this much of the onset leaves no room for a second sound
+ALONE_RHO = 0.99  # one file explaining 98 % of the onset energy leaves no room for a second
 PAIR_MIN_RHO = 0.5  # a second sound must correlate this well with the residual
 WAVE_MIN_RHO = 0.5  # below this the waveform stage abstains
 SAME_RECORDING_RHO = 0.002  # candidates within this of the best rho may be level copies of it
@@ -230,6 +231,7 @@ def explain(
     seg = onset_segment(y)
     spec = spectra(mat)
     rho, gain, lag = correlate(seg, mat, spec)
+    unstretched = (rho.copy(), gain.copy(), lag.copy())
     cents = np.zeros(len(ids))
     pos = {f: i for i, f in enumerate(candidates)}
     by_rank = np.argsort(-np.asarray([rank[pos[f]] for f in ids]))[:STRETCH_BY_RANK]
@@ -253,6 +255,12 @@ def explain(
                 if r[0] > rho[i]:
                     rho[i], gain[i], lag[i], cents[i] = r[0], g[0], lg[0], c
             h /= 2
+    # The best of many stretches always beats no stretch a little: keep one only when it
+    # clearly does (a spurious stretch would also distort the second sound of a mix).
+    keep = rho < unstretched[0] + STRETCH_MIN_GAIN
+    for now, before in zip((rho, gain, lag), unstretched, strict=True):
+        now[keep] = before[keep]
+    cents[keep] = 0.0
     best = int(np.argmax(rho))
     if rho[best] < WAVE_MIN_RHO:
         return None
