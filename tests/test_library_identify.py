@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import shutil
 import sqlite3
-from collections import Counter
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
