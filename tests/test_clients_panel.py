@@ -215,8 +215,15 @@ def test_panel_command_serves_and_refuses_bad_input(library: Path) -> None:
 
     cmd = [sys.executable, "-m", "emberd", "panel", "--port", "0", "--zmq", "tcp://127.0.0.1:9",
            "--library", str(library)]
+    # A shell starts background jobs with SIGINT ignored, and children inherit that and the
+    # signal mask: give the panel Ctrl-C's default so the SIGINT below works however the suite
+    # was started.
+    def ctrl_c_default() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=os.environ.copy())
+                            env=os.environ.copy(), preexec_fn=ctrl_c_default)
     try:
         assert proc.stdout is not None
         first = proc.stdout.readline()
