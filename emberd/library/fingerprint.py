@@ -23,6 +23,7 @@ import warnings
 
 import numpy as np
 
+from emberd.dsp.resample import mono_at
 from emberd.library import waveform
 
 FP_SR = 22050  # Hz: fingerprints ignore content above 11 kHz (low-passed copies still match)
@@ -68,23 +69,22 @@ _DP_BITS = 8
 _DP_OFFSET = 128
 
 
-def _spectrogram(y: np.ndarray, sr: int) -> tuple[np.ndarray, np.ndarray]:
-    """Log magnitude [frames, bins] of ``y`` at FP_SR and the bins' frequencies in Hz."""
+def stft(y: np.ndarray, min_samples: int = FP_N_FFT) -> np.ndarray:
+    """Complex spectra [frames, FP_N_FFT // 2 + 1] of mono ``y`` at FP_SR: Hann windows of
+    FP_N_FFT every FP_HOP, ``y`` zero-padded to at least ``min_samples`` first."""
     y = np.asarray(y, dtype=np.float32)
-    if y.ndim > 1:
-        y = y.mean(axis=1)
-    if sr != FP_SR:
-        import soxr
-
-        y = soxr.resample(y, sr, FP_SR, quality="HQ").astype(np.float32)
-    if len(y) < FP_N_FFT:
-        y = np.pad(y, (0, FP_N_FFT - len(y)))
+    if len(y) < min_samples:
+        y = np.pad(y, (0, min_samples - len(y)))
     n_frames = 1 + (len(y) - FP_N_FFT) // FP_HOP
     frames = np.lib.stride_tricks.as_strided(
         y, shape=(n_frames, FP_N_FFT), strides=(y.strides[0] * FP_HOP, y.strides[0])
     )
-    window = np.hanning(FP_N_FFT).astype(np.float32)
-    mag = np.abs(np.fft.rfft(frames * window, axis=1))
+    return np.fft.rfft(frames * np.hanning(FP_N_FFT).astype(np.float32), axis=1)
+
+
+def _spectrogram(y: np.ndarray, sr: int) -> tuple[np.ndarray, np.ndarray]:
+    """Log magnitude [frames, bins] of ``y`` at FP_SR and the bins' frequencies in Hz."""
+    mag = np.abs(stft(mono_at(y, sr, FP_SR)))
     freqs = np.fft.rfftfreq(FP_N_FFT, 1.0 / FP_SR)
     keep = (freqs >= FP_FMIN_HZ) & (freqs <= FP_FMAX_HZ)
     return 20.0 * np.log10(mag[:, keep] + 1e-9), freqs[keep]
@@ -220,21 +220,7 @@ def template(y: np.ndarray, sr: int) -> np.ndarray:
     uint8 array [TEMPLATE_FRAMES, TEMPLATE_BANDS]
         dB above (max - TEMPLATE_RANGE_DB) in TEMPLATE_DB_STEP steps.
     """
-    y = np.asarray(y, dtype=np.float32)
-    if y.ndim > 1:
-        y = y.mean(axis=1)
-    if sr != FP_SR:
-        import soxr
-
-        y = soxr.resample(y, sr, FP_SR, quality="HQ").astype(np.float32)
-    need = FP_N_FFT + FP_HOP * (TEMPLATE_FRAMES - 1)
-    if len(y) < need:
-        y = np.pad(y, (0, need - len(y)))
-    n_frames = 1 + (len(y) - FP_N_FFT) // FP_HOP
-    frames = np.lib.stride_tricks.as_strided(
-        y, shape=(n_frames, FP_N_FFT), strides=(y.strides[0] * FP_HOP, y.strides[0])
-    )
-    power = np.abs(np.fft.rfft(frames * np.hanning(FP_N_FFT).astype(np.float32), axis=1)) ** 2
+    power = np.abs(stft(mono_at(y, sr, FP_SR), FP_N_FFT + FP_HOP * (TEMPLATE_FRAMES - 1))) ** 2
     db = 10.0 * np.log10(power @ _band_matrix().T + 1e-12)
     loud = db.max(axis=1)
     onset = int(np.argmax(loud > loud.max() - ONSET_DB))

@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from emberd.dsp.resample import mono_at
 from emberd.errors import EmberdError
 from emberd.library import fingerprint, rerank, waveform
 from emberd.library.indexer import frame_energy, window_weights
@@ -309,6 +310,8 @@ class Library:
             ``segment_start_s`` where in the file the query starts (landmark
             alignment, 0 when unknown).
         """
+        # Every stage below compares at the fingerprint rate: resample the query once.
+        audio, sr = mono_at(audio, sr, fingerprint.FP_SR), fingerprint.FP_SR
         lm = self.fingerprints().match(audio, sr, top=LANDMARK_CANDIDATES)
         counts = {fid: count for fid, count, _ in lm}
         offsets = {fid: off for fid, _, off in lm}
@@ -472,13 +475,7 @@ def _embed_query(audio: np.ndarray, sr: int, model: str) -> tuple[np.ndarray, np
 
     enc = encoder_for(model)
     cfg = enc.manifest.frontend()
-    y = np.asarray(audio, np.float32)
-    if y.ndim > 1:
-        y = y.mean(axis=1)
-    if sr != cfg.sr:
-        import soxr
-
-        y = np.asarray(soxr.resample(y, sr, cfg.sr, quality="HQ"), np.float32)
+    y = mono_at(audio, sr, cfg.sr)
     if len(y) < cfg.n_fft:
         y = np.pad(y, (0, cfg.n_fft - len(y)))
     mel = melspectrogram(y, cfg)

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from emberd.dsp.resample import mono_at
 from emberd.library import fingerprint as fp
 
 LAG_HOPS = 2  # +-23 ms of onset misalignment searched
@@ -64,24 +65,10 @@ EXACT_PROBABILITY = 0.7  # a re-ranked answer this likely is "exact" (94 % right
 
 def _band_db(y: np.ndarray, sr: int) -> np.ndarray:
     """Log-band power [frames, TEMPLATE_BANDS] in dB, as :func:`fingerprint.template` computes."""
-    y = np.asarray(y, dtype=np.float32)
-    if y.ndim > 1:
-        y = y.mean(axis=1)
-    if sr != fp.FP_SR:
-        import soxr
-
-        y = soxr.resample(y, sr, fp.FP_SR, quality="HQ").astype(np.float32)
     # Only the first seconds matter: the window ends TEMPLATE_FRAMES + LAG_HOPS after the onset.
     max_frames = 4 * fp.TEMPLATE_FRAMES
-    y = y[: fp.FP_N_FFT + fp.FP_HOP * (max_frames - 1)]
-    if len(y) < fp.FP_N_FFT:
-        y = np.pad(y, (0, fp.FP_N_FFT - len(y)))
-    n_frames = 1 + (len(y) - fp.FP_N_FFT) // fp.FP_HOP
-    frames = np.lib.stride_tricks.as_strided(
-        y, shape=(n_frames, fp.FP_N_FFT), strides=(y.strides[0] * fp.FP_HOP, y.strides[0])
-    )
-    window = np.hanning(fp.FP_N_FFT).astype(np.float32)
-    power = np.abs(np.fft.rfft(frames * window, axis=1)) ** 2
+    y = mono_at(y, sr, fp.FP_SR)[: fp.FP_N_FFT + fp.FP_HOP * (max_frames - 1)]
+    power = np.abs(fp.stft(y)) ** 2
     return np.asarray(10.0 * np.log10(power @ fp._band_matrix().T + 1e-12), np.float32)
 
 

@@ -36,6 +36,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from emberd.dsp.resample import mono_at
+
 WAVE_SR = 22050  # Hz (the fingerprint rate): content above 11 kHz is not needed to tell hits apart
 SNIPPET_SAMPLES = 5512  # 250 ms at WAVE_SR: the attack and early decay that identify a hit
 PRE_ROLL_SAMPLES = 110  # 5 ms kept before the detected onset
@@ -83,17 +85,6 @@ class Explanation:
     mixed_with: int | None  # the other library sound, when the query is explained as a mix
 
 
-def _mono(y: np.ndarray, sr: int) -> np.ndarray:
-    y = np.asarray(y, dtype=np.float32)
-    if y.ndim > 1:
-        y = y.mean(axis=1)
-    if sr != WAVE_SR:
-        import soxr
-
-        y = np.asarray(soxr.resample(y, sr, WAVE_SR, quality="HQ"), np.float32)
-    return y
-
-
 def onset_sample(y: np.ndarray) -> int:
     """First sample whose smoothed magnitude is within ONSET_DB of the loudest."""
     if len(y) == 0:
@@ -121,7 +112,7 @@ def snippet(y: np.ndarray, sr: int) -> Snippet:
     sr : int
         Its sample rate in Hz.
     """
-    y = _mono(y, sr)
+    y = mono_at(y, sr, WAVE_SR)
     w = _window(y, onset_sample(y) - PRE_ROLL_SAMPLES, SNIPPET_SAMPLES)
     peak = float(np.max(np.abs(w))) if len(w) else 0.0
     scale = peak / INT16_FULL_SCALE if peak > 0 else 1.0
@@ -222,7 +213,7 @@ def explain(
     Explanation or None
         None when no snippet correlates at least WAVE_MIN_RHO.
     """
-    y = _mono(audio, sr)
+    y = mono_at(audio, sr, WAVE_SR)
     snips = load(list(candidates))
     ids = [f for f in candidates if f in snips]
     if not ids or not np.any(y):
