@@ -6,7 +6,7 @@ is an ``emberd.sinks`` entry point and runs the same way:
 ::
 
     worker thread: Outputs.put(item)
-        HopResult / StatusItem / EndOfStream / Publish -> messages (topic, header, array),
+        HopResult / HitResult / StatusItem / EndOfStream -> messages (topic, header, array),
         built once (analysers add their fields; per-topic seq numbered here) -> one Batch
         │  Handoff per sink (bounded, drop-oldest, counted in messages; lossless at --pace fast)
         ▼
@@ -44,8 +44,9 @@ from emberd import plugins
 from emberd.clients import wire
 from emberd.daemon.analyzers import Analyzers
 from emberd.daemon.handoff import Handoff
+from emberd.daemon.hits import HitResult
 from emberd.daemon.status import DaemonStats
-from emberd.daemon.worker import EndOfStream, HopResult, Item, Publish, StatusItem
+from emberd.daemon.worker import EndOfStream, HopResult, Item, StatusItem
 from emberd.errors import EmberdError
 
 log = logging.getLogger(__name__)
@@ -174,7 +175,9 @@ class SinkRunner(threading.Thread):
         publish = self.sink.publish
         for i, (topic, header, array) in enumerate(batch.messages):
             h = header.copy()  # the same header object goes to every sink's thread
-            h["publish_time"] = time.time()
+            h["publish_time"] = now = time.time()
+            if "onset_time" in h:  # a hit: onset -> this sink's publish
+                h["latency_ms"] = round((now - h["onset_time"]) * 1000.0, 3)
             try:
                 publish(topic, h, array)
             except Exception as exc:  # third-party code: counted, logged once, maybe disabled
@@ -273,12 +276,15 @@ class Outputs:
             final = {**self.stats.snapshot(), "final": True}
             msg = self._message(wire.KIND_STATUS, None, now, final.get("model", ""), status=final)
             return Batch((msg,), now, hop=False, final=True)
-        if isinstance(item, Publish):
-            fields = dict(item.fields)
-            if item.kind == "hit":
-                fields.update(self.analyzers.hit_fields(fields))
-            msg = self._message(item.kind, item.channel, item.capture_time, item.model,
-                                item.array, **fields)  # fmt: skip
+        if isinstance(item, HitResult):
+            fields = wire.hit_fields(
+                hit=item.hit, stage=item.stage, onset_time=item.onset_time, onset_s=item.onset_s,
+                window_ms=item.window_ms, peak_db=item.peak_db, matches=item.matches,
+                publish_time=time.time(),
+            )  # fmt: skip
+            fields.update(self.analyzers.hit_fields(fields))
+            msg = self._message(wire.KIND_HIT, item.channel, item.capture_time, item.model,
+                                **fields)  # fmt: skip
             return Batch((msg,), item.capture_time, hop=False)
         raise TypeError(f"not a worker item: {type(item).__name__}")
 

@@ -8,7 +8,8 @@ OSC address space (:mod:`emberd.clients.osc_format`, ``docs/osc.md``): ``match.<
 ``/emberd/level``, ``emb.<c>`` -> optionally ``/emberd/proj`` (N floats after a fixed
 random projection), ``/emberd/emb`` (float32 blobs, split into parts) and ``/wek/inputs``
 to Wekinator (first channel of a hop), ``similarity`` -> ``/emberd/similarity`` rows,
-``status`` -> ``/emberd/status`` (+ ``/emberd/input`` for device input).
+``status`` -> ``/emberd/status`` (+ ``/emberd/input`` for device input), ``hit.<c>`` ->
+``/emberd/hit`` (the top answer of each stage; ``seq`` counts the channel's hit messages).
 
 Options: ``targets`` (space-separated resolved ``host:port``), ``max_bytes``,
 ``proj_dims``, ``embedding`` (``0``: no blobs), ``wekinator`` (``host:port``),
@@ -100,7 +101,7 @@ class OscSink:
         self._sock.setblocking(False)  # a full socket buffer drops, never stalls
         self._by_kind: dict[str, Callable[[dict[str, Any], Any], None]] = {
             "match": self._match, "tag": self._tags, "level": self._level, "emb": self._emb,
-            "similarity": self._similarity, "status": self._status,
+            "similarity": self._similarity, "status": self._status, "hit": self._hit,
         }  # fmt: skip
 
     def publish(self, topic: str, header: dict[str, Any], array: np.ndarray | None) -> None:
@@ -173,6 +174,16 @@ class OscSink:
         for row in range(n):
             self._send(fmt.encode_floats(fmt.ADDR_SIMILARITY, "iiiii", [*times, row, n],
                                          sim[row, : min(n, limit)], max_bytes=self.max_bytes))
+
+    def _hit(self, h: dict[str, Any], _: Any) -> None:
+        top = h["matches"][0] if h["matches"] else {}
+        self._send(fmt.encode_hit(
+            (int(h["seq"]), self._ms(h["capture_time"]), self._ms(h["publish_time"])),
+            channel=h["channel"], hit=h["hit"], stage=h["stage"],
+            onset_ms=self._ms(h["onset_time"]), latency_ms=h["latency_ms"], peak_db=h["peak_db"],
+            answer=h["answer"], confidence=float(top.get("confidence", 0.0)),
+            name=str(top.get("name", "")), path=str(top.get("path", "")), max_bytes=self.max_bytes,
+        ))  # fmt: skip
 
     def _status(self, h: dict[str, Any], _: Any) -> None:
         status = dict(h["status"])

@@ -37,6 +37,7 @@ import numpy as np
 
 from emberd.daemon.analysis import OnsetDetector, level_db
 from emberd.daemon.engine import Engine
+from emberd.daemon.hits import HitResult
 from emberd.daemon.status import DaemonStats
 from emberd.errors import EmberdError
 
@@ -81,19 +82,7 @@ class EndOfStream:
     """The input ended (file without --loop); publishers flush and exit."""
 
 
-@dataclass
-class Publish:
-    """One message of any wire kind (e.g. ``hit.<c>``), published as it is by every sink."""
-
-    kind: str
-    channel: int | None
-    capture_time: float
-    model: str
-    fields: dict[str, Any]
-    array: np.ndarray | None = None
-
-
-Item = HopResult | StatusItem | EndOfStream | Publish
+Item = HopResult | StatusItem | EndOfStream | HitResult
 
 
 @dataclass
