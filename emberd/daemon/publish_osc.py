@@ -27,6 +27,7 @@ import numpy as np
 
 from emberd.clients import osc_format as fmt
 from emberd.daemon.handoff import Handoff
+from emberd.daemon.hits import HitResult
 from emberd.daemon.status import DaemonStats
 from emberd.daemon.worker import EndOfStream, HopResult, Item, StatusItem
 
@@ -100,6 +101,7 @@ class OscPublisher(threading.Thread):
         self.encode_errors = 0
         self.sent = 0
         self._proj: dict[tuple[int, int], Projection] = {}
+        self._hit_seq: dict[int, int] = {}  # hit messages sent per channel
         self._latency = stats.latency_ring("osc")
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self._sock.setblocking(False)  # a full socket buffer drops, never stalls
@@ -118,6 +120,8 @@ class OscPublisher(threading.Thread):
                 try:
                     if isinstance(item, StatusItem):
                         self._status(item)
+                    elif isinstance(item, HitResult):
+                        self._hit(item)
                     else:
                         self._hop(item)
                 except Exception:  # a bug in one message must not silence every target
@@ -182,6 +186,20 @@ class OscPublisher(threading.Thread):
                 self._send(fmt.encode_floats(fmt.ADDR_SIMILARITY, "iiiii", [*times, row, n], vals,
                                              max_bytes=mb))  # fmt: skip
         self._latency.add((time.time() - hop.capture_time) * 1000.0)
+
+    def _hit(self, hit: HitResult) -> None:
+        seq = self._hit_seq.get(hit.channel, 0)
+        self._hit_seq[hit.channel] = seq + 1
+        now = time.time()
+        top = hit.matches[0] if hit.matches else {}
+        ms = self.stats.ms_since_start
+        self._send(fmt.encode_hit(
+            (seq, ms(hit.capture_time), ms(now)), channel=hit.channel, hit=hit.hit,
+            stage=hit.stage, onset_ms=ms(hit.onset_time),
+            latency_ms=(now - hit.onset_time) * 1000.0, peak_db=hit.peak_db,
+            answer=str(top.get("kind", "none")), confidence=float(top.get("confidence", 0.0)),
+            name=str(top.get("name", "")), path=str(top.get("path", "")), max_bytes=self.max_bytes,
+        ))  # fmt: skip
 
     def _status(self, item: StatusItem) -> None:
         status = dict(item.status)

@@ -6,7 +6,8 @@ messages of one hop) and ``stream_s`` (where the hop's newest audio starts, in
 seconds since the input began) to the wire header. Per hop and channel it sends
 ``match.<c>``, ``tag.<c>``, ``level.<c>`` and ``emb.<c>``, then ``similarity`` when
 there are several channels; ``status`` once a second, and a last one with
-``"final": true`` when the daemon stops. Frames come from
+``"final": true`` when the daemon stops; ``hit.<c>`` for every stage of every hit, as
+soon as the worker hands it over. Frames come from
 :func:`emberd.clients.wire.encode`.
 The send high-water mark is explicit (:data:`SNDHWM_MESSAGES`); a slow subscriber
 loses messages (visible as gaps in its per-topic ``seq``), it never slows the daemon.
@@ -29,6 +30,7 @@ from typing import Any
 
 from emberd.clients import wire
 from emberd.daemon.handoff import Handoff
+from emberd.daemon.hits import HitResult
 from emberd.daemon.status import DaemonStats
 from emberd.daemon.worker import EndOfStream, HopResult, Item, StatusItem
 from emberd.daemon.zmqbind import bind_socket
@@ -93,6 +95,8 @@ class ZmqPublisher(threading.Thread):
                     if isinstance(item, StatusItem):
                         self._send(wire.KIND_STATUS, None, item.capture_time,
                                    item.status.get("model", ""), status=item.status)  # fmt: skip
+                    elif isinstance(item, HitResult):
+                        self._hit(item)
                     else:
                         self._hop(item)
                 except Exception:  # a bug in one message must not silence the socket
@@ -116,6 +120,15 @@ class ZmqPublisher(threading.Thread):
             self._sock.send_multipart(frames, flags=zmq.NOBLOCK)
         except zmq.Again:  # PUB drops at the HWM anyway; count it when the OS says so
             self.send_drops += 1
+
+    def _hit(self, hit: HitResult) -> None:
+        now = time.time()
+        fields = wire.hit_fields(
+            hit=hit.hit, stage=hit.stage, onset_time=hit.onset_time, onset_s=hit.onset_s,
+            window_ms=hit.window_ms, peak_db=hit.peak_db, matches=hit.matches, publish_time=now,
+        )  # fmt: skip
+        self._send(wire.KIND_HIT, hit.channel, hit.capture_time, hit.model, publish_time=now,
+                   **fields)  # fmt: skip
 
     def _hop(self, hop: HopResult) -> None:
         t, model = hop.capture_time, hop.model

@@ -38,6 +38,7 @@ import numpy as np
 from emberd.daemon.analysis import OnsetDetector, cosine_matrix, level_db, vote_tags
 from emberd.daemon.engine import Engine
 from emberd.daemon.handoff import Handoff
+from emberd.daemon.hits import HitResult
 from emberd.daemon.status import DaemonStats
 from emberd.errors import EmberdError
 
@@ -84,7 +85,7 @@ class EndOfStream:
     """The input ended (file without --loop); publishers flush and exit."""
 
 
-Item = HopResult | StatusItem | EndOfStream
+Item = HopResult | StatusItem | EndOfStream | HitResult
 
 
 @dataclass
