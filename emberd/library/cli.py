@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from typing import Any
 
 DEFAULT_MODEL = "aisfx"
@@ -64,8 +65,12 @@ def _index(args: argparse.Namespace) -> int:
 
     if args.jobs < 0:
         raise EmberdError(f"--jobs {args.jobs}: must be 0 or more")
+    def waiting(holder: str) -> None:
+        print(f"emberd: {args.library}: another emberd index ({holder}) is writing this library; "
+              "waiting for it to finish", file=sys.stderr, flush=True)
+
     indexer = _guard_db(lambda: Indexer(args.library, args.model, jobs=args.jobs,
-                                        threads=args.threads))
+                                        threads=args.threads, on_wait=waiting))
     console = Console(stderr=True)
     show = not args.quiet and console.is_terminal
     with Progress(
