@@ -31,6 +31,7 @@ from emberd.testing import smalllib
 REPO = Path(__file__).resolve().parent.parent
 PACKAGES = {
     "emberd-ndjson-sink": REPO / "examples" / "ndjson-sink",
+    "emberd-mfcc-encoder": REPO / "examples" / "encoder-plugin",
     "emberd-test-plugins": REPO / "tests" / "plugin_pkgs" / "emberd-test-plugins",
 }
 MODEL = smalllib.FAST_MODEL
@@ -40,12 +41,18 @@ TRANSIENT = ("publish_time", "latency_ms")  # stamped by each sink when it deliv
 
 
 def install_packages(names: list[str]) -> None:
-    """pip-install the named local plug-in packages unless their version is installed."""
+    """pip-install the named local plug-in packages unless that version is installed."""
+    import tomllib
+
     missing = []
     for name in names:
+        with open(PACKAGES[name] / "pyproject.toml", "rb") as f:
+            want = tomllib.load(f)["project"]["version"]
         try:
-            md.version(name)
+            have = md.version(name)
         except md.PackageNotFoundError:
+            have = None
+        if have != want:
             missing.append(str(PACKAGES[name]))
     if missing:
         proc = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
@@ -400,3 +407,63 @@ def test_blocking_sink_does_not_block_put() -> None:
     assert d["queue_dropped"] >= n - HANDOFF_CAPACITY_ITEMS - 1
     release.set()
     outputs.close()
+
+
+# ---------------------------------------------------------------------------- encoders
+
+
+def test_encoder_plugin_indexes_and_queries_a_library(
+    installed_plugins: None, library: Any, tmp_path: Path
+) -> None:
+    """The example encoder (another package) through index, query and embed, like a built-in."""
+    _, files = library
+    sounds = files[0].parent.parent
+    lib = tmp_path / "lib"
+    proc = smalllib.index([sounds], lib, model="mfcc-stats")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for pick in (0, len(files) - 1):
+        q = _emberd("query", str(files[pick]), "--library", str(lib), "--model", "mfcc-stats",
+                    "--json", "--k", "3")  # fmt: skip
+        assert q.returncode == 0, q.stderr[-2000:]
+        top = json.loads(q.stdout)
+        top = top[0] if isinstance(top, list) else top
+        first = (top.get("matches") or top.get("results"))[0]
+        assert Path(first["path"]).name == files[pick].name
+    out = tmp_path / "e.npy"
+    e = _emberd("embed", str(files[0]), "--model", "mfcc-stats", "--out", str(out))
+    assert e.returncode == 0, e.stderr[-2000:]
+    assert np.load(out).shape[-1] == 60
+
+
+def test_encoder_plugin_nan_output_never_reaches_a_library(
+    installed_plugins: None, library: Any, tmp_path: Path
+) -> None:
+    from emberd.models.plugin import load_encoder
+    from emberd.models.registry import resolve
+
+    enc = load_encoder(resolve("test-nan"))
+    with pytest.raises(EmberdError, match="NaN"):
+        enc.embed(np.zeros((2, 10, 96), np.float32))
+    _, files = library
+    proc = smalllib.index([files[0].parent], tmp_path / "lib", model="test-nan")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert "test-nan" in proc.stderr and "NaN" in proc.stderr
+
+
+def test_encoder_plugin_runs_live(
+    installed_plugins: None, library: Any, performance: Path, tmp_path: Path
+) -> None:
+    """``emberd run --model mfcc-stats``: the daemon's windowed path on a plug-in encoder."""
+    _, files = library
+    lib = tmp_path / "lib"
+    assert smalllib.index([files[0].parent.parent], lib, model="mfcc-stats").returncode == 0
+    out = tmp_path / "live.ndjson"
+    proc = _emberd("run", "--library", str(lib), "--input", str(performance), "--model",
+                   "mfcc-stats", "--pace", "fast", "--zmq-pub", "none", "--control", "none",
+                   "--sink", f"ndjson:path={out},arrays=0")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = _ndjson(out)
+    matches = [r for r in rows if r["topic"] == "match.0" and r["header"]["matches"]]
+    assert matches and all(r["header"]["model"] == "mfcc-stats" for r in matches)
+    final = rows[-1]["header"]["status"]
+    assert final["final"] and final["provider"] == "plugin:emberd-mfcc-encoder"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, ClassVar
 
 
 class RaisingSink:
@@ -43,3 +43,19 @@ def blocking(options: dict[str, str]) -> BlockingSink:
 
 def broken_ctor(options: dict[str, str]) -> Any:
     raise OSError("test-broken-ctor: cannot open its device")
+
+
+class NanEncoder:
+    """Returns NaN for every window (an encoder bug emberd must keep out of a library)."""
+
+    manifest: ClassVar[dict[str, Any]] = {
+        "dim": 8, "frontend": "aisfx", "window_frames": 10, "hop_frames": 5}
+
+    def embed(self, mel: Any) -> Any:
+        import numpy as np
+
+        return np.full((mel.shape[0], 8), np.nan, np.float32)
+
+
+def nan_encoder(options: dict[str, str]) -> NanEncoder:
+    return NanEncoder()
