@@ -28,6 +28,7 @@ import numpy as np
 from emberd.clients import osc_format as fmt
 from emberd.daemon.handoff import Handoff
 from emberd.daemon.hits import HitResult
+from emberd.daemon.mixdown import MixdownResult, osc_messages
 from emberd.daemon.status import DaemonStats
 from emberd.daemon.worker import EndOfStream, HopResult, Item, StatusItem
 
@@ -122,6 +123,8 @@ class OscPublisher(threading.Thread):
                         self._status(item)
                     elif isinstance(item, HitResult):
                         self._hit(item)
+                    elif isinstance(item, MixdownResult):
+                        self._mixdown(item)
                     else:
                         self._hop(item)
                 except Exception:  # a bug in one message must not silence every target
@@ -186,6 +189,10 @@ class OscPublisher(threading.Thread):
                 self._send(fmt.encode_floats(fmt.ADDR_SIMILARITY, "iiiii", [*times, row, n], vals,
                                              max_bytes=mb))  # fmt: skip
         self._latency.add((time.time() - hop.capture_time) * 1000.0)
+
+    def _mixdown(self, item: MixdownResult) -> None:
+        for dgram in osc_messages(item, self._times(item.seq, item.capture_time), self.max_bytes):
+            self._send(dgram)
 
     def _hit(self, hit: HitResult) -> None:
         seq = self._hit_seq.get(hit.channel, 0)

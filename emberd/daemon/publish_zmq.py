@@ -28,9 +28,12 @@ import threading
 import time
 from typing import Any
 
+import numpy as np
+
 from emberd.clients import wire
 from emberd.daemon.handoff import Handoff
 from emberd.daemon.hits import HitResult
+from emberd.daemon.mixdown import MixdownResult, zmq_messages
 from emberd.daemon.status import DaemonStats
 from emberd.daemon.worker import EndOfStream, HopResult, Item, StatusItem
 from emberd.daemon.zmqbind import bind_socket
@@ -97,6 +100,8 @@ class ZmqPublisher(threading.Thread):
                                    item.status.get("model", ""), status=item.status)  # fmt: skip
                     elif isinstance(item, HitResult):
                         self._hit(item)
+                    elif isinstance(item, MixdownResult):
+                        self._mixdown(item)
                     else:
                         self._hop(item)
                 except Exception:  # a bug in one message must not silence the socket
@@ -130,6 +135,10 @@ class ZmqPublisher(threading.Thread):
         self._send(wire.KIND_HIT, hit.channel, hit.capture_time, hit.model, publish_time=now,
                    **fields)  # fmt: skip
 
+    def _mixdown(self, item: MixdownResult) -> None:
+        for kind, channel, fields, array in zmq_messages(item):
+            self._send(kind, channel, item.capture_time, item.model, array=array, **fields)
+
     def _hop(self, hop: HopResult) -> None:
         t, model = hop.capture_time, hop.model
         common = {"hop": hop.seq, "stream_s": round(hop.stream_s, 6)}
@@ -142,6 +151,7 @@ class ZmqPublisher(threading.Thread):
             if self.send_embedding:
                 self._send(wire.KIND_EMB, channel, t, model, array=hop.embeddings[c], **common)
         if hop.similarity is not None:
+            silent = [ch for i, ch in enumerate(hop.channels) if np.isnan(hop.similarity[i, i])]
             self._send(wire.KIND_SIMILARITY, None, t, model, channels=list(hop.channels),
-                       array=hop.similarity, **common)  # fmt: skip
+                       array=hop.similarity, silent=silent, **common)  # fmt: skip
         self._latency.add((time.time() - hop.capture_time) * 1000.0)
