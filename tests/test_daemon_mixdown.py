@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 from scipy import signal
 
 from emberd.clients import osc_format as fmt
 from emberd.clients import wire
-from emberd.daemon.mixdown import MixdownAnalyser, osc_messages, zmq_messages
+from emberd.daemon.mixdown import MixdownAnalyser, osc_datagrams, zmq_messages
 from emberd.library.classifier import fit_head
 
 SR = 44100
@@ -27,6 +29,13 @@ def _stems(seconds: float) -> np.ndarray:
     sos = signal.butter(4, [50, 140], "bandpass", fs=SR, output="sos")
     bass = 1.6 * signal.sosfilt(sos, signal.sawtooth(2 * np.pi * 55 * t))
     return np.stack([kick, bass, np.zeros(n)]).astype(np.float32)
+
+
+def _decoded(result: Any) -> list[wire.Message]:
+    """The result's ZeroMQ messages, encoded and decoded as a subscriber sees them."""
+    return [wire.decode(wire.encode(k, seq=0, capture_time=result.capture_time, model="m",
+                                    channel=ch, array=a, **f))
+            for k, ch, f, a in zmq_messages(result)]  # fmt: skip
 
 
 def _feed(an: MixdownAnalyser, x: np.ndarray, block: int) -> list:
@@ -60,9 +69,7 @@ def test_no_signal_state_and_suggestion() -> None:
     assert (top.masker, top.maskee) == (1, 0)
     assert top.text.startswith("bass (ch 5) masks kick (ch 3) at 20 Hz")
     # --- ZeroMQ: channel numbers, not indexes; every frame decodes
-    msgs = [wire.decode(wire.encode(k, seq=0, capture_time=last.capture_time, model="m",
-                                    channel=ch, array=a, **f))
-            for k, ch, f, a in zmq_messages(last)]  # fmt: skip
+    msgs = _decoded(last)
     by_kind: dict[str, list[wire.Message]] = {}
     for m in msgs:
         by_kind.setdefault(m.kind, []).append(m)
@@ -75,7 +82,7 @@ def test_no_signal_state_and_suggestion() -> None:
     assert mask.array is not None and mask.array.shape == (3, 3, bands)
     assert mask.array[1, 0, 0] >= 0.9
     # --- OSC: every datagram fits and decodes
-    dgrams = list(osc_messages(last, (1, 2, 3), 400))
+    dgrams = [d for m in msgs for d in osc_datagrams(m.header, m.array, (1, 2, 3), 400)]
     packets = [fmt.decode(d) for d in dgrams]
     assert all(len(d) <= 400 for d in dgrams)
     cls = [p for p in packets if p.address == fmt.ADDR_CLASS]
@@ -92,6 +99,38 @@ def test_silence_everywhere_says_nothing_masked_over_osc() -> None:
     results = _feed(an, np.zeros((2, SR * 2), np.float32), 1024)
     last = [r for r in results if r.masking is not None][-1]
     assert last.signal == [False, False] and not last.suggestions
-    packets = [fmt.decode(d) for d in osc_messages(last, (0, 0, 0), 1200)]
+    msgs = _decoded(last)
+    packets = [fmt.decode(d) for m in msgs for d in osc_datagrams(m.header, m.array, (0, 0, 0),
+                                                                   1200)]  # fmt: skip
     (masking,) = [p for p in packets if p.address == fmt.ADDR_MASKING]
     assert masking.fields["count"] == 0
+
+
+def test_typed_messages_and_panel_json_never_carry_nan() -> None:
+    import json
+
+    from emberd.clients.messages import (
+        ClassMessage,
+        LoudnessMessage,
+        MaskingMessage,
+        SimilarityMessage,
+        from_wire,
+        to_json,
+    )
+    from emberd.daemon.mixdown import centred_similarity
+
+    an = MixdownAnalyser(sr=SR, channels=[0, 1, 2])
+    last = [r for r in _feed(an, _stems(3.0), 4096) if r.masking is not None][-1]
+    typed = [from_wire(m) for m in _decoded(last)]
+    assert {type(t) for t in typed} == {ClassMessage, LoudnessMessage, MaskingMessage}
+    (mask,) = [t for t in typed if isinstance(t, MaskingMessage)]
+    assert np.isnan(mask.fraction[0, 2]).all()  # the silent stem never played
+    sim = centred_similarity(np.eye(3, 8), None, [False, False, True])
+    frames = wire.encode(wire.KIND_SIMILARITY, seq=0, capture_time=0.0, model="m",
+                         channels=[0, 1, 2], array=sim)  # fmt: skip
+    typed.append(from_wire(wire.decode(frames)))
+    assert isinstance(typed[-1], SimilarityMessage)
+    for t in typed:
+        json.dumps(to_json(t), allow_nan=False)  # browsers reject NaN in JSON
+    assert to_json(typed[-1])["matrix"][2] == [None, None, None]
+    assert to_json(mask)["fraction"][0][2][0] is None

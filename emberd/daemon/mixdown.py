@@ -304,29 +304,34 @@ def zmq_messages(
         }, result.masking.astype(np.float32)  # fmt: skip
 
 
-def osc_messages(
-    result: MixdownResult, times: tuple[int, int, int], max_bytes: int
+def osc_datagrams(
+    header: dict[str, Any], array: np.ndarray | None, times: tuple[int, int, int], max_bytes: int
 ) -> Iterator[bytes]:
-    """The OSC datagrams for ``result`` (``/emberd/loudness``, ``/emberd/class``,
-    ``/emberd/masking``; see :mod:`emberd.clients.osc_format`)."""
-    for c, ch in enumerate(result.channels):
-        figures = (result.momentary[c], result.short_term[c], result.integrated[c],
-                   result.true_peak[c], result.crest[c])  # fmt: skip
-        yield fmt.encode_loudness(times, channel=ch, figures=figures, signal=result.signal[c],
-                                  balance_db=result.balance_db[c], max_bytes=max_bytes)  # fmt: skip
-    if result.classes is not None:
-        for c, ch in enumerate(result.channels):
-            cls, conf = result.classes[c]
-            yield fmt.encode_class(times, channel=ch, cls=cls, confidence=conf)
-    if result.masking is not None:
-        found = result.suggestions
-        chans = result.channels
+    """The OSC datagrams of one ``class``, ``loudness`` or ``masking`` wire message.
+
+    ``/emberd/class`` and ``/emberd/loudness`` are one datagram per channel; ``masking``
+    becomes one ``/emberd/masking`` datagram per suggestion, or one with ``count`` 0
+    (see :mod:`emberd.clients.osc_format`).
+    """
+    kind = header.get("kind")
+    if kind == wire.KIND_CLASS:
+        yield fmt.encode_class(times, channel=int(header["channel"]), cls=header["class"],
+                               confidence=float(header["confidence"]))  # fmt: skip
+    elif kind == wire.KIND_LOUDNESS:
+        figures = (header["momentary"], header["short_term"], header["integrated"],
+                   header["true_peak"], header["crest_db"])  # fmt: skip
+        balance = np.zeros(0, np.float32) if array is None else np.asarray(array)
+        yield fmt.encode_loudness(times, channel=int(header["channel"]), figures=figures,
+                                  signal=bool(header["signal"]), balance_db=balance,
+                                  max_bytes=max_bytes)  # fmt: skip
+    elif kind == wire.KIND_MASKING:
+        found = header.get("suggestions") or []
         if not found:
             yield fmt.encode_masking(times, index=0, count=0, masker=-1, maskee=-1, lo_hz=0.0,
                                      hi_hz=0.0, margin_db=0.0, fraction=0.0, text="",
                                      max_bytes=max_bytes)  # fmt: skip
         for i, s in enumerate(found):
-            yield fmt.encode_masking(times, index=i, count=len(found), masker=chans[s.masker],
-                                     maskee=chans[s.maskee], lo_hz=s.lo_hz, hi_hz=s.hi_hz,
-                                     margin_db=s.margin_db, fraction=s.fraction, text=s.text,
-                                     max_bytes=max_bytes)  # fmt: skip
+            yield fmt.encode_masking(times, index=i, count=len(found), masker=s["masker"],
+                                     maskee=s["maskee"], lo_hz=s["lo_hz"], hi_hz=s["hi_hz"],
+                                     margin_db=s["margin_db"], fraction=s["fraction"],
+                                     text=s["text"], max_bytes=max_bytes)  # fmt: skip

@@ -1,12 +1,12 @@
-"""The analysis worker: ring -> mel frames -> encoder every hop -> search -> tags -> handoffs.
+"""The analysis worker: ring -> mel frames -> encoder every hop -> search -> outputs.
 
 One thread. It drains the :class:`~emberd.dsp.ring.SampleRing` the producer (audio
 callback or file/synth feeder) fills, pushes each selected channel through its own
 :class:`~emberd.dsp.frontend.StreamingFrontEnd`, and every ``hop_frames`` mel frames
-runs the encoder on all channels as one batch, searches the library, votes tags,
-measures level/onset and the channel similarity matrix, and hands one
-:class:`HopResult` to every publisher's :class:`~emberd.daemon.handoff.Handoff`
-(drop-oldest; it never waits for a transport).
+runs the encoder on all channels as one batch, searches the library, measures
+level/onset, and hands one :class:`HopResult` to :class:`~emberd.daemon.outputs.Outputs`
+(analysers add tags and similarity; one drop-oldest handoff per sink: it never waits
+for a transport).
 
 Commands from the control threads (``set_k``, ``set_model``, ``reload``, ``capture``)
 arrive on a queue and are applied between hops, so the worker alone touches the
@@ -35,17 +35,10 @@ from typing import Any
 
 import numpy as np
 
-from emberd.daemon.analysis import OnsetDetector, level_db, vote_tags
+from emberd.daemon.analysis import OnsetDetector, level_db
 from emberd.daemon.engine import Engine
-from emberd.daemon.handoff import Handoff
 from emberd.daemon.hits import HitResult
-from emberd.daemon.mixdown import (
-    SILENT_RMS_DB,
-    MixdownAnalyser,
-    MixdownResult,
-    centred_similarity,
-    class_data,
-)
+from emberd.daemon.mixdown import MixdownAnalyser, MixdownResult, class_data
 from emberd.daemon.status import DaemonStats
 from emberd.errors import EmberdError
 
@@ -74,9 +67,8 @@ class HopResult:
     channels: list[int]
     embeddings: np.ndarray  # [C, dim] float32, a copy
     matches: list[list[dict[str, Any]]]
-    tags: list[list[dict[str, Any]]]
     levels: list[tuple[float, float, bool]]  # (rms_db, peak_db, onset) per channel
-    similarity: np.ndarray | None  # [C, C] when C > 1
+    centre: np.ndarray | None = None  # library mean vector (the similarity matrix's centre)
 
 
 @dataclass
@@ -131,8 +123,8 @@ class Worker(threading.Thread):
     channel_index : list of int
         Ring columns to analyse; their numbers are the published channel numbers.
         ``[-1]`` analyses the mix of all columns, published as channel 0.
-    handoffs : list of Handoff
-        One per publisher.
+    handoffs : list
+        What items go to (the daemon's :class:`~emberd.daemon.outputs.Outputs`).
     stats : DaemonStats
     k : int
         Matches per hop.
@@ -147,7 +139,7 @@ class Worker(threading.Thread):
         engine: Engine,
         open_library: Callable[[], Any],
         channel_index: list[int],
-        handoffs: list[Handoff[Item]],
+        handoffs: list[Any],
         stats: DaemonStats,
         k: int,
         realtime: bool,
@@ -342,10 +334,7 @@ class Worker(threading.Thread):
             return
         self.stats.inference_ms.add((t1 - t0) * 1000.0)
         matches = self._search(emb, self.k)
-        tags = [vote_tags(m) for m in matches]
         self.mixdown.on_hop(emb)
-        silent = [rms_db < SILENT_RMS_DB for rms_db, _peak, _onset in levels]
-        sim = centred_similarity(emb, self._centre, silent) if len(self.channels) > 1 else None
         self.stats.hop_work_ms.add((time.perf_counter() - t0) * 1000.0)
         result = HopResult(
             seq=self._seq,
@@ -355,10 +344,9 @@ class Worker(threading.Thread):
             channels=self.channels,
             embeddings=np.array(emb, dtype=np.float32, copy=True),
             matches=matches,
-            tags=tags,
             levels=levels,
-            similarity=sim,
-        )
+            centre=self._centre,
+        )  # tags, level and similarity messages: emberd.daemon.analyzers
         self._seq += 1
         self.stats.hops += 1
         for h in self.handoffs:
