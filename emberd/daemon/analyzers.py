@@ -180,6 +180,7 @@ class Analyzers:
                 continue
             if not self._check_fields(slot, rows):
                 continue
+            slot.consecutive = 0
             merged = out.setdefault(slot.kind, [{} for _ in range(want)] if rows else [])
             for target, row in zip(merged, rows, strict=False):
                 target.update(row)
@@ -198,6 +199,7 @@ class Analyzers:
                 self._fail(slot, f"returned {type(row).__name__}, expected a dict")
                 continue
             if self._check_fields(slot, [row]):
+                slot.consecutive = 0
                 out.update(row)
         return out
 
@@ -208,7 +210,6 @@ class Analyzers:
             self._fail(slot, f"{type(exc).__name__}: {exc}", exc)
             return None
         slot.calls += 1
-        slot.consecutive = 0
         return result
 
     def _check_fields(self, slot: AnalyzerSlot, rows: list[dict[str, Any]]) -> bool:

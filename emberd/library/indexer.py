@@ -421,9 +421,9 @@ class Indexer:
     def encoder(self) -> Any:
         """The model's encoder, created on first use (after the workers started)."""
         if self._encoder is None:
-            from emberd.models.runtime import Encoder
+            from emberd.models.plugin import load_encoder
 
-            self._encoder = Encoder(self.manifest, device="auto", threads=self.threads)
+            self._encoder = load_encoder(self.manifest, device="auto", threads=self.threads)
         return self._encoder
 
     def _commit(self, batch: list[tuple[Candidate, dict[str, Any]]], summary: Summary) -> int:

@@ -57,6 +57,13 @@ def list_models() -> list[ModelManifest]:
     return found
 
 
+def plugin_names() -> list[str]:
+    """Encoder plug-ins installed from other packages (``emberd.encoders``)."""
+    from emberd import plugins
+
+    return [p.name for p in plugins.discover(plugins.GROUP_ENCODERS) if not p.builtin]
+
+
 def _models_root() -> Path:
     from emberd.paths import models_dir
 
@@ -89,7 +96,12 @@ def resolve(name: str) -> ModelManifest:
         return manifest
     path = root / name / MANIFEST_FILE
     if not path.is_file():
-        known = ", ".join(m.name for m in list_models())
+        from emberd.models.plugin import plugin_manifest
+
+        found = plugin_manifest(name)  # an emberd.encoders plug-in from another package
+        if found is not None:
+            return found
+        known = ", ".join([m.name for m in list_models()] + plugin_names())
         raise EmberdError(f"model {name!r}: unknown (known: {known})")
     manifest = load_manifest(path)
     if not available(manifest):
