@@ -51,6 +51,10 @@ ADDR_STATUS = "/emberd/status"
 ADDR_INPUT = "/emberd/input"
 ADDR_REPLY = "/emberd/reply"
 ADDR_CAPTURE_MATCH = "/emberd/capture/match"
+ADDR_HIT = "/emberd/hit"
+ADDR_CLASS = "/emberd/class"
+ADDR_LOUDNESS = "/emberd/loudness"
+ADDR_MASKING = "/emberd/masking"
 CONTROL_PREFIX = "/emberd/ctl/"
 ADDR_WEKINATOR = "/wek/inputs"  # Wekinator's default input address
 
@@ -88,6 +92,34 @@ ADDRESSES: dict[str, tuple[str, tuple[str, ...], str]] = {
     ADDR_INPUT: ("iiisii", (*TIME_FIELDS, "state", "stalls", "reconnects"), ""),
     ADDR_REPLY: ("sis", ("cmd", "ok", "detail"), ""),
     ADDR_CAPTURE_MATCH: ("iifss", ("channel", "rank", "score", "name", "path"), ""),
+    # One datagram per hit stage, top answer only; answer "none" has empty name and path.
+    ADDR_HIT: (
+        "iiiiisiffsfss",
+        (
+            *TIME_FIELDS, "channel", "hit", "stage", "onset_ms", "latency_ms", "peak_db",
+            "answer", "confidence", "name", "path",
+        ),
+        "",
+    ),
+    # Mix-down assistant (rate-limited: class and masking 2.5/s, loudness 5/s).
+    ADDR_CLASS: ("iiiisfi", (*TIME_FIELDS, "channel", "class", "confidence", "signal"), ""),
+    ADDR_LOUDNESS: (
+        "iiiifffffi",
+        (
+            *TIME_FIELDS, "channel", "momentary", "short_term", "integrated", "true_peak",
+            "crest_db", "signal",
+        ),
+        "f",  # the 1/3-octave balance, dB re the stem's total, 20 Hz upwards
+    ),
+    # One datagram per suggestion (index 0..count-1); count 0: nothing masks anything.
+    ADDR_MASKING: (
+        "iiiiiiiffffs",
+        (
+            *TIME_FIELDS, "index", "count", "masker", "maskee", "lo_hz", "hi_hz",
+            "margin_db", "fraction", "text",
+        ),
+        "",
+    ),
     ADDR_WEKINATOR: ("", (), "f"),
 }
 
@@ -285,6 +317,53 @@ def max_floats(address: str, head_types: str, max_bytes: int = DEFAULT_MAX_DATAG
     return n
 
 
+def encode_class(
+    times: tuple[int, int, int], *, channel: int, cls: str | None, confidence: float
+) -> bytes:
+    """Encode a channel's instrument class (``"none"`` and signal 0 when it is silent)."""
+    args = [*times, channel, cls or "none", float(confidence), int(cls is not None)]
+    return _build(ADDR_CLASS, ADDRESSES[ADDR_CLASS][0], args)
+
+
+def encode_loudness(
+    times: tuple[int, int, int],
+    *,
+    channel: int,
+    figures: tuple[float, float, float, float, float],
+    signal: bool,
+    balance_db: np.ndarray,
+    max_bytes: int = DEFAULT_MAX_DATAGRAM_BYTES,
+) -> bytes:
+    """Encode loudness ``(momentary, short_term, integrated, true_peak, crest_db)`` + balance."""
+    types = ADDRESSES[ADDR_LOUDNESS][0]
+    head = [*times, channel, *(float(f) for f in figures), int(signal)]
+    limit = max_floats(ADDR_LOUDNESS, types, max_bytes)
+    return encode_floats(ADDR_LOUDNESS, types, head, balance_db[:limit], max_bytes=max_bytes)
+
+
+def encode_masking(
+    times: tuple[int, int, int],
+    *,
+    index: int,
+    count: int,
+    masker: int,
+    maskee: int,
+    lo_hz: float,
+    hi_hz: float,
+    margin_db: float,
+    fraction: float,
+    text: str,
+    max_bytes: int = DEFAULT_MAX_DATAGRAM_BYTES,
+) -> bytes:
+    """Encode one masking suggestion (the text is cut to fit ``max_bytes``)."""
+    types = ADDRESSES[ADDR_MASKING][0]
+    room = max_bytes - _fixed_size(ADDR_MASKING, types) - 4 * (len(types) - 1) - 4
+    text = shorten_utf8(_strip_nul(text), room, keep="left")
+    args = [*times, index, count, masker, maskee, float(lo_hz), float(hi_hz),
+            float(margin_db), float(fraction), text]  # fmt: skip
+    return _build(ADDR_MASKING, types, args)
+
+
 def encode_level(
     times: tuple[int, int, int], *, channel: int, rms_db: float, peak_db: float, onset: bool
 ) -> bytes:
@@ -292,6 +371,39 @@ def encode_level(
     return _build(
         ADDR_LEVEL, "iiiiffi", [*times, channel, float(rms_db), float(peak_db), int(onset)]
     )
+
+
+def encode_hit(
+    times: tuple[int, int, int],
+    *,
+    channel: int,
+    hit: int,
+    stage: str,
+    onset_ms: int,
+    latency_ms: float,
+    peak_db: float,
+    answer: str,
+    confidence: float,
+    name: str,
+    path: str,
+    max_bytes: int = DEFAULT_MAX_DATAGRAM_BYTES,
+) -> bytes:
+    """Encode one stage of a hit (``/emberd/hit``): its top answer, ``path`` shortened to fit.
+
+    ``times`` is ``(seq, capture_ms, publish_ms)`` with ``seq`` counting hit messages of
+    the channel; ``onset_ms`` is the onset in ms since the daemon started.
+    """
+    types = ADDRESSES[ADDR_HIT][0]
+    head = [*times, channel, hit, _strip_nul(stage)[:16], int(onset_ms), float(latency_ms),
+            float(peak_db), _strip_nul(answer)[:16], float(confidence)]  # fmt: skip
+    name, path = _strip_nul(name), _strip_nul(path)
+    fixed = _fixed_size(ADDR_HIT, types) + sum(
+        _string_size(v) if isinstance(v, str) else 4 for v in head
+    )
+    room = max_bytes - fixed
+    name = shorten_utf8(name, min(NAME_MAX_BYTES, room // 3), keep="left")
+    path = shorten_utf8(path, room - _string_size(name) - 4, keep="right")
+    return _build(ADDR_HIT, types, [*head, name, path])
 
 
 def encode_status(times: tuple[int, int, int], status: dict[str, Any]) -> bytes:

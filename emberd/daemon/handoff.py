@@ -34,16 +34,22 @@ class Handoff(Generic[T]):
         self._closed = False
         self.dropped = 0
 
-    def put(self, item: T) -> None:
+    def put(self, item: T) -> T | None:
         """Append ``item``. Lossy: waits only for a pop's short lock hold (full: the oldest
-        item is dropped and counted). Lossless: blocks until there is room or closed."""
+        item is dropped and counted). Lossless: blocks until there is room or closed.
+
+        Returns the item dropped to make room (the caller counts what it held), or None.
+        """
+        evicted: T | None = None
         with self._cond:
             while self.lossless and len(self._items) == self._items.maxlen and not self._closed:
                 self._cond.wait()  # fast file input only: back-pressure, nothing lost
             if len(self._items) == self._items.maxlen:
                 self.dropped += 1  # deque(maxlen) drops the oldest on append
+                evicted = self._items[0]
             self._items.append(item)
             self._cond.notify()
+        return evicted
 
     def get(self, timeout: float) -> T | None:
         """Oldest item, or None after ``timeout`` seconds or once closed and empty."""

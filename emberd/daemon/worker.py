@@ -1,12 +1,12 @@
-"""The analysis worker: ring -> mel frames -> encoder every hop -> search -> tags -> handoffs.
+"""The analysis worker: ring -> mel frames -> encoder every hop -> search -> outputs.
 
 One thread. It drains the :class:`~emberd.dsp.ring.SampleRing` the producer (audio
 callback or file/synth feeder) fills, pushes each selected channel through its own
 :class:`~emberd.dsp.frontend.StreamingFrontEnd`, and every ``hop_frames`` mel frames
-runs the encoder on all channels as one batch, searches the library, votes tags,
-measures level/onset and the channel similarity matrix, and hands one
-:class:`HopResult` to every publisher's :class:`~emberd.daemon.handoff.Handoff`
-(drop-oldest; it never waits for a transport).
+runs the encoder on all channels as one batch, searches the library, measures
+level/onset, and hands one :class:`HopResult` to :class:`~emberd.daemon.outputs.Outputs`
+(analysers add tags and similarity; one drop-oldest handoff per sink: it never waits
+for a transport).
 
 Commands from the control threads (``set_k``, ``set_model``, ``reload``, ``capture``)
 arrive on a queue and are applied between hops, so the worker alone touches the
@@ -35,9 +35,10 @@ from typing import Any
 
 import numpy as np
 
-from emberd.daemon.analysis import OnsetDetector, cosine_matrix, level_db, vote_tags
+from emberd.daemon.analysis import OnsetDetector, level_db
 from emberd.daemon.engine import Engine
-from emberd.daemon.handoff import Handoff
+from emberd.daemon.hits import HitResult
+from emberd.daemon.mixdown import MixdownAnalyser, MixdownResult, class_data
 from emberd.daemon.status import DaemonStats
 from emberd.errors import EmberdError
 
@@ -66,9 +67,8 @@ class HopResult:
     channels: list[int]
     embeddings: np.ndarray  # [C, dim] float32, a copy
     matches: list[list[dict[str, Any]]]
-    tags: list[list[dict[str, Any]]]
     levels: list[tuple[float, float, bool]]  # (rms_db, peak_db, onset) per channel
-    similarity: np.ndarray | None  # [C, C] when C > 1
+    centre: np.ndarray | None = None  # library mean vector (the similarity matrix's centre)
 
 
 @dataclass
@@ -84,7 +84,7 @@ class EndOfStream:
     """The input ended (file without --loop); publishers flush and exit."""
 
 
-Item = HopResult | StatusItem | EndOfStream
+Item = HopResult | StatusItem | EndOfStream | HitResult | MixdownResult
 
 
 @dataclass
@@ -123,8 +123,8 @@ class Worker(threading.Thread):
     channel_index : list of int
         Ring columns to analyse; their numbers are the published channel numbers.
         ``[-1]`` analyses the mix of all columns, published as channel 0.
-    handoffs : list of Handoff
-        One per publisher.
+    handoffs : list
+        What items go to (the daemon's :class:`~emberd.daemon.outputs.Outputs`).
     stats : DaemonStats
     k : int
         Matches per hop.
@@ -139,7 +139,7 @@ class Worker(threading.Thread):
         engine: Engine,
         open_library: Callable[[], Any],
         channel_index: list[int],
-        handoffs: list[Handoff[Item]],
+        handoffs: list[Any],
         stats: DaemonStats,
         k: int,
         realtime: bool,
@@ -172,6 +172,8 @@ class Worker(threading.Thread):
         self._seq = 0
         self._next_status = 0.0
         self._capture: _Capture | None = None
+        self.mixdown = MixdownAnalyser(sr=source.sr, channels=self.channels)
+        self._centre: np.ndarray | None = None  # library mean vector (similarity centring)
         self._reset_schedule()
 
     # ------------------------------------------------------------------ control API
@@ -196,6 +198,7 @@ class Worker(threading.Thread):
             self.ready.set()
             self.done.set()
             return
+        self._load_class_data()
         self.ready.set()
         try:
             self._loop()
@@ -263,6 +266,10 @@ class Worker(threading.Thread):
             self._peak[c] = max(self._peak[c], float(np.max(np.abs(x))))
             fronts[c].push(x)
         self._count += n
+        t_first = self.source.clock.time_of(self._read_pos)
+        for update in self.mixdown.push(self._chan[:, :n], t_first):  # a few per second
+            for h in self.handoffs:
+                h.put(update)
         self._read_pos += n
         if self._capture is not None:
             self._record(n)
@@ -327,8 +334,7 @@ class Worker(threading.Thread):
             return
         self.stats.inference_ms.add((t1 - t0) * 1000.0)
         matches = self._search(emb, self.k)
-        tags = [vote_tags(m) for m in matches]
-        sim = cosine_matrix(emb) if len(self.channels) > 1 else None
+        self.mixdown.on_hop(emb)
         self.stats.hop_work_ms.add((time.perf_counter() - t0) * 1000.0)
         result = HopResult(
             seq=self._seq,
@@ -338,10 +344,9 @@ class Worker(threading.Thread):
             channels=self.channels,
             embeddings=np.array(emb, dtype=np.float32, copy=True),
             matches=matches,
-            tags=tags,
             levels=levels,
-            similarity=sim,
-        )
+            centre=self._centre,
+        )  # tags, level and similarity messages: emberd.daemon.analyzers
         self._seq += 1
         self.stats.hops += 1
         for h in self.handoffs:
@@ -433,6 +438,7 @@ class Worker(threading.Thread):
             if hasattr(old, "close"):
                 old.close()
             self._search_warned = False
+            self._load_class_data()
             return {"ok": True, "library": str(getattr(library, "path", ""))}
         if command.cmd == "set_model":
             return self._swap_engine(args["engine"])
@@ -453,9 +459,16 @@ class Worker(threading.Thread):
             self._capture.command.answer({"ok": False, "error": "capture: model changed"})
             self._capture = None
         self.engine = engine
+        self._load_class_data()
         self._reset_schedule()
         self._search_warned = False
         return {"ok": True, "model": engine.encoder.model, "provider": engine.encoder.provider}
+
+    def _load_class_data(self) -> None:
+        """The library's class head and mean vector for the current model (mix-down view)."""
+        self.mixdown.head, self._centre = class_data(self.library, self.engine.encoder.model)
+        self.mixdown.model = self.engine.encoder.model
+        self.mixdown.channels = list(self.channels)  # the app renumbers a mix as channel 0
 
     def _record(self, n: int) -> None:
         """Copy the newest ``n`` samples of the captured channels; answer when full."""
