@@ -251,7 +251,13 @@ class Indexer:
     """
 
     def __init__(
-        self, library: str | os.PathLike[str], model: str, *, jobs: int = 0, threads: int = 2
+        self,
+        library: str | os.PathLike[str],
+        model: str,
+        *,
+        jobs: int = 0,
+        threads: int = 2,
+        skip_silence: bool | None = None,
     ) -> None:
         from emberd.models.registry import resolve
 
@@ -260,6 +266,7 @@ class Indexer:
         self.model = model
         self.jobs = jobs
         self.threads = threads
+        self.skip_silence = skip_silence  # None: the manifest decides (emberd.models.silence_skip)
         self.frontend = self.manifest.frontend()
         self._encoder: Any = None
 
@@ -423,7 +430,9 @@ class Indexer:
         if self._encoder is None:
             from emberd.models.plugin import load_encoder
 
-            self._encoder = load_encoder(self.manifest, device="auto", threads=self.threads)
+            self._encoder = load_encoder(
+                self.manifest, device="auto", threads=self.threads, skip_silence=self.skip_silence
+            )
         return self._encoder
 
     def _commit(self, batch: list[tuple[Candidate, dict[str, Any]]], summary: Summary) -> int:
