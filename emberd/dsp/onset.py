@@ -12,9 +12,9 @@ detection functions per frame, both in dB:
   crack rises clearly here even over a tom's loud ring 20 dB above it).
 
 A frame is an onset when, in either function, the level rises at least RISE_DB above
-its maximum over LOOKBACK_S before the last RISE_SPAN_S (a rise, not a level: gain invariant; a previous
-sound's decay never rises above its own recent peaks, even a low ring whose 1.5-ms
-frames swing with its zero crossings) and stands FLOOR_MARGIN_DB above
+its mean energy over LOOKBACK_S before the last RISE_SPAN_S (a rise, not a level: gain
+invariant; a previous sound's decay never rises far above its own recent mean, even a
+low ring whose 1.5-ms frames swing with its zero crossings, or a noisy cymbal tail) and stands FLOOR_MARGIN_DB above
 that function's noise floor (tracked: falls at once, rises at FLOOR_RISE_DB_PER_S, so a
 steady noise floor is learnt and a long sound does not become "floor"), its broadband
 level is above ABSOLUTE_FLOOR_DB, and REFRACTORY_S has passed since the last onset
@@ -22,21 +22,20 @@ level is above ABSOLUTE_FLOOR_DB, and REFRACTORY_S has passed since the last ons
 The onset sample is refined inside the frame: the first sample whose magnitude
 reaches ONSET_FRACTION of the frame's peak.
 
-Nothing here allocates per sample; the work is a few numpy reductions per block and
-a short Python loop over its frames (8 per 256-sample block). It runs in the worker
+The work is a few numpy operations per block (the floor recursion is unrolled into a
+running minimum); Python only loops over frames that pass every test, to apply the
+refractory time. It runs in the worker
 thread, never in the audio callback.
 """
 
 from __future__ import annotations
 
 import math
-from collections import deque
-
 import numpy as np
 
 FRAME_S = 0.00145  # detection frame (32 samples at 22.05 kHz): ~1.5 ms time resolution
-RISE_DB = 10.0  # a frame this far above the recent maximum (either function) is a rise
-LOOKBACK_S = 0.025  # the recent maximum looks back this far: > one period of a 40 Hz ring
+RISE_DB = 10.0  # a frame this far above the recent mean energy (either function) is a rise
+LOOKBACK_S = 0.025  # the recent mean looks back this far: > one period of a 40 Hz ring
 RISE_SPAN_S = 0.003  # ... but skips the newest frames: an attack may rise over ~3 ms
 FLOOR_MARGIN_DB = 12.0  # a rise must also clear the tracked noise floor by this much
 FLOOR_RISE_DB_PER_S = 6.0  # the noise floor follows a rising background this slowly
@@ -49,6 +48,11 @@ SILENCE_DB = -120.0  # dB given to digital silence
 
 def _db(energy: np.ndarray) -> np.ndarray:
     return np.maximum(10.0 * np.log10(np.maximum(energy, 1e-30)), SILENCE_DB)
+
+
+def _mean_db(levels: np.ndarray) -> np.ndarray:
+    """Mean energy (in dB) of dB levels over the last axis (-inf entries count as silence)."""
+    return _db(np.mean(np.power(10.0, levels / 10.0), axis=-1))
 
 
 class OnsetDetector:
@@ -87,13 +91,13 @@ class OnsetDetector:
         self._span = max(1, round(RISE_SPAN_S * sr / self.frame))
         self._warmup = max(1, round(WARMUP_S * sr / self.frame))
         self._floor_step = FLOOR_RISE_DB_PER_S * self.frame / sr
-        self._hist: tuple[deque[float], deque[float]] = (
-            deque(maxlen=self._lookback + self._span), deque(maxlen=self._lookback + self._span)
-        )  # fmt: skip
-        self._floor = [math.inf, math.inf]
-        self._pending = np.zeros(self.frame, np.float32)  # a partial frame carried over
+        # Levels of the last frames (both functions); -inf: nothing before the stream.
+        self._hist = np.full((2, self._lookback + self._span), -np.inf)
+        self._hist_raw = self._hist.copy()
+        self._floor = np.array([np.inf, np.inf])
+        self._pending = np.zeros((3, self.frame), np.float32)  # partial frame: x, known, covered
         self._n_pending = 0
-        self._last = np.zeros(2, np.float32)  # the previous frame's last samples (difference)
+        self._last = np.zeros((2, 2), np.float32)  # last samples of x and residual (difference)
         self._frames = 0
         self._since = self._refractory  # frames since the last onset
         self.position = 0
@@ -101,15 +105,25 @@ class OnsetDetector:
     @property
     def floor_db(self) -> float:
         """Broadband noise floor in dB (energy per sample), SILENCE_DB before any audio."""
-        return self._floor[0] if math.isfinite(self._floor[0]) else SILENCE_DB
+        return float(self._floor[0]) if math.isfinite(self._floor[0]) else SILENCE_DB
 
-    def push(self, x: np.ndarray) -> list[int]:
+    def push(
+        self, x: np.ndarray, known: np.ndarray | None = None, covered: np.ndarray | None = None
+    ) -> list[int]:
         """Feed the next samples of the channel; return the onsets they complete.
 
         Parameters
         ----------
         x : float array [n]
             The channel's next samples, in order (any block size).
+        known : float array [n], optional
+            The part of ``x`` already explained: the predicted continuation of earlier
+            sounds (the hit ladder's identified samples). Where ``covered``, the detector
+            looks for a rise in ``x - known`` (a quiet hit over a loud known tail), compared
+            with the residual before it; elsewhere in ``x`` itself, compared with ``x``
+            before it, so the end of a prediction is never a rise.
+        covered : bool array [n], optional
+            Where ``known`` is a prediction (default: nowhere).
 
         Returns
         -------
@@ -118,61 +132,69 @@ class OnsetDetector:
             the frames this call completed, oldest first.
         """
         x = np.asarray(x, np.float32).reshape(-1)
+        data = np.zeros((3, len(x)), np.float32)
+        data[0] = x
+        if known is not None and covered is not None:
+            data[1] = known
+            data[2] = covered
         start = self.position - self._n_pending  # absolute position of the first frame
-        if self._n_pending:
-            take = min(len(x), self.frame - self._n_pending)
-            self._pending[self._n_pending : self._n_pending + take] = x[:take]
-            self._n_pending += take
-            self.position += take
-            x = x[take:]
-            if self._n_pending < self.frame:
-                return []
-            buf = np.concatenate([self._pending, x[: len(x) - len(x) % self.frame]])
-        else:
-            buf = x[: len(x) - len(x) % self.frame]
-        rest = x[len(x) - len(x) % self.frame :]
+        merged = np.concatenate([self._pending[:, : self._n_pending], data], axis=1)
+        whole = merged.shape[1] - merged.shape[1] % self.frame
         self.position += len(x)
-        self._n_pending = len(rest)
-        self._pending[: len(rest)] = rest
-        if not len(buf):
+        self._n_pending = merged.shape[1] - whole
+        self._pending[:, : self._n_pending] = merged[:, whole:]
+        if not whole:
             return []
-        frames = buf.reshape(-1, self.frame)
-        diff = np.diff(buf, 2, prepend=self._last).reshape(-1, self.frame)
-        self._last = np.concatenate([self._last, buf[-2:]])[-2:]
-        levels = (_db(np.mean(frames**2, axis=1)), _db(np.mean(diff**2, axis=1)))
+        buf = merged[0, :whole]
+        resid = buf - merged[1, :whole]
+        cov = merged[2, :whole].reshape(-1, self.frame).min(axis=1) > 0  # whole frames only
+        both = np.stack([buf, resid])
+        diff = np.diff(both, 2, axis=1, prepend=self._last).reshape(2, -1, self.frame)
+        self._last = both[:, -2:].copy()
+        frames = both.reshape(2, -1, self.frame)
+        raw = np.stack([_db(np.mean(frames[0] ** 2, axis=1)), _db(np.mean(diff[0] ** 2, axis=1))])
+        res = np.stack([_db(np.mean(frames[1] ** 2, axis=1)), _db(np.mean(diff[1] ** 2, axis=1))])
+        levels = np.where(cov[None], res, raw)
+        n = levels.shape[1]
+        # Rise over the maximum of the LOOKBACK frames ending RISE_SPAN before each frame:
+        # a covered frame against the residual (or raw) levels, an uncovered one against raw.
+        past_det = np.concatenate([self._hist, levels], axis=1)
+        past_raw = np.concatenate([self._hist_raw, raw], axis=1)
+        view = np.lib.stride_tricks.sliding_window_view
+        ref = np.where(
+            cov[None],
+            _mean_db(view(past_det, self._lookback, axis=1)[:, :n]),
+            _mean_db(view(past_raw, self._lookback, axis=1)[:, :n]),
+        )
+        rise = levels - ref
+        self._hist_raw = past_raw[:, -(self._lookback + self._span) :]
+        past = past_det
+        frames = np.where(cov[:, None], frames[1], frames[0])
+        diff = np.where(cov[:, None], diff[1], diff[0])
+        # Floor before each frame: floor_i = min(level_i, floor_{i-1} + step), unrolled:
+        # floor_i = step * (i + 1) + min(floor_{-1}, min_{k <= i} level_k - step * (k + 1)).
+        steps = self._floor_step * np.arange(1, n + 1)
+        ramp = np.minimum.accumulate(
+            np.concatenate([self._floor[:, None], levels - steps], axis=1), axis=1
+        )
+        floor_after = ramp[:, 1:] + steps
+        floor_before = np.concatenate([self._floor[:, None], floor_after[:, :-1]], axis=1)
+        ok = (rise >= self.rise_db) & (levels - floor_before >= self.floor_margin_db)
+        frame_no = self._frames + np.arange(1, n + 1)
+        ok &= (levels[0] >= ABSOLUTE_FLOOR_DB) & (frame_no > self._warmup)
+        self._hist = past[:, -(self._lookback + self._span) :]
+        self._floor = floor_after[:, -1].copy()
         onsets = []
-        for i in range(len(frames)):
-            band = self._step(float(levels[0][i]), float(levels[1][i]))
-            if band >= 0:  # refine on the function that rose (a hat over a ring: the tilt)
-                fr = np.abs((frames, diff)[band][i])
-                first = int(np.argmax(fr >= ONSET_FRACTION * float(fr.max())))
-                onsets.append(start + i * self.frame + first)
+        since = self._since
+        last = -1
+        for i in np.nonzero(ok.any(axis=0))[0].tolist():  # rare: onsets and their neighbours
+            if since + (i - last) < self._refractory:
+                continue
+            band = int(np.argmax(np.where(ok[:, i], rise[:, i], -np.inf)))
+            fr = np.abs((frames, diff)[band][i])  # refine on the function that rose
+            first = int(np.argmax(fr >= ONSET_FRACTION * float(fr.max())))
+            onsets.append(start + i * self.frame + first)
+            since, last = 0, i
+        self._since = since + (n - 1 - last)
+        self._frames += n
         return onsets
-
-    def _step(self, broad: float, tilt: float) -> int:
-        """One frame of both detection functions: the function that rose most, or -1."""
-        self._frames += 1
-        self._since += 1
-        fire, best = -1, 0.0
-        if (
-            self._frames > self._warmup
-            and self._since >= self._refractory
-            and broad >= ABSOLUTE_FLOOR_DB
-        ):
-            for band, level in enumerate((broad, tilt)):
-                hist = self._hist[band]
-                older = list(hist)[: len(hist) - self._span]
-                rise = level - max(older) if older else -math.inf
-                if (
-                    rise >= self.rise_db
-                    and level - self._floor[band] >= self.floor_margin_db
-                    and rise > best
-                ):
-                    fire, best = band, rise
-        for band, level in enumerate((broad, tilt)):
-            self._hist[band].append(level)
-            # Falls at once to a quieter frame, rises slowly: a steady background is learnt.
-            self._floor[band] = min(level, self._floor[band] + self._floor_step)
-        if fire >= 0:
-            self._since = 0
-        return fire
