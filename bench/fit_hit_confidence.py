@@ -30,9 +30,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import hits as bench  # noqa: E402
+import hits as bench
 
-from emberd.daemon import hits as ladder  # noqa: E402
+from emberd.daemon import hits as ladder
 
 L2 = 1.0
 

@@ -165,7 +165,8 @@ def performance(
             fade = min(len(y), int(FADE_S * SR))
             if len(y) == int(MAX_SAMPLE_S * SR):
                 y[-fade:] *= np.linspace(1.0, 0.0, fade, dtype=np.float32)
-            cache[path] = y / max(float(np.max(np.abs(y))), 1e-9) * np.float32(10 ** (PEAK_DBFS / 20))
+            peak = max(float(np.max(np.abs(y))), 1e-9)
+            cache[path] = y / peak * np.float32(10 ** (PEAK_DBFS / 20))
         y = cache[path]
         gain = float(rng.uniform(*GAIN_DB))
         a = int(start * SR)
@@ -364,7 +365,7 @@ def baseline_scores(
         if abs(truth[j] - s) > MATCH_TOLERANCE_S:
             continue
         # SP-Tools' onset is its own; give it the sample-accurate one (its best case).
-        path, ms = base.answer(y, int(round(s * BASELINE_SR)))
+        path, ms = base.answer(y, round(s * BASELINE_SR))
         t = perf.hits[j]
         if t.in_library:
             ok.append(copies.get(path, path) == copies.get(t.path, t.path))

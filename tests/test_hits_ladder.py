@@ -53,7 +53,8 @@ def _perform(
 ) -> tuple[np.ndarray, list[float]]:
     """(file, start s, gain dB) placed over a -50 dBFS noise floor; returns audio, starts."""
     rng = np.random.default_rng(seed)
-    y = rng.standard_normal(int(seconds * SR)).astype(np.float32) * np.float32(10 ** (NOISE_DB / 20))
+    y = rng.standard_normal(int(seconds * SR)).astype(np.float32)
+    y *= np.float32(10 ** (NOISE_DB / 20))
     for path, start, gain in parts:
         s = _load(path) * np.float32(10 ** (gain / 20))
         a = int(start * SR)
@@ -115,7 +116,7 @@ def test_silence_and_noise_floor_give_no_hit(library: Any) -> None:
 
 
 def test_sound_not_in_library_is_never_exact(library: Any) -> None:
-    lib_path, files, others = library
+    lib_path, _files, others = library
     picks = [others[0], others[3], others[6], others[2], others[5], others[8]]
     parts = [(p, 0.5 + 0.6 * i, -6.0) for i, p in enumerate(picks)]
     y, _ = _perform(parts, 4.5)
@@ -124,7 +125,9 @@ def test_sound_not_in_library_is_never_exact(library: Any) -> None:
         results = _run(ladder, y)
     assert len(_by_hit(results)) == len(picks)
     kinds = {m["kind"] for r in results for m in r.matches}
-    assert "exact" not in kinds, [(r.hit, r.stage, r.window_ms, m["name"], m["rho"], m["confidence"]) for r in results for m in r.matches if m["kind"] == "exact"]
+    claims = [(r.hit, r.stage, m["name"], m["rho"]) for r in results for m in r.matches
+              if m["kind"] == "exact"]  # fmt: skip
+    assert "exact" not in kinds, claims
     assert all(r.matches for r in results)  # a near answer, labelled as one
 
 
@@ -151,8 +154,9 @@ def test_hits_through_a_running_daemon(library: Any, tmp_path: Path) -> None:
     y, starts = _perform([(p, 1.0 + 0.7 * i, -4.0 * i) for i, p in enumerate(picks)], 4.0)
     perf = tmp_path / "perf.wav"
     sf.write(perf, y, SR, subtype="FLOAT")
-    cfg = DaemonConfig(library=lib_path, input=str(perf), pace="fast", model=smalllib.FAST_MODEL,
-                       device="cpu", zmq_pub="tcp://127.0.0.1:0", control="tcp://127.0.0.1:0")  # fmt: skip
+    cfg = DaemonConfig(library=lib_path, input=str(perf), pace="fast", device="cpu",
+                       model=smalllib.FAST_MODEL, zmq_pub="tcp://127.0.0.1:0",
+                       control="tcp://127.0.0.1:0")  # fmt: skip
     ctx = zmq.Context()
     daemon = Daemon(cfg).start(start_input=False)
     sub = ctx.socket(zmq.SUB)

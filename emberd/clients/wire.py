@@ -183,6 +183,24 @@ def encode(
     list of bytes
         ``[topic, header]`` or ``[topic, header, payload]``.
     """
+    header = make_header(kind, seq=seq, capture_time=capture_time, model=model, channel=channel,
+                         array=array, publish_time=publish_time, **fields)  # fmt: skip
+    return pack(topic_for(kind, channel), header, array)
+
+
+def make_header(
+    kind: str,
+    *,
+    seq: int,
+    capture_time: float,
+    model: str,
+    channel: int | None = None,
+    array: np.ndarray | None = None,
+    publish_time: float | None = None,
+    **fields: Any,
+) -> dict[str, Any]:
+    """The JSON header of one message (parameters as :func:`encode`), ``shape``/``dtype``
+    included when there is an array: what every sink receives (``docs/plugins.md``)."""
     header: dict[str, Any] = {
         "v": WIRE_VERSION,
         "kind": kind,
@@ -194,16 +212,19 @@ def encode(
     if channel is not None:
         header["channel"] = int(channel)
     header.update(fields)
-    frames = [topic_for(kind, channel)]
     if array is not None:
-        arr = np.ascontiguousarray(array, dtype="<f4")
-        header["shape"] = list(arr.shape)
+        header["shape"] = list(np.shape(array))
         header["dtype"] = "float32"
-        frames.append(json.dumps(header, separators=(",", ":")).encode("utf-8"))
-        frames.append(arr.tobytes())
-    else:
-        frames.append(json.dumps(header, separators=(",", ":")).encode("utf-8"))
-    return frames
+    return header
+
+
+def pack(topic: str | bytes, header: dict[str, Any], array: np.ndarray | None) -> list[bytes]:
+    """Frames ``[topic, header, payload?]`` of a message whose header is already built."""
+    t = topic if isinstance(topic, bytes) else topic.encode("ascii")
+    head = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    if array is None:
+        return [t, head]
+    return [t, head, np.ascontiguousarray(array, dtype="<f4").tobytes()]
 
 
 def decode(frames: list[bytes]) -> Message:

@@ -1,14 +1,14 @@
-"""The analysis worker: ring -> mel frames -> encoder every hop -> search -> tags -> handoffs.
+"""The analysis worker: ring -> mel frames -> encoder every hop -> search -> outputs.
 
 One thread. It drains the :class:`~emberd.dsp.ring.SampleRing` the producer (audio
 callback or file/synth feeder) fills, pushes each selected channel through its own
 :class:`~emberd.dsp.frontend.StreamingFrontEnd`, and every ``hop_frames`` mel frames
-runs the encoder on all channels as one batch, searches the library, votes tags,
-measures level/onset and the channel similarity matrix, and hands one
-:class:`HopResult` to every publisher's :class:`~emberd.daemon.handoff.Handoff`
-(drop-oldest; it never waits for a transport). Every drained block also goes through
-the hit ladder (:mod:`emberd.daemon.hits`), whose answers are handed over at once;
-window matches of a hop whose whole window is at the noise floor are withheld
+runs the encoder on all channels as one batch, searches the library, measures
+level/onset, and hands one :class:`HopResult` to :class:`~emberd.daemon.outputs.Outputs`
+(analysers add tags and similarity; one drop-oldest handoff per sink: it never waits
+for a transport). Every drained block also goes through the hit ladder
+(:mod:`emberd.daemon.hits`), whose answers are handed over at once; window matches of
+a hop whose whole window is at the noise floor are withheld
 (:class:`~emberd.daemon.hits.LevelGate`).
 
 Commands from the control threads (``set_k``, ``set_model``, ``reload``, ``capture``)
@@ -40,9 +40,8 @@ from typing import Any
 
 import numpy as np
 
-from emberd.daemon.analysis import OnsetDetector, cosine_matrix, level_db, vote_tags
+from emberd.daemon.analysis import OnsetDetector, level_db
 from emberd.daemon.engine import Engine
-from emberd.daemon.handoff import Handoff
 from emberd.daemon.hits import HitLadder, HitResult, LevelGate
 from emberd.daemon.status import DaemonStats
 from emberd.errors import EmberdError
@@ -72,9 +71,7 @@ class HopResult:
     channels: list[int]
     embeddings: np.ndarray  # [C, dim] float32, a copy
     matches: list[list[dict[str, Any]]]
-    tags: list[list[dict[str, Any]]]
     levels: list[tuple[float, float, bool]]  # (rms_db, peak_db, onset) per channel
-    similarity: np.ndarray | None  # [C, C] when C > 1
 
 
 @dataclass
@@ -129,8 +126,8 @@ class Worker(threading.Thread):
     channel_index : list of int
         Ring columns to analyse; their numbers are the published channel numbers.
         ``[-1]`` analyses the mix of all columns, published as channel 0.
-    handoffs : list of Handoff
-        One per publisher.
+    handoffs : list
+        What items go to (the daemon's :class:`~emberd.daemon.outputs.Outputs`).
     stats : DaemonStats
     k : int
         Matches per hop.
@@ -147,7 +144,7 @@ class Worker(threading.Thread):
         engine: Engine,
         open_library: Callable[[], Any],
         channel_index: list[int],
-        handoffs: list[Handoff[Item]],
+        handoffs: list[Any],
         stats: DaemonStats,
         k: int,
         realtime: bool,
@@ -366,8 +363,6 @@ class Worker(threading.Thread):
         for c, (rms_db, _peak, _onset) in enumerate(levels):  # a silent window names nothing
             if not self._gate.push(c, rms_db, self._floor_db(c), self._window_hops()):
                 matches[c] = []
-        tags = [vote_tags(m) for m in matches]
-        sim = cosine_matrix(emb) if len(self.channels) > 1 else None
         self.stats.hop_work_ms.add((time.perf_counter() - t0) * 1000.0)
         result = HopResult(
             seq=self._seq,
@@ -377,10 +372,8 @@ class Worker(threading.Thread):
             channels=self.channels,
             embeddings=np.array(emb, dtype=np.float32, copy=True),
             matches=matches,
-            tags=tags,
             levels=levels,
-            similarity=sim,
-        )
+        )  # tags, level and similarity messages: emberd.daemon.analyzers
         self._seq += 1
         self.stats.hops += 1
         for h in self.handoffs:

@@ -14,8 +14,8 @@ detection functions per frame, both in dB:
 A frame is an onset when, in either function, the level rises at least RISE_DB above
 its mean energy over LOOKBACK_S before the last RISE_SPAN_S (a rise, not a level: gain
 invariant; a previous sound's decay never rises far above its own recent mean, even a
-low ring whose 1.5-ms frames swing with its zero crossings, or a noisy cymbal tail) and stands FLOOR_MARGIN_DB above
-that function's noise floor (tracked: falls at once, rises at FLOOR_RISE_DB_PER_S, so a
+low ring whose 1.5-ms frames swing with its zero crossings, or a noisy cymbal tail)
+and stands FLOOR_MARGIN_DB above that function's noise floor (tracked: falls at once, rises at FLOOR_RISE_DB_PER_S, so a
 steady noise floor is learnt and a long sound does not become "floor"), its broadband
 level is above ABSOLUTE_FLOOR_DB, and REFRACTORY_S has passed since the last onset
 (one hit, one onset: the bursts of a clap or a flam's grace note stay one hit).
@@ -31,6 +31,7 @@ thread, never in the audio callback.
 from __future__ import annotations
 
 import math
+
 import numpy as np
 
 FRAME_S = 0.00145  # detection frame (32 samples at 22.05 kHz): ~1.5 ms time resolution

@@ -31,10 +31,9 @@ FALLBACK_MODEL = "dsp-baseline"
 
 
 def _builtin(name: str, root: Path) -> ModelManifest:
+    # The package's manifest is the truth for a built-in model (a copy fetched by an older
+    # emberd may lack newer fields such as "silence_skip"); the .onnx lives in ``folder``.
     folder = root / name
-    fetched = folder / MANIFEST_FILE
-    if fetched.is_file():
-        return load_manifest(fetched, origin="builtin")
     data = builtin_manifest_dict(name)
     return parse_manifest(data, folder, where=f"built-in {name}", origin="builtin")
 
