@@ -14,11 +14,14 @@ detection functions per frame, both in dB:
 A frame is an onset when, in either function, the level rises at least RISE_DB above
 its mean energy over LOOKBACK_S before the last RISE_SPAN_S (a rise, not a level: gain
 invariant; a previous sound's decay never rises far above its own recent mean, even a
-low ring whose 1.5-ms frames swing with its zero crossings, or a noisy cymbal tail)
-and stands FLOOR_MARGIN_DB above that function's noise floor (tracked: falls at once, rises at FLOOR_RISE_DB_PER_S, so a
-steady noise floor is learnt and a long sound does not become "floor"), its broadband
-level is above ABSOLUTE_FLOOR_DB, and REFRACTORY_S has passed since the last onset
-(one hit, one onset: the bursts of a clap or a flam's grace note stay one hit).
+low ring whose 1.5-ms frames swing with its zero crossings, or a noisy cymbal tail) and
+stands FLOOR_MARGIN_DB above that function's noise floor (tracked: falls at once, rises
+at FLOOR_RISE_DB_PER_S, so a steady noise floor is learnt and a long sound does not
+become "floor"), its broadband level is above ABSOLUTE_FLOOR_DB, and REFRACTORY_S has
+passed since the last onset (one hit, one onset: the bursts of a clap or a flam's grace
+note stay one hit). Where the caller knows what earlier sounds will still play (their
+identified samples), the rise is looked for in what is left after subtracting them: a
+quiet hat 20 dB under a known kick's tail is a clear rise there.
 The onset sample is refined inside the frame: the first sample whose magnitude
 reaches ONSET_FRACTION of the frame's peak.
 
