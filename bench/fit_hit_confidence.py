@@ -35,6 +35,7 @@ import hits as bench
 from emberd.daemon import hits as ladder
 
 L2 = 1.0
+EXACT_SAFETY = 0.25  # EXACT_MIN_PROBABILITY = the highest tuning held-out P(exact) + this
 
 
 def offline(lib: Any, audio: np.ndarray, capture: dict[str, Any] | None = None) -> list[Any]:
@@ -70,7 +71,7 @@ def _fit(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 def collect(lib: Any, kits: tuple[str, ...], held: tuple[str, ...], seed: int, n: int,
             copies: dict[str, str], file_class: dict[str, str | None]) -> list[dict[str, Any]]:
     """Evidence rows (one per answer) with their labels."""
-    perf = bench.performance(seed, bench.labelled(kits), bench.labelled(held), n)
+    perf = bench.performance(seed, bench.labelled(kits), bench.held_out(lib, held)[0], n)
     cap: dict[str, Any] = {}
     results = offline(lib, perf.audio, cap)
     truth = np.array([t.onset_s for t in perf.hits])
@@ -115,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
                        file_class)  # fmt: skip
     if args.save:
         Path(args.save).write_text(json.dumps({"tune": tune, "test": test}))
-    ex_names = ("rho", "margin", "log_window")
+    ex_names = ("nines", "margin", "log_window")
     cl_names = ("share", "rho_vote", "log_window")
     w_ex = _fit(features(tune, ex_names), np.array([r["exact_ok"] for r in tune], float))
     w_cl = _fit(features(tune, cl_names), np.array([r["class_ok"] for r in tune], float))
@@ -124,6 +125,10 @@ def main(argv: list[str] | None = None) -> int:
     class_w = {"bias": round(w_cl[0], 4), "share": round(w_cl[1], 4), "rho": round(w_cl[2], 4),
                "log_window": round(w_cl[3], 4)}  # fmt: skip
     print(f"tuning answers {len(tune)}, test answers {len(test)}")
+    held_tune = np.array([not r["in_library"] for r in tune])
+    p_tune = 1.0 / (1.0 + np.exp(-np.clip(features(tune, ex_names) @ w_ex, -50, 50)))
+    top = float(p_tune[held_tune].max()) if held_tune.any() else 0.0
+    print(f"EXACT_MIN_PROBABILITY = {max(0.5, round(top + EXACT_SAFETY, 2))}")
     print(f"EXACT_WEIGHTS = {exact_w}")
     print(f"CLASS_WEIGHTS = {class_w}")
 

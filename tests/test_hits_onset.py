@@ -81,3 +81,20 @@ def test_refractory_time_merges_a_flam() -> None:
     y, _ = _place(SR, [(0.2, "hat", 0.0), (0.215, "hat", 0.0)], noise_db=-60.0)
     assert len(_detect(y)) == 1
     assert len(_detect(y, refractory_s=0.005)) == 2
+
+
+@pytest.mark.parametrize("block", [1, 37, 256, 4096])
+def test_half_rate_stream_matches_batch(block: int) -> None:
+    """The streaming 44.1 -> 22.05 kHz converter gives the same samples for any block size,
+    and sample k describes input 2k (a tone keeps its phase)."""
+    from emberd.dsp.decimate import ToRate
+
+    n = 44100
+    t = np.arange(n) / 44100.0
+    x = np.sin(2 * np.pi * 1000.0 * t).astype(np.float32)
+    conv = ToRate(44100, 22050)
+    out = np.concatenate([conv.push(x[i : i + block]) for i in range(0, n, block)])
+    ref = ToRate(44100, 22050).push(x)
+    np.testing.assert_allclose(out, ref, atol=1e-6)
+    k = np.arange(100, len(out))
+    np.testing.assert_allclose(out[k], np.sin(2 * np.pi * 1000.0 * k / 22050.0), atol=0.01)

@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from emberd.dsp.decimate import ToRate
 from emberd.dsp.onset import OnsetDetector
 from emberd.library import hitindex as hx
 from emberd.library.waveform import PRE_ROLL_SAMPLES, SNIPPET_SAMPLES
@@ -61,20 +62,32 @@ VOTE_CANDIDATES = 8  # best-correlated candidates voting for the instrument clas
 INSTRUMENT_S = 0.15  # from this much sound on, the template attack votes instead ...
 INSTRUMENT_VOTERS = 5  # ... its nearest files (5-NN: 0.67 on held-out kits, 1-NN 0.57)
 SOUNDING_MAX = 4  # previous sounds per channel whose tails are subtracted
+TAIL_PROBE = 220  # samples at a snippet's end (10 ms) that tell how loud its tail goes on
+TAIL_RANGE_DB = 30.0  # a tail going on within this of a hit's peak limits the hit's window
 SUBTRACT_MIN_RHO = 0.9  # ... when identified this well (a worse fit would add, not remove)
 SAME_RECORDING = 0.999  # snippets this correlated are one recording at two levels
 MAX_MATCHES = 3  # matches per hit message: the answer and two alternatives
-EXACT_MIN_PROBABILITY = 0.5  # calibrated P(exact) needed to claim the very file
+EXACT_MIN_PROBABILITY = 0.75  # P(exact) to claim the very file: the highest P a tuning
+# held-out-kit hit reached (0.503) plus EXACT_SAFETY in bench/fit_hit_confidence.py
 GATE_MARGIN_DB = 10.0  # a window with no hop this far above the noise floor is silent
 GATE_ABSOLUTE_DB = -70.0  # dBFS RMS: a window quieter than this everywhere is silent
 
 #: Logistic models ``P = 1 / (1 + exp(-(bias + sum w * feature)))``, fitted by
-#: bench/fit_hit_confidence.py on the tuning kits (see its docstring). Features:
-#: ``rho`` (best waveform correlation), ``margin`` (over the best other recording),
-#: ``log_window`` (log2 of the samples compared / 128).
-EXACT_WEIGHTS: dict[str, float] = {"bias": -14.0, "rho": 14.0, "margin": 20.0, "log_window": 0.5}
-#: ``share`` (the winning class's share of the vote), ``rho`` of its best candidate.
-CLASS_WEIGHTS: dict[str, float] = {"bias": -2.0, "share": 3.0, "rho": 1.0, "log_window": 0.1}
+#: bench/fit_hit_confidence.py on the tuning kits (1771 answers; see its docstring).
+#: Features: ``nines`` (-log10(1 - rho) of the best waveform correlation, capped at 4),
+#: ``margin`` (rho over the best other recording), ``log_window`` (log2(samples / 128)).
+EXACT_WEIGHTS: dict[str, float] = {
+    "bias": -5.315, "nines": 3.52, "margin": 5.898, "log_window": 0.44,
+}  # fmt: skip
+#: ``share`` (the voted class's share of the vote), ``rho`` of its best candidate.
+CLASS_WEIGHTS: dict[str, float] = {
+    "bias": -5.2889, "share": 2.3905, "rho": 5.1965, "log_window": 0.5819,
+}  # fmt: skip
+
+
+def _nines(rho: float) -> float:
+    """-log10(1 - rho): 0.9 -> 1, 0.99 -> 2 (the evidence is in how close to 1 rho is)."""
+    return -math.log10(max(1.0 - rho, 1e-4))
 
 
 def _logistic(weights: dict[str, float], **features: float) -> float:
@@ -173,6 +186,7 @@ class _Channel:
     number: int
     detector: OnsetDetector
     history: _History
+    rate: ToRate  # input rate -> the ladder's
     hits: list[_Hit] = field(default_factory=list)
     sounding: list[_Sounding] = field(default_factory=list)
     next_id: int = 0
@@ -215,21 +229,30 @@ class HitLadder:
         threadpool_limits(limits=1, user_api="blas")
         self.index = index if index is not None and len(index) else None
         self.files = files
-        self.sr = int(sr)
+        self.sr_in = int(sr)
+        self.sr = hx.WAVE_SR  # the ladder's rate: the library snippets'
+        self._ratio = self.sr_in / self.sr
         self.model = model
-        self.time_of = time_of
+        self._time_of = time_of
         self.hits_started = 0
         self.stage_ms = 0.0  # total compute spent on stages (status: mean per answer)
         self._answers = 0
         self.evidence: list[dict[str, Any]] | None = None  # set to a list to record features
+        sr = self.sr
         self._stages = [
             ("provisional", round(PROVISIONAL_S * sr)),
             *[("refined", round(s * sr)) for s in REFINED_S],
             ("final", round(FINAL_S * sr)),
         ]
         self._channels = [
-            _Channel(n, OnsetDetector(sr=sr), _History(round(HISTORY_S * sr))) for n in channels
-        ]
+            _Channel(n, OnsetDetector(sr=sr), _History(round(HISTORY_S * sr)),
+                     ToRate(self.sr_in, sr))
+            for n in channels
+        ]  # fmt: skip
+
+    def time_of(self, pos: int) -> float:
+        """Unix capture time of ladder sample ``pos`` (input position ``pos * ratio``)."""
+        return self._time_of(round(pos * self._ratio))
 
     def floor_db(self, c: int) -> float:
         """Channel ``c``'s tracked noise floor (dBFS RMS)."""
@@ -248,6 +271,9 @@ class HitLadder:
     def push(self, c: int, x: np.ndarray) -> list[HitResult]:
         """Feed channel ``c``'s next samples; return the answers that became due, in order."""
         ch = self._channels[c]
+        x = ch.rate.push(x)
+        if not len(x):
+            return []
         pos = ch.history.end
         ch.history.append(x)
         out: list[HitResult] = []
@@ -305,6 +331,8 @@ class HitLadder:
                         continue
                 if name == "provisional":
                     have = min(have, round(PROVISIONAL_MAX_S * self.sr))
+                else:  # exactly the stage's window: the same answer whatever the block size
+                    have = min(have, need)
                 out.append(self._answer(ch, hit, name, max(1, min(have, self._stages[-1][1]))))
                 hit.stage += 1
             if hit.stage >= len(self._stages):
@@ -330,6 +358,7 @@ class HitLadder:
         matches: list[dict[str, Any]] = []
         if self.index is not None:
             matches = self._identify(ch, hit, stage, window)
+        newest = (hit.onset + window) * self._ratio + ch.rate.delay_in  # input position
         self.stage_ms += (time.perf_counter() - t0) * 1000.0
         self._answers += 1
         return HitResult(
@@ -338,7 +367,7 @@ class HitLadder:
             stage=stage,
             onset_time=self.time_of(hit.onset),
             onset_s=hit.onset / self.sr,
-            capture_time=self.time_of(hit.onset + window),
+            capture_time=self._time_of(round(newest)),
             window_ms=window / self.sr * 1000.0,
             peak_db=20.0 * math.log10(peak) if peak > 0 else -120.0,
             model=self.model,
@@ -348,7 +377,7 @@ class HitLadder:
     def _identify(self, ch: _Channel, hit: _Hit, stage: str, window: int) -> list[dict[str, Any]]:
         index = self.index
         assert index is not None
-        window = min(window, SNIPPET_SAMPLES - PRE_ROLL_SAMPLES)
+        window = min(window, SNIPPET_SAMPLES - PRE_ROLL_SAMPLES, self._usable(ch, hit))
         if stage == "provisional" or window < hx.EARLY_SAMPLES:
             n_desc, k = hx.ATTACK_SAMPLES, PROVISIONAL_CANDIDATES
         else:
@@ -367,7 +396,7 @@ class HitLadder:
         best = int(order[0])
         margin = float(rho[best]) - self._second(index, rows, rho, order)
         log_window = math.log2(max(window, 1) / 128.0)
-        p_exact = _logistic(EXACT_WEIGHTS, rho=float(rho[best]), margin=margin,
+        p_exact = _logistic(EXACT_WEIGHTS, nines=_nines(float(rho[best])), margin=margin,
                             log_window=log_window)  # fmt: skip
         if window >= round(INSTRUMENT_S * self.sr):
             # Enough of the sound for its template attack: vote the instrument over those.
@@ -388,6 +417,7 @@ class HitLadder:
             self.evidence.append({
                 "onset_s": hit.onset / self.sr, "stage": stage, "window": window,
                 "rho": float(rho[best]), "margin": margin, "log_window": log_window,
+                "nines": _nines(float(rho[best])),
                 "share": share, "rho_vote": float(rho[voted]),
                 "best_path": self._path(index, int(rows[best])),
                 "vote_path": self._path(index, int(rows[voted])),
@@ -409,11 +439,30 @@ class HitLadder:
             if len(out) >= MAX_MATCHES:
                 break
             if i != answer:
-                p = _logistic(EXACT_WEIGHTS, rho=float(rho[i]), margin=float(rho[i] - rho[best]),
-                              log_window=log_window)  # fmt: skip
+                p = _logistic(EXACT_WEIGHTS, nines=_nines(float(rho[i])),
+                              margin=float(rho[i] - rho[best]), log_window=log_window)  # fmt: skip
                 out.append(self._match(index, int(rows[i]), float(rho[i]), float(gain[i]),
                                        "similar", p))  # fmt: skip
         return out
+
+    def _usable(self, ch: _Channel, hit: _Hit) -> int:
+        """Samples after the onset free of an earlier sound's unexplained tail.
+
+        An identified earlier sound is subtracted only as far as its snippet goes; past
+        that, its tail returns at full level. While that tail is within TAIL_RANGE_DB of
+        this hit's peak, the hit is compared only up to there.
+        """
+        assert self.index is not None
+        usable = SNIPPET_SAMPLES
+        peak = float(np.max(np.abs(ch.history.get(hit.onset, 256, hit.end)))) + 1e-12
+        for s in ch.sounding:
+            end = s.start + SNIPPET_SAMPLES
+            if s.hit >= hit.id or not s.start < hit.onset < end:
+                continue
+            tail = self.index.placed(s.row, s.gain, SNIPPET_SAMPLES - TAIL_PROBE, TAIL_PROBE)
+            if float(np.max(np.abs(tail))) > peak * 10 ** (-TAIL_RANGE_DB / 20):
+                usable = min(usable, end - hit.onset)
+        return max(usable, round(PROVISIONAL_S * self.sr))
 
     @staticmethod
     def _second(index: hx.HitIndex, rows: np.ndarray, rho: np.ndarray, order: np.ndarray) -> float:
