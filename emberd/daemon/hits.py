@@ -54,7 +54,7 @@ PROVISIONAL_S = 0.0058  # sound after the onset the provisional answer waits for
 PROVISIONAL_MAX_S = 0.0116  # ... and uses at most (a whole block if it is there)
 REFINED_S = (0.05, 0.15)  # the refined answers
 FINAL_S = (SNIPPET_SAMPLES - PRE_ROLL_SAMPLES) / hx.WAVE_SR  # 245 ms: all a snippet holds
-HISTORY_S = 2.0  # audio kept per channel (a hit's window plus the tails it may need)
+HISTORY_S = 3.0  # audio kept per channel: the encoder's 2.32-s window (the level gate)
 PROVISIONAL_CANDIDATES = 64  # attack-descriptor neighbours correlated at the first stage
 REFINED_CANDIDATES = 64  # early-descriptor neighbours correlated at later stages
 CARRIED_CANDIDATES = 8  # best of the previous stage kept as candidates
@@ -69,8 +69,9 @@ SAME_RECORDING = 0.999  # snippets this correlated are one recording at two leve
 MAX_MATCHES = 3  # matches per hit message: the answer and two alternatives
 EXACT_MIN_PROBABILITY = 0.75  # P(exact) to claim the very file: the highest P a tuning
 # held-out-kit hit reached (0.503) plus EXACT_SAFETY in bench/fit_hit_confidence.py
-GATE_MARGIN_DB = 10.0  # a window with no hop this far above the noise floor is silent
+GATE_MARGIN_DB = 12.0  # a window with no frame this far above the noise floor is silent
 GATE_ABSOLUTE_DB = -70.0  # dBFS RMS: a window quieter than this everywhere is silent
+GATE_FRAME_S = 0.0058  # frames whose RMS the level gate compares
 
 #: Logistic models ``P = 1 / (1 + exp(-(bias + sum w * feature)))``, fitted by
 #: bench/fit_hit_confidence.py on the tuning kits (1771 answers; see its docstring).
@@ -96,11 +97,12 @@ def _logistic(weights: dict[str, float], **features: float) -> float:
 
 
 class LevelGate:
-    """Withholds window matches while a channel's whole encoder window is at the floor.
+    """Withholds window matches while a channel's whole encoder window is silent, from hop
+    levels (used with ``--no-hits``; otherwise :meth:`HitLadder.heard` decides).
 
     The window-level ``match`` stream describes the last ``window`` hops; once all of
-    them were quieter than GATE_MARGIN_DB above the tracked noise floor (or below
-    GATE_ABSOLUTE_DB), there is nothing to name and the hop publishes no match.
+    them were quieter than GATE_MARGIN_DB above ``floor_db`` (or below GATE_ABSOLUTE_DB),
+    there is nothing to name and the hop publishes no match.
     """
 
     def __init__(self, channels: int) -> None:
@@ -257,6 +259,27 @@ class HitLadder:
     def floor_db(self, c: int) -> float:
         """Channel ``c``'s tracked noise floor (dBFS RMS)."""
         return self._channels[c].detector.floor_db
+
+    def heard(self, c: int, start: int, end: int) -> bool:
+        """Whether channel ``c`` had sound between input positions ``start`` and ``end``.
+
+        Sound: some GATE_FRAME_S frame GATE_MARGIN_DB above the tracked noise floor and
+        above GATE_ABSOLUTE_DB. The window-level match stream asks this for each hop's
+        encoder window: the noise floor and digital silence are never matched.
+        """
+        ch = self._channels[c]
+        a = max(int(start / self._ratio), ch.history.end - len(ch.history.buf))
+        b = min(int(end / self._ratio), ch.history.end)
+        if b <= a:
+            return False
+        x = ch.history.get(a, b - a)
+        frame = max(1, round(GATE_FRAME_S * self.sr))
+        n = len(x) // frame * frame
+        if n == 0:
+            return False
+        loudest = float(np.max(np.mean(x[:n].reshape(-1, frame) ** 2, axis=1)))
+        level = 10.0 * math.log10(loudest) if loudest > 0 else -120.0
+        return level >= max(GATE_ABSOLUTE_DB, ch.detector.floor_db + GATE_MARGIN_DB)
 
     def describe(self) -> dict[str, Any]:
         """The ladder's part of the status object."""

@@ -360,8 +360,13 @@ class Worker(threading.Thread):
             return
         self.stats.inference_ms.add((t1 - t0) * 1000.0)
         matches = self._search(emb, self.k)
+        window = self.engine.encoder.window_frames * cfg.hop_length
         for c, (rms_db, _peak, _onset) in enumerate(levels):  # a silent window names nothing
-            if not self._gate.push(c, rms_db, self._floor_db(c), self._window_hops()):
+            if self.hits is not None:
+                heard = self.hits.heard(c, sample_end - window, sample_end)
+            else:
+                heard = self._gate.push(c, rms_db, -120.0, self._window_hops())
+            if not heard:
                 matches[c] = []
         self.stats.hop_work_ms.add((time.perf_counter() - t0) * 1000.0)
         result = HopResult(
@@ -378,9 +383,6 @@ class Worker(threading.Thread):
         self.stats.hops += 1
         for h in self.handoffs:
             h.put(result)
-
-    def _floor_db(self, c: int) -> float:
-        return self.hits.floor_db(c) if self.hits is not None else -120.0
 
     def _window_hops(self) -> int:
         return max(1, math.ceil(self.engine.encoder.window_frames / self.engine.hop_frames))
