@@ -237,6 +237,10 @@ class Daemon:
     def _start(self) -> None:
         cfg = self.config
         targets, osc_in = self._check_network()
+        for spec in self.config.sinks:  # an unknown --sink fails before the model loads
+            from emberd import plugins
+
+            plugins.require(plugins.GROUP_SINKS, plugins.parse_spec(spec, "--sink")[0])
         # The PortAudio callback is Python: it must take the GIL from the worker. A
         # thread that wants the GIL waits up to the switch interval, which becomes
         # callback jitter; 1 ms bounds it at a small throughput cost.
