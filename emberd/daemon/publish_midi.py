@@ -36,6 +36,7 @@ from __future__ import annotations
 import collections
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,8 @@ NOTE_MS = 100.0  # note-on to note-off
 VELOCITY_FLOOR_DB = -40.0  # peak level that maps to velocity 1; 0 dBFS maps to 127
 QUEUE_MAX_EVENTS = 256  # notes waiting for the JACK thread; older ones are dropped (counted)
 NOTE_ON, NOTE_OFF = 0x90, 0x80
+CONNECT_SETTLE_CYCLES = 3  # JACK cycles to wait after connecting the port
+CONNECT_SETTLE_TIMEOUT_S = 1.0
 
 #: General MIDI percussion key map, by instrument class (emberd.library.classes) and by
 #: common folder names. Keys are matched case-insensitively.
@@ -137,6 +140,7 @@ class JackMidiOut:
         self.queue: collections.deque[tuple[int, int, int]] = collections.deque()
         self._offs: list[tuple[int, bytes]] = []  # (due frame, note-off): JACK thread only
         self._note_frames = max(1, round(note_ms / 1000.0 * self.client.samplerate))
+        self.cycles = 0  # process cycles run (JACK thread -> constructor)
         self.client.set_process_callback(self._process)
         self.client.activate()
         if port:
@@ -146,12 +150,19 @@ class JackMidiOut:
                 self.client.deactivate()
                 self.client.close()
                 raise EmberdError(f"--midi {port}: cannot connect ({exc})") from exc
+            # JACK applies a new connection from a later cycle on: a note written before
+            # that would be lost, so the sink is ready only once the graph has run with it.
+            first = self.cycles
+            deadline = time.monotonic() + CONNECT_SETTLE_TIMEOUT_S
+            while self.cycles < first + CONNECT_SETTLE_CYCLES and time.monotonic() < deadline:
+                time.sleep(0.001)
 
     def send(self, status: int, note: int, vel: int) -> None:
         self.queue.append((status, note, vel))
 
     def _process(self, frames: int) -> None:
         # JACK's thread: write this cycle's events in time order, note-offs when due.
+        self.cycles += 1
         self.out.clear_buffer()
         start = self.client.last_frame_time
         events: list[tuple[int, bytes]] = []
@@ -202,8 +213,6 @@ class AlsaMidiOut:
         self._offs: list[tuple[float, int, int]] = []
 
     def send(self, status: int, note: int, vel: int) -> None:
-        import time
-
         ch = status & 0x0F
         self.client.event_output(self.alsa.NoteOnEvent(note=note, velocity=vel, channel=ch),
                                  port=self.port)  # fmt: skip
@@ -212,8 +221,6 @@ class AlsaMidiOut:
         self.tick()
 
     def tick(self) -> None:
-        import time
-
         now = time.monotonic()
         for _, note, ch in [o for o in self._offs if o[0] <= now]:
             self.client.event_output(self.alsa.NoteOffEvent(note=note, velocity=0, channel=ch),
