@@ -38,6 +38,7 @@ import numpy as np
 from emberd.daemon.analysis import OnsetDetector, level_db
 from emberd.daemon.engine import Engine
 from emberd.daemon.hits import HitResult
+from emberd.daemon.mixdown import MixdownAnalyser, MixdownResult, class_data
 from emberd.daemon.status import DaemonStats
 from emberd.errors import EmberdError
 
@@ -67,6 +68,7 @@ class HopResult:
     embeddings: np.ndarray  # [C, dim] float32, a copy
     matches: list[list[dict[str, Any]]]
     levels: list[tuple[float, float, bool]]  # (rms_db, peak_db, onset) per channel
+    centre: np.ndarray | None = None  # library mean vector (the similarity matrix's centre)
 
 
 @dataclass
@@ -82,7 +84,7 @@ class EndOfStream:
     """The input ended (file without --loop); publishers flush and exit."""
 
 
-Item = HopResult | StatusItem | EndOfStream | HitResult
+Item = HopResult | StatusItem | EndOfStream | HitResult | MixdownResult
 
 
 @dataclass
@@ -170,6 +172,8 @@ class Worker(threading.Thread):
         self._seq = 0
         self._next_status = 0.0
         self._capture: _Capture | None = None
+        self.mixdown = MixdownAnalyser(sr=source.sr, channels=self.channels)
+        self._centre: np.ndarray | None = None  # library mean vector (similarity centring)
         self._reset_schedule()
 
     # ------------------------------------------------------------------ control API
@@ -194,6 +198,7 @@ class Worker(threading.Thread):
             self.ready.set()
             self.done.set()
             return
+        self._load_class_data()
         self.ready.set()
         try:
             self._loop()
@@ -261,6 +266,10 @@ class Worker(threading.Thread):
             self._peak[c] = max(self._peak[c], float(np.max(np.abs(x))))
             fronts[c].push(x)
         self._count += n
+        t_first = self.source.clock.time_of(self._read_pos)
+        for update in self.mixdown.push(self._chan[:, :n], t_first):  # a few per second
+            for h in self.handoffs:
+                h.put(update)
         self._read_pos += n
         if self._capture is not None:
             self._record(n)
@@ -325,6 +334,7 @@ class Worker(threading.Thread):
             return
         self.stats.inference_ms.add((t1 - t0) * 1000.0)
         matches = self._search(emb, self.k)
+        self.mixdown.on_hop(emb)
         self.stats.hop_work_ms.add((time.perf_counter() - t0) * 1000.0)
         result = HopResult(
             seq=self._seq,
@@ -335,6 +345,7 @@ class Worker(threading.Thread):
             embeddings=np.array(emb, dtype=np.float32, copy=True),
             matches=matches,
             levels=levels,
+            centre=self._centre,
         )  # tags, level and similarity messages: emberd.daemon.analyzers
         self._seq += 1
         self.stats.hops += 1
@@ -427,6 +438,7 @@ class Worker(threading.Thread):
             if hasattr(old, "close"):
                 old.close()
             self._search_warned = False
+            self._load_class_data()
             return {"ok": True, "library": str(getattr(library, "path", ""))}
         if command.cmd == "set_model":
             return self._swap_engine(args["engine"])
@@ -447,9 +459,16 @@ class Worker(threading.Thread):
             self._capture.command.answer({"ok": False, "error": "capture: model changed"})
             self._capture = None
         self.engine = engine
+        self._load_class_data()
         self._reset_schedule()
         self._search_warned = False
         return {"ok": True, "model": engine.encoder.model, "provider": engine.encoder.provider}
+
+    def _load_class_data(self) -> None:
+        """The library's class head and mean vector for the current model (mix-down view)."""
+        self.mixdown.head, self._centre = class_data(self.library, self.engine.encoder.model)
+        self.mixdown.model = self.engine.encoder.model
+        self.mixdown.channels = list(self.channels)  # the app renumbers a mix as channel 0
 
     def _record(self, n: int) -> None:
         """Copy the newest ``n`` samples of the captured channels; answer when full."""
