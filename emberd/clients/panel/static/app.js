@@ -59,6 +59,7 @@ function handle(msg) {
     case "match": live(); onMatch(msg); break;
     case "tag": live(); channel(msg.channel).tags = msg.tags; renderChannel(msg.channel); break;
     case "level": live(); onLevel(msg); break;
+    case "hit": live(); onHit(msg); break;
     case "cursor": live(); onCursor(msg); break;
     case "similarity": live(); state.similarity = msg; drawSimilarity(); break;
     case "class": case "loudness": case "masking": live(); window.emberdMix.handle(msg); break;
@@ -108,6 +109,7 @@ function channel(ch) {
     div.style.setProperty("--c", colour(ch));
     div.innerHTML = `<div class="head"><span class="name">ch ${ch}</span>
       <div class="level"><span></span></div><span class="db">–</span></div>
+      <div class="hit" aria-live="polite"></div>
       <div class="tags"></div><ol class="matches"></ol>`;
     const list = $("channels");
     const after = [...list.children].find((c) => Number(c.id.slice(3)) > ch);
@@ -136,6 +138,17 @@ function onLevel(msg) {
   div.querySelector(".level > span").style.width = pct + "%";
   div.querySelector(".level").classList.toggle("onset", !!msg.onset);
   div.querySelector(".db").textContent = msg.rms_db.toFixed(1) + " dB";
+}
+
+// A hit: the newest stage of the newest hit (provisional, refined, final), with its
+// answer's kind and calibrated confidence and the onset-to-publish latency.
+function onHit(msg) {
+  channel(msg.channel);
+  const top = (msg.matches || [])[0];
+  const what = top ? `${top.name} (${top.kind} ${(top.confidence ?? 0).toFixed(2)})` : "no answer";
+  const el = $("ch-" + msg.channel).querySelector(".hit");
+  el.textContent = `hit ${msg.hit} ${msg.stage}: ${what} · ${Math.round(msg.latency_ms ?? 0)} ms`;
+  el.dataset.kind = top ? top.kind : "none";
 }
 
 function esc(s) {
