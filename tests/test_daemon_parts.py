@@ -7,10 +7,11 @@ import threading
 import numpy as np
 import pytest
 
-from emberd.daemon.analysis import OnsetDetector, cosine_matrix, level_db, vote_tags
+from emberd.daemon.analysis import OnsetDetector, level_db, vote_tags
 from emberd.daemon.app import parse_channels
 from emberd.daemon.clock import BlockClock
 from emberd.daemon.handoff import Handoff
+from emberd.daemon.mixdown import centred_similarity
 from emberd.daemon.netpolicy import check_listen_host, check_zmq_endpoint, is_loopback
 from emberd.errors import EmberdError
 
@@ -46,10 +47,18 @@ def test_level_and_onset() -> None:
 
 
 def test_similarity_matrix() -> None:
-    e = np.array([[1, 0, 0], [2, 0, 0], [0, 1, 0]], np.float32)
-    sim = cosine_matrix(e)
-    np.testing.assert_allclose(sim, [[1, 1, 0], [1, 1, 0], [0, 0, 1]], atol=1e-6)
+    e = np.array([[1, 0, 0], [2, 0, 0], [0, 1, 0], [0, 0, 1]], np.float32)
+    sim = centred_similarity(e, None, [False, False, False, True])
+    np.testing.assert_allclose(sim[:3, :3], [[1, 1, 0], [1, 1, 0], [0, 0, 1]], atol=1e-6)
+    assert np.all(np.isnan(sim[3])) and np.all(np.isnan(sim[:, 3]))  # silent, never 1.00
     assert sim.dtype == np.float32
+    # Two sounds sharing a big common part: raw cosine 0.98, centred on that part 0.
+    common = np.array([0.0, 0.0, 5.0])
+    a, b = np.array([1.0, 0.0, 0.0]) + common, np.array([0.0, 1.0, 0.0]) + common
+    centre = (a / np.linalg.norm(a) + b / np.linalg.norm(b)) / 2
+    raw = centred_similarity(np.stack([a, b]), None, [False, False])
+    centred = centred_similarity(np.stack([a, b]), centre, [False, False])
+    assert raw[0, 1] > 0.95 and centred[0, 1] == pytest.approx(-1.0, abs=1e-6)
 
 
 def test_handoff_drops_oldest_and_counts() -> None:
@@ -134,29 +143,31 @@ def test_osc_publisher_wekinator_and_projection() -> None:
     import socket
 
     from emberd.clients import osc_format as fmt
-    from emberd.daemon.publish_osc import OscPublisher
+    from emberd.daemon.analyzers import Analyzers
+    from emberd.daemon.outputs import Outputs, start_sinks
     from emberd.daemon.status import DaemonStats
     from emberd.daemon.worker import EndOfStream, HopResult
 
     rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     rx.bind(("127.0.0.1", 0))
     rx.settimeout(10)
-    addr = rx.getsockname()
-    h: Handoff = Handoff()
-    pub = OscPublisher([addr], h, DaemonStats(0.0058), proj_dims=6, wekinator=addr,
-                       wekinator_dims=12, send_embedding=False)  # fmt: skip
+    addr = "{}:{}".format(*rx.getsockname())
+    stats = DaemonStats(0.0058)
+    options = {"targets": addr, "proj_dims": "6", "wekinator": addr, "wekinator_dims": "12",
+               "embedding": "0"}  # fmt: skip
+    runners = start_sinks([("osc", options)], stats, lossless=True)
+    outputs = Outputs(runners, Analyzers.load(), stats)
     emb = np.random.default_rng(0).standard_normal((1, 64)).astype(np.float32)
     for seq in range(2):
-        h.put(HopResult(seq=seq, capture_time=0.0, stream_s=0.0, model="m", channels=[0],
-                        embeddings=emb, matches=[[]], tags=[[]],
-                        levels=[(-20.0, -10.0, False)], similarity=None))  # fmt: skip
-    h.put(EndOfStream())
-    pub.start()
+        outputs.put(HopResult(seq=seq, capture_time=0.0, stream_s=0.0, model="m", channels=[0],
+                              embeddings=emb, matches=[[]],
+                              levels=[(-20.0, -10.0, False)]))  # fmt: skip
+    outputs.put(EndOfStream())
     got: dict[str, list[tuple[float, ...]]] = {}
-    while sum(len(v) for v in got.values()) < 8:  # tags, level, proj, wek per hop
+    while sum(len(v) for v in got.values()) < 9:  # tags, level, proj, wek per hop; status
         p = fmt.decode(rx.recv(65536))
         got.setdefault(p.address, []).append(p.tail)
-    pub.join(10)
+    runners[0].join(10)
     rx.close()
     wek, proj = got[fmt.ADDR_WEKINATOR], got[fmt.ADDR_PROJ]
     assert len(wek) == 2 and len(wek[0]) == 12 and wek[0] == wek[1]

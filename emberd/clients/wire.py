@@ -32,7 +32,23 @@ Kinds and their extra header fields:
                shape ``[C, C]``
 ``status``     ``status``: the status object (see ``emberd.daemon.status``)
 ``hit``        one answer of the decision ladder for one hit (see below)
+``class``      mix-down, 2.5/s: ``class`` (str, or null: no signal), ``confidence``,
+               ``signal`` (bool)
+``loudness``   mix-down, 5/s: ``momentary``, ``short_term``, ``integrated`` (LUFS),
+               ``true_peak`` (dBTP), ``crest_db``, ``signal``, ``bands_hz``
+               (1/3-octave centres), ``reference_db`` (target curve or null);
+               payload = the stem's balance in dB re its total, shape ``[bands]``
+``masking``    mix-down, 2.5/s, no channel suffix: ``channels``, ``band_edges_hz``,
+               ``suggestions`` (list of ``{masker, maskee, lo_hz, hi_hz,
+               margin_db, fraction, text}``, channel numbers); payload = share
+               of the time each stem masks each other one per critical band,
+               shape ``[C, C, bands]`` (masker, maskee, band), NaN where the
+               maskee did not play (see ``emberd.dsp.masking``)
 =============  ==============================================================
+
+The ``similarity`` matrix is centred on the library's mean vector (0: as alike
+as two library sounds on average, 1: the same sound); a silent channel's row
+and column are NaN, and its number is listed in the header's ``silent``.
 
 Hits (topic ``hit.<channel>``). Every hit is published up to three times, once
 per stage, in order, the moment each answer exists: ``provisional`` (from the
@@ -85,12 +101,17 @@ KIND_LEVEL = "level"
 KIND_SIMILARITY = "similarity"
 KIND_STATUS = "status"
 KIND_HIT = "hit"
-PER_CHANNEL_KINDS = frozenset({KIND_EMB, KIND_MATCH, KIND_TAG, KIND_LEVEL, KIND_HIT})
+KIND_CLASS = "class"
+KIND_LOUDNESS = "loudness"
+KIND_MASKING = "masking"
+PER_CHANNEL_KINDS = frozenset(
+    {KIND_EMB, KIND_MATCH, KIND_TAG, KIND_LEVEL, KIND_HIT, KIND_CLASS, KIND_LOUDNESS}
+)
 
 # Hit stages, in the order each hit publishes them, and answer kinds.
 HIT_STAGES = ("provisional", "refined", "final")
 HIT_ANSWERS = ("exact", "similar", "none")
-ALL_KINDS = frozenset(PER_CHANNEL_KINDS | {KIND_SIMILARITY, KIND_STATUS})
+ALL_KINDS = frozenset(PER_CHANNEL_KINDS | {KIND_SIMILARITY, KIND_STATUS, KIND_MASKING})
 
 # Control commands understood by the daemon (ZeroMQ and OSC alike).
 CONTROL_COMMANDS = ("status", "reload", "set_k", "set_model", "pause", "resume", "capture")
@@ -183,6 +204,24 @@ def encode(
     list of bytes
         ``[topic, header]`` or ``[topic, header, payload]``.
     """
+    header = make_header(kind, seq=seq, capture_time=capture_time, model=model, channel=channel,
+                         array=array, publish_time=publish_time, **fields)  # fmt: skip
+    return pack(topic_for(kind, channel), header, array)
+
+
+def make_header(
+    kind: str,
+    *,
+    seq: int,
+    capture_time: float,
+    model: str,
+    channel: int | None = None,
+    array: np.ndarray | None = None,
+    publish_time: float | None = None,
+    **fields: Any,
+) -> dict[str, Any]:
+    """The JSON header of one message (parameters as :func:`encode`), ``shape``/``dtype``
+    included when there is an array: what every sink receives (``docs/plugins.md``)."""
     header: dict[str, Any] = {
         "v": WIRE_VERSION,
         "kind": kind,
@@ -194,16 +233,19 @@ def encode(
     if channel is not None:
         header["channel"] = int(channel)
     header.update(fields)
-    frames = [topic_for(kind, channel)]
     if array is not None:
-        arr = np.ascontiguousarray(array, dtype="<f4")
-        header["shape"] = list(arr.shape)
+        header["shape"] = list(np.shape(array))
         header["dtype"] = "float32"
-        frames.append(json.dumps(header, separators=(",", ":")).encode("utf-8"))
-        frames.append(arr.tobytes())
-    else:
-        frames.append(json.dumps(header, separators=(",", ":")).encode("utf-8"))
-    return frames
+    return header
+
+
+def pack(topic: str | bytes, header: dict[str, Any], array: np.ndarray | None) -> list[bytes]:
+    """Frames ``[topic, header, payload?]`` of a message whose header is already built."""
+    t = topic if isinstance(topic, bytes) else topic.encode("ascii")
+    head = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    if array is None:
+        return [t, head]
+    return [t, head, np.ascontiguousarray(array, dtype="<f4").tobytes()]
 
 
 def decode(frames: list[bytes]) -> Message:

@@ -49,6 +49,22 @@ def add_daemon_options(p: argparse.ArgumentParser, *, demo: bool = False) -> Non
     p.add_argument("--max-datagram", type=int, default=DEFAULT_MAX_DATAGRAM_BYTES, metavar="BYTES",
                    help=f"largest OSC datagram (default {DEFAULT_MAX_DATAGRAM_BYTES})")
     p.add_argument("--threads", type=int, default=2, help="encoder threads (default 2)")
+    p.add_argument("--no-hits", action="store_true",
+                   help="do not detect hits (no hit.<c> / /emberd/hit messages)")
+    p.add_argument("--sink", action="append", default=[], metavar="NAME[:KEY=VALUE,...]",
+                   help="also publish through the emberd.sinks plug-in NAME (repeatable; "
+                        "`emberd plugins` lists them; docs/plugins.md)")
+    p.add_argument("--analyzer", action="append", default=[], metavar="NAME",
+                   help="require the emberd.analyzers plug-in NAME to load (installed "
+                        "analysers run anyway; a broken one is left out with a warning)")
+    p.add_argument("--midi", default=None, metavar="PORT",
+                   help="send a MIDI note per hit to PORT (a JACK MIDI port such as "
+                        "'system:midi_playback_1', or 'alsa:CLIENT:PORT'; docs/plugins.md)")
+    p.add_argument("--midi-map", default=None, metavar="FILE",
+                   help="JSON map of folder tags / file names to MIDI notes "
+                        "(default: General MIDI drum notes)")
+    p.add_argument("--midi-stage", default=None, metavar="STAGE",
+                   help="hit stage that sends the note: provisional (default), refined or final")
     if not demo:
         p.add_argument("--channels", default="mix", metavar="SPEC",
                        help="input channels to analyse separately: mix (default), all, "
@@ -115,6 +131,12 @@ def config_from_args(args: argparse.Namespace, **overrides: Any) -> Any:
         osc_proj=args.osc_proj,
         osc_embedding=not args.no_osc_embedding,
         threads=args.threads,
+        hits=not args.no_hits,
+        sinks=list(args.sink),
+        analyzers=list(args.analyzer),
+        midi=args.midi,
+        midi_map=args.midi_map,
+        midi_stage=args.midi_stage,
     )
     values.update(overrides)
     return DaemonConfig(**values)
