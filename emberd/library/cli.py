@@ -23,6 +23,12 @@ def register(subparsers: Any) -> None:
                      help="decoder processes (0: decode in the main process)")
     idx.add_argument("--threads", type=int, default=2, help="encoder threads")
     idx.add_argument("--quiet", action="store_true", help="no progress bar")
+    idx.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                     help="decode and embed on a Ray cluster: auto, HOST:PORT, or none for a "
+                          "local Ray (pip install 'emberd[ray]'; every node must see DIR at the "
+                          "same path)")
+    idx.add_argument("--ray-actors", type=int, default=0, metavar="N",
+                     help="embedding actors with --ray (default: one per GPU or CPU node)")
     idx.set_defaults(func=_index)
 
     q = subparsers.add_parser(
@@ -64,10 +70,18 @@ def _index(args: argparse.Namespace) -> int:
 
     if args.jobs < 0:
         raise EmberdError(f"--jobs {args.jobs}: must be 0 or more")
-    indexer = _guard_db(lambda: Indexer(args.library, args.model, jobs=args.jobs,
-                                        threads=args.threads))
+    if args.ray is not None:
+        from emberd.library.ray_index import RayIndexer
+
+        indexer = _guard_db(lambda: RayIndexer(args.library, args.model, address=args.ray,
+                                               actors=args.ray_actors))
+    else:
+        indexer = _guard_db(lambda: Indexer(args.library, args.model, jobs=args.jobs,
+                                            threads=args.threads))
     console = Console(stderr=True)
     show = not args.quiet and console.is_terminal
+    if args.ray is not None and not args.quiet:
+        console.print(indexer.resources.line(args.ray), highlight=False, soft_wrap=True)
     with Progress(
         TextColumn("indexing"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
         TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("eta"),
