@@ -34,7 +34,8 @@ from typing import Any
 import numpy as np
 
 from emberd import plugins
-from emberd.daemon.analysis import cosine_matrix, vote_tags
+from emberd.daemon.analysis import vote_tags
+from emberd.daemon.mixdown import SILENT_RMS_DB, centred_similarity
 from emberd.errors import EmberdError
 
 log = logging.getLogger(__name__)
@@ -72,7 +73,8 @@ class LevelsAnalyzer:
 
 
 class SimilarityAnalyzer:
-    """Built-in ``similarity``: channel-by-channel cosine matrix (several channels only)."""
+    """Built-in ``similarity``: channel cosine matrix centred on the library mean, silent
+    channels NaN (several channels only; :func:`emberd.daemon.mixdown.centred_similarity`)."""
 
     kind = "similarity"
     stage = "hop"
@@ -80,7 +82,10 @@ class SimilarityAnalyzer:
     def analyze(self, hop: Any) -> list[dict[str, Any]]:
         if len(hop.channels) < 2:
             return []
-        return [{"channels": list(hop.channels), "array": cosine_matrix(hop.embeddings)}]
+        silent = [rms_db < SILENT_RMS_DB for rms_db, _peak, _onset in hop.levels]
+        sim = centred_similarity(hop.embeddings, getattr(hop, "centre", None), silent)
+        dead = [ch for ch, s in zip(hop.channels, silent, strict=True) if s]
+        return [{"channels": list(hop.channels), "silent": dead, "array": sim}]
 
 
 def tags(options: dict[str, str]) -> TagsAnalyzer:
@@ -175,6 +180,7 @@ class Analyzers:
                 continue
             if not self._check_fields(slot, rows):
                 continue
+            slot.consecutive = 0
             merged = out.setdefault(slot.kind, [{} for _ in range(want)] if rows else [])
             for target, row in zip(merged, rows, strict=False):
                 target.update(row)
@@ -193,6 +199,7 @@ class Analyzers:
                 self._fail(slot, f"returned {type(row).__name__}, expected a dict")
                 continue
             if self._check_fields(slot, [row]):
+                slot.consecutive = 0
                 out.update(row)
         return out
 
@@ -203,7 +210,6 @@ class Analyzers:
             self._fail(slot, f"{type(exc).__name__}: {exc}", exc)
             return None
         slot.calls += 1
-        slot.consecutive = 0
         return result
 
     def _check_fields(self, slot: AnalyzerSlot, rows: list[dict[str, Any]]) -> bool:

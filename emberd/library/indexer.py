@@ -27,8 +27,10 @@ from typing import Any
 
 import numpy as np
 
+from emberd.dsp.silence import SILENCE_PEAK_DBFS, no_sound_reason
 from emberd.errors import EmberdError
 from emberd.library import fingerprint, waveform
+from emberd.library.classifier import fit_library_head
 from emberd.library.scan import Candidate, ScanResult, Skip, scan
 from emberd.library.store import Store
 
@@ -37,7 +39,6 @@ log = logging.getLogger(__name__)
 BATCH_FILES = 16  # files per transaction: small enough that a kill loses little
 EMBED_BATCH_WINDOWS = 64  # windows per encoder call
 IN_FLIGHT_PER_JOB = 4  # decoded files queued per worker (bounds memory)
-SILENCE_PEAK = 1e-4  # -80 dBFS: a file whose peak stays below is silent
 HASH_CHUNK_BYTES = 1 << 20
 MAX_FILE_S = 600.0  # s; longer files (mixes, field recordings) are skipped: decoding one whole
 # takes ~2 MB of worker memory per second of audio (a 2-hour file peaked at 14 GB)
@@ -54,6 +55,7 @@ class Summary:
     skipped: list[Skip] = field(default_factory=list)
     seconds: float = 0.0
     annoy_items: int = 0
+    classes: dict[str, int] = field(default_factory=dict)  # labelled sounds per learnt class
 
     def lines(self) -> list[str]:
         """Human-readable summary lines."""
@@ -67,6 +69,9 @@ class Summary:
                 f"identification data (landmarks, templates, snippets) recomputed for "
                 f"{self.refreshed} unchanged files"
             )
+        if self.classes:
+            learnt = ", ".join(f"{c} {n}" for c, n in self.classes.items())
+            out.append(f"instrument classes learnt from named sounds: {learnt}")
         out += [f"  skipped {s.path}: {s.reason}" for s in self.skipped]
         return out
 
@@ -127,9 +132,9 @@ def prepare_file(job: _Job, frontend: Any) -> dict[str, Any]:
         return {"ok": False, "reason": "permission denied"}
     except OSError as exc:
         return {"ok": False, "reason": f"cannot read ({exc.strerror or exc})"}
-    peak = float(np.max(np.abs(y))) if y.size else 0.0
-    if peak < SILENCE_PEAK:
-        return {"ok": False, "reason": "silent (peak below -80 dBFS)"}
+    silent = no_sound_reason(y, floor_dbfs=SILENCE_PEAK_DBFS)
+    if silent is not None:  # never stored: silence is never a match
+        return {"ok": False, "reason": f"silent: {silent}"}
     if len(y) < frontend.n_fft:
         # A 20 ms tick: pad with silence to one FFT frame; the windowing pads the rest.
         y = np.pad(y, (0, frontend.n_fft - len(y)))
@@ -248,7 +253,13 @@ class Indexer:
     """
 
     def __init__(
-        self, library: str | os.PathLike[str], model: str, *, jobs: int = 0, threads: int = 2,
+        self,
+        library: str | os.PathLike[str],
+        model: str,
+        *,
+        jobs: int = 0,
+        threads: int = 2,
+        skip_silence: bool | None = None,
         on_wait: Callable[[str], None] | None = None,
     ) -> None:
         from emberd.library.librarylock import lock_for_writing
@@ -265,6 +276,7 @@ class Indexer:
         self.model = model
         self.jobs = jobs
         self.threads = threads
+        self.skip_silence = skip_silence  # None: the manifest decides (emberd.models.silence_skip)
         self.frontend = self.manifest.frontend()
         self._encoder: Any = None
 
@@ -385,6 +397,8 @@ class Indexer:
         summary.indexed -= summary.refreshed
         summary.unchanged += summary.refreshed
         summary.annoy_items = self._rebuild_index()
+        head = fit_library_head(self.store, self.model, self.store.path)
+        summary.classes = dict(head.counts or {}) if head is not None else {}
         summary.seconds = time.monotonic() - t0
         return summary
 
@@ -425,9 +439,11 @@ class Indexer:
     def encoder(self) -> Any:
         """The model's encoder, created on first use (after the workers started)."""
         if self._encoder is None:
-            from emberd.models.runtime import Encoder
+            from emberd.models.plugin import load_encoder
 
-            self._encoder = Encoder(self.manifest, device="auto", threads=self.threads)
+            self._encoder = load_encoder(
+                self.manifest, device="auto", threads=self.threads, skip_silence=self.skip_silence
+            )
         return self._encoder
 
     def _commit(self, batch: list[tuple[Candidate, dict[str, Any]]], summary: Summary) -> int:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -30,18 +31,25 @@ def lock_for_writing(library: str | os.PathLike[str],
                      on_wait: Callable[[str], None] | None = None) -> contextlib.ExitStack:
     """Take the library's writer lock (waiting for another writer); close the stack to release.
 
+    ``on_wait(holder)`` is called if we have to wait; by default one line on stderr says so.
+
     The folder is created if missing (the lock file lives in it). A path that is
     not a library (a file, a folder of other things) is left untouched for
     :class:`~emberd.library.store.Store` to refuse.
     """
     path = Path(library)
     stack = contextlib.ExitStack()
+
+    def say(holder: str) -> None:
+        print(f"emberd: {library}: another emberd index ({holder}) is writing this library; "
+              "waiting for it to finish", file=sys.stderr, flush=True)
+
     if path.exists() and not (path / DB_NAME).exists() and (
         not path.is_dir() or any(p.name != LOCK_NAME for p in path.iterdir())
     ):
         return stack  # not a library: Store refuses it, and nothing is written into it
     path.mkdir(parents=True, exist_ok=True)
-    stack.enter_context(file_lock(path / LOCK_NAME, "emberd index", on_wait=on_wait))
+    stack.enter_context(file_lock(path / LOCK_NAME, "emberd index", on_wait=on_wait or say))
     return stack
 
 

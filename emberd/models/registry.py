@@ -1,9 +1,10 @@
 """Where models live and how a name becomes a manifest.
 
-Built-in models (``aisfx``, ``dsp-baseline``) ship a manifest inside the
-package; their ``.onnx`` is written on demand under
+Built-in models (``aisfx``, ``aisfx-int8``, ``dsp-baseline``) ship a manifest
+inside the package; their ``.onnx`` is written on demand under
 ``emberd.paths.models_dir()/NAME/`` (``emberd models fetch aisfx``; the
-baseline is generated on first use). User models are imported into
+baseline and the int8 aiSFX, quantized from the fetched aiSFX by
+:mod:`emberd.models.quantize`, are generated on first use). User models are imported into
 ``models_dir()/NAME/`` as ``model.onnx`` + ``manifest.json``.
 """
 
@@ -25,7 +26,8 @@ from emberd.models.manifest import (
 
 log = logging.getLogger(__name__)
 
-BUILTINS = ("aisfx", "dsp-baseline")
+BUILTINS = ("aisfx", "aisfx-int8", "dsp-baseline")
+GENERATED = ("aisfx-int8", "dsp-baseline")  # built locally on first use (no download)
 DEFAULT_MODEL = "aisfx"
 FALLBACK_MODEL = "dsp-baseline"
 
@@ -57,6 +59,13 @@ def list_models() -> list[ModelManifest]:
     return found
 
 
+def plugin_names() -> list[str]:
+    """Encoder plug-ins installed from other packages (``emberd.encoders``)."""
+    from emberd import plugins
+
+    return [p.name for p in plugins.discover(plugins.GROUP_ENCODERS) if not p.builtin]
+
+
 def _models_root() -> Path:
     from emberd.paths import models_dir
 
@@ -66,7 +75,8 @@ def _models_root() -> Path:
 def resolve(name: str) -> ModelManifest:
     """Return the manifest of a model whose ``.onnx`` file exists.
 
-    ``dsp-baseline`` is generated if missing; ``aisfx`` must have been fetched.
+    ``dsp-baseline`` and ``aisfx-int8`` are generated if missing; ``aisfx`` must have
+    been fetched.
 
     Raises
     ------
@@ -78,7 +88,7 @@ def resolve(name: str) -> ModelManifest:
     root = _models_root()
     if name in BUILTINS:
         manifest = _builtin(name, root)
-        if name == "dsp-baseline" and not available(manifest):
+        if name in GENERATED and not available(manifest):
             fetch(name)
             manifest = _builtin(name, root)
         if not available(manifest):
@@ -89,7 +99,12 @@ def resolve(name: str) -> ModelManifest:
         return manifest
     path = root / name / MANIFEST_FILE
     if not path.is_file():
-        known = ", ".join(m.name for m in list_models())
+        from emberd.models.plugin import plugin_manifest
+
+        found = plugin_manifest(name)  # an emberd.encoders plug-in from another package
+        if found is not None:
+            return found
+        known = ", ".join([m.name for m in list_models()] + plugin_names())
         raise EmberdError(f"model {name!r}: unknown (known: {known})")
     manifest = load_manifest(path)
     if not available(manifest):
@@ -163,6 +178,11 @@ def _fetch(name: str) -> ModelManifest:
         from emberd.paths import cache_dir
 
         return load_manifest(aisfx.fetch(root, cache_dir()), origin="builtin")
+    if name == "aisfx-int8":
+        from emberd.models import quantize
+
+        quantize.build_int8(resolve("aisfx").path, root / name)
+        return _builtin(name, root)
     if name == "dsp-baseline":
         from emberd.models import baseline
 
