@@ -467,3 +467,19 @@ def test_encoder_plugin_runs_live(
     assert matches and all(r["header"]["model"] == "mfcc-stats" for r in matches)
     final = rows[-1]["header"]["status"]
     assert final["final"] and final["provider"] == "plugin:emberd-mfcc-encoder"
+
+
+def test_swallowed_exceptions_are_counted_in_status_and_logged_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from emberd.daemon.status import swallowed
+
+    where = f"test place {threading.get_ident()}"
+    for _ in range(3):
+        try:
+            raise OSError("gone")
+        except OSError:
+            swallowed(where)
+    logged = [r for r in caplog.records if where in r.getMessage()]
+    assert len(logged) == 1 and logged[0].exc_info is not None
+    assert DaemonStats(0.0058).snapshot()["swallowed_errors"][where] == 3
