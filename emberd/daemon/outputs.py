@@ -46,7 +46,7 @@ from emberd.daemon.analyzers import Analyzers
 from emberd.daemon.handoff import Handoff
 from emberd.daemon.hits import HitResult
 from emberd.daemon.mixdown import MixdownResult, zmq_messages
-from emberd.daemon.status import DaemonStats
+from emberd.daemon.status import DaemonStats, swallowed
 from emberd.daemon.worker import EndOfStream, HopResult, Item, StatusItem
 from emberd.errors import EmberdError
 
@@ -213,7 +213,14 @@ class SinkRunner(threading.Thread):
         self.counters.transport_dropped = int(getattr(self.sink, "dropped", 0) or 0)
 
     def describe(self) -> dict[str, Any]:
-        return self.counters.describe(self.info.dist, len(self.handoff))
+        d = self.counters.describe(self.info.dist, len(self.handoff))
+        counters = getattr(self.sink, "counters", None)
+        if callable(counters):  # a sink's own figures (e.g. MIDI notes sent), read as is
+            try:
+                d["counters"] = {str(k): int(v) for k, v in dict(counters()).items()}
+            except Exception:  # third-party code on the status path: counted, never fatal
+                swallowed(f"sink {self.output} counters()")
+        return d
 
 
 class Outputs:
