@@ -8,8 +8,6 @@ points, found by ``importlib.metadata`` exactly as a user's would be.
 
 from __future__ import annotations
 
-import importlib
-import importlib.metadata as md
 import json
 import subprocess
 import sys
@@ -26,44 +24,17 @@ from emberd.clients import wire
 from emberd.daemon.app import Daemon, DaemonConfig
 from emberd.daemon.status import DaemonStats
 from emberd.errors import EmberdError
-from emberd.testing import smalllib
+from emberd.testing import plugpkgs, smalllib
 
-REPO = Path(__file__).resolve().parent.parent
-PACKAGES = {
-    "emberd-ndjson-sink": REPO / "examples" / "ndjson-sink",
-    "emberd-mfcc-encoder": REPO / "examples" / "encoder-plugin",
-    "emberd-test-plugins": REPO / "tests" / "plugin_pkgs" / "emberd-test-plugins",
-}
 MODEL = smalllib.FAST_MODEL
 RECV_TIMEOUT_MS = 20000
 BLOCK_S = 2  # seconds the blocking test sink sleeps per message
 TRANSIENT = ("publish_time", "latency_ms")  # stamped by each sink when it delivers
 
 
-def install_packages(names: list[str]) -> None:
-    """pip-install the named local plug-in packages unless that version is installed."""
-    import tomllib
-
-    missing = []
-    for name in names:
-        with open(PACKAGES[name] / "pyproject.toml", "rb") as f:
-            want = tomllib.load(f)["project"]["version"]
-        try:
-            have = md.version(name)
-        except md.PackageNotFoundError:
-            have = None
-        if have != want:
-            missing.append(str(PACKAGES[name]))
-    if missing:
-        proc = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
-                               *missing], capture_output=True, text=True)  # fmt: skip
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        importlib.invalidate_caches()
-
-
 @pytest.fixture(scope="module")
 def installed_plugins() -> None:
-    install_packages(list(PACKAGES))
+    plugpkgs.install(list(plugpkgs.PACKAGES))
 
 
 @pytest.fixture(scope="module")
