@@ -20,6 +20,7 @@ from rich.text import Text
 
 from emberd.clients.messages import (
     ConnectionEvent,
+    HitMessage,
     Item,
     LevelMessage,
     Match,
@@ -44,6 +45,7 @@ class ChannelView:
     rms_db: float | None = None
     onset: bool = False
     updated: float = 0.0
+    hit: HitMessage | None = None  # the newest stage of the newest hit
 
 
 @dataclass
@@ -88,6 +90,8 @@ class WatchState:
             view.rms_db, view.onset = item.rms_db, item.onset
         elif isinstance(item, StatusMessage):
             self.status = dict(item.status)
+        elif isinstance(item, HitMessage):
+            self._chan(item.channel).hit = item
 
     def apply_status_reply(self, reply: dict[str, Any]) -> None:
         """Use a control ``status`` reply (late joiners get status without waiting)."""
@@ -160,10 +164,19 @@ def _connection_text(state: WatchState) -> Text:
     return Text(f"connected to {state.endpoint}", style="green")
 
 
+def hit_text(hit: HitMessage) -> str:
+    """One line for a hit: ``hit 12 final: kick 01.wav (exact 0.97) 245 ms``."""
+    top = hit.matches[0] if hit.matches else None
+    what = f"{top.name} ({top.kind} {top.confidence:.2f})" if top is not None else "no answer"
+    return f"hit {hit.hit} {hit.stage}: {what} {hit.latency_ms:.0f} ms"
+
+
 def _channel_table(channel: int, view: ChannelView) -> Table:
     title = f"channel {channel}"
     if view.rms_db is not None:
         title += f"  {view.rms_db:6.1f} dBFS" + ("  ●" if view.onset else "")
+    if view.hit is not None:
+        title += "  " + hit_text(view.hit)
     table = Table(title=title, title_justify="left", expand=True, show_edge=False)
     table.add_column("#", justify="right", width=2)
     table.add_column("match", ratio=3, overflow="ellipsis", no_wrap=True)
