@@ -247,6 +247,11 @@ def test_raising_and_blocking_sinks_change_nothing_for_the_others(
     assert outs["test-raising"]["errors"] >= 1 and outs["test-raising"]["published"] == 0
     assert outs["test-blocking"]["dropped"] > 0
     assert status["publisher_drops"]["test-blocking"] > 0
+    from emberd.clients.watch import outputs_text  # what `emberd watch` shows of it
+
+    line = outputs_text(status)
+    assert "zmq ok" in line and "ndjson ok" in line and "test-raising disabled" in line
+    assert f"test-blocking {outs['test-blocking']['dropped']} dropped" in line
 
 
 def test_encode_failure_of_one_message_is_counted_not_fatal() -> None:
