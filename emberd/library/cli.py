@@ -122,6 +122,7 @@ def _guard_db(fn: Any) -> Any:
 
 
 def _query(args: argparse.Namespace) -> int:
+    from emberd.dsp.silence import QUERY_FLOOR_DBFS, no_sound_reason
     from emberd.dsp.sources import load_audio
     from emberd.errors import EmberdError
     from emberd.library.query import Library, encoder_for
@@ -136,9 +137,14 @@ def _query(args: argparse.Namespace) -> int:
         for path in args.files:
             try:
                 y, _info = load_audio(path, sr=sr, mono=True)
-                matches = _guard_db(lambda y=y: library.query_audio(y, sr, args.k,
-                                                                    model=args.model))
-                record: dict[str, Any] = {"query": path, "matches": matches}
+                silent = no_sound_reason(y, floor_dbfs=QUERY_FLOOR_DBFS)
+                if silent is not None:  # silence is never a match: say why there is none
+                    record: dict[str, Any] = {"query": path, "matches": [],
+                                              "reason": f"no sound: {silent}"}
+                else:
+                    matches = _guard_db(lambda y=y: library.query_audio(y, sr, args.k,
+                                                                        model=args.model))
+                    record = {"query": path, "matches": matches}
             except EmberdError as exc:
                 failed += 1
                 record = {"query": path, "error": str(exc)}
@@ -156,9 +162,12 @@ def _print_record(record: dict[str, Any], as_json: bool) -> None:
     if "error" in record:
         print(f"  error: {record['error']}")
         return
+    if "reason" in record:
+        print(f"  no match: {record['reason']}")
     for i, m in enumerate(record["matches"], 1):
         tags = "/".join(m["tags"])
-        print(f"  {i:2d}. {m['score']:.3f} {m['kind']:7s} {m['path']}"
+        score = f"{m['score']:.3f}" if "score" in m else "  -  "
+        print(f"  {i:2d}. {score} {m['kind']:7s} {m['path']}"
               + (f"  [{tags}]" if tags else "")
               + (f" @ {m['segment_start_s']:.2f} s" if m["segment_start_s"] else ""))
 
@@ -183,7 +192,7 @@ def _info(args: argparse.Namespace) -> int:
         if isinstance(annoy, dict):
             recall = next(v for k, v in annoy.items() if k.startswith("recall@"))
             print(f"    annoy: {annoy['items']} items, {annoy['trees']} trees, recall@10 vs "
-                  f"exact {recall:.3f} on {annoy['sample']} queries"
+                  f"exact {recall:.3f} on {annoy['sample']} queries that are not library items"
                   + (" (stale: re-run emberd index)" if annoy["stale"] else ""))
         else:
             print(f"    annoy: {annoy}")
