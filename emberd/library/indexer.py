@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from emberd.dsp.silence import SILENCE_PEAK_DBFS, no_sound_reason
 from emberd.errors import EmberdError
 from emberd.library import fingerprint, waveform
 from emberd.library.classifier import fit_library_head
@@ -38,7 +39,6 @@ log = logging.getLogger(__name__)
 BATCH_FILES = 16  # files per transaction: small enough that a kill loses little
 EMBED_BATCH_WINDOWS = 64  # windows per encoder call
 IN_FLIGHT_PER_JOB = 4  # decoded files queued per worker (bounds memory)
-SILENCE_PEAK = 1e-4  # -80 dBFS: a file whose peak stays below is silent
 HASH_CHUNK_BYTES = 1 << 20
 MAX_FILE_S = 600.0  # s; longer files (mixes, field recordings) are skipped: decoding one whole
 # takes ~2 MB of worker memory per second of audio (a 2-hour file peaked at 14 GB)
@@ -132,9 +132,9 @@ def prepare_file(job: _Job, frontend: Any) -> dict[str, Any]:
         return {"ok": False, "reason": "permission denied"}
     except OSError as exc:
         return {"ok": False, "reason": f"cannot read ({exc.strerror or exc})"}
-    peak = float(np.max(np.abs(y))) if y.size else 0.0
-    if peak < SILENCE_PEAK:
-        return {"ok": False, "reason": "silent (peak below -80 dBFS)"}
+    silent = no_sound_reason(y, floor_dbfs=SILENCE_PEAK_DBFS)
+    if silent is not None:  # never stored: silence is never a match
+        return {"ok": False, "reason": f"silent: {silent}"}
     if len(y) < frontend.n_fft:
         # A 20 ms tick: pad with silence to one FFT frame; the windowing pads the rest.
         y = np.pad(y, (0, frontend.n_fft - len(y)))
