@@ -8,8 +8,6 @@ points, found by ``importlib.metadata`` exactly as a user's would be.
 
 from __future__ import annotations
 
-import importlib
-import importlib.metadata as md
 import json
 import subprocess
 import sys
@@ -26,44 +24,17 @@ from emberd.clients import wire
 from emberd.daemon.app import Daemon, DaemonConfig
 from emberd.daemon.status import DaemonStats
 from emberd.errors import EmberdError
-from emberd.testing import smalllib
+from emberd.testing import plugpkgs, smalllib
 
-REPO = Path(__file__).resolve().parent.parent
-PACKAGES = {
-    "emberd-ndjson-sink": REPO / "examples" / "ndjson-sink",
-    "emberd-mfcc-encoder": REPO / "examples" / "encoder-plugin",
-    "emberd-test-plugins": REPO / "tests" / "plugin_pkgs" / "emberd-test-plugins",
-}
 MODEL = smalllib.FAST_MODEL
 RECV_TIMEOUT_MS = 20000
 BLOCK_S = 2  # seconds the blocking test sink sleeps per message
 TRANSIENT = ("publish_time", "latency_ms")  # stamped by each sink when it delivers
 
 
-def install_packages(names: list[str]) -> None:
-    """pip-install the named local plug-in packages unless that version is installed."""
-    import tomllib
-
-    missing = []
-    for name in names:
-        with open(PACKAGES[name] / "pyproject.toml", "rb") as f:
-            want = tomllib.load(f)["project"]["version"]
-        try:
-            have = md.version(name)
-        except md.PackageNotFoundError:
-            have = None
-        if have != want:
-            missing.append(str(PACKAGES[name]))
-    if missing:
-        proc = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
-                               *missing], capture_output=True, text=True)  # fmt: skip
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        importlib.invalidate_caches()
-
-
 @pytest.fixture(scope="module")
 def installed_plugins() -> None:
-    install_packages(list(PACKAGES))
+    plugpkgs.install(list(plugpkgs.PACKAGES))
 
 
 @pytest.fixture(scope="module")
@@ -276,6 +247,11 @@ def test_raising_and_blocking_sinks_change_nothing_for_the_others(
     assert outs["test-raising"]["errors"] >= 1 and outs["test-raising"]["published"] == 0
     assert outs["test-blocking"]["dropped"] > 0
     assert status["publisher_drops"]["test-blocking"] > 0
+    from emberd.clients.watch import outputs_text  # what `emberd watch` shows of it
+
+    line = outputs_text(status)
+    assert "zmq ok" in line and "ndjson ok" in line and "test-raising disabled" in line
+    assert f"test-blocking {outs['test-blocking']['dropped']} dropped" in line
 
 
 def test_encode_failure_of_one_message_is_counted_not_fatal() -> None:
@@ -467,3 +443,19 @@ def test_encoder_plugin_runs_live(
     assert matches and all(r["header"]["model"] == "mfcc-stats" for r in matches)
     final = rows[-1]["header"]["status"]
     assert final["final"] and final["provider"] == "plugin:emberd-mfcc-encoder"
+
+
+def test_swallowed_exceptions_are_counted_in_status_and_logged_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from emberd.daemon.status import swallowed
+
+    where = f"test place {threading.get_ident()}"
+    for _ in range(3):
+        try:
+            raise OSError("gone")
+        except OSError:
+            swallowed(where)
+    logged = [r for r in caplog.records if where in r.getMessage()]
+    assert len(logged) == 1 and logged[0].exc_info is not None
+    assert DaemonStats(0.0058).snapshot()["swallowed_errors"][where] == 3

@@ -191,9 +191,33 @@ def _channel_table(channel: int, view: ChannelView) -> Table:
     return table
 
 
+def outputs_text(status: dict[str, Any]) -> str:
+    """One line per daemon output: ``zmq ok · osc 12 dropped · mysink disabled (50 errors)``.
+
+    Reads ``status["outputs"]`` (see :mod:`emberd.daemon.outputs`); empty when absent.
+    """
+    parts = []
+    for name, o in sorted((status.get("outputs") or {}).items()):
+        if not isinstance(o, dict):
+            continue
+        bits = []
+        if o.get("disabled"):
+            bits.append("disabled")
+        if o.get("dropped"):
+            bits.append(f"{o['dropped']} dropped")
+        if o.get("errors"):
+            bits.append(f"{o['errors']} errors")
+        parts.append(f"{name} {', '.join(bits) if bits else 'ok'}")
+    return " · ".join(parts)
+
+
 def render(state: WatchState) -> RenderableType:
     """Build the screen for ``state`` (pure: no I/O)."""
     parts: list[RenderableType] = [_connection_text(state), _status_line(state)]
+    outs = outputs_text(state.status)
+    if outs:
+        bad = any(w in outs for w in ("dropped", "errors", "disabled"))
+        parts.append(Text.assemble(("outputs ", "dim"), (outs, "yellow" if bad else "")))
     if not state.channels:
         parts.append(Text("no matches yet", style="dim"))
     for ch in sorted(state.channels):

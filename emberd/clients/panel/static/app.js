@@ -97,6 +97,20 @@ function onStatus(st) {
   $("st-p50").textContent = ms(find(st, ["latency_p50_ms", "hop_latency_p50_ms", "p50_ms"]));
   $("st-p99").textContent = ms(find(st, ["latency_p99_ms", "hop_latency_p99_ms", "p99_ms"]));
   $("st-overflows").textContent = find(st, ["overflows"]) ?? "0";
+  $("st-outputs").textContent = outputsText(st.outputs);
+}
+
+// Per output: "zmq ok · osc 12 dropped · mysink disabled, 50 errors" (daemon status.outputs).
+function outputsText(outputs) {
+  if (!outputs || typeof outputs !== "object") return "–";
+  return Object.keys(outputs).sort().map((name) => {
+    const o = outputs[name] || {};
+    const bits = [];
+    if (o.disabled) bits.push("disabled");
+    if (o.dropped) bits.push(`${o.dropped} dropped`);
+    if (o.errors) bits.push(`${o.errors} errors`);
+    return `${name} ${bits.length ? bits.join(", ") : "ok"}`;
+  }).join(" · ") || "–";
 }
 
 // ---------------------------------------------------------------- channels
