@@ -241,22 +241,33 @@ def multitrack(x: np.ndarray, labels: list[str], groups: list[str], paths: list[
 
 # ----------------------------------------------------------------------------- masking
 
-def scenes(kit_sounds: dict[str, np.ndarray], seed: int) -> list[tuple[str, dict[str, np.ndarray],
-                                                                      set[tuple[str, str]]]]:
-    """Two-stem scenes: (name, stems, planted ordered pairs)."""
+Scene = tuple[str, dict[str, np.ndarray], set[tuple[str, str]], set[tuple[str, str]]]
+
+
+def scenes(kit_sounds: dict[str, np.ndarray], seed: int) -> list[Scene]:
+    """Two-stem scenes: (name, stems, planted ordered pairs, pairs not scored).
+
+    In the "quiet" scenes the drum, 30 dB louder, may well mask the quiet synth
+    stem while it sounds: whether that passes the 50 %-of-the-time bar depends on
+    the pattern's duty cycle, not on a planted overlap, so that direction is
+    neither a positive nor a negative.
+    """
     drums = drum_stems(kit_sounds, SCENE_S)
     bass = synthstems.stem("bass", seed, seconds=SCENE_S)
     pad = synthstems.stem("pad", seed, seconds=SCENE_S)
     db = lambda v: 10 ** (v / 20)  # noqa: E731
     return [
         ("bass over kick", {"kick": drums["kick"] * db(-6), "bass": bass * 0.9},
-         {("bass", "kick")}),
+         {("bass", "kick")}, set()),
         ("pad over snare", {"snare": drums["snare"] * db(-12), "pad": pad * 0.9},
-         {("pad", "snare")}),
-        ("quiet bass", {"kick": drums["kick"], "bass": bass * db(-30)}, set()),
-        ("quiet pad", {"snare": drums["snare"], "pad": pad * db(-30)}, set()),
-        ("hat and bass", {"closed_hat": drums["closed_hat"], "bass": bass * 0.9}, set()),
-        ("hat and kick", {"closed_hat": drums["closed_hat"], "kick": drums["kick"]}, set()),
+         {("pad", "snare")}, set()),
+        ("quiet bass", {"kick": drums["kick"], "bass": bass * db(-30)}, set(),
+         {("kick", "bass")}),
+        ("quiet pad", {"snare": drums["snare"], "pad": pad * db(-30)}, set(),
+         {("snare", "pad")}),
+        ("hat and bass", {"closed_hat": drums["closed_hat"], "bass": bass * 0.9}, set(), set()),
+        ("hat and kick", {"closed_hat": drums["closed_hat"], "kick": drums["kick"]}, set(),
+         set()),
     ]  # fmt: skip
 
 
@@ -266,7 +277,7 @@ def masking_scores(paths: list[str], labels: list[str], groups: list[str]) -> di
     for kit in TEST_KITS:
         sounds = {c: _pick(paths, labels, groups, kit, c) for c in STEM_CLASSES[:6]}
         for seed in (12, 13, 14):
-            for name, stems, planted in scenes(sounds, seed):
+            for name, stems, planted, unscored in scenes(sounds, seed):
                 names = list(stems)
                 audio = np.stack([stems[c] for c in names]).astype(np.float32)
                 an = MixdownAnalyser(sr=SR, channels=[0, 1])
@@ -279,6 +290,8 @@ def masking_scores(paths: list[str], labels: list[str], groups: list[str]) -> di
                         if a == b:
                             continue
                         pair = (a, b)
+                        if pair in unscored:
+                            continue
                         s = found.get(pair)
                         lo, hi = PLANTED_RANGES_HZ.get(pair, (0.0, 0.0))
                         hit = s is not None and s.lo_hz < hi and s.hi_hz > lo
@@ -301,7 +314,10 @@ def main() -> None:
     ap.add_argument("--root", type=Path, default=cache_dir() / "bench-mixdown",
                     help="where the bench library and synthetic sounds live (reused)")
     ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument("--parts", default="classes,multitrack,masking",
+                    help="comma-separated subset of classes, multitrack, masking")
     args = ap.parse_args()
+    parts = set(args.parts.split(","))
     if not DRUMKITS.is_dir():
         raise SystemExit(f"{DRUMKITS}: install Debian's hydrogen-drumkits")
     lib = build_library(args.root)
@@ -314,10 +330,15 @@ def main() -> None:
         "machine": f"{platform.machine()} {os.cpu_count()} cores, loaded shared 2-core box",
         "labelled_sounds": len(labels),
     }
-    results["classes_held_out"] = held_out_accuracy(x, labels, groups)
+    if "classes" in parts:
+        results["classes_held_out"] = held_out_accuracy(x, labels, groups)
+    if "masking" in parts:
+        results["masking_planted"] = masking_scores(paths, labels, groups)
+    if "multitrack" not in parts:
+        report(results, args.json, width=30)
+        return
     for i, kit in enumerate(TEST_KITS):
         results[f"multitrack[{kit}]"] = multitrack(x, labels, groups, paths, kit, 12 + i, encoder)
-    results["masking_planted"] = masking_scores(paths, labels, groups)
     mt = [results[f"multitrack[{k}]"] for k in TEST_KITS]
     results["loudness_max_error_lu"] = max(max(m["loudness_error_lu"].values()) for m in mt)
     cost = max(m["mixdown_ms_per_hop"] for m in mt)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,6 +31,7 @@ from emberd.clients import wire
 from emberd.dsp.bands import SpectralBalance
 from emberd.dsp.loudness import LoudnessMeter
 from emberd.dsp.masking import TICK_S, MaskingTracker, Suggestion
+from emberd.errors import EmberdError
 from emberd.library.classes import CLASS_LABELS
 from emberd.library.classifier import ClassHead, head_path
 
@@ -205,6 +207,34 @@ class MixdownAnalyser:
         result.margin_db = margin
         result.band_edges_hz = self.masking.edges
         result.suggestions = self.masking.suggestions(self.names(result.signal))
+
+
+def load_reference(spec: str, *, sr: int) -> np.ndarray:
+    """A target 1/3-octave curve for ``--mix-reference`` (dB, same bands as the balance).
+
+    ``pink`` is flat per 1/3 octave (pink noise); a ``.csv`` file holds ``Hz,dB``
+    lines; any other file is audio whose long-term balance becomes the target.
+
+    Raises
+    ------
+    EmberdError
+        The file cannot be read (one line, the CLI exits 2).
+    """
+    from emberd.dsp.bands import reference_curve, reference_from_audio, third_octave_centres
+    from emberd.dsp.sources import load_audio
+
+    centres = third_octave_centres(sr=sr)
+    if spec == "pink":
+        return reference_curve([(20.0, 0.0), (20000.0, 0.0)], centres=centres)
+    if spec.lower().endswith(".csv"):
+        try:
+            rows = [line.split(",") for line in Path(spec).read_text().splitlines() if line.strip()]
+            points = [(float(r[0]), float(r[1])) for r in rows if not r[0].strip().startswith("#")]
+            return reference_curve(points, centres=centres)
+        except (OSError, ValueError, IndexError) as exc:
+            raise EmberdError(f"--mix-reference {spec}: need lines of Hz,dB ({exc})") from None
+    y, _info = load_audio(spec, sr=sr, mono=True)
+    return reference_from_audio(y, sr=sr)
 
 
 def class_data(library: Any, model: str) -> tuple[ClassHead | None, np.ndarray | None]:
