@@ -524,3 +524,17 @@ def test_hit_analyzer_and_osc_hit_datagram() -> None:
     assert dgram.args[3:6] == (1, 3, "final") and dgram.args[6] == 1000  # onset ms
     assert "exact" in dgram.args and "/lib/Snares/s.wav" in dgram.args
     assert runners[0].describe()["errors"] == 0
+
+
+def test_watch_shows_outputs_and_what_it_lost() -> None:
+    from rich.console import Console
+
+    from emberd.clients.watch import WatchState, render
+
+    state = WatchState(endpoint="tcp://127.0.0.1:5556", lost=3)
+    state.status = {"outputs": {"zmq": {"dropped": 0, "errors": 0, "disabled": False},
+                                "osc": {"dropped": 12, "errors": 0, "disabled": False}}}
+    console = Console(record=True, width=160)
+    console.print(render(state))
+    text = console.export_text()
+    assert "osc 12 dropped" in text and "zmq ok" in text and "this view lost 3" in text
