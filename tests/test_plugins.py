@@ -459,3 +459,82 @@ def test_swallowed_exceptions_are_counted_in_status_and_logged_once(
     logged = [r for r in caplog.records if where in r.getMessage()]
     assert len(logged) == 1 and logged[0].exc_info is not None
     assert DaemonStats(0.0058).snapshot()["swallowed_errors"][where] == 3
+
+
+def test_broken_installed_analyzer_is_left_out_unless_asked_for(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An analyser runs without being asked for, so a broken one is one warning naming its
+    package (the daemon carries on) -- and exit 2 only with ``--analyzer NAME``."""
+    from emberd.daemon.analyzers import Analyzers
+
+    real = plugins.discover
+    broken = plugins.PluginInfo(plugins.GROUP_ANALYZERS, "broken-head",
+                                "emberd_no_such_module:factory", "broken-dist", "9.9")  # fmt: skip
+
+    def discover(group: str) -> list[plugins.PluginInfo]:
+        return real(group) + ([broken] if group == plugins.GROUP_ANALYZERS else [])
+
+    monkeypatch.setattr(plugins, "discover", discover)
+    loaded = Analyzers.load()
+    names = [s.info.name for s in loaded.slots]
+    assert "broken-head" not in names and {"tags", "levels", "similarity"} <= set(names)
+    warned = [r.getMessage() for r in caplog.records if "broken-head" in r.getMessage()]
+    assert len(warned) == 1 and "broken-dist 9.9" in warned[0] and "left out" in warned[0]
+    with pytest.raises(EmberdError, match="broken-dist"):
+        Analyzers.load(["broken-head"])
+
+
+def test_hit_analyzer_and_osc_hit_datagram() -> None:
+    """A hit analyser adds its field to hit.<c>; the built-in OSC sink turns the message
+    into /emberd/hit with the top answer."""
+    import socket
+
+    from emberd.clients import osc_format as fmt
+    from emberd.daemon.analyzers import Analyzers, AnalyzerSlot
+    from emberd.daemon.hits import HitResult
+    from emberd.daemon.outputs import Outputs, start_sinks
+
+    class Accent:
+        kind, stage = "hit", "hit"
+
+        def analyze(self, header: dict[str, Any]) -> dict[str, Any]:
+            return {"accent": header["peak_db"] > -10.0}
+
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rx.bind(("127.0.0.1", 0))
+    rx.settimeout(10)
+    stats = DaemonStats(0.0058)
+    runners = start_sinks([("osc", {"targets": "{}:{}".format(*rx.getsockname()),
+                                    "start_time": "99.0"})], stats, lossless=True)  # fmt: skip
+    slot = AnalyzerSlot(_Info.make("accent"), Accent(), "hit", "hit")
+    outputs = Outputs(runners, Analyzers([slot]), stats)
+    hit = HitResult(channel=1, hit=3, stage="final", onset_time=100.0, onset_s=1.0,
+                    capture_time=100.25, window_ms=245.0, peak_db=-6.0, model="m",
+                    matches=[{"path": "/lib/Snares/s.wav", "name": "s", "tags": ["Snares"],
+                              "kind": "exact", "confidence": 0.8}])  # fmt: skip
+    ((_, header, _),) = outputs.batch(hit).messages
+    assert header["accent"] is True
+    outputs.put(hit)
+    dgram = fmt.decode(rx.recv(65536))
+    outputs.close()
+    runners[0].join(5)
+    rx.close()
+    assert dgram.address == fmt.ADDR_HIT
+    assert dgram.args[3:6] == (1, 3, "final") and dgram.args[6] == 1000  # onset ms
+    assert "exact" in dgram.args and "/lib/Snares/s.wav" in dgram.args
+    assert runners[0].describe()["errors"] == 0
+
+
+def test_watch_shows_outputs_and_what_it_lost() -> None:
+    from rich.console import Console
+
+    from emberd.clients.watch import WatchState, render
+
+    state = WatchState(endpoint="tcp://127.0.0.1:5556", lost=3)
+    state.status = {"outputs": {"zmq": {"dropped": 0, "errors": 0, "disabled": False},
+                                "osc": {"dropped": 12, "errors": 0, "disabled": False}}}
+    console = Console(record=True, width=160)
+    console.print(render(state))
+    text = console.export_text()
+    assert "osc 12 dropped" in text and "zmq ok" in text and "this view lost 3" in text

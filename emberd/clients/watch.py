@@ -60,6 +60,7 @@ class WatchState:
     status: dict[str, Any] = field(default_factory=dict)
     model: str = ""
     messages: int = 0
+    lost: int = 0  # messages this view missed (seq gaps: ZeroMQ's HWM for a slow reader)
     latencies_ms: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW_MSGS))
 
     def update(self, item: Item, *, now: float | None = None) -> None:
@@ -215,8 +216,10 @@ def render(state: WatchState) -> RenderableType:
     """Build the screen for ``state`` (pure: no I/O)."""
     parts: list[RenderableType] = [_connection_text(state), _status_line(state)]
     outs = outputs_text(state.status)
+    if state.lost:  # PUB drops silently per subscriber at its HWM: only the reader can tell
+        outs = f"{outs} · this view lost {state.lost}" if outs else f"this view lost {state.lost}"
     if outs:
-        bad = any(w in outs for w in ("dropped", "errors", "disabled"))
+        bad = any(w in outs for w in ("dropped", "errors", "disabled", "lost"))
         parts.append(Text.assemble(("outputs ", "dim"), (outs, "yellow" if bad else "")))
     if not state.channels:
         parts.append(Text("no matches yet", style="dim"))
@@ -250,6 +253,7 @@ def run_watch(
                 live.update(render(state))
                 continue
             state.update(item)
+            state.lost = sub.dropped
             if isinstance(item, ConnectionEvent) and item.state in ("connected", "restarted") \
                     and control_endpoint:
                 # A late subscriber asks for the current status instead of waiting for one.

@@ -28,7 +28,7 @@ import numpy as np
 
 from emberd.clients import osc_format as fmt
 from emberd.clients import wire
-from emberd.dsp.bands import SpectralBalance
+from emberd.dsp.bands import SpectralBalance, band_matrix, spectrum_power
 from emberd.dsp.loudness import LoudnessMeter
 from emberd.dsp.masking import TICK_S, MaskingTracker, Suggestion
 from emberd.errors import EmberdError
@@ -107,7 +107,7 @@ class MixdownAnalyser:
         self.masking = MaskingTracker(sr=self.sr, channels=c)
         self.balance = SpectralBalance(sr=self.sr, channels=c)
         self.tick = round(TICK_S * self.sr)
-        self._history = max(self.masking.n_fft, self.balance.n_fft)
+        self._history = self.balance.n_fft
         # Newest audio: the FFT windows read its end; new samples wait at [hist: hist + pending].
         self._buf = np.zeros((c, self._history + self.tick), np.float32)
         self._pending = 0
@@ -154,9 +154,13 @@ class MixdownAnalyser:
         self._buf[:, : self._history] = self._buf[:, self.tick :]
         self._pending = 0
         self._samples += self.tick
-        hist = self._buf[:, : self._history]
-        self.masking.update_frames(hist[:, -self.masking.n_fft :])
-        self.balance.update(hist[:, -self.balance.n_fft :], TICK_S)
+        # One FFT per tick serves both band sets (the masking bands at a 186 ms window).
+        n = self.balance.n_fft
+        spec = spectrum_power(self._buf[:, self._history - n : self._history], n_fft=n)
+        self.masking.update(spec @ band_matrix(sr=self.sr, n_fft=n, edges=self.masking.edges).T)
+        self.balance.update_power(
+            spec @ band_matrix(sr=self.sr, n_fft=n, edges=self.balance.edges).T, TICK_S
+        )
         due_loud = self._samples >= self._next_loudness
         due_mask = self._samples >= self._next_masking
         if not due_loud and not due_mask:

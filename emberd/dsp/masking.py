@@ -187,30 +187,27 @@ class MaskingTracker:
         share = energy / np.maximum(energy.sum(axis=1, keepdims=True), 1e-30)
         found: list[Suggestion] = []
         hot = np.nan_to_num(fraction) >= SUGGEST_FRACTION
-        for a in range(self.channels):
-            for b in range(self.channels):
-                if a == b:
+        for a, b in zip(*np.nonzero(hot.any(axis=2)), strict=True):  # pairs with a hot band
+            z = 0
+            while z < self.bands:
+                if not hot[a, b, z]:
+                    z += 1
                     continue
-                z = 0
-                while z < self.bands:
-                    if not hot[a, b, z]:
-                        z += 1
-                        continue
-                    start = z
-                    while z < self.bands and hot[a, b, z]:
-                        z += 1
-                    run = slice(start, z)
-                    if float(share[b, run].sum()) < MIN_ENERGY_SHARE:
-                        continue  # a part of the maskee too faint to matter (a hat's low bleed)
-                    frac = float(np.mean(fraction[a, b, run]))
-                    db = float(np.mean(margin[a, b, run]))
-                    lo = max(float(self.edges[start]), LOWEST_SHOWN_HZ)
-                    hi = float(self.edges[z])
-                    text = (
-                        f"{names[a]} masks {names[b]} at {_fmt_hz(lo)}\u2013{_fmt_hz(hi)} "
-                        f"by ~{max(db, 0.0):.0f} dB for {frac * 100:.0f} % of the time "
-                        f"{names[b]} played in the last {self.window_s:.0f} s"
-                    )
-                    found.append(Suggestion(a, b, lo, hi, db, frac, text))
+                start = z
+                while z < self.bands and hot[a, b, z]:
+                    z += 1
+                run = slice(start, z)
+                if float(share[b, run].sum()) < MIN_ENERGY_SHARE:
+                    continue  # a part of the maskee too faint to matter (a hat's low bleed)
+                frac = float(np.mean(fraction[a, b, run]))
+                db = float(np.mean(margin[a, b, run]))
+                lo = max(float(self.edges[start]), LOWEST_SHOWN_HZ)
+                hi = float(self.edges[z])
+                text = (
+                    f"{names[a]} masks {names[b]} at {_fmt_hz(lo)}\u2013{_fmt_hz(hi)} "
+                    f"by ~{max(db, 0.0):.0f} dB for {frac * 100:.0f} % of the time "
+                    f"{names[b]} played in the last {self.window_s:.0f} s"
+                )
+                found.append(Suggestion(int(a), int(b), lo, hi, db, frac, text))
         found.sort(key=lambda s: -(s.fraction * (1.0 + max(s.margin_db, 0.0))))
         return found[:limit]

@@ -329,7 +329,11 @@ mapCanvas.addEventListener("click", (ev) => {
 function drawSimilarity() {
   const cv = $("sim"), ctx = cv.getContext("2d"), s = state.similarity;
   ctx.clearRect(0, 0, cv.width, cv.height);
-  if (!s || !s.matrix.length) return;
+  if (!s || !s.matrix.length) {
+    ctx.fillStyle = "#8a909c"; ctx.font = "12px system-ui";
+    ctx.fillText("similarity needs two or more channels", 8, 20);
+    return;
+  }
   const n = s.matrix.length, lab = 26, cell = (cv.width - lab) / n;
   for (let i = 0; i < n; i++) {
     for (let j = 0; j < n; j++) {
@@ -367,4 +371,5 @@ fetch("/map.json").then((r) => r.json()).then((m) => {
   $("map-info").textContent = m.points.length ? `${m.points.length} files · ${m.model}` : "(no library given)";
 }).catch(() => {});
 requestAnimationFrame(drawMap);
+drawSimilarity();  // "needs two or more channels" until a matrix arrives
 connect();
