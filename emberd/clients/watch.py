@@ -20,6 +20,7 @@ from rich.text import Text
 
 from emberd.clients.messages import (
     ConnectionEvent,
+    HitMessage,
     Item,
     LevelMessage,
     Match,
@@ -44,6 +45,7 @@ class ChannelView:
     rms_db: float | None = None
     onset: bool = False
     updated: float = 0.0
+    hit: HitMessage | None = None  # the newest stage of the newest hit
 
 
 @dataclass
@@ -58,6 +60,7 @@ class WatchState:
     status: dict[str, Any] = field(default_factory=dict)
     model: str = ""
     messages: int = 0
+    lost: int = 0  # messages this view missed (seq gaps: ZeroMQ's HWM for a slow reader)
     latencies_ms: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW_MSGS))
 
     def update(self, item: Item, *, now: float | None = None) -> None:
@@ -88,6 +91,8 @@ class WatchState:
             view.rms_db, view.onset = item.rms_db, item.onset
         elif isinstance(item, StatusMessage):
             self.status = dict(item.status)
+        elif isinstance(item, HitMessage):
+            self._chan(item.channel).hit = item
 
     def apply_status_reply(self, reply: dict[str, Any]) -> None:
         """Use a control ``status`` reply (late joiners get status without waiting)."""
@@ -160,10 +165,19 @@ def _connection_text(state: WatchState) -> Text:
     return Text(f"connected to {state.endpoint}", style="green")
 
 
+def hit_text(hit: HitMessage) -> str:
+    """One line for a hit: ``hit 12 final: kick 01.wav (exact 0.97) 245 ms``."""
+    top = hit.matches[0] if hit.matches else None
+    what = f"{top.name} ({top.kind} {top.confidence:.2f})" if top is not None else "no answer"
+    return f"hit {hit.hit} {hit.stage}: {what} {hit.latency_ms:.0f} ms"
+
+
 def _channel_table(channel: int, view: ChannelView) -> Table:
     title = f"channel {channel}"
     if view.rms_db is not None:
         title += f"  {view.rms_db:6.1f} dBFS" + ("  ●" if view.onset else "")
+    if view.hit is not None:
+        title += "  " + hit_text(view.hit)
     table = Table(title=title, title_justify="left", expand=True, show_edge=False)
     table.add_column("#", justify="right", width=2)
     table.add_column("match", ratio=3, overflow="ellipsis", no_wrap=True)
@@ -178,9 +192,35 @@ def _channel_table(channel: int, view: ChannelView) -> Table:
     return table
 
 
+def outputs_text(status: dict[str, Any]) -> str:
+    """One line per daemon output: ``zmq ok · osc 12 dropped · mysink disabled (50 errors)``.
+
+    Reads ``status["outputs"]`` (see :mod:`emberd.daemon.outputs`); empty when absent.
+    """
+    parts = []
+    for name, o in sorted((status.get("outputs") or {}).items()):
+        if not isinstance(o, dict):
+            continue
+        bits = []
+        if o.get("disabled"):
+            bits.append("disabled")
+        if o.get("dropped"):
+            bits.append(f"{o['dropped']} dropped")
+        if o.get("errors"):
+            bits.append(f"{o['errors']} errors")
+        parts.append(f"{name} {', '.join(bits) if bits else 'ok'}")
+    return " · ".join(parts)
+
+
 def render(state: WatchState) -> RenderableType:
     """Build the screen for ``state`` (pure: no I/O)."""
     parts: list[RenderableType] = [_connection_text(state), _status_line(state)]
+    outs = outputs_text(state.status)
+    if state.lost:  # PUB drops silently per subscriber at its HWM: only the reader can tell
+        outs = f"{outs} · this view lost {state.lost}" if outs else f"this view lost {state.lost}"
+    if outs:
+        bad = any(w in outs for w in ("dropped", "errors", "disabled", "lost"))
+        parts.append(Text.assemble(("outputs ", "dim"), (outs, "yellow" if bad else "")))
     if not state.channels:
         parts.append(Text("no matches yet", style="dim"))
     for ch in sorted(state.channels):
@@ -213,6 +253,7 @@ def run_watch(
                 live.update(render(state))
                 continue
             state.update(item)
+            state.lost = sub.dropped
             if isinstance(item, ConnectionEvent) and item.state in ("connected", "restarted") \
                     and control_endpoint:
                 # A late subscriber asks for the current status instead of waiting for one.

@@ -8,6 +8,7 @@ the panel's own page only (:mod:`emberd.clients.panel.guard`: another web page g
 * ``/audio/<id>`` -- a library file by its library id, decoded and re-encoded
   as 16-bit WAV so the browser can play any format the library holds; ids not
   in the library get 404, so no path from the browser ever reaches the disk;
+* ``/similar/<id>`` -- the library sounds nearest to one (``[{"id", "name", "score"}]``);
 * ``/ws`` -- a WebSocket of JSON messages (:func:`emberd.clients.messages.to_json`
   plus ``{"kind": "cursor", "channel", "x", "y"}`` for live embeddings).
 
@@ -46,10 +47,12 @@ STATIC_FILES = {
     "/": ("index.html", "text/html; charset=utf-8"),
     "/index.html": ("index.html", "text/html; charset=utf-8"),
     "/app.js": ("app.js", "text/javascript; charset=utf-8"),
+    "/mixdown.js": ("mixdown.js", "text/javascript; charset=utf-8"),
     "/style.css": ("style.css", "text/css; charset=utf-8"),
 }
 AUDIO_MAX_S = 60.0  # longest audition served; one-shots and loops are far shorter
 AUDIO_RE = re.compile(r"^/audio/(\d{1,12})$")
+SIMILAR_RE = re.compile(r"^/similar/(\d{1,12})$")
 POLL_S = 0.2  # subscriber thread wakes this often to notice shutdown
 FLUSH_S = 1 / 30  # pages get at most 30 updates a second per kind and channel
 
@@ -145,6 +148,10 @@ class PanelServer:
         if path == "/map.json":
             payload = self.map.public_json() if self.map else {"model": None, "points": []}
             return _response(HTTPStatus.OK, json.dumps(payload).encode(), "application/json")
+        m = SIMILAR_RE.match(path)
+        if m:
+            found = self.map.similar(int(m.group(1))) if self.map else []
+            return _response(HTTPStatus.OK, json.dumps(found).encode(), "application/json")
         m = AUDIO_RE.match(path)
         if m:
             file_path = self.map.paths.get(int(m.group(1))) if self.map else None
@@ -211,7 +218,8 @@ class PanelServer:
         from emberd.clients.control_client import ControlClient
         from emberd.clients.subscriber import Subscriber
 
-        topics = ["match", "tag", "level", "emb", "similarity", "status"]
+        topics = ["match", "tag", "level", "emb", "similarity", "status",
+                  "class", "loudness", "masking"]  # fmt: skip
         with Subscriber(self.zmq_endpoint, topics, silence_s=self.silence_s) as sub:
             while not self._stop.is_set():
                 item = sub.recv(timeout_s=POLL_S)

@@ -1,4 +1,5 @@
-// emberd panel: live matches, library map with channel cursors, similarity heat map.
+// emberd panel: live matches, library map with channel cursors, similarity heat map
+// (mixdown.js: the mix-down view, class colours, map search/zoom, sample view).
 // Talks only to the server that served it: /ws (JSON messages), /map.json, /audio/<id>.
 "use strict";
 
@@ -12,6 +13,9 @@ const state = {
   connected: false, messages: 0, matchMessages: 0, cursorMoves: 0,
   map: { points: [], model: null }, cursors: {}, channels: {}, similarity: null,
   playingId: null,
+  // mix-down view (mixdown.js); here so that a frame drawn before mixdown.js runs finds them
+  mix: { channels: {}, masking: null, maskCells: [], selected: null, similar: [] },
+  view: { zoom: 1, cx: 0, cy: 0, query: "", matches: 0, dragged: false },
 };
 window.emberdState = state;  // for tests and curious users
 
@@ -55,8 +59,10 @@ function handle(msg) {
     case "match": live(); onMatch(msg); break;
     case "tag": live(); channel(msg.channel).tags = msg.tags; renderChannel(msg.channel); break;
     case "level": live(); onLevel(msg); break;
+    case "hit": live(); onHit(msg); break;
     case "cursor": live(); onCursor(msg); break;
     case "similarity": live(); state.similarity = msg; drawSimilarity(); break;
+    case "class": case "loudness": case "masking": live(); window.emberdMix.handle(msg); break;
     case "status": onStatus(msg.status || {}); if (msg.status && msg.status.final) setConn("silent", "daemon stopped — waiting…"); break;
   }
   $("st-msgs").textContent = state.messages;
@@ -91,6 +97,20 @@ function onStatus(st) {
   $("st-p50").textContent = ms(find(st, ["latency_p50_ms", "hop_latency_p50_ms", "p50_ms"]));
   $("st-p99").textContent = ms(find(st, ["latency_p99_ms", "hop_latency_p99_ms", "p99_ms"]));
   $("st-overflows").textContent = find(st, ["overflows"]) ?? "0";
+  $("st-outputs").textContent = outputsText(st.outputs);
+}
+
+// Per output: "zmq ok · osc 12 dropped · mysink disabled, 50 errors" (daemon status.outputs).
+function outputsText(outputs) {
+  if (!outputs || typeof outputs !== "object") return "–";
+  return Object.keys(outputs).sort().map((name) => {
+    const o = outputs[name] || {};
+    const bits = [];
+    if (o.disabled) bits.push("disabled");
+    if (o.dropped) bits.push(`${o.dropped} dropped`);
+    if (o.errors) bits.push(`${o.errors} errors`);
+    return `${name} ${bits.length ? bits.join(", ") : "ok"}`;
+  }).join(" · ") || "–";
 }
 
 // ---------------------------------------------------------------- channels
@@ -103,6 +123,7 @@ function channel(ch) {
     div.style.setProperty("--c", colour(ch));
     div.innerHTML = `<div class="head"><span class="name">ch ${ch}</span>
       <div class="level"><span></span></div><span class="db">–</span></div>
+      <div class="hit" aria-live="polite"></div>
       <div class="tags"></div><ol class="matches"></ol>`;
     const list = $("channels");
     const after = [...list.children].find((c) => Number(c.id.slice(3)) > ch);
@@ -131,6 +152,17 @@ function onLevel(msg) {
   div.querySelector(".level > span").style.width = pct + "%";
   div.querySelector(".level").classList.toggle("onset", !!msg.onset);
   div.querySelector(".db").textContent = msg.rms_db.toFixed(1) + " dB";
+}
+
+// A hit: the newest stage of the newest hit (provisional, refined, final), with its
+// answer's kind and calibrated confidence and the onset-to-publish latency.
+function onHit(msg) {
+  channel(msg.channel);
+  const top = (msg.matches || [])[0];
+  const what = top ? `${top.name} (${top.kind} ${(top.confidence ?? 0).toFixed(2)})` : "no answer";
+  const el = $("ch-" + msg.channel).querySelector(".hit");
+  el.textContent = `hit ${msg.hit} ${msg.stage}: ${what} · ${Math.round(msg.latency_ms ?? 0)} ms`;
+  el.dataset.kind = top ? top.kind : "none";
 }
 
 function esc(s) {
@@ -200,20 +232,10 @@ const mapCanvas = $("map");
 const mctx = mapCanvas.getContext("2d");
 const PAD = 28;
 
-function toCanvas(x, y) {
-  const w = mapCanvas.width - 2 * PAD, h = mapCanvas.height - 2 * PAD;
+function toCanvas(x, y) {  // zoom and pan: state.view (mixdown.js)
+  const w = mapCanvas.width - 2 * PAD, h = mapCanvas.height - 2 * PAD, v = state.view;
+  x = (x - v.cx) * v.zoom; y = (y - v.cy) * v.zoom;
   return [PAD + (x + 1) / 2 * w, PAD + (1 - (y + 1) / 2) * h];
-}
-
-// Folder tags get evenly spaced hues in sorted order, so a handful of tags never collide.
-let tagHues = new Map();
-function indexTags() {
-  const tags = [...new Set(state.map.points.map((p) => (p.tags || [])[0]).filter(Boolean))].sort();
-  tagHues = new Map(tags.map((t, i) => [t, (200 + i * 360 / Math.max(tags.length, 1)) % 360]));
-}
-function tagColour(tag) {
-  const h = tagHues.get(tag);
-  return h === undefined ? "rgba(160, 165, 175, 0.6)" : `hsla(${h}, 70%, 62%, 0.85)`;
 }
 
 function onCursor(msg) {
@@ -239,14 +261,17 @@ function drawMap() {
   for (const c of Object.values(state.channels)) for (const m of c.matches.slice(0, 1)) highlighted.add(m.id);
   for (const p of state.map.points) {
     const [x, y] = toCanvas(p.x, p.y);
-    const hot = highlighted.has(p.id);
-    mctx.fillStyle = tagColour((p.tags || [])[0]);
+    const hot = highlighted.has(p.id) || p.id === state.mix.selected;
+    const mix = window.emberdMix;  // undefined for a frame drawn before mixdown.js ran
+    mctx.globalAlpha = !mix || mix.isHit(p) ? 1 : 0.15;  // search dims the others
+    mctx.fillStyle = mix ? mix.pointColour(p) : "#a0a5af";
     mctx.beginPath(); mctx.arc(x, y, hot ? 5 : 3, 0, 2 * Math.PI); mctx.fill();
     if (hot) {
       mctx.strokeStyle = "#fff"; mctx.lineWidth = 1.5; mctx.stroke();
       mctx.fillStyle = "#e4e6eb"; mctx.font = "11px system-ui";
       label(p.name, x, y - 6, 7);
     }
+    mctx.globalAlpha = 1;
   }
   const labels = [];  // cursor label positions drawn so far: stack labels that would overlap
   for (const [ch, c] of Object.entries(state.cursors)) {
@@ -266,7 +291,6 @@ function drawMap() {
     labels.push([x, ly]);
     label("ch " + ch, x, ly, 11);
   }
-  drawLegend();
   requestAnimationFrame(drawMap);
 }
 
@@ -276,17 +300,6 @@ function label(text, x, y, gap) {
   if (x + gap + w > mapCanvas.width - 4) { mctx.textAlign = "right"; mctx.fillText(text, x - gap, y); }
   else { mctx.textAlign = "left"; mctx.fillText(text, x + gap, y); }
   mctx.textAlign = "left";
-}
-
-function drawLegend() {
-  const tags = [...tagHues.keys()];
-  mctx.font = "11px system-ui";
-  tags.slice(0, 12).forEach((t, i) => {
-    const y = 14 + i * 15;
-    mctx.fillStyle = tagColour(t);
-    mctx.beginPath(); mctx.arc(10, y - 4, 4, 0, 2 * Math.PI); mctx.fill();
-    mctx.fillStyle = "#8a909c"; mctx.fillText(t, 18, y);
-  });
 }
 
 function nearestPoint(ev) {
@@ -304,19 +317,35 @@ mapCanvas.addEventListener("mousemove", (ev) => {
   const p = nearestPoint(ev), tip = $("map-tip");
   if (!p) { tip.hidden = true; return; }
   tip.hidden = false;
-  tip.textContent = `${p.name} — ${(p.tags || []).join(", ")}`;
+  tip.textContent = `${p.name} — ${(p.cls || "unknown").replace("_", " ")} — ${(p.tags || []).join(", ")}`;
   tip.style.left = ev.offsetX + 18 + "px"; tip.style.top = ev.offsetY + 30 + "px";
 });
-mapCanvas.addEventListener("click", (ev) => { const p = nearestPoint(ev); if (p) audition(p.id); });
+mapCanvas.addEventListener("click", (ev) => {
+  const p = nearestPoint(ev);
+  if (p && !state.view.dragged) { window.emberdMix.select(p.id); audition(p.id); }
+});
 
 // ---------------------------------------------------------------- similarity
 function drawSimilarity() {
   const cv = $("sim"), ctx = cv.getContext("2d"), s = state.similarity;
   ctx.clearRect(0, 0, cv.width, cv.height);
-  if (!s || !s.matrix.length) return;
+  if (!s || !s.matrix.length) {
+    ctx.fillStyle = "#8a909c"; ctx.font = "12px system-ui";
+    ctx.fillText("similarity needs two or more channels", 8, 20);
+    return;
+  }
   const n = s.matrix.length, lab = 26, cell = (cv.width - lab) / n;
   for (let i = 0; i < n; i++) {
     for (let j = 0; j < n; j++) {
+      if (s.matrix[i][j] === null) {  // a silent channel: no embedding worth comparing
+        ctx.fillStyle = "#23262d";
+        ctx.fillRect(lab + j * cell, lab + i * cell, cell - 1, cell - 1);
+        if (cell > 28 && i === j) {
+          ctx.fillStyle = "#8a909c"; ctx.font = "10px system-ui"; ctx.textAlign = "center";
+          ctx.fillText("silent", lab + (j + 0.5) * cell, lab + (i + 0.5) * cell + 3);
+        }
+        continue;
+      }
       const v = Math.max(-1, Math.min(1, s.matrix[i][j]));
       // cool (dissimilar) to hot (similar): stems that clash in a mix light up.
       const t = (v + 1) / 2;
@@ -338,8 +367,9 @@ function drawSimilarity() {
 // ---------------------------------------------------------------- start
 fetch("/map.json").then((r) => r.json()).then((m) => {
   state.map = m;
-  indexTags();
+  window.emberdMix.drawMapLegend();
   $("map-info").textContent = m.points.length ? `${m.points.length} files · ${m.model}` : "(no library given)";
 }).catch(() => {});
 requestAnimationFrame(drawMap);
+drawSimilarity();  // "needs two or more channels" until a matrix arrives
 connect();

@@ -1,0 +1,282 @@
+"""MIDI out (``--midi``): note choice, velocity, one note per hit, through a real JACK server.
+
+The JACK tests run a private JACK server with the dummy backend and a JACK-Client
+recorder with a MIDI input port that the daemon's ``emberd-midi:out`` is connected to;
+every MIDI event is recorded with its JACK frame time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import dev_module, require
+
+from emberd.daemon.hits import HitResult
+from emberd.daemon.publish_midi import GM_DRUM_NOTES, NoteMap, load_map, velocity
+from emberd.daemon.status import DaemonStats
+from emberd.errors import EmberdError
+from emberd.testing.harness import jack_available, start_jackd, stop_process, wait_for
+
+# A Python process callback late on a loaded machine loses its cycle's events; 23 ms
+# periods keep the recorder and the sink in time on a shared 2-core box.
+JACK_PERIOD_FRAMES = 1024
+# A hit's note, after the first frame of its sound on the JACK clock: capture (a period),
+# the first refined answer (50 ms of sound + analysis), the MIDI port's next cycle, with
+# room for a loaded machine. The issue's goal (p50 <= 15 ms onset -> publish) is a bench
+# figure (bench/hits.py), not this bound.
+NOTE_BOUND_S = 0.3
+
+
+def test_velocity_follows_peak_level() -> None:
+    assert velocity(0.0) == 127 and velocity(-40.0) == 1 and velocity(-80.0) == 1
+    assert velocity(-20.0) == 64 and velocity(float("nan")) == 1
+    levels = [velocity(db) for db in (-30, -20, -10)]
+    assert levels == sorted(levels) and len(set(levels)) == 3
+
+
+def test_note_lookup_order(tmp_path: Path) -> None:
+    default = NoteMap()
+    assert default.note_for({"path": "/x/Kicks/a.wav", "tags": ["Kicks"]}) == 36
+    snare = {"path": "/lib/Drums/Snares/s 01.wav", "tags": ["Drums", "Snares"]}
+    assert default.note_for(snare) == 38
+    # no folder tag: the instrument class read from the file name
+    assert default.note_for({"path": "/lib/x/PearlHHClosed.wav", "tags": ["x"]}) == 42
+    assert default.note_for({"path": "/lib/Pads/warm.wav", "tags": ["Pads"]}) is None
+    m = tmp_path / "map.json"
+    m.write_text(json.dumps({"channel": 1, "notes": {
+        "kicks": 35, "Kick 01.wav": 24, "/lib/Snares/s.wav": 40, "pads": 60}}))
+    notes, settings = load_map(str(m))
+    assert settings == {"channel": 1}
+    assert notes.note_for({"path": "/lib/Kicks/Kick 01.wav", "tags": ["Kicks"]}) == 24  # file
+    assert notes.note_for({"path": "/lib/Kicks/k2.wav", "tags": ["Kicks"]}) == 35  # folder
+    assert notes.note_for({"path": "/lib/Snares/s.wav", "tags": ["Snares"]}) == 40  # path
+    assert notes.note_for({"path": "/lib/Pads/p.wav", "tags": ["Pads"]}) == 60
+    assert notes.note_for({"path": "/lib/Claps/c.wav", "tags": ["Claps"]}) == GM_DRUM_NOTES["clap"]
+    m.write_text(json.dumps({"notes": {"kick": 300}}))
+    with pytest.raises(EmberdError, match=r"0\.\.127"):
+        load_map(str(m))
+
+
+class MidiRecorder:
+    """A JACK client recording every MIDI event on its input port with its frame time."""
+
+    def __init__(self, jack: Any) -> None:
+        self.client = jack.Client(f"midi-rec-{uuid.uuid4().hex[:6]}", no_start_server=True)
+        self.port = self.client.midi_inports.register("in")
+        self.events: list[tuple[int, bytes]] = []
+        self.lock = threading.Lock()
+        self.client.set_process_callback(self._process)
+        self.client.activate()
+
+    def _process(self, frames: int) -> None:
+        start = self.client.last_frame_time
+        for offset, data in self.port.incoming_midi_events():
+            with self.lock:
+                self.events.append((start + offset, bytes(data)))
+
+    def notes_on(self) -> list[tuple[int, int, int, int]]:
+        """``(frame, status, note, velocity)`` of the note-ons received so far."""
+        with self.lock:
+            return [(f, d[0], d[1], d[2]) for f, d in self.events if d[0] & 0xF0 == 0x90]
+
+    def notes_off(self) -> list[tuple[int, int]]:
+        with self.lock:
+            return [(f, d[1]) for f, d in self.events if d[0] & 0xF0 == 0x80]
+
+    def close(self) -> None:
+        self.client.deactivate()
+        self.client.close()
+
+
+@pytest.fixture()
+def jack_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    require(jack_available(), "jackd (JACK dummy backend)")
+    jack = dev_module("jack")  # JACK-Client: skip locally, fail in CI
+    name = f"emberd-midi-{uuid.uuid4().hex[:8]}"
+    proc = start_jackd(name, period=JACK_PERIOD_FRAMES, log_path=tmp_path / "jackd.log")
+    monkeypatch.setenv("JACK_DEFAULT_SERVER", name)
+    monkeypatch.setenv("JACK_NO_START_SERVER", "1")
+    try:
+        yield jack
+    finally:
+        stop_process(proc)
+
+
+def _hit(hit: int, stage: str, peak_db: float, path: str | None, tags: list[str]) -> HitResult:
+    matches = [] if path is None else [{"path": path, "name": Path(path).stem, "tags": tags,
+                                        "kind": "exact", "confidence": 0.9}]  # fmt: skip
+    return HitResult(channel=0, hit=hit, stage=stage, onset_time=0.0, onset_s=0.0,
+                     capture_time=0.0, window_ms=6.0, peak_db=peak_db, model="m",
+                     matches=matches)  # fmt: skip
+
+
+@pytest.mark.parametrize("stage", ["provisional", "refined", "final"])
+def test_midi_sink_sends_one_note_per_hit_over_jack(jack_server: Any, stage: str) -> None:
+    """Hit messages through the daemon's sink path reach a JACK MIDI recorder: one note per
+    hit at the chosen stage (refined twice still one note), GM notes, velocity from the
+    level, a note-off ~100 ms later; unmapped and unanswered hits send nothing."""
+    from emberd.daemon.analyzers import Analyzers
+    from emberd.daemon.outputs import Outputs, start_sinks
+
+    rec = MidiRecorder(jack_server)
+    stats = DaemonStats(0.0058)
+    port = f"{rec.client.name}:in"
+    runners = start_sinks([("midi", {"port": port, "stage": stage})], stats, lossless=True)
+    outputs = Outputs(runners, Analyzers([]), stats)
+    try:
+        hits = [(0, -6.0, "/lib/Kicks/k.wav", ["Kicks"]), (1, -20.0, "/lib/Snares/s.wav",
+                ["Snares"]), (2, -3.0, "/lib/Pads/p.wav", ["Pads"]), (3, -3.0, None, [])]
+        for hit, db, path, tags in hits:
+            for st in ("provisional", "refined", "refined", "final"):
+                outputs.put(_hit(hit, st, db, path, tags))
+        wait_for(lambda: len(rec.notes_off()) >= 2, 10.0, what="two notes on and off")
+        ons = rec.notes_on()
+        assert ons, rec.events
+        assert [(s, n, v) for _, s, n, v in ons] == [(0x99, 36, velocity(-6.0)),
+                                                    (0x99, 38, velocity(-20.0))]
+        note_frames = rec.notes_off()[0][0] - ons[0][0]
+        assert abs(note_frames - 0.1 * rec.client.samplerate) <= rec.client.blocksize
+        assert runners[0].describe()["counters"] == {"notes": 2, "unmapped": 2}
+    finally:
+        outputs.close()
+        for r in runners:
+            r.join(5)
+        rec.close()
+
+
+def test_midi_port_that_does_not_exist_is_one_line(jack_server: Any) -> None:
+    from emberd.daemon.publish_midi import factory
+
+    with pytest.raises(EmberdError, match="cannot connect"):
+        factory({"port": "nobody:in"})
+    with pytest.raises(EmberdError, match="stage"):
+        factory({"port": "-", "stage": "eventually"})
+
+
+def test_midi_without_jack_server_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    require(jack_available(), "jackd (JACK dummy backend)")
+    dev_module("jack")
+    monkeypatch.setenv("JACK_DEFAULT_SERVER", f"absent-{uuid.uuid4().hex[:8]}")
+    monkeypatch.setenv("JACK_NO_START_SERVER", "1")
+    from emberd.daemon.publish_midi import factory
+
+    with pytest.raises(EmberdError, match="no JACK server"):
+        factory({"port": "-"})
+    assert os.environ["JACK_NO_START_SERVER"] == "1"
+
+
+class OneShotPlayer:
+    """A JACK client playing a buffer into PortAudio's capture port; records the JACK
+    frame time of the cycle that carries the buffer's first sample."""
+
+    def __init__(self, jack: Any) -> None:
+        self.client = jack.Client(f"midi-player-{uuid.uuid4().hex[:6]}", no_start_server=True)
+        self.port = self.client.outports.register("out")
+        self.data: Any = None
+        self.pos = -1
+        self.onset_frame: int | None = None
+        self.played = threading.Event()
+        self.client.set_process_callback(self._process)
+        self.client.activate()
+
+    def _process(self, frames: int) -> None:
+        out = self.port.get_array()
+        out[:] = 0.0
+        if self.data is not None and 0 <= self.pos < self.data.size:
+            if self.pos == 0:
+                self.onset_frame = self.client.last_frame_time
+            n = min(frames, self.data.size - self.pos)
+            out[:n] = self.data[self.pos : self.pos + n]
+            self.pos += n
+            if self.pos >= self.data.size:
+                self.played.set()
+
+    def play(self, data: Any) -> None:
+        self.played.clear()
+        self.onset_frame = None
+        self.pos = -1
+        self.data = data
+        self.pos = 0
+
+    def close(self) -> None:
+        self.client.deactivate()
+        self.client.close()
+
+
+def test_daemon_sends_the_hits_note_over_jack_midi(tmp_path: Path, jack_server: Any) -> None:
+    """End to end on a JACK dummy server: samples played into the daemon's JACK capture,
+    ``emberd run --midi RECORDER:in --midi-stage refined``; the recorder gets the General
+    MIDI note of each sample's folder, within NOTE_BOUND_S of the sample's first frame
+    (JACK frame clock). The refined stage (50 ms of sound): on these synthetic sounds the
+    provisional answer of a snare can be a pad (the hit ladder's accuracy is
+    bench/hits.py's business, not this test's)."""
+    import numpy as np
+    import soundfile as sf
+
+    from emberd.testing import smalllib
+    from emberd.testing.harness import Daemon
+
+    files = smalllib.write_sounds(tmp_path / "sounds", per_folder=2)
+    lib = tmp_path / "lib"
+    proc = smalllib.index([tmp_path / "sounds"], lib)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rec = MidiRecorder(jack_server)
+    player: OneShotPlayer | None = None
+    env = {"JACK_DEFAULT_SERVER": os.environ["JACK_DEFAULT_SERVER"], "JACK_NO_START_SERVER": "1"}
+    daemon = Daemon(["--library", str(lib), "--model", smalllib.FAST_MODEL, "--input",
+                     "default", "--channels", "0", "--device", "cpu", "--midi",
+                     f"{rec.client.name}:in", "--midi-stage", "refined", "--sink",
+                     f"ndjson:path={tmp_path / 'hits.ndjson'},topics=hit.,flush=1"],
+                    tmp_path / "daemon.log", env=env,
+                    osc_in=False)  # fmt: skip
+    delays_ms: list[float] = []
+    try:
+        daemon.start()
+        wait_for(lambda: "JACK" in daemon.status()["input"], 30, what="the JACK device")
+        wait_for(lambda: daemon.status()["hops"] > 20, 30, what="hops from JACK")
+        player = OneShotPlayer(jack_server)
+        targets = [p for p in player.client.get_ports(is_audio=True, is_input=True)
+                   if not p.name.startswith("system:")]  # PortAudio's capture port(s)
+        assert targets, [p.name for p in player.client.get_ports()]
+        for t in targets:
+            player.client.connect(player.port, t)
+        sr = rec.client.samplerate
+        expected = []
+        for pick in (0, 2, 4):  # a kick, a snare, a hat (smalllib's folder order)
+            data, file_sr = sf.read(files[pick], dtype="float32")
+            assert file_sr == sr
+            expected.append(GM_DRUM_NOTES[files[pick].parent.name.lower()])
+            before = len(rec.notes_on())
+            player.play(np.ascontiguousarray(data[: int(0.4 * sr)], np.float32))
+            assert player.played.wait(30), "the JACK player did not run"
+            try:
+                wait_for(lambda before=before: len(rec.notes_on()) > before, 10.0,
+                         what=f"a note for {files[pick].name}")  # fmt: skip
+            except TimeoutError:
+                st = daemon.status()
+                hits = [(h["header"]["stage"], [(m.get("path"), m.get("kind"), m.get("tags"))
+                         for m in h["header"]["matches"][:1]]) for h in map(json.loads, (
+                         tmp_path / "hits.ndjson").read_text().splitlines())]
+                raise AssertionError((st["outputs"]["midi"], hits)) from None
+            frame = rec.notes_on()[before][0]
+            assert player.onset_frame is not None
+            delays_ms.append((frame - player.onset_frame) / sr * 1000.0)
+            wait_for(lambda: len(rec.notes_off()) >= len(expected), 5.0, what="note-off")
+        notes = [n for _, _, n, _ in rec.notes_on()]
+        assert notes == expected, (notes, daemon.log_tail())
+        print(f"note after the sample's first frame: {[round(d, 1) for d in delays_ms]} ms")
+        assert all(0.0 <= d <= NOTE_BOUND_S * 1000.0 for d in delays_ms), delays_ms
+        outputs = daemon.status()["outputs"]
+        assert outputs["midi"]["counters"]["notes"] == 3 and outputs["midi"]["errors"] == 0
+    finally:
+        if player is not None:
+            player.close()
+        rc = daemon.stop()
+        rec.close()
+    assert rc == 0, daemon.log_tail()
