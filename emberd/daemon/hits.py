@@ -60,7 +60,7 @@ REFINED_CANDIDATES = 64  # early-descriptor neighbours correlated at later stage
 CARRIED_CANDIDATES = 8  # best of the previous stage kept as candidates
 VOTE_CANDIDATES = 8  # best-correlated candidates voting for the instrument class (early)
 SIMILAR_TRUST_RHO = 0.5  # a near answer correlating this well is the answer, not the vote
-INSTRUMENT_S = 0.15  # from this much sound on, the template attack votes instead ...
+INSTRUMENT_S = FINAL_S  # with all of the sound, the template attack (186 ms) votes ...
 INSTRUMENT_VOTERS = 5  # ... its nearest files (5-NN: 0.67 on held-out kits, 1-NN 0.57)
 SOUNDING_MAX = 4  # previous sounds per channel whose tails are subtracted
 TAIL_PROBE = 220  # samples at a snippet's end (10 ms) that tell how loud its tail goes on
@@ -477,13 +477,19 @@ class HitLadder:
                 "best_path": self._path(index, int(rows[best])),
                 "vote_path": self._path(index, int(rows[voted])),
             })  # fmt: skip
-        if hit.exact is not None and hit.exact[0] == int(rows[best]):
-            p_exact = max(p_exact, hit.exact[1])  # more sound (or more noise) keeps the claim
-        if is_exact(p_exact, float(rho[best]), margin) or (
-            hit.exact is not None and hit.exact[0] == int(rows[best])
-        ):
+        claimed = (
+            int(np.nonzero(rows == hit.exact[0])[0][0])
+            if hit.exact is not None and hit.exact[0] in rows.tolist() else None
+        )  # fmt: skip
+        if is_exact(p_exact, float(rho[best]), margin):
             answer, kind, confidence = best, "exact", p_exact
-            hit.exact = (int(rows[best]), p_exact)
+            if claimed == best:  # more sound (or more noise) does not weaken the claim
+                confidence = max(p_exact, hit.exact[1]) if hit.exact else p_exact
+            hit.exact = (int(rows[best]), confidence)
+        elif claimed is not None and hit.exact is not None:
+            # An earlier stage was sure and nothing now is: its file stays the answer (a
+            # quiet hit sinking into the noise or under the next sound loses evidence).
+            answer, kind, confidence = claimed, "exact", hit.exact[1]
         else:  # the best-correlated file when the waveform says enough, else the vote
             same = index.classes[int(rows[best])] == index.classes[int(rows[voted])]
             trust = float(rho[best]) >= SIMILAR_TRUST_RHO
