@@ -404,7 +404,7 @@ def test_subscriber_reports_a_daemon_restart(setup: Setup, tmp_path: Path) -> No
 
         wait_state("connected")
         # The same PUB endpoint for the new process (the first one bound port 0).
-        args = _replace_option(list(first.args), "--zmq-pub", first.pub)
+        args = _replace_option(list(first.args), "--zmq", first.pub)
         args = _replace_option(args, "--control", "tcp://127.0.0.1:0")
         args = _replace_option(args, "--osc-in", None)
         first.stop()

@@ -212,7 +212,8 @@ def test_pub_sub_multichannel_and_osc_targets(
     assert m0.publish_time >= m0.capture_time
     emb = kinds["emb"][-1]
     assert emb.array is not None and emb.array.shape == (status["dim"],)
-    sim = kinds["similarity"][-1]
+    # mid-performance: the end of the input is followed by a window of silence (flush)
+    sim = kinds["similarity"][len(kinds["similarity"]) // 2]
     assert sim.array is not None and sim.array.shape == (3, 3)
     np.testing.assert_allclose(np.diag(sim.array), 1.0, atol=1e-4)
     np.testing.assert_allclose(sim.array, sim.array.T, atol=1e-6)

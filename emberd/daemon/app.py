@@ -23,6 +23,7 @@ import numpy as np
 
 from emberd.clients import osc_format as fmt
 from emberd.clients.wire import DEFAULT_CONTROL_ENDPOINT, DEFAULT_PUB_ENDPOINT
+from emberd.cliopts import MAX_K, MAX_THREADS
 from emberd.daemon import netpolicy
 from emberd.daemon.control import Controller, OscControlServer, ZmqControlServer
 from emberd.daemon.engine import Engine, build_engine
@@ -31,7 +32,7 @@ from emberd.daemon.handoff import Handoff
 from emberd.daemon.publish_osc import OscPublisher
 from emberd.daemon.publish_zmq import ZmqPublisher
 from emberd.daemon.status import DaemonStats
-from emberd.daemon.worker import MAX_K, Item, Worker
+from emberd.daemon.worker import Item, Worker
 from emberd.errors import EmberdError
 
 log = logging.getLogger(__name__)
@@ -150,6 +151,17 @@ def _file_input(path: Path, sr: int, config: DaemonConfig) -> FeederInput:
                        loop=config.loop, description=str(path))  # fmt: skip
 
 
+def _require_model(library_path: Path, model: str) -> None:
+    """Refuse a library with no vectors for ``model`` (it could never match): names what it has."""
+    from emberd.library import Library
+
+    library = Library.open(library_path)
+    try:
+        library.require_model(model)
+    finally:
+        library.close()
+
+
 class Daemon:
     """The running daemon (a context manager: ``with Daemon(cfg) as d: d.wait()``).
 
@@ -185,6 +197,8 @@ class Daemon:
             raise EmberdError(
                 f"--max-datagram {cfg.max_datagram}: must be in {fmt.MIN_MAX_DATAGRAM_BYTES}..65507"
             )
+        if not 1 <= cfg.threads <= MAX_THREADS:
+            raise EmberdError(f"--threads {cfg.threads}: must be in 1..{MAX_THREADS}")
         if not 1 <= cfg.k <= MAX_K:
             raise EmberdError(f"--k {cfg.k}: must be in 1..{MAX_K}")
         if cfg.zmq_pub.lower() not in NO_ENDPOINT:
@@ -197,10 +211,12 @@ class Daemon:
         if cfg.osc_in:
             osc_in = netpolicy.parse_host_port(cfg.osc_in, "--osc-in")
             netpolicy.check_listen_host(osc_in[0], "--osc-in", listen_any=cfg.listen_any)
-        targets = [
-            netpolicy.resolve_target(*netpolicy.parse_host_port(t, "--osc"), "--osc")
-            for t in cfg.osc
-        ]
+        hosts = [netpolicy.parse_host_port(t, "--osc", allow_zero=False) for t in cfg.osc]
+        targets = [netpolicy.resolve_target(h, port, "--osc") for h, port in hosts]
+        most = fmt.max_floats(fmt.ADDR_PROJ, "iiii", cfg.max_datagram)
+        if not 0 <= cfg.osc_proj <= most:
+            raise EmberdError(f"--osc-proj {cfg.osc_proj}: must be in 0..{most} (what fits one "
+                              f"{cfg.max_datagram}-byte datagram)")
         return targets, osc_in
 
     def start(self, *, start_input: bool = True) -> Daemon:
@@ -222,6 +238,11 @@ class Daemon:
             raise
         return self
 
+    @property
+    def input_is_played(self) -> bool:
+        """True when the input is a file or the synth (played by a feeder), not a device."""
+        return isinstance(self._input, FeederInput)
+
     def start_input(self) -> None:
         """Start the audio input (device stream or feeder)."""
         if self._input is not None and not self._input_started:
@@ -240,6 +261,8 @@ class Daemon:
         from emberd.models.registry import resolve_default
 
         manifest = resolve_default(cfg.model)  # None: aiSFX, or dsp-baseline with a warning
+        library_path = Path(cfg.library).expanduser()
+        _require_model(library_path, manifest.name)  # before any thread starts
         self._input = source = open_input(cfg, int(manifest.frontend().sr))
         columns = parse_channels(cfg.channels, source.ring.channels)
         engine = self._engine(manifest, len(columns))
@@ -278,7 +301,6 @@ class Daemon:
                     raise EmberdError(f"--zmq-pub {cfg.zmq_pub}: cannot bind ({p.error})")
                 self.pub_endpoint = p.endpoint
         stats.info["zmq_pub"] = self.pub_endpoint
-        library_path = Path(cfg.library).expanduser()
 
         def open_library() -> Any:
             from emberd.library import Library

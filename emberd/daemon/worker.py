@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import math
 import queue
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -47,7 +48,6 @@ READ_CHUNK_FRAMES = 2048  # samples per channel drained from the ring per front-
 STATUS_PERIOD_S = 1.0  # status message interval
 WAIT_POLL_S = 0.0005  # sleep while the audio is due but has not arrived yet
 WAIT_MAX_S = 0.05  # longest sleep while waiting for audio (bounds command latency)
-MAX_K = 100  # largest k for set_k / --k
 MAX_CAPTURE_S = 60.0  # longest capture command
 
 
@@ -172,6 +172,7 @@ class Worker(threading.Thread):
         self._seq = 0
         self._next_status = 0.0
         self._capture: _Capture | None = None
+        self._audio_end = sys.maxsize  # ring position where the input ended (end of input)
         self._reset_schedule()
 
     # ------------------------------------------------------------------ control API
@@ -283,25 +284,33 @@ class Worker(threading.Thread):
             self._next_hop_frame += hop
 
     def _end_of_input(self) -> None:
-        """Flush the front ends and analyse the tail, then tell the publishers."""
-        for fe in self.engine.fronts:
-            fe.flush()
-        total = self.engine.fronts[0].frames.total
-        while self._next_hop_frame <= total:
-            self._hop(self._next_hop_frame)
-            self._next_hop_frame += self.engine.hop_frames
-        if self._last_hop_frame < total:
-            self._hop(total)  # the very end, so short files always get a hop
-        self._publish_status(time.time())
-        if self._capture is not None:
+        """Analyse the tail as the library does, then tell the publishers.
+
+        The library embeds a sound shorter than a window zero-padded after it (silence),
+        so the end of the input is followed by one window of digital silence, hopped
+        through like live audio without skipping: a one-shot played once gets the
+        window that starts at its onset, exactly as it was indexed.
+        """
+        if self._capture is not None:  # the recording ends with the real audio
             self._finish_capture()
+        self._audio_end = self._read_pos
+        pad = self.engine.encoder.window_frames * self.engine.config.hop_length
+        self._scratch[:] = 0.0
+        while pad > 0:
+            n = min(pad, READ_CHUNK_FRAMES)
+            self._consume(n)
+            pad -= n
+            total = self.engine.fronts[0].frames.total
+            while self._next_hop_frame <= total:
+                self._hop(self._next_hop_frame)
+                self._next_hop_frame += self.engine.hop_frames
+        self._publish_status(time.time())
 
     # ------------------------------------------------------------------ hop
 
     def _reset_schedule(self) -> None:
         """Start hop counting on the current engine's front ends (new after set_model)."""
         self._next_hop_frame = self.engine.hop_frames + self.engine.fronts[0].frames.total
-        self._last_hop_frame = -1
         # Ring position of the engine's frame 0: fresh front ends start at the next read.
         self._origin = getattr(self, "_read_pos", 0) - self.engine.fronts[0].samples_in
 
@@ -312,11 +321,11 @@ class Worker(threading.Thread):
         return self._origin + last + (cfg.n_fft // 2 if cfg.center else cfg.n_fft)
 
     def _hop(self, end_frame: int) -> None:
-        self._last_hop_frame = end_frame
         cfg = self.engine.config
         sample_end = min(self._hop_sample_end(end_frame), self._read_pos)
         hop_samples = self.engine.hop_frames * cfg.hop_length
-        capture_time = self.source.clock.time_of(sample_end - hop_samples)
+        # Silence after the end of the input (see _end_of_input) was never captured.
+        capture_time = self.source.clock.time_of(min(sample_end - hop_samples, self._audio_end))
         levels = self._levels()
         if self.paused:
             return
@@ -327,6 +336,10 @@ class Worker(threading.Thread):
             return
         self.stats.inference_ms.add((t1 - t0) * 1000.0)
         matches = self._search(emb, self.k)
+        top = next((m[0] for m in matches if m), None)
+        if top is not None:
+            self.stats.matched_hops += 1
+            self.stats.last_top1 = str(top.get("name", ""))
         tags = [vote_tags(m) for m in matches]
         sim = cosine_matrix(emb) if len(self.channels) > 1 else None
         self.stats.hop_work_ms.add((time.perf_counter() - t0) * 1000.0)
