@@ -28,6 +28,7 @@ SUBCOMMAND_MODULES = (
     "emberd.models.cli",  # models, embed
     "emberd.dsp.cli",  # features, devices
     "emberd.clients.cli",  # watch, panel
+    "emberd.plugins.cli",  # plugins
 )
 
 EXIT_USAGE = 2  # bad input or environment: one clear line, no traceback

@@ -9,9 +9,9 @@ import pytest
 
 from emberd.daemon.analysis import OnsetDetector, cosine_matrix, level_db, vote_tags
 from emberd.daemon.app import parse_channels
-from emberd.daemon.clock import BlockClock
 from emberd.daemon.handoff import Handoff
 from emberd.daemon.netpolicy import check_listen_host, check_zmq_endpoint, is_loopback
+from emberd.dsp.clock import BlockClock
 from emberd.errors import EmberdError
 
 
@@ -134,29 +134,31 @@ def test_osc_publisher_wekinator_and_projection() -> None:
     import socket
 
     from emberd.clients import osc_format as fmt
-    from emberd.daemon.publish_osc import OscPublisher
+    from emberd.daemon.analyzers import Analyzers
+    from emberd.daemon.outputs import Outputs, start_sinks
     from emberd.daemon.status import DaemonStats
     from emberd.daemon.worker import EndOfStream, HopResult
 
     rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     rx.bind(("127.0.0.1", 0))
     rx.settimeout(10)
-    addr = rx.getsockname()
-    h: Handoff = Handoff()
-    pub = OscPublisher([addr], h, DaemonStats(0.0058), proj_dims=6, wekinator=addr,
-                       wekinator_dims=12, send_embedding=False)  # fmt: skip
+    addr = "{}:{}".format(*rx.getsockname())
+    stats = DaemonStats(0.0058)
+    options = {"targets": addr, "proj_dims": "6", "wekinator": addr, "wekinator_dims": "12",
+               "embedding": "0"}  # fmt: skip
+    runners = start_sinks([("osc", options)], stats, lossless=True)
+    outputs = Outputs(runners, Analyzers.load(), stats)
     emb = np.random.default_rng(0).standard_normal((1, 64)).astype(np.float32)
     for seq in range(2):
-        h.put(HopResult(seq=seq, capture_time=0.0, stream_s=0.0, model="m", channels=[0],
-                        embeddings=emb, matches=[[]], tags=[[]],
-                        levels=[(-20.0, -10.0, False)], similarity=None))  # fmt: skip
-    h.put(EndOfStream())
-    pub.start()
+        outputs.put(HopResult(seq=seq, capture_time=0.0, stream_s=0.0, model="m", channels=[0],
+                              embeddings=emb, matches=[[]],
+                              levels=[(-20.0, -10.0, False)]))  # fmt: skip
+    outputs.put(EndOfStream())
     got: dict[str, list[tuple[float, ...]]] = {}
-    while sum(len(v) for v in got.values()) < 8:  # tags, level, proj, wek per hop
+    while sum(len(v) for v in got.values()) < 9:  # tags, level, proj, wek per hop; status
         p = fmt.decode(rx.recv(65536))
         got.setdefault(p.address, []).append(p.tail)
-    pub.join(10)
+    runners[0].join(10)
     rx.close()
     wek, proj = got[fmt.ADDR_WEKINATOR], got[fmt.ADDR_PROJ]
     assert len(wek) == 2 and len(wek[0]) == 12 and wek[0] == wek[1]

@@ -33,6 +33,7 @@ class Match:
     tags: tuple[str, ...] = ()
     kind: str = "similar"
     id: int | None = None
+    confidence: float = math.nan  # hits: calibrated probability that the answer is right
 
     @classmethod
     def from_dict(cls, rank: int, obj: dict[str, Any]) -> Match:
@@ -50,6 +51,7 @@ class Match:
                 tags=tuple(str(t) for t in tags),
                 kind=str(obj.get("kind", "similar")),
                 id=None if raw_id is None else int(raw_id),
+                confidence=float(obj.get("confidence", math.nan)),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise wire.WireError(f"bad match object: {exc}") from exc
@@ -128,6 +130,26 @@ class StatusMessage(_Base):
 
 
 @dataclass(frozen=True)
+class HitMessage(_Base):
+    """One stage of the answer for one hit (see :mod:`emberd.clients.wire`, "Hits").
+
+    ``capture_time`` is when the newest sample the stage used was captured;
+    ``latency_ms`` is onset to publish.
+    """
+
+    channel: int = 0
+    hit: int = 0
+    stage: str = "provisional"
+    onset_time: float = 0.0
+    onset_s: float = 0.0
+    window_ms: float = 0.0
+    latency_ms: float = math.nan
+    peak_db: float = -math.inf
+    answer: str = "none"
+    matches: tuple[Match, ...] = ()
+
+
+@dataclass(frozen=True)
 class ConnectionEvent:
     """A change in the link to the daemon, surfaced by the subscriber.
 
@@ -148,7 +170,8 @@ class ConnectionEvent:
 
 
 DaemonMessage = Union[  # noqa: UP007 - a runtime alias; `X | Y` needs Python 3.10 at runtime too
-    MatchMessage, TagMessage, EmbMessage, LevelMessage, SimilarityMessage, StatusMessage
+    MatchMessage, TagMessage, EmbMessage, LevelMessage, SimilarityMessage, StatusMessage,
+    HitMessage,
 ]
 Item = Union[DaemonMessage, ConnectionEvent]  # noqa: UP007
 
@@ -197,6 +220,16 @@ def from_wire(msg: wire.Message) -> DaemonMessage:
                 raise wire.WireError("similarity message without a [C, C] payload")
             channels = tuple(int(c) for c in h.get("channels", range(msg.array.shape[0])))
             return SimilarityMessage(**base, channels=channels, matrix=msg.array)
+        if msg.kind == wire.KIND_HIT:
+            matches = tuple(Match.from_dict(i, m) for i, m in enumerate(h.get("matches") or []))
+            return HitMessage(
+                **base, channel=ch, hit=int(h["hit"]), stage=str(h["stage"]),
+                onset_time=float(h["onset_time"]), onset_s=float(h.get("onset_s", 0.0)),
+                window_ms=float(h.get("window_ms", 0.0)),
+                latency_ms=float(h.get("latency_ms", math.nan)),
+                peak_db=float(h.get("peak_db", -math.inf)), answer=str(h.get("answer", "none")),
+                matches=matches,
+            )  # fmt: skip
         if msg.kind == wire.KIND_STATUS:
             status = h.get("status")
             if not isinstance(status, dict):
@@ -239,6 +272,13 @@ def to_json(item: Item) -> dict[str, Any]:
                    matrix=np.nan_to_num(item.matrix).round(4).tolist())
     elif isinstance(item, StatusMessage):
         out.update(kind="status", status=_json_safe(item.status))
+    elif isinstance(item, HitMessage):
+        out.update(kind="hit", channel=item.channel, hit=item.hit, stage=item.stage,
+                   onset_time=item.onset_time, latency_ms=_json_safe(item.latency_ms),
+                   peak_db=_finite(item.peak_db), answer=item.answer,
+                   matches=[{"rank": m.rank, "name": m.name, "kind": m.kind, "path": m.path,
+                             "confidence": _json_safe(m.confidence), "tags": list(m.tags)}
+                            for m in item.matches])  # fmt: skip
     else:  # pragma: no cover - exhaustive above
         raise EmberdError(f"message: cannot serialise {type(item).__name__}")
     return out

@@ -10,6 +10,7 @@ its ``start_s``/``start_ms`` (before that they stay seconds since daemon start).
 
 from __future__ import annotations
 
+import math
 import socket
 import time
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from emberd.clients.messages import (
     ConnectionEvent,
     DaemonMessage,
     EmbMessage,
+    HitMessage,
     Item,
     LevelMessage,
     Match,
@@ -115,6 +117,17 @@ class OscDecoder:
                 out.append(self._make(SimilarityMessage, f, channels=tuple(range(n)),
                                       matrix=matrix))
             self._drop_stale(self._sim, int(f["seq"]))
+        elif addr == fmt.ADDR_HIT:
+            top = (
+                Match(rank=0, name=f["name"], path=f["path"], score=math.nan, kind=f["answer"],
+                      confidence=float(f["confidence"]))
+                if f["answer"] != "none" else None
+            )  # fmt: skip
+            out.append(self._make(HitMessage, f, channel=int(f["channel"]), hit=int(f["hit"]),
+                                  stage=str(f["stage"]), onset_time=self._t(f["onset_ms"]),
+                                  latency_ms=float(f["latency_ms"]), peak_db=float(f["peak_db"]),
+                                  answer=str(f["answer"]),
+                                  matches=() if top is None else (top,)))  # fmt: skip
         elif addr == fmt.ADDR_STATUS:
             start = float(f["start_s"]) + float(f["start_ms"]) / 1000.0
             if self.start_unix is not None and abs(start - self.start_unix) > 1e-3:

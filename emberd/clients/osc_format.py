@@ -51,6 +51,7 @@ ADDR_STATUS = "/emberd/status"
 ADDR_INPUT = "/emberd/input"
 ADDR_REPLY = "/emberd/reply"
 ADDR_CAPTURE_MATCH = "/emberd/capture/match"
+ADDR_HIT = "/emberd/hit"
 CONTROL_PREFIX = "/emberd/ctl/"
 ADDR_WEKINATOR = "/wek/inputs"  # Wekinator's default input address
 
@@ -88,6 +89,15 @@ ADDRESSES: dict[str, tuple[str, tuple[str, ...], str]] = {
     ADDR_INPUT: ("iiisii", (*TIME_FIELDS, "state", "stalls", "reconnects"), ""),
     ADDR_REPLY: ("sis", ("cmd", "ok", "detail"), ""),
     ADDR_CAPTURE_MATCH: ("iifss", ("channel", "rank", "score", "name", "path"), ""),
+    # One datagram per hit stage, top answer only; answer "none" has empty name and path.
+    ADDR_HIT: (
+        "iiiiisiffsfss",
+        (
+            *TIME_FIELDS, "channel", "hit", "stage", "onset_ms", "latency_ms", "peak_db",
+            "answer", "confidence", "name", "path",
+        ),
+        "",
+    ),
     ADDR_WEKINATOR: ("", (), "f"),
 }
 
@@ -292,6 +302,39 @@ def encode_level(
     return _build(
         ADDR_LEVEL, "iiiiffi", [*times, channel, float(rms_db), float(peak_db), int(onset)]
     )
+
+
+def encode_hit(
+    times: tuple[int, int, int],
+    *,
+    channel: int,
+    hit: int,
+    stage: str,
+    onset_ms: int,
+    latency_ms: float,
+    peak_db: float,
+    answer: str,
+    confidence: float,
+    name: str,
+    path: str,
+    max_bytes: int = DEFAULT_MAX_DATAGRAM_BYTES,
+) -> bytes:
+    """Encode one stage of a hit (``/emberd/hit``): its top answer, ``path`` shortened to fit.
+
+    ``times`` is ``(seq, capture_ms, publish_ms)`` with ``seq`` counting hit messages of
+    the channel; ``onset_ms`` is the onset in ms since the daemon started.
+    """
+    types = ADDRESSES[ADDR_HIT][0]
+    head = [*times, channel, hit, _strip_nul(stage)[:16], int(onset_ms), float(latency_ms),
+            float(peak_db), _strip_nul(answer)[:16], float(confidence)]  # fmt: skip
+    name, path = _strip_nul(name), _strip_nul(path)
+    fixed = _fixed_size(ADDR_HIT, types) + sum(
+        _string_size(v) if isinstance(v, str) else 4 for v in head
+    )
+    room = max_bytes - fixed
+    name = shorten_utf8(name, min(NAME_MAX_BYTES, room // 3), keep="left")
+    path = shorten_utf8(path, room - _string_size(name) - 4, keep="right")
+    return _build(ADDR_HIT, types, [*head, name, path])
 
 
 def encode_status(times: tuple[int, int, int], status: dict[str, Any]) -> bytes:

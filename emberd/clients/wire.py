@@ -31,7 +31,34 @@ Kinds and their extra header fields:
 ``similarity`` ``channels``: list of channel numbers; payload = cosine matrix,
                shape ``[C, C]``
 ``status``     ``status``: the status object (see ``emberd.daemon.status``)
+``hit``        one answer of the decision ladder for one hit (see below)
 =============  ==============================================================
+
+Hits (topic ``hit.<channel>``). Every hit is published up to three times, once
+per stage, in order, the moment each answer exists: ``provisional`` (from the
+attack, ~6 ms of sound), ``refined`` (onset-aligned waveform over ~50 and
+~150 ms: one message each) and ``final`` (<= 300 ms or when the next hit
+comes). Header fields besides the common ones:
+
+* ``hit`` -- the hit's id, counting from 0 per channel; every stage of one hit
+  carries the same id (stages of two hits may interleave).
+* ``stage`` -- ``"provisional"``, ``"refined"`` or ``"final"``.
+* ``window_ms`` -- how much sound after the onset the stage looked at.
+* ``onset_time`` -- Unix seconds of the onset sample; ``onset_s`` -- the same
+  in seconds since the input began (file input: position in the file).
+* ``capture_time`` -- Unix seconds when the newest sample this stage used was
+  captured (so ``publish_time - capture_time`` is the analysis time, and
+  ``capture_time - onset_time`` the wait for the sound).
+* ``latency_ms`` -- ``(publish_time - onset_time) * 1000``: onset to answer.
+* ``peak_db`` -- the hit's peak level so far in dBFS (MIDI velocity).
+* ``answer`` -- the top match's ``kind``, or ``"none"`` when ``matches`` is
+  empty (nothing in the library is near enough to name).
+* ``matches`` -- match objects as for ``match`` (best first), each with
+  ``kind`` (``"exact"``: this library file; ``"similar"``: a library sound of
+  the same instrument, the played sound is not in the library) and
+  ``confidence`` in [0, 1], calibrated: of all answers given with confidence
+  ~c, about c are right (fitted by ``bench/fit_hit_confidence.py`` on tuning
+  kits, measured on held-out kits).
 
 Control (REQ/REP)
 -----------------
@@ -57,7 +84,12 @@ KIND_TAG = "tag"
 KIND_LEVEL = "level"
 KIND_SIMILARITY = "similarity"
 KIND_STATUS = "status"
-PER_CHANNEL_KINDS = frozenset({KIND_EMB, KIND_MATCH, KIND_TAG, KIND_LEVEL})
+KIND_HIT = "hit"
+PER_CHANNEL_KINDS = frozenset({KIND_EMB, KIND_MATCH, KIND_TAG, KIND_LEVEL, KIND_HIT})
+
+# Hit stages, in the order each hit publishes them, and answer kinds.
+HIT_STAGES = ("provisional", "refined", "final")
+HIT_ANSWERS = ("exact", "similar", "none")
 ALL_KINDS = frozenset(PER_CHANNEL_KINDS | {KIND_SIMILARITY, KIND_STATUS})
 
 # Control commands understood by the daemon (ZeroMQ and OSC alike).
@@ -151,6 +183,24 @@ def encode(
     list of bytes
         ``[topic, header]`` or ``[topic, header, payload]``.
     """
+    header = make_header(kind, seq=seq, capture_time=capture_time, model=model, channel=channel,
+                         array=array, publish_time=publish_time, **fields)  # fmt: skip
+    return pack(topic_for(kind, channel), header, array)
+
+
+def make_header(
+    kind: str,
+    *,
+    seq: int,
+    capture_time: float,
+    model: str,
+    channel: int | None = None,
+    array: np.ndarray | None = None,
+    publish_time: float | None = None,
+    **fields: Any,
+) -> dict[str, Any]:
+    """The JSON header of one message (parameters as :func:`encode`), ``shape``/``dtype``
+    included when there is an array: what every sink receives (``docs/plugins.md``)."""
     header: dict[str, Any] = {
         "v": WIRE_VERSION,
         "kind": kind,
@@ -162,16 +212,19 @@ def encode(
     if channel is not None:
         header["channel"] = int(channel)
     header.update(fields)
-    frames = [topic_for(kind, channel)]
     if array is not None:
-        arr = np.ascontiguousarray(array, dtype="<f4")
-        header["shape"] = list(arr.shape)
+        header["shape"] = list(np.shape(array))
         header["dtype"] = "float32"
-        frames.append(json.dumps(header, separators=(",", ":")).encode("utf-8"))
-        frames.append(arr.tobytes())
-    else:
-        frames.append(json.dumps(header, separators=(",", ":")).encode("utf-8"))
-    return frames
+    return header
+
+
+def pack(topic: str | bytes, header: dict[str, Any], array: np.ndarray | None) -> list[bytes]:
+    """Frames ``[topic, header, payload?]`` of a message whose header is already built."""
+    t = topic if isinstance(topic, bytes) else topic.encode("ascii")
+    head = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    if array is None:
+        return [t, head]
+    return [t, head, np.ascontiguousarray(array, dtype="<f4").tobytes()]
 
 
 def decode(frames: list[bytes]) -> Message:
@@ -197,6 +250,12 @@ def decode(frames: list[bytes]) -> Message:
     for key in ("seq", "capture_time", "publish_time"):
         if not isinstance(header.get(key), (int, float)):
             raise WireError(f"header field {key!r} missing or not a number")
+    if kind == KIND_HIT and (
+        header.get("stage") not in HIT_STAGES
+        or not isinstance(header.get("hit"), int)
+        or not isinstance(header.get("onset_time"), (int, float))
+    ):
+        raise WireError("hit header needs an int 'hit', a known 'stage' and 'onset_time'")
     channel = None
     if kind in PER_CHANNEL_KINDS:
         if not chan.isdigit():
@@ -216,6 +275,42 @@ def decode(frames: list[bytes]) -> Message:
     elif len(frames) == 3:
         raise WireError("payload frame without a shape in the header")
     return Message(kind=kind, header=header, array=array, channel=channel)
+
+
+def hit_fields(
+    *,
+    hit: int,
+    stage: str,
+    onset_time: float,
+    onset_s: float,
+    window_ms: float,
+    peak_db: float,
+    matches: list[dict[str, Any]],
+    publish_time: float,
+) -> dict[str, Any]:
+    """The kind-specific header fields of a ``hit`` message (see the module docstring).
+
+    Pass them to :func:`encode` with ``capture_time`` and the same ``publish_time``;
+    ``latency_ms`` and ``answer`` are derived here so every sender computes them alike.
+
+    Raises
+    ------
+    WireError
+        Unknown stage.
+    """
+    if stage not in HIT_STAGES:
+        raise WireError(f"hit stage {stage!r}: expected one of {', '.join(HIT_STAGES)}")
+    return {
+        "hit": int(hit),
+        "stage": stage,
+        "onset_time": float(onset_time),
+        "onset_s": round(float(onset_s), 6),
+        "window_ms": round(float(window_ms), 2),
+        "latency_ms": round((publish_time - onset_time) * 1000.0, 3),
+        "peak_db": round(float(peak_db), 2),
+        "answer": str(matches[0].get("kind", "similar")) if matches else "none",
+        "matches": matches,
+    }
 
 
 def encode_request(cmd: str, **args: Any) -> bytes:

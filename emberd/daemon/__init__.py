@@ -1,22 +1,23 @@
-"""The live daemon: device capture, the analysis worker, OSC/ZeroMQ publishers, control.
+"""The live daemon: device capture, the analysis worker, sinks (OSC/ZeroMQ/plug-ins), control.
 
 Thread map
 ----------
 ::
 
-    PortAudio callback ─┐  (device.DeviceInput: copy into SampleRing, count, mark arrival)
+    PortAudio callback ─┐  (dsp.device.DeviceSource: copy into SampleRing, count, mark arrival)
     or feeder thread  ──┤  (feed.FeederInput: file/synth blocks at real-time or fast pace)
                         ▼
                   SampleRing (SPSC, lock-free)  +  BlockClock (arrival marks)
                         │
                   worker thread (worker.Worker): per channel StreamingFrontEnd ->
                   every hop: encoder (all channels one batch) -> library search ->
-                  tag vote, level/onset, similarity -> HopResult
-                        │  Handoff per publisher (bounded, drop-oldest, counted)
-              ┌─────────┴──────────┐
-       OSC publisher thread   ZeroMQ publisher thread
-       (publish_osc: one UDP  (publish_zmq: one PUB socket,
-        socket, N targets)     wire.encode frames)
+                  level/onset -> HopResult -> outputs.Outputs: analysers (tags,
+                  similarity, plug-ins) add fields, messages built once
+                        │  Handoff per sink (bounded, drop-oldest, counted in messages)
+              ┌─────────┼──────────────────┬─────────────────┐
+       sink thread: osc   sink thread: zmq    sink thread: midi   sink thread per --sink
+       (publish_osc: one  (publish_zmq: own   (publish_midi)      (third-party emberd.sinks
+        UDP socket)        context + PUB)                          plug-in)
 
        control thread (control.ZmqControlServer, own REP socket)  ─┐
        OSC-in thread  (control.OscControlServer, own UDP socket)  ─┴─> Controller
@@ -28,7 +29,9 @@ Thread map
 * **worker**: the only thread touching front ends, the encoder, the library (SQLite
   connections stay in their thread) and per-channel state. It never waits for a
   transport: handoffs drop the oldest hop when a publisher lags.
-* **publishers**: each owns its socket(s) (a ZeroMQ socket is used by one thread).
+* **sinks** (:mod:`outputs`): every output is an ``emberd.sinks`` entry point constructed
+  and run on its own thread; each owns its socket(s) (a ZeroMQ socket is used by one
+  thread); exceptions are counted per sink and a sink failing in a row is disabled.
 * **control**: own sockets; malformed requests get an error reply and a counter;
   ``capture`` searches the library on the control thread with its own connection.
 * **reconnect** (device input only, :mod:`reconnect`): the worker's watchdog notices a
@@ -38,8 +41,9 @@ Thread map
 Shared state between threads is listed in each module's docstring as
 "written by -> read by". Modules: :mod:`app` (assembly), :mod:`cli`, :mod:`worker`,
 :mod:`engine` (windowed / streaming encoder strategies), :mod:`analysis` (tags,
-level, onset, similarity), :mod:`handoff`, :mod:`publish_osc`, :mod:`publish_zmq`,
-:mod:`control`, :mod:`status`, :mod:`clock`, :mod:`feed`, :mod:`device`,
-:mod:`capture` (PortAudio DeviceSource), :mod:`reconnect`, :mod:`netpolicy`, :mod:`sounds` and
+level, onset, similarity), :mod:`analyzers`, :mod:`outputs`, :mod:`handoff`,
+:mod:`publish_osc`, :mod:`publish_zmq`, :mod:`publish_midi`,
+:mod:`control`, :mod:`status`, :mod:`feed`, :mod:`device` (the dsp layer's
+DeviceSource plus the stall watchdog), :mod:`reconnect`, :mod:`netpolicy`, :mod:`sounds` and
 :mod:`demo`.
 """

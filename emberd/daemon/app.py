@@ -28,11 +28,9 @@ from emberd.daemon import netpolicy
 from emberd.daemon.control import Controller, OscControlServer, ZmqControlServer
 from emberd.daemon.engine import Engine, build_engine
 from emberd.daemon.feed import BLOCK_FRAMES, PACES, FeederInput, array_blocks
-from emberd.daemon.handoff import Handoff
-from emberd.daemon.publish_osc import OscPublisher
-from emberd.daemon.publish_zmq import ZmqPublisher
+from emberd.daemon.outputs import Outputs, start_sinks
 from emberd.daemon.status import DaemonStats
-from emberd.daemon.worker import Item, Worker
+from emberd.daemon.worker import Worker
 from emberd.errors import EmberdError
 
 log = logging.getLogger(__name__)
@@ -45,7 +43,7 @@ START_TIMEOUT_S = 120.0  # wait for the worker to open the library
 JOIN_TIMEOUT_S = 5.0  # per thread at shutdown
 MAX_CHANNELS = 64  # analysed channels (encoder batch; similarity matrix rows)
 SYNTH_SECONDS = 30.0  # length of one pass of the synthetic input
-NO_ENDPOINT = ("", "none", "off")  # --zmq-pub none / --control none disable the socket
+NO_ENDPOINT = ("", "none", "off")  # --zmq none / --control none disable the socket
 
 
 @dataclass
@@ -71,7 +69,13 @@ class DaemonConfig:
     max_datagram: int = fmt.DEFAULT_MAX_DATAGRAM_BYTES
     osc_proj: int = 0
     osc_embedding: bool = True
+    osc_changes_only: bool = False
     threads: int = 2
+    sinks: list[str] = field(default_factory=list)  # --sink NAME[:key=value,...]
+    analyzers: list[str] = field(default_factory=list)  # --analyzer NAME (must load)
+    midi: str | None = None  # --midi PORT
+    midi_map: str | None = None
+    midi_stage: str | None = None
 
 
 def parse_channels(spec: str, available: int) -> list[int]:
@@ -125,7 +129,8 @@ def open_input(config: DaemonConfig, sr: int) -> Any:
         return _file_input(path, sr, config)
     if config.pace != "realtime" or config.loop:
         raise EmberdError("--pace fast and --loop apply to file input only")
-    from emberd.daemon.device import DeviceInput, device_channels
+    from emberd.daemon.device import DeviceInput
+    from emberd.dsp.device import device_channels
 
     device: int | str | None = None if spec == "default" else int(spec) if spec.isdigit() else spec
     channels = device_channels(device, config.channels)
@@ -180,7 +185,7 @@ class Daemon:
         self.control_endpoint: str | None = None
         self.osc_in_address: tuple[str, int] | None = None
         self._threads: list[Any] = []
-        self._handoffs: list[Handoff[Item]] = []
+        self._outputs: Outputs | None = None
         self._context: Any = None
         self._input: Any = None
         self._input_started = False
@@ -202,7 +207,7 @@ class Daemon:
         if not 1 <= cfg.k <= MAX_K:
             raise EmberdError(f"--k {cfg.k}: must be in 1..{MAX_K}")
         if cfg.zmq_pub.lower() not in NO_ENDPOINT:
-            cfg.zmq_pub = netpolicy.check_zmq_endpoint(cfg.zmq_pub, "--zmq-pub",
+            cfg.zmq_pub = netpolicy.check_zmq_endpoint(cfg.zmq_pub, "--zmq",
                                                        listen_any=cfg.listen_any)  # fmt: skip
         if cfg.control.lower() not in NO_ENDPOINT:
             cfg.control = netpolicy.check_zmq_endpoint(cfg.control, "--control",
@@ -254,6 +259,10 @@ class Daemon:
     def _start(self) -> None:
         cfg = self.config
         targets, osc_in = self._check_network()
+        for spec in self.config.sinks:  # an unknown --sink fails before the model loads
+            from emberd import plugins
+
+            plugins.require(plugins.GROUP_SINKS, plugins.parse_spec(spec, "--sink")[0])
         # The PortAudio callback is Python: it must take the GIL from the worker. A
         # thread that wants the GIL waits up to the switch interval, which becomes
         # callback jitter; 1 ms bounds it at a small throughput cost.
@@ -272,34 +281,13 @@ class Daemon:
             library=str(cfg.library),
             osc_targets=[f"{h}:{p}" for h, p in targets],
         )
-        pubs: list[Any] = []
-        lossless = cfg.pace == "fast"  # no live audio to keep up with: deliver every hop
-        if targets or cfg.wekinator:
-            h: Handoff[Item] = Handoff(lossless=lossless)
-            pubs.append(OscPublisher(
-                targets, h, stats, max_bytes=cfg.max_datagram,
-                proj_dims=cfg.osc_proj, send_embedding=cfg.osc_embedding,
-                wekinator=WEKINATOR_TARGET if cfg.wekinator else None,
-                wekinator_dims=cfg.osc_proj or WEKINATOR_DIMS))  # fmt: skip
-            self._handoffs.append(h)
-        if cfg.zmq_pub.lower() not in NO_ENDPOINT or cfg.control.lower() not in NO_ENDPOINT:
-            import zmq
+        from emberd.daemon.analyzers import Analyzers
 
-            self._context = zmq.Context()
-        if cfg.zmq_pub.lower() not in NO_ENDPOINT:
-            h = Handoff(lossless=lossless)
-            zp = ZmqPublisher(cfg.zmq_pub, h, stats, context=self._context)
-            pubs.append(zp)
-            self._handoffs.append(h)
-        for p in pubs:
-            p.start()
-            self._threads.append(p)
-        for p in pubs:
-            if isinstance(p, ZmqPublisher):
-                p.bound.wait(BIND_TIMEOUT_S)
-                if p.error is not None:
-                    raise EmberdError(f"--zmq-pub {cfg.zmq_pub}: cannot bind ({p.error})")
-                self.pub_endpoint = p.endpoint
+        analyzers = Analyzers.load(cfg.analyzers)
+        runners = start_sinks(self._sink_specs(targets, stats), stats, lossless=cfg.pace == "fast")
+        self._threads.extend(runners)
+        self._outputs = Outputs(runners, analyzers, stats)
+        self.pub_endpoint = next((r.sink.endpoint for r in runners if r.output == "zmq"), None)
         stats.info["zmq_pub"] = self.pub_endpoint
 
         def open_library() -> Any:
@@ -309,7 +297,7 @@ class Daemon:
 
         self.worker = worker = Worker(
             source=source, engine=engine, open_library=open_library, channel_index=columns,
-            handoffs=self._handoffs, stats=stats, k=cfg.k, realtime=cfg.pace == "realtime",
+            handoffs=[self._outputs], stats=stats, k=cfg.k, realtime=cfg.pace == "realtime",
         )  # fmt: skip
         if columns == [-1]:
             worker.channels = [0]
@@ -324,6 +312,9 @@ class Daemon:
         controller = Controller(worker, stats, lambda name: self._engine(name, len(columns)),
                                 open_library)  # fmt: skip
         if cfg.control.lower() not in NO_ENDPOINT:
+            import zmq
+
+            self._context = zmq.Context()
             cs = ZmqControlServer(cfg.control, controller, stats, context=self._context)
             cs.start()
             self._threads.append(cs)
@@ -339,6 +330,42 @@ class Daemon:
         stats.info["control"] = self.control_endpoint
         if self.osc_in_address is not None:
             stats.info["osc_in"] = "{}:{}".format(*self.osc_in_address)
+
+    def _sink_specs(
+        self, targets: list[tuple[str, int]], stats: DaemonStats
+    ) -> list[tuple[str, dict[str, str]]]:
+        """The sinks to run: built-ins from their flags, then every ``--sink``."""
+        from emberd import plugins
+
+        cfg = self.config
+        specs: list[tuple[str, dict[str, str]]] = []
+        if targets or cfg.wekinator:
+            specs.append(("osc", {
+                "targets": " ".join(f"{h}:{p}" for h, p in targets),
+                "start_time": repr(stats.start_time), "max_bytes": str(cfg.max_datagram),
+                "proj_dims": str(cfg.osc_proj), "embedding": "1" if cfg.osc_embedding else "0",
+                "wekinator": "{}:{}".format(*WEKINATOR_TARGET) if cfg.wekinator else "",
+                "wekinator_dims": str(cfg.osc_proj or WEKINATOR_DIMS),
+                "changes_only": "1" if cfg.osc_changes_only else "0",
+            }))  # fmt: skip
+        if cfg.zmq_pub.lower() not in NO_ENDPOINT:
+            specs.append(("zmq", {"endpoint": cfg.zmq_pub,
+                                  "listen_any": "1" if cfg.listen_any else "0"}))  # fmt: skip
+        if cfg.midi:
+            midi = {"port": cfg.midi}
+            if cfg.midi_map:
+                midi["map"] = cfg.midi_map
+            if cfg.midi_stage:
+                midi["stage"] = cfg.midi_stage
+            specs.append(("midi", midi))
+        for spec in cfg.sinks:
+            name, options = plugins.parse_spec(spec, "--sink")
+            if name == "osc":
+                options.setdefault("start_time", repr(stats.start_time))
+            if name == "zmq":
+                options.setdefault("listen_any", "1" if cfg.listen_any else "0")
+            specs.append((name, options))
+        return specs
 
     def _engine(self, model: Any, channels: int) -> Engine:
         cfg = self.config
@@ -378,8 +405,8 @@ class Daemon:
             self.worker.stop()
             if self.worker.is_alive():
                 self.worker.join(JOIN_TIMEOUT_S)
-        for h in self._handoffs:
-            h.close()
+        if self._outputs is not None:
+            self._outputs.close()
         for t in self._threads:
             if hasattr(t, "stop"):
                 t.stop()

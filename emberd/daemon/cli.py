@@ -50,12 +50,30 @@ def add_daemon_options(p: argparse.ArgumentParser, *, demo: bool = False) -> Non
                         "(default 0: off; at most what fits one datagram)")
     p.add_argument("--no-osc-embedding", action="store_true",
                    help="do not send the /emberd/emb blobs")
+    p.add_argument("--osc-changes-only", action="store_true",
+                   help="OSC: send /emberd/match only when a channel's top-1 changes, "
+                        "/emberd/tags only when its top tag changes, /emberd/level only on "
+                        "onsets (for receivers that print what they get; docs/osc.md)")
     p.add_argument("--listen-any", action="store_true",
                    help="allow listening on non-loopback addresses (default: 127.0.0.1 only)")
     p.add_argument("--max-datagram", type=int, default=DEFAULT_MAX_DATAGRAM_BYTES, metavar="BYTES",
                    help=f"largest OSC datagram, {MIN_MAX_DATAGRAM_BYTES}..65507 "
                         f"(default {DEFAULT_MAX_DATAGRAM_BYTES})")
     add_threads(p)
+    p.add_argument("--sink", action="append", default=[], metavar="NAME[:KEY=VALUE,...]",
+                   help="also publish through the emberd.sinks plug-in NAME (repeatable; "
+                        "`emberd plugins` lists them; docs/plugins.md)")
+    p.add_argument("--analyzer", action="append", default=[], metavar="NAME",
+                   help="require the emberd.analyzers plug-in NAME to load (installed "
+                        "analysers run anyway; a broken one is left out with a warning)")
+    p.add_argument("--midi", default=None, metavar="PORT",
+                   help="send a MIDI note per hit to PORT (a JACK MIDI port such as "
+                        "'system:midi_playback_1', or 'alsa:CLIENT:PORT'; docs/plugins.md)")
+    p.add_argument("--midi-map", default=None, metavar="FILE",
+                   help="JSON map of folder tags / file names to MIDI notes "
+                        "(default: General MIDI drum notes)")
+    p.add_argument("--midi-stage", default=None, metavar="STAGE",
+                   help="hit stage that sends the note: provisional (default), refined or final")
     if not demo:
         p.add_argument("--channels", default="mix", metavar="SPEC",
                        help="input channels to analyse separately: mix (default), all, "
@@ -124,7 +142,13 @@ def config_from_args(args: argparse.Namespace, **overrides: Any) -> Any:
         max_datagram=args.max_datagram,
         osc_proj=args.osc_proj,
         osc_embedding=not args.no_osc_embedding,
+        osc_changes_only=args.osc_changes_only,
         threads=args.threads,
+        sinks=list(args.sink),
+        analyzers=list(args.analyzer),
+        midi=args.midi,
+        midi_map=args.midi_map,
+        midi_stage=args.midi_stage,
     )
     values.update(overrides)
     return DaemonConfig(**values)

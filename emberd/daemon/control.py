@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import queue
+import re
 import socket
 import threading
 import time
@@ -43,6 +44,7 @@ POLL_TIMEOUT_S = 0.2  # control threads wake this often to notice a stop request
 MAX_REQUEST_BYTES = 65536  # larger control requests are refused unread
 MAX_OSC_DATAGRAM_BYTES = 65536  # UDP receive buffer (largest IPv4 payload fits)
 MAX_MODEL_NAME_CHARS = 200
+MODEL_NAME_RE = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._+-]{{0,{MAX_MODEL_NAME_CHARS - 1}}}")
 CAPTURE_QUEUE = 4  # OSC capture requests waiting for the capture helper; more are refused
 
 #: Keys each command accepts besides ``cmd``.
@@ -125,8 +127,10 @@ class Controller:
         return self._capture(req)
 
     def _set_model(self, model: Any) -> dict[str, Any]:
-        if not isinstance(model, str) or not model.strip() or len(model) > MAX_MODEL_NAME_CHARS:
-            return _error("set_model: model must be a non-empty model name")
+        if not isinstance(model, str) or not MODEL_NAME_RE.fullmatch(model):
+            # A name, never a path: the registry joins it onto the models folder, and an
+            # absolute path or ../ would load any model file a local user left anywhere.
+            return _error("set_model: model must be a model name (letters, digits, . _ + -)")
         if not self._model_lock.acquire(blocking=False):
             return _error("set_model: another model change is in progress")
         try:

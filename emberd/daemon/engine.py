@@ -171,9 +171,9 @@ def build_engine(
         encoder = _streaming(manifest, channels=channels, hop_frames=hop_frames, threads=threads,
                              device=device, silence=silence_frame(config))  # fmt: skip
     else:
-        from emberd.models.runtime import Encoder
+        from emberd.models.plugin import load_encoder
 
-        onnx = Encoder(manifest, device=device, threads=threads)
+        onnx = load_encoder(manifest, device=device, threads=threads)
         encoder = WindowedEncoder(onnx, channels, silence_frame(config))
     log.info(
         "encoder %s (%s) on %s, hop %d frame(s) = %.1f ms",

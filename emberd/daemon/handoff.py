@@ -33,15 +33,21 @@ class Handoff(Generic[T]):
         self._closed = False
         self.dropped = 0
 
-    def put(self, item: T) -> None:
-        """Append ``item``; never blocks longer than the short lock hold of a pop."""
+    def put(self, item: T) -> T | None:
+        """Append ``item``; never blocks longer than the short lock hold of a pop.
+
+        Returns the item dropped to make room (the caller counts what it held), or None.
+        """
+        evicted: T | None = None
         with self._cond:
             while self.lossless and len(self._items) == self._items.maxlen and not self._closed:
                 self._cond.wait()  # fast file input only: back-pressure, nothing lost
             if len(self._items) == self._items.maxlen:
                 self.dropped += 1  # deque(maxlen) drops the oldest on append
+                evicted = self._items[0]
             self._items.append(item)
             self._cond.notify()
+        return evicted
 
     def get(self, timeout: float) -> T | None:
         """Oldest item, or None after ``timeout`` seconds or once closed and empty."""

@@ -1,134 +1,93 @@
-"""ZeroMQ publisher thread: one PUB socket, multipart messages in the wire format.
+"""ZeroMQ publisher: the built-in ``zmq`` sink, one PUB socket, multipart wire messages.
 
-The thread creates, binds, uses and closes its PUB socket itself (a ZeroMQ socket
-must stay in one thread). Hop messages add ``hop`` (the hop number, shared by all
-messages of one hop) and ``stream_s`` (where the hop's newest audio starts, in
-seconds since the input began) to the wire header. Per hop and channel it sends
-``match.<c>``, ``tag.<c>``, ``level.<c>`` and ``emb.<c>``, then ``similarity`` when
-there are several channels; ``status`` once a second, and a last one with
-``"final": true`` when the daemon stops. Frames come from
-:func:`emberd.clients.wire.encode`.
-The send high-water mark is explicit (:data:`SNDHWM_MESSAGES`); a slow subscriber
-loses messages (visible as gaps in its per-topic ``seq``), it never slows the daemon.
-A subscriber that joins late asks the control channel for ``status``.
+Registered as ``emberd.sinks: zmq`` and run like every sink by
+:mod:`emberd.daemon.outputs` (own thread, bounded drop-oldest handoff). The sink is
+constructed on its thread and creates, binds, uses and closes its PUB socket there (a
+ZeroMQ socket must stay in one thread), in its own context. Messages arrive already
+built -- ``match.<c>``, ``tag.<c>``, ``level.<c>``, ``emb.<c>``, ``similarity``, ``status``
+(a last one with ``"final": true`` when the daemon stops), ``hit.<c>`` -- and leave as
+``[topic, JSON header, raw array?]`` (:func:`emberd.clients.wire.pack`). Hop messages
+carry ``hop`` (the hop number) and ``stream_s`` (where the hop's newest audio starts).
+The send high-water mark is explicit (:data:`SNDHWM_MESSAGES`); a slow subscriber loses
+messages (gaps in its per-topic ``seq``, and ``dropped`` here when the socket says so),
+it never slows the daemon. A subscriber that joins late asks the control channel for
+``status``.
+
+Options: ``endpoint`` (default ``tcp://127.0.0.1:5556``; loopback unless ``listen_any=1``),
+``embedding`` (``0`` leaves out ``emb.<c>``).
 
 Shared attributes (written by -> read by):
 
-* ``endpoint`` the bound endpoint, with the real port (this thread, before ``bound`` is set
-  -> app)
-* ``stats.publisher_drops["zmq"]`` (this thread -> status)
-* ``stats.latency_ring("zmq")`` (this thread -> status)
+* ``endpoint`` the bound endpoint with the real port (sink thread, before the runner's
+  ``ready`` -> app)
+* ``dropped`` messages the socket refused (sink thread -> its runner)
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-import time
 from typing import Any
 
+import numpy as np
+
 from emberd.clients import wire
-from emberd.daemon.handoff import Handoff
-from emberd.daemon.status import DaemonStats
-from emberd.daemon.worker import EndOfStream, HopResult, Item, StatusItem
 from emberd.daemon.zmqbind import bind_socket
+from emberd.errors import EmberdError
 
 log = logging.getLogger(__name__)
 
 SNDHWM_MESSAGES = 1000  # queued messages per subscriber: ~2 s of 8-channel hops
-GET_TIMEOUT_S = 0.2  # wake-up period to notice a stop request
 FLUSH_LINGER_MS = 1000  # at the end of a file: let queued messages reach subscribers
 
 
-class ZmqPublisher(threading.Thread):
-    """Publishes hops and status on a ZeroMQ PUB socket (see module docstring)."""
+class ZmqSink:
+    """Publishes every message on a ZeroMQ PUB socket (see module docstring)."""
 
     def __init__(
-        self,
-        endpoint: str,
-        handoff: Handoff[Item],
-        stats: DaemonStats,
-        *,
-        context: Any,
-        send_embedding: bool = True,
+        self, endpoint: str = wire.DEFAULT_PUB_ENDPOINT, *, embedding: bool = True
     ) -> None:
-        super().__init__(name="emberd-zmq-pub", daemon=True)
+        import zmq
+
         self.endpoint = endpoint
-        self.handoff = handoff
-        self.stats = stats
-        self.context = context
-        self.send_embedding = send_embedding
+        self.embedding = embedding
+        self.context: Any = zmq.Context()
         self.bound = threading.Event()
         self.error: BaseException | None = None
-        self.send_drops = 0
-        self.encode_errors = 0
-        self._seq: dict[bytes, int] = {}
-        self._latency = stats.latency_ring("zmq")
-        self._sock: Any = None
+        self.dropped = 0
+        self._final = False
+        self._sock = bind_socket(self, zmq.PUB, {zmq.SNDHWM: SNDHWM_MESSAGES})
+        if self._sock is None:
+            self.context.term()
+            raise EmberdError(f"--zmq {endpoint}: cannot bind ({self.error})")
+        self._noblock = zmq.NOBLOCK
+        self._again = zmq.Again
 
-    def run(self) -> None:
-        import zmq
-
-        sock = bind_socket(self, zmq.PUB, {zmq.SNDHWM: SNDHWM_MESSAGES})
-        if sock is None:
+    def publish(self, topic: str, header: dict[str, Any], array: np.ndarray | None) -> None:
+        if array is not None and not self.embedding and header.get("kind") == wire.KIND_EMB:
             return
-        self._sock = sock
-        linger = 0  # on shutdown by signal/close: drop what is queued, exit at once
+        if header.get("final"):
+            self._final = True
+        elif header.get("kind") == wire.KIND_STATUS and header.get("status", {}).get("final"):
+            self._final = True
         try:
-            while True:
-                item = self.handoff.get(GET_TIMEOUT_S)
-                self.stats.publisher_drops["zmq"] = self.handoff.dropped + self.send_drops
-                if item is None:
-                    if self.handoff.closed:
-                        return
-                    continue
-                if isinstance(item, EndOfStream):
-                    # Last word: subscribers know nothing more will come.
-                    final = {**self.stats.snapshot(), "final": True}
-                    self._send(wire.KIND_STATUS, None, time.time(), final.get("model", ""),
-                               status=final)  # fmt: skip
-                    linger = FLUSH_LINGER_MS
-                    return
-                try:
-                    if isinstance(item, StatusItem):
-                        self._send(wire.KIND_STATUS, None, item.capture_time,
-                                   item.status.get("model", ""), status=item.status)  # fmt: skip
-                    else:
-                        self._hop(item)
-                except Exception:  # a bug in one message must not silence the socket
-                    self.encode_errors += 1
-                    if self.encode_errors == 1:
-                        log.exception("ZeroMQ publisher: cannot encode a message")
-        finally:
-            sock.close(linger=linger)
+            self._sock.send_multipart(wire.pack(topic, header, array), flags=self._noblock)
+        except self._again:  # PUB drops at the HWM anyway; count it when the socket says so
+            self.dropped += 1
 
-    def _send(
-        self, kind: str, channel: int | None, capture_time: float, model: str, **kw: Any
-    ) -> None:
-        import zmq
+    def close(self) -> None:
+        # After the final status: let queued messages reach subscribers; on a stop
+        # request: drop what is queued and exit at once.
+        self._sock.close(linger=FLUSH_LINGER_MS if self._final else 0)
+        self.context.term()
 
-        topic = wire.topic_for(kind, channel)
-        seq = self._seq.get(topic, 0)
-        self._seq[topic] = seq + 1
-        frames = wire.encode(kind, seq=seq, capture_time=capture_time, model=model,
-                             channel=channel, **kw)  # fmt: skip
-        try:
-            self._sock.send_multipart(frames, flags=zmq.NOBLOCK)
-        except zmq.Again:  # PUB drops at the HWM anyway; count it when the OS says so
-            self.send_drops += 1
 
-    def _hop(self, hop: HopResult) -> None:
-        t, model = hop.capture_time, hop.model
-        common = {"hop": hop.seq, "stream_s": round(hop.stream_s, 6)}
-        for c, channel in enumerate(hop.channels):
-            self._send(wire.KIND_MATCH, channel, t, model, matches=hop.matches[c], **common)
-            self._send(wire.KIND_TAG, channel, t, model, tags=hop.tags[c], **common)
-            rms_db, peak_db, onset = hop.levels[c]
-            self._send(wire.KIND_LEVEL, channel, t, model, rms_db=round(rms_db, 2),
-                       peak_db=round(peak_db, 2), onset=bool(onset), **common)  # fmt: skip
-            if self.send_embedding:
-                self._send(wire.KIND_EMB, channel, t, model, array=hop.embeddings[c], **common)
-        if hop.similarity is not None:
-            self._send(wire.KIND_SIMILARITY, None, t, model, channels=list(hop.channels),
-                       array=hop.similarity, **common)  # fmt: skip
-        self._latency.add((time.time() - hop.capture_time) * 1000.0)
+def factory(options: dict[str, str]) -> ZmqSink:
+    """Entry point ``emberd.sinks: zmq``."""
+    from emberd.daemon import netpolicy
+
+    endpoint = netpolicy.check_zmq_endpoint(
+        options.get("endpoint", wire.DEFAULT_PUB_ENDPOINT), "--zmq",
+        listen_any=options.get("listen_any", "0") == "1",
+    )  # fmt: skip
+    return ZmqSink(endpoint, embedding=options.get("embedding", "1") != "0")

@@ -22,7 +22,11 @@ its last datagram sent; the slowest transport), ``latency_ms_by_transport``,
 ``overflows`` (frames the callback could not store), ``dropped_hops`` (hops skipped by
 a late worker plus hops dropped by full publisher queues), ``rejected`` (malformed
 control requests and OSC datagrams), ``rejected_control``, ``rejected_osc``,
-``nonfinite_samples``, ``osc_targets``, ``zmq_pub``, ``control``, ``osc_in``.
+``nonfinite_samples``, ``osc_targets``, ``zmq_pub``, ``control``, ``osc_in``,
+``publisher_drops`` (hops dropped by each output's full handoff), ``outputs`` (per output:
+messages ``published``, ``dropped`` = ``queue_dropped`` + ``transport_dropped``, ``errors``,
+``disabled``, ``queued``; see :mod:`emberd.daemon.outputs`), ``analyzers`` (per analyser:
+``calls``, ``errors``, ``disabled``).
 """
 
 from __future__ import annotations
@@ -91,6 +95,7 @@ class DaemonStats:
         self.overflows = 0
         self.nonfinite_samples = 0
         self.publisher_drops: dict[str, int] = {}
+        self.outputs: Any = None  # emberd.daemon.outputs.Outputs, set once by the app
         self.jitter_max_run_ms = 0.0  # largest |interval - nominal| since start
         self.info: dict[str, Any] = {}
         self._lock = threading.Lock()  # snapshot vs. jitter ring update (not the callback)
@@ -148,4 +153,7 @@ class DaemonStats:
             rejected_control=self.rejected_control,
             rejected_osc=self.rejected_osc,
         )
+        if self.outputs is not None:
+            status["outputs"] = self.outputs.describe()
+            status["analyzers"] = self.outputs.describe_analyzers()
         return status

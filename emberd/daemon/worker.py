@@ -1,12 +1,12 @@
-"""The analysis worker: ring -> mel frames -> encoder every hop -> search -> tags -> handoffs.
+"""The analysis worker: ring -> mel frames -> encoder every hop -> search -> outputs.
 
 One thread. It drains the :class:`~emberd.dsp.ring.SampleRing` the producer (audio
 callback or file/synth feeder) fills, pushes each selected channel through its own
 :class:`~emberd.dsp.frontend.StreamingFrontEnd`, and every ``hop_frames`` mel frames
-runs the encoder on all channels as one batch, searches the library, votes tags,
-measures level/onset and the channel similarity matrix, and hands one
-:class:`HopResult` to every publisher's :class:`~emberd.daemon.handoff.Handoff`
-(drop-oldest; it never waits for a transport).
+runs the encoder on all channels as one batch, searches the library, measures
+level/onset, and hands one :class:`HopResult` to :class:`~emberd.daemon.outputs.Outputs`
+(analysers add tags and similarity; one drop-oldest handoff per sink: it never waits
+for a transport).
 
 Commands from the control threads (``set_k``, ``set_model``, ``reload``, ``capture``)
 arrive on a queue and are applied between hops, so the worker alone touches the
@@ -36,9 +36,9 @@ from typing import Any
 
 import numpy as np
 
-from emberd.daemon.analysis import OnsetDetector, cosine_matrix, level_db, vote_tags
+from emberd.daemon.analysis import OnsetDetector, level_db
 from emberd.daemon.engine import Engine
-from emberd.daemon.handoff import Handoff
+from emberd.daemon.hits import HitResult
 from emberd.daemon.status import DaemonStats
 from emberd.errors import EmberdError
 
@@ -66,9 +66,7 @@ class HopResult:
     channels: list[int]
     embeddings: np.ndarray  # [C, dim] float32, a copy
     matches: list[list[dict[str, Any]]]
-    tags: list[list[dict[str, Any]]]
     levels: list[tuple[float, float, bool]]  # (rms_db, peak_db, onset) per channel
-    similarity: np.ndarray | None  # [C, C] when C > 1
 
 
 @dataclass
@@ -84,7 +82,7 @@ class EndOfStream:
     """The input ended (file without --loop); publishers flush and exit."""
 
 
-Item = HopResult | StatusItem | EndOfStream
+Item = HopResult | StatusItem | EndOfStream | HitResult
 
 
 @dataclass
@@ -123,8 +121,8 @@ class Worker(threading.Thread):
     channel_index : list of int
         Ring columns to analyse; their numbers are the published channel numbers.
         ``[-1]`` analyses the mix of all columns, published as channel 0.
-    handoffs : list of Handoff
-        One per publisher.
+    handoffs : list
+        What items go to (the daemon's :class:`~emberd.daemon.outputs.Outputs`).
     stats : DaemonStats
     k : int
         Matches per hop.
@@ -139,7 +137,7 @@ class Worker(threading.Thread):
         engine: Engine,
         open_library: Callable[[], Any],
         channel_index: list[int],
-        handoffs: list[Handoff[Item]],
+        handoffs: list[Any],
         stats: DaemonStats,
         k: int,
         realtime: bool,
@@ -340,8 +338,6 @@ class Worker(threading.Thread):
         if top is not None:
             self.stats.matched_hops += 1
             self.stats.last_top1 = str(top.get("name", ""))
-        tags = [vote_tags(m) for m in matches]
-        sim = cosine_matrix(emb) if len(self.channels) > 1 else None
         self.stats.hop_work_ms.add((time.perf_counter() - t0) * 1000.0)
         result = HopResult(
             seq=self._seq,
@@ -351,10 +347,8 @@ class Worker(threading.Thread):
             channels=self.channels,
             embeddings=np.array(emb, dtype=np.float32, copy=True),
             matches=matches,
-            tags=tags,
             levels=levels,
-            similarity=sim,
-        )
+        )  # tags, level and similarity messages: emberd.daemon.analyzers
         self._seq += 1
         self.stats.hops += 1
         for h in self.handoffs:

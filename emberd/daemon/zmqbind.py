@@ -3,7 +3,8 @@
 The control server (REP) and the publisher (PUB) create and bind their socket
 inside their own thread (a ZeroMQ socket must stay on one thread); the main
 thread waits on ``bound`` and then reads ``endpoint`` (the real port after
-``tcp://127.0.0.1:*``) or ``error``.
+``tcp://127.0.0.1:*``) or ``error``. Every such socket refuses legacy ZMTP 1.0
+peers (see :func:`bind_socket`).
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import threading
 from collections.abc import Mapping
 from typing import Any, Protocol
+
+ZAP_DOMAIN = b"emberd"  # no ZAP handler runs: NULL-mechanism peers are let in as before
 
 
 class BindingThread(Protocol):
@@ -46,6 +49,10 @@ def bind_socket(owner: BindingThread, kind: int, options: Mapping[int, int] | No
     sock = owner.context.socket(kind)
     try:
         sock.setsockopt(zmq.LINGER, 0)
+        # A ZAP domain makes libzmq refuse ZMTP 1.0 peers (which it otherwise accepts
+        # unauthenticated); every client of ours speaks ZMTP 3, and no HTTP request a
+        # web page can make parses as ZMTP 3 (its greeting starts with byte 0xFF).
+        sock.setsockopt(zmq.ZAP_DOMAIN, ZAP_DOMAIN)
         for opt, value in (options or {}).items():
             sock.setsockopt(opt, value)
         try:

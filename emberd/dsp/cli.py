@@ -93,7 +93,7 @@ def features_main(args: argparse.Namespace) -> int:
 
 def devices_main(args: argparse.Namespace) -> int:
     """Handler of ``emberd devices``."""
-    from emberd.daemon.capture import list_devices, resolve_input_device
+    from emberd.dsp.device import list_devices, resolve_input_device
 
     if args.device is not None:
         devices = [resolve_input_device(args.device)]

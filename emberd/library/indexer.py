@@ -173,6 +173,39 @@ def window_weights(energy: np.ndarray, starts: np.ndarray, window_frames: int) -
     )
 
 
+def embed_files(
+    encoder: Any, mels: list[np.ndarray], manifest: Any
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Window several files' mel matrices and embed all windows in encoder batches.
+
+    Returns
+    -------
+    list of (starts, embeddings)
+        Per file: the first frame of each window (int64 ``[W]``) and the window
+        embeddings (float32 ``[W, dim]``).
+    """
+    from emberd.models.embedding import frame_windows
+
+    m = manifest
+    all_windows = [np.zeros((0, m.window_frames, m.n_mels), np.float32)]
+    spans = []
+    for mel in mels:
+        windows, starts = frame_windows(
+            mel, window_frames=m.window_frames, hop_frames=m.hop_frames, tail="pad"
+        )
+        all_windows.append(windows)
+        spans.append(starts)
+    stacked = np.concatenate(all_windows)
+    emb = np.empty((len(stacked), m.dim), np.float32)
+    for i in range(0, len(stacked), EMBED_BATCH_WINDOWS):
+        emb[i : i + EMBED_BATCH_WINDOWS] = encoder.embed(stacked[i : i + EMBED_BATCH_WINDOWS])
+    out, pos = [], 0
+    for starts in spans:
+        out.append((starts, emb[pos : pos + len(starts)]))
+        pos += len(starts)
+    return out
+
+
 PARENT_POLL_S = 0.5  # how quickly an orphaned worker notices its parent is gone
 
 
@@ -381,44 +414,42 @@ class Indexer:
     def encoder(self) -> Any:
         """The model's encoder, created on first use (after the workers started)."""
         if self._encoder is None:
-            from emberd.models.runtime import Encoder
+            from emberd.models.plugin import load_encoder
 
-            self._encoder = Encoder(self.manifest, device="auto", threads=self.threads)
+            self._encoder = load_encoder(self.manifest, device="auto", threads=self.threads)
         return self._encoder
 
     def _commit(self, batch: list[tuple[Candidate, dict[str, Any]]], summary: Summary) -> int:
         """Embed a batch of decoded files and store them in one transaction."""
-        from emberd.models.embedding import frame_windows, pool
+        return self._store_batch(batch, self._embed_batch(batch), summary)
+
+    def _embed_batch(
+        self, batch: list[tuple[Candidate, dict[str, Any]]]
+    ) -> list[tuple[np.ndarray, np.ndarray] | None]:
+        """Per file: ``(window starts, window embeddings)``, or None when only the
+        identification data is refreshed (emberd.library.ray_index embeds in Ray actors)."""
+        need = [res["mel"] for _cand, res in batch if res["need_embedding"]]
+        it = iter(embed_files(self.encoder, need, self.manifest))
+        return [next(it) if res["need_embedding"] else None for _cand, res in batch]
+
+    def _store_batch(
+        self,
+        batch: list[tuple[Candidate, dict[str, Any]]],
+        embedded: list[tuple[np.ndarray, np.ndarray] | None],
+        summary: Summary,
+    ) -> int:
+        """Pool and store a batch of embedded files in one transaction (the only writer)."""
+        from emberd.models.embedding import pool
 
         m = self.manifest
-        all_windows = [np.zeros((0, m.window_frames, m.n_mels), np.float32)]
-        spans: list[np.ndarray | None] = []
-        for _cand, res in batch:
-            if not res["need_embedding"]:
-                spans.append(None)
-                continue
-            windows, starts = frame_windows(
-                res["mel"], window_frames=m.window_frames, hop_frames=m.hop_frames, tail="pad"
-            )
-            all_windows.append(windows)
-            spans.append(starts)
-        stacked = np.concatenate(all_windows)
-        emb = np.empty((len(stacked), m.dim), np.float32)
-        for i in range(0, len(stacked), EMBED_BATCH_WINDOWS):
-            emb[i : i + EMBED_BATCH_WINDOWS] = self.encoder.embed(
-                stacked[i : i + EMBED_BATCH_WINDOWS]
-            )
         hop_s = self.frontend.hop_seconds
         stored = 0
-        pos = 0
         rows: list[tuple[Candidate, dict[str, Any], np.ndarray | None, list[Any]]] = []
-        for (cand, res), span in zip(batch, spans, strict=True):
+        for (cand, res), span in zip(batch, embedded, strict=True):
             if span is None:  # landmarks only: the stored vectors are current
                 rows.append((cand, res, None, []))
                 continue
-            starts = span
-            file_emb = emb[pos : pos + len(starts)]
-            pos += len(starts)
+            starts, file_emb = span
             weights = window_weights(res["energy_per_frame"], starts, m.window_frames)
             vec = pool(file_emb, "energy", weights)
             bad = not np.all(np.isfinite(file_emb)) or not np.all(np.isfinite(vec))

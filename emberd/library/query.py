@@ -461,10 +461,10 @@ _ENCODERS: dict[str, Any] = {}
 def encoder_for(model: str) -> Any:
     """A cached :class:`emberd.models.runtime.Encoder` for ``model`` (query side)."""
     if model not in _ENCODERS:
+        from emberd.models.plugin import load_encoder
         from emberd.models.registry import resolve
-        from emberd.models.runtime import Encoder
 
-        _ENCODERS[model] = Encoder(resolve(model), device="auto", threads=2)
+        _ENCODERS[model] = load_encoder(resolve(model), device="auto", threads=2)
     return _ENCODERS[model]
 
 

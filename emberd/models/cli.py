@@ -89,7 +89,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     """Print one model's manifest, its file and the provider that would run it."""
     from emberd.errors import ComponentMissing
     from emberd.models import registry
-    from emberd.models.runtime import Encoder
+    from emberd.models.plugin import load_encoder
 
     try:
         manifest = registry.resolve(args.name)
@@ -101,7 +101,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         manifest, ready = known[args.name], False
     info = {**manifest.to_dict(), "ready": ready, "provider": None, "requested": args.provider}
     if ready:
-        info["provider"] = Encoder(manifest, device=args.provider, warmup=False).provider
+        info["provider"] = load_encoder(manifest, device=args.provider, warmup=False).provider
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -138,7 +138,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
     from emberd.errors import EmberdError
     from emberd.models import registry
     from emberd.models.embedding import embed_file_windows, pool
-    from emberd.models.runtime import Encoder
+    from emberd.models.plugin import load_encoder
 
     out = Path(args.out)
     if out.suffix != ".npy":
@@ -146,7 +146,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
     if not out.parent.is_dir():
         raise EmberdError(f"{out.parent}: folder does not exist")
     manifest = registry.resolve_default(args.model)
-    encoder = Encoder(manifest, device=args.provider, threads=args.threads)
+    encoder = load_encoder(manifest, device=args.provider, threads=args.threads)
     rows: list[np.ndarray] = []
     index: list[dict[str, Any]] = []
     count = 0

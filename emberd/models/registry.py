@@ -31,10 +31,9 @@ FALLBACK_MODEL = "dsp-baseline"
 
 
 def _builtin(name: str, root: Path) -> ModelManifest:
+    # The package's manifest is the truth for a built-in model (a copy fetched by an older
+    # emberd may lack newer fields such as "silence_skip"); the .onnx lives in ``folder``.
     folder = root / name
-    fetched = folder / MANIFEST_FILE
-    if fetched.is_file():
-        return load_manifest(fetched, origin="builtin")
     data = builtin_manifest_dict(name)
     return parse_manifest(data, folder, where=f"built-in {name}", origin="builtin")
 
@@ -56,6 +55,13 @@ def list_models() -> list[ModelManifest]:
         except EmberdError as exc:  # one broken user model must not hide the others
             log.warning("skipping %s", exc)
     return found
+
+
+def plugin_names() -> list[str]:
+    """Encoder plug-ins installed from other packages (``emberd.encoders``)."""
+    from emberd import plugins
+
+    return [p.name for p in plugins.discover(plugins.GROUP_ENCODERS) if not p.builtin]
 
 
 def _models_root() -> Path:
@@ -90,7 +96,12 @@ def resolve(name: str) -> ModelManifest:
         return manifest
     path = root / name / MANIFEST_FILE
     if not path.is_file():
-        known = ", ".join(m.name for m in list_models())
+        from emberd.models.plugin import plugin_manifest
+
+        found = plugin_manifest(name)  # an emberd.encoders plug-in from another package
+        if found is not None:
+            return found
+        known = ", ".join([m.name for m in list_models()] + plugin_names())
         raise EmberdError(f"model {name!r}: unknown (known: {known})")
     manifest = load_manifest(path)
     if not available(manifest):

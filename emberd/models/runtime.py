@@ -31,6 +31,7 @@ import numpy as np
 from emberd.errors import EmberdError
 from emberd.models.manifest import ModelManifest
 from emberd.models.onnxrt import onnxruntime
+from emberd.models.silence_skip import MANIFEST_KEY
 
 log = logging.getLogger(__name__)
 
@@ -185,6 +186,11 @@ class Encoder:
     warmup : bool
         Run one window through the model on construction, so the first live
         hop does not pay for lazy initialisation.
+    skip_silence : bool, optional
+        Compute windows that are mostly silence only over their sound's cone
+        (:mod:`emberd.models.silence_skip`; same embeddings). ``None``: on
+        when the manifest says ``"silence_skip": true`` and the graph runs on
+        CPU; ``True`` on a manifest that does not say so raises.
 
     Attributes
     ----------
@@ -200,6 +206,7 @@ class Encoder:
         threads: int = DEFAULT_THREADS,
         spinning: bool = DEFAULT_SPINNING,
         warmup: bool = True,
+        skip_silence: bool | None = None,
     ) -> None:
         if device not in DEVICES:
             raise EmberdError(f"device {device!r}: choose from {', '.join(DEVICES)}")
@@ -241,12 +248,35 @@ class Encoder:
             [(o.name, o.shape) for o in self.session.get_outputs()],
         )
         self.min_frames = int(manifest.extra.get("min_frames", 1))
+        self.skipper: Any = None
+        if skip_silence is None:
+            skip_silence = bool(manifest.extra.get(MANIFEST_KEY)) and self.provider == CPU_EP
+        if skip_silence:
+            self.skipper = self._silence_skip(providers, opts)
         self._binding: Any = None
         self._bound: Any = None  # device OrtValue reused while the shape is unchanged
         if self.provider == CUDA_EP:
             self._binding = self.session.io_binding()
         if warmup:
-            self.embed(np.zeros((1, manifest.window_frames, manifest.n_mels), np.float32))
+            self._run_full(np.zeros((1, manifest.window_frames, manifest.n_mels), np.float32))
+
+    def _silence_skip(self, providers: list[Any], opts: Any) -> Any:
+        from emberd.models import silence_skip
+
+        manifest = self.manifest
+        if manifest.extra.get(MANIFEST_KEY) is not True:
+            raise EmberdError(
+                f"model {manifest.name}: its manifest does not declare "
+                f'"{MANIFEST_KEY}": true, so silence skipping is off for it'
+            )
+        ort = onnxruntime()
+
+        def make(graph: bytes) -> Any:
+            return ort.InferenceSession(graph, sess_options=opts, providers=providers)
+
+        return silence_skip.load(
+            str(manifest.path), manifest.window_frames, manifest.n_mels, make
+        )
 
     @property
     def dim(self) -> int:
@@ -285,6 +315,12 @@ class Encoder:
             float32 ``[batch, dim]``.
         """
         x = self._check(x)
+        if self.skipper is not None and x.shape[1] == self.skipper.window_frames:
+            return np.asarray(self.skipper.embed(x, self._run_full), dtype=np.float32)
+        return self._run_full(x)
+
+    def _run_full(self, x: np.ndarray) -> np.ndarray:
+        """The plain graph on every frame of ``x``."""
         if self._binding is None:
             out = self.session.run([self.manifest.output_name], {self.manifest.input_name: x})[0]
         else:

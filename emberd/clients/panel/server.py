@@ -1,6 +1,7 @@
 """``emberd panel``: the mix-down assistant web page and its ZeroMQ -> WebSocket bridge.
 
-One port serves everything (websockets' ``process_request`` answers plain HTTP):
+One port serves everything (websockets' ``process_request`` answers plain HTTP), to
+the panel's own page only (:mod:`emberd.clients.panel.guard`: another web page gets 403):
 
 * ``/``, ``/app.js``, ``/style.css`` -- the page, from the package (no CDN);
 * ``/map.json`` -- the library map (points only, no paths);
@@ -35,6 +36,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from emberd.clients.messages import ConnectionEvent, EmbMessage, Item, to_json
+from emberd.clients.panel.guard import SECURITY_HEADERS, refusal
 from emberd.clients.panel.libmap import LibraryMap
 from emberd.errors import EmberdError
 
@@ -48,7 +50,6 @@ STATIC_FILES = {
 }
 AUDIO_MAX_S = 60.0  # longest audition served; one-shots and loops are far shorter
 AUDIO_RE = re.compile(r"^/audio/(\d{1,12})$")
-LOCAL_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 POLL_S = 0.2  # subscriber thread wakes this often to notice shutdown
 FLUSH_S = 1 / 30  # pages get at most 30 updates a second per kind and channel
 
@@ -60,6 +61,7 @@ def _response(status: HTTPStatus, body: bytes, content_type: str) -> Response:
             ("Content-Length", str(len(body))),
             ("Cache-Control", "no-store"),
             ("X-Content-Type-Options", "nosniff"),
+            *SECURITY_HEADERS,
         ]
     )
     return Response(status.value, status.phrase, headers, body)
@@ -123,16 +125,17 @@ class PanelServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.started = threading.Event()
         self.bridged = 0  # messages handed to the browser side
+        self.refused = 0  # requests refused by guard.refusal (event loop thread)
         self._ids_by_path = {p: i for i, p in library_map.paths.items()} if library_map else {}
 
     # -- HTTP ------------------------------------------------------------------------
     def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         """Answer plain HTTP; return ``None`` to let ``/ws`` become a WebSocket."""
-        host = request.headers.get("Host", "").rsplit(":", 1)[0]
-        if self.host in ("127.0.0.1", "localhost") and host not in LOCAL_HOSTS:
-            # A page on another origin reaching us through DNS rebinding.
-            return _text(HTTPStatus.FORBIDDEN, "forbidden host\n")
         path = request.path.split("?", 1)[0]
+        why = refusal(request.headers, path, self.host)  # another web page: nothing
+        if why is not None:
+            self.refused += 1
+            return _text(HTTPStatus.FORBIDDEN, f"{why}\n")
         if path == "/ws":
             return None
         if path in STATIC_FILES:
