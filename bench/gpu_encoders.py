@@ -1,4 +1,4 @@
-"""Per-hop encoder latency on a CUDA machine: windowed vs streaming aiSFX.
+"""Per-hop encoder latency on a CUDA machine: windowed vs streaming aiSFX, silence skipping, int8.
 
 A one-shot measurement script for a GPU machine that has onnxruntime-gpu
 unpacked beside a CPU onnxruntime (the lent device image), so the usual
@@ -11,6 +11,11 @@ Usage::
 
 The BatchNorm-folded conv weights for the streaming encoder are read back from
 the converted ONNX graph (its Conv initialisers), so no wheel is needed.
+
+Also measured, on CPU and CUDA: a live hit's onset-aligned window (sound in the
+last ``HIT_FRAMES`` frames, the rest silence) and batches of 32 one-shot windows
+(sound in the first ``ONESHOT_FRAMES``), each through ``aisfx`` with silence
+skipping, ``aisfx`` on full windows and ``aisfx-int8`` (built on first use).
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ import numpy as np
 N_MELS = 96  # aisfx preset bands
 WINDOW_FRAMES = 100  # 2.32 s at 1024-sample hops, 44.1 kHz
 STEP_FRAMES = 8  # one block-4 column of the aiSFX stack
+HIT_FRAMES = 13  # a 0.3 s hit at 1024-sample hops
+ONESHOT_FRAMES = 31  # median hydrogen-drumkits sample length in frames
 
 
 def _relax_double_install_guard() -> None:
@@ -98,6 +105,22 @@ def main() -> None:
             x = rng.random((batch, WINDOW_FRAMES, N_MELS), dtype=np.float32)
             record(f"windowed {enc.provider} batch {batch}", lambda x=x, e=enc: e.embed(x),
                    runs=args.runs if batch < 32 else 50)
+
+    hit = np.zeros((1, WINDOW_FRAMES, N_MELS), np.float32)
+    hit[0, -HIT_FRAMES:] = rng.random((HIT_FRAMES, N_MELS), dtype=np.float32)
+    shots = np.zeros((32, WINDOW_FRAMES, N_MELS), np.float32)
+    shots[:, :ONESHOT_FRAMES] = rng.random((32, ONESHOT_FRAMES, N_MELS), dtype=np.float32)
+    for device in ("cpu", "cuda"):
+        for model, skip in (("aisfx", True), ("aisfx", False), ("aisfx-int8", None)):
+            try:
+                enc = Encoder(resolve(model), device=device, threads=args.threads,
+                              skip_silence=skip)
+            except Exception as exc:
+                print(f"{model} {device}: FAILED {exc}")
+                continue
+            tag = f"{model}{' skip' if enc.skipper is not None else ' full'} {enc.provider}"
+            record(f"{tag} hit window", lambda e=enc: e.embed(hit))
+            record(f"{tag} 32 one-shots", lambda e=enc: e.embed(shots), runs=50)
 
     for edges, device in (("exact", "cpu"), ("continuous", "cpu"), ("continuous", "cuda")):
         for channels in (1, 8):

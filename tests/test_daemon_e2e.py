@@ -212,12 +212,19 @@ def test_pub_sub_multichannel_and_osc_targets(
     assert m0.publish_time >= m0.capture_time
     emb = kinds["emb"][-1]
     assert emb.array is not None and emb.array.shape == (status["dim"],)
-    # mid-performance: the end of the input is followed by a window of silence (flush)
-    sim = kinds["similarity"][len(kinds["similarity"]) // 2]
+    sim = [m for m in kinds["similarity"] if not m.header["silent"]][-1]
     assert sim.array is not None and sim.array.shape == (3, 3)
     np.testing.assert_allclose(np.diag(sim.array), 1.0, atol=1e-4)
     np.testing.assert_allclose(sim.array, sim.array.T, atol=1e-6)
     assert sim.header["channels"] == [0, 1, 2]
+    # Mix-down: rate-limited loudness/class per channel and one masking message.
+    assert {"loudness", "class", "masking"} <= set(kinds)
+    assert {m.channel for m in kinds["loudness"]} == {0, 1, 2}
+    loud = kinds["loudness"][-1]
+    assert loud.array is not None and loud.array.shape == (len(loud.header["bands_hz"]),)
+    assert len(kinds["loudness"]) <= 3 * (5 * 3.0 + 2)  # 5/s per channel over 3 s of audio
+    mask = kinds["masking"][-1]
+    assert mask.array is not None and mask.array.shape[:2] == (3, 3)
     tag_msg = kinds["tag"][-1]
     assert sum(t["confidence"] for t in tag_msg.header["tags"]) <= 1.0 + 1e-6
     # --- OSC: every target got the same datagrams, none over the size limit
@@ -226,7 +233,8 @@ def test_pub_sub_multichannel_and_osc_targets(
     packets = [fmt.decode(d) for d in got[0]]
     addresses = {p.address for p in packets}
     assert {fmt.ADDR_MATCH, fmt.ADDR_TAGS, fmt.ADDR_LEVEL, fmt.ADDR_EMB, fmt.ADDR_PROJ,
-            fmt.ADDR_SIMILARITY} <= addresses  # fmt: skip
+            fmt.ADDR_SIMILARITY, fmt.ADDR_LOUDNESS, fmt.ADDR_CLASS,
+            fmt.ADDR_MASKING} <= addresses  # fmt: skip
     osc_matches = [p for p in packets if p.address == fmt.ADDR_MATCH]
     assert all(p.fields["path"].startswith(fmt.ELLIPSIS) for p in osc_matches)  # long paths
     assert all(p.fields["path"].endswith(".wav") for p in osc_matches)

@@ -7,9 +7,10 @@ import threading
 import numpy as np
 import pytest
 
-from emberd.daemon.analysis import OnsetDetector, cosine_matrix, level_db, vote_tags
+from emberd.daemon.analysis import OnsetDetector, level_db, vote_tags
 from emberd.daemon.app import parse_channels
 from emberd.daemon.handoff import Handoff
+from emberd.daemon.mixdown import centred_similarity
 from emberd.daemon.netpolicy import check_listen_host, check_zmq_endpoint, is_loopback
 from emberd.dsp.clock import BlockClock
 from emberd.errors import EmberdError
@@ -46,10 +47,18 @@ def test_level_and_onset() -> None:
 
 
 def test_similarity_matrix() -> None:
-    e = np.array([[1, 0, 0], [2, 0, 0], [0, 1, 0]], np.float32)
-    sim = cosine_matrix(e)
-    np.testing.assert_allclose(sim, [[1, 1, 0], [1, 1, 0], [0, 0, 1]], atol=1e-6)
+    e = np.array([[1, 0, 0], [2, 0, 0], [0, 1, 0], [0, 0, 1]], np.float32)
+    sim = centred_similarity(e, None, [False, False, False, True])
+    np.testing.assert_allclose(sim[:3, :3], [[1, 1, 0], [1, 1, 0], [0, 0, 1]], atol=1e-6)
+    assert np.all(np.isnan(sim[3])) and np.all(np.isnan(sim[:, 3]))  # silent, never 1.00
     assert sim.dtype == np.float32
+    # Two sounds sharing a big common part: raw cosine 0.98, centred on that part 0.
+    common = np.array([0.0, 0.0, 5.0])
+    a, b = np.array([1.0, 0.0, 0.0]) + common, np.array([0.0, 1.0, 0.0]) + common
+    centre = (a / np.linalg.norm(a) + b / np.linalg.norm(b)) / 2
+    raw = centred_similarity(np.stack([a, b]), None, [False, False])
+    centred = centred_similarity(np.stack([a, b]), centre, [False, False])
+    assert raw[0, 1] > 0.95 and centred[0, 1] == pytest.approx(-1.0, abs=1e-6)
 
 
 def test_handoff_drops_oldest_and_counts() -> None:

@@ -150,6 +150,42 @@ class HitMessage(_Base):
 
 
 @dataclass(frozen=True)
+class ClassMessage(_Base):
+    """Mix-down: a channel's instrument class (``None``: no signal or no class head)."""
+
+    channel: int = 0
+    cls: str | None = None
+    confidence: float = 0.0
+    signal: bool = False
+
+
+@dataclass(frozen=True)
+class LoudnessMessage(_Base):
+    """Mix-down: a channel's loudness (LUFS), true peak (dBTP), crest factor and balance."""
+
+    channel: int = 0
+    momentary: float = -math.inf
+    short_term: float = -math.inf
+    integrated: float = -math.inf
+    true_peak: float = -math.inf
+    crest_db: float = 0.0
+    signal: bool = False
+    bands_hz: tuple[float, ...] = ()
+    balance_db: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    reference_db: tuple[float, ...] | None = None
+
+
+@dataclass(frozen=True)
+class MaskingMessage(_Base):
+    """Mix-down: masked share per (masker, maskee, critical band) and the suggestions."""
+
+    channels: tuple[int, ...] = ()
+    band_edges_hz: tuple[float, ...] = ()
+    fraction: np.ndarray = field(default_factory=lambda: np.zeros((0, 0, 0), np.float32))
+    suggestions: tuple[dict[str, Any], ...] = ()
+
+
+@dataclass(frozen=True)
 class ConnectionEvent:
     """A change in the link to the daemon, surfaced by the subscriber.
 
@@ -171,7 +207,7 @@ class ConnectionEvent:
 
 DaemonMessage = Union[  # noqa: UP007 - a runtime alias; `X | Y` needs Python 3.10 at runtime too
     MatchMessage, TagMessage, EmbMessage, LevelMessage, SimilarityMessage, StatusMessage,
-    HitMessage,
+    HitMessage, ClassMessage, LoudnessMessage, MaskingMessage,
 ]
 Item = Union[DaemonMessage, ConnectionEvent]  # noqa: UP007
 
@@ -230,6 +266,29 @@ def from_wire(msg: wire.Message) -> DaemonMessage:
                 peak_db=float(h.get("peak_db", -math.inf)), answer=str(h.get("answer", "none")),
                 matches=matches,
             )  # fmt: skip
+        if msg.kind == wire.KIND_CLASS:
+            cls = h.get("class")
+            return ClassMessage(**base, channel=ch, cls=None if cls is None else str(cls),
+                                confidence=float(h.get("confidence", 0.0)),
+                                signal=bool(h.get("signal", False)))  # fmt: skip
+        if msg.kind == wire.KIND_LOUDNESS:
+            ref = h.get("reference_db")
+            return LoudnessMessage(
+                **base, channel=ch, momentary=float(h["momentary"]),
+                short_term=float(h["short_term"]), integrated=float(h["integrated"]),
+                true_peak=float(h["true_peak"]), crest_db=float(h["crest_db"]),
+                signal=bool(h["signal"]), bands_hz=tuple(float(f) for f in h["bands_hz"]),
+                balance_db=msg.array.reshape(-1) if msg.array is not None else np.zeros(0),
+                reference_db=None if ref is None else tuple(float(v) for v in ref),
+            )  # fmt: skip
+        if msg.kind == wire.KIND_MASKING:
+            if msg.array is None or msg.array.ndim != 3:
+                raise wire.WireError("masking message without a [C, C, bands] payload")
+            return MaskingMessage(
+                **base, channels=tuple(int(c) for c in h["channels"]),
+                band_edges_hz=tuple(float(e) for e in h["band_edges_hz"]), fraction=msg.array,
+                suggestions=tuple(dict(x) for x in h.get("suggestions") or []),
+            )  # fmt: skip
         if msg.kind == wire.KIND_STATUS:
             status = h.get("status")
             if not isinstance(status, dict):
@@ -267,9 +326,24 @@ def to_json(item: Item) -> dict[str, Any]:
     elif isinstance(item, LevelMessage):
         out.update(kind="level", channel=item.channel, rms_db=_finite(item.rms_db),
                    peak_db=_finite(item.peak_db), onset=item.onset)
-    elif isinstance(item, SimilarityMessage):
+    elif isinstance(item, SimilarityMessage):  # a silent channel's NaN row -> null
         out.update(kind="similarity", channels=list(item.channels),
-                   matrix=np.nan_to_num(item.matrix).round(4).tolist())
+                   matrix=_json_safe(item.matrix.astype(np.float64).round(4).tolist()))
+    elif isinstance(item, ClassMessage):
+        out.update(kind="class", channel=item.channel, cls=item.cls,
+                   confidence=_json_safe(item.confidence), signal=item.signal)
+    elif isinstance(item, LoudnessMessage):
+        out.update(kind="loudness", channel=item.channel, signal=item.signal,
+                   momentary=_finite(item.momentary), short_term=_finite(item.short_term),
+                   integrated=_finite(item.integrated), true_peak=_finite(item.true_peak),
+                   crest_db=_json_safe(item.crest_db), bands_hz=list(item.bands_hz),
+                   balance_db=_json_safe(item.balance_db.astype(np.float64).round(2).tolist()),
+                   reference_db=_json_safe(item.reference_db))
+    elif isinstance(item, MaskingMessage):  # NaN (the maskee never played) -> null
+        out.update(kind="masking", channels=list(item.channels),
+                   band_edges_hz=list(item.band_edges_hz),
+                   fraction=_json_safe(item.fraction.astype(np.float64).round(3).tolist()),
+                   suggestions=_json_safe(list(item.suggestions)))
     elif isinstance(item, StatusMessage):
         out.update(kind="status", status=_json_safe(item.status))
     elif isinstance(item, HitMessage):

@@ -52,6 +52,9 @@ ADDR_INPUT = "/emberd/input"
 ADDR_REPLY = "/emberd/reply"
 ADDR_CAPTURE_MATCH = "/emberd/capture/match"
 ADDR_HIT = "/emberd/hit"
+ADDR_CLASS = "/emberd/class"
+ADDR_LOUDNESS = "/emberd/loudness"
+ADDR_MASKING = "/emberd/masking"
 CONTROL_PREFIX = "/emberd/ctl/"
 ADDR_WEKINATOR = "/wek/inputs"  # Wekinator's default input address
 
@@ -95,6 +98,25 @@ ADDRESSES: dict[str, tuple[str, tuple[str, ...], str]] = {
         (
             *TIME_FIELDS, "channel", "hit", "stage", "onset_ms", "latency_ms", "peak_db",
             "answer", "confidence", "name", "path",
+        ),
+        "",
+    ),
+    # Mix-down assistant (rate-limited: class and masking 2.5/s, loudness 5/s).
+    ADDR_CLASS: ("iiiisfi", (*TIME_FIELDS, "channel", "class", "confidence", "signal"), ""),
+    ADDR_LOUDNESS: (
+        "iiiifffffi",
+        (
+            *TIME_FIELDS, "channel", "momentary", "short_term", "integrated", "true_peak",
+            "crest_db", "signal",
+        ),
+        "f",  # the 1/3-octave balance, dB re the stem's total, 20 Hz upwards
+    ),
+    # One datagram per suggestion (index 0..count-1); count 0: nothing masks anything.
+    ADDR_MASKING: (
+        "iiiiiiiffffs",
+        (
+            *TIME_FIELDS, "index", "count", "masker", "maskee", "lo_hz", "hi_hz",
+            "margin_db", "fraction", "text",
         ),
         "",
     ),
@@ -293,6 +315,53 @@ def max_floats(address: str, head_types: str, max_bytes: int = DEFAULT_MAX_DATAG
     ):
         n -= 1
     return n
+
+
+def encode_class(
+    times: tuple[int, int, int], *, channel: int, cls: str | None, confidence: float
+) -> bytes:
+    """Encode a channel's instrument class (``"none"`` and signal 0 when it is silent)."""
+    args = [*times, channel, cls or "none", float(confidence), int(cls is not None)]
+    return _build(ADDR_CLASS, ADDRESSES[ADDR_CLASS][0], args)
+
+
+def encode_loudness(
+    times: tuple[int, int, int],
+    *,
+    channel: int,
+    figures: tuple[float, float, float, float, float],
+    signal: bool,
+    balance_db: np.ndarray,
+    max_bytes: int = DEFAULT_MAX_DATAGRAM_BYTES,
+) -> bytes:
+    """Encode loudness ``(momentary, short_term, integrated, true_peak, crest_db)`` + balance."""
+    types = ADDRESSES[ADDR_LOUDNESS][0]
+    head = [*times, channel, *(float(f) for f in figures), int(signal)]
+    limit = max_floats(ADDR_LOUDNESS, types, max_bytes)
+    return encode_floats(ADDR_LOUDNESS, types, head, balance_db[:limit], max_bytes=max_bytes)
+
+
+def encode_masking(
+    times: tuple[int, int, int],
+    *,
+    index: int,
+    count: int,
+    masker: int,
+    maskee: int,
+    lo_hz: float,
+    hi_hz: float,
+    margin_db: float,
+    fraction: float,
+    text: str,
+    max_bytes: int = DEFAULT_MAX_DATAGRAM_BYTES,
+) -> bytes:
+    """Encode one masking suggestion (the text is cut to fit ``max_bytes``)."""
+    types = ADDRESSES[ADDR_MASKING][0]
+    room = max_bytes - _fixed_size(ADDR_MASKING, types) - 4 * (len(types) - 1) - 4
+    text = shorten_utf8(_strip_nul(text), room, keep="left")
+    args = [*times, index, count, masker, maskee, float(lo_hz), float(hi_hz),
+            float(margin_db), float(fraction), text]  # fmt: skip
+    return _build(ADDR_MASKING, types, args)
 
 
 def encode_level(

@@ -23,6 +23,7 @@ from rich.text import Text
 
 from emberd.clients.messages import (
     ConnectionEvent,
+    HitMessage,
     Item,
     LevelMessage,
     Match,
@@ -48,6 +49,7 @@ class ChannelView:
     rms_db: float | None = None
     onset: bool = False
     updated: float = 0.0
+    hit: HitMessage | None = None  # the newest stage of the newest hit
 
 
 @dataclass
@@ -100,6 +102,8 @@ class WatchState:
             view.rms_db, view.onset = item.rms_db, item.onset
         elif isinstance(item, StatusMessage):
             self.status = dict(item.status)
+        elif isinstance(item, HitMessage):
+            self._chan(item.channel).hit = item
 
     def apply_status_reply(self, reply: dict[str, Any]) -> None:
         """Use a control ``status`` reply (late joiners get status without waiting)."""
@@ -190,10 +194,19 @@ def _connection_text(state: WatchState, now: float) -> Text:
     return Text(f"connected to {state.endpoint}", style="green")
 
 
+def hit_text(hit: HitMessage) -> str:
+    """One line for a hit: ``hit 12 final: kick 01.wav (exact 0.97) 245 ms``."""
+    top = hit.matches[0] if hit.matches else None
+    what = f"{top.name} ({top.kind} {top.confidence:.2f})" if top is not None else "no answer"
+    return f"hit {hit.hit} {hit.stage}: {what} {hit.latency_ms:.0f} ms"
+
+
 def _channel_table(channel: int, view: ChannelView, stale_age: float | None = None) -> Table:
     title = f"channel {channel}"
     if view.rms_db is not None:
         title += f"  {view.rms_db:6.1f} dBFS" + ("  ●" if view.onset and stale_age is None else "")
+    if view.hit is not None:
+        title += "  " + hit_text(view.hit)
     if stale_age is not None:
         title += f"  (stale: {_age(stale_age)} old)"
     table = Table(title=title, title_justify="left", expand=True, show_edge=False,
@@ -236,6 +249,7 @@ class ChangeLog:
         self.as_json = as_json
         self._connection = ""
         self._top: dict[int, str | None] = {}
+        self._hit: dict[int, tuple[int, str]] = {}
         self._facts: dict[str, Any] = {}
 
     def _out(self, now: float, event: dict[str, Any], text: str) -> str:
@@ -272,6 +286,18 @@ class ChangeLog:
                 {"event": "match", "channel": ch, "top": {"name": top.name, "path": top.path,
                  "score": round(top.score, 4), "tags": list(top.tags), "id": top.id}},
                 f"ch {ch}  {top.name} ({top.score:.3f})" + (f"  [{tags}]" if tags else ""),
+            ))  # fmt: skip
+        for ch in sorted(state.channels):
+            hit = state.channels[ch].hit
+            if hit is None or self._hit.get(ch) == (hit.hit, hit.stage):
+                continue
+            self._hit[ch] = (hit.hit, hit.stage)
+            top = hit.matches[0] if hit.matches else None
+            out.append(self._out(
+                now, {"event": "hit", "channel": ch, "hit": hit.hit, "stage": hit.stage,
+                      "top": top.name if top is not None else None,
+                      "latency_ms": round(hit.latency_ms, 1)},
+                f"ch {ch}  {hit_text(hit)}",
             ))  # fmt: skip
         st = state.status
         facts = {name: _find(st, name) for name in ("model", "provider", "overflows",

@@ -32,7 +32,23 @@ Kinds and their extra header fields:
                shape ``[C, C]``
 ``status``     ``status``: the status object (see ``emberd.daemon.status``)
 ``hit``        one answer of the decision ladder for one hit (see below)
+``class``      mix-down, 2.5/s: ``class`` (str, or null: no signal), ``confidence``,
+               ``signal`` (bool)
+``loudness``   mix-down, 5/s: ``momentary``, ``short_term``, ``integrated`` (LUFS),
+               ``true_peak`` (dBTP), ``crest_db``, ``signal``, ``bands_hz``
+               (1/3-octave centres), ``reference_db`` (target curve or null);
+               payload = the stem's balance in dB re its total, shape ``[bands]``
+``masking``    mix-down, 2.5/s, no channel suffix: ``channels``, ``band_edges_hz``,
+               ``suggestions`` (list of ``{masker, maskee, lo_hz, hi_hz,
+               margin_db, fraction, text}``, channel numbers); payload = share
+               of the time each stem masks each other one per critical band,
+               shape ``[C, C, bands]`` (masker, maskee, band), NaN where the
+               maskee did not play (see ``emberd.dsp.masking``)
 =============  ==============================================================
+
+The ``similarity`` matrix is centred on the library's mean vector (0: as alike
+as two library sounds on average, 1: the same sound); a silent channel's row
+and column are NaN, and its number is listed in the header's ``silent``.
 
 Hits (topic ``hit.<channel>``). Every hit is published up to three times, once
 per stage, in order, the moment each answer exists: ``provisional`` (from the
@@ -85,12 +101,17 @@ KIND_LEVEL = "level"
 KIND_SIMILARITY = "similarity"
 KIND_STATUS = "status"
 KIND_HIT = "hit"
-PER_CHANNEL_KINDS = frozenset({KIND_EMB, KIND_MATCH, KIND_TAG, KIND_LEVEL, KIND_HIT})
+KIND_CLASS = "class"
+KIND_LOUDNESS = "loudness"
+KIND_MASKING = "masking"
+PER_CHANNEL_KINDS = frozenset(
+    {KIND_EMB, KIND_MATCH, KIND_TAG, KIND_LEVEL, KIND_HIT, KIND_CLASS, KIND_LOUDNESS}
+)
 
 # Hit stages, in the order each hit publishes them, and answer kinds.
 HIT_STAGES = ("provisional", "refined", "final")
 HIT_ANSWERS = ("exact", "similar", "none")
-ALL_KINDS = frozenset(PER_CHANNEL_KINDS | {KIND_SIMILARITY, KIND_STATUS})
+ALL_KINDS = frozenset(PER_CHANNEL_KINDS | {KIND_SIMILARITY, KIND_STATUS, KIND_MASKING})
 
 # Control commands understood by the daemon (ZeroMQ and OSC alike).
 CONTROL_COMMANDS = ("status", "reload", "set_k", "set_model", "pause", "resume", "capture")

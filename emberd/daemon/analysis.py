@@ -1,4 +1,8 @@
-"""Per-hop analysis besides the encoder: tag vote, level and onset, channel similarity."""
+"""Per-hop analysis besides the encoder: tag vote, level and onset.
+
+The channel similarity matrix lives in :mod:`emberd.daemon.mixdown` (centred on the
+library mean, silent channels NaN).
+"""
 
 from __future__ import annotations
 
@@ -72,13 +76,3 @@ class OnsetDetector:
         self._history.append(rms_db)
         self._quiet = 0 if onset else self._quiet + 1
         return onset
-
-
-def cosine_matrix(embeddings: np.ndarray) -> np.ndarray:
-    """Channel-by-channel cosine similarity ``[C, C]`` (float32) of ``[C, dim]`` embeddings."""
-    x = np.asarray(embeddings, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    unit = x / np.maximum(norms, 1e-12)
-    sim = unit @ unit.T
-    np.clip(sim, -1.0, 1.0, out=sim)
-    return sim.astype(np.float32, copy=False)

@@ -34,7 +34,8 @@ from typing import Any
 import numpy as np
 
 from emberd import plugins
-from emberd.daemon.analysis import cosine_matrix, vote_tags
+from emberd.daemon.analysis import vote_tags
+from emberd.daemon.mixdown import SILENT_RMS_DB, centred_similarity
 from emberd.errors import EmberdError
 
 log = logging.getLogger(__name__)
@@ -72,7 +73,8 @@ class LevelsAnalyzer:
 
 
 class SimilarityAnalyzer:
-    """Built-in ``similarity``: channel-by-channel cosine matrix (several channels only)."""
+    """Built-in ``similarity``: channel cosine matrix centred on the library mean, silent
+    channels NaN (several channels only; :func:`emberd.daemon.mixdown.centred_similarity`)."""
 
     kind = "similarity"
     stage = "hop"
@@ -80,7 +82,10 @@ class SimilarityAnalyzer:
     def analyze(self, hop: Any) -> list[dict[str, Any]]:
         if len(hop.channels) < 2:
             return []
-        return [{"channels": list(hop.channels), "array": cosine_matrix(hop.embeddings)}]
+        silent = [rms_db < SILENT_RMS_DB for rms_db, _peak, _onset in hop.levels]
+        sim = centred_similarity(hop.embeddings, getattr(hop, "centre", None), silent)
+        dead = [ch for ch, s in zip(hop.channels, silent, strict=True) if s]
+        return [{"channels": list(hop.channels), "silent": dead, "array": sim}]
 
 
 def tags(options: dict[str, str]) -> TagsAnalyzer:

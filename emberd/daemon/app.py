@@ -71,6 +71,7 @@ class DaemonConfig:
     osc_embedding: bool = True
     osc_changes_only: bool = False
     threads: int = 2
+    hits: bool = True  # the live hit ladder (emberd.daemon.hits)
     sinks: list[str] = field(default_factory=list)  # --sink NAME[:key=value,...]
     analyzers: list[str] = field(default_factory=list)  # --analyzer NAME (must load)
     midi: str | None = None  # --midi PORT
@@ -298,6 +299,7 @@ class Daemon:
         self.worker = worker = Worker(
             source=source, engine=engine, open_library=open_library, channel_index=columns,
             handoffs=[self._outputs], stats=stats, k=cfg.k, realtime=cfg.pace == "realtime",
+            hit_detection=cfg.hits,
         )  # fmt: skip
         if columns == [-1]:
             worker.channels = [0]

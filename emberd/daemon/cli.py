@@ -60,6 +60,8 @@ def add_daemon_options(p: argparse.ArgumentParser, *, demo: bool = False) -> Non
                    help=f"largest OSC datagram, {MIN_MAX_DATAGRAM_BYTES}..65507 "
                         f"(default {DEFAULT_MAX_DATAGRAM_BYTES})")
     add_threads(p)
+    p.add_argument("--no-hits", action="store_true",
+                   help="do not detect hits (no hit.<c> / /emberd/hit messages)")
     p.add_argument("--sink", action="append", default=[], metavar="NAME[:KEY=VALUE,...]",
                    help="also publish through the emberd.sinks plug-in NAME (repeatable; "
                         "`emberd plugins` lists them; docs/plugins.md)")
@@ -144,6 +146,7 @@ def config_from_args(args: argparse.Namespace, **overrides: Any) -> Any:
         osc_embedding=not args.no_osc_embedding,
         osc_changes_only=args.osc_changes_only,
         threads=args.threads,
+        hits=not args.no_hits,
         sinks=list(args.sink),
         analyzers=list(args.analyzer),
         midi=args.midi,

@@ -1,9 +1,119 @@
-"""Live hits: the decision ladder that names the sample of every hit (placeholder, see below)."""
+"""Live hits: name the sample of every hit, first from its attack, then better as it sounds.
+
+The worker hands every channel's samples to :class:`HitLadder` as they leave the ring
+(one 256-sample callback block at a time when live). Per channel an
+:class:`~emberd.dsp.onset.OnsetDetector` finds onsets at block resolution; each onset
+starts a hit, and each hit climbs a decision ladder (delayed decision-making), each
+answer handed to the publishers the moment it exists:
+
+1. ``provisional`` -- as soon as PROVISIONAL_S of the sound (5.8 ms) has arrived:
+   candidates from the library's attack-descriptor index
+   (:class:`~emberd.library.hitindex.HitIndex`), ranked by correlating the first
+   milliseconds of the waveform with each candidate's stored onset snippet.
+2. ``refined`` -- at REFINED_S (50 and 150 ms): candidates from the early-spectrogram
+   index plus the previous stage's best, ranked by onset-aligned waveform correlation
+   over everything heard so far.
+3. ``final`` -- at FINAL_S (the 245 ms a snippet covers after the onset), or at once
+   when the next hit on the channel starts: the same with all of the sound.
+
+Overlaps: every answered hit leaves a *sounding* entry (its file, gain and placement);
+the next hit's audio has the predicted tails of the sounds still ringing subtracted
+before it is described and correlated, and a hit never looks past the next onset.
+
+No answer is an answer: a hit is only a hit when the detector saw a rise clear of the
+noise floor (silence and the floor give none). The best candidate is ``exact`` only
+when the calibrated probability that it is the very file played reaches
+EXACT_MIN_PROBABILITY; otherwise the answer is ``similar``: the instrument class voted
+by the best-correlated candidates, and the best of them of that class. Both
+``confidence`` values come from logistic models (:data:`EXACT_WEIGHTS`,
+:data:`CLASS_WEIGHTS`) fitted by ``bench/fit_hit_confidence.py`` on tuning kits and
+measured there on held-out kits.
+
+Shared state: none. The ladder lives in the worker thread; :class:`HitResult` items are
+built there and read-only after (publishers read them).
+"""
 
 from __future__ import annotations
 
+import logging
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
+
+from emberd.dsp.decimate import ToRate
+from emberd.dsp.onset import OnsetDetector
+from emberd.library import hitindex as hx
+from emberd.library.waveform import PRE_ROLL_SAMPLES, SNIPPET_SAMPLES
+
+log = logging.getLogger(__name__)
+
+PROVISIONAL_S = 0.0058  # sound after the onset the provisional answer waits for (128 samples)
+PROVISIONAL_MAX_S = 0.0116  # ... and uses at most (a whole block if it is there)
+REFINED_S = (0.05, 0.15)  # the refined answers
+FINAL_S = (SNIPPET_SAMPLES - PRE_ROLL_SAMPLES) / hx.WAVE_SR  # 245 ms: all a snippet holds
+HISTORY_S = 3.0  # audio kept per channel: the encoder's 2.32-s window (the level gate)
+PROVISIONAL_CANDIDATES = 64  # attack-descriptor neighbours correlated at the first stage
+REFINED_CANDIDATES = 64  # early-descriptor neighbours correlated at later stages
+CARRIED_CANDIDATES = 8  # best of the previous stage kept as candidates
+VOTE_CANDIDATES = 8  # best-correlated candidates voting for the instrument class (early)
+INSTRUMENT_S = 0.15  # from this much sound on, the template attack votes instead ...
+INSTRUMENT_VOTERS = 5  # ... its nearest files (5-NN: 0.67 on held-out kits, 1-NN 0.57)
+SOUNDING_MAX = 4  # previous sounds per channel whose tails are subtracted
+TAIL_PROBE = 220  # samples at a snippet's end (10 ms) that tell how loud its tail goes on
+TAIL_RANGE_DB = 30.0  # a tail going on within this of a hit's peak limits the hit's window
+SUBTRACT_MIN_RHO = 0.9  # ... when identified this well (a worse fit would add, not remove)
+SAME_RECORDING = 0.999  # snippets this correlated are one recording at two levels
+MAX_MATCHES = 3  # matches per hit message: the answer and two alternatives
+EXACT_MIN_PROBABILITY = 0.75  # P(exact) to claim the very file: the highest P a tuning
+# held-out-kit hit reached (0.503) plus EXACT_SAFETY in bench/fit_hit_confidence.py
+GATE_MARGIN_DB = 12.0  # a window with no frame this far above the noise floor is silent
+GATE_ABSOLUTE_DB = -70.0  # dBFS RMS: a window quieter than this everywhere is silent
+GATE_FRAME_S = 0.0058  # frames whose RMS the level gate compares
+
+#: Logistic models ``P = 1 / (1 + exp(-(bias + sum w * feature)))``, fitted by
+#: bench/fit_hit_confidence.py on the tuning kits (1771 answers; see its docstring).
+#: Features: ``nines`` (-log10(1 - rho) of the best waveform correlation, capped at 4),
+#: ``margin`` (rho over the best other recording), ``log_window`` (log2(samples / 128)).
+EXACT_WEIGHTS: dict[str, float] = {
+    "bias": -5.315, "nines": 3.52, "margin": 5.898, "log_window": 0.44,
+}  # fmt: skip
+#: ``share`` (the voted class's share of the vote), ``rho`` of its best candidate.
+CLASS_WEIGHTS: dict[str, float] = {
+    "bias": -5.2889, "share": 2.3905, "rho": 5.1965, "log_window": 0.5819,
+}  # fmt: skip
+
+
+def _nines(rho: float) -> float:
+    """-log10(1 - rho): 0.9 -> 1, 0.99 -> 2 (the evidence is in how close to 1 rho is)."""
+    return -math.log10(max(1.0 - rho, 1e-4))
+
+
+def _logistic(weights: dict[str, float], **features: float) -> float:
+    z = weights.get("bias", 0.0) + sum(weights.get(k, 0.0) * v for k, v in features.items())
+    return 1.0 / (1.0 + math.exp(-max(-50.0, min(50.0, z))))
+
+
+class LevelGate:
+    """Withholds window matches while a channel's whole encoder window is silent, from hop
+    levels (used with ``--no-hits``; otherwise :meth:`HitLadder.heard` decides).
+
+    The window-level ``match`` stream describes the last ``window`` hops; once all of
+    them were quieter than GATE_MARGIN_DB above ``floor_db`` (or below GATE_ABSOLUTE_DB),
+    there is nothing to name and the hop publishes no match.
+    """
+
+    def __init__(self, channels: int) -> None:
+        self._loudest: list[list[float]] = [[] for _ in range(channels)]
+
+    def push(self, c: int, rms_db: float, floor_db: float, window: int) -> bool:
+        """Record hop level ``rms_db`` of channel ``c``; True when its window has sound."""
+        hist = self._loudest[c]
+        hist.append(rms_db)
+        del hist[:-window]
+        return max(hist) >= max(GATE_ABSOLUTE_DB, floor_db + GATE_MARGIN_DB)
 
 
 @dataclass
@@ -24,3 +134,419 @@ class HitResult:
     peak_db: float  # the hit's peak so far, dBFS
     model: str
     matches: list[dict[str, Any]] = field(default_factory=list)
+
+
+class _History:
+    """The newest samples of one channel, addressed by absolute sample position."""
+
+    def __init__(self, n: int) -> None:
+        self.buf = np.zeros(n, np.float32)
+        self.end = 0  # absolute position after the newest sample
+
+    def append(self, x: np.ndarray) -> None:
+        n = len(self.buf)
+        x = x[-n:]
+        i = self.end % n
+        first = min(len(x), n - i)
+        self.buf[i : i + first] = x[:first]
+        self.buf[: len(x) - first] = x[first:]
+        self.end += len(x)
+
+    def get(self, start: int, length: int, stop: int | None = None) -> np.ndarray:
+        """Samples ``start .. start + length`` (zeros where unknown or at/after ``stop``)."""
+        out = np.zeros(length, np.float32)
+        hi = min(start + length, self.end, self.end if stop is None else stop)
+        lo = max(start, self.end - len(self.buf))
+        if hi > lo:
+            idx = np.arange(lo, hi) % len(self.buf)
+            out[lo - start : hi - start] = self.buf[idx]
+        return out
+
+
+@dataclass
+class _Sounding:
+    """A sound still ringing: snippet ``row`` at ``gain``, its sample 0 at ``start``."""
+
+    row: int
+    gain: float
+    start: int
+    hit: int
+
+
+@dataclass
+class _Hit:
+    id: int
+    onset: int  # absolute sample position
+    end: int | None = None  # the next onset on the channel: nothing from there on is ours
+    stage: int = 0  # index of the next stage in the ladder
+    carried: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    sounding: _Sounding | None = None
+
+
+@dataclass
+class _Channel:
+    number: int
+    detector: OnsetDetector
+    history: _History
+    rate: ToRate  # input rate -> the ladder's
+    hits: list[_Hit] = field(default_factory=list)
+    sounding: list[_Sounding] = field(default_factory=list)
+    next_id: int = 0
+
+
+class HitLadder:
+    """Onset detection and the decision ladder for every channel (see module docstring).
+
+    Parameters
+    ----------
+    index : HitIndex or None
+        The library's hit index (None: hits are detected and answered ``none``).
+    files : dict
+        Library file id -> record with ``path``, ``name``, ``tags``.
+    sr : int
+        Sample rate of the pushed audio.
+    channels : list of int
+        Published channel numbers, in push order.
+    model : str
+        Encoder name put on every message.
+    time_of : callable
+        Absolute sample position -> Unix time of its capture.
+    """
+
+    def __init__(
+        self,
+        index: hx.HitIndex | None,
+        files: dict[int, Any],
+        *,
+        sr: int,
+        channels: list[int],
+        model: str,
+        time_of: Callable[[int], float],
+    ) -> None:
+        from threadpoolctl import threadpool_limits
+
+        # Each stage is a few small matrix products: BLAS threads only add wake-ups and
+        # contention with the encoder (40x slower on a loaded 2-core box). Process-wide,
+        # like the streaming encoder's own limit.
+        threadpool_limits(limits=1, user_api="blas")
+        self.index = index if index is not None and len(index) else None
+        self.files = files
+        self.sr_in = int(sr)
+        self.sr = hx.WAVE_SR  # the ladder's rate: the library snippets'
+        self._ratio = self.sr_in / self.sr
+        self.model = model
+        self._time_of = time_of
+        self.hits_started = 0
+        self.stage_ms = 0.0  # total compute spent on stages (status: mean per answer)
+        self._answers = 0
+        self.evidence: list[dict[str, Any]] | None = None  # set to a list to record features
+        sr = self.sr
+        self._stages = [
+            ("provisional", round(PROVISIONAL_S * sr)),
+            *[("refined", round(s * sr)) for s in REFINED_S],
+            ("final", round(FINAL_S * sr)),
+        ]
+        self._channels = [
+            _Channel(n, OnsetDetector(sr=sr), _History(round(HISTORY_S * sr)),
+                     ToRate(self.sr_in, sr))
+            for n in channels
+        ]  # fmt: skip
+
+    def time_of(self, pos: int) -> float:
+        """Unix capture time of ladder sample ``pos`` (input position ``pos * ratio``)."""
+        return self._time_of(round(pos * self._ratio))
+
+    def floor_db(self, c: int) -> float:
+        """Channel ``c``'s tracked noise floor (dBFS RMS)."""
+        return self._channels[c].detector.floor_db
+
+    def heard(self, c: int, start: int, end: int) -> bool:
+        """Whether channel ``c`` had sound between input positions ``start`` and ``end``.
+
+        Sound: some GATE_FRAME_S frame GATE_MARGIN_DB above the tracked noise floor and
+        above GATE_ABSOLUTE_DB. The window-level match stream asks this for each hop's
+        encoder window: the noise floor and digital silence are never matched.
+        """
+        ch = self._channels[c]
+        a = max(int(start / self._ratio), ch.history.end - len(ch.history.buf))
+        b = min(int(end / self._ratio), ch.history.end)
+        if b <= a:
+            return False
+        x = ch.history.get(a, b - a)
+        frame = max(1, round(GATE_FRAME_S * self.sr))
+        n = len(x) // frame * frame
+        if n == 0:
+            return False
+        loudest = float(np.max(np.mean(x[:n].reshape(-1, frame) ** 2, axis=1)))
+        level = 10.0 * math.log10(loudest) if loudest > 0 else -120.0
+        return level >= max(GATE_ABSOLUTE_DB, ch.detector.floor_db + GATE_MARGIN_DB)
+
+    def describe(self) -> dict[str, Any]:
+        """The ladder's part of the status object."""
+        return {
+            "hits": self.hits_started,
+            "hit_index_files": len(self.index) if self.index is not None else 0,
+            "hit_stage_ms": round(self.stage_ms / max(1, self._answers), 3),
+        }
+
+    # ------------------------------------------------------------------ feeding
+
+    def push(self, c: int, x: np.ndarray) -> list[HitResult]:
+        """Feed channel ``c``'s next samples; return the answers that became due, in order."""
+        ch = self._channels[c]
+        x = ch.rate.push(x)
+        if not len(x):
+            return []
+        pos = ch.history.end
+        ch.history.append(x)
+        out: list[HitResult] = []
+        known, covered = self._known(ch, pos, len(x))
+        for onset in ch.detector.push(x, known, covered):
+            for hit in ch.hits:  # the next hit starts: the previous ones end here
+                hit.end = onset if hit.end is None else hit.end
+            out += self._advance(ch, until=onset)
+            hit = _Hit(ch.next_id, onset)
+            ch.next_id += 1
+            self.hits_started += 1
+            ch.hits.append(hit)
+        out += self._advance(ch, until=ch.history.end)
+        return out
+
+    def _known(
+        self, ch: _Channel, start: int, n: int
+    ) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """The predicted continuation of the channel's identified sounds over ``start..+n``."""
+        if self.index is None or not ch.sounding:
+            return None, None
+        known = np.zeros(n, np.float32)
+        covered = np.zeros(n, bool)
+        for s in ch.sounding:
+            a, b = max(s.start, start), min(s.start + SNIPPET_SAMPLES, start + n)
+            if b > a:
+                known += self.index.placed(s.row, s.gain, start - s.start, n)
+                covered[a - start : b - start] = True
+        return (known, covered) if covered.any() else (None, None)
+
+    def flush(self) -> list[HitResult]:
+        """End of input: every open hit publishes its final answer with what it has."""
+        out: list[HitResult] = []
+        for ch in self._channels:
+            for hit in ch.hits:
+                hit.end = ch.history.end if hit.end is None else hit.end
+            out += self._advance(ch, until=ch.history.end)
+        return out
+
+    def _advance(self, ch: _Channel, until: int) -> list[HitResult]:
+        """Run every stage that is due with the audio up to ``until``."""
+        out = []
+        for hit in list(ch.hits):
+            while hit.stage < len(self._stages):
+                name, need = self._stages[hit.stage]
+                have = min(until, hit.end if hit.end is not None else until) - hit.onset
+                ended = hit.end is not None and until >= hit.end
+                if have < need and not ended:
+                    break
+                if ended and name != "final" and have < need:
+                    if hit.stage == 0 and have >= self._stages[0][1] // 2:
+                        pass  # a very short hit still gets its provisional answer first
+                    else:
+                        hit.stage = len(self._stages) - 1  # jump to the final answer
+                        continue
+                if name == "provisional":
+                    have = min(have, round(PROVISIONAL_MAX_S * self.sr))
+                else:  # exactly the stage's window: the same answer whatever the block size
+                    have = min(have, need)
+                out.append(self._answer(ch, hit, name, max(1, min(have, self._stages[-1][1]))))
+                hit.stage += 1
+            if hit.stage >= len(self._stages):
+                ch.hits.remove(hit)
+        return out
+
+    # ------------------------------------------------------------------ one stage
+
+    def _query(self, ch: _Channel, hit: _Hit, start: int, length: int) -> np.ndarray:
+        """The hit's audio from ``start`` with the tails of earlier sounds subtracted."""
+        x = ch.history.get(start, length, hit.end)
+        for s in ch.sounding:
+            if s.hit < hit.id and self.index is not None and s.start < start + length:
+                x -= self.index.placed(s.row, s.gain, start - s.start, length)
+        return x
+
+    def _answer(self, ch: _Channel, hit: _Hit, stage: str, window: int) -> HitResult:
+        import time
+
+        t0 = time.perf_counter()
+        raw = ch.history.get(hit.onset, window, hit.end)
+        peak = float(np.max(np.abs(raw))) if window else 0.0
+        matches: list[dict[str, Any]] = []
+        if self.index is not None:
+            matches = self._identify(ch, hit, stage, window)
+        newest = (hit.onset + window) * self._ratio + ch.rate.delay_in  # input position
+        self.stage_ms += (time.perf_counter() - t0) * 1000.0
+        self._answers += 1
+        return HitResult(
+            channel=ch.number,
+            hit=hit.id,
+            stage=stage,
+            onset_time=self.time_of(hit.onset),
+            onset_s=hit.onset / self.sr,
+            capture_time=self._time_of(round(newest)),
+            window_ms=window / self.sr * 1000.0,
+            peak_db=20.0 * math.log10(peak) if peak > 0 else -120.0,
+            model=self.model,
+            matches=matches,
+        )
+
+    def _identify(self, ch: _Channel, hit: _Hit, stage: str, window: int) -> list[dict[str, Any]]:
+        index = self.index
+        assert index is not None
+        window = min(window, SNIPPET_SAMPLES - PRE_ROLL_SAMPLES, self._usable(ch, hit))
+        if stage == "provisional" or window < hx.EARLY_SAMPLES:
+            n_desc, k = hx.ATTACK_SAMPLES, PROVISIONAL_CANDIDATES
+        else:
+            n_desc, k = hx.EARLY_SAMPLES, REFINED_CANDIDATES
+        desc = self._query(ch, hit, hit.onset - hx.DESC_OFFSET_SAMPLES, n_desc)
+        if window < n_desc - hx.DESC_OFFSET_SAMPLES:  # not heard yet: do not describe zeros
+            desc[hx.DESC_OFFSET_SAMPLES + window :] = 0.0
+        rows, _ = index.candidates(desc, n_desc, k)
+        rows = np.array(list(dict.fromkeys([*hit.carried.tolist(), *rows.tolist()])), np.int64)
+        pre = hx.PRE_SAMPLES + hx.LAG_SAMPLES
+        seg = self._query(ch, hit, hit.onset - pre, pre + window + hx.LAG_SAMPLES)
+        seg[pre + window :] = 0.0  # only what this stage may use
+        rho, gain, lag = index.correlate(seg, rows, window)
+        order = np.argsort(-rho)
+        hit.carried = rows[order[:CARRIED_CANDIDATES]]
+        best = int(order[0])
+        margin = float(rho[best]) - self._second(index, rows, rho, order)
+        log_window = math.log2(max(window, 1) / 128.0)
+        p_exact = _logistic(EXACT_WEIGHTS, nines=_nines(float(rho[best])), margin=margin,
+                            log_window=log_window)  # fmt: skip
+        if window >= round(INSTRUMENT_S * self.sr):
+            # Enough of the sound for its template attack: vote the instrument over those.
+            audio = self._query(ch, hit, hit.onset - hx.PRE_SAMPLES, hx.PRE_SAMPLES + window)
+            t_rows, t_scores = index.instrument(audio, VOTE_CANDIDATES)
+            voted_row, share = self._vote(index, np.array(t_rows, np.int64),
+                                          np.array(t_scores), INSTRUMENT_VOTERS)  # fmt: skip
+            if voted_row is not None and voted_row not in rows.tolist():
+                rows = np.append(rows, voted_row)
+                rho = np.append(rho, 0.0)
+                gain = np.append(gain, 0.0)
+                lag = np.append(lag, 0)
+            voted = int(np.nonzero(rows == voted_row)[0][0]) if voted_row is not None else best
+        else:
+            voted_row, share = self._vote(index, rows[order], rho[order], VOTE_CANDIDATES)
+            voted = int(np.nonzero(rows == voted_row)[0][0]) if voted_row is not None else best
+        if self.evidence is not None:  # bench/fit_hit_confidence.py fits on these
+            self.evidence.append({
+                "onset_s": hit.onset / self.sr, "stage": stage, "window": window,
+                "rho": float(rho[best]), "margin": margin, "log_window": log_window,
+                "nines": _nines(float(rho[best])),
+                "share": share, "rho_vote": float(rho[voted]),
+                "best_path": self._path(index, int(rows[best])),
+                "vote_path": self._path(index, int(rows[voted])),
+            })  # fmt: skip
+        if p_exact >= EXACT_MIN_PROBABILITY:
+            answer, kind, confidence = best, "exact", p_exact
+        else:
+            answer, kind = voted, "similar"
+            confidence = _logistic(CLASS_WEIGHTS, share=share, rho=float(rho[answer]),
+                                   log_window=log_window)  # fmt: skip
+        if kind == "exact" and rho[answer] >= SUBTRACT_MIN_RHO:  # known: subtract its tail
+            self._sound(ch, hit, int(rows[answer]), float(gain[answer]), int(lag[answer]))
+        elif hit.sounding is not None:  # an earlier stage was sure, this one is not
+            ch.sounding.remove(hit.sounding)
+            hit.sounding = None
+        out = [self._match(index, int(rows[answer]), float(rho[answer]), float(gain[answer]),
+                           kind, confidence)]  # fmt: skip
+        for i in order.tolist():
+            if len(out) >= MAX_MATCHES:
+                break
+            if i != answer:
+                p = _logistic(EXACT_WEIGHTS, nines=_nines(float(rho[i])),
+                              margin=float(rho[i] - rho[best]), log_window=log_window)  # fmt: skip
+                out.append(self._match(index, int(rows[i]), float(rho[i]), float(gain[i]),
+                                       "similar", p))  # fmt: skip
+        return out
+
+    def _usable(self, ch: _Channel, hit: _Hit) -> int:
+        """Samples after the onset free of an earlier sound's unexplained tail.
+
+        An identified earlier sound is subtracted only as far as its snippet goes; past
+        that, its tail returns at full level. While that tail is within TAIL_RANGE_DB of
+        this hit's peak, the hit is compared only up to there.
+        """
+        assert self.index is not None
+        usable = SNIPPET_SAMPLES
+        peak = float(np.max(np.abs(ch.history.get(hit.onset, 256, hit.end)))) + 1e-12
+        for s in ch.sounding:
+            end = s.start + SNIPPET_SAMPLES
+            if s.hit >= hit.id or not s.start < hit.onset < end:
+                continue
+            tail = self.index.placed(s.row, s.gain, SNIPPET_SAMPLES - TAIL_PROBE, TAIL_PROBE)
+            if float(np.max(np.abs(tail))) > peak * 10 ** (-TAIL_RANGE_DB / 20):
+                usable = min(usable, end - hit.onset)
+        return max(usable, round(PROVISIONAL_S * self.sr))
+
+    @staticmethod
+    def _second(index: hx.HitIndex, rows: np.ndarray, rho: np.ndarray, order: np.ndarray) -> float:
+        """The best correlation of another recording than the best candidate's."""
+        best = index.snippet(int(rows[order[0]]))
+        nb = float(np.linalg.norm(best)) + 1e-12
+        for i in order[1:].tolist():
+            other = index.snippet(int(rows[i]))
+            same = float(best @ other) / (nb * (float(np.linalg.norm(other)) + 1e-12))
+            if same < SAME_RECORDING:
+                return float(rho[i])
+        return 0.0
+
+    @staticmethod
+    def _vote(
+        index: hx.HitIndex, rows: np.ndarray, scores: np.ndarray, voters: int
+    ) -> tuple[int | None, float]:
+        """The instrument class the best ``voters`` rows (best first) vote for, weighted by
+        score: (its best row, the class's share of the vote), or (None, 0)."""
+        votes: dict[str, float] = {}
+        first: dict[str, int] = {}
+        for r, sc in zip(rows[:voters].tolist(), scores[:voters].tolist(), strict=True):
+            cls = index.classes[int(r)]
+            if cls is None:
+                continue
+            votes[cls] = votes.get(cls, 0.0) + max(float(sc), 0.0)
+            first.setdefault(cls, int(r))
+        total = sum(votes.values())
+        if not votes or total <= 0.0:
+            return None, 0.0
+        cls = max(votes, key=lambda c: votes[c])
+        return first[cls], votes[cls] / total
+
+    def _sound(self, ch: _Channel, hit: _Hit, row: int, gain: float, lag: int) -> None:
+        """Remember the answer as the sound now ringing (its tail is subtracted later)."""
+        start = hit.onset + lag - PRE_ROLL_SAMPLES
+        if hit.sounding is None:
+            hit.sounding = _Sounding(row, gain, start, hit.id)
+            ch.sounding.append(hit.sounding)
+            del ch.sounding[:-SOUNDING_MAX]
+        else:
+            hit.sounding.row, hit.sounding.gain, hit.sounding.start = row, gain, start
+
+    def _path(self, index: hx.HitIndex, row: int) -> str:
+        return str(getattr(self.files.get(int(index.file_ids[row])), "path", ""))
+
+    def _match(
+        self, index: hx.HitIndex, row: int, rho: float, gain: float, kind: str, confidence: float
+    ) -> dict[str, Any]:
+        rec = self.files.get(int(index.file_ids[row]))
+        path = str(getattr(rec, "path", ""))
+        return {
+            "path": path,
+            "name": str(getattr(rec, "name", "")),
+            "score": round(rho, 6),
+            "distance": round(math.sqrt(max(0.0, 2.0 - 2.0 * min(rho, 1.0))), 6),
+            "segment_start_s": 0.0,
+            "tags": list(getattr(rec, "tags", ())),
+            "kind": kind,
+            "confidence": round(confidence, 4),
+            "rho": round(rho, 4),
+            "gain_db": round(20.0 * math.log10(max(abs(gain), 1e-6)), 2),
+            "class": index.classes[row],
+        }

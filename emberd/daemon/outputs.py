@@ -45,6 +45,7 @@ from emberd.clients import wire
 from emberd.daemon.analyzers import Analyzers
 from emberd.daemon.handoff import Handoff
 from emberd.daemon.hits import HitResult
+from emberd.daemon.mixdown import MixdownResult, zmq_messages
 from emberd.daemon.status import DaemonStats
 from emberd.daemon.worker import EndOfStream, HopResult, Item, StatusItem
 from emberd.errors import EmberdError
@@ -286,6 +287,10 @@ class Outputs:
             msg = self._message(wire.KIND_HIT, item.channel, item.capture_time, item.model,
                                 **fields)  # fmt: skip
             return Batch((msg,), item.capture_time, hop=False)
+        if isinstance(item, MixdownResult):  # class / loudness / masking, a few per second
+            msgs = tuple(self._message(kind, ch, item.capture_time, item.model, array=a, **f)
+                         for kind, ch, f, a in zmq_messages(item))  # fmt: skip
+            return Batch(msgs, item.capture_time, hop=False)
         raise TypeError(f"not a worker item: {type(item).__name__}")
 
     def _hop(self, hop: HopResult) -> tuple[Message, ...]:

@@ -33,6 +33,7 @@ import numpy as np
 
 from emberd.clients import osc_format as fmt
 from emberd.daemon import netpolicy
+from emberd.daemon.mixdown import osc_datagrams
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +111,7 @@ class OscSink:
         self._by_kind: dict[str, Callable[[dict[str, Any], Any], None]] = {
             "match": self._match, "tag": self._tags, "level": self._level, "emb": self._emb,
             "similarity": self._similarity, "status": self._status, "hit": self._hit,
+            "class": self._mixdown, "loudness": self._mixdown, "masking": self._mixdown,
         }  # fmt: skip
 
     def publish(self, topic: str, header: dict[str, Any], array: np.ndarray | None) -> None:
@@ -199,6 +201,11 @@ class OscSink:
         for row in range(n):
             self._send(fmt.encode_floats(fmt.ADDR_SIMILARITY, "iiiii", [*times, row, n],
                                          sim[row, : min(n, limit)], max_bytes=self.max_bytes))
+
+    def _mixdown(self, h: dict[str, Any], array: Any) -> None:
+        times = (int(h["seq"]), self._ms(h["capture_time"]), self._ms(h["publish_time"]))
+        for dgram in osc_datagrams(h, array, times, self.max_bytes):
+            self._send(dgram)
 
     def _hit(self, h: dict[str, Any], _: Any) -> None:
         top = h["matches"][0] if h["matches"] else {}

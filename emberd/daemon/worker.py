@@ -6,7 +6,10 @@ callback or file/synth feeder) fills, pushes each selected channel through its o
 runs the encoder on all channels as one batch, searches the library, measures
 level/onset, and hands one :class:`HopResult` to :class:`~emberd.daemon.outputs.Outputs`
 (analysers add tags and similarity; one drop-oldest handoff per sink: it never waits
-for a transport).
+for a transport). Every drained block also goes through the hit ladder
+(:mod:`emberd.daemon.hits`), whose answers are handed over at once; window matches of
+a hop whose whole window is at the noise floor are withheld
+(:class:`~emberd.daemon.hits.LevelGate`).
 
 Commands from the control threads (``set_k``, ``set_model``, ``reload``, ``capture``)
 arrive on a queue and are applied between hops, so the worker alone touches the
@@ -17,6 +20,8 @@ Shared attributes (written by -> read by):
 
 * ``paused`` (worker, on ``pause``/``resume`` -> control thread for status)
 * ``k`` (worker, on ``set_k`` -> control thread for status)
+* ``hits`` the hit ladder (worker only; its HitResult items go to the handoffs as they
+  are made, between hops, block by block)
 * ``engine`` (worker, on ``set_model`` -> control thread for status)
 * ``done`` event (worker at end of input -> app)
 * ``stats`` counters (see :class:`~emberd.daemon.status.DaemonStats`)
@@ -38,7 +43,8 @@ import numpy as np
 
 from emberd.daemon.analysis import OnsetDetector, level_db
 from emberd.daemon.engine import Engine
-from emberd.daemon.hits import HitResult
+from emberd.daemon.hits import HitLadder, HitResult, LevelGate
+from emberd.daemon.mixdown import MixdownAnalyser, MixdownResult, class_data
 from emberd.daemon.status import DaemonStats
 from emberd.errors import EmberdError
 
@@ -67,6 +73,7 @@ class HopResult:
     embeddings: np.ndarray  # [C, dim] float32, a copy
     matches: list[list[dict[str, Any]]]
     levels: list[tuple[float, float, bool]]  # (rms_db, peak_db, onset) per channel
+    centre: np.ndarray | None = None  # library mean vector (the similarity matrix's centre)
 
 
 @dataclass
@@ -82,7 +89,7 @@ class EndOfStream:
     """The input ended (file without --loop); publishers flush and exit."""
 
 
-Item = HopResult | StatusItem | EndOfStream | HitResult
+Item = HopResult | StatusItem | EndOfStream | HitResult | MixdownResult
 
 
 @dataclass
@@ -128,6 +135,8 @@ class Worker(threading.Thread):
         Matches per hop.
     realtime : bool
         Skip hops when late (live input); ``False`` (fast file input) computes every hop.
+    hit_detection : bool
+        Run the live hit ladder (:mod:`emberd.daemon.hits`) on every block.
     """
 
     def __init__(
@@ -141,6 +150,7 @@ class Worker(threading.Thread):
         stats: DaemonStats,
         k: int,
         realtime: bool,
+        hit_detection: bool = True,
     ) -> None:
         super().__init__(name="emberd-worker", daemon=True)
         self.source = source
@@ -171,6 +181,11 @@ class Worker(threading.Thread):
         self._next_status = 0.0
         self._capture: _Capture | None = None
         self._audio_end = sys.maxsize  # ring position where the input ended (end of input)
+        self.hits: HitLadder | None = None  # built in run(), with the library
+        self.hit_detection = hit_detection
+        self._gate = LevelGate(n)
+        self.mixdown = MixdownAnalyser(sr=source.sr, channels=self.channels)
+        self._centre: np.ndarray | None = None  # library mean vector (similarity centring)
         self._reset_schedule()
 
     # ------------------------------------------------------------------ control API
@@ -190,11 +205,13 @@ class Worker(threading.Thread):
     def run(self) -> None:
         try:
             self.library = self._open_library()
+            self.hits = self._hit_ladder(self.library)
         except BaseException as exc:  # reported by the app as a one-line error
             self.error = exc
             self.ready.set()
             self.done.set()
             return
+        self._load_class_data()
         self.ready.set()
         try:
             self._loop()
@@ -245,6 +262,8 @@ class Worker(threading.Thread):
         pos, t_arrived = self.source.arrivals.last_arrival()
         need = self._hop_sample_end(self._next_hop_frame)
         due = t_arrived + max(0, need - pos) / self.source.sr
+        if self.hits is not None:  # hits are answered per block: wake for the next one
+            due = min(due, t_arrived + self.source.nominal_block_s)
         delay = due - time.perf_counter()
         time.sleep(min(WAIT_MAX_S, delay) if delay > WAIT_POLL_S else WAIT_POLL_S)
 
@@ -261,10 +280,33 @@ class Worker(threading.Thread):
             self._sumsq[c] += float(np.dot(x, x))
             self._peak[c] = max(self._peak[c], float(np.max(np.abs(x))))
             fronts[c].push(x)
+            if self.hits is not None and not self.paused:
+                self._hand_over(self.hits.push(c, x))
         self._count += n
+        t_first = self.source.clock.time_of(self._read_pos)
+        for update in self.mixdown.push(self._chan[:, :n], t_first):  # a few per second
+            for h in self.handoffs:
+                h.put(update)
         self._read_pos += n
         if self._capture is not None:
             self._record(n)
+
+    def _hit_ladder(self, library: Any) -> HitLadder | None:
+        """The hit ladder over ``library``'s hit index (built in this thread)."""
+        if not self.hit_detection:
+            return None
+        from emberd.library.hitindex import HitIndex
+
+        index = HitIndex.from_library(library)
+        log.info("hits: %d library sounds in the hit index", len(index))
+        return HitLadder(index, library.files(), sr=self.source.sr, channels=self.channels,
+                         model=self.engine.encoder.model,
+                         time_of=self.source.clock.time_of)  # fmt: skip
+
+    def _hand_over(self, results: list[HitResult]) -> None:
+        for r in results:
+            for h in self.handoffs:
+                h.put(r)
 
     def _run_hops(self) -> None:
         """Analyse the hops whose frames are complete (live input: only the newest)."""
@@ -302,6 +344,8 @@ class Worker(threading.Thread):
             while self._next_hop_frame <= total:
                 self._hop(self._next_hop_frame)
                 self._next_hop_frame += self.engine.hop_frames
+        if self.hits is not None:
+            self._hand_over(self.hits.flush())
         self._publish_status(time.time())
 
     # ------------------------------------------------------------------ hop
@@ -334,6 +378,15 @@ class Worker(threading.Thread):
             return
         self.stats.inference_ms.add((t1 - t0) * 1000.0)
         matches = self._search(emb, self.k)
+        window = self.engine.encoder.window_frames * cfg.hop_length
+        for c, (rms_db, _peak, _onset) in enumerate(levels):  # a silent window names nothing
+            if self.hits is not None:
+                heard = self.hits.heard(c, sample_end - window, sample_end)
+            else:
+                heard = self._gate.push(c, rms_db, -120.0, self._window_hops())
+            if not heard:
+                matches[c] = []
+        self.mixdown.on_hop(emb)
         top = next((m[0] for m in matches if m), None)
         if top is not None:
             self.stats.matched_hops += 1
@@ -348,11 +401,15 @@ class Worker(threading.Thread):
             embeddings=np.array(emb, dtype=np.float32, copy=True),
             matches=matches,
             levels=levels,
+            centre=self._centre,
         )  # tags, level and similarity messages: emberd.daemon.analyzers
         self._seq += 1
         self.stats.hops += 1
         for h in self.handoffs:
             h.put(result)
+
+    def _window_hops(self) -> int:
+        return max(1, math.ceil(self.engine.encoder.window_frames / self.engine.hop_frames))
 
     def _levels(self) -> list[tuple[float, float, bool]]:
         out = []
@@ -408,6 +465,7 @@ class Worker(threading.Thread):
             "window_ms": round(enc.window_frames * cfg.hop_length / cfg.sr * 1000.0, 3),
             "k": self.k,
             "paused": self.paused,
+            **(self.hits.describe() if self.hits is not None else {}),
             **(self.source.watchdog.describe() if hasattr(self.source, "watchdog") else {}),
         }
 
@@ -436,10 +494,12 @@ class Worker(threading.Thread):
             return {"ok": True, "k": self.k}
         if command.cmd == "reload":
             library = self._open_library()
+            self.hits = self._hit_ladder(library)
             old, self.library = self.library, library
             if hasattr(old, "close"):
                 old.close()
             self._search_warned = False
+            self._load_class_data()
             return {"ok": True, "library": str(getattr(library, "path", ""))}
         if command.cmd == "set_model":
             return self._swap_engine(args["engine"])
@@ -460,9 +520,16 @@ class Worker(threading.Thread):
             self._capture.command.answer({"ok": False, "error": "capture: model changed"})
             self._capture = None
         self.engine = engine
+        self._load_class_data()
         self._reset_schedule()
         self._search_warned = False
         return {"ok": True, "model": engine.encoder.model, "provider": engine.encoder.provider}
+
+    def _load_class_data(self) -> None:
+        """The library's class head and mean vector for the current model (mix-down view)."""
+        self.mixdown.head, self._centre = class_data(self.library, self.engine.encoder.model)
+        self.mixdown.model = self.engine.encoder.model
+        self.mixdown.channels = list(self.channels)  # the app renumbers a mix as channel 0
 
     def _record(self, n: int) -> None:
         """Copy the newest ``n`` samples of the captured channels; answer when full."""

@@ -29,6 +29,7 @@ import numpy as np
 
 from emberd.errors import EmberdError
 from emberd.library import fingerprint, waveform
+from emberd.library.classifier import fit_library_head
 from emberd.library.scan import Candidate, ScanResult, Skip, scan
 from emberd.library.store import Store
 
@@ -54,6 +55,7 @@ class Summary:
     skipped: list[Skip] = field(default_factory=list)
     seconds: float = 0.0
     annoy_items: int = 0
+    classes: dict[str, int] = field(default_factory=dict)  # labelled sounds per learnt class
 
     def lines(self) -> list[str]:
         """Human-readable summary lines."""
@@ -67,6 +69,9 @@ class Summary:
                 f"identification data (landmarks, templates, snippets) recomputed for "
                 f"{self.refreshed} unchanged files"
             )
+        if self.classes:
+            learnt = ", ".join(f"{c} {n}" for c, n in self.classes.items())
+            out.append(f"instrument classes learnt from named sounds: {learnt}")
         out += [f"  skipped {s.path}: {s.reason}" for s in self.skipped]
         return out
 
@@ -246,7 +251,13 @@ class Indexer:
     """
 
     def __init__(
-        self, library: str | os.PathLike[str], model: str, *, jobs: int = 0, threads: int = 2
+        self,
+        library: str | os.PathLike[str],
+        model: str,
+        *,
+        jobs: int = 0,
+        threads: int = 2,
+        skip_silence: bool | None = None,
     ) -> None:
         from emberd.models.registry import resolve
 
@@ -255,6 +266,7 @@ class Indexer:
         self.model = model
         self.jobs = jobs
         self.threads = threads
+        self.skip_silence = skip_silence  # None: the manifest decides (emberd.models.silence_skip)
         self.frontend = self.manifest.frontend()
         self._encoder: Any = None
 
@@ -374,6 +386,8 @@ class Indexer:
         summary.indexed -= summary.refreshed
         summary.unchanged += summary.refreshed
         summary.annoy_items = self._rebuild_index()
+        head = fit_library_head(self.store, self.model, self.store.path)
+        summary.classes = dict(head.counts or {}) if head is not None else {}
         summary.seconds = time.monotonic() - t0
         return summary
 
@@ -416,7 +430,9 @@ class Indexer:
         if self._encoder is None:
             from emberd.models.plugin import load_encoder
 
-            self._encoder = load_encoder(self.manifest, device="auto", threads=self.threads)
+            self._encoder = load_encoder(
+                self.manifest, device="auto", threads=self.threads, skip_silence=self.skip_silence
+            )
         return self._encoder
 
     def _commit(self, batch: list[tuple[Candidate, dict[str, Any]]], summary: Summary) -> int:

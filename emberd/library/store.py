@@ -304,6 +304,20 @@ class Store:
         matrix = np.frombuffer(b"".join(r[3] for r in rows), np.float32).reshape(len(rows), -1)
         return ids, file_ids, starts, matrix
 
+    def file_vectors(self, model: str) -> tuple[np.ndarray, np.ndarray]:
+        """Each file's pooled vector of ``model``: ``(file_ids, matrix [n, dim] float32)``."""
+        rows = self.conn.execute(
+            "SELECT file_id, vector FROM vectors WHERE model=? AND is_file=1 ORDER BY file_id",
+            (model,),
+        ).fetchall()
+        dim = self.models().get(model, ("", 0))[1]
+        file_ids = np.fromiter((r[0] for r in rows), np.int64, len(rows))
+        if not rows:
+            return file_ids, np.zeros((0, dim), np.float32)
+        return file_ids, np.frombuffer(b"".join(r[1] for r in rows), np.float32).reshape(
+            len(rows), -1
+        )
+
     def vector_rows(self, ids: Iterable[int]) -> dict[int, tuple[int, float]]:
         """``{vector id: (file_id, start_s)}`` for the given vector ids."""
         ids = [int(i) for i in ids]

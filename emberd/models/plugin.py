@@ -39,6 +39,11 @@ def aisfx(options: dict[str, str]) -> Any:
     return _builtin("aisfx", options)
 
 
+def aisfx_int8(options: dict[str, str]) -> Any:
+    """Entry point ``emberd.encoders: aisfx-int8`` (quantized from aisfx on first use)."""
+    return _builtin("aisfx-int8", options)
+
+
 def dsp_baseline(options: dict[str, str]) -> Any:
     """Entry point ``emberd.encoders: dsp-baseline`` (ONNX Runtime; generated on first use)."""
     return _builtin("dsp-baseline", options)
@@ -48,9 +53,11 @@ def _builtin(name: str, options: dict[str, str]) -> Any:
     from emberd.models.registry import resolve
     from emberd.models.runtime import Encoder
 
+    skip = options.get("skip_silence", "")  # "1"/"0"; unset: the manifest decides
     return Encoder(resolve(name), device=options.get("device", "auto"),
                    threads=int(options.get("threads", "2")),
-                   warmup=options.get("warmup", "1") != "0")  # fmt: skip
+                   warmup=options.get("warmup", "1") != "0",
+                   skip_silence=None if skip == "" else skip == "1")  # fmt: skip
 
 
 def _instance(info: plugins.PluginInfo) -> Any:
@@ -156,19 +163,29 @@ class CheckedEncoder:
 
 
 def load_encoder(
-    manifest: ModelManifest, *, device: str = "auto", threads: int = 2, warmup: bool = True
+    manifest: ModelManifest,
+    *,
+    device: str = "auto",
+    threads: int = 2,
+    warmup: bool = True,
+    skip_silence: bool | None = None,
 ) -> Any:
     """The encoder of ``manifest``, through its ``emberd.encoders`` entry point.
 
     Built-ins and third-party encoders come from the group; an imported user model (an
-    ``.onnx`` file with its manifest) runs on ONNX Runtime directly.
+    ``.onnx`` file with its manifest) runs on ONNX Runtime directly. ``skip_silence``
+    goes to :class:`~emberd.models.runtime.Encoder` (None: the manifest decides);
+    third-party encoders ignore it.
     """
     if manifest.origin == "user":
         from emberd.models.runtime import Encoder
 
-        return Encoder(manifest, device=device, threads=threads, warmup=warmup)
+        return Encoder(manifest, device=device, threads=threads, warmup=warmup,
+                       skip_silence=skip_silence)  # fmt: skip
     info = plugins.require(plugins.GROUP_ENCODERS, manifest.name)
     if info.builtin:  # emberd's own: its errors (e.g. "not fetched yet") stay as they are
+        skip = "" if skip_silence is None else "1" if skip_silence else "0"
         return plugins.load(info)({"device": device, "threads": str(threads),
-                                   "warmup": "1" if warmup else "0"})  # fmt: skip
+                                   "warmup": "1" if warmup else "0",
+                                   "skip_silence": skip})  # fmt: skip
     return CheckedEncoder(_instance(info), manifest)

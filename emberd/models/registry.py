@@ -1,9 +1,10 @@
 """Where models live and how a name becomes a manifest.
 
-Built-in models (``aisfx``, ``dsp-baseline``) ship a manifest inside the
-package; their ``.onnx`` is written on demand under
+Built-in models (``aisfx``, ``aisfx-int8``, ``dsp-baseline``) ship a manifest
+inside the package; their ``.onnx`` is written on demand under
 ``emberd.paths.models_dir()/NAME/`` (``emberd models fetch aisfx``; the
-baseline is generated on first use). User models are imported into
+baseline and the int8 aiSFX, quantized from the fetched aiSFX by
+:mod:`emberd.models.quantize`, are generated on first use). User models are imported into
 ``models_dir()/NAME/`` as ``model.onnx`` + ``manifest.json``.
 """
 
@@ -25,7 +26,8 @@ from emberd.models.manifest import (
 
 log = logging.getLogger(__name__)
 
-BUILTINS = ("aisfx", "dsp-baseline")
+BUILTINS = ("aisfx", "aisfx-int8", "dsp-baseline")
+GENERATED = ("aisfx-int8", "dsp-baseline")  # built locally on first use (no download)
 DEFAULT_MODEL = "aisfx"
 FALLBACK_MODEL = "dsp-baseline"
 
@@ -73,7 +75,8 @@ def _models_root() -> Path:
 def resolve(name: str) -> ModelManifest:
     """Return the manifest of a model whose ``.onnx`` file exists.
 
-    ``dsp-baseline`` is generated if missing; ``aisfx`` must have been fetched.
+    ``dsp-baseline`` and ``aisfx-int8`` are generated if missing; ``aisfx`` must have
+    been fetched.
 
     Raises
     ------
@@ -85,7 +88,7 @@ def resolve(name: str) -> ModelManifest:
     root = _models_root()
     if name in BUILTINS:
         manifest = _builtin(name, root)
-        if name == "dsp-baseline" and not available(manifest):
+        if name in GENERATED and not available(manifest):
             fetch(name)
             manifest = _builtin(name, root)
         if not available(manifest):
@@ -154,6 +157,11 @@ def fetch(name: str) -> ModelManifest:
         from emberd.paths import cache_dir
 
         return load_manifest(aisfx.fetch(root, cache_dir()), origin="builtin")
+    if name == "aisfx-int8":
+        from emberd.models import quantize
+
+        quantize.build_int8(resolve("aisfx").path, root / name)
+        return _builtin(name, root)
     if name == "dsp-baseline":
         from emberd.models import baseline
 

@@ -263,20 +263,12 @@ class Encoder:
     def _silence_skip(self, providers: list[Any], opts: Any) -> Any:
         from emberd.models import silence_skip
 
-        manifest = self.manifest
-        if manifest.extra.get(MANIFEST_KEY) is not True:
-            raise EmberdError(
-                f"model {manifest.name}: its manifest does not declare "
-                f'"{MANIFEST_KEY}": true, so silence skipping is off for it'
-            )
         ort = onnxruntime()
 
         def make(graph: bytes) -> Any:
             return ort.InferenceSession(graph, sess_options=opts, providers=providers)
 
-        return silence_skip.load(
-            str(manifest.path), manifest.window_frames, manifest.n_mels, make
-        )
+        return silence_skip.for_manifest(self.manifest, make)
 
     @property
     def dim(self) -> int:

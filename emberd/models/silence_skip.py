@@ -52,6 +52,7 @@ OPSET = 17
 
 Session = Any  # onnxruntime.InferenceSession
 SessionFactory = Callable[[bytes], Session]
+LayerTransform = Callable[[int, Any], Any]  # (conv index, onnx.ModelProto) -> onnx.ModelProto
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,11 @@ class ConvStack:
 
     weights: list[tuple[np.ndarray, np.ndarray]]  # per conv: W [out, in, 3, 3], b [out]
     pool_after: list[bool]  # a 2x2 max pool follows the conv's ReLU
+    # The graph's tensor names per conv: (input, conv output, relu output, pool output or ""),
+    # then the mean over mel; the layer graphs reuse them so that calibration ranges of the
+    # whole graph (int8) apply to each layer.
+    names: list[tuple[str, str, str, str]]
+    mean_name: str
 
 
 def _attr(node: Any, name: str, default: Any = None) -> Any:
@@ -130,7 +136,9 @@ def parse_conv_stack(model: Any) -> ConvStack:
         raise fail(i - 1, "must add the channel axis 1")
     weights: list[tuple[np.ndarray, np.ndarray]] = []
     pool_after: list[bool] = []
+    names: list[tuple[str, str, str, str]] = []
     while i < len(nodes) and nodes[i].op_type == "Conv":
+        x_name = current
         conv = take("Conv")
         ok = (
             list(_attr(conv, "kernel_shape", [])) == [3, 3]
@@ -150,10 +158,12 @@ def parse_conv_stack(model: Any) -> ConvStack:
         if w.shape[1:] != (c_in, 3, 3) or b.shape != (w.shape[0],):
             raise fail(i - 1, f"weight {w.shape} does not follow {c_in} channels")
         weights.append((w, b))
-        take("Relu")
+        relu = take("Relu").output[0]
+        pool_name = ""
         pooled = i < len(nodes) and nodes[i].op_type == "MaxPool"
         if pooled:
             pool = take("MaxPool")
+            pool_name = pool.output[0]
             ok = (
                 list(_attr(pool, "kernel_shape", [])) == [2, 2]
                 and list(_attr(pool, "strides", [1, 1])) == [2, 2]
@@ -164,6 +174,7 @@ def parse_conv_stack(model: Any) -> ConvStack:
             if not ok:
                 raise fail(i - 1, "needs a 2x2 kernel, stride 2, no padding, floor mode")
         pool_after.append(pooled)
+        names.append((x_name, conv.output[0], relu, pool_name))
     if not weights:
         raise fail(i, "no convolution")
     mean = take("ReduceMean")
@@ -174,36 +185,41 @@ def parse_conv_stack(model: Any) -> ConvStack:
         raise fail(i - 1, "needs the max over time (axis 2) without keepdims")
     if i != len(nodes) or current != graph.output[0].name:
         raise fail(i, "the graph goes on after the max over time")
-    return ConvStack(weights, pool_after)
+    return ConvStack(weights, pool_after, names, mean.output[0])
 
 
-def layer_graph(w: np.ndarray, b: np.ndarray, *, pool: bool, last: bool) -> Any:
-    """One conv of the stack as an ONNX graph with time padding 0.
+def layer_graph(stack: ConvStack, i: int) -> Any:
+    """Conv ``i`` of the stack as an ONNX graph with time padding 0.
 
     Input ``x`` float32 ``[batch, c_in, rows + 2, mel]`` (one context row each
     side), output ``y``: ``[batch, c_out, rows, mel]``, pooled to
     ``[batch, c_out, rows // 2, mel // 2]``, or for the last conv the mean
-    over mel ``[batch, c_out, rows]``.
+    over mel ``[batch, c_out, rows]``. Inner tensors keep the whole graph's names.
     """
     from onnx import TensorProto, helper, numpy_helper
 
     from emberd.models.onnxgraph import finish_model
 
-    inits = [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "B")]
+    w, b = stack.weights[i]
+    x, conv, relu, pool = stack.names[i]
+    last = i == len(stack.weights) - 1
+    inits = [numpy_helper.from_array(w, f"{conv}_W"), numpy_helper.from_array(b, f"{conv}_B")]
     nodes = [
+        helper.make_node("Identity", ["x"], [x]),
         helper.make_node(
-            "Conv", ["x", "W", "B"], ["conv"], kernel_shape=[3, 3], pads=[0, 1, 0, 1]
+            "Conv", [x, f"{conv}_W", f"{conv}_B"], [conv], kernel_shape=[3, 3], pads=[0, 1, 0, 1]
         ),
-        helper.make_node("Relu", ["conv"], ["relu"]),
+        helper.make_node("Relu", [conv], [relu]),
     ]
-    out = "relu"
+    out = relu
     if pool:
-        nodes.append(helper.make_node("MaxPool", [out], ["pool"], kernel_shape=[2, 2],
+        nodes.append(helper.make_node("MaxPool", [out], [pool], kernel_shape=[2, 2],
                                       strides=[2, 2]))  # fmt: skip
-        out = "pool"
+        out = pool
     if last:
-        nodes.append(helper.make_node("ReduceMean", [out], ["mean"], axes=[3], keepdims=0))
-        out = "mean"
+        nodes.append(helper.make_node("ReduceMean", [out], [stack.mean_name], axes=[3],
+                                      keepdims=0))  # fmt: skip
+        out = stack.mean_name
     nodes.append(helper.make_node("Identity", [out], ["y"]))
     dims: list[Any] = ["batch", int(w.shape[1]), "rows", "mel"]
     out_dims: list[Any] = ["batch", int(w.shape[0]), "out_rows"] + ([] if last else ["out_mel"])
@@ -256,10 +272,18 @@ class SilenceSkip:
     make_session : callable
         ``bytes -> onnxruntime.InferenceSession`` (the encoder's providers and
         threads).
+    transform : callable, optional
+        ``(conv index, layer ModelProto) -> ModelProto`` applied to each layer
+        graph before its session is made (the int8 variant quantizes there).
     """
 
     def __init__(
-        self, stack: ConvStack, window_frames: int, n_mels: int, make_session: SessionFactory
+        self,
+        stack: ConvStack,
+        window_frames: int,
+        n_mels: int,
+        make_session: SessionFactory,
+        transform: LayerTransform | None = None,
     ) -> None:
         self.window_frames = window_frames
         self.n_mels = n_mels
@@ -272,10 +296,10 @@ class SilenceSkip:
                 rows, mel = rows // 2, mel // 2
         if rows < 1 or mel < 1:
             raise EmberdError(f"silence skipping: a {window_frames}-frame window pools to nothing")
-        self._sessions = [
-            make_session(layer_graph(w, b, pool=p, last=i == n_convs - 1).SerializeToString())
-            for i, ((w, b), p) in enumerate(zip(stack.weights, stack.pool_after, strict=True))
-        ]
+        graphs = [layer_graph(stack, i) for i in range(n_convs)]
+        if transform is not None:
+            graphs = [transform(i, g) for i, g in enumerate(graphs)]
+        self._sessions = [make_session(g.SerializeToString()) for g in graphs]
         self._macs = np.array([lv.rows * lv.mel * lv.c_in * lv.c_out for lv in self._levels], float)
         self._build_templates()
 
@@ -423,20 +447,50 @@ def _groups(order: np.ndarray, costs: np.ndarray) -> list[np.ndarray]:
     return [np.array(g, np.int64) for g in groups]
 
 
-def load(
-    path: str, window_frames: int, n_mels: int, make_session: SessionFactory
-) -> SilenceSkip:
-    """Parse the ONNX file at ``path`` and build its :class:`SilenceSkip`.
+def for_manifest(manifest: Any, make_session: SessionFactory) -> SilenceSkip:
+    """The :class:`SilenceSkip` of a model whose manifest declares it.
+
+    ``"silence_skip": true``: the model's own graph is a conv stack.
+    ``"silence_skip": {"int8_of": NAME}``: the model is NAME quantized by
+    :mod:`emberd.models.quantize`; NAME's float graph (the sibling folder
+    ``../NAME/model.onnx``) is split into layers and each is quantized with the
+    same calibration ranges.
 
     Raises
     ------
     EmberdError
-        If the graph is not a conv stack (see :func:`parse_conv_stack`).
+        If the manifest does not declare it, or the graph is not a conv stack
+        (see :func:`parse_conv_stack`).
     """
     import onnx
 
+    spec = manifest.extra.get(MANIFEST_KEY)
+    transform: LayerTransform | None = None
+    if spec is True:
+        path = manifest.path
+    elif isinstance(spec, dict) and isinstance(spec.get("int8_of"), str):
+        from emberd.models import quantize
+
+        # The float model is the sibling folder in the same models root.
+        path = manifest.path.parent.parent / spec["int8_of"] / "model.onnx"
+        if not path.is_file():
+            raise EmberdError(
+                f"model {manifest.name}: its float model {path} is missing; "
+                f"fix with: emberd models fetch {spec['int8_of']}"
+            )
+        layers = manifest.path.parent / "layers"
+
+        def transform(i: int, layer: Any) -> Any:
+            return quantize.quantize_layer(i, layer, layers)
+
+    else:
+        raise EmberdError(
+            f"model {manifest.name}: its manifest does not declare "
+            f'"{MANIFEST_KEY}": true, so silence skipping is off for it'
+        )
     try:
-        model = onnx.load(path)
+        model = onnx.load(str(path))
     except Exception as exc:  # onnx raises DecodeError and friends
         raise EmberdError(f"{path}: not a readable ONNX model ({exc})") from exc
-    return SilenceSkip(parse_conv_stack(model), window_frames, n_mels, make_session)
+    stack = parse_conv_stack(model)
+    return SilenceSkip(stack, manifest.window_frames, manifest.n_mels, make_session, transform)

@@ -8,6 +8,8 @@ the panel's own page only (:mod:`emberd.clients.panel.guard`: another web page g
 * ``/audio/<id>`` -- a library file by its library id, decoded and re-encoded
   as 16-bit WAV so the browser can play any format the library holds; ids not
   in the library get 404, so no path from the browser ever reaches the disk;
+* ``/peaks/<id>`` -- the same file's waveform for the player: ``duration_s`` and
+  :data:`PEAK_BINS` (min, max) pairs;
 * ``/ws`` -- a WebSocket of JSON messages (:func:`emberd.clients.messages.to_json`
   plus ``{"kind": "cursor", "channel", "x", "y"}`` for live embeddings).
 
@@ -15,17 +17,22 @@ A thread runs a :class:`~emberd.clients.subscriber.Subscriber` and hands each
 message to the event loop. The loop keeps only the latest message per kind and
 channel and broadcasts them 30 times a second: eight channels at a 23 ms hop
 would otherwise mean ~1400 messages a second for every open page. New pages
-first get the latest message of each kind and channel.
+first get the latest message of each kind and channel, marked ``"replay": true``, then
+the current connection state: a page opened while the daemon is gone shows its last
+data as stale (every data message carries ``received_at``, the server's Unix time, and
+``hello`` the server's clock so the page can show each item's age), never as live.
 """
 
 from __future__ import annotations
 
 import asyncio
 import io
+import itertools
 import json
 import logging
 import re
 import threading
+import time
 from http import HTTPStatus
 from importlib import resources
 from typing import Any
@@ -50,6 +57,8 @@ STATIC_FILES = {
 }
 AUDIO_MAX_S = 60.0  # longest audition served; one-shots and loops are far shorter
 AUDIO_RE = re.compile(r"^/audio/(\d{1,12})$")
+PEAKS_RE = re.compile(r"^/peaks/(\d{1,12})$")
+PEAK_BINS = 400  # waveform columns sent to the page's player
 POLL_S = 0.2  # subscriber thread wakes this often to notice shutdown
 FLUSH_S = 1 / 30  # pages get at most 30 updates a second per kind and channel
 
@@ -85,6 +94,26 @@ def audio_wav(path: str) -> bytes:
     buf = io.BytesIO()
     sf.write(buf, data, sr, format="WAV", subtype="PCM_16")
     return buf.getvalue()
+
+
+def audio_peaks(path: str, bins: int = PEAK_BINS) -> dict[str, Any]:
+    """Waveform of ``path`` for the player: duration and per-bin (min, max) of the mono mix."""
+    import numpy as np
+    import soundfile as sf
+
+    try:
+        with sf.SoundFile(path) as f:
+            frames = min(f.frames, int(AUDIO_MAX_S * f.samplerate))
+            data = f.read(frames, dtype="float32", always_2d=True)
+            sr = f.samplerate
+    except (OSError, RuntimeError, sf.LibsndfileError) as exc:
+        raise EmberdError(f"{path}: cannot read audio: {exc}") from exc
+    mono = data.mean(axis=1) if data.size else np.zeros(1, np.float32)
+    mono = np.nan_to_num(mono, nan=0.0, posinf=0.0, neginf=0.0)
+    edges = np.linspace(0, mono.size, min(bins, max(mono.size, 1)) + 1).astype(int)
+    pairs = [[round(float(mono[a:b].min()), 4), round(float(mono[a:b].max()), 4)]
+             for a, b in itertools.pairwise(edges) if b > a]  # fmt: skip
+    return {"duration_s": round(frames / sr, 4), "peaks": pairs}
 
 
 class PanelServer:
@@ -145,6 +174,16 @@ class PanelServer:
         if path == "/map.json":
             payload = self.map.public_json() if self.map else {"model": None, "points": []}
             return _response(HTTPStatus.OK, json.dumps(payload).encode(), "application/json")
+        m = PEAKS_RE.match(path)
+        if m:
+            file_path = self.map.paths.get(int(m.group(1))) if self.map else None
+            if file_path is None:
+                return _text(HTTPStatus.NOT_FOUND, "no such library id\n")
+            try:
+                body = json.dumps(audio_peaks(file_path)).encode()
+            except EmberdError as exc:
+                return _text(HTTPStatus.NOT_FOUND, f"{exc}\n")
+            return _response(HTTPStatus.OK, body, "application/json")
         m = AUDIO_RE.match(path)
         if m:
             file_path = self.map.paths.get(int(m.group(1))) if self.map else None
@@ -160,10 +199,14 @@ class PanelServer:
     async def handler(self, ws: ServerConnection) -> None:
         """One browser page: send the snapshot, then keep it in the broadcast set."""
         hello = {"kind": "hello", "zmq": self.zmq_endpoint,
-                 "model": self.map.model if self.map else None}
+                 "model": self.map.model if self.map else None, "server_time": time.time()}
         await ws.send(json.dumps(hello))
-        for payload in list(self._latest.values()):
-            await ws.send(payload)
+        latest = dict(self._latest)
+        connection = latest.pop(("connection", -1), None)
+        for payload in latest.values():  # the last data: shown as old until the daemon speaks
+            await ws.send(json.dumps({**json.loads(payload), "replay": True}))
+        if connection is not None:  # last: the page ends up with the true state
+            await ws.send(connection)
         self.clients.add(ws)
         try:
             async for _ in ws:  # the page sends nothing we act on; wait for close
@@ -187,6 +230,13 @@ class PanelServer:
 
     # -- ZeroMQ bridge (thread) -----------------------------------------------------
     def _convert(self, item: Item) -> tuple[tuple[str, int], dict[str, Any]] | None:
+        converted = self._convert_item(item)
+        if converted is not None:  # when the server heard it: the page shows data's age
+            converted[1]["received_at" if not isinstance(item, ConnectionEvent) else "since"] = (
+                round(time.time(), 3))
+        return converted
+
+    def _convert_item(self, item: Item) -> tuple[tuple[str, int], dict[str, Any]] | None:
         if isinstance(item, EmbMessage):
             if self.map is None:
                 return None

@@ -1,5 +1,7 @@
 // emberd panel: live matches, library map with channel cursors, similarity heat map.
-// Talks only to the server that served it: /ws (JSON messages), /map.json, /audio/<id>.
+// Talks only to the server that served it: /ws (JSON messages), /map.json, /audio/<id>,
+// /peaks/<id>. The connection badge tells the truth: data replayed on (re)load or left
+// over after the daemon went away is dimmed and labelled with its age, never "connected".
 "use strict";
 
 const PALETTE = ["#ff8a3d", "#4cc9f0", "#80ed99", "#f72585", "#ffd166", "#b388ff", "#06d6a0", "#ef476f"];
@@ -7,11 +9,14 @@ const TRAIL_POINTS = 24;        // past cursor positions drawn per channel
 const CURSOR_SMOOTHING = 0.35;  // fraction of the way to the target per animation frame
 const RECONNECT_MS = 1000;      // wait before reopening a dropped WebSocket
 const SHOW_MATCHES = 5;
+const RESTART_NOTE_MS = 10000;  // "daemon restarted" shows this long, then plain "connected"
+const AGE_TICK_MS = 1000;       // stale-age labels refresh this often
 
 const state = {
   connected: false, messages: 0, matchMessages: 0, cursorMoves: 0,
   map: { points: [], model: null }, cursors: {}, channels: {}, similarity: null,
-  playingId: null,
+  playingId: null, clockOffset: 0, connState: "waiting", restartedAt: 0, lastDataAt: null,
+  player: { id: null, name: "", duration: 0, peaks: [], position: 0, playing: false },
 };
 window.emberdState = state;  // for tests and curious users
 
@@ -24,7 +29,43 @@ function setConn(cls, text) {
   el.className = "conn " + cls;
   el.dataset.state = cls;
   el.textContent = text;
+  state.connState = cls;
+  if (cls === "restarted") state.restartedAt = Date.now();
+  updateAges();
 }
+
+// Server time now (the server stamps every message with received_at, its own clock).
+const serverNow = () => Date.now() / 1000 + state.clockOffset;
+
+function age(seconds) {
+  const s = Math.max(0, seconds);
+  return s < 90 ? `${Math.round(s)} s` : s < 5400 ? `${Math.round(s / 60)} min` : `${Math.round(s / 3600)} h`;
+}
+
+// Stale = the data on screen is not live: the daemon is silent or stopped, or the page
+// only has replayed data. Dim it and label it with its age; clear the restart note.
+function isStale() {
+  return state.connState === "silent" || state.connState === "stopped" ||
+    (state.connState === "waiting" && state.lastDataAt !== null);
+}
+function updateAges() {
+  const stale = isStale();
+  document.body.classList.toggle("stale", stale);
+  const now = serverNow();
+  for (const [ch, c] of Object.entries(state.channels)) {
+    const el = document.querySelector(`#ch-${ch} .age`);
+    if (el) el.textContent = stale && c.receivedAt ? `stale · ${age(now - c.receivedAt)} old` : "";
+  }
+  const conn = $("conn");
+  if (stale && state.lastDataAt !== null && state.connState !== "waiting") {
+    const what = state.connState === "stopped" ? "daemon stopped" : "daemon silent";
+    conn.textContent = `${what} — last data ${age(now - state.lastDataAt)} ago; waiting…`;
+  }
+  if (state.connState === "restarted" && Date.now() - state.restartedAt > RESTART_NOTE_MS) {
+    setConn("connected", "connected");
+  }
+}
+setInterval(updateAges, AGE_TICK_MS);
 
 function connect() {
   const ws = new WebSocket(`ws://${location.host}/ws`);
@@ -43,28 +84,41 @@ function connect() {
 }
 
 function handle(msg) {
+  if (msg.received_at !== undefined) {
+    state.lastDataAt = Math.max(state.lastDataAt ?? 0, msg.received_at);
+    if (msg.channel !== undefined && msg.channel >= 0 && msg.kind !== "cursor") {
+      channel(msg.channel).receivedAt = msg.received_at;
+    }
+    if (!msg.replay) live();  // replayed data (page reload) is old: it proves nothing
+  }
   switch (msg.kind) {
-    case "hello": break;
+    case "hello":
+      if (typeof msg.server_time === "number") state.clockOffset = msg.server_time - Date.now() / 1000;
+      break;
     case "connection":
       if (msg.state === "waiting") setConn("waiting", "waiting for daemon…");
       else if (msg.state === "silent") setConn("silent", "daemon silent — waiting…");
-      else if (msg.state === "stopped") setConn("silent", "daemon stopped — waiting…");
-      else if (msg.state === "restarted") { setConn("restarted", "daemon restarted"); resetChannels(); }
+      else if (msg.state === "stopped") setConn("stopped", "daemon stopped — waiting…");
+      else if (msg.state === "restarted") { setConn("restarted", "connected — daemon restarted"); resetChannels(); }
       else setConn("connected", "connected");
       break;
-    case "match": live(); onMatch(msg); break;
-    case "tag": live(); channel(msg.channel).tags = msg.tags; renderChannel(msg.channel); break;
-    case "level": live(); onLevel(msg); break;
-    case "cursor": live(); onCursor(msg); break;
-    case "similarity": live(); state.similarity = msg; drawSimilarity(); break;
-    case "status": onStatus(msg.status || {}); if (msg.status && msg.status.final) setConn("silent", "daemon stopped — waiting…"); break;
+    case "match": onMatch(msg); break;
+    case "tag": channel(msg.channel).tags = msg.tags; renderChannel(msg.channel); break;
+    case "level": onLevel(msg); break;
+    case "hit": onHit(msg); break;
+    case "cursor": onCursor(msg); break;
+    case "similarity": state.similarity = msg; drawSimilarity(); break;
+    case "status":
+      onStatus(msg.status || {});
+      if (msg.status && msg.status.final && !msg.replay) setConn("stopped", "daemon stopped — waiting…");
+      break;
   }
   $("st-msgs").textContent = state.messages;
 }
 
 function live() {
-  const el = $("conn");
-  if (el.dataset.state === "waiting" || el.dataset.state === "silent") setConn("connected", "connected");
+  const s = state.connState;
+  if (s === "waiting" || s === "silent" || s === "stopped") setConn("connected", "connected");
 }
 
 // ---------------------------------------------------------------- status
@@ -96,14 +150,22 @@ function onStatus(st) {
 // ---------------------------------------------------------------- channels
 function channel(ch) {
   if (!state.channels[ch]) {
-    state.channels[ch] = { matches: [], tags: [], rms_db: -120, onset: false };
+    const c = { matches: [], tags: [], rms_db: -120, onset: false, receivedAt: null, hold: false };
+    state.channels[ch] = c;
     const div = document.createElement("div");
     div.className = "channel";
     div.id = "ch-" + ch;
     div.style.setProperty("--c", colour(ch));
     div.innerHTML = `<div class="head"><span class="name">ch ${ch}</span>
       <div class="level"><span></span></div><span class="db">–</span></div>
+      <div class="age"></div>
+      <div class="hit" aria-live="polite"></div>
       <div class="tags"></div><ol class="matches"></ol>`;
+    // Hold the list while the pointer is over it: rows re-sort every hop, and a click
+    // must audition the row that was read, not the one that moved under the pointer.
+    const ol = div.querySelector(".matches");
+    ol.addEventListener("mouseenter", () => { c.hold = true; ol.classList.add("held"); });
+    ol.addEventListener("mouseleave", () => { c.hold = false; ol.classList.remove("held"); renderChannel(ch); });
     const list = $("channels");
     const after = [...list.children].find((c) => Number(c.id.slice(3)) > ch);
     list.insertBefore(div, after || null);
@@ -133,6 +195,17 @@ function onLevel(msg) {
   div.querySelector(".db").textContent = msg.rms_db.toFixed(1) + " dB";
 }
 
+// A hit: the newest stage of the newest hit (provisional, refined, final), with its
+// answer's kind and calibrated confidence and the onset-to-publish latency.
+function onHit(msg) {
+  channel(msg.channel);
+  const top = (msg.matches || [])[0];
+  const what = top ? `${top.name} (${top.kind} ${(top.confidence ?? 0).toFixed(2)})` : "no answer";
+  const el = $("ch-" + msg.channel).querySelector(".hit");
+  el.textContent = `hit ${msg.hit} ${msg.stage}: ${what} · ${Math.round(msg.latency_ms ?? 0)} ms`;
+  el.dataset.kind = top ? top.kind : "none";
+}
+
 function esc(s) {
   return String(s).replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
 }
@@ -157,6 +230,7 @@ function drawChannel(ch) {
   const tagsEl = div.querySelector(".tags");
   if (tagsEl.innerHTML !== tagHtml) tagsEl.innerHTML = tagHtml;
   const list = div.querySelector(".matches");
+  if (c.hold) return;  // held under the pointer (see channel()); redrawn on mouseleave
   const shown = c.matches.slice(0, SHOW_MATCHES);
   while (list.children.length < shown.length) {
     const li = document.createElement("li");
@@ -172,6 +246,7 @@ function drawChannel(ch) {
     const id = m.id === null || m.id === undefined ? "" : String(m.id);
     const tags = (m.tags || []).join(" · ");
     li.dataset.id = id;
+    li.dataset.name = m.name;
     li.title = tags;
     li.classList.toggle("playing", id !== "" && Number(id) === state.playingId);
     li.querySelector(".n").textContent = m.name;
@@ -184,16 +259,56 @@ function drawChannel(ch) {
 
 $("channels").addEventListener("click", (ev) => {
   const li = ev.target.closest(".match");
-  if (li && li.dataset.id !== "") audition(Number(li.dataset.id));
+  if (li && li.dataset.id !== "") audition(Number(li.dataset.id), li.dataset.name);  // the row's own id
 });
 
-function audition(id) {
-  const player = $("player");
+// ---------------------------------------------------------------- player
+function audition(id, name) {
+  const player = $("player"), p = state.player;
   state.playingId = id;
+  Object.assign(p, { id, name: name || `#${id}`, duration: 0, peaks: [], position: 0 });
+  $("player-box").hidden = false;
+  $("p-name").textContent = p.name;
   player.src = `/audio/${id}`;
   player.play().catch(() => {});  // autoplay rules: the click itself allows playback
+  fetch(`/peaks/${id}`).then((r) => (r.ok ? r.json() : null)).then((w) => {
+    if (w && p.id === id) { p.duration = w.duration_s; p.peaks = w.peaks; drawWave(); }
+  }).catch(() => {});
   Object.keys(state.channels).forEach(renderChannel);
 }
+
+function drawWave() {
+  const cv = $("wave"), ctx = cv.getContext("2d"), p = state.player;
+  ctx.clearRect(0, 0, cv.width, cv.height);
+  const mid = cv.height / 2, n = p.peaks.length;
+  const played = p.duration > 0 ? p.position / p.duration : 0;
+  p.peaks.forEach(([lo, hi], i) => {
+    ctx.fillStyle = i / n <= played ? "#ff8a3d" : "#8a909c";
+    const x = (i / n) * cv.width;
+    ctx.fillRect(x, mid - hi * mid, Math.max(1, cv.width / n), Math.max(1, (hi - lo) * mid));
+  });
+  ctx.fillStyle = "#e4e6eb";
+  ctx.fillRect(played * cv.width, 0, 1, cv.height);  // playhead
+  $("p-pos").textContent = `${p.position.toFixed(2)} / ${p.duration.toFixed(2)} s`;
+  $("p-play").textContent = p.playing ? "stop" : "play";
+}
+
+const audioEl = $("player");
+for (const ev of ["timeupdate", "play", "pause", "ended", "seeked"]) {
+  audioEl.addEventListener(ev, () => {
+    state.player.position = audioEl.currentTime || 0;
+    state.player.playing = !audioEl.paused && !audioEl.ended;
+    drawWave();
+  });
+}
+$("p-play").addEventListener("click", () => {
+  if (!audioEl.paused && !audioEl.ended) { audioEl.pause(); audioEl.currentTime = 0; }
+  else audioEl.play().catch(() => {});
+});
+$("wave").addEventListener("click", (ev) => {  // seek
+  const r = ev.target.getBoundingClientRect();
+  if (state.player.duration > 0) audioEl.currentTime = ((ev.clientX - r.left) / r.width) * state.player.duration;
+});
 
 // ---------------------------------------------------------------- map
 const mapCanvas = $("map");
@@ -307,7 +422,7 @@ mapCanvas.addEventListener("mousemove", (ev) => {
   tip.textContent = `${p.name} — ${(p.tags || []).join(", ")}`;
   tip.style.left = ev.offsetX + 18 + "px"; tip.style.top = ev.offsetY + 30 + "px";
 });
-mapCanvas.addEventListener("click", (ev) => { const p = nearestPoint(ev); if (p) audition(p.id); });
+mapCanvas.addEventListener("click", (ev) => { const p = nearestPoint(ev); if (p) audition(p.id, p.name); });
 
 // ---------------------------------------------------------------- similarity
 function drawSimilarity() {

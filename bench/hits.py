@@ -1,0 +1,656 @@
+"""Live hits: how soon and how right the daemon names every hit of a drum performance.
+
+A performance is built from Debian's hydrogen-drumkits one-shots (seeded): gaps drawn
+log-uniformly from 80 ms to 1.6 s (tails overlap the next hit), gains -20..0 dB
+(each sample peak-normalised to -1 dBFS first), a -50 dBFS white noise floor
+throughout, SILENT_STRETCHES stretches of SILENT_S with no hit, and hits from kits
+held out of the library (NOT in it: scored by instrument -- does the answer name a
+library sound of the played sample's class?). The library holds LIBRARY_KITS; the
+performance's library hits come from TEST_KITS (a subset), its held-out hits from
+HELD_OUT_TEST; ``bench/fit_hit_confidence.py`` tunes on TUNE_KITS / HELD_OUT_TUNE.
+Classes come from each kit's ``drumkit.xml`` (:mod:`emberd.library.classes`).
+
+It is played through the real daemon (``emberd run``, a child process) at real-time
+pace from a file, and through JACK capture (a private ``jackd`` with the dummy
+backend, a JACK-Client player child process, the daemon's PortAudio input), with a
+ZeroMQ subscriber recording every ``hit.*`` and ``match.*`` message. Per stage it
+prints top-1 (the answer is the played file or a level copy of it; ``strict``: the
+file itself) and onset-to-publish latency p50/p90 (the message's ``latency_ms``:
+publish time minus the capture time of the onset sample); false hits during silence
+(detections inside a silent stretch), extra hits during sound (double triggers),
+missed hits, window matches published for windows lying wholly in silence, ``exact``
+claims for held-out hits, the calibration of ``confidence`` (expected calibration
+error over 10 bins), and the same figures for an **SP-Tools-like baseline** in the
+same run: the same onsets, loudness / spectral centroid / flatness / 13 MFCCs over
+the first 256 samples at 44.1 kHz (5.8 ms), 1-nearest-neighbour (standardised
+features) over every library file's first 256 samples after its onset. The baseline
+runs in this process on the same onsets; its latency is the time its 256 samples
+take to arrive at the daemon's block size plus its measured compute.
+
+Usage::
+
+    flock /tmp/emberd-bench.lock python bench/hits.py [--hits 160] [--seed 0]
+        [--no-jack] [--library PATH]
+
+The library (aiSFX) is kept in the temporary folder ``emberd-hits-cache`` and reused.
+The last line is::
+
+    provisional_ms_p50=... provisional_top1=... final_ms_p50=... final_top1=...
+    baseline_top1=... false_hits=... missed=...
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from emberd.library import classes, waveform
+
+KITS = Path("/usr/share/hydrogen/data/drumkits")
+SR = 22050  # Hz: the daemon's rate (aiSFX front end); the performance is written at it
+TUNE_KITS = ("BJA_Pacific", "ForzeeStereo", "Gimme A Hand 1.0", "circAfrique v4")
+TEST_KITS = (
+    "ElectricEmpireKit", "Millo_MultiLayered2", "Millo_MultiLayered3", "The Black Pearl 1.0",
+    "rumpf_kit_z01_h2",
+)  # fmt: skip
+LIBRARY_KITS = TUNE_KITS + TEST_KITS
+HELD_OUT_TUNE = ("ColomboAcousticDrumkit", "HardElectro1")
+HELD_OUT_TEST = ("Millo-Drums_v.1", "VariBreaks", "Audiophob")
+NOISE_DBFS = -50.0  # white noise floor, RMS
+PEAK_DBFS = -1.0  # every sample's peak before its gain
+GAIN_DB = (-20.0, 0.0)
+GAP_S = (0.08, 1.6)  # onset-to-onset, log-uniform
+HELD_OUT_SHARE = 0.2  # of the hits
+SILENT_STRETCHES = 3
+SILENT_S = 5.0  # onset-to-onset across a silent stretch
+LEAD_IN_S = 2.0  # noise before the first hit (subscribers connect meanwhile)
+TAIL_S = 3.0  # noise after the last hit
+MAX_SAMPLE_S = 2.0  # longer samples are cut (30 ms fade): a performance, not a cymbal study
+FADE_S = 0.03
+MATCH_TOLERANCE_S = 0.025  # a detection this close to a true onset is that hit
+SILENCE_AFTER_TAIL_S = 0.1  # a silent stretch starts this long after the last tail ends
+LEVEL_COPY_RHO = 0.999
+DUPLICATE_RHO = 0.95  # a held-out sample this correlated with a library file is that file
+BASELINE_SR = 44100
+BASELINE_SAMPLES = 256  # SP-Tools' analysis window after the onset (5.8 ms at 44.1 kHz)
+BLOCK_FRAMES = 256
+STAGES = ("provisional", "refined50", "refined150", "final")
+
+
+@dataclass
+class Truth:
+    onset_s: float
+    path: str
+    cls: str
+    in_library: bool
+    gain_db: float
+
+
+@dataclass
+class Performance:
+    audio: np.ndarray
+    hits: list[Truth]
+    silent: list[tuple[float, float]] = field(default_factory=list)
+
+
+def labelled(kits: tuple[str, ...]) -> list[tuple[str, str]]:
+    """(path, class) of every labelled one-shot of ``kits`` (loops left out)."""
+    out = []
+    for kit in kits:
+        for p, c in sorted(classes.hydrogen_classes(KITS / kit).items()):
+            if c != "loop":
+                out.append((str(p), c))
+    return out
+
+
+def window(y: np.ndarray, start: int, n: int) -> np.ndarray:
+    """``y[start:start + n]`` with zeros outside ``y``."""
+    out = np.zeros(n, np.float32)
+    a, b = max(start, 0), min(start + n, len(y))
+    if b > a:
+        out[a - start : b - start] = y[a:b]
+    return out
+
+
+def held_out(lib: Any, kits: tuple[str, ...]) -> tuple[list[tuple[str, str]], list[str]]:
+    """Labelled samples of held-out ``kits`` that are not a library file under another name.
+
+    Kits share recordings (one author's kits); a held-out sample whose whole snippet
+    correlates DUPLICATE_RHO with a library file IS in the library: left out (returned
+    second, to be printed), so that held-out hits are truly not in the library.
+    """
+    from emberd.library.hitindex import (
+        DESC_OFFSET_SAMPLES,
+        EARLY_SAMPLES,
+        LAG_SAMPLES,
+        PRE_SAMPLES,
+        HitIndex,
+    )  # fmt: skip
+
+    index = HitIndex.from_library(lib)
+    keep, dups = [], []
+    n = waveform.SNIPPET_SAMPLES - waveform.PRE_ROLL_SAMPLES
+    for path, cls in labelled(kits):
+        y = load(path)
+        o = waveform.onset_sample(y)
+        seg = window(y, o - PRE_SAMPLES - LAG_SAMPLES, PRE_SAMPLES + n + 2 * LAG_SAMPLES)
+        desc = window(y, o - DESC_OFFSET_SAMPLES, EARLY_SAMPLES)
+        rows, _ = index.candidates(desc, EARLY_SAMPLES, 64)
+        rho, _, _ = index.correlate(seg, rows, n)
+        (dups if len(rho) and float(rho.max()) >= DUPLICATE_RHO else keep).append((path, cls))
+    return keep, [p for p, _ in dups]
+
+
+def library_path(arg: str | None) -> Path:
+    return Path(arg) if arg else Path(tempfile.gettempdir()) / "emberd-hits-cache" / "lib"
+
+
+def build_library(path: Path, model: str = "aisfx") -> None:
+    """Index LIBRARY_KITS into ``path`` (incremental: unchanged files are skipped)."""
+    from emberd.library.indexer import Indexer
+
+    ix = Indexer(path, model, jobs=1)
+    ix.run([KITS / k for k in LIBRARY_KITS])
+
+
+def load(path: str, sr: int = SR) -> np.ndarray:
+    from emberd.dsp.sources import load_audio
+
+    y, _ = load_audio(path, sr=sr)
+    return np.asarray(y, np.float32)
+
+
+def performance(
+    seed: int, lib: list[tuple[str, str]], held: list[tuple[str, str]], n_hits: int
+) -> Performance:
+    """The seeded performance (see module docstring)."""
+    rng = np.random.default_rng(seed)
+    library_classes = {c for _, c in lib}
+    held = [(p, c) for p, c in held if c in library_classes]  # scored by a class the library has
+    picks: list[tuple[str, str, bool]] = []
+    for _ in range(n_hits):
+        if held and rng.random() < HELD_OUT_SHARE:
+            p, c = held[int(rng.integers(len(held)))]
+            picks.append((p, c, False))
+        else:
+            p, c = lib[int(rng.integers(len(lib)))]
+            picks.append((p, c, True))
+    gaps = np.exp(rng.uniform(np.log(GAP_S[0]), np.log(GAP_S[1]), n_hits))
+    for i in rng.choice(np.arange(1, n_hits), SILENT_STRETCHES, replace=False):
+        gaps[i - 1] = SILENT_S
+    starts = LEAD_IN_S + np.concatenate([[0.0], np.cumsum(gaps[:-1])])
+    total = int((starts[-1] + MAX_SAMPLE_S + TAIL_S) * SR)
+    audio = rng.standard_normal(total).astype(np.float32) * np.float32(10 ** (NOISE_DBFS / 20))
+    cache: dict[str, np.ndarray] = {}
+    truth, ends = [], []
+    for (path, cls, in_lib), start in zip(picks, starts, strict=True):
+        if path not in cache:
+            y = load(path)[: int(MAX_SAMPLE_S * SR)]
+            fade = min(len(y), int(FADE_S * SR))
+            if len(y) == int(MAX_SAMPLE_S * SR):
+                y[-fade:] *= np.linspace(1.0, 0.0, fade, dtype=np.float32)
+            peak = max(float(np.max(np.abs(y))), 1e-9)
+            cache[path] = y / peak * np.float32(10 ** (PEAK_DBFS / 20))
+        y = cache[path]
+        gain = float(rng.uniform(*GAIN_DB))
+        a = int(start * SR)
+        audio[a : a + len(y)] += y * np.float32(10 ** (gain / 20))
+        onset = a + waveform.onset_sample(y)
+        truth.append(Truth(onset / SR, path, cls, in_lib, gain))
+        ends.append((a + len(y)) / SR)
+    silent = []
+    for i in range(1, n_hits):
+        if gaps[i - 1] == SILENT_S:
+            lo = max(ends[: i]) + SILENCE_AFTER_TAIL_S
+            hi = truth[i].onset_s - MATCH_TOLERANCE_S
+            if hi - lo > 0.5:
+                silent.append((lo, hi))
+    return Performance(audio, truth, silent)
+
+
+def level_copies(lib: Any) -> dict[str, str]:
+    """Path -> a representative path of its level-copy group (one recording, several levels)."""
+    from emberd.library.hitindex import HitIndex
+
+    index = HitIndex.from_library(lib)
+    files = lib.files()
+    paths = [files[int(f)].path for f in index.file_ids]
+    mat = index.snippet_rows(np.arange(len(index)))
+    unit = mat / (np.linalg.norm(mat, axis=1, keepdims=True) + 1e-12)
+    group = list(range(len(paths)))
+
+    def root(i: int) -> int:
+        while group[i] != i:
+            i = group[i]
+        return i
+
+    for a, b in np.argwhere(np.triu(unit @ unit.T, 1) > LEVEL_COPY_RHO).tolist():
+        group[root(a)] = root(b)
+    return {p: paths[root(i)] for i, p in enumerate(paths)}
+
+
+# ---------------------------------------------------------------------- scoring
+
+
+def stage_key(header: dict[str, Any]) -> str:
+    if header["stage"] != "refined":
+        return str(header["stage"])
+    return "refined50" if float(header["window_ms"]) < 100.0 else "refined150"
+
+
+def score(
+    perf: Performance,
+    hits: list[dict[str, Any]],
+    matches: list[dict[str, Any]],
+    copies: dict[str, str],
+    file_class: dict[str, str | None],
+    window_s: float,
+) -> dict[str, Any]:
+    """Per-stage accuracy/latency, false/extra/missed hits, silence matches, calibration."""
+    by_hit: dict[tuple[int, int], dict[str, dict[str, Any]]] = defaultdict(dict)
+    for h in hits:
+        by_hit[(int(h["channel"]), int(h["hit"]))][stage_key(h)] = h
+    detections = sorted(by_hit.values(), key=lambda st: float(next(iter(st.values()))["onset_s"]))
+    onsets = np.array([float(next(iter(st.values()))["onset_s"]) for st in detections])
+    used = np.zeros(len(detections), bool)
+    paired: list[tuple[Truth, dict[str, dict[str, Any]]]] = []
+    missed = 0
+    for t in perf.hits:
+        free = np.nonzero(~used & (np.abs(onsets - t.onset_s) <= MATCH_TOLERANCE_S))[0]
+        if not len(free):
+            missed += 1
+            continue
+        j = int(free[np.argmin(np.abs(onsets[free] - t.onset_s))])
+        used[j] = True
+        paired.append((t, detections[j]))
+    in_silence = lambda s: any(lo <= s <= hi for lo, hi in perf.silent)  # noqa: E731
+    false_hits = int(sum(1 for j in np.nonzero(~used)[0] if in_silence(onsets[j])))
+    extra = int((~used).sum()) - false_hits
+    silent_matches = sum(
+        1 for m in matches
+        if m["matches"] and in_silence(float(m["stream_s"]))
+        and in_silence(float(m["stream_s"]) - window_s)
+    )  # fmt: skip
+    out: dict[str, Any] = {"hits": len(perf.hits), "detected": len(detections),
+                           "missed": missed, "false_hits": false_hits, "extra_hits": extra,
+                           "silent_matches": silent_matches}  # fmt: skip
+    calib: list[tuple[float, bool]] = []
+    exact_claims_held = 0
+    for st in STAGES:
+        ok, strict, lat, inst = [], [], [], []
+        for t, det in paired:
+            h = det.get(st)
+            if h is None:
+                continue
+            lat.append(float(h["latency_ms"]))
+            top = h["matches"][0] if h["matches"] else None
+            if t.in_library:
+                right = top is not None and copies.get(top["path"], top["path"]) == copies.get(
+                    t.path, t.path
+                )
+                ok.append(right)
+                strict.append(top is not None and top["path"] == t.path)
+            else:
+                right = top is not None and file_class.get(top["path"]) == t.cls
+                inst.append(right)
+                exact_claims_held += sum(m.get("kind") == "exact" for m in h["matches"])
+            if top is not None and "confidence" in top:
+                # exact answers claim the file; similar answers claim the instrument
+                if top["kind"] == "exact":
+                    calib.append((float(top["confidence"]), bool(t.in_library and right)))
+                else:
+                    cls_right = file_class.get(top["path"]) == t.cls
+                    calib.append((float(top["confidence"]), cls_right))
+        out[st] = {
+            "top1": float(np.mean(ok)) if ok else float("nan"),
+            "strict": float(np.mean(strict)) if strict else float("nan"),
+            "n": len(ok),
+            "held_out_instrument": float(np.mean(inst)) if inst else float("nan"),
+            "held_out_n": len(inst),
+            "ms_p50": float(np.percentile(lat, 50)) if lat else float("nan"),
+            "ms_p90": float(np.percentile(lat, 90)) if lat else float("nan"),
+        }
+    out["exact_claims_held_out"] = exact_claims_held
+    out["ece"] = ece(calib)
+    return out
+
+
+def ece(pairs: list[tuple[float, bool]], bins: int = 10) -> float:
+    """Expected calibration error: sum over confidence bins of |accuracy - confidence| * share."""
+    if not pairs:
+        return float("nan")
+    conf = np.array([c for c, _ in pairs])
+    right = np.array([r for _, r in pairs], float)
+    idx = np.minimum((conf * bins).astype(int), bins - 1)
+    total = 0.0
+    for b in range(bins):
+        m = idx == b
+        if m.any():
+            total += abs(right[m].mean() - conf[m].mean()) * m.mean()
+    return float(total)
+
+
+# ---------------------------------------------------------------------- baseline
+
+
+class Baseline:
+    """SP-Tools-like: loudness, centroid, flatness, 13 MFCCs of 256 samples at 44.1 kHz, 1-NN."""
+
+    def __init__(self, paths: list[str]) -> None:
+        self.paths = paths
+        feats = []
+        for p in paths:
+            y = load(p, BASELINE_SR)
+            feats.append(self.features(y, waveform.onset_sample(y)))
+        f = np.array(feats)
+        self.mean, self.std = f.mean(axis=0), f.std(axis=0) + 1e-9
+        self.matrix = (f - self.mean) / self.std
+
+    @staticmethod
+    def features(y: np.ndarray, onset: int) -> np.ndarray:
+        import librosa
+
+        seg = np.zeros(BASELINE_SAMPLES, np.float32)
+        piece = y[max(onset, 0) : max(onset, 0) + BASELINE_SAMPLES]
+        seg[: len(piece)] = piece
+        win = seg * np.hanning(BASELINE_SAMPLES).astype(np.float32)
+        power = np.abs(np.fft.rfft(win)) ** 2 + 1e-12
+        freqs = np.fft.rfftfreq(BASELINE_SAMPLES, 1.0 / BASELINE_SR)
+        loud = 10 * np.log10(np.mean(seg**2) + 1e-12)
+        centroid = float((freqs * power).sum() / power.sum())
+        flatness = float(np.exp(np.mean(np.log(power))) / np.mean(power))
+        mel = librosa.feature.melspectrogram(
+            S=power[:, None], sr=BASELINE_SR, n_fft=BASELINE_SAMPLES, n_mels=40
+        )
+        mfcc = librosa.feature.mfcc(S=librosa.power_to_db(mel), n_mfcc=13)[:, 0]
+        return np.concatenate([[loud, np.log(centroid + 1.0), flatness], mfcc])
+
+    def answer(self, y: np.ndarray, onset: int) -> tuple[str, float]:
+        """(path of the nearest file, compute ms)."""
+        t0 = time.perf_counter()
+        q = (self.features(y, onset) - self.mean) / self.std
+        best = int(np.argmin(((self.matrix - q) ** 2).sum(axis=1)))
+        return self.paths[best], (time.perf_counter() - t0) * 1000.0
+
+
+def baseline_scores(
+    perf: Performance, onsets_s: list[float], base: Baseline, copies: dict[str, str],
+    file_class: dict[str, str | None],
+) -> dict[str, Any]:
+    """The baseline on the daemon's own onsets (re-detected on the 44.1 kHz performance)."""
+    import soxr
+
+    y = np.asarray(soxr.resample(perf.audio, SR, BASELINE_SR), np.float32)
+    truth = np.array([t.onset_s for t in perf.hits])
+    ok, inst, lat = [], [], []
+    block_s = BLOCK_FRAMES / SR
+    for s in onsets_s:
+        j = int(np.argmin(np.abs(truth - s)))
+        if abs(truth[j] - s) > MATCH_TOLERANCE_S:
+            continue
+        # SP-Tools' onset is its own; give it the sample-accurate one (its best case).
+        path, ms = base.answer(y, round(s * BASELINE_SR))
+        t = perf.hits[j]
+        if t.in_library:
+            ok.append(copies.get(path, path) == copies.get(t.path, t.path))
+        else:
+            inst.append(file_class.get(path) == t.cls)
+        wait_s = BASELINE_SAMPLES / BASELINE_SR
+        arrive = np.ceil((s + wait_s) / block_s) * block_s - s  # the block holding its end
+        lat.append(arrive * 1000.0 + ms)
+    return {"top1": float(np.mean(ok)) if ok else float("nan"),
+            "held_out_instrument": float(np.mean(inst)) if inst else float("nan"),
+            "ms_p50": float(np.percentile(lat, 50)) if lat else float("nan"),
+            "ms_p90": float(np.percentile(lat, 90)) if lat else float("nan")}  # fmt: skip
+
+
+# ---------------------------------------------------------------------- daemon runs
+
+
+class Recorder:
+    """A ZeroMQ subscriber thread recording hit and match headers until the final status."""
+
+    def __init__(self, endpoint: str) -> None:
+        import zmq
+
+        self.ctx = zmq.Context.instance()
+        self.sock = self.ctx.socket(zmq.SUB)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.RCVHWM, 100000)
+        for t in (b"hit.", b"match.", b"status"):
+            self.sock.setsockopt(zmq.SUBSCRIBE, t)
+        self.sock.connect(endpoint)
+        self.hits: list[dict[str, Any]] = []
+        self.matches: list[dict[str, Any]] = []
+        self.final = threading.Event()
+        self.window_s = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        from emberd.clients import wire
+
+        while not self._stop.is_set():
+            if not self.sock.poll(200):
+                continue
+            msg = wire.decode(self.sock.recv_multipart())
+            if msg.kind == wire.KIND_HIT:
+                self.hits.append(msg.header)
+            elif msg.kind == wire.KIND_MATCH:
+                self.matches.append(msg.header)
+            elif msg.kind == wire.KIND_STATUS:
+                st = msg.header["status"]
+                self.window_s = float(st.get("window_ms", 0.0)) / 1000.0
+                self.status = st
+                if st.get("final"):
+                    self.final.set()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.sock.close()
+
+
+def run_file(lib: Path, wav: Path, work: Path, model: str, duration_s: float) -> Recorder:
+    """The daemon on the performance file at real-time pace."""
+    from emberd.testing.harness import Daemon
+
+    d = Daemon(["--library", str(lib), "--input", str(wav), "--pace", "realtime",
+                "--model", model, "--k", "5"], work / "daemon-file.log", osc_in=False)  # fmt: skip
+    d.start(ready_timeout=300)
+    rec = Recorder(d.pub)
+    try:
+        rec.final.wait(duration_s + 60)
+    finally:
+        d.stop()
+        rec.close()
+    return rec
+
+
+PLAYER_SCRIPT = """
+import sys, threading, jack, numpy as np, soundfile as sf
+audio, _ = sf.read(sys.argv[2], dtype="float32")
+done = threading.Event()
+client = jack.Client("emberd-hits-player", servername=sys.argv[1], no_start_server=True)
+port = client.outports.register("out")
+pos = [-1]
+@client.set_process_callback
+def process(frames):
+    out = port.get_array()
+    out[:] = 0.0
+    p = pos[0]
+    if p < 0:
+        return
+    piece = audio[p : p + frames]
+    out[: len(piece)] = piece
+    pos[0] = p + frames
+    if pos[0] >= len(audio):
+        pos[0] = -1
+        done.set()
+client.activate()
+for p in client.get_ports(is_audio=True, is_input=True):
+    if not p.name.startswith("system:"):
+        client.connect(port, p)
+print("ready", flush=True)
+sys.stdin.readline()
+pos[0] = 0
+done.wait()
+print("done", flush=True)
+"""
+
+
+def run_jack(lib: Path, wav: Path, work: Path, model: str, duration_s: float) -> Recorder | None:
+    """The daemon capturing a private JACK server that a player child process plays into."""
+    from emberd.testing.harness import Daemon, jack_available, start_jackd, stop_process
+
+    if not jack_available():
+        print("bench: jackd not installed: JACK run skipped", file=sys.stderr)
+        return None
+    server = f"emberd-hits-{uuid.uuid4().hex[:6]}"
+    jackd = start_jackd(server, rate=SR, period=BLOCK_FRAMES, log_path=work / "jackd.log")
+    env = {"JACK_DEFAULT_SERVER": server, "JACK_NO_START_SERVER": "1"}
+    player = None
+    d = Daemon(["--library", str(lib), "--input", "default", "--channels", "0", "--model", model,
+                "--k", "5"], work / "daemon-jack.log", env=env, osc_in=False)  # fmt: skip
+    try:
+        d.start(ready_timeout=300)
+        rec = Recorder(d.pub)
+        player = subprocess.Popen([sys.executable, "-c", PLAYER_SCRIPT, server, str(wav)],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                  env={**os.environ, **env})  # fmt: skip
+        assert player.stdout is not None and player.stdin is not None
+        if player.stdout.readline().strip() != "ready":
+            raise RuntimeError("bench: the JACK player did not start")
+        time.sleep(1.0)  # the subscriber is connected and the stream runs
+        t_play = time.time()
+        player.stdin.write("go\n")
+        player.stdin.flush()
+        player.stdout.readline()  # "done"
+        time.sleep(1.0)
+        rec.status = d.status()
+        rec.close()
+        # JACK input has no file position: onset_s counts from the daemon's input start.
+        rec.offset_s = t_play - float(rec.status["start_time"])  # type: ignore[attr-defined]
+        return rec
+    finally:
+        d.stop()
+        if player is not None:
+            stop_process(player)  # type: ignore[arg-type]
+        stop_process(jackd, signal.SIGTERM)
+
+
+def align_jack(rec: Recorder, perf: Performance) -> list[dict[str, Any]]:
+    """JACK onsets count from the stream start: shift them onto the performance's clock."""
+    if not rec.hits:
+        return []
+    truth = np.array([t.onset_s for t in perf.hits])
+    onsets = np.array([float(h["onset_s"]) for h in rec.hits])
+    # Coarse: the play command's time; fine: the median nearest-truth residual.
+    shift = float(getattr(rec, "offset_s", 0.0))
+    for _ in range(2):
+        res = [truth[np.argmin(np.abs(truth - (o - shift)))] - (o - shift) for o in onsets]
+        shift -= float(np.median(res))
+    out = []
+    for h in rec.hits:
+        h = dict(h)
+        h["onset_s"] = float(h["onset_s"]) - shift
+        out.append(h)
+    return out
+
+
+def fmt(x: float) -> str:
+    return "nan" if not np.isfinite(x) else f"{x:.3f}"
+
+
+def report(name: str, s: dict[str, Any]) -> None:
+    print(f"  {name}: {s['hits']} hits, {s['detected']} detections, missed {s['missed']}, "
+          f"false hits in silence {s['false_hits']}, extra hits in sound {s['extra_hits']}, "
+          f"window matches in silence {s['silent_matches']}, exact claims on held-out hits "
+          f"{s['exact_claims_held_out']}, confidence ECE {fmt(s['ece'])}")  # fmt: skip
+    for st in STAGES:
+        r = s[st]
+        print(f"    {st:12s} top1 {fmt(r['top1'])} (strict {fmt(r['strict'])}, n {r['n']})  "
+              f"held-out instrument {fmt(r['held_out_instrument'])} (n {r['held_out_n']})  "
+              f"onset->publish p50 {r['ms_p50']:.1f} ms p90 {r['ms_p90']:.1f} ms")  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--hits", type=int, default=160)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--library")
+    ap.add_argument("--model", default="aisfx")
+    ap.add_argument("--no-jack", action="store_true")
+    args = ap.parse_args(argv)
+
+    import soundfile as sf
+
+    from emberd.library import Library
+    from emberd.library.hitindex import file_class as class_of
+
+    lib_path = library_path(args.library)
+    build_library(lib_path, args.model)
+    lib_samples = labelled(TEST_KITS)
+    with Library.open(lib_path) as lib:
+        held, dups = held_out(lib, HELD_OUT_TEST)
+    perf = performance(args.seed, lib_samples, held, args.hits)
+    work = Path(tempfile.mkdtemp(prefix="emberd-hits-"))
+    wav = work / "performance.wav"
+    sf.write(wav, perf.audio, SR, subtype="FLOAT")
+    with Library.open(lib_path) as lib:
+        copies = level_copies(lib)
+        lib_paths = [r.path for r in lib.files().values()]
+    file_class = {p: class_of(p) for p in lib_paths}
+    duration = len(perf.audio) / SR
+    n_lib = sum(t.in_library for t in perf.hits)
+    print(f"emberd hits bench: {len(perf.hits)} hits ({n_lib} library, "
+          f"{len(perf.hits) - n_lib} held-out kits), {duration:.0f} s, "
+          f"{len(perf.silent)} silent stretches, {len(lib_paths)} library files "
+          f"({len(dups)} held-out samples left out: the same recording is in the library), model "
+          f"{args.model}; {os.cpu_count()} CPUs, {platform.machine()}, "
+          f"{time.strftime('%Y-%m-%d', time.gmtime())}")  # fmt: skip
+    results: dict[str, dict[str, Any]] = {}
+    rec = run_file(lib_path, wav, work, args.model, duration)
+    results["file"] = score(perf, rec.hits, rec.matches, copies, file_class, rec.window_s)
+    report("file input, real-time pace", results["file"])
+    if not args.no_jack:
+        jrec = run_jack(lib_path, wav, work, args.model, duration)
+        if jrec is not None:
+            results["jack"] = score(perf, align_jack(jrec, perf), [], copies, file_class,
+                                    jrec.window_s)  # fmt: skip
+            report("JACK capture", results["jack"])
+            print(f"    JACK status: overflows {jrec.status.get('overflows')}, dropped hops "
+                  f"{jrec.status.get('dropped_hops')}")  # fmt: skip
+    base = Baseline(lib_paths)
+    onsets = sorted({float(h["onset_s"]) for h in rec.hits})
+    b = baseline_scores(perf, onsets, base, copies, file_class)
+    print(f"  SP-Tools-like baseline (same onsets): top1 {fmt(b['top1'])}, held-out instrument "
+          f"{fmt(b['held_out_instrument'])}, onset->answer p50 {b['ms_p50']:.1f} ms "
+          f"p90 {b['ms_p90']:.1f} ms")  # fmt: skip
+    f = results["file"]
+    (work / "results.json").write_text(json.dumps({**results, "baseline": b}, indent=1))
+    print(f"provisional_ms_p50={f['provisional']['ms_p50']:.1f} "
+          f"provisional_top1={f['provisional']['top1']:.3f} "
+          f"final_ms_p50={f['final']['ms_p50']:.1f} final_top1={f['final']['top1']:.3f} "
+          f"baseline_top1={b['top1']:.3f} false_hits={f['false_hits']} missed={f['missed']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,204 @@
+"""Block-rate onset detection for live hits: one detector per channel, fed as blocks arrive.
+
+The live daemon's hit ladder (:mod:`emberd.daemon.hits`) must know that a sound
+started within a few milliseconds, whatever the gain of the hit, with a previous
+sound still ringing and over a steady noise floor. :class:`OnsetDetector` takes the
+audio in whatever blocks the worker drains from the ring (256-sample callbacks in
+practice), cuts it into FRAME_SAMPLES frames (1.45 ms at 22.05 kHz) and computes two
+detection functions per frame, both in dB:
+
+* the frame energy (broadband), and
+* the energy of the second difference (a +12 dB/octave tilt: a hi-hat or a snare's
+  crack rises clearly here even over a tom's loud ring 20 dB above it).
+
+A frame is an onset when, in either function, the level rises at least RISE_DB above
+its mean energy over LOOKBACK_S before the last RISE_SPAN_S (a rise, not a level: gain
+invariant; a previous sound's decay never rises far above its own recent mean, even a
+low ring whose 1.5-ms frames swing with its zero crossings, or a noisy cymbal tail) and
+stands FLOOR_MARGIN_DB above that function's noise floor (tracked: falls at once, rises
+at FLOOR_RISE_DB_PER_S, so a steady noise floor is learnt and a long sound does not
+become "floor"), its broadband level is above ABSOLUTE_FLOOR_DB, and REFRACTORY_S has
+passed since the last onset (one hit, one onset: the bursts of a clap or a flam's grace
+note stay one hit). Where the caller knows what earlier sounds will still play (their
+identified samples), the rise is looked for in what is left after subtracting them: a
+quiet hat 20 dB under a known kick's tail is a clear rise there.
+The onset sample is refined inside the frame: the first sample whose magnitude
+reaches ONSET_FRACTION of the frame's peak.
+
+The work is a few numpy operations per block (the floor recursion is unrolled into a
+running minimum); Python only loops over frames that pass every test, to apply the
+refractory time. It runs in the worker
+thread, never in the audio callback.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+FRAME_S = 0.00145  # detection frame (32 samples at 22.05 kHz): ~1.5 ms time resolution
+RISE_DB = 10.0  # a frame this far above the recent mean energy (either function) is a rise
+LOOKBACK_S = 0.025  # the recent mean looks back this far: > one period of a 40 Hz ring
+RISE_SPAN_S = 0.003  # ... but skips the newest frames: an attack may rise over ~3 ms
+FLOOR_MARGIN_DB = 12.0  # a rise must also clear the tracked noise floor by this much
+FLOOR_RISE_DB_PER_S = 6.0  # the noise floor follows a rising background this slowly
+ABSOLUTE_FLOOR_DB = -70.0  # dBFS: nothing quieter is a hit, whatever the floor
+REFRACTORY_S = 0.04  # after an onset no other for this long (hits come >= 62 ms apart)
+WARMUP_S = 0.05  # no onset before the floor has been seen this long
+ONSET_FRACTION = 0.3  # the onset sample: first in the frame reaching this share of its peak
+SILENCE_DB = -120.0  # dB given to digital silence
+
+
+def _db(energy: np.ndarray) -> np.ndarray:
+    return np.maximum(10.0 * np.log10(np.maximum(energy, 1e-30)), SILENCE_DB)
+
+
+def _mean_db(levels: np.ndarray) -> np.ndarray:
+    """Mean energy (in dB) of dB levels over the last axis (-inf entries count as silence)."""
+    return _db(np.mean(np.power(10.0, levels / 10.0), axis=-1))
+
+
+class OnsetDetector:
+    """Onset detector for one channel (see the module docstring).
+
+    Parameters
+    ----------
+    sr : int
+        Sample rate in Hz.
+    rise_db, floor_margin_db, refractory_s : float
+        Override the module defaults (tests, tuning).
+
+    Attributes
+    ----------
+    position : int
+        Samples consumed so far; onsets are reported as absolute sample positions
+        on this count.
+    floor_db : float
+        The current broadband noise-floor estimate (dBFS energy per sample).
+    """
+
+    def __init__(
+        self,
+        *,
+        sr: int,
+        rise_db: float = RISE_DB,
+        floor_margin_db: float = FLOOR_MARGIN_DB,
+        refractory_s: float = REFRACTORY_S,
+    ) -> None:
+        self.sr = int(sr)
+        self.frame = max(8, round(FRAME_S * sr))
+        self.rise_db = float(rise_db)
+        self.floor_margin_db = float(floor_margin_db)
+        self._refractory = max(1, round(refractory_s * sr / self.frame))
+        self._lookback = max(2, round(LOOKBACK_S * sr / self.frame))
+        self._span = max(1, round(RISE_SPAN_S * sr / self.frame))
+        self._warmup = max(1, round(WARMUP_S * sr / self.frame))
+        self._floor_step = FLOOR_RISE_DB_PER_S * self.frame / sr
+        # Levels of the last frames (both functions); -inf: nothing before the stream.
+        self._hist = np.full((2, self._lookback + self._span), -np.inf)
+        self._hist_raw = self._hist.copy()
+        self._floor = np.array([np.inf, np.inf])
+        self._pending = np.zeros((3, self.frame), np.float32)  # partial frame: x, known, covered
+        self._n_pending = 0
+        self._last = np.zeros((2, 2), np.float32)  # last samples of x and residual (difference)
+        self._frames = 0
+        self._since = self._refractory  # frames since the last onset
+        self.position = 0
+
+    @property
+    def floor_db(self) -> float:
+        """Broadband noise floor in dB (energy per sample), SILENCE_DB before any audio."""
+        return float(self._floor[0]) if math.isfinite(self._floor[0]) else SILENCE_DB
+
+    def push(
+        self, x: np.ndarray, known: np.ndarray | None = None, covered: np.ndarray | None = None
+    ) -> list[int]:
+        """Feed the next samples of the channel; return the onsets they complete.
+
+        Parameters
+        ----------
+        x : float array [n]
+            The channel's next samples, in order (any block size).
+        known : float array [n], optional
+            The part of ``x`` already explained: the predicted continuation of earlier
+            sounds (the hit ladder's identified samples). Where ``covered``, the detector
+            looks for a rise in ``x - known`` (a quiet hit over a loud known tail), compared
+            with the residual before it; elsewhere in ``x`` itself, compared with ``x``
+            before it, so the end of a prediction is never a rise.
+        covered : bool array [n], optional
+            Where ``known`` is a prediction (default: nowhere).
+
+        Returns
+        -------
+        list of int
+            Absolute sample positions (see :attr:`position`) of the onsets found in
+            the frames this call completed, oldest first.
+        """
+        x = np.asarray(x, np.float32).reshape(-1)
+        data = np.zeros((3, len(x)), np.float32)
+        data[0] = x
+        if known is not None and covered is not None:
+            data[1] = known
+            data[2] = covered
+        start = self.position - self._n_pending  # absolute position of the first frame
+        merged = np.concatenate([self._pending[:, : self._n_pending], data], axis=1)
+        whole = merged.shape[1] - merged.shape[1] % self.frame
+        self.position += len(x)
+        self._n_pending = merged.shape[1] - whole
+        self._pending[:, : self._n_pending] = merged[:, whole:]
+        if not whole:
+            return []
+        buf = merged[0, :whole]
+        resid = buf - merged[1, :whole]
+        cov = merged[2, :whole].reshape(-1, self.frame).min(axis=1) > 0  # whole frames only
+        both = np.stack([buf, resid])
+        diff = np.diff(both, 2, axis=1, prepend=self._last).reshape(2, -1, self.frame)
+        self._last = both[:, -2:].copy()
+        frames = both.reshape(2, -1, self.frame)
+        raw = np.stack([_db(np.mean(frames[0] ** 2, axis=1)), _db(np.mean(diff[0] ** 2, axis=1))])
+        res = np.stack([_db(np.mean(frames[1] ** 2, axis=1)), _db(np.mean(diff[1] ** 2, axis=1))])
+        levels = np.where(cov[None], res, raw)
+        n = levels.shape[1]
+        # Rise over the maximum of the LOOKBACK frames ending RISE_SPAN before each frame:
+        # a covered frame against the residual (or raw) levels, an uncovered one against raw.
+        past_det = np.concatenate([self._hist, levels], axis=1)
+        past_raw = np.concatenate([self._hist_raw, raw], axis=1)
+        view = np.lib.stride_tricks.sliding_window_view
+        ref = np.where(
+            cov[None],
+            _mean_db(view(past_det, self._lookback, axis=1)[:, :n]),
+            _mean_db(view(past_raw, self._lookback, axis=1)[:, :n]),
+        )
+        rise = levels - ref
+        self._hist_raw = past_raw[:, -(self._lookback + self._span) :]
+        past = past_det
+        frames = np.where(cov[:, None], frames[1], frames[0])
+        diff = np.where(cov[:, None], diff[1], diff[0])
+        # Floor before each frame: floor_i = min(level_i, floor_{i-1} + step), unrolled:
+        # floor_i = step * (i + 1) + min(floor_{-1}, min_{k <= i} level_k - step * (k + 1)).
+        steps = self._floor_step * np.arange(1, n + 1)
+        ramp = np.minimum.accumulate(
+            np.concatenate([self._floor[:, None], levels - steps], axis=1), axis=1
+        )
+        floor_after = ramp[:, 1:] + steps
+        floor_before = np.concatenate([self._floor[:, None], floor_after[:, :-1]], axis=1)
+        ok = (rise >= self.rise_db) & (levels - floor_before >= self.floor_margin_db)
+        frame_no = self._frames + np.arange(1, n + 1)
+        ok &= (levels[0] >= ABSOLUTE_FLOOR_DB) & (frame_no > self._warmup)
+        self._hist = past[:, -(self._lookback + self._span) :]
+        self._floor = floor_after[:, -1].copy()
+        onsets = []
+        since = self._since
+        last = -1
+        for i in np.nonzero(ok.any(axis=0))[0].tolist():  # rare: onsets and their neighbours
+            if since + (i - last) < self._refractory:
+                continue
+            band = int(np.argmax(np.where(ok[:, i], rise[:, i], -np.inf)))
+            fr = np.abs((frames, diff)[band][i])  # refine on the function that rose
+            first = int(np.argmax(fr >= ONSET_FRACTION * float(fr.max())))
+            onsets.append(start + i * self.frame + first)
+            since, last = 0, i
+        self._since = since + (n - 1 - last)
+        self._frames += n
+        return onsets

@@ -1,0 +1,365 @@
+"""Per-hit identification: what the live hit ladder asks the library, answered in milliseconds.
+
+``emberd query`` identifies a whole sound; a live hit must be named from its first
+few milliseconds and then again as more of it arrives. :class:`HitIndex` holds, for
+every library file, what the index already stored at index time, in memory and ready
+for that:
+
+* the onset *snippet* (:mod:`emberd.library.waveform`: 250 ms from 5 ms before the
+  onset, at WAVE_SR), the waveform every stage correlates with;
+* two *attack descriptors* per file derived from it: the log-band spectrum of the
+  first ATTACK_SAMPLES (5.8 ms) after the onset, and the log-band spectrogram of the
+  first EARLY_SAMPLES (46 ms). Each is stored at ALIGN_SHIFTS onset offsets (a live
+  onset is never placed exactly where the indexer placed the file's), mean-removed
+  (gain drops out) and unit length. They are searched like embeddings -- one matrix
+  product up to EXACT_MAX_ITEMS items, an in-memory Annoy forest beyond -- so the
+  candidates for a hit come from an index, never from a scan of every waveform;
+* each file's instrument class (:mod:`emberd.library.classes`: the kit's
+  ``drumkit.xml`` when the folder has one, else the file and folder names).
+
+:meth:`HitIndex.correlate` then gives, per candidate, the best normalised
+cross-correlation of the query's onset-aligned waveform with the candidate's snippet
+over +-LAG_SAMPLES, its least-squares gain and the lag: the same measure
+:func:`emberd.library.waveform.correlate` uses for ``emberd query``, over the part
+of the sound that has arrived.
+
+The index keeps 11 KB per file (int16 snippets) plus 4 descriptor pairs of 180 floats.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from emberd.library import classes
+from emberd.library.search import ExactSearch, normalize
+from emberd.library.waveform import PRE_ROLL_SAMPLES, SNIPPET_SAMPLES, WAVE_SR
+
+log = logging.getLogger(__name__)
+
+PRE_SAMPLES = 32  # template samples taken before the onset (1.5 ms: the very start of the hit)
+LAG_SAMPLES = 96  # +-4.4 ms of onset misalignment searched by every correlation
+ATTACK_SAMPLES = 128  # 5.8 ms: the attack descriptor (SP-Tools reads 256 samples at 44.1 kHz)
+EARLY_SAMPLES = 1024  # 46 ms: the early descriptor, 8 frames of DESC_FRAME_SAMPLES
+DESC_FRAME_SAMPLES = 128  # descriptor frame (5.8 ms), Hann-windowed, FFT of DESC_NFFT
+DESC_NFFT = 256
+DESC_BANDS = 20  # log-spaced bands DESC_FMIN_HZ..DESC_FMAX_HZ
+DESC_FMIN_HZ = 100.0
+DESC_FMAX_HZ = 10000.0
+DESC_RANGE_DB = 60.0  # cells more than this below the descriptor's maximum are clipped
+DESC_OFFSET_SAMPLES = 16  # descriptors start this far before the onset
+ALIGN_SHIFTS = (-48, -16, 16, 48)  # onset offsets (samples) each file is indexed at
+COARSE_SAMPLES = 512  # lags are searched over this much of the sound (23 ms) ...
+FINE_LAGS = 2  # ... then the whole window is compared at the best lag +-this
+FINE_TOP = 16  # ... for the best-correlated candidates only
+EXACT_MAX_ITEMS = 50_000  # descriptor items searched by one matrix product; Annoy beyond
+ANNOY_TREES = 16
+
+
+@functools.lru_cache(maxsize=4)
+def _bands(sr: int) -> np.ndarray:
+    """Band-summing matrix [DESC_BANDS, DESC_NFFT // 2 + 1] (triangular, log-spaced)."""
+    freqs = np.fft.rfftfreq(DESC_NFFT, 1.0 / sr)
+    edges = np.geomspace(DESC_FMIN_HZ, min(DESC_FMAX_HZ, sr / 2), DESC_BANDS + 2)
+    m = np.zeros((DESC_BANDS, len(freqs)), np.float32)
+    for b in range(DESC_BANDS):
+        lo, mid, hi = edges[b], edges[b + 1], edges[b + 2]
+        up = (freqs - lo) / (mid - lo)
+        down = (hi - freqs) / (hi - mid)
+        m[b] = np.maximum(0.0, np.minimum(up, down))
+        if not m[b].any():  # a band narrower than a bin: take the nearest bin
+            m[b, int(np.argmin(np.abs(freqs - mid)))] = 1.0
+    return m
+
+
+_HANN = np.hanning(DESC_FRAME_SAMPLES).astype(np.float32)
+
+
+def descriptors(segments: np.ndarray, n_samples: int) -> np.ndarray:
+    """Unit, mean-removed log-band descriptors of onset-aligned segments.
+
+    Parameters
+    ----------
+    segments : float array [n, >= n_samples]
+        Each row starts DESC_OFFSET_SAMPLES before an onset, at WAVE_SR.
+    n_samples : int
+        ATTACK_SAMPLES or EARLY_SAMPLES (a multiple of DESC_FRAME_SAMPLES).
+
+    Returns
+    -------
+    float array [n, frames * DESC_BANDS]
+    """
+    seg = np.atleast_2d(np.asarray(segments, np.float32))[:, :n_samples]
+    frames = seg.reshape(len(seg), -1, DESC_FRAME_SAMPLES) * _HANN
+    power = np.abs(np.fft.rfft(frames, DESC_NFFT, axis=-1)) ** 2
+    db = 10.0 * np.log10(power @ _bands(WAVE_SR).T + 1e-12)
+    flat = db.reshape(len(seg), -1)
+    flat = np.maximum(flat, flat.max(axis=1, keepdims=True) - DESC_RANGE_DB)
+    return normalize(flat - flat.mean(axis=1, keepdims=True))
+
+
+def _ncc(seg: np.ndarray, tpl: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Normalised cross-correlation of templates [n, t] with ``seg`` at every lag.
+
+    Returns rho [n, lags], the raw products [n, lags] and the template energies [n].
+    """
+    n_tpl = tpl.shape[1]
+    windows = np.lib.stride_tricks.sliding_window_view(seg, n_tpl)  # [lags, t], a view
+    x = (tpl @ windows.T).astype(np.float64)
+    cum = np.concatenate([[0.0], np.cumsum(seg.astype(np.float64) ** 2)])
+    seg_energy = cum[n_tpl:] - cum[: len(cum) - n_tpl]
+    # Lags where the query is (nearly) silent would divide by ~0: floor their energy.
+    seg_energy = np.maximum(seg_energy, 1e-3 * seg_energy.max() + 1e-12)
+    energy = (tpl.astype(np.float64) ** 2).sum(axis=1) + 1e-20
+    return x / np.sqrt(energy[:, None] * seg_energy[None]), x, energy
+
+
+class _AnnoyVectors:
+    """An in-memory Annoy forest over unit vectors (libraries beyond EXACT_MAX_ITEMS)."""
+
+    kind = "annoy"
+
+    def __init__(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        from annoy import AnnoyIndex
+
+        self.ids = np.asarray(ids, np.int64)
+        self.index = AnnoyIndex(vectors.shape[1], "angular")
+        for i, v in enumerate(vectors):
+            self.index.add_item(i, v.tolist())
+        self.index.build(ANNOY_TREES)
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        rows, scores = [], []
+        for q in np.atleast_2d(queries):
+            items, dist = self.index.get_nns_by_vector(q.tolist(), k, include_distances=True)
+            rows.append(self.ids[items])
+            scores.append(1.0 - np.square(dist) / 2.0)
+        return np.array(rows), np.array(scores, np.float32)
+
+
+def _vector_index(ids: np.ndarray, vectors: np.ndarray) -> Any:
+    if len(ids) > EXACT_MAX_ITEMS:
+        return _AnnoyVectors(ids, vectors)
+    return ExactSearch(ids, vectors)
+
+
+@functools.lru_cache(maxsize=256)
+def _kit_classes(folder: str) -> dict[str, str]:
+    return {str(p): c for p, c in classes.hydrogen_classes(folder).items()}
+
+
+def file_class(path: str) -> str | None:
+    """A library file's instrument class: its kit's ``drumkit.xml``, else its names."""
+    p = Path(path)
+    for folder in (p.parent, p.parent.parent):
+        if (folder / "drumkit.xml").is_file():
+            cls = _kit_classes(str(folder)).get(str(p.resolve()))
+            if cls is not None:
+                return cls
+    return classes.class_of_path(p)
+
+
+class HitIndex:
+    """Onset snippets, attack descriptors and classes of every library file (see module doc).
+
+    Parameters
+    ----------
+    file_ids : sequence of int
+        Library file ids, one per snippet row.
+    snippets : float array [n, SNIPPET_SAMPLES]
+        Their onset snippets (onset at PRE_ROLL_SAMPLES).
+    file_classes : sequence of str or None
+        Instrument class per file.
+    """
+
+    def __init__(
+        self,
+        file_ids: Sequence[int],
+        snippets: np.ndarray,
+        file_classes: Sequence[str | None],
+        attack_vectors: np.ndarray | None = None,
+    ) -> None:
+        self.file_ids = np.asarray(file_ids, np.int64)
+        snips = np.asarray(snippets, np.float32).reshape(-1, SNIPPET_SAMPLES)
+        # int16 plus one scale per file, as the store keeps them: 11 KB a file in memory.
+        peak = np.abs(snips).max(axis=1) if len(snips) else np.zeros(0, np.float32)
+        self.scale = np.where(peak > 0, peak / 32767.0, 1.0).astype(np.float32)
+        self._int16 = np.round(snips / self.scale[:, None]).astype(np.int16)
+        self.classes = list(file_classes)
+        n = len(self.file_ids)
+        rows = np.repeat(np.arange(n), len(ALIGN_SHIFTS))
+        self._attack = self._build(rows, ATTACK_SAMPLES)
+        self._early = self._build(rows, EARLY_SAMPLES)
+        # The stored templates' attack vectors (186 ms): what instrument a sound is.
+        self._templates = None
+        if attack_vectors is not None and len(attack_vectors) == n and n:
+            have = np.nonzero(np.abs(attack_vectors).sum(axis=1) > 0)[0]
+            if len(have):
+                self._templates = _vector_index(have, attack_vectors[have])
+
+    def _build(self, rows: np.ndarray, n_samples: int) -> Any:
+        if not len(rows):
+            return None
+        starts = np.tile(np.array(ALIGN_SHIFTS), len(self.file_ids)) + (
+            PRE_ROLL_SAMPLES - DESC_OFFSET_SAMPLES
+        )
+        segs = np.zeros((len(rows), n_samples), np.float32)
+        for i, (r, s) in enumerate(zip(rows.tolist(), starts.tolist(), strict=True)):
+            a = max(s, 0)
+            piece = self.snippet(r)[a : s + n_samples]
+            segs[i, a - s : a - s + len(piece)] = piece
+        return _vector_index(rows, descriptors(segs, n_samples))
+
+    def snippet(self, row: int) -> np.ndarray:
+        """Row ``row``'s onset snippet, float32 [SNIPPET_SAMPLES]."""
+        return self._int16[row].astype(np.float32) * self.scale[row]
+
+    def snippet_rows(self, rows: np.ndarray) -> np.ndarray:
+        """Several snippets, float32 [len(rows), SNIPPET_SAMPLES]."""
+        return self._int16[rows].astype(np.float32) * self.scale[rows, None]
+
+    def __len__(self) -> int:
+        return len(self.file_ids)
+
+    @classmethod
+    def from_library(cls, library: Any) -> HitIndex:
+        """Load every stored snippet of ``library`` (a :class:`~emberd.library.query.Library`)."""
+        files = library.files()
+        ids = sorted(files)
+        snips = library._db(library.store.snippets, ids)
+        ids = [f for f in ids if f in snips]
+        mat = np.zeros((len(ids), SNIPPET_SAMPLES), np.float32)
+        for i, f in enumerate(ids):
+            mat[i] = snips[f].samples()
+        keep = np.abs(mat).max(axis=1) > 0 if len(ids) else np.zeros(0, bool)
+        if len(ids) and not keep.all():  # a silent file is never an answer
+            log.info("hit index: %d silent snippets left out", int((~keep).sum()))
+        ids = [f for f, k in zip(ids, keep.tolist(), strict=True) if k]
+        labels = [file_class(files[f].path) for f in ids]
+        t_ids, _tpl, attack = library._templates()
+        row_of = {int(f): i for i, f in enumerate(t_ids.tolist())}
+        vectors = np.zeros((len(ids), attack.shape[1] if attack.ndim == 2 else 1), np.float32)
+        for i, f in enumerate(ids):
+            if f in row_of:
+                vectors[i] = attack[row_of[f]]
+        return cls(ids, mat[keep], labels, vectors)
+
+    def instrument(self, audio: np.ndarray, k: int) -> tuple[list[int], list[float]]:
+        """Rows of the k files whose stored template attack is nearest ``audio``'s.
+
+        Parameters
+        ----------
+        audio : float array
+            The hit from just before its onset, at WAVE_SR, silence after what is known
+            (the same convention as a one-shot's template).
+        k : int
+            Neighbours.
+
+        Returns
+        -------
+        rows, scores : lists
+            Best first (empty when the library stored no templates).
+        """
+        if self._templates is None:
+            return [], []
+        from emberd.library.rerank import QueryPatch
+
+        q = QueryPatch(audio, WAVE_SR).attack_vector()
+        items, scores = self._templates.search(q[None], k)
+        return items[0].tolist(), scores[0].tolist()
+
+    def candidates(
+        self, segment: np.ndarray, n_samples: int, k: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Rows of the k files whose attack looks most like ``segment``'s.
+
+        Parameters
+        ----------
+        segment : float array
+            The query from DESC_OFFSET_SAMPLES before its onset, at WAVE_SR.
+        n_samples : int
+            ATTACK_SAMPLES (provisional) or EARLY_SAMPLES (later stages).
+        k : int
+            Distinct files wanted.
+
+        Returns
+        -------
+        rows, scores : arrays
+            Snippet rows, best first, and their descriptor cosines.
+        """
+        index = self._attack if n_samples == ATTACK_SAMPLES else self._early
+        if index is None:
+            return np.zeros(0, np.int64), np.zeros(0, np.float32)
+        q = np.zeros(n_samples, np.float32)
+        q[: min(len(segment), n_samples)] = segment[:n_samples]
+        items, scores = index.search(descriptors(q[None], n_samples), k * len(ALIGN_SHIFTS))
+        rows, first = np.unique(items[0], return_index=True)
+        order = np.argsort(first)[:k]  # best alignment of each file, in score order
+        return rows[order], scores[0][first[order]]
+
+    def correlate(
+        self, segment: np.ndarray, rows: np.ndarray, n_samples: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Best normalised cross-correlation of a query with candidate snippets.
+
+        Parameters
+        ----------
+        segment : float array [PRE_SAMPLES + n_samples + 2 * LAG_SAMPLES]
+            The query from PRE_SAMPLES + LAG_SAMPLES before its onset, at WAVE_SR.
+        rows : int array
+            Candidate snippet rows.
+        n_samples : int
+            Samples after the onset to compare (<= SNIPPET_SAMPLES - PRE_ROLL_SAMPLES).
+
+        Returns
+        -------
+        rho, gain, lag : arrays [len(rows)]
+            Correlation in [-1, 1], least-squares gain of the snippet in the query,
+            and the lag in samples (-LAG_SAMPLES .. LAG_SAMPLES: the file's onset sits
+            that far after the query's).
+        """
+        n_lags = 2 * LAG_SAMPLES + 1
+        seg = np.zeros(PRE_SAMPLES + n_samples + n_lags - 1, np.float32)
+        seg[: min(len(segment), len(seg))] = segment[: len(seg)]
+        a = PRE_ROLL_SAMPLES - PRE_SAMPLES
+        # Coarse: every lag over the first COARSE_SAMPLES; fine: the whole window at the
+        # best coarse lag +-FINE_LAGS (the onset aligns the same way all through the sound).
+        n_coarse = PRE_SAMPLES + min(n_samples, COARSE_SAMPLES)
+        tpl = self._int16[rows, a : a + n_coarse].astype(np.float32) * self.scale[rows, None]
+        rho, x, energy = _ncc(seg[: n_coarse + n_lags - 1], tpl)
+        lag = np.argmax(rho, axis=1)
+        pick = np.arange(len(rows))
+        rho, gain = rho[pick, lag], x[pick, lag] / energy
+        if n_samples > COARSE_SAMPLES and len(rows):
+            top = np.argsort(-rho)[:FINE_TOP]  # the rest cannot catch up
+            n_tpl = PRE_SAMPLES + n_samples
+            tpl = self._int16[rows[top], a : a + n_tpl].astype(np.float32)
+            tpl *= self.scale[rows[top], None]
+            energy = (tpl.astype(np.float64) ** 2).sum(axis=1) + 1e-20
+            lo = np.clip(lag[top] - FINE_LAGS, 0, n_lags - 1 - 2 * FINE_LAGS)
+            windows = np.lib.stride_tricks.sliding_window_view(seg, n_tpl)  # [n_lags, n_tpl]
+            segs = windows[lo[:, None] + np.arange(2 * FINE_LAGS + 1)[None]]  # [top, fine, t]
+            xf = np.matmul(segs, tpl[:, :, None])[..., 0].astype(np.float64)
+            seg_energy = np.maximum((segs.astype(np.float64) ** 2).sum(axis=2), 1e-12)
+            rf = xf / np.sqrt(energy[:, None] * seg_energy)
+            best = np.argmax(rf, axis=1)
+            sel = np.arange(len(top))
+            floor = float(rf[sel, best].min())
+            rho = np.minimum(rho, floor - 1e-6)  # unrefined candidates rank below
+            rho[top] = rf[sel, best]
+            gain[top] = xf[sel, best] / energy
+            lag[top] = lo + best
+        return rho, gain, lag - LAG_SAMPLES
+
+    def placed(self, row: int, gain: float, start: int, length: int) -> np.ndarray:
+        """``gain`` times a snippet's samples ``start .. start + length`` (zeros outside)."""
+        out = np.zeros(length, np.float32)
+        a, b = max(start, 0), min(start + length, SNIPPET_SAMPLES)
+        if b > a:
+            out[a - start : b - start] = gain * self.snippet(row)[a:b]
+        return out

@@ -1,0 +1,193 @@
+"""The live hit ladder: stages in order, ids, silence, non-library sounds, overlaps, the daemon.
+
+A small synthetic library is indexed with the real ``emberd index`` (dsp-baseline: no
+download; the hit index uses the stored snippets and templates, whatever the model).
+Performances are built from its files at several gains over a noise floor and pushed
+through :class:`~emberd.daemon.hits.HitLadder` in 256-sample blocks, as the worker does;
+the last test runs a performance file through the daemon and reads ``hit.*`` over ZeroMQ.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from emberd.clients import wire
+from emberd.daemon.app import Daemon, DaemonConfig
+from emberd.daemon.hits import HitLadder, HitResult
+from emberd.library import Library
+from emberd.library.hitindex import HitIndex
+from emberd.testing import smalllib
+
+SR = 22050  # the ladder works at the daemon's (the model's) rate
+BLOCK = 256
+NOISE_DB = -50.0
+RECV_TIMEOUT_MS = 30000
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path], list[Path]]:
+    """An indexed library, its files, and same-kind sounds NOT in it (another seed)."""
+    root = tmp_path_factory.mktemp("hitlib")
+    files = smalllib.write_sounds(root / "sounds", per_folder=3)
+    others = smalllib.write_sounds(root / "others", per_folder=3, seed=7, start=4)
+    lib = root / "lib"
+    proc = smalllib.index([root / "sounds"], lib, model=smalllib.FAST_MODEL)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return lib, files, others
+
+
+def _load(path: Path) -> np.ndarray:
+    from emberd.dsp.sources import load_audio
+
+    y, _ = load_audio(path, sr=SR)
+    return np.asarray(y, np.float32)
+
+
+def _perform(
+    parts: list[tuple[Path, float, float]], seconds: float, seed: int = 0
+) -> tuple[np.ndarray, list[float]]:
+    """(file, start s, gain dB) placed over a -50 dBFS noise floor; returns audio, starts."""
+    rng = np.random.default_rng(seed)
+    y = rng.standard_normal(int(seconds * SR)).astype(np.float32)
+    y *= np.float32(10 ** (NOISE_DB / 20))
+    for path, start, gain in parts:
+        s = _load(path) * np.float32(10 ** (gain / 20))
+        a = int(start * SR)
+        y[a : a + len(s)] += s[: len(y) - a]
+    return y, [p[1] for p in parts]
+
+
+def _ladder(lib_path: Path) -> tuple[HitLadder, Library]:
+    lib = Library.open(lib_path)
+    return HitLadder(HitIndex.from_library(lib), lib.files(), sr=SR, channels=[0], model="test",
+                     time_of=lambda pos: pos / SR), lib  # fmt: skip
+
+
+def _run(ladder: HitLadder, y: np.ndarray) -> list[HitResult]:
+    out: list[HitResult] = []
+    for i in range(0, len(y), BLOCK):
+        out += ladder.push(0, y[i : i + BLOCK])
+    return out + ladder.flush()
+
+
+def _by_hit(results: list[HitResult]) -> dict[int, list[HitResult]]:
+    hits: dict[int, list[HitResult]] = {}
+    for r in results:
+        hits.setdefault(r.hit, []).append(r)
+    return hits
+
+
+def test_stages_in_order_with_ids_and_the_right_file(library: Any) -> None:
+    lib_path, files, _ = library
+    picks = [files[0], files[3], files[6], files[1], files[4]]  # kick snare hat kick snare
+    parts = [(p, 0.5 + 0.6 * i, -3.0 * (i % 3) * 3) for i, p in enumerate(picks)]
+    y, starts = _perform(parts, 4.0)
+    ladder, lib = _ladder(lib_path)
+    with lib:
+        results = _run(ladder, y)
+    hits = _by_hit(results)
+    assert sorted(hits) == list(range(len(picks)))
+    for hit_id, stages in hits.items():
+        names = [r.stage for r in stages]
+        assert names == ["provisional", "refined", "refined", "final"], names
+        windows = [r.window_ms for r in stages]
+        assert windows == sorted(windows) and windows[0] <= 12.0
+        assert abs(stages[0].onset_s - starts[hit_id]) < 0.01
+        for r in stages:  # every stage names the played file
+            assert r.matches and Path(r.matches[0]["path"]) == picks[hit_id].resolve()
+        assert stages[-1].matches[0]["kind"] == "exact"
+        assert 0.0 <= stages[-1].matches[0]["confidence"] <= 1.0
+    # Results come out in time order of the audio: no stage before its hit's onset.
+    assert all(r.capture_time >= r.onset_time for r in results)
+
+
+def test_silence_and_noise_floor_give_no_hit(library: Any) -> None:
+    lib_path, _, _ = library
+    ladder, lib = _ladder(lib_path)
+    with lib:
+        noise, _ = _perform([], 6.0)
+        assert _run(ladder, noise) == []
+        assert _run(ladder, np.zeros(3 * SR, np.float32)) == []
+
+
+def test_sound_not_in_library_is_never_exact(library: Any) -> None:
+    lib_path, _files, others = library
+    picks = [others[0], others[3], others[6], others[2], others[5], others[8]]
+    parts = [(p, 0.5 + 0.6 * i, -6.0) for i, p in enumerate(picks)]
+    y, _ = _perform(parts, 4.5)
+    ladder, lib = _ladder(lib_path)
+    with lib:
+        results = _run(ladder, y)
+    assert len(_by_hit(results)) == len(picks)
+    kinds = {m["kind"] for r in results for m in r.matches}
+    claims = [(r.hit, r.stage, m["name"], m["rho"]) for r in results for m in r.matches
+              if m["kind"] == "exact"]  # fmt: skip
+    assert "exact" not in kinds, claims
+    assert all(r.matches for r in results)  # a near answer, labelled as one
+
+
+def test_quiet_hit_over_a_known_tail_is_found_and_named(library: Any) -> None:
+    lib_path, files, _ = library
+    # A loud kick, then a hat 22 dB quieter 120 ms later while the kick still rings.
+    parts = [(files[0], 0.5, 0.0), (files[6], 0.62, -22.0)]
+    y, starts = _perform(parts, 1.5)
+    ladder, lib = _ladder(lib_path)
+    with lib:
+        hits = _by_hit(_run(ladder, y))
+    assert len(hits) == 2, [h[0].onset_s for h in hits.values()]
+    second = hits[1]
+    assert abs(second[0].onset_s - starts[1]) < 0.01
+    assert Path(second[-1].matches[0]["path"]) == files[6].resolve()
+
+
+def test_hits_through_a_running_daemon(library: Any, tmp_path: Path) -> None:
+    """A performance file through ``emberd run`` (fast pace): hit.0 messages in stage order."""
+    import zmq
+
+    lib_path, files, _ = library
+    picks = [files[0], files[3], files[6]]
+    y, starts = _perform([(p, 1.0 + 0.7 * i, -4.0 * i) for i, p in enumerate(picks)], 4.0)
+    perf = tmp_path / "perf.wav"
+    sf.write(perf, y, SR, subtype="FLOAT")
+    cfg = DaemonConfig(library=lib_path, input=str(perf), pace="fast", device="cpu",
+                       model=smalllib.FAST_MODEL, zmq_pub="tcp://127.0.0.1:0",
+                       control="tcp://127.0.0.1:0")  # fmt: skip
+    ctx = zmq.Context()
+    daemon = Daemon(cfg).start(start_input=False)
+    sub = ctx.socket(zmq.SUB)
+    try:
+        sub.setsockopt(zmq.LINGER, 0)
+        sub.setsockopt(zmq.RCVTIMEO, RECV_TIMEOUT_MS)
+        sub.setsockopt(zmq.SUBSCRIBE, b"")
+        assert daemon.pub_endpoint is not None
+        sub.connect(daemon.pub_endpoint)
+        while wire.decode(sub.recv_multipart()).kind != wire.KIND_STATUS:
+            pass  # the first status proves the subscription is live
+        daemon.start_input()
+        hits: list[wire.Message] = []
+        while True:
+            msg = wire.decode(sub.recv_multipart())
+            if msg.kind == wire.KIND_STATUS and msg.header["status"].get("final"):
+                status = msg.header["status"]
+                break
+            if msg.kind == wire.KIND_HIT:
+                hits.append(msg)
+    finally:
+        daemon.close()
+        sub.close(0)
+        ctx.term()
+    assert status["hits"] == len(picks)
+    assert [m.header["hit"] for m in hits if m.header["stage"] == "provisional"] == [0, 1, 2]
+    for i, pick in enumerate(picks):
+        mine = [m.header for m in hits if m.header["hit"] == i]
+        assert [h["stage"] for h in mine] == ["provisional", "refined", "refined", "final"]
+        assert all(abs(h["onset_s"] - starts[i]) < 0.01 for h in mine)
+        assert Path(mine[-1]["matches"][0]["path"]) == pick.resolve()
+        assert mine[-1]["answer"] == "exact"
+        assert all(h["latency_ms"] == pytest.approx((h["publish_time"] - h["onset_time"]) * 1000,
+                                                    abs=0.01) for h in mine)  # fmt: skip

@@ -1,0 +1,100 @@
+"""The block-rate onset detector: gain, noise floor, ringing tails, block sizes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from emberd.dsp.onset import OnsetDetector
+
+SR = 22050
+
+
+def _hit(kind: str, seconds: float = 0.6, seed: int = 0) -> np.ndarray:
+    """A synthetic drum hit peaking near 1.0: a decaying sine (tom/kick) or noise (hat)."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * SR)) / SR
+    if kind == "kick":
+        y = np.sin(2 * np.pi * (55 + 80 * np.exp(-t * 30)) * t) * np.exp(-t * 4)
+    elif kind == "ring":  # a long ringing tone: decays 20 dB over the whole sound
+        y = np.sin(2 * np.pi * 180 * t) * np.exp(-t * 2)
+    else:
+        y = rng.standard_normal(len(t)) * np.exp(-t * 40)
+        y = np.diff(y, prepend=0.0)  # bright
+    return (y / np.max(np.abs(y))).astype(np.float32)
+
+
+def _place(n: int, hits: list[tuple[float, str, float]], noise_db: float, seed: int = 1):
+    rng = np.random.default_rng(seed)
+    y = rng.standard_normal(n).astype(np.float32) * np.float32(10 ** (noise_db / 20))
+    starts = []
+    for t, kind, gain_db in hits:
+        h = _hit(kind) * np.float32(10 ** (gain_db / 20))
+        a = int(t * SR)
+        b = min(n, a + len(h))
+        y[a:b] += h[: b - a]
+        starts.append(a)
+    return y, starts
+
+
+def _detect(y: np.ndarray, block: int = 256, **kw) -> list[int]:
+    det = OnsetDetector(sr=SR, **kw)
+    out: list[int] = []
+    for i in range(0, len(y), block):
+        out += det.push(y[i : i + block])
+    return out
+
+
+@pytest.mark.parametrize("gain_db", [0.0, -10.0, -20.0, -30.0])
+def test_every_gain_gives_one_onset_per_hit(gain_db: float) -> None:
+    hits = [(0.3 + 0.25 * i, ("kick", "hat")[i % 2], gain_db) for i in range(8)]
+    y, starts = _place(int(2.8 * SR), hits, noise_db=-50.0)
+    found = _detect(y)
+    assert len(found) == len(starts)
+    for f, s in zip(found, starts, strict=True):
+        assert s - 2 <= f <= s + 64  # within 3 ms after the true start
+
+
+def test_noise_floor_and_silence_give_nothing() -> None:
+    y, _ = _place(5 * SR, [], noise_db=-50.0)
+    assert _detect(y) == []
+    y, _ = _place(5 * SR, [], noise_db=-20.0)  # a loud steady hiss is a floor, not a hit
+    assert _detect(y) == []
+    assert _detect(np.zeros(3 * SR, np.float32)) == []
+
+
+def test_hit_over_a_ringing_tail_is_found() -> None:
+    # A loud ringing tone, then a hat 20 dB quieter than the ring's start, 150 ms later.
+    y, starts = _place(int(1.5 * SR), [(0.2, "ring", 0.0), (0.35, "hat", -20.0)], -50.0)
+    found = _detect(y)
+    assert len(found) == 2 and abs(found[1] - starts[1]) < 64
+
+
+def test_block_size_does_not_change_the_answer() -> None:
+    hits = [(0.2 + 0.3 * i, ("kick", "hat")[i % 2], -6.0 * i) for i in range(5)]
+    y, _ = _place(2 * SR, hits, noise_db=-60.0)
+    ref = _detect(y, block=256)
+    assert ref == _detect(y, block=37) == _detect(y, block=1024)
+
+
+def test_refractory_time_merges_a_flam() -> None:
+    y, _ = _place(SR, [(0.2, "hat", 0.0), (0.215, "hat", 0.0)], noise_db=-60.0)
+    assert len(_detect(y)) == 1
+    assert len(_detect(y, refractory_s=0.005)) == 2
+
+
+@pytest.mark.parametrize("block", [1, 37, 256, 4096])
+def test_half_rate_stream_matches_batch(block: int) -> None:
+    """The streaming 44.1 -> 22.05 kHz converter gives the same samples for any block size,
+    and sample k describes input 2k (a tone keeps its phase)."""
+    from emberd.dsp.decimate import ToRate
+
+    n = 44100
+    t = np.arange(n) / 44100.0
+    x = np.sin(2 * np.pi * 1000.0 * t).astype(np.float32)
+    conv = ToRate(44100, 22050)
+    out = np.concatenate([conv.push(x[i : i + block]) for i in range(0, n, block)])
+    ref = ToRate(44100, 22050).push(x)
+    np.testing.assert_allclose(out, ref, atol=1e-6)
+    k = np.arange(100, len(out))
+    np.testing.assert_allclose(out[k], np.sin(2 * np.pi * 1000.0 * k / 22050.0), atol=0.01)

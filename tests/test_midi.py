@@ -1,0 +1,167 @@
+"""MIDI out (``--midi``): note choice, velocity, one note per hit, through a real JACK server.
+
+The JACK tests run a private JACK server with the dummy backend and a JACK-Client
+recorder with a MIDI input port that the daemon's ``emberd-midi:out`` is connected to;
+every MIDI event is recorded with its JACK frame time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import require
+
+from emberd.daemon.hits import HitResult
+from emberd.daemon.publish_midi import GM_DRUM_NOTES, NoteMap, load_map, velocity
+from emberd.daemon.status import DaemonStats
+from emberd.errors import EmberdError
+from emberd.testing.harness import jack_available, start_jackd, stop_process, wait_for
+
+# A Python process callback late on a loaded machine loses its cycle's events; 23 ms
+# periods keep the recorder and the sink in time on a shared 2-core box.
+JACK_PERIOD_FRAMES = 1024
+
+
+def test_velocity_follows_peak_level() -> None:
+    assert velocity(0.0) == 127 and velocity(-40.0) == 1 and velocity(-80.0) == 1
+    assert velocity(-20.0) == 64 and velocity(float("nan")) == 1
+    levels = [velocity(db) for db in (-30, -20, -10)]
+    assert levels == sorted(levels) and len(set(levels)) == 3
+
+
+def test_note_lookup_order(tmp_path: Path) -> None:
+    default = NoteMap()
+    assert default.note_for({"path": "/x/Kicks/a.wav", "tags": ["Kicks"]}) == 36
+    snare = {"path": "/lib/Drums/Snares/s 01.wav", "tags": ["Drums", "Snares"]}
+    assert default.note_for(snare) == 38
+    # no folder tag: the instrument class read from the file name
+    assert default.note_for({"path": "/lib/x/PearlHHClosed.wav", "tags": ["x"]}) == 42
+    assert default.note_for({"path": "/lib/Pads/warm.wav", "tags": ["Pads"]}) is None
+    m = tmp_path / "map.json"
+    m.write_text(json.dumps({"channel": 1, "notes": {
+        "kicks": 35, "Kick 01.wav": 24, "/lib/Snares/s.wav": 40, "pads": 60}}))
+    notes, settings = load_map(str(m))
+    assert settings == {"channel": 1}
+    assert notes.note_for({"path": "/lib/Kicks/Kick 01.wav", "tags": ["Kicks"]}) == 24  # file
+    assert notes.note_for({"path": "/lib/Kicks/k2.wav", "tags": ["Kicks"]}) == 35  # folder
+    assert notes.note_for({"path": "/lib/Snares/s.wav", "tags": ["Snares"]}) == 40  # path
+    assert notes.note_for({"path": "/lib/Pads/p.wav", "tags": ["Pads"]}) == 60
+    assert notes.note_for({"path": "/lib/Claps/c.wav", "tags": ["Claps"]}) == GM_DRUM_NOTES["clap"]
+    m.write_text(json.dumps({"notes": {"kick": 300}}))
+    with pytest.raises(EmberdError, match=r"0\.\.127"):
+        load_map(str(m))
+
+
+class MidiRecorder:
+    """A JACK client recording every MIDI event on its input port with its frame time."""
+
+    def __init__(self, jack: Any) -> None:
+        self.client = jack.Client(f"midi-rec-{uuid.uuid4().hex[:6]}", no_start_server=True)
+        self.port = self.client.midi_inports.register("in")
+        self.events: list[tuple[int, bytes]] = []
+        self.lock = threading.Lock()
+        self.client.set_process_callback(self._process)
+        self.client.activate()
+
+    def _process(self, frames: int) -> None:
+        start = self.client.last_frame_time
+        for offset, data in self.port.incoming_midi_events():
+            with self.lock:
+                self.events.append((start + offset, bytes(data)))
+
+    def notes_on(self) -> list[tuple[int, int, int, int]]:
+        """``(frame, status, note, velocity)`` of the note-ons received so far."""
+        with self.lock:
+            return [(f, d[0], d[1], d[2]) for f, d in self.events if d[0] & 0xF0 == 0x90]
+
+    def notes_off(self) -> list[tuple[int, int]]:
+        with self.lock:
+            return [(f, d[1]) for f, d in self.events if d[0] & 0xF0 == 0x80]
+
+    def close(self) -> None:
+        self.client.deactivate()
+        self.client.close()
+
+
+@pytest.fixture()
+def jack_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    require(jack_available(), "jackd (JACK dummy backend)")
+    jack = pytest.importorskip("jack")
+    name = f"emberd-midi-{uuid.uuid4().hex[:8]}"
+    proc = start_jackd(name, period=JACK_PERIOD_FRAMES, log_path=tmp_path / "jackd.log")
+    monkeypatch.setenv("JACK_DEFAULT_SERVER", name)
+    monkeypatch.setenv("JACK_NO_START_SERVER", "1")
+    try:
+        yield jack
+    finally:
+        stop_process(proc)
+
+
+def _hit(hit: int, stage: str, peak_db: float, path: str | None, tags: list[str]) -> HitResult:
+    matches = [] if path is None else [{"path": path, "name": Path(path).stem, "tags": tags,
+                                        "kind": "exact", "confidence": 0.9}]  # fmt: skip
+    return HitResult(channel=0, hit=hit, stage=stage, onset_time=0.0, onset_s=0.0,
+                     capture_time=0.0, window_ms=6.0, peak_db=peak_db, model="m",
+                     matches=matches)  # fmt: skip
+
+
+@pytest.mark.parametrize("stage", ["provisional", "refined", "final"])
+def test_midi_sink_sends_one_note_per_hit_over_jack(jack_server: Any, stage: str) -> None:
+    """Hit messages through the daemon's sink path reach a JACK MIDI recorder: one note per
+    hit at the chosen stage (refined twice still one note), GM notes, velocity from the
+    level, a note-off ~100 ms later; unmapped and unanswered hits send nothing."""
+    from emberd.daemon.analyzers import Analyzers
+    from emberd.daemon.outputs import Outputs, start_sinks
+
+    rec = MidiRecorder(jack_server)
+    stats = DaemonStats(0.0058)
+    port = f"{rec.client.name}:in"
+    runners = start_sinks([("midi", {"port": port, "stage": stage})], stats, lossless=True)
+    outputs = Outputs(runners, Analyzers([]), stats)
+    try:
+        hits = [(0, -6.0, "/lib/Kicks/k.wav", ["Kicks"]), (1, -20.0, "/lib/Snares/s.wav",
+                ["Snares"]), (2, -3.0, "/lib/Pads/p.wav", ["Pads"]), (3, -3.0, None, [])]
+        for hit, db, path, tags in hits:
+            for st in ("provisional", "refined", "refined", "final"):
+                outputs.put(_hit(hit, st, db, path, tags))
+        wait_for(lambda: len(rec.notes_off()) >= 2, 10.0, what="two notes on and off")
+        ons = rec.notes_on()
+        assert ons, rec.events
+        assert [(s, n, v) for _, s, n, v in ons] == [(0x99, 36, velocity(-6.0)),
+                                                    (0x99, 38, velocity(-20.0))]
+        note_frames = rec.notes_off()[0][0] - ons[0][0]
+        assert abs(note_frames - 0.1 * rec.client.samplerate) <= rec.client.blocksize
+        sink = runners[0].sink
+        assert sink.sent == 2 and sink.unmapped == 2
+    finally:
+        outputs.close()
+        for r in runners:
+            r.join(5)
+        rec.close()
+
+
+def test_midi_port_that_does_not_exist_is_one_line(jack_server: Any) -> None:
+    from emberd.daemon.publish_midi import factory
+
+    with pytest.raises(EmberdError, match="cannot connect"):
+        factory({"port": "nobody:in"})
+    with pytest.raises(EmberdError, match="stage"):
+        factory({"port": "-", "stage": "eventually"})
+
+
+def test_midi_without_jack_server_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    require(jack_available(), "jackd (JACK dummy backend)")
+    pytest.importorskip("jack")
+    monkeypatch.setenv("JACK_DEFAULT_SERVER", f"absent-{uuid.uuid4().hex[:8]}")
+    monkeypatch.setenv("JACK_NO_START_SERVER", "1")
+    from emberd.daemon.publish_midi import factory
+
+    with pytest.raises(EmberdError, match="no JACK server"):
+        factory({"port": "-"})
+    assert os.environ["JACK_NO_START_SERVER"] == "1"
