@@ -269,7 +269,9 @@ class Worker(threading.Thread):
 
     # ------------------------------------------------------------------ audio
 
-    def _consume(self, n: int) -> None:
+    def _consume(self, n: int, *, padding: bool = False) -> None:
+        """Feed ``n`` samples of ``_scratch`` to every analyser (``padding``: the silence
+        after the end of a file, see :meth:`_end_of_input`, never measured as loudness)."""
         fronts = self.engine.fronts
         for c, col in enumerate(self.channel_index):
             x = self._chan[c, :n]
@@ -284,7 +286,8 @@ class Worker(threading.Thread):
                 self._hand_over(self.hits.push(c, x))
         self._count += n
         t_first = self.source.clock.time_of(self._read_pos)
-        for update in self.mixdown.push(self._chan[:, :n], t_first):  # a few per second
+        updates = [] if padding else self.mixdown.push(self._chan[:, :n], t_first)
+        for update in updates:  # a few per second
             for h in self.handoffs:
                 h.put(update)
         self._read_pos += n
@@ -338,7 +341,7 @@ class Worker(threading.Thread):
         self._scratch[:] = 0.0
         while pad > 0:
             n = min(pad, READ_CHUNK_FRAMES)
-            self._consume(n)
+            self._consume(n, padding=True)
             pad -= n
             total = self.engine.fronts[0].frames.total
             while self._next_hop_frame <= total:
