@@ -7,6 +7,9 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-dev
 DEMO_STAMP := $(VENV)/.installed
+# Extras for `make test`; CI adds `ray` (tests on a real local Ray cluster), a newcomer's
+# `make test` skips those tests instead of downloading Ray.
+DEV_EXTRAS ?= cpu,dev
 
 .PHONY: demo test lint typecheck pytest bench clean
 
@@ -19,7 +22,7 @@ $(DEMO_STAMP): pyproject.toml | $(BIN)/python
 	touch $@
 
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q -e '.[cpu,dev]'
+	$(BIN)/python -m pip install -q -e '.[$(DEV_EXTRAS)]'
 	touch $@ $(DEMO_STAMP)
 
 demo: $(DEMO_STAMP)

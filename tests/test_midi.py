@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import require
+from conftest import dev_module, require
 
 from emberd.daemon.hits import HitResult
 from emberd.daemon.publish_midi import GM_DRUM_NOTES, NoteMap, load_map, velocity
@@ -92,7 +92,7 @@ class MidiRecorder:
 @pytest.fixture()
 def jack_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     require(jack_available(), "jackd (JACK dummy backend)")
-    jack = pytest.importorskip("jack")
+    jack = dev_module("jack")  # JACK-Client: skip locally, fail in CI
     name = f"emberd-midi-{uuid.uuid4().hex[:8]}"
     proc = start_jackd(name, period=JACK_PERIOD_FRAMES, log_path=tmp_path / "jackd.log")
     monkeypatch.setenv("JACK_DEFAULT_SERVER", name)
@@ -157,7 +157,7 @@ def test_midi_port_that_does_not_exist_is_one_line(jack_server: Any) -> None:
 
 def test_midi_without_jack_server_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
     require(jack_available(), "jackd (JACK dummy backend)")
-    pytest.importorskip("jack")
+    dev_module("jack")
     monkeypatch.setenv("JACK_DEFAULT_SERVER", f"absent-{uuid.uuid4().hex[:8]}")
     monkeypatch.setenv("JACK_NO_START_SERVER", "1")
     from emberd.daemon.publish_midi import factory

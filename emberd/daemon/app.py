@@ -294,7 +294,7 @@ class Daemon:
         def open_library() -> Any:
             from emberd.library import Library
 
-            return Library.open(library_path)
+            return Library.open(library_path, wait=False)  # mid-index: keep the old generation
 
         self.worker = worker = Worker(
             source=source, engine=engine, open_library=open_library, channel_index=columns,

@@ -59,6 +59,7 @@ PROVISIONAL_CANDIDATES = 64  # attack-descriptor neighbours correlated at the fi
 REFINED_CANDIDATES = 64  # early-descriptor neighbours correlated at later stages
 CARRIED_CANDIDATES = 8  # best of the previous stage kept as candidates
 VOTE_CANDIDATES = 8  # best-correlated candidates voting for the instrument class (early)
+SIMILAR_TRUST_RHO = 0.5  # a near answer correlating this well is the answer, not the vote
 INSTRUMENT_S = 0.15  # from this much sound on, the template attack votes instead ...
 INSTRUMENT_VOTERS = 5  # ... its nearest files (5-NN: 0.67 on held-out kits, 1-NN 0.57)
 SOUNDING_MAX = 4  # previous sounds per channel whose tails are subtracted
@@ -67,23 +68,30 @@ TAIL_RANGE_DB = 30.0  # a tail going on within this of a hit's peak limits the h
 SUBTRACT_MIN_RHO = 0.9  # ... when identified this well (a worse fit would add, not remove)
 SAME_RECORDING = 0.999  # snippets this correlated are one recording at two levels
 MAX_MATCHES = 3  # matches per hit message: the answer and two alternatives
-EXACT_MIN_PROBABILITY = 0.75  # P(exact) to claim the very file: the highest P a tuning
-# held-out-kit hit reached (0.503) plus EXACT_SAFETY in bench/fit_hit_confidence.py
+EXACT_MIN_PROBABILITY = 0.73  # P(exact) to claim the very file: the highest P a tuning
+# held-out-kit hit reached (0.476) plus EXACT_SAFETY in bench/fit_hit_confidence.py, and
+EXACT_MIN_RHO = 0.95  # ... the waveform must correlate this well (noise, a tail: >= 0.97)
+EXACT_MIN_MARGIN = 0.02  # ... and beat every other recording by this much
 GATE_MARGIN_DB = 12.0  # a window with no frame this far above the noise floor is silent
 GATE_ABSOLUTE_DB = -70.0  # dBFS RMS: a window quieter than this everywhere is silent
 GATE_FRAME_S = 0.0058  # frames whose RMS the level gate compares
 
 #: Logistic models ``P = 1 / (1 + exp(-(bias + sum w * feature)))``, fitted by
-#: bench/fit_hit_confidence.py on the tuning kits (1771 answers; see its docstring).
+#: bench/fit_hit_confidence.py on the tuning kits (1770 answers; see its docstring).
 #: Features: ``nines`` (-log10(1 - rho) of the best waveform correlation, capped at 4),
 #: ``margin`` (rho over the best other recording), ``log_window`` (log2(samples / 128)).
 EXACT_WEIGHTS: dict[str, float] = {
-    "bias": -5.315, "nines": 3.52, "margin": 5.898, "log_window": 0.44,
+    "bias": -5.1327, "nines": 3.4102, "margin": 6.0996, "log_window": 0.3772,
 }  # fmt: skip
 #: ``share`` (the voted class's share of the vote), ``rho`` of its best candidate.
 CLASS_WEIGHTS: dict[str, float] = {
-    "bias": -5.2889, "share": 2.3905, "rho": 5.1965, "log_window": 0.5819,
+    "bias": -5.3016, "share": 2.6461, "rho": 5.0907, "log_window": 0.5544,
 }  # fmt: skip
+
+
+def is_exact(p_exact: float, rho: float, margin: float) -> bool:
+    """The rule for an ``exact`` claim (see EXACT_MIN_PROBABILITY and what follows it)."""
+    return p_exact >= EXACT_MIN_PROBABILITY and rho >= EXACT_MIN_RHO and margin >= EXACT_MIN_MARGIN
 
 
 def _nines(rho: float) -> float:
@@ -181,6 +189,7 @@ class _Hit:
     stage: int = 0  # index of the next stage in the ladder
     carried: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     sounding: _Sounding | None = None
+    exact: tuple[int, float] | None = None  # (row, P) of an exact claim made at a stage
 
 
 @dataclass
@@ -380,7 +389,7 @@ class HitLadder:
         peak = float(np.max(np.abs(raw))) if window else 0.0
         matches: list[dict[str, Any]] = []
         if self.index is not None:
-            matches = self._identify(ch, hit, stage, window)
+            matches, window = self._identify(ch, hit, stage, window)
         newest = (hit.onset + window) * self._ratio + ch.rate.delay_in  # input position
         self.stage_ms += (time.perf_counter() - t0) * 1000.0
         self._answers += 1
@@ -397,7 +406,10 @@ class HitLadder:
             matches=matches,
         )
 
-    def _identify(self, ch: _Channel, hit: _Hit, stage: str, window: int) -> list[dict[str, Any]]:
+    def _identify(
+        self, ch: _Channel, hit: _Hit, stage: str, window: int
+    ) -> tuple[list[dict[str, Any]], int]:
+        """The stage's matches and the samples after the onset it really compared."""
         index = self.index
         assert index is not None
         window = min(window, SNIPPET_SAMPLES - PRE_ROLL_SAMPLES, self._usable(ch, hit))
@@ -445,10 +457,17 @@ class HitLadder:
                 "best_path": self._path(index, int(rows[best])),
                 "vote_path": self._path(index, int(rows[voted])),
             })  # fmt: skip
-        if p_exact >= EXACT_MIN_PROBABILITY:
+        if hit.exact is not None and hit.exact[0] == int(rows[best]):
+            p_exact = max(p_exact, hit.exact[1])  # more sound (or more noise) keeps the claim
+        if is_exact(p_exact, float(rho[best]), margin) or (
+            hit.exact is not None and hit.exact[0] == int(rows[best])
+        ):
             answer, kind, confidence = best, "exact", p_exact
-        else:
-            answer, kind = voted, "similar"
+            hit.exact = (int(rows[best]), p_exact)
+        else:  # the best-correlated file when the waveform says enough, else the vote
+            same = index.classes[int(rows[best])] == index.classes[int(rows[voted])]
+            trust = float(rho[best]) >= SIMILAR_TRUST_RHO
+            answer, kind = (best if same or trust else voted), "similar"
             confidence = _logistic(CLASS_WEIGHTS, share=share, rho=float(rho[answer]),
                                    log_window=log_window)  # fmt: skip
         if kind == "exact" and rho[answer] >= SUBTRACT_MIN_RHO:  # known: subtract its tail
@@ -466,7 +485,7 @@ class HitLadder:
                               margin=float(rho[i] - rho[best]), log_window=log_window)  # fmt: skip
                 out.append(self._match(index, int(rows[i]), float(rho[i]), float(gain[i]),
                                        "similar", p))  # fmt: skip
-        return out
+        return out, window
 
     def _usable(self, ch: _Channel, hit: _Hit) -> int:
         """Samples after the onset free of an earlier sound's unexplained tail.

@@ -29,6 +29,12 @@ def register(subparsers: Any) -> None:
                           "process)")  # fmt: skip
     add_threads(idx)
     idx.add_argument("--quiet", action="store_true", help="no progress bar")
+    idx.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                     help="decode and embed on a Ray cluster: auto, HOST:PORT, or none for a "
+                          "local Ray (pip install 'emberd[ray]'; every node must see DIR at the "
+                          "same path)")
+    idx.add_argument("--ray-actors", type=int_range(0), default=0, metavar="N",
+                     help="embedding actors with --ray (default: one per GPU or CPU node)")
     idx.set_defaults(func=_index)
 
     q = subparsers.add_parser(
@@ -78,10 +84,18 @@ def _index(args: argparse.Namespace) -> int:
 
     from emberd.library.indexer import Indexer
 
-    indexer = _guard_db(lambda: Indexer(args.library, args.model, jobs=args.jobs,
-                                        threads=args.threads))
+    if args.ray is not None:
+        from emberd.library.ray_index import RayIndexer
+
+        indexer = _guard_db(lambda: RayIndexer(args.library, args.model, address=args.ray,
+                                               actors=args.ray_actors))
+    else:
+        indexer = _guard_db(lambda: Indexer(args.library, args.model, jobs=args.jobs,
+                                            threads=args.threads))
     console = Console(stderr=True)
     show = not args.quiet and console.is_terminal
+    if args.ray is not None and not args.quiet:
+        console.print(indexer.resources.line(args.ray), highlight=False, soft_wrap=True)
     with Progress(
         TextColumn("indexing"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
         TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("eta"),
@@ -122,6 +136,7 @@ def _guard_db(fn: Any) -> Any:
 
 
 def _query(args: argparse.Namespace) -> int:
+    from emberd.dsp.silence import QUERY_FLOOR_DBFS, no_sound_reason
     from emberd.dsp.sources import load_audio
     from emberd.errors import EmberdError
     from emberd.library.query import Library, encoder_for
@@ -134,9 +149,14 @@ def _query(args: argparse.Namespace) -> int:
         for path in args.files:
             try:
                 y, _info = load_audio(path, sr=sr, mono=True)
-                matches = _guard_db(lambda y=y: library.query_audio(y, sr, args.k,
-                                                                    model=args.model))
-                record: dict[str, Any] = {"query": path, "matches": matches}
+                silent = no_sound_reason(y, floor_dbfs=QUERY_FLOOR_DBFS)
+                if silent is not None:  # silence is never a match: say why there is none
+                    record: dict[str, Any] = {"query": path, "matches": [],
+                                              "reason": f"no sound: {silent}"}
+                else:
+                    matches = _guard_db(lambda y=y: library.query_audio(y, sr, args.k,
+                                                                        model=args.model))
+                    record = {"query": path, "matches": matches}
             except EmberdError as exc:  # this file only: say so on stderr, answer the rest
                 failed += 1
                 why = str(exc) if str(exc).startswith(path) else f"{path}: {exc}"
@@ -153,9 +173,12 @@ def _print_record(record: dict[str, Any], as_json: bool) -> None:
         print(json.dumps(record), flush=True)
         return
     print(record["query"])
+    if "reason" in record:
+        print(f"  no match: {record['reason']}")
     for i, m in enumerate(record["matches"], 1):
         tags = "/".join(m["tags"])
-        print(f"  {i:2d}. {m['score']:.3f} {m['kind']:7s} {m['path']}"
+        score = f"{m['score']:.3f}" if "score" in m else "  -  "
+        print(f"  {i:2d}. {score} {m['kind']:7s} {m['path']}"
               + (f"  [{tags}]" if tags else "")
               + (f" @ {m['segment_start_s']:.2f} s" if m["segment_start_s"] else ""))
 
@@ -180,7 +203,7 @@ def _info(args: argparse.Namespace) -> int:
         if isinstance(annoy, dict):
             recall = next(v for k, v in annoy.items() if k.startswith("recall@"))
             print(f"    annoy: {annoy['items']} items, {annoy['trees']} trees, recall@10 vs "
-                  f"exact {recall:.3f} on {annoy['sample']} queries"
+                  f"exact {recall:.3f} on {annoy['sample']} queries that are not library items"
                   + (" (stale: re-run emberd index)" if annoy["stale"] else ""))
         else:
             print(f"    annoy: {annoy}")

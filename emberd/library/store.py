@@ -35,6 +35,7 @@ INDEX_DIR = "index"
 APP_ID = "emberd-library"
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_S = 30.0  # another emberd process may hold the write lock for a batch
+LOCK_NAME = ".emberd.lock"  # emberd.library.librarylock's lock file (may precede the database)
 MIN_NORM = 1e-12  # a vector shorter than this has no direction: rejected
 
 _SCHEMA = """
@@ -165,7 +166,7 @@ class Store:
         if not db.exists():
             if not create:
                 raise EmberdError(f"{path}: no emberd library here (run 'emberd index' first)")
-            if self.path.exists() and any(self.path.iterdir()):
+            if self.path.exists() and any(p.name != LOCK_NAME for p in self.path.iterdir()):
                 raise EmberdError(
                     f"{path}: not an emberd library (folder is not empty and has no {DB_NAME}); "
                     "refusing to write into it"

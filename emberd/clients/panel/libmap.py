@@ -19,9 +19,11 @@ import numpy as np
 
 from emberd.atomic import atomic_write_text
 from emberd.errors import EmberdError
+from emberd.library.classes import class_of_path
+from emberd.library.classifier import ClassHead, head_path
 from emberd.paths import cache_dir
 
-MAP_FORMAT_VERSION = 2
+MAP_FORMAT_VERSION = 3  # 3: points carry the instrument class and duration
 MIN_NORM = 1e-12  # vectors shorter than this have no direction
 
 
@@ -40,7 +42,9 @@ class LibraryMap:
     scale : numpy.ndarray
         ``[2]``: divides projected coordinates so the library fills [-1, 1] on both axes.
     points : list of dict
-        ``{"id", "name", "tags", "x", "y"}`` per file.
+        ``{"id", "name", "tags", "x", "y"}`` per file, plus ``cls`` (instrument
+        class or None), ``cls_src`` (``"name"``: its file or folder names say it,
+        ``"model"``: the library's class head guessed it) and ``dur`` (seconds).
     paths : dict
         ``{file id: absolute path}`` -- the only files the panel will serve.
     """
@@ -51,6 +55,7 @@ class LibraryMap:
     scale: np.ndarray
     points: list[dict[str, Any]]
     paths: dict[int, str]
+    library: str = ""  # the library folder (set by load_library_map; "find similar")
 
     def project(self, vector: np.ndarray) -> tuple[float, float]:
         """Map one embedding to 2-D map coordinates (same normalisation as the library)."""
@@ -65,6 +70,40 @@ class LibraryMap:
             return 0.0, 0.0
         xy = self.axes @ (v / norm - self.mean) / self.scale
         return float(xy[0]), float(xy[1])
+
+    def similar(self, file_id: int, k: int = 8) -> list[dict[str, Any]]:
+        """The ``k`` library sounds nearest to library file ``file_id`` (itself left out).
+
+        Returns ``[{"id", "name", "score"}]``, best first; empty when the id is not
+        on the map or the library is gone.
+        """
+        from emberd.library import Library
+
+        if file_id not in self.paths or not self.library:
+            return []
+        try:
+            lib = Library.open(self.library)
+        except EmberdError:
+            return []
+        try:
+            row = lib.store.conn.execute(
+                "SELECT vector FROM vectors WHERE file_id=? AND model=? AND is_file=1",
+                (int(file_id), self.model),
+            ).fetchone()
+            if row is None:
+                return []
+            vec = np.frombuffer(row[0], np.float32)[None, :]
+            found = lib.search(vec, k + 1, model=self.model)[0]
+        finally:
+            lib.close()
+        ids = {p: i for i, p in self.paths.items()}
+        out = []
+        for m in found:
+            fid = ids.get(str(m.get("path", "")))
+            if fid is not None and fid != file_id:
+                out.append({"id": fid, "name": m.get("name", ""),
+                            "score": round(float(m.get("score", 0.0)), 4)})  # fmt: skip
+        return out[:k]
 
     def public_json(self) -> dict[str, Any]:
         """What the browser gets: the points, no paths."""
@@ -175,7 +214,9 @@ def load_library_map(library: str | Path, model: str | None = None) -> tuple[Lib
             cached = json.loads(cache.read_text("utf-8"))
             fresh = cached.get("generation") == generation
             if cached.get("format") == MAP_FORMAT_VERSION and fresh:
-                return LibraryMap.from_json(cached), True
+                cached_map = LibraryMap.from_json(cached)
+                cached_map.library = str(path)
+                return cached_map, True
         except (OSError, ValueError, KeyError, TypeError):
             pass  # missing or unreadable cache: recompute
         # Only the pooled per-file vectors (is_file = 1), not the segment vectors;
@@ -193,7 +234,23 @@ def load_library_map(library: str | Path, model: str | None = None) -> tuple[Lib
         recs = [records[int(ids[i])] for i in keep]
         lib_map = fit_map(model, ids[keep], vectors[keep], [r.name for r in recs],
                           [list(r.tags) for r in recs], [r.path for r in recs])
+        add_classes(lib_map.points, recs, vectors[keep], head_file=head_path(path, model))
     finally:
         lib.close()
     atomic_write_text(cache, json.dumps({**lib_map.to_json(), "generation": generation}))
+    lib_map.library = str(path)
     return lib_map, False
+
+
+def add_classes(
+    points: list[dict[str, Any]], records: list[Any], vectors: np.ndarray, *, head_file: Path
+) -> None:
+    """Give each map point its instrument class: from its names, else the class head."""
+    head = ClassHead.load(head_file)
+    guesses = head.predict(vectors) if head is not None and len(vectors) else None
+    for k, (point, rec) in enumerate(zip(points, records, strict=True)):
+        named = class_of_path(rec.path, rec.root)
+        guess = guesses[k] if guesses is not None else (None, 0.0)
+        point["cls"] = named or guess[0]
+        point["cls_src"] = "name" if named else ("model" if guess[0] else None)
+        point["dur"] = round(float(rec.duration_s), 3)

@@ -8,8 +8,7 @@ the panel's own page only (:mod:`emberd.clients.panel.guard`: another web page g
 * ``/audio/<id>`` -- a library file by its library id, decoded and re-encoded
   as 16-bit WAV so the browser can play any format the library holds; ids not
   in the library get 404, so no path from the browser ever reaches the disk;
-* ``/peaks/<id>`` -- the same file's waveform for the player: ``duration_s`` and
-  :data:`PEAK_BINS` (min, max) pairs;
+* ``/similar/<id>`` -- the library sounds nearest to one (``[{"id", "name", "score"}]``);
 * ``/ws`` -- a WebSocket of JSON messages (:func:`emberd.clients.messages.to_json`
   plus ``{"kind": "cursor", "channel", "x", "y"}`` for live embeddings).
 
@@ -27,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import itertools
 import json
 import logging
 import re
@@ -53,12 +51,12 @@ STATIC_FILES = {
     "/": ("index.html", "text/html; charset=utf-8"),
     "/index.html": ("index.html", "text/html; charset=utf-8"),
     "/app.js": ("app.js", "text/javascript; charset=utf-8"),
+    "/mixdown.js": ("mixdown.js", "text/javascript; charset=utf-8"),
     "/style.css": ("style.css", "text/css; charset=utf-8"),
 }
 AUDIO_MAX_S = 60.0  # longest audition served; one-shots and loops are far shorter
 AUDIO_RE = re.compile(r"^/audio/(\d{1,12})$")
-PEAKS_RE = re.compile(r"^/peaks/(\d{1,12})$")
-PEAK_BINS = 400  # waveform columns sent to the page's player
+SIMILAR_RE = re.compile(r"^/similar/(\d{1,12})$")
 POLL_S = 0.2  # subscriber thread wakes this often to notice shutdown
 FLUSH_S = 1 / 30  # pages get at most 30 updates a second per kind and channel
 
@@ -94,26 +92,6 @@ def audio_wav(path: str) -> bytes:
     buf = io.BytesIO()
     sf.write(buf, data, sr, format="WAV", subtype="PCM_16")
     return buf.getvalue()
-
-
-def audio_peaks(path: str, bins: int = PEAK_BINS) -> dict[str, Any]:
-    """Waveform of ``path`` for the player: duration and per-bin (min, max) of the mono mix."""
-    import numpy as np
-    import soundfile as sf
-
-    try:
-        with sf.SoundFile(path) as f:
-            frames = min(f.frames, int(AUDIO_MAX_S * f.samplerate))
-            data = f.read(frames, dtype="float32", always_2d=True)
-            sr = f.samplerate
-    except (OSError, RuntimeError, sf.LibsndfileError) as exc:
-        raise EmberdError(f"{path}: cannot read audio: {exc}") from exc
-    mono = data.mean(axis=1) if data.size else np.zeros(1, np.float32)
-    mono = np.nan_to_num(mono, nan=0.0, posinf=0.0, neginf=0.0)
-    edges = np.linspace(0, mono.size, min(bins, max(mono.size, 1)) + 1).astype(int)
-    pairs = [[round(float(mono[a:b].min()), 4), round(float(mono[a:b].max()), 4)]
-             for a, b in itertools.pairwise(edges) if b > a]  # fmt: skip
-    return {"duration_s": round(frames / sr, 4), "peaks": pairs}
 
 
 class PanelServer:
@@ -174,16 +152,10 @@ class PanelServer:
         if path == "/map.json":
             payload = self.map.public_json() if self.map else {"model": None, "points": []}
             return _response(HTTPStatus.OK, json.dumps(payload).encode(), "application/json")
-        m = PEAKS_RE.match(path)
+        m = SIMILAR_RE.match(path)
         if m:
-            file_path = self.map.paths.get(int(m.group(1))) if self.map else None
-            if file_path is None:
-                return _text(HTTPStatus.NOT_FOUND, "no such library id\n")
-            try:
-                body = json.dumps(audio_peaks(file_path)).encode()
-            except EmberdError as exc:
-                return _text(HTTPStatus.NOT_FOUND, f"{exc}\n")
-            return _response(HTTPStatus.OK, body, "application/json")
+            found = self.map.similar(int(m.group(1))) if self.map else []
+            return _response(HTTPStatus.OK, json.dumps(found).encode(), "application/json")
         m = AUDIO_RE.match(path)
         if m:
             file_path = self.map.paths.get(int(m.group(1))) if self.map else None
@@ -261,7 +233,8 @@ class PanelServer:
         from emberd.clients.control_client import ControlClient
         from emberd.clients.subscriber import Subscriber
 
-        topics = ["match", "tag", "level", "emb", "similarity", "status"]
+        topics = ["match", "tag", "level", "emb", "similarity", "status",
+                  "class", "loudness", "masking"]  # fmt: skip
         with Subscriber(self.zmq_endpoint, topics, silence_s=self.silence_s) as sub:
             while not self._stop.is_set():
                 item = sub.recv(timeout_s=POLL_S)

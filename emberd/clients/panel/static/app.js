@@ -1,7 +1,8 @@
-// emberd panel: live matches, library map with channel cursors, similarity heat map.
-// Talks only to the server that served it: /ws (JSON messages), /map.json, /audio/<id>,
-// /peaks/<id>. The connection badge tells the truth: data replayed on (re)load or left
-// over after the daemon went away is dimmed and labelled with its age, never "connected".
+// emberd panel: live matches, library map with channel cursors, similarity heat map
+// (mixdown.js: the mix-down view, class colours, map search/zoom, sample view).
+// Talks only to the server that served it: /ws (JSON messages), /map.json, /audio/<id>.
+// The connection badge tells the truth: data replayed on (re)load or left over after the
+// daemon went away is dimmed and labelled with its age, never shown as "connected".
 "use strict";
 
 const PALETTE = ["#ff8a3d", "#4cc9f0", "#80ed99", "#f72585", "#ffd166", "#b388ff", "#06d6a0", "#ef476f"];
@@ -16,7 +17,10 @@ const state = {
   connected: false, messages: 0, matchMessages: 0, cursorMoves: 0,
   map: { points: [], model: null }, cursors: {}, channels: {}, similarity: null,
   playingId: null, clockOffset: 0, connState: "waiting", restartedAt: 0, lastDataAt: null,
-  player: { id: null, name: "", duration: 0, peaks: [], position: 0, playing: false },
+  player: { id: null, position: 0, duration: 0, playing: false },
+  // mix-down view (mixdown.js); here so that a frame drawn before mixdown.js runs finds them
+  mix: { channels: {}, masking: null, maskCells: [], selected: null, similar: [] },
+  view: { zoom: 1, cx: 0, cy: 0, query: "", matches: 0, dragged: false },
 };
 window.emberdState = state;  // for tests and curious users
 
@@ -108,6 +112,7 @@ function handle(msg) {
     case "hit": onHit(msg); break;
     case "cursor": onCursor(msg); break;
     case "similarity": state.similarity = msg; drawSimilarity(); break;
+    case "class": case "loudness": case "masking": window.emberdMix.handle(msg); break;
     case "status":
       onStatus(msg.status || {});
       if (msg.status && msg.status.final && !msg.replay) setConn("stopped", "daemon stopped — waiting…");
@@ -259,76 +264,46 @@ function drawChannel(ch) {
 
 $("channels").addEventListener("click", (ev) => {
   const li = ev.target.closest(".match");
-  if (li && li.dataset.id !== "") audition(Number(li.dataset.id), li.dataset.name);  // the row's own id
+  if (li && li.dataset.id !== "") audition(Number(li.dataset.id));  // the row's own id
 });
 
 // ---------------------------------------------------------------- player
-function audition(id, name) {
-  const player = $("player"), p = state.player;
+// A click on a match row auditions that row's own library id (the list is held under the
+// pointer, see channel()) and shows it in the sample view (mixdown.js: name, class,
+// waveform, play/stop); the position readout and playhead follow the audio element.
+function audition(id) {
+  const player = $("player");
   state.playingId = id;
-  Object.assign(p, { id, name: name || `#${id}`, duration: 0, peaks: [], position: 0 });
-  $("player-box").hidden = false;
-  $("p-name").textContent = p.name;
+  state.player = { id, position: 0, duration: 0, playing: false };
+  if (window.emberdMix && state.mix.selected !== id) window.emberdMix.select(id);
   player.src = `/audio/${id}`;
   player.play().catch(() => {});  // autoplay rules: the click itself allows playback
-  fetch(`/peaks/${id}`).then((r) => (r.ok ? r.json() : null)).then((w) => {
-    if (w && p.id === id) { p.duration = w.duration_s; p.peaks = w.peaks; drawWave(); }
-  }).catch(() => {});
   Object.keys(state.channels).forEach(renderChannel);
 }
 
-function drawWave() {
-  const cv = $("wave"), ctx = cv.getContext("2d"), p = state.player;
-  ctx.clearRect(0, 0, cv.width, cv.height);
-  const mid = cv.height / 2, n = p.peaks.length;
-  const played = p.duration > 0 ? p.position / p.duration : 0;
-  p.peaks.forEach(([lo, hi], i) => {
-    ctx.fillStyle = i / n <= played ? "#ff8a3d" : "#8a909c";
-    const x = (i / n) * cv.width;
-    ctx.fillRect(x, mid - hi * mid, Math.max(1, cv.width / n), Math.max(1, (hi - lo) * mid));
-  });
-  ctx.fillStyle = "#e4e6eb";
-  ctx.fillRect(played * cv.width, 0, 1, cv.height);  // playhead
-  $("p-pos").textContent = `${p.position.toFixed(2)} / ${p.duration.toFixed(2)} s`;
-  $("p-play").textContent = p.playing ? "stop" : "play";
-}
-
 const audioEl = $("player");
-for (const ev of ["timeupdate", "play", "pause", "ended", "seeked"]) {
+for (const ev of ["timeupdate", "play", "pause", "ended", "seeked", "loadedmetadata"]) {
   audioEl.addEventListener(ev, () => {
-    state.player.position = audioEl.currentTime || 0;
-    state.player.playing = !audioEl.paused && !audioEl.ended;
-    drawWave();
+    const p = state.player || {};
+    p.position = audioEl.currentTime || 0;
+    p.duration = Number.isFinite(audioEl.duration) ? audioEl.duration : 0;
+    p.playing = !audioEl.paused && !audioEl.ended;
+    const pos = $("sample-pos");
+    if (pos) pos.textContent = `${p.position.toFixed(2)} / ${p.duration.toFixed(2)} s`;
+    const head = $("sample-head-pos");
+    if (head && p.duration > 0) head.style.left = `${(100 * p.position) / p.duration}%`;
   });
 }
-$("p-play").addEventListener("click", () => {
-  if (!audioEl.paused && !audioEl.ended) { audioEl.pause(); audioEl.currentTime = 0; }
-  else audioEl.play().catch(() => {});
-});
-$("wave").addEventListener("click", (ev) => {  // seek
-  const r = ev.target.getBoundingClientRect();
-  if (state.player.duration > 0) audioEl.currentTime = ((ev.clientX - r.left) / r.width) * state.player.duration;
-});
 
 // ---------------------------------------------------------------- map
 const mapCanvas = $("map");
 const mctx = mapCanvas.getContext("2d");
 const PAD = 28;
 
-function toCanvas(x, y) {
-  const w = mapCanvas.width - 2 * PAD, h = mapCanvas.height - 2 * PAD;
+function toCanvas(x, y) {  // zoom and pan: state.view (mixdown.js)
+  const w = mapCanvas.width - 2 * PAD, h = mapCanvas.height - 2 * PAD, v = state.view;
+  x = (x - v.cx) * v.zoom; y = (y - v.cy) * v.zoom;
   return [PAD + (x + 1) / 2 * w, PAD + (1 - (y + 1) / 2) * h];
-}
-
-// Folder tags get evenly spaced hues in sorted order, so a handful of tags never collide.
-let tagHues = new Map();
-function indexTags() {
-  const tags = [...new Set(state.map.points.map((p) => (p.tags || [])[0]).filter(Boolean))].sort();
-  tagHues = new Map(tags.map((t, i) => [t, (200 + i * 360 / Math.max(tags.length, 1)) % 360]));
-}
-function tagColour(tag) {
-  const h = tagHues.get(tag);
-  return h === undefined ? "rgba(160, 165, 175, 0.6)" : `hsla(${h}, 70%, 62%, 0.85)`;
 }
 
 function onCursor(msg) {
@@ -354,14 +329,17 @@ function drawMap() {
   for (const c of Object.values(state.channels)) for (const m of c.matches.slice(0, 1)) highlighted.add(m.id);
   for (const p of state.map.points) {
     const [x, y] = toCanvas(p.x, p.y);
-    const hot = highlighted.has(p.id);
-    mctx.fillStyle = tagColour((p.tags || [])[0]);
+    const hot = highlighted.has(p.id) || p.id === state.mix.selected;
+    const mix = window.emberdMix;  // undefined for a frame drawn before mixdown.js ran
+    mctx.globalAlpha = !mix || mix.isHit(p) ? 1 : 0.15;  // search dims the others
+    mctx.fillStyle = mix ? mix.pointColour(p) : "#a0a5af";
     mctx.beginPath(); mctx.arc(x, y, hot ? 5 : 3, 0, 2 * Math.PI); mctx.fill();
     if (hot) {
       mctx.strokeStyle = "#fff"; mctx.lineWidth = 1.5; mctx.stroke();
       mctx.fillStyle = "#e4e6eb"; mctx.font = "11px system-ui";
       label(p.name, x, y - 6, 7);
     }
+    mctx.globalAlpha = 1;
   }
   const labels = [];  // cursor label positions drawn so far: stack labels that would overlap
   for (const [ch, c] of Object.entries(state.cursors)) {
@@ -381,7 +359,6 @@ function drawMap() {
     labels.push([x, ly]);
     label("ch " + ch, x, ly, 11);
   }
-  drawLegend();
   requestAnimationFrame(drawMap);
 }
 
@@ -391,17 +368,6 @@ function label(text, x, y, gap) {
   if (x + gap + w > mapCanvas.width - 4) { mctx.textAlign = "right"; mctx.fillText(text, x - gap, y); }
   else { mctx.textAlign = "left"; mctx.fillText(text, x + gap, y); }
   mctx.textAlign = "left";
-}
-
-function drawLegend() {
-  const tags = [...tagHues.keys()];
-  mctx.font = "11px system-ui";
-  tags.slice(0, 12).forEach((t, i) => {
-    const y = 14 + i * 15;
-    mctx.fillStyle = tagColour(t);
-    mctx.beginPath(); mctx.arc(10, y - 4, 4, 0, 2 * Math.PI); mctx.fill();
-    mctx.fillStyle = "#8a909c"; mctx.fillText(t, 18, y);
-  });
 }
 
 function nearestPoint(ev) {
@@ -419,10 +385,13 @@ mapCanvas.addEventListener("mousemove", (ev) => {
   const p = nearestPoint(ev), tip = $("map-tip");
   if (!p) { tip.hidden = true; return; }
   tip.hidden = false;
-  tip.textContent = `${p.name} — ${(p.tags || []).join(", ")}`;
+  tip.textContent = `${p.name} — ${(p.cls || "unknown").replace("_", " ")} — ${(p.tags || []).join(", ")}`;
   tip.style.left = ev.offsetX + 18 + "px"; tip.style.top = ev.offsetY + 30 + "px";
 });
-mapCanvas.addEventListener("click", (ev) => { const p = nearestPoint(ev); if (p) audition(p.id, p.name); });
+mapCanvas.addEventListener("click", (ev) => {
+  const p = nearestPoint(ev);
+  if (p && !state.view.dragged) { window.emberdMix.select(p.id); audition(p.id); }
+});
 
 // ---------------------------------------------------------------- similarity
 function drawSimilarity() {
@@ -432,6 +401,15 @@ function drawSimilarity() {
   const n = s.matrix.length, lab = 26, cell = (cv.width - lab) / n;
   for (let i = 0; i < n; i++) {
     for (let j = 0; j < n; j++) {
+      if (s.matrix[i][j] === null) {  // a silent channel: no embedding worth comparing
+        ctx.fillStyle = "#23262d";
+        ctx.fillRect(lab + j * cell, lab + i * cell, cell - 1, cell - 1);
+        if (cell > 28 && i === j) {
+          ctx.fillStyle = "#8a909c"; ctx.font = "10px system-ui"; ctx.textAlign = "center";
+          ctx.fillText("silent", lab + (j + 0.5) * cell, lab + (i + 0.5) * cell + 3);
+        }
+        continue;
+      }
       const v = Math.max(-1, Math.min(1, s.matrix[i][j]));
       // cool (dissimilar) to hot (similar): stems that clash in a mix light up.
       const t = (v + 1) / 2;
@@ -453,7 +431,7 @@ function drawSimilarity() {
 // ---------------------------------------------------------------- start
 fetch("/map.json").then((r) => r.json()).then((m) => {
   state.map = m;
-  indexTags();
+  window.emberdMix.drawMapLegend();
   $("map-info").textContent = m.points.length ? `${m.points.length} files · ${m.model}` : "(no library given)";
 }).catch(() => {});
 requestAnimationFrame(drawMap);

@@ -1,0 +1,226 @@
+"""Indexing scale-out: the local indexer vs ``emberd index --ray`` with 1 and 2 nodes.
+
+All runs index the same files into fresh libraries, in one process, one after another:
+
+* ``local 1 CPU``: :class:`Indexer` (1 decoder process, 1 encoder thread), the whole
+  process tree pinned to core 0 -- the anchor;
+* ``ray 1 node``: a local Ray cluster (``ray.cluster_utils.Cluster``) whose head has
+  ``num_cpus=1`` and is pinned to core 0 (its raylet and workers inherit the affinity);
+  the driver is pinned to core 0 as well, so the run uses one core like the anchor;
+* ``ray 2 nodes``: the same cluster plus a second 1-CPU node pinned to core 1
+  (driver still on core 0);
+* ``local 2 CPUs``: the indexer with 2 decoder processes and 2 encoder threads, unpinned.
+
+Rates are steady-state files/s: from the first 10 % of the files to the last (worker
+start-up and imports are left out: they do not grow with the library); the wall-clock
+rate of the whole run, start-up included, is printed beside.  The extrapolated hours for
+100k and 1M files use the steady rate.  Goals: 2 nodes >= 1.7x one node; Ray at 1 node
+within 10 % of the local indexer at 1 CPU.
+
+``--gpu``: one more run on a 1-node cluster with all CPUs and one GPU (one CUDA actor),
+against the local indexer on all CPUs; for a lent GPU machine with onnxruntime-gpu (the
+double-install guard is relaxed in the Ray workers here, and only here, as in
+``bench/gpu_encoders.py``).
+
+Usage: ``flock /tmp/emberd-bench.lock python bench/index_scale.py [--model aisfx]
+[--limit N] [--gpu] [DIR]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import sqlite3
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from emberd.library.indexer import Indexer
+from emberd.library.scan import scan
+
+KITS = "/usr/share/hydrogen/data/drumkits"
+OBJECT_STORE_BYTES = 200 * 2**20  # per node
+WARM_FRACTION = 0.1  # steady rate measured from this fraction of the files on
+HOURS = (100_000, 1_000_000)  # extrapolated library sizes
+GOAL_SCALING = 1.7  # 2 nodes vs 1 node
+GOAL_OVERHEAD = 0.10  # Ray 1 node vs local 1 CPU
+
+
+@contextmanager
+def pinned(cores: set[int] | None) -> Iterator[None]:
+    """Pin this process (and what it starts meanwhile) to ``cores``; None: leave as is."""
+    before = os.sched_getaffinity(0)
+    if cores is not None:
+        os.sched_setaffinity(0, cores)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+class Clock:
+    """Progress callback recording when each file finished."""
+
+    def __init__(self) -> None:
+        self.t0 = time.perf_counter()
+        self.times: list[float] = []
+
+    def __call__(self, done: int, _total: int) -> None:
+        self.times.append(time.perf_counter())
+
+    def rates(self) -> tuple[float, float]:
+        """(steady files/s, whole-run files/s)."""
+        n = len(self.times)
+        if n < 2:
+            return 0.0, 0.0
+        first = max(1, int(n * WARM_FRACTION))
+        steady = (n - first) / max(self.times[-1] - self.times[first - 1], 1e-9)
+        return steady, n / max(self.times[-1] - self.t0, 1e-9)
+
+
+def _counts(lib: Path) -> tuple[int, int, int]:
+    conn = sqlite3.connect(f"{(lib / 'library.sqlite').as_uri()}?mode=ro", uri=True)
+    try:
+        return tuple(  # type: ignore[return-value]
+            conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
+            for t in ("files", "vectors", "fingerprints")
+        )
+    finally:
+        conn.close()
+
+
+def run(name: str, make: Callable[[Path], Any], root: str, work: Path,
+        cores: set[int] | None) -> dict[str, Any]:
+    """Index ``root`` into a fresh library with the indexer ``make`` builds."""
+    lib = work / name.replace(" ", "-")
+    clock = Clock()
+    with pinned(cores):
+        ix = make(lib)
+        try:
+            summary = ix.run([root], progress=clock)
+        finally:
+            ix.close()
+    steady, whole = clock.rates()
+    row = {"name": name, "steady": steady, "whole": whole, "indexed": summary.indexed,
+           "counts": _counts(lib), "line": getattr(ix, "resources_line", "")}
+    print(f"  {name:14s} {steady:7.1f} files/s steady, {whole:6.1f} whole run "
+          f"({summary.indexed} indexed; files/vectors/landmarks {row['counts']})", flush=True)
+    return row
+
+
+def _relax_double_install_guard() -> None:  # pragma: no cover - GPU machines only
+    from emberd.models import onnxrt
+
+    onnxrt._installed = lambda dist: dist == "onnxruntime-gpu"  # type: ignore[assignment]
+    onnxrt.onnxruntime.cache_clear()
+
+
+def ray_indexer(address: str, model: str, *, gpu: bool = False) -> Callable[[Path], Any]:
+    """A factory of RayIndexers on ``address`` (connecting per run, as the CLI does)."""
+    def make(lib: Path) -> Any:
+        import ray
+
+        from emberd.library.ray_index import RayIndexer
+
+        runtime_env = {"worker_process_setup_hook": _relax_double_install_guard} if gpu else None
+        if gpu:
+            _relax_double_install_guard()
+        ray.init(address=address, logging_level="ERROR", log_to_driver=False,
+                 runtime_env=runtime_env)
+        ix = RayIndexer(lib, model, address=address)
+        ix.resources_line = ix.resources.line(address)
+        print("  " + ix.resources_line, flush=True)
+        return ix
+    return make
+
+
+def main() -> None:
+    """Run the engines on the same files and print rates, ratios and goals."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("dir", nargs="?", default=KITS)
+    ap.add_argument("--model", default="aisfx")
+    ap.add_argument("--limit", type=int, default=300, help="files (0: all)")
+    ap.add_argument("--gpu", action="store_true", help="also a CUDA-actor run (GPU machine)")
+    args = ap.parse_args()
+
+    from ray.cluster_utils import Cluster
+
+    files = [c.path for c in scan([args.dir]).candidates]
+    if args.limit:
+        files = files[: args.limit]
+    work = Path(tempfile.mkdtemp(prefix="emberd-scale-"))
+    root = work / "files"
+    root.mkdir()
+    for i, f in enumerate(files):  # the same files for every run
+        os.symlink(f, root / f"{i:06d}{Path(f).suffix}")
+    cores = sorted(os.sched_getaffinity(0))
+    print(f"{len(files)} files, model {args.model}, {os.cpu_count()} CPUs "
+          f"({platform.processor() or platform.machine()}), load average "
+          f"{os.getloadavg()[0]:.2f}; cores used: {cores[:2]}")
+    if len(cores) < 2:
+        raise SystemExit("needs 2 cores (one per Ray node)")
+    c0, c1 = {cores[0]}, {cores[1]}
+    rows: dict[str, dict[str, Any]] = {}
+    try:
+        rows["local1"] = run("local 1 CPU", lambda lib: Indexer(lib, args.model, jobs=1,
+                                                                 threads=1), str(root), work, c0)
+        node = {"num_cpus": 1, "num_gpus": 0, "object_store_memory": OBJECT_STORE_BYTES}
+        with pinned(c0):
+            cluster = Cluster(initialize_head=True,
+                              head_node_args={**node, "include_dashboard": False})
+        try:
+            make = ray_indexer(cluster.address, args.model)
+            rows["ray1"] = run("ray 1 node", make, str(root), work, c0)
+            with pinned(c1):
+                cluster.add_node(**node)
+            cluster.wait_for_nodes()
+            rows["ray2"] = run("ray 2 nodes", make, str(root), work, c0)
+        finally:
+            cluster.shutdown()
+        rows["local2"] = run("local 2 CPUs", lambda lib: Indexer(lib, args.model, jobs=2,
+                                                                  threads=2), str(root), work,
+                             None)
+        if args.gpu:
+            n_cpu = len(cores)
+            gpu_cluster = Cluster(initialize_head=True, head_node_args={
+                "num_cpus": n_cpu, "num_gpus": 1, "include_dashboard": False})
+            try:
+                rows["gpu"] = run("ray 1 GPU node", ray_indexer(gpu_cluster.address,
+                                                                args.model, gpu=True),
+                                  str(root), work, None)
+            finally:
+                gpu_cluster.shutdown()
+            rows["localN"] = run(f"local {n_cpu} CPUs", lambda lib: Indexer(
+                lib, args.model, jobs=n_cpu, threads=2), str(root), work, None)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    ref = rows["local1"]["counts"]
+    same = all(r["counts"] == ref for r in rows.values())
+    print(f"same files/vectors/landmarks in every library: {same}")
+    print("\nextrapolated hours at the steady rate:")
+    for r in rows.values():
+        hours = ", ".join(f"{n // 1000}k files {n / r['steady'] / 3600:.1f} h" for n in HOURS)
+        print(f"  {r['name']:14s} {hours}")
+    scaling = rows["ray2"]["steady"] / rows["ray1"]["steady"]
+    overhead = 1 - rows["ray1"]["steady"] / rows["local1"]["steady"]
+    overhead2 = 1 - rows["ray2"]["steady"] / rows["local2"]["steady"]
+    met = {True: "met", False: "NOT met"}
+    print(f"\nray 2 nodes / 1 node: {scaling:.2f}x (goal >= {GOAL_SCALING}x: "
+          f"{met[scaling >= GOAL_SCALING]})")
+    print(f"ray 1 node vs local 1 CPU: {overhead:+.1%} slower (goal <= {GOAL_OVERHEAD:.0%}: "
+          f"{met[overhead <= GOAL_OVERHEAD]})")
+    print(f"ray 2 nodes vs local 2 CPUs: {overhead2:+.1%} slower")
+    if "gpu" in rows:
+        print(f"ray 1 GPU node: {rows['gpu']['steady']:.0f} files/s (goal >= 500: "
+              f"{met[rows['gpu']['steady'] >= 500]}); 1M files on 1 node "
+              f"{1e6 / rows['gpu']['steady'] / 3600:.2f} h")
+
+
+if __name__ == "__main__":
+    main()

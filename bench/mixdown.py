@@ -1,0 +1,333 @@
+"""Mix-down assistant bench: class accuracy, loudness vs pyloudnorm, planted masking, cost per hop.
+
+Material: Debian's hydrogen-drumkits (every kit's drumkit.xml names its instruments)
+plus deterministic synthetic bass, pad and lead one-shots and stems
+(:mod:`emberd.testing.synthstems`), indexed into one library with the real
+``emberd index`` (which fits the class head) and the aiSFX model.
+
+1. **Classes, kits held out.** For each kit (and each of two synthetic "kits",
+   seeds 0-11 and 12-23), the head is fitted on every other kit's labelled
+   sounds and asked for the held-out kit's sounds (embeddings only: names never
+   reach the head).  Accuracy per class.
+2. **Multitrack** (8 stems, 16 s at 120 BPM): kick, snare, closed hat, open hat,
+   tom, cymbal from a held-out kit, bass and pad from held-out synth seeds.  The
+   head (fitted without that kit and those seeds) classifies every 2.3 s window
+   the daemon would embed (100 frames every 50); accuracy per stem over windows
+   with signal.  The stems go through :class:`~emberd.daemon.mixdown.MixdownAnalyser`
+   in 2048-sample blocks as in the worker: integrated loudness per stem against
+   pyloudnorm on the whole stem.
+3. **Planted overlaps**: two-stem scenes per held-out kit and seed where one stem
+   is built to cover the other's main band by >= 6 dB (bass over kick, pad over
+   snare) or built not to (the same at -30 dB, a hat against a bass).  A finding
+   is an ordered pair the assistant reports (a suggestion); it is right when the
+   pair was planted and its band range overlaps the planted one.
+4. **Cost per hop, 8 channels**: the analyser's time over the multitrack per daemon
+   hop (50 frames x 1024 samples at 44.1 kHz = 1.161 s), against the hop budget,
+   and as a ratio to the anchor run in the same process: aiSFX embedding the same
+   8 channels' windows.
+
+Run under the bench lock: ``flock /tmp/emberd-bench.lock python bench/mixdown.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import datetime
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+
+from emberd.daemon.mixdown import MixdownAnalyser
+from emberd.dsp.resample import mono_at
+from emberd.library.classifier import ClassHead, fit_head, library_labels
+from emberd.library.store import Store
+from emberd.paths import cache_dir
+from emberd.testing import synthstems
+from emberd.testing.benchkit import report
+
+DRUMKITS = Path("/usr/share/hydrogen/data/drumkits")
+MODEL = "aisfx"
+SR = 44100
+BPM = 120.0
+MULTITRACK_S = 16.0
+SCENE_S = 12.0
+BLOCK = 2048  # the worker's read chunk
+HOP_S = 50 * 1024 / SR  # aiSFX daemon hop
+TEST_KITS = ("The Black Pearl 1.0", "BJA_Pacific")
+SYNTH_GROUPS = {"synth-a": range(0, 12), "synth-b": range(12, 24)}
+STEM_CLASSES = ("kick", "snare", "closed_hat", "open_hat", "tom", "cymbal", "bass", "pad")
+PLANTED_RANGES_HZ = {("bass", "kick"): (20.0, 250.0), ("pad", "snare"): (150.0, 5000.0)}
+
+
+# ----------------------------------------------------------------------------- library
+
+def build_library(root: Path) -> Path:
+    """Index hydrogen-drumkits and the synthetic one-shots into ``root/lib`` (incremental)."""
+    synth = root / "synth"
+    for group, seeds in SYNTH_GROUPS.items():
+        if not (synth / group).is_dir():
+            synthstems.write_one_shots(synth / group, seeds=seeds)
+    lib = root / "lib"
+    cmd = [sys.executable, "-m", "emberd", "index", str(DRUMKITS), str(synth), "--library",
+           str(lib), "--model", MODEL, "--jobs", "1", "--quiet"]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"emberd index failed: {done.stderr.strip()[-500:]}")
+    return lib
+
+
+def labelled(lib: Path) -> tuple[np.ndarray, list[str], list[str], list[str]]:
+    """``(vectors, labels, groups, paths)`` of the library's labelled sounds."""
+    store = Store(lib, create=False)
+    try:
+        fids, matrix = store.file_vectors(MODEL)
+        recs = store.file_by_id(fids.tolist())
+    finally:
+        store.close()
+    paths = [recs[int(f)].path for f in fids]
+    roots = [recs[int(f)].root for f in fids]
+    labels = library_labels(paths, roots)
+    keep = [i for i, lab in enumerate(labels) if lab is not None]
+    groups = []
+    for i in keep:
+        p = Path(paths[i])
+        groups.append(p.relative_to(DRUMKITS).parts[0] if p.is_relative_to(DRUMKITS)
+                      else p.parent.parent.name)  # fmt: skip
+    return matrix[keep], [str(labels[i]) for i in keep], groups, [paths[i] for i in keep]
+
+
+def held_out_accuracy(x: np.ndarray, labels: list[str], groups: list[str]) -> dict[str, Any]:
+    """Leave-one-group-out accuracy per class."""
+    right: collections.Counter[str] = collections.Counter()
+    total: collections.Counter[str] = collections.Counter()
+    for g in sorted(set(groups)):
+        train = [i for i, gg in enumerate(groups) if gg != g]
+        test = [i for i, gg in enumerate(groups) if gg == g]
+        head = fit_head(x[train], [labels[i] for i in train], model=MODEL)
+        if head is None:
+            continue
+        for i, (cls, _conf) in zip(test, head.predict(x[test]), strict=True):
+            total[labels[i]] += 1
+            right[labels[i]] += cls == labels[i]
+    per = {c: round(right[c] / total[c], 3) for c in sorted(total, key=lambda c: -total[c])}
+    return {"overall": round(sum(right.values()) / sum(total.values()), 3), "per_class": per,
+            "n": dict(total)}  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- multitrack
+
+def _load(path: str) -> np.ndarray:
+    y, sr = sf.read(path, dtype="float32", always_2d=True)
+    return mono_at(y, sr, SR)
+
+
+def _pick(paths: list[str], labels: list[str], groups: list[str], kit: str,
+          cls: str) -> np.ndarray:  # fmt: skip
+    """The loudest-peaked sample of class ``cls`` in ``kit`` (a kit's main articulation)."""
+    cands = [p for p, lab, g in zip(paths, labels, groups, strict=True) if g == kit and lab == cls]
+    if not cands:
+        raise SystemExit(f"kit {kit!r} has no {cls}")
+    ys = [_load(p) for p in sorted(cands)[:6]]
+    return max(ys, key=lambda y: float(np.max(np.abs(y))))
+
+
+def _place(sample: np.ndarray, beats: list[float], seconds: float, gain: float) -> np.ndarray:
+    n = int(seconds * SR)
+    out = np.zeros(n, np.float32)
+    peak = max(1e-9, float(np.max(np.abs(sample))))
+    for b in beats:
+        s = int(b * 60.0 / BPM * SR)
+        if s < n:
+            seg = sample[: n - s] * (gain / peak)
+            out[s : s + seg.size] += seg
+    return out
+
+
+def drum_stems(sounds: dict[str, np.ndarray], seconds: float) -> dict[str, np.ndarray]:
+    beats = int(seconds * BPM / 60.0)
+    pat = {
+        "kick": [b for b in range(beats) if b % 4 in (0, 2)],
+        "snare": [b for b in range(beats) if b % 4 in (1, 3)],
+        "closed_hat": [b / 2 for b in range(beats * 2) if b % 8 != 7],
+        "open_hat": [b + 3.5 for b in range(0, beats, 4)],
+        "tom": [b + x for b in range(4, beats, 8) for x in (3.0, 3.25, 3.5)],
+        "cymbal": [float(b) for b in range(0, beats, 16)],
+    }
+    gains = {"kick": 0.9, "snare": 0.7, "closed_hat": 0.3, "open_hat": 0.3, "tom": 0.6,
+             "cymbal": 0.4}  # fmt: skip
+    return {c: _place(sounds[c], [float(b) for b in pat[c]], seconds, gains[c]) for c in pat}
+
+
+def window_classes(
+    head: ClassHead, stem: np.ndarray, encoder: Any
+) -> tuple[list[tuple[str, float]], np.ndarray, int, float]:
+    """The head on every window the daemon embeds: ``(predictions, window starts (frames),
+    hop length (samples), embedding seconds)``."""
+    from emberd.dsp.frontend import melspectrogram
+    from emberd.models.embedding import frame_windows
+
+    m = encoder.manifest
+    mel = melspectrogram(stem, m.frontend())
+    windows, starts = frame_windows(mel, window_frames=m.window_frames,
+                                    hop_frames=m.hop_frames, tail="drop")  # fmt: skip
+    hop = m.frontend().hop_length
+    t0 = time.perf_counter()
+    emb = encoder.embed(windows)
+    dt = time.perf_counter() - t0
+    preds = head.predict(emb)
+    return preds, starts, hop, dt
+
+
+def multitrack(x: np.ndarray, labels: list[str], groups: list[str], paths: list[str],
+               kit: str, seed: int, encoder: Any) -> dict[str, Any]:  # fmt: skip
+    """Class accuracy per stem, loudness error, cost per hop for one held-out kit."""
+    train = [i for i, g in enumerate(groups) if g not in (kit, "synth-b")]
+    head = fit_head(x[train], [labels[i] for i in train], model=MODEL)
+    assert head is not None
+    sounds = {c: _pick(paths, labels, groups, kit, c) for c in STEM_CLASSES[:6]}
+    stems = drum_stems(sounds, MULTITRACK_S)
+    stems["bass"] = 0.7 * synthstems.stem("bass", seed, seconds=MULTITRACK_S)
+    stems["pad"] = 0.4 * synthstems.stem("pad", seed, seconds=MULTITRACK_S)
+    names = list(STEM_CLASSES)
+    audio = np.stack([stems[c] for c in names]).astype(np.float32)
+    # --- classes per stem over the daemon's windows
+    acc: dict[str, float] = {}
+    embed_s = 0.0
+    n_windows = 0
+    for c, y in zip(names, audio, strict=True):
+        preds, starts, hop, dt = window_classes(head, y, encoder)
+        embed_s += dt
+        n_windows = max(n_windows, len(starts))
+        win = encoder.manifest.window_frames * hop
+        ok = total = 0
+        for (cls, _conf), s in zip(preds, starts, strict=True):
+            seg = y[s * hop : s * hop + win]
+            if seg.size and 20 * np.log10(np.sqrt(np.mean(seg**2)) + 1e-12) > -60.0:
+                total += 1
+                ok += cls == c
+        acc[c] = round(ok / total, 3) if total else float("nan")
+    # --- loudness and cost: the analyser as the worker feeds it
+    an = MixdownAnalyser(sr=SR, channels=list(range(8)), head=head)
+    t0 = time.perf_counter()
+    for i in range(0, audio.shape[1], BLOCK):
+        an.push(audio[:, i : i + BLOCK], 0.0)
+    analyse_s = time.perf_counter() - t0
+    rng = np.random.default_rng(seed)
+    probe = rng.standard_normal((8, head.mean.size)).astype(np.float32)
+    t0 = time.perf_counter()
+    for _ in range(100):
+        an.on_hop(probe)
+    head_s = (time.perf_counter() - t0) / 100
+    pyln = __import__("pyloudnorm")
+    errors = {}
+    for c, y, got in zip(names, audio, an.loudness.integrated(), strict=True):
+        ref = pyln.Meter(SR).integrated_loudness(y.astype(np.float64))
+        errors[c] = round(abs(float(got) - ref), 4)
+    hops = MULTITRACK_S / HOP_S
+    suggestions = [s.text for s in an.masking.suggestions(names, limit=4)]
+    return {"accuracy": acc, "loudness_error_lu": errors,
+            "mixdown_ms_per_hop": 1000 * (analyse_s / hops + head_s),
+            "encoder_ms_per_hop_8ch": 1000 * embed_s / max(1, n_windows),
+            "suggestions": suggestions}  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- masking
+
+def scenes(kit_sounds: dict[str, np.ndarray], seed: int) -> list[tuple[str, dict[str, np.ndarray],
+                                                                      set[tuple[str, str]]]]:
+    """Two-stem scenes: (name, stems, planted ordered pairs)."""
+    drums = drum_stems(kit_sounds, SCENE_S)
+    bass = synthstems.stem("bass", seed, seconds=SCENE_S)
+    pad = synthstems.stem("pad", seed, seconds=SCENE_S)
+    db = lambda v: 10 ** (v / 20)  # noqa: E731
+    return [
+        ("bass over kick", {"kick": drums["kick"] * db(-6), "bass": bass * 0.9},
+         {("bass", "kick")}),
+        ("pad over snare", {"snare": drums["snare"] * db(-12), "pad": pad * 0.9},
+         {("pad", "snare")}),
+        ("quiet bass", {"kick": drums["kick"], "bass": bass * db(-30)}, set()),
+        ("quiet pad", {"snare": drums["snare"], "pad": pad * db(-30)}, set()),
+        ("hat and bass", {"closed_hat": drums["closed_hat"], "bass": bass * 0.9}, set()),
+        ("hat and kick", {"closed_hat": drums["closed_hat"], "kick": drums["kick"]}, set()),
+    ]  # fmt: skip
+
+
+def masking_scores(paths: list[str], labels: list[str], groups: list[str]) -> dict[str, Any]:
+    tp = fp = fn = 0
+    wrong: list[str] = []
+    for kit in TEST_KITS:
+        sounds = {c: _pick(paths, labels, groups, kit, c) for c in STEM_CLASSES[:6]}
+        for seed in (12, 13, 14):
+            for name, stems, planted in scenes(sounds, seed):
+                names = list(stems)
+                audio = np.stack([stems[c] for c in names]).astype(np.float32)
+                an = MixdownAnalyser(sr=SR, channels=[0, 1])
+                for i in range(0, audio.shape[1], BLOCK):
+                    an.push(audio[:, i : i + BLOCK], 0.0)
+                found = {(names[s.masker], names[s.maskee]): s
+                         for s in an.masking.suggestions(names, limit=8)}  # fmt: skip
+                for a in names:
+                    for b in names:
+                        if a == b:
+                            continue
+                        pair = (a, b)
+                        s = found.get(pair)
+                        lo, hi = PLANTED_RANGES_HZ.get(pair, (0.0, 0.0))
+                        hit = s is not None and s.lo_hz < hi and s.hi_hz > lo
+                        if pair in planted:
+                            tp += hit
+                            fn += not hit
+                            if not hit:
+                                wrong.append(f"missed {a}->{b} in {name} ({kit}, seed {seed})")
+                        elif s is not None:
+                            fp += 1
+                            wrong.append(f"false {s.text} in {name} ({kit}, seed {seed})")
+    return {"precision": round(tp / max(1, tp + fp), 3), "recall": round(tp / max(1, tp + fn), 3),
+            "tp": tp, "fp": fp, "fn": fn, "errors": wrong[:8]}  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- main
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--root", type=Path, default=cache_dir() / "bench-mixdown",
+                    help="where the bench library and synthetic sounds live (reused)")
+    ap.add_argument("--json", type=Path, help="also write the results here")
+    args = ap.parse_args()
+    if not DRUMKITS.is_dir():
+        raise SystemExit(f"{DRUMKITS}: install Debian's hydrogen-drumkits")
+    lib = build_library(args.root)
+    x, labels, groups, paths = labelled(lib)
+    from emberd.library.query import encoder_for
+
+    encoder = encoder_for(MODEL)
+    results: dict[str, Any] = {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": f"{platform.machine()} {os.cpu_count()} cores, loaded shared 2-core box",
+        "labelled_sounds": len(labels),
+    }
+    results["classes_held_out"] = held_out_accuracy(x, labels, groups)
+    for i, kit in enumerate(TEST_KITS):
+        results[f"multitrack[{kit}]"] = multitrack(x, labels, groups, paths, kit, 12 + i, encoder)
+    results["masking_planted"] = masking_scores(paths, labels, groups)
+    mt = [results[f"multitrack[{k}]"] for k in TEST_KITS]
+    results["loudness_max_error_lu"] = max(max(m["loudness_error_lu"].values()) for m in mt)
+    cost = max(m["mixdown_ms_per_hop"] for m in mt)
+    anchor = max(m["encoder_ms_per_hop_8ch"] for m in mt)
+    results["cost_8ch"] = {"mixdown_ms_per_hop": round(cost, 2),
+                           "hop_budget_ms": round(HOP_S * 1000, 1),
+                           "share_of_budget": round(cost / (HOP_S * 1000), 4),
+                           "ratio_to_aisfx_8ch_embed": round(cost / anchor, 3)}  # fmt: skip
+    report(results, args.json, width=30)
+
+
+if __name__ == "__main__":
+    main()

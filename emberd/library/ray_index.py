@@ -1,0 +1,509 @@
+"""``emberd index --ray``: the same indexing, spread over a Ray cluster.
+
+Who runs what::
+
+    driver (this process)    scan, decide new/changed/removed (Indexer.plan), submit,
+                             then store results in scan order: the library's ONLY writer,
+                             one SQLite transaction per BATCH_FILES files, as a local run
+    Ray tasks (any node)     prepare_file on one path: decode, resample, mel, landmarks,
+                             onset template and snippet (the indexer's own function)
+    Ray actors (the pool)    one ONNX Runtime session each (CUDA with num_gpus=1 on GPU
+                             nodes; on CPU nodes intra-op threads = the actor's CPUs, inter-op
+                             1); each call embeds the windows of GROUP_FILES files
+
+Files are read by path on whichever node runs the task: every node must see the indexed
+folders at the same path (a shared filesystem: NFS, SMB, a cluster filesystem), and emberd
+must be installed on every node.  A node that cannot read a file reports it as skipped
+with the node's address and reason; the file stays out of the library and the next run
+tries it again.  The model's ``.onnx`` file travels with the job (object store), so the
+nodes need no fetched models.
+
+Faults: a feature task whose worker or node dies is retried by Ray (TASK_RETRIES); a call
+whose actor dies is resubmitted by the driver to another actor (GROUP_ATTEMPTS), and the
+dead actor is replaced by a new one, placed by Ray wherever the cluster has room.  Results
+are committed in order, each file once, so retries cost time, never data.  A driver
+stopped by Ctrl-C or SIGKILL leaves every committed batch complete (the same guarantee as
+a local run); the next run, with or without Ray, does the rest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import socket
+import tempfile
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from emberd.errors import ComponentMissing, EmberdError
+from emberd.library.indexer import Indexer, _Job, embed_files, prepare_file
+from emberd.library.scan import Candidate
+
+log = logging.getLogger(__name__)
+
+GROUP_FILES = 8  # files per actor call: windows of several one-shots fill an encoder batch
+IN_FLIGHT_GROUPS_PER_ACTOR = 3  # queued calls per actor (bounds driver and object memory)
+TASK_RETRIES = 4  # Ray re-runs a feature task whose worker process or node died
+GROUP_ATTEMPTS = 4  # actor calls per group before the run stops with a clear message
+POLL_S = 2.0  # s between checks on a call that has not answered yet
+STALL_S = 600.0  # s without any answer from the cluster: stop with a clear message
+MAX_REPLACEMENTS = 16  # dead actors replaced per run before it stops (a model that cannot load)
+EMBED_CPU_SHARE = 0.5  # of a CPU node's CPUs reserved by its embedding actor
+MIN_ACTOR_CPUS = 0.5  # a 1-CPU node: half for the actor, half for feature tasks
+CONNECT_TIMEOUT_S = 5.0  # TCP probe of a head address before ray.init (which retries forever)
+LOCAL = "local"  # --ray without an address: start Ray on this machine
+
+
+def ray_module() -> Any:
+    """Import Ray, or say how to install it."""
+    try:
+        import ray
+    except ImportError as exc:
+        raise ComponentMissing(
+            "Ray is not installed; fix with: pip install 'emberd[ray]'"
+        ) from exc
+    return ray
+
+
+def _check_address(address: str) -> None:
+    """Refuse an address that is not Ray's form; probe a head's port so an unreachable
+    cluster is one line, not ray.init's endless reconnect loop."""
+    if address in ("auto", LOCAL):
+        return
+    hostport = address.removeprefix("ray://")
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise EmberdError(
+            f"--ray {address}: not a Ray address (auto, HOST:PORT or ray://HOST:PORT; "
+            "put --ray after the folders)"
+        )
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), CONNECT_TIMEOUT_S).close()
+    except OSError as exc:
+        raise EmberdError(
+            f"cannot reach Ray at {address} ({exc.strerror or exc}); start it with "
+            "'ray start --head' or pass its address"
+        ) from None
+
+
+def connect(address: str) -> Any:
+    """Connect to (or start) Ray; returns the ``ray`` module.
+
+    Parameters
+    ----------
+    address : str
+        ``"local"`` (a new Ray on this machine, bound to 127.0.0.1), ``"auto"``
+        (the cluster this machine belongs to) or a head's ``HOST:PORT`` /
+        ``ray://HOST:PORT``.
+
+    Raises
+    ------
+    EmberdError
+        Ray missing, address malformed or unreachable, authentication refused.
+    """
+    ray = ray_module()
+    _check_address(address)
+    if ray.is_initialized():
+        return ray
+    ray_log = logging.getLogger("ray")
+    level = ray_log.level
+    ray_log.setLevel(logging.ERROR)  # Ray's start-up banners would break the progress bar
+    try:
+        if address == LOCAL:
+            ray.init(
+                address="local",
+                include_dashboard=False,
+                _node_ip_address="127.0.0.1",
+                logging_level=logging.ERROR,
+                log_to_driver=False,
+            )
+        else:
+            ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
+    except (ConnectionError, RuntimeError, ray.exceptions.RayError) as exc:
+        raise EmberdError(f"cannot connect to Ray at {address}: {_first_line(exc)}") from None
+    finally:
+        ray_log.setLevel(level)
+    return ray
+
+
+@dataclass(frozen=True)
+class Resources:
+    """How the pool is laid out on the cluster (decided once, at start)."""
+
+    nodes: int
+    cpus: float
+    gpus: float
+    actors: int
+    actor_cpus: float
+    actor_gpus: int
+    threads: int  # ONNX Runtime intra-op threads per actor
+    task_cpus: float
+
+    def line(self, address: str) -> str:
+        """One line for the start of the progress output."""
+        device = "CUDA" if self.actor_gpus else "CPU"
+        return (
+            f"ray {address}: {self.nodes} nodes, {self.cpus:g} CPUs, {self.gpus:g} GPUs; "
+            f"{self.actors} embedding actors ({device}, {self.actor_cpus:g} CPU, "
+            f"{self.threads} ONNX threads each), feature tasks {self.task_cpus:g} CPU each"
+        )
+
+
+def plan_resources(nodes: list[dict[str, Any]], *, actors: int = 0) -> Resources:
+    """Lay the actor pool out on the alive nodes of ``ray.nodes()``.
+
+    GPU nodes: one actor per GPU (``num_gpus=1``, one CPU to feed it), feature tasks
+    on the other CPUs.  CPU nodes: one actor per node holding EMBED_CPU_SHARE of its
+    CPUs (at least MIN_ACTOR_CPUS) with as many ONNX threads; feature tasks take one
+    CPU, or half of one on 1-CPU nodes so a task and the actor share the node.
+    """
+    alive = [n for n in nodes if n.get("Alive")]
+    if not alive:
+        raise EmberdError("the Ray cluster has no alive node")
+    cpus = [float(n["Resources"].get("CPU", 0.0)) for n in alive]
+    gpus = sum(float(n["Resources"].get("GPU", 0.0)) for n in alive)
+    min_cpus = min(c for c in cpus if c > 0) if any(c > 0 for c in cpus) else 0.0
+    if min_cpus <= 0:
+        raise EmberdError("the Ray cluster has no CPUs for feature tasks")
+    if gpus >= 1:
+        n_actors = actors or int(gpus)
+        actor_cpus, actor_gpus, threads = 1.0, 1, 1
+    else:
+        n_actors = actors or len(alive)
+        actor_cpus = max(MIN_ACTOR_CPUS, float(int(min_cpus * EMBED_CPU_SHARE)))
+        actor_gpus, threads = 0, max(1, int(actor_cpus))
+    task_cpus = 1.0 if min_cpus >= 2 else 0.5
+    return Resources(
+        nodes=len(alive), cpus=sum(cpus), gpus=gpus, actors=n_actors, actor_cpus=actor_cpus,
+        actor_gpus=actor_gpus, threads=threads, task_cpus=task_cpus,
+    )
+
+
+def prepare_on_node(job: _Job, frontend: Any) -> dict[str, Any]:
+    """:func:`emberd.library.indexer.prepare_file` as a Ray task: a file this node cannot
+    read is reported with the node's address (the shared-filesystem rule)."""
+    if not os.access(job.path, os.R_OK):
+        why = "no such file" if not os.path.exists(job.path) else "permission denied"
+        return {
+            "ok": False,
+            "reason": f"cannot read it on Ray node {_node_address()}: {why} (every node must "
+            "see the indexed folders at the same path)",
+        }
+    return prepare_file(job, frontend)
+
+
+def _node_address() -> str:
+    try:
+        import ray
+
+        return str(ray.util.get_node_ip_address())
+    except Exception:  # outside a Ray worker: the host name says as much
+        return socket.gethostname()
+
+
+class EmbedActor:
+    """One ONNX Runtime session; embeds the windows of a group of prepared files.
+
+    Parameters
+    ----------
+    manifest : ModelManifest
+        The model (its ``path`` is replaced by a local copy of ``model_bytes``).
+    model : list of ObjectRef
+        ``[ref]`` to the ``.onnx`` file's bytes in the object store (nested, so the
+        actor fetches it itself and Ray can restart the actor from the driver's ref).
+    device : {"cpu", "auto"}
+        ``auto`` on GPU actors (CUDA provider, CPU fallback with a warning).
+    threads : int
+        Intra-op threads (inter-op is always 1).
+    """
+
+    def __init__(self, manifest: Any, model: list[Any], device: str, threads: int) -> None:
+        import ray
+
+        from emberd.models.runtime import Encoder
+
+        model_bytes = ray.get(model[0])
+        self._dir = tempfile.TemporaryDirectory(prefix="emberd-ray-model-")
+        path = os.path.join(self._dir.name, os.path.basename(str(manifest.path)))
+        with open(path, "wb") as fh:
+            fh.write(model_bytes)
+        self.manifest = dataclasses.replace(manifest, path=type(manifest.path)(path))
+        self.encoder = Encoder(self.manifest, device=device, threads=threads)
+
+    def ping(self) -> str:
+        """The active execution provider (also: the actor is up)."""
+        return str(self.encoder.provider)
+
+    def embed(self, refs: list[Any]) -> list[dict[str, Any]]:
+        """Wait for a group's feature tasks and embed their windows in one pass.
+
+        A file whose task failed for good (its decoder crashed on every retry, or raised)
+        comes back skipped with the reason; any other Ray failure fails the call, and the
+        driver submits the group again.
+        """
+        import ray
+
+        results: list[dict[str, Any]] = []
+        for ref in refs:
+            try:
+                res = ray.get(ref)
+            except (ray.exceptions.RayTaskError, ray.exceptions.WorkerCrashedError) as exc:
+                res = {"ok": False, "reason": f"decoder failed ({_cause(exc)})"}
+            results.append(res)
+        todo = [r for r in results if r["ok"] and r["need_embedding"]]
+        for res, span in zip(
+            todo, embed_files(self.encoder, [r["mel"] for r in todo], self.manifest), strict=True
+        ):
+            res["embedded"] = (span[0], np.ascontiguousarray(span[1]))
+        for res in results:
+            res.pop("mel", None)  # the driver stores vectors, never mels: keep transfers small
+        return results
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _cause(exc: BaseException) -> str:
+    cause = getattr(exc, "cause", None)
+    return type(cause).__name__ if isinstance(cause, BaseException) else type(exc).__name__
+
+
+class RayIndexer(Indexer):
+    """:class:`~emberd.library.indexer.Indexer` whose decoding and embedding run on Ray.
+
+    Parameters
+    ----------
+    library, model
+        As for :class:`Indexer`.
+    address : str
+        ``"local"``, ``"auto"`` or a head address (see :func:`connect`).
+    actors : int
+        Embedding actors (0: one per GPU, or one per CPU node).
+    """
+
+    def __init__(
+        self,
+        library: str | os.PathLike[str],
+        model: str,
+        *,
+        address: str = LOCAL,
+        actors: int = 0,
+    ) -> None:
+        from emberd.models.registry import resolve
+
+        manifest = resolve(model)  # an unknown model: no Ray start, no library writes
+        if actors < 0:
+            raise EmberdError(f"--ray-actors {actors}: must be 0 (automatic) or more")
+        self.ray = connect(address)
+        self.address = address
+        try:
+            super().__init__(library, model, jobs=0, threads=1)
+            self.resources = plan_resources(self.ray.nodes(), actors=actors)
+            with open(manifest.path, "rb") as fh:
+                self._model_ref = self.ray.put(fh.read())
+        except BaseException:
+            self.ray.shutdown()
+            raise
+        self._actors: list[Any] = []
+
+    def close(self) -> None:
+        """Close the library and disconnect from Ray (a local Ray stops)."""
+        try:
+            super().close()
+        finally:
+            self.ray.shutdown()
+
+    # -- the pool -------------------------------------------------------------------
+
+    def _new_actor(self) -> Any:
+        r = self.resources
+        cls = self.ray.remote(EmbedActor).options(
+            num_cpus=r.actor_cpus,
+            num_gpus=r.actor_gpus,
+            max_restarts=0,  # the driver replaces a dead actor and resubmits its calls
+            scheduling_strategy="SPREAD",
+        )
+        device = "auto" if r.actor_gpus else "cpu"
+        return cls.remote(self.manifest, [self._model_ref], device, r.threads)
+
+    def _prepared(self, jobs: list[_Job]) -> Iterator[tuple[_Job, dict[str, Any]]]:
+        """Yield (job, result with embeddings) in job order, computed on the cluster."""
+        if not jobs:
+            return
+        ray = self.ray
+        r = self.resources
+        task = ray.remote(prepare_on_node).options(
+            num_cpus=r.task_cpus, max_retries=TASK_RETRIES, retry_exceptions=False
+        )
+        frontend_ref = ray.put(self.frontend)
+        pool = _Pool(ray, self._new_actor, r.actors)
+        groups = [jobs[i : i + GROUP_FILES] for i in range(0, len(jobs), GROUP_FILES)]
+        window = max(1, r.actors * IN_FLIGHT_GROUPS_PER_ACTOR)
+        pending: deque[_Slot] = deque()
+        it = iter(groups)
+
+        def submit(slot: _Slot) -> None:
+            slot.attempts += 1
+            if slot.tasks is None:  # a resubmitted group reuses its tasks (lineage rebuilds
+                # an output lost with its node)
+                slot.tasks = [task.remote(job, frontend_ref) for job in slot.jobs]
+            slot.actor = pool.pick()
+            slot.ref = slot.actor.embed.remote(slot.tasks)
+
+        try:
+            while True:
+                while len(pending) < window:
+                    group = next(it, None)
+                    if group is None:
+                        break
+                    slot = _Slot(group)
+                    submit(slot)
+                    pending.append(slot)
+                if not pending:
+                    return
+                slot = pending[0]
+                try:
+                    results = self._wait(slot, pool, submit)
+                except ray.exceptions.RayActorError as exc:
+                    pool.suspect(slot.actor, exc)
+                    if slot.attempts >= GROUP_ATTEMPTS:
+                        raise EmberdError(
+                            f"Ray: embedding failed {slot.attempts} times for {slot.jobs[0].path} "
+                            f"and {len(slot.jobs) - 1} more ({type(exc).__name__}); every "
+                            "committed file is in the library: run the same command again"
+                        ) from None
+                    log.warning("Ray actor lost (%s); resubmitting %d files",
+                                type(exc).__name__, len(slot.jobs))
+                    submit(slot)
+                    continue
+                except ray.exceptions.RayError as exc:
+                    raise EmberdError(
+                        f"Ray: {type(exc).__name__} for {slot.jobs[0].path}; every committed "
+                        "file is in the library: run the same command again"
+                    ) from None
+                pending.popleft()
+                yield from zip(slot.jobs, results, strict=True)
+        finally:
+            for slot in pending:  # Ctrl-C or an error: stop the cluster's work on our files
+                for ref in [slot.ref, *(slot.tasks or [])]:
+                    try:
+                        ray.cancel(ref)
+                    except Exception:  # already finished or its owner is going away
+                        pass
+            pool.close()
+
+    def _wait(self, slot: _Slot, pool: _Pool, submit: Callable[[_Slot], None]) -> Any:
+        """The group's results; a call queued on an actor that was replaced meanwhile is
+        moved to a live one, and a cluster that makes no progress for STALL_S stops the run."""
+        ray = self.ray
+        waited = 0.0
+        while True:
+            done, _ = ray.wait([slot.ref], timeout=POLL_S)
+            if done:
+                return ray.get(slot.ref)
+            waited += POLL_S
+            if pool.is_down(slot.actor):
+                log.warning("Ray actor down; moving %d files to another", len(slot.jobs))
+                submit(slot)
+                waited = 0.0
+            elif waited >= STALL_S:
+                alive = sum(bool(n.get("Alive")) for n in ray.nodes())
+                raise EmberdError(
+                    f"Ray made no progress for {STALL_S:.0f} s ({alive} alive nodes); every "
+                    "committed file is in the library: run the same command again"
+                )
+
+    def _embed_batch(
+        self, batch: list[tuple[Candidate, dict[str, Any]]]
+    ) -> list[tuple[np.ndarray, np.ndarray] | None]:
+        """The actors embedded already: hand their windows to the common writer."""
+        return [res["embedded"] if res["need_embedding"] else None for _cand, res in batch]
+
+
+@dataclass
+class _Slot:
+    """One group of files in flight, in scan order."""
+
+    jobs: list[_Job]
+    tasks: list[Any] | None = None
+    actor: Any = None
+    ref: Any = None
+    attempts: int = 0
+
+
+class _Pool:
+    """Round-robin over embedding actors; one that died is replaced by a new actor (placed
+    wherever the cluster has room) and skipped until it answers."""
+
+    def __init__(self, ray: Any, make: Callable[[], Any], n: int) -> None:
+        self.ray = ray
+        self.make = make
+        self.actors = [make() for _ in range(n)]
+        self._next = 0
+        self.replaced = 0
+        self._suspect: dict[int, Any] = {}  # actor index -> ping ref of its replacement
+
+    def suspect(self, actor: Any, exc: BaseException) -> None:
+        """``actor`` raised ``exc`` (RayActorError): replace it, and avoid it until it is up."""
+        for i, a in enumerate(self.actors):
+            if a is actor and i not in self._suspect:
+                self.replaced += 1
+                if self.replaced > MAX_REPLACEMENTS:
+                    raise EmberdError(
+                        f"Ray: embedding actors keep dying ({self.replaced - 1} replaced; last: "
+                        f"{_first_line(exc)}); every committed file is in the library: run the "
+                        "same command again"
+                    )
+                try:
+                    self.ray.kill(a, no_restart=True)
+                except Exception:  # already gone with its node
+                    pass
+                self.actors[i] = self.make()
+                self._suspect[i] = self.actors[i].ping.remote()
+
+    def is_down(self, actor: Any) -> bool:
+        """Whether ``actor`` was replaced (it died) or is a replacement not yet up."""
+        self._refresh()
+        for i, a in enumerate(self.actors):
+            if a is actor:
+                return i in self._suspect and len(self._suspect) < len(self.actors)
+        return True
+
+    def _refresh(self) -> None:
+        for i, ref in list(self._suspect.items()):
+            done, _ = self.ray.wait([ref], timeout=0)
+            if done:
+                try:
+                    self.ray.get(ref)
+                    del self._suspect[i]
+                except self.ray.exceptions.RayError as exc:  # the replacement died too
+                    del self._suspect[i]
+                    self.suspect(self.actors[i], exc)
+
+    def pick(self) -> Any:
+        """The next actor that is not known to be down (any, if all are)."""
+        self._refresh()
+        n = len(self.actors)
+        for k in range(n):
+            i = (self._next + k) % n
+            if i not in self._suspect:
+                self._next = i + 1
+                return self.actors[i]
+        i = self._next % n
+        self._next = i + 1
+        return self.actors[i]
+
+    def close(self) -> None:
+        """Stop the actors (a remote cluster keeps running for other jobs)."""
+        for a in self.actors:
+            try:
+                self.ray.kill(a, no_restart=True)
+            except Exception:  # already dead
+                pass
