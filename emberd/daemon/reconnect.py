@@ -63,8 +63,10 @@ def stop_stream_bounded(stream: Any, timeout: float = STOP_TIMEOUT_S) -> bool:
         try:
             stream.stop()
             stream.close()
-        except Exception as exc:  # a dead server: nothing more to do, but say so
-            log.info("input stream did not close cleanly: %s", exc)
+        except Exception:  # a dead server: nothing more to do, but counted
+            from emberd.daemon.status import swallowed
+
+            swallowed("stopping the audio stream")
 
     t = threading.Thread(target=stop, name="emberd-stream-stop", daemon=True)
     t.start()
