@@ -127,11 +127,20 @@ def _guard_db(fn: Any) -> Any:
     """Turn a damaged-database error anywhere below into one EmberdError line."""
     import sqlite3
 
+    from emberd.diskerrors import disk_error
     from emberd.errors import EmberdError
 
     try:
         return fn()
-    except sqlite3.DatabaseError as exc:
+    except (sqlite3.DatabaseError, OSError) as exc:
+        full = disk_error(exc)
+        if full is not None:
+            fix = "index into a writable place" if "read-only" in full else \
+                "make room and run emberd index again"
+            raise EmberdError(f"{full}; the library keeps every batch committed before it and "
+                              f"stays usable ({fix})") from None
+        if isinstance(exc, OSError):
+            raise
         raise EmberdError(f"library database damaged or locked ({exc})") from None
 
 

@@ -72,6 +72,15 @@ def _models_root() -> Path:
     return models_dir()
 
 
+def _generated_current(manifest: ModelManifest) -> bool:
+    """A generated model exists (and, for int8, was built with today's calibration ranges)."""
+    if manifest.name == "aisfx-int8":
+        from emberd.models import quantize
+
+        return quantize.is_current(manifest.path.parent)
+    return available(manifest)
+
+
 def resolve(name: str) -> ModelManifest:
     """Return the manifest of a model whose ``.onnx`` file exists.
 
@@ -88,7 +97,7 @@ def resolve(name: str) -> ModelManifest:
     root = _models_root()
     if name in BUILTINS:
         manifest = _builtin(name, root)
-        if name in GENERATED and not available(manifest):
+        if name in GENERATED and not _generated_current(manifest):
             fetch(name)
             manifest = _builtin(name, root)
         if not available(manifest):
