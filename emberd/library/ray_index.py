@@ -375,9 +375,10 @@ class RayIndexer(Indexer):
                     pool.suspect(slot.actor, exc)
                     if slot.attempts >= GROUP_ATTEMPTS:
                         raise EmberdError(
-                            f"Ray: embedding failed {slot.attempts} times for {slot.jobs[0].path} "
-                            f"and {len(slot.jobs) - 1} more ({type(exc).__name__}); every "
-                            "committed file is in the library: run the same command again"
+                            f"Ray: embedding failed on {slot.attempts} attempts for "
+                            f"{slot.jobs[0].path} and {len(slot.jobs) - 1} more "
+                            f"({type(exc).__name__}); every committed file is in the library: "
+                            "run the same command again"
                         ) from None
                     log.warning("Ray actor lost (%s); resubmitting %d files",
                                 type(exc).__name__, len(slot.jobs))
