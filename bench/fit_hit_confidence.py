@@ -139,7 +139,8 @@ def main(argv: list[str] | None = None) -> int:
         pe = p(w_ex, features(rows, ex_names))
         pc = p(w_cl, features(rows, cl_names))
         held = np.array([not r["in_library"] for r in rows])
-        exact = pe >= ladder.EXACT_MIN_PROBABILITY
+        exact = np.array([ladder.is_exact(float(q), r["rho"], r["margin"])
+                          for q, r in zip(pe, rows, strict=True)])  # fmt: skip
         conf = np.where(exact, pe, pc)
         right = np.where(exact, [r["exact_ok"] for r in rows], [r["class_ok"] for r in rows])
         print(f"{name}: ECE {bench.ece(list(zip(conf.tolist(), right.tolist(), strict=True))):.3f}"

@@ -88,7 +88,8 @@ LEVEL_COPY_RHO = 0.999
 DUPLICATE_RHO = 0.95  # a held-out sample this correlated with a library file is that file
 BASELINE_SR = 44100
 BASELINE_SAMPLES = 256  # SP-Tools' analysis window after the onset (5.8 ms at 44.1 kHz)
-BLOCK_FRAMES = 256
+BLOCK_FRAMES = 256  # daemon input blocks (feeder and JACK period)
+DAEMON_SR = 44100  # the daemon's (aiSFX's) rate: JACK runs at it, the file is resampled to it
 STAGES = ("provisional", "refined50", "refined150", "final")
 
 
@@ -247,10 +248,11 @@ def level_copies(lib: Any) -> dict[str, str]:
 # ---------------------------------------------------------------------- scoring
 
 
-def stage_key(header: dict[str, Any]) -> str:
+def stage_key(header: dict[str, Any], seen: dict[str, dict[str, Any]]) -> str:
+    """provisional, refined50 (a hit's first refined message), refined150, final."""
     if header["stage"] != "refined":
         return str(header["stage"])
-    return "refined50" if float(header["window_ms"]) < 100.0 else "refined150"
+    return "refined150" if "refined50" in seen else "refined50"
 
 
 def score(
@@ -263,8 +265,9 @@ def score(
 ) -> dict[str, Any]:
     """Per-stage accuracy/latency, false/extra/missed hits, silence matches, calibration."""
     by_hit: dict[tuple[int, int], dict[str, dict[str, Any]]] = defaultdict(dict)
-    for h in hits:
-        by_hit[(int(h["channel"]), int(h["hit"]))][stage_key(h)] = h
+    for h in hits:  # in publish order
+        seen = by_hit[(int(h["channel"]), int(h["hit"]))]
+        seen[stage_key(h, seen)] = h
     detections = sorted(by_hit.values(), key=lambda st: float(next(iter(st.values()))["onset_s"]))
     onsets = np.array([float(next(iter(st.values()))["onset_s"]) for st in detections])
     used = np.zeros(len(detections), bool)
@@ -356,10 +359,26 @@ class Baseline:
         feats = []
         for p in paths:
             y = load(p, BASELINE_SR)
-            feats.append(self.features(y, waveform.onset_sample(y)))
+            feats.append(self.features(y, self.onset(y)))
         f = np.array(feats)
         self.mean, self.std = f.mean(axis=0), f.std(axis=0) + 1e-9
         self.matrix = (f - self.mean) / self.std
+
+    @staticmethod
+    def onset(y: np.ndarray) -> int:
+        """The corpus file's onset by the same detector the queries' onsets come from (as
+        SP-Tools analyses its corpus with its own onset detector)."""
+        from emberd.dsp.onset import OnsetDetector
+
+        lead = int(0.1 * BASELINE_SR)
+        noise = np.random.default_rng(0).standard_normal(lead).astype(np.float32)
+        x = np.concatenate([noise * np.float32(10 ** (NOISE_DBFS / 20)), y])
+        det = OnsetDetector(sr=BASELINE_SR)
+        for i in range(0, len(x), BLOCK_FRAMES):
+            found = det.push(x[i : i + BLOCK_FRAMES])
+            if found:
+                return max(0, found[0] - lead)
+        return waveform.onset_sample(y)
 
     @staticmethod
     def features(y: np.ndarray, onset: int) -> np.ndarray:
@@ -398,13 +417,12 @@ def baseline_scores(
     y = np.asarray(soxr.resample(perf.audio, SR, BASELINE_SR), np.float32)
     truth = np.array([t.onset_s for t in perf.hits])
     ok, inst, lat = [], [], []
-    block_s = BLOCK_FRAMES / SR
+    block_s = BLOCK_FRAMES / DAEMON_SR
     for s in onsets_s:
         j = int(np.argmin(np.abs(truth - s)))
         if abs(truth[j] - s) > MATCH_TOLERANCE_S:
             continue
-        # SP-Tools' onset is its own; give it the sample-accurate one (its best case).
-        path, ms = base.answer(y, round(s * BASELINE_SR))
+        path, ms = base.answer(y, round(s * BASELINE_SR))  # the daemon's onset
         t = perf.hits[j]
         if t.in_library:
             ok.append(copies.get(path, path) == copies.get(t.path, t.path))
@@ -516,14 +534,16 @@ print("done", flush=True)
 
 
 def run_jack(lib: Path, wav: Path, work: Path, model: str, duration_s: float) -> Recorder | None:
-    """The daemon capturing a private JACK server that a player child process plays into."""
+    """The daemon capturing a private JACK server that a player child process plays into
+    (``wav`` at DAEMON_SR: JACK does not resample)."""
     from emberd.testing.harness import Daemon, jack_available, start_jackd, stop_process
 
     if not jack_available():
         print("bench: jackd not installed: JACK run skipped", file=sys.stderr)
         return None
     server = f"emberd-hits-{uuid.uuid4().hex[:6]}"
-    jackd = start_jackd(server, rate=SR, period=BLOCK_FRAMES, log_path=work / "jackd.log")
+    jackd = start_jackd(server, rate=DAEMON_SR, period=BLOCK_FRAMES,
+                        log_path=work / "jackd.log")  # fmt: skip
     env = {"JACK_DEFAULT_SERVER": server, "JACK_NO_START_SERVER": "1"}
     player = None
     d = Daemon(["--library", str(lib), "--input", "default", "--channels", "0", "--model", model,
@@ -574,6 +594,93 @@ def align_jack(rec: Recorder, perf: Performance) -> list[dict[str, Any]]:
     return out
 
 
+STRESS_CHANNELS = 4
+STRESS_RATE_HZ = 16.0  # hits per second per channel
+STRESS_S = 30.0
+
+
+def stress(lib_path: Path, work: Path, model: str, samples: list[tuple[str, str]],
+           extra: list[str]) -> dict[str, Any]:
+    """4 channels x 16 hits/s of library one-shots at real-time pace: hops dropped, hits."""
+    import soundfile as sf
+
+    from emberd.testing.harness import Daemon
+
+    rng = np.random.default_rng(7)
+    n = int(STRESS_S * SR)
+    audio = rng.standard_normal((n, STRESS_CHANNELS)).astype(np.float32) * np.float32(
+        10 ** (NOISE_DBFS / 20))  # fmt: skip
+    expected = 0
+    cache: dict[str, np.ndarray] = {}
+    for c in range(STRESS_CHANNELS):
+        t = LEAD_IN_S + c * 0.013  # channels offset: onsets do not all share a block
+        while t < STRESS_S - 1.0:
+            p = samples[int(rng.integers(len(samples)))][0]
+            if p not in cache:
+                y = load(p)[: int(0.5 * SR)]
+                cache[p] = y / max(float(np.max(np.abs(y))), 1e-9) * np.float32(0.5)
+            y = cache[p] * np.float32(10 ** (rng.uniform(*GAIN_DB) / 20))
+            a = int(t * SR)
+            audio[a : a + len(y), c] += y[: n - a]
+            expected += 1
+            t += 1.0 / STRESS_RATE_HZ
+    wav = work / "stress.wav"
+    sf.write(wav, audio, SR, subtype="FLOAT")
+    d = Daemon(["--library", str(lib_path), "--input", str(wav), "--pace", "realtime",
+                "--model", model, "--channels", "all", "--k", "5", *extra],
+               work / "daemon-stress.log", osc_in=False)  # fmt: skip
+    d.start(ready_timeout=300)
+    rec = Recorder(d.pub)
+    try:
+        rec.final.wait(STRESS_S + 60)
+    finally:
+        d.stop()
+        rec.close()
+    st = getattr(rec, "status", {})
+    prov = [float(h["latency_ms"]) for h in rec.hits if h["stage"] == "provisional"]
+    fin = [float(h["latency_ms"]) for h in rec.hits if h["stage"] == "final"]
+    return {
+        "expected": expected, "hits": len(prov), "skipped_hops": st.get("skipped_hops"),
+        "dropped_hops": st.get("dropped_hops"), "overflows": st.get("overflows"),
+        "hop_p99_ms": st.get("latency_p99_ms"),
+        "prov_p50": float(np.percentile(prov, 50)) if prov else float("nan"),
+        "prov_p90": float(np.percentile(prov, 90)) if prov else float("nan"),
+        "final_p90": float(np.percentile(fin, 90)) if fin else float("nan"),
+    }  # fmt: skip
+
+
+@dataclass
+class OfflineRecord:
+    hits: list[dict[str, Any]]
+
+
+def offline_run(lib_path: Path, perf: Performance) -> OfflineRecord:
+    """The ladder in this process on the performance at the daemon's rate, 256-sample blocks;
+    latency_ms = the audio each stage waited for plus its compute time."""
+    import soxr
+
+    from emberd.daemon.hits import HitLadder
+    from emberd.library import Library
+    from emberd.library.hitindex import HitIndex
+
+    y = np.asarray(soxr.resample(perf.audio, SR, DAEMON_SR), np.float32)
+    out: list[dict[str, Any]] = []
+    with Library.open(lib_path) as lib:
+        lad = HitLadder(HitIndex.from_library(lib), lib.files(), sr=DAEMON_SR, channels=[0],
+                        model="offline", time_of=lambda pos: pos / DAEMON_SR)  # fmt: skip
+        for i in range(0, len(y), BLOCK_FRAMES):
+            t0 = time.perf_counter()
+            res = lad.push(0, y[i : i + BLOCK_FRAMES])
+            spent = time.perf_counter() - t0
+            block_end = (i + BLOCK_FRAMES) / DAEMON_SR  # when this block would have arrived
+            for r in res:
+                out.append({"channel": r.channel, "hit": r.hit, "stage": r.stage,
+                            "window_ms": r.window_ms, "onset_s": r.onset_s,
+                            "latency_ms": (block_end + spent - r.onset_time) * 1000.0,
+                            "matches": r.matches})  # fmt: skip
+    return OfflineRecord(out)
+
+
 def fmt(x: float) -> str:
     return "nan" if not np.isfinite(x) else f"{x:.3f}"
 
@@ -597,6 +704,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--library")
     ap.add_argument("--model", default="aisfx")
     ap.add_argument("--no-jack", action="store_true")
+    ap.add_argument("--offline", action="store_true",
+                    help="the ladder in this process, block by block (accuracy and detection; "
+                         "latency is then only the audio each stage waits for)")
+    ap.add_argument("--stress", action="store_true",
+                    help="only the 4-channel, 16 hits/s run (and its --no-hits anchor)")
     args = ap.parse_args(argv)
 
     import soundfile as sf
@@ -606,6 +718,17 @@ def main(argv: list[str] | None = None) -> int:
 
     lib_path = library_path(args.library)
     build_library(lib_path, args.model)
+    if args.stress:
+        work = Path(tempfile.mkdtemp(prefix="emberd-hits-"))
+        for name, extra in (("hits", []), ("anchor --no-hits", ["--no-hits"])):
+            r = stress(lib_path, work, args.model, labelled(TEST_KITS), extra)
+            print(f"stress {name}: {STRESS_CHANNELS} ch x {STRESS_RATE_HZ:g} hits/s, "
+                  f"{STRESS_S:g} s: hits {r['hits']}/{r['expected']}, skipped hops "
+                  f"{r['skipped_hops']}, dropped hops {r['dropped_hops']}, overflows "
+                  f"{r['overflows']}, hop latency p99 {r['hop_p99_ms']} ms, provisional p50 "
+                  f"{r['prov_p50']:.1f} ms p90 {r['prov_p90']:.1f} ms, final p90 "
+                  f"{r['final_p90']:.1f} ms")  # fmt: skip
+        return 0
     lib_samples = labelled(TEST_KITS)
     with Library.open(lib_path) as lib:
         held, dups = held_out(lib, HELD_OUT_TEST)
@@ -626,11 +749,20 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.model}; {os.cpu_count()} CPUs, {platform.machine()}, "
           f"{time.strftime('%Y-%m-%d', time.gmtime())}")  # fmt: skip
     results: dict[str, dict[str, Any]] = {}
-    rec = run_file(lib_path, wav, work, args.model, duration)
-    results["file"] = score(perf, rec.hits, rec.matches, copies, file_class, rec.window_s)
-    report("file input, real-time pace", results["file"])
-    if not args.no_jack:
-        jrec = run_jack(lib_path, wav, work, args.model, duration)
+    if args.offline:
+        rec = offline_run(lib_path, perf)
+        results["file"] = score(perf, rec.hits, [], copies, file_class, 0.0)
+        report("offline (ladder in process, 256-sample blocks at 44.1 kHz)", results["file"])
+    else:
+        rec = run_file(lib_path, wav, work, args.model, duration)
+        results["file"] = score(perf, rec.hits, rec.matches, copies, file_class, rec.window_s)
+        report("file input, real-time pace", results["file"])
+    if not args.no_jack and not args.offline:
+        import soxr
+
+        jwav = work / "performance-44k.wav"
+        sf.write(jwav, soxr.resample(perf.audio, SR, DAEMON_SR), DAEMON_SR, subtype="FLOAT")
+        jrec = run_jack(lib_path, jwav, work, args.model, duration)
         if jrec is not None:
             results["jack"] = score(perf, align_jack(jrec, perf), [], copies, file_class,
                                     jrec.window_s)  # fmt: skip

@@ -71,6 +71,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except EmberdError as exc:
         print(f"emberd: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except Exception as exc:  # a full disk or read-only place anywhere below: one line
+        from emberd.diskerrors import disk_error
+
+        line = disk_error(exc)
+        if line is None:
+            raise
+        print(f"emberd: error: {line}; nothing half-written was kept", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
     return int(rc or 0)

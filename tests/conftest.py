@@ -79,3 +79,15 @@ def aisfx_manifest_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     except ComponentMissing as exc:
         require(False, f"aiSFX wheel via pip download ({exc})")
         raise
+
+
+@pytest.fixture(scope="session")
+def identify_library(drumkit_dir: Path) -> Path:
+    """All of hydrogen-drumkits plus synthetic distractors, indexed with the DSP baseline.
+
+    Larger than every identification candidate budget (so a broken stage shows), built once
+    per code version and cached (:func:`emberd.testing.drumkits.identification_library`).
+    """
+    from emberd.testing.drumkits import identification_library
+
+    return identification_library("dsp-baseline", kits=drumkit_dir)[0]

@@ -90,11 +90,12 @@ def test_auto_without_cuda_is_quiet(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    if "CUDAExecutionProvider" in onnxruntime().get_available_providers():
-        pytest.skip("CUDA present: auto picks it")
+    # Where CUDA is present auto picks it, just as quietly: the test runs either way, no skip.
+    cuda = "CUDAExecutionProvider" in onnxruntime().get_available_providers()
     monkeypatch.setattr(runtime, "_fallback_stated", False)
     with caplog.at_level("WARNING", logger="emberd.models.runtime"):
-        assert Encoder(baseline_manifest, device="auto").provider == "CPUExecutionProvider"
+        provider = Encoder(baseline_manifest, device="auto").provider
+    assert provider == ("CUDAExecutionProvider" if cuda else "CPUExecutionProvider")
     assert not [r for r in caplog.records if r.levelname == "WARNING"]
 
 

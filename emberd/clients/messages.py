@@ -27,7 +27,7 @@ class Match:
     rank: int
     name: str
     path: str
-    score: float
+    score: float = math.nan  # embedding cosine; nan when the daemon did not measure it
     distance: float = math.nan
     segment_start_s: float = 0.0
     tags: tuple[str, ...] = ()
@@ -45,7 +45,7 @@ class Match:
                 rank=int(obj.get("rank", rank)),
                 name=str(obj.get("name") or obj.get("path", "").rsplit("/", 1)[-1]),
                 path=str(obj.get("path", "")),
-                score=float(obj["score"]),
+                score=float(obj.get("score", math.nan)),  # absent: not measured
                 distance=float(obj.get("distance", math.nan)),
                 segment_start_s=float(obj.get("segment_start_s") or 0.0),
                 tags=tuple(str(t) for t in tags),

@@ -60,6 +60,7 @@ class WatchState:
     status: dict[str, Any] = field(default_factory=dict)
     model: str = ""
     messages: int = 0
+    lost: int = 0  # messages this view missed (seq gaps: ZeroMQ's HWM for a slow reader)
     latencies_ms: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW_MSGS))
 
     def update(self, item: Item, *, now: float | None = None) -> None:
@@ -191,9 +192,35 @@ def _channel_table(channel: int, view: ChannelView) -> Table:
     return table
 
 
+def outputs_text(status: dict[str, Any]) -> str:
+    """One line per daemon output: ``zmq ok · osc 12 dropped · mysink disabled (50 errors)``.
+
+    Reads ``status["outputs"]`` (see :mod:`emberd.daemon.outputs`); empty when absent.
+    """
+    parts = []
+    for name, o in sorted((status.get("outputs") or {}).items()):
+        if not isinstance(o, dict):
+            continue
+        bits = []
+        if o.get("disabled"):
+            bits.append("disabled")
+        if o.get("dropped"):
+            bits.append(f"{o['dropped']} dropped")
+        if o.get("errors"):
+            bits.append(f"{o['errors']} errors")
+        parts.append(f"{name} {', '.join(bits) if bits else 'ok'}")
+    return " · ".join(parts)
+
+
 def render(state: WatchState) -> RenderableType:
     """Build the screen for ``state`` (pure: no I/O)."""
     parts: list[RenderableType] = [_connection_text(state), _status_line(state)]
+    outs = outputs_text(state.status)
+    if state.lost:  # PUB drops silently per subscriber at its HWM: only the reader can tell
+        outs = f"{outs} · this view lost {state.lost}" if outs else f"this view lost {state.lost}"
+    if outs:
+        bad = any(w in outs for w in ("dropped", "errors", "disabled", "lost"))
+        parts.append(Text.assemble(("outputs ", "dim"), (outs, "yellow" if bad else "")))
     if not state.channels:
         parts.append(Text("no matches yet", style="dim"))
     for ch in sorted(state.channels):
@@ -226,6 +253,7 @@ def run_watch(
                 live.update(render(state))
                 continue
             state.update(item)
+            state.lost = sub.dropped
             if isinstance(item, ConnectionEvent) and item.state in ("connected", "restarted") \
                     and control_endpoint:
                 # A late subscriber asks for the current status instead of waiting for one.

@@ -9,7 +9,9 @@ Thread map
                         ▼
                   SampleRing (SPSC, lock-free)  +  BlockClock (arrival marks)
                         │
-                  worker thread (worker.Worker): per channel StreamingFrontEnd ->
+                  worker thread (worker.Worker): every drained block -> hit ladder
+                  (hits.HitLadder: onset per channel, provisional/refined/final
+                  answers handed over at once); per channel StreamingFrontEnd ->
                   every hop: encoder (all channels one batch) -> library search ->
                   level/onset -> HopResult -> outputs.Outputs: analysers (tags,
                   similarity, plug-ins) add fields, messages built once
@@ -40,7 +42,8 @@ Thread map
 
 Shared state between threads is listed in each module's docstring as
 "written by -> read by". Modules: :mod:`app` (assembly), :mod:`cli`, :mod:`worker`,
-:mod:`engine` (windowed / streaming encoder strategies), :mod:`analysis` (tags,
+:mod:`engine` (windowed / streaming encoder strategies), :mod:`hits` (live hits: the
+decision ladder and the window-match level gate), :mod:`analysis` (tags,
 level, onset, similarity), :mod:`analyzers`, :mod:`outputs`, :mod:`handoff`,
 :mod:`publish_osc`, :mod:`publish_zmq`, :mod:`publish_midi`,
 :mod:`control`, :mod:`status`, :mod:`clock`, :mod:`feed`, :mod:`device`,

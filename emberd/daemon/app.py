@@ -27,6 +27,7 @@ from emberd.daemon import netpolicy
 from emberd.daemon.control import Controller, OscControlServer, ZmqControlServer
 from emberd.daemon.engine import Engine, build_engine
 from emberd.daemon.feed import BLOCK_FRAMES, PACES, FeederInput, array_blocks
+from emberd.daemon.mixdown import load_reference
 from emberd.daemon.outputs import Outputs, start_sinks
 from emberd.daemon.status import DaemonStats
 from emberd.daemon.worker import MAX_K, Worker
@@ -75,6 +76,7 @@ class DaemonConfig:
     midi: str | None = None  # --midi PORT
     midi_map: str | None = None
     midi_stage: str | None = None
+    mix_reference: str | None = None  # --mix-reference pink | FILE (emberd.daemon.mixdown)
 
 
 def parse_channels(spec: str, available: int) -> list[int]:
@@ -270,7 +272,7 @@ class Daemon:
         def open_library() -> Any:
             from emberd.library import Library
 
-            return Library.open(library_path)
+            return Library.open(library_path, wait=False)  # mid-index: keep the old generation
 
         self.worker = worker = Worker(
             source=source, engine=engine, open_library=open_library, channel_index=columns,
@@ -279,6 +281,8 @@ class Daemon:
         )  # fmt: skip
         if columns == [-1]:
             worker.channels = [0]
+        if cfg.mix_reference:  # EmberdError (one line, exit 2) for an unreadable reference
+            worker.mixdown.reference_db = load_reference(cfg.mix_reference, sr=source.sr)
         worker.start()
         self._threads.append(worker)
         if not worker.ready.wait(START_TIMEOUT_S):

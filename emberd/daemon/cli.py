@@ -49,6 +49,9 @@ def add_daemon_options(p: argparse.ArgumentParser, *, demo: bool = False) -> Non
     p.add_argument("--max-datagram", type=int, default=DEFAULT_MAX_DATAGRAM_BYTES, metavar="BYTES",
                    help=f"largest OSC datagram (default {DEFAULT_MAX_DATAGRAM_BYTES})")
     p.add_argument("--threads", type=int, default=2, help="encoder threads (default 2)")
+    p.add_argument("--mix-reference", default=None, metavar="pink|FILE",
+                   help="target spectral balance for the mix-down view: 'pink' (flat per "
+                        "1/3 octave), an audio file (its long-term balance) or a .csv of Hz,dB")
     p.add_argument("--no-hits", action="store_true",
                    help="do not detect hits (no hit.<c> / /emberd/hit messages)")
     p.add_argument("--sink", action="append", default=[], metavar="NAME[:KEY=VALUE,...]",
@@ -137,6 +140,7 @@ def config_from_args(args: argparse.Namespace, **overrides: Any) -> Any:
         midi=args.midi,
         midi_map=args.midi_map,
         midi_stage=args.midi_stage,
+        mix_reference=args.mix_reference,
     )
     values.update(overrides)
     return DaemonConfig(**values)

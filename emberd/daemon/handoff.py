@@ -1,10 +1,11 @@
 """Bounded drop-oldest handoff from the worker to one publisher thread.
 
-The worker must never wait for a slow transport: :meth:`Handoff.put` never blocks.
-When the publisher has fallen ``capacity`` items behind, the oldest item is dropped
-and counted, so the publisher always sends the freshest hops. The one exception is
-file input at ``fast`` pace (``lossless=True``): there is no live audio to keep up
-with, so the worker waits for the publisher and every hop is delivered.
+Live, the worker must never wait for a slow transport: with ``lossless=False``
+:meth:`Handoff.put` waits at most for a pop's short lock hold, and when the publisher has
+fallen ``capacity`` items behind, the oldest item is dropped and counted, so the
+publisher always sends the freshest hops. File input at ``fast`` pace uses
+``lossless=True``: there is no live audio to keep up with, so ``put`` *blocks* until the
+publisher makes room (or the handoff is closed) and every hop is delivered.
 
 Shared attributes (written by -> read by):
 
@@ -34,7 +35,8 @@ class Handoff(Generic[T]):
         self.dropped = 0
 
     def put(self, item: T) -> T | None:
-        """Append ``item``; never blocks longer than the short lock hold of a pop.
+        """Append ``item``. Lossy: waits only for a pop's short lock hold (full: the oldest
+        item is dropped and counted). Lossless: blocks until there is room or closed.
 
         Returns the item dropped to make room (the caller counts what it held), or None.
         """

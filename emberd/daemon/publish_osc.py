@@ -111,6 +111,10 @@ class OscSink:
         if handler is not None:  # kinds without an OSC address are not sent
             handler(header, array)
 
+    def counters(self) -> dict[str, int]:
+        """``outputs.osc.counters`` in status: datagrams sent (all targets)."""
+        return {"datagrams": self.sent}
+
     def close(self) -> None:
         self._sock.close()
 

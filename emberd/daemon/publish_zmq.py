@@ -9,8 +9,11 @@ built -- ``match.<c>``, ``tag.<c>``, ``level.<c>``, ``emb.<c>``, ``similarity``,
 ``[topic, JSON header, raw array?]`` (:func:`emberd.clients.wire.pack`). Hop messages
 carry ``hop`` (the hop number) and ``stream_s`` (where the hop's newest audio starts).
 The send high-water mark is explicit (:data:`SNDHWM_MESSAGES`); a slow subscriber loses
-messages (gaps in its per-topic ``seq``, and ``dropped`` here when the socket says so),
-it never slows the daemon. A subscriber that joins late asks the control channel for
+messages, it never slows the daemon. PUB drops at a subscriber's HWM silently and libzmq
+counts nothing (``XPUB_NODROP`` would make one stalled subscriber cost every other one its
+messages), so those losses show where they happen: as gaps in the subscriber's per-topic
+``seq`` (``emberd watch`` reports them). ``dropped`` counts the sends the socket refused.
+A subscriber that joins late asks the control channel for
 ``status``.
 
 Options: ``endpoint`` (default ``tcp://127.0.0.1:5556``; loopback unless ``listen_any=1``),

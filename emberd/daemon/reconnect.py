@@ -61,8 +61,10 @@ def stop_stream_bounded(stream: Any, timeout: float = STOP_TIMEOUT_S) -> bool:
         try:
             stream.stop()
             stream.close()
-        except Exception:  # a dead server: nothing more to do
-            pass
+        except Exception:  # a dead server: nothing more to do, but counted
+            from emberd.daemon.status import swallowed
+
+            swallowed("stopping the audio stream")
 
     t = threading.Thread(target=stop, name="emberd-stream-stop", daemon=True)
     t.start()

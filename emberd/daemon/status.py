@@ -25,19 +25,37 @@ control requests and OSC datagrams), ``rejected_control``, ``rejected_osc``,
 ``publisher_drops`` (hops dropped by each output's full handoff), ``outputs`` (per output:
 messages ``published``, ``dropped`` = ``queue_dropped`` + ``transport_dropped``, ``errors``,
 ``disabled``, ``queued``; see :mod:`emberd.daemon.outputs`), ``analyzers`` (per analyser:
-``calls``, ``errors``, ``disabled``).
+``calls``, ``errors``, ``disabled``), ``swallowed_errors`` (per place, exceptions caught
+and not re-raised since the process started; see :func:`swallowed`).
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from typing import Any
 
 import numpy as np
 
+log = logging.getLogger(__name__)
+
 STATS_WINDOW_HOPS = 2048  # latest hops in the percentile figures (47 s at 23 ms)
 JITTER_WINDOW_BLOCKS = 8192  # latest block intervals in the jitter figure
+
+
+_SWALLOWED: dict[str, int] = {}  # place -> exceptions caught there and not re-raised
+
+
+def swallowed(where: str) -> None:
+    """Count an exception that is caught and not re-raised (call it in the ``except``
+    block); the first one per place is logged with its traceback, every one reaches
+    status as ``swallowed_errors`` (counts since the process started)."""
+    n = _SWALLOWED.get(where, 0) + 1
+    _SWALLOWED[where] = n
+    if n == 1:
+        log.warning("%s failed (counted in status swallowed_errors from now on)", where,
+                    exc_info=True)  # fmt: skip
 
 
 class _Ring:
@@ -148,6 +166,7 @@ class DaemonStats:
             rejected_control=self.rejected_control,
             rejected_osc=self.rejected_osc,
         )
+        status["swallowed_errors"] = dict(_SWALLOWED)
         if self.outputs is not None:
             status["outputs"] = self.outputs.describe()
             status["analyzers"] = self.outputs.describe_analyzers()

@@ -487,7 +487,8 @@ class Worker(threading.Thread):
                 old.close()
             self._search_warned = False
             self._load_class_data()
-            return {"ok": True, "library": str(getattr(library, "path", ""))}
+            files = len(library.files()) if hasattr(library, "files") else None
+            return {"ok": True, "library": str(getattr(library, "path", "")), "files": files}
         if command.cmd == "set_model":
             return self._swap_engine(args["engine"])
         if command.cmd == "capture":

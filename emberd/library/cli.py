@@ -113,15 +113,25 @@ def _guard_db(fn: Any) -> Any:
     """Turn a damaged-database error anywhere below into one EmberdError line."""
     import sqlite3
 
+    from emberd.diskerrors import disk_error
     from emberd.errors import EmberdError
 
     try:
         return fn()
-    except sqlite3.DatabaseError as exc:
+    except (sqlite3.DatabaseError, OSError) as exc:
+        full = disk_error(exc)
+        if full is not None:
+            fix = "index into a writable place" if "read-only" in full else \
+                "make room and run emberd index again"
+            raise EmberdError(f"{full}; the library keeps every batch committed before it and "
+                              f"stays usable ({fix})") from None
+        if isinstance(exc, OSError):
+            raise
         raise EmberdError(f"library database damaged or locked ({exc})") from None
 
 
 def _query(args: argparse.Namespace) -> int:
+    from emberd.dsp.silence import QUERY_FLOOR_DBFS, no_sound_reason
     from emberd.dsp.sources import load_audio
     from emberd.errors import EmberdError
     from emberd.library.query import Library, encoder_for
@@ -136,9 +146,14 @@ def _query(args: argparse.Namespace) -> int:
         for path in args.files:
             try:
                 y, _info = load_audio(path, sr=sr, mono=True)
-                matches = _guard_db(lambda y=y: library.query_audio(y, sr, args.k,
-                                                                    model=args.model))
-                record: dict[str, Any] = {"query": path, "matches": matches}
+                silent = no_sound_reason(y, floor_dbfs=QUERY_FLOOR_DBFS)
+                if silent is not None:  # silence is never a match: say why there is none
+                    record: dict[str, Any] = {"query": path, "matches": [],
+                                              "reason": f"no sound: {silent}"}
+                else:
+                    matches = _guard_db(lambda y=y: library.query_audio(y, sr, args.k,
+                                                                        model=args.model))
+                    record = {"query": path, "matches": matches}
             except EmberdError as exc:
                 failed += 1
                 record = {"query": path, "error": str(exc)}
@@ -156,9 +171,12 @@ def _print_record(record: dict[str, Any], as_json: bool) -> None:
     if "error" in record:
         print(f"  error: {record['error']}")
         return
+    if "reason" in record:
+        print(f"  no match: {record['reason']}")
     for i, m in enumerate(record["matches"], 1):
         tags = "/".join(m["tags"])
-        print(f"  {i:2d}. {m['score']:.3f} {m['kind']:7s} {m['path']}"
+        score = f"{m['score']:.3f}" if "score" in m else "  -  "
+        print(f"  {i:2d}. {score} {m['kind']:7s} {m['path']}"
               + (f"  [{tags}]" if tags else "")
               + (f" @ {m['segment_start_s']:.2f} s" if m["segment_start_s"] else ""))
 
@@ -183,7 +201,7 @@ def _info(args: argparse.Namespace) -> int:
         if isinstance(annoy, dict):
             recall = next(v for k, v in annoy.items() if k.startswith("recall@"))
             print(f"    annoy: {annoy['items']} items, {annoy['trees']} trees, recall@10 vs "
-                  f"exact {recall:.3f} on {annoy['sample']} queries"
+                  f"exact {recall:.3f} on {annoy['sample']} queries that are not library items"
                   + (" (stale: re-run emberd index)" if annoy["stale"] else ""))
         else:
             print(f"    annoy: {annoy}")

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from emberd.dsp.silence import SILENCE_PEAK_DBFS, no_sound_reason
 from emberd.errors import EmberdError
 from emberd.library import fingerprint, waveform
 from emberd.library.classifier import fit_library_head
@@ -38,7 +39,6 @@ log = logging.getLogger(__name__)
 BATCH_FILES = 16  # files per transaction: small enough that a kill loses little
 EMBED_BATCH_WINDOWS = 64  # windows per encoder call
 IN_FLIGHT_PER_JOB = 4  # decoded files queued per worker (bounds memory)
-SILENCE_PEAK = 1e-4  # -80 dBFS: a file whose peak stays below is silent
 HASH_CHUNK_BYTES = 1 << 20
 MAX_FILE_S = 600.0  # s; longer files (mixes, field recordings) are skipped: decoding one whole
 # takes ~2 MB of worker memory per second of audio (a 2-hour file peaked at 14 GB)
@@ -132,9 +132,9 @@ def prepare_file(job: _Job, frontend: Any) -> dict[str, Any]:
         return {"ok": False, "reason": "permission denied"}
     except OSError as exc:
         return {"ok": False, "reason": f"cannot read ({exc.strerror or exc})"}
-    peak = float(np.max(np.abs(y))) if y.size else 0.0
-    if peak < SILENCE_PEAK:
-        return {"ok": False, "reason": "silent (peak below -80 dBFS)"}
+    silent = no_sound_reason(y, floor_dbfs=SILENCE_PEAK_DBFS)
+    if silent is not None:  # never stored: silence is never a match
+        return {"ok": False, "reason": f"silent: {silent}"}
     if len(y) < frontend.n_fft:
         # A 20 ms tick: pad with silence to one FFT frame; the windowing pads the rest.
         y = np.pad(y, (0, frontend.n_fft - len(y)))
@@ -248,6 +248,8 @@ class Indexer:
         Decoder worker processes; 0 decodes in this process.
     threads : int
         Encoder threads.
+    on_wait : callable, optional
+        ``on_wait(holder)`` when another ``emberd index`` holds the library (we wait).
     """
 
     def __init__(
@@ -258,11 +260,19 @@ class Indexer:
         jobs: int = 0,
         threads: int = 2,
         skip_silence: bool | None = None,
+        on_wait: Callable[[str], None] | None = None,
     ) -> None:
+        from emberd.library.librarylock import lock_for_writing
         from emberd.models.registry import resolve
 
         self.manifest = resolve(model)  # before touching the library: unknown model -> no writes
-        self.store = Store(library)
+        # One writer per library: a second `emberd index` waits here (librarylock).
+        self._lock = lock_for_writing(library, on_wait)
+        try:
+            self.store = Store(library)
+        except BaseException:
+            self._lock.close()
+            raise
         self.model = model
         self.jobs = jobs
         self.threads = threads
@@ -271,8 +281,9 @@ class Indexer:
         self._encoder: Any = None
 
     def close(self) -> None:
-        """Close the library database."""
+        """Close the library database and let the next writer in."""
         self.store.close()
+        self._lock.close()
 
     def plan(
         self, result: ScanResult, roots: list[str]

@@ -16,17 +16,21 @@ For a query, :func:`explain`
    STRETCH_CENTS (a sample pitched slightly by resampling), refined between
    grid points for the best REFINE_TOP;
 2. takes the best-correlated file; if it explains nearly all of the onset
-   (``rho >= ALONE_RHO``) that is the answer;
+   (``rho >= alone_rho``) that is the answer;
 3. otherwise subtracts it (least-squares gain at its lag) and looks for a
    second library sound in the residual (its own attack-vector neighbours
    too): a mix of two library sounds is explained as A + B, both gains fitted
    jointly, and the answer is the one with the louder peak in the mix;
-4. abstains (returns None) when nothing correlates above WAVE_MIN_RHO, e.g.
+4. abstains (returns None) when nothing correlates above ``wave_min_rho``, e.g.
    a sound pitched by more than STRETCH_CENTS: the template ranker answers.
 
 Files that are the same recording at another level (velocity layers made by
 scaling one hit) correlate equally; among those the one whose fitted gain is
 nearest 0 dB (the file as it is) wins.
+
+The decision thresholds (:class:`Thresholds`: ``wave_min_rho``, ``alone_rho``,
+``pair_min_rho``) are fitted by ``bench/fit_identify.py`` on kits A
+(:data:`THRESHOLDS`); the search constants below are design choices.
 """
 
 from __future__ import annotations
@@ -50,9 +54,6 @@ STRETCH_BY_RHO = 8  # ... and the best-correlated at the original speed
 STRETCH_MIN_GAIN = 0.01  # rho a stretch must add over none to be believed
 REFINE_TOP = 4  # the best few after the grid are refined between grid points ...
 REFINE_STEPS = 3  # ... halving the step each time (12.5 -> 6.25, 3.1, 1.6 cents)
-ALONE_RHO = 0.99  # one file explaining 98 % of the onset energy leaves no room for a second
-PAIR_MIN_RHO = 0.5  # a second sound must correlate this well with the residual
-WAVE_MIN_RHO = 0.5  # below this the waveform stage abstains
 SAME_RECORDING_RHO = 0.002  # candidates within this of the best rho may be level copies of it
 INT16_FULL_SCALE = 32767.0
 
@@ -181,6 +182,44 @@ def _placed(s: np.ndarray, lag: int) -> np.ndarray:
     return out
 
 
+@dataclass(frozen=True)
+class Thresholds:
+    """The waveform stage's decision thresholds (fitted by ``bench/fit_identify.py``)."""
+
+    wave_min_rho: float  # below this the waveform stage abstains
+    alone_rho: float  # at or above this one file explains the onset: no second sound sought
+    pair_min_rho: float  # a second sound must correlate this well with the residual
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """Everything :func:`decide` needs: the best single file and the best pair."""
+
+    rho: float  # best single file's correlation
+    single: Explanation
+    pair: Explanation | None  # the mix explanation, when a second sound was sought and found
+    pair_rho: float  # the second sound's correlation with the residual (0 without one)
+
+
+def _fitted_thresholds() -> Thresholds:
+    from emberd.library import fitted
+
+    return Thresholds(**{k: float(v) for k, v in fitted.params()["waveform"].items()})
+
+
+#: The decision thresholds in use, fitted by ``bench/fit_identify.py`` on kits A.
+THRESHOLDS = _fitted_thresholds()
+
+
+def decide(analysis: Analysis | None, th: Thresholds) -> Explanation | None:
+    """The answer :func:`explain` gives for an :func:`analyse` result under thresholds ``th``."""
+    if analysis is None or analysis.rho < th.wave_min_rho:
+        return None
+    if analysis.rho >= th.alone_rho or analysis.pair is None or analysis.pair_rho < th.pair_min_rho:
+        return analysis.single
+    return analysis.pair
+
+
 def explain(
     audio: np.ndarray,
     sr: int,
@@ -188,6 +227,7 @@ def explain(
     rank: np.ndarray,
     load: Callable[[Sequence[int]], dict[int, Snippet]],
     neighbours: Callable[[np.ndarray, int], list[int]],
+    thresholds: Thresholds | None = None,
 ) -> Explanation | None:
     """Which library file (or pair of files) a query is, by waveform.
 
@@ -208,10 +248,33 @@ def explain(
         ``(audio at WAVE_SR, sr) -> file ids`` likely to contain it: called on
         the residual to find the second sound of a mix.
 
+    thresholds : Thresholds, optional
+        Decision thresholds (default: the fitted :data:`THRESHOLDS`).
+
     Returns
     -------
     Explanation or None
-        None when no snippet correlates at least WAVE_MIN_RHO.
+        None when no snippet correlates at least ``thresholds.wave_min_rho``.
+    """
+    th = THRESHOLDS if thresholds is None else thresholds
+    return decide(analyse(audio, sr, candidates, rank, load, neighbours, stop=th), th)
+
+
+def analyse(
+    audio: np.ndarray,
+    sr: int,
+    candidates: Sequence[int],
+    rank: np.ndarray,
+    load: Callable[[Sequence[int]], dict[int, Snippet]],
+    neighbours: Callable[[np.ndarray, int], list[int]],
+    *,
+    stop: Thresholds | None = None,
+) -> Analysis | None:
+    """The measurements behind :func:`explain` (same parameters).
+
+    With ``stop`` it skips work whose result ``decide(..., stop)`` would ignore
+    (the live path); without, it always seeks the second sound, so a fit can
+    try every threshold on one analysis per query. None without any snippet.
     """
     y = mono_at(audio, sr, WAVE_SR)
     snips = load(list(candidates))
@@ -253,10 +316,10 @@ def explain(
         now[keep] = before[keep]
     cents[keep] = 0.0
     best = int(np.argmax(rho))
-    if rho[best] < WAVE_MIN_RHO:
-        return None
-    if rho[best] >= ALONE_RHO:
-        return _single(ids, rho, gain, best)
+    one = _single(ids, rho, gain, best)
+    alone = Analysis(float(rho[best]), one, None, 0.0)
+    if stop is not None and (rho[best] < stop.wave_min_rho or rho[best] >= stop.alone_rho):
+        return alone
     # Residual after the best file: is a second library sound there?
     ys = y if cents[best] == 0 else _stretched(y, float(cents[best]))
     seg = onset_segment(ys)
@@ -268,7 +331,7 @@ def explain(
     snips.update(load([f for f in pool if f not in snips]))
     pool = [f for f in pool if f in snips]
     if not pool:
-        return _single(ids, rho, gain, best)
+        return alone
     row = {f: i for i, f in enumerate(ids)}
     new = [f for f in pool if f not in row]
     pmat = np.concatenate([mat, np.stack([snips[f].samples() for f in new])]) if new else mat
@@ -278,18 +341,19 @@ def explain(
     pmat, pspec = pmat[take], pspec[take]
     r2, g2, l2 = correlate(resid, pmat, pspec)
     second = int(np.argmax(r2))
-    if r2[second] < PAIR_MIN_RHO:
-        return _single(ids, rho, gain, best)
+    if stop is not None and r2[second] < stop.pair_min_rho:
+        return Analysis(alone.rho, one, None, float(r2[second]))
     basis = np.stack([first, _placed(pmat[second], int(l2[second]))], axis=1).astype(np.float64)
     coef = np.linalg.lstsq(basis, seg.astype(np.float64), rcond=None)[0]
     # Level copies of either sound correlate as well as it does: keep the one nearest 0 dB.
-    one = _single(ids, rho, gain, best)
     two = _single(pool, r2, g2, second)
     # The answer is the sound with the louder peak in the mix, whichever explains more energy.
     loud = [coef[0] * np.abs(mat[best]).max(), coef[1] * np.abs(pmat[second]).max()]
     if loud[0] >= loud[1]:
-        return Explanation(one.file_id, one.rho, one.gain_db, two.file_id)
-    return Explanation(two.file_id, two.rho, two.gain_db, one.file_id)
+        pair = Explanation(one.file_id, one.rho, one.gain_db, two.file_id)
+    else:
+        pair = Explanation(two.file_id, two.rho, two.gain_db, one.file_id)
+    return Analysis(alone.rho, one, pair, float(r2[second]))
 
 
 def _single(ids: list[int], rho: np.ndarray, gain: np.ndarray, best: int) -> Explanation:

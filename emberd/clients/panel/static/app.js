@@ -97,6 +97,20 @@ function onStatus(st) {
   $("st-p50").textContent = ms(find(st, ["latency_p50_ms", "hop_latency_p50_ms", "p50_ms"]));
   $("st-p99").textContent = ms(find(st, ["latency_p99_ms", "hop_latency_p99_ms", "p99_ms"]));
   $("st-overflows").textContent = find(st, ["overflows"]) ?? "0";
+  $("st-outputs").textContent = outputsText(st.outputs);
+}
+
+// Per output: "zmq ok · osc 12 dropped · mysink disabled, 50 errors" (daemon status.outputs).
+function outputsText(outputs) {
+  if (!outputs || typeof outputs !== "object") return "–";
+  return Object.keys(outputs).sort().map((name) => {
+    const o = outputs[name] || {};
+    const bits = [];
+    if (o.disabled) bits.push("disabled");
+    if (o.dropped) bits.push(`${o.dropped} dropped`);
+    if (o.errors) bits.push(`${o.errors} errors`);
+    return `${name} ${bits.length ? bits.join(", ") : "ok"}`;
+  }).join(" · ") || "–";
 }
 
 // ---------------------------------------------------------------- channels
@@ -315,7 +329,11 @@ mapCanvas.addEventListener("click", (ev) => {
 function drawSimilarity() {
   const cv = $("sim"), ctx = cv.getContext("2d"), s = state.similarity;
   ctx.clearRect(0, 0, cv.width, cv.height);
-  if (!s || !s.matrix.length) return;
+  if (!s || !s.matrix.length) {
+    ctx.fillStyle = "#8a909c"; ctx.font = "12px system-ui";
+    ctx.fillText("similarity needs two or more channels", 8, 20);
+    return;
+  }
   const n = s.matrix.length, lab = 26, cell = (cv.width - lab) / n;
   for (let i = 0; i < n; i++) {
     for (let j = 0; j < n; j++) {
@@ -353,4 +371,5 @@ fetch("/map.json").then((r) => r.json()).then((m) => {
   $("map-info").textContent = m.points.length ? `${m.points.length} files · ${m.model}` : "(no library given)";
 }).catch(() => {});
 requestAnimationFrame(drawMap);
+drawSimilarity();  // "needs two or more channels" until a matrix arrives
 connect();
