@@ -359,10 +359,26 @@ class Baseline:
         feats = []
         for p in paths:
             y = load(p, BASELINE_SR)
-            feats.append(self.features(y, waveform.onset_sample(y)))
+            feats.append(self.features(y, self.onset(y)))
         f = np.array(feats)
         self.mean, self.std = f.mean(axis=0), f.std(axis=0) + 1e-9
         self.matrix = (f - self.mean) / self.std
+
+    @staticmethod
+    def onset(y: np.ndarray) -> int:
+        """The corpus file's onset by the same detector the queries' onsets come from (as
+        SP-Tools analyses its corpus with its own onset detector)."""
+        from emberd.dsp.onset import OnsetDetector
+
+        lead = int(0.1 * BASELINE_SR)
+        noise = np.random.default_rng(0).standard_normal(lead).astype(np.float32)
+        x = np.concatenate([noise * np.float32(10 ** (NOISE_DBFS / 20)), y])
+        det = OnsetDetector(sr=BASELINE_SR)
+        for i in range(0, len(x), BLOCK_FRAMES):
+            found = det.push(x[i : i + BLOCK_FRAMES])
+            if found:
+                return max(0, found[0] - lead)
+        return waveform.onset_sample(y)
 
     @staticmethod
     def features(y: np.ndarray, onset: int) -> np.ndarray:
@@ -406,8 +422,7 @@ def baseline_scores(
         j = int(np.argmin(np.abs(truth - s)))
         if abs(truth[j] - s) > MATCH_TOLERANCE_S:
             continue
-        # SP-Tools' onset is its own; give it the sample-accurate one (its best case).
-        path, ms = base.answer(y, round(s * BASELINE_SR))
+        path, ms = base.answer(y, round(s * BASELINE_SR))  # the daemon's onset
         t = perf.hits[j]
         if t.in_library:
             ok.append(copies.get(path, path) == copies.get(t.path, t.path))
@@ -634,6 +649,38 @@ def stress(lib_path: Path, work: Path, model: str, samples: list[tuple[str, str]
     }  # fmt: skip
 
 
+@dataclass
+class OfflineRecord:
+    hits: list[dict[str, Any]]
+
+
+def offline_run(lib_path: Path, perf: Performance) -> OfflineRecord:
+    """The ladder in this process on the performance at the daemon's rate, 256-sample blocks;
+    latency_ms = the audio each stage waited for plus its compute time."""
+    import soxr
+
+    from emberd.daemon.hits import HitLadder
+    from emberd.library import Library
+    from emberd.library.hitindex import HitIndex
+
+    y = np.asarray(soxr.resample(perf.audio, SR, DAEMON_SR), np.float32)
+    out: list[dict[str, Any]] = []
+    with Library.open(lib_path) as lib:
+        lad = HitLadder(HitIndex.from_library(lib), lib.files(), sr=DAEMON_SR, channels=[0],
+                        model="offline", time_of=lambda pos: pos / DAEMON_SR)  # fmt: skip
+        for i in range(0, len(y), BLOCK_FRAMES):
+            t0 = time.perf_counter()
+            res = lad.push(0, y[i : i + BLOCK_FRAMES])
+            spent = time.perf_counter() - t0
+            block_end = (i + BLOCK_FRAMES) / DAEMON_SR  # when this block would have arrived
+            for r in res:
+                out.append({"channel": r.channel, "hit": r.hit, "stage": r.stage,
+                            "window_ms": r.window_ms, "onset_s": r.onset_s,
+                            "latency_ms": (block_end + spent - r.onset_time) * 1000.0,
+                            "matches": r.matches})  # fmt: skip
+    return OfflineRecord(out)
+
+
 def fmt(x: float) -> str:
     return "nan" if not np.isfinite(x) else f"{x:.3f}"
 
@@ -657,6 +704,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--library")
     ap.add_argument("--model", default="aisfx")
     ap.add_argument("--no-jack", action="store_true")
+    ap.add_argument("--offline", action="store_true",
+                    help="the ladder in this process, block by block (accuracy and detection; "
+                         "latency is then only the audio each stage waits for)")
     ap.add_argument("--stress", action="store_true",
                     help="only the 4-channel, 16 hits/s run (and its --no-hits anchor)")
     args = ap.parse_args(argv)
@@ -699,10 +749,15 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.model}; {os.cpu_count()} CPUs, {platform.machine()}, "
           f"{time.strftime('%Y-%m-%d', time.gmtime())}")  # fmt: skip
     results: dict[str, dict[str, Any]] = {}
-    rec = run_file(lib_path, wav, work, args.model, duration)
-    results["file"] = score(perf, rec.hits, rec.matches, copies, file_class, rec.window_s)
-    report("file input, real-time pace", results["file"])
-    if not args.no_jack:
+    if args.offline:
+        rec = offline_run(lib_path, perf)
+        results["file"] = score(perf, rec.hits, [], copies, file_class, 0.0)
+        report("offline (ladder in process, 256-sample blocks at 44.1 kHz)", results["file"])
+    else:
+        rec = run_file(lib_path, wav, work, args.model, duration)
+        results["file"] = score(perf, rec.hits, rec.matches, copies, file_class, rec.window_s)
+        report("file input, real-time pace", results["file"])
+    if not args.no_jack and not args.offline:
         import soxr
 
         jwav = work / "performance-44k.wav"

@@ -21,10 +21,11 @@ plus deterministic synthetic bass, pad and lead one-shots and stems
    snare) or built not to (the same at -30 dB, a hat against a bass).  A finding
    is an ordered pair the assistant reports (a suggestion); it is right when the
    pair was planted and its band range overlaps the planted one.
-4. **Cost per hop, 8 channels**: the analyser's time over the multitrack per daemon
-   hop (50 frames x 1024 samples at 44.1 kHz = 1.161 s), against the hop budget,
-   and as a ratio to the anchor run in the same process: aiSFX embedding the same
-   8 channels' windows.
+4. **Cost, 8 channels**: the analyser works on 100 ms ticks; each tick's time is
+   measured (mean, p99, max) and set against the daemon's default hop (one mel
+   frame, 23.2 ms: a tick lands inside one hop), and the mean cost per hop is
+   given as a share of that budget and as a ratio to the anchor run in the same
+   process: aiSFX embedding the same 8 channels' windows (per 1.161 s window hop).
 
 Run under the bench lock: ``flock /tmp/emberd-bench.lock python bench/mixdown.py``.
 """
@@ -60,7 +61,8 @@ BPM = 120.0
 MULTITRACK_S = 16.0
 SCENE_S = 12.0
 BLOCK = 2048  # the worker's read chunk
-HOP_S = 50 * 1024 / SR  # aiSFX daemon hop
+HOP_S = 1024 / SR  # the daemon's default hop with the streaming aiSFX encoder: one mel frame
+WINDOW_HOP_S = 50 * 1024 / SR  # the windowed encoder's hop (the anchor's unit of work)
 TEST_KITS = ("The Black Pearl 1.0", "BJA_Pacific")
 SYNTH_GROUPS = {"synth-a": range(0, 12), "synth-b": range(12, 24)}
 STEM_CLASSES = ("kick", "snare", "closed_hat", "open_hat", "tom", "cymbal", "bass", "pad")
@@ -216,10 +218,13 @@ def multitrack(x: np.ndarray, labels: list[str], groups: list[str], paths: list[
         acc[c] = round(ok / total, 3) if total else float("nan")
     # --- loudness and cost: the analyser as the worker feeds it
     an = MixdownAnalyser(sr=SR, channels=list(range(8)), head=head)
-    t0 = time.perf_counter()
-    for i in range(0, audio.shape[1], BLOCK):
-        an.push(audio[:, i : i + BLOCK], 0.0)
-    analyse_s = time.perf_counter() - t0
+    tick = an.tick
+    ticks_ms = []
+    for i in range(0, audio.shape[1], tick):  # one push per tick: each push is one tick's work
+        t0 = time.perf_counter()
+        an.push(audio[:, i : i + tick], 0.0)
+        ticks_ms.append((time.perf_counter() - t0) * 1000)
+    analyse_s = sum(ticks_ms) / 1000
     rng = np.random.default_rng(seed)
     probe = rng.standard_normal((8, head.mean.size)).astype(np.float32)
     t0 = time.perf_counter()
@@ -232,31 +237,45 @@ def multitrack(x: np.ndarray, labels: list[str], groups: list[str], paths: list[
         ref = pyln.Meter(SR).integrated_loudness(y.astype(np.float64))
         errors[c] = round(abs(float(got) - ref), 4)
     hops = MULTITRACK_S / HOP_S
+    t = np.array(ticks_ms)
     suggestions = [s.text for s in an.masking.suggestions(names, limit=4)]
     return {"accuracy": acc, "loudness_error_lu": errors,
             "mixdown_ms_per_hop": 1000 * (analyse_s / hops + head_s),
-            "encoder_ms_per_hop_8ch": 1000 * embed_s / max(1, n_windows),
+            "tick_ms": {"mean": round(float(t.mean()), 2), "max": round(float(t.max()), 2),
+                        "p99": round(float(np.percentile(t, 99)), 2)},
+            "encoder_ms_per_window_hop_8ch": 1000 * embed_s / max(1, n_windows),
             "suggestions": suggestions}  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- masking
 
-def scenes(kit_sounds: dict[str, np.ndarray], seed: int) -> list[tuple[str, dict[str, np.ndarray],
-                                                                      set[tuple[str, str]]]]:
-    """Two-stem scenes: (name, stems, planted ordered pairs)."""
+Scene = tuple[str, dict[str, np.ndarray], set[tuple[str, str]], set[tuple[str, str]]]
+
+
+def scenes(kit_sounds: dict[str, np.ndarray], seed: int) -> list[Scene]:
+    """Two-stem scenes: (name, stems, planted ordered pairs, pairs not scored).
+
+    In the "quiet" scenes the drum, 30 dB louder, may well mask the quiet synth
+    stem while it sounds: whether that passes the 50 %-of-the-time bar depends on
+    the pattern's duty cycle, not on a planted overlap, so that direction is
+    neither a positive nor a negative.
+    """
     drums = drum_stems(kit_sounds, SCENE_S)
     bass = synthstems.stem("bass", seed, seconds=SCENE_S)
     pad = synthstems.stem("pad", seed, seconds=SCENE_S)
     db = lambda v: 10 ** (v / 20)  # noqa: E731
     return [
         ("bass over kick", {"kick": drums["kick"] * db(-6), "bass": bass * 0.9},
-         {("bass", "kick")}),
+         {("bass", "kick")}, set()),
         ("pad over snare", {"snare": drums["snare"] * db(-12), "pad": pad * 0.9},
-         {("pad", "snare")}),
-        ("quiet bass", {"kick": drums["kick"], "bass": bass * db(-30)}, set()),
-        ("quiet pad", {"snare": drums["snare"], "pad": pad * db(-30)}, set()),
-        ("hat and bass", {"closed_hat": drums["closed_hat"], "bass": bass * 0.9}, set()),
-        ("hat and kick", {"closed_hat": drums["closed_hat"], "kick": drums["kick"]}, set()),
+         {("pad", "snare")}, set()),
+        ("quiet bass", {"kick": drums["kick"], "bass": bass * db(-30)}, set(),
+         {("kick", "bass")}),
+        ("quiet pad", {"snare": drums["snare"], "pad": pad * db(-30)}, set(),
+         {("snare", "pad")}),
+        ("hat and bass", {"closed_hat": drums["closed_hat"], "bass": bass * 0.9}, set(), set()),
+        ("hat and kick", {"closed_hat": drums["closed_hat"], "kick": drums["kick"]}, set(),
+         set()),
     ]  # fmt: skip
 
 
@@ -266,7 +285,7 @@ def masking_scores(paths: list[str], labels: list[str], groups: list[str]) -> di
     for kit in TEST_KITS:
         sounds = {c: _pick(paths, labels, groups, kit, c) for c in STEM_CLASSES[:6]}
         for seed in (12, 13, 14):
-            for name, stems, planted in scenes(sounds, seed):
+            for name, stems, planted, unscored in scenes(sounds, seed):
                 names = list(stems)
                 audio = np.stack([stems[c] for c in names]).astype(np.float32)
                 an = MixdownAnalyser(sr=SR, channels=[0, 1])
@@ -279,6 +298,8 @@ def masking_scores(paths: list[str], labels: list[str], groups: list[str]) -> di
                         if a == b:
                             continue
                         pair = (a, b)
+                        if pair in unscored:
+                            continue
                         s = found.get(pair)
                         lo, hi = PLANTED_RANGES_HZ.get(pair, (0.0, 0.0))
                         hit = s is not None and s.lo_hz < hi and s.hi_hz > lo
@@ -301,7 +322,10 @@ def main() -> None:
     ap.add_argument("--root", type=Path, default=cache_dir() / "bench-mixdown",
                     help="where the bench library and synthetic sounds live (reused)")
     ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument("--parts", default="classes,multitrack,masking",
+                    help="comma-separated subset of classes, multitrack, masking")
     args = ap.parse_args()
+    parts = set(args.parts.split(","))
     if not DRUMKITS.is_dir():
         raise SystemExit(f"{DRUMKITS}: install Debian's hydrogen-drumkits")
     lib = build_library(args.root)
@@ -314,17 +338,25 @@ def main() -> None:
         "machine": f"{platform.machine()} {os.cpu_count()} cores, loaded shared 2-core box",
         "labelled_sounds": len(labels),
     }
-    results["classes_held_out"] = held_out_accuracy(x, labels, groups)
+    if "classes" in parts:
+        results["classes_held_out"] = held_out_accuracy(x, labels, groups)
+    if "masking" in parts:
+        results["masking_planted"] = masking_scores(paths, labels, groups)
+    if "multitrack" not in parts:
+        report(results, args.json, width=30)
+        return
     for i, kit in enumerate(TEST_KITS):
         results[f"multitrack[{kit}]"] = multitrack(x, labels, groups, paths, kit, 12 + i, encoder)
-    results["masking_planted"] = masking_scores(paths, labels, groups)
     mt = [results[f"multitrack[{k}]"] for k in TEST_KITS]
     results["loudness_max_error_lu"] = max(max(m["loudness_error_lu"].values()) for m in mt)
     cost = max(m["mixdown_ms_per_hop"] for m in mt)
-    anchor = max(m["encoder_ms_per_hop_8ch"] for m in mt)
+    anchor = max(m["encoder_ms_per_window_hop_8ch"] for m in mt) * HOP_S / WINDOW_HOP_S
+    worst = max(m["tick_ms"]["max"] for m in mt)
     results["cost_8ch"] = {"mixdown_ms_per_hop": round(cost, 2),
                            "hop_budget_ms": round(HOP_S * 1000, 1),
                            "share_of_budget": round(cost / (HOP_S * 1000), 4),
+                           "worst_tick_ms": worst,
+                           "worst_tick_fits_one_hop": worst <= HOP_S * 1000,
                            "ratio_to_aisfx_8ch_embed": round(cost / anchor, 3)}  # fmt: skip
     report(results, args.json, width=30)
 

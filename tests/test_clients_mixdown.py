@@ -194,6 +194,10 @@ def test_panel_mixdown_view_in_headless_chromium(
         width = js("return document.querySelector('.mix-ch[data-ch=\"0\"] .meter > span')"
                    ".style.width")  # fmt: skip
         assert float(width.rstrip("%")) > 0
+        bars = js("const cv = document.querySelector('.mix-ch[data-ch=\"1\"] .balance');"
+                  "const d = cv.getContext('2d').getImageData(0, 0, cv.width, cv.height).data;"
+                  "let n = 0; for (let i = 3; i < d.length; i += 4) n += d[i] > 0; return n;")
+        assert bars > 50  # the bass's 1/3-octave balance is drawn
         # --- masking heat map: hot pixels where the bass masks the kick, dark elsewhere
         wait.until(lambda _: js("return window.emberdState.mix.maskCells.some("
                                 "c => c.masker === 1 && c.maskee === 0 && c.value >= 0.9)"))

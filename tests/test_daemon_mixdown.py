@@ -134,3 +134,45 @@ def test_typed_messages_and_panel_json_never_carry_nan() -> None:
         json.dumps(to_json(t), allow_nan=False)  # browsers reject NaN in JSON
     assert to_json(typed[-1])["matrix"][2] == [None, None, None]
     assert to_json(mask)["fraction"][0][2][0] is None
+
+
+def test_reference_curves(tmp_path: Any) -> None:
+    import soundfile as sf
+
+    from emberd.daemon.mixdown import load_reference
+    from emberd.dsp.bands import third_octave_centres
+    from emberd.errors import EmberdError
+
+    bands = len(third_octave_centres(sr=SR))
+    pink = load_reference("pink", sr=SR)
+    assert pink.shape == (bands,) and np.ptp(pink) < 1e-9
+    csv = tmp_path / "target.csv"
+    csv.write_text("# Hz,dB\n20,6\n1000,0\n20000,-6\n")
+    tilt = load_reference(str(csv), sr=SR)
+    assert tilt[0] > tilt[-1] + 10
+    wav = tmp_path / "ref.wav"
+    sf.write(wav, _stems(2.0)[1], SR)  # the bass: all its energy low
+    ref = load_reference(str(wav), sr=SR)
+    assert ref.argmax() < 8
+    (tmp_path / "bad.csv").write_text("twenty,six\n")
+    with pytest.raises(EmberdError, match="Hz,dB"):
+        load_reference(str(tmp_path / "bad.csv"), sr=SR)
+    with pytest.raises(EmberdError):
+        load_reference(str(tmp_path / "missing.wav"), sr=SR)
+    an = MixdownAnalyser(sr=SR, channels=[0, 1, 2], reference_db=tilt)
+    last = _feed(an, _stems(1.0), 4096)[-1]
+    (loud, *_rest) = [m for m in _decoded(last) if m.kind == "loudness"]
+    assert loud.header["reference_db"] == [round(float(v), 2) for v in tilt]
+
+
+def test_cli_bad_reference_is_one_line(tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    from emberd.cli import main
+    from emberd.testing import smalllib
+
+    lib = smalllib.build_library(tmp_path, per_folder=3)
+    perf = smalllib.write_performance(tmp_path / "perf.wav", seconds=1.0)
+    rc = main(["run", "--library", str(lib), "--input", str(perf), "--model", smalllib.FAST_MODEL,
+               "--pace", "fast", "--zmq-pub", "tcp://127.0.0.1:0", "--control", "none",
+               "--mix-reference", str(tmp_path / "nope.wav")])  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "nope.wav" in err[0], err

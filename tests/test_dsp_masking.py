@@ -132,3 +132,20 @@ def test_masking_spreads_upwards_not_downwards() -> None:
     down = _track(np.stack([high_loud, low_quiet]).astype(np.float32)).scores()[0]
     assert up[0, 1, 2] == 1.0
     assert np.nansum(down[0, 1]) == 0.0
+
+
+def test_a_faint_part_of_the_maskee_is_not_worth_a_suggestion() -> None:
+    # A bright noise (7-12 kHz) with a faint 150 Hz hum holding ~5 % of its energy, under a
+    # loud 150 Hz bass: the hum is masked all the time, but it is not what the stem is.
+    rng = np.random.default_rng(4)
+    n = SR * 4
+    t = np.arange(n) / SR
+    sos = signal.butter(4, [7000, 12000], "bandpass", fs=SR, output="sos")
+    bright = signal.sosfilt(sos, rng.standard_normal(n))
+    bright *= 0.2 / np.sqrt(np.mean(bright**2))
+    hum = np.sqrt(2 * 0.05) * 0.2 * np.sin(2 * np.pi * 150 * t)  # 5 % of the bright power
+    bass = 0.8 * np.sin(2 * np.pi * 150 * t)
+    m = _track(np.stack([bright + hum, bass]).astype(np.float32))
+    fraction, _ = m.scores()
+    assert np.nanmax(fraction[1, 0]) == 1.0  # the hum is masked...
+    assert not m.suggestions(["bright", "bass"])  # ...but it is 5 % of the stem: no finding

@@ -98,3 +98,10 @@ def test_half_rate_stream_matches_batch(block: int) -> None:
     np.testing.assert_allclose(out, ref, atol=1e-6)
     k = np.arange(100, len(out))
     np.testing.assert_allclose(out[k], np.sin(2 * np.pi * 1000.0 * k / 22050.0), atol=0.01)
+
+
+def test_nothing_below_the_absolute_floor() -> None:
+    """A hit peaking near -85 dBFS over digital silence is below any producer's interest."""
+    y, _ = _place(2 * SR, [(0.5, "hat", -85.0), (1.2, "kick", -85.0)], noise_db=-200.0)
+    assert _detect(y) == []
+    assert len(_detect(y * np.float32(10 ** (60 / 20)))) == 2  # the same hits, 60 dB up

@@ -26,6 +26,11 @@ from emberd.testing.harness import jack_available, start_jackd, stop_process, wa
 # A Python process callback late on a loaded machine loses its cycle's events; 23 ms
 # periods keep the recorder and the sink in time on a shared 2-core box.
 JACK_PERIOD_FRAMES = 1024
+# A hit's note, after the first frame of its sound on the JACK clock: capture (a period),
+# the first refined answer (50 ms of sound + analysis), the MIDI port's next cycle, with
+# room for a loaded machine. The issue's goal (p50 <= 15 ms onset -> publish) is a bench
+# figure (bench/hits.py), not this bound.
+NOTE_BOUND_S = 0.3
 
 
 def test_velocity_follows_peak_level() -> None:
@@ -137,8 +142,7 @@ def test_midi_sink_sends_one_note_per_hit_over_jack(jack_server: Any, stage: str
                                                     (0x99, 38, velocity(-20.0))]
         note_frames = rec.notes_off()[0][0] - ons[0][0]
         assert abs(note_frames - 0.1 * rec.client.samplerate) <= rec.client.blocksize
-        sink = runners[0].sink
-        assert sink.sent == 2 and sink.unmapped == 2
+        assert runners[0].describe()["counters"] == {"notes": 2, "unmapped": 2}
     finally:
         outputs.close()
         for r in runners:
@@ -165,3 +169,114 @@ def test_midi_without_jack_server_is_one_line(monkeypatch: pytest.MonkeyPatch) -
     with pytest.raises(EmberdError, match="no JACK server"):
         factory({"port": "-"})
     assert os.environ["JACK_NO_START_SERVER"] == "1"
+
+
+class OneShotPlayer:
+    """A JACK client playing a buffer into PortAudio's capture port; records the JACK
+    frame time of the cycle that carries the buffer's first sample."""
+
+    def __init__(self, jack: Any) -> None:
+        self.client = jack.Client(f"midi-player-{uuid.uuid4().hex[:6]}", no_start_server=True)
+        self.port = self.client.outports.register("out")
+        self.data: Any = None
+        self.pos = -1
+        self.onset_frame: int | None = None
+        self.played = threading.Event()
+        self.client.set_process_callback(self._process)
+        self.client.activate()
+
+    def _process(self, frames: int) -> None:
+        out = self.port.get_array()
+        out[:] = 0.0
+        if self.data is not None and 0 <= self.pos < self.data.size:
+            if self.pos == 0:
+                self.onset_frame = self.client.last_frame_time
+            n = min(frames, self.data.size - self.pos)
+            out[:n] = self.data[self.pos : self.pos + n]
+            self.pos += n
+            if self.pos >= self.data.size:
+                self.played.set()
+
+    def play(self, data: Any) -> None:
+        self.played.clear()
+        self.onset_frame = None
+        self.pos = -1
+        self.data = data
+        self.pos = 0
+
+    def close(self) -> None:
+        self.client.deactivate()
+        self.client.close()
+
+
+def test_daemon_sends_the_hits_note_over_jack_midi(tmp_path: Path, jack_server: Any) -> None:
+    """End to end on a JACK dummy server: samples played into the daemon's JACK capture,
+    ``emberd run --midi RECORDER:in --midi-stage refined``; the recorder gets the General
+    MIDI note of each sample's folder, within NOTE_BOUND_S of the sample's first frame
+    (JACK frame clock). The refined stage (50 ms of sound): on these synthetic sounds the
+    provisional answer of a snare can be a pad (the hit ladder's accuracy is
+    bench/hits.py's business, not this test's)."""
+    import numpy as np
+    import soundfile as sf
+
+    from emberd.testing import smalllib
+    from emberd.testing.harness import Daemon
+
+    files = smalllib.write_sounds(tmp_path / "sounds", per_folder=2)
+    lib = tmp_path / "lib"
+    proc = smalllib.index([tmp_path / "sounds"], lib)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rec = MidiRecorder(jack_server)
+    player: OneShotPlayer | None = None
+    env = {"JACK_DEFAULT_SERVER": os.environ["JACK_DEFAULT_SERVER"], "JACK_NO_START_SERVER": "1"}
+    daemon = Daemon(["--library", str(lib), "--model", smalllib.FAST_MODEL, "--input",
+                     "default", "--channels", "0", "--device", "cpu", "--midi",
+                     f"{rec.client.name}:in", "--midi-stage", "refined", "--sink",
+                     f"ndjson:path={tmp_path / 'hits.ndjson'},topics=hit.,flush=1"],
+                    tmp_path / "daemon.log", env=env,
+                    osc_in=False)  # fmt: skip
+    delays_ms: list[float] = []
+    try:
+        daemon.start()
+        wait_for(lambda: "JACK" in daemon.status()["input"], 30, what="the JACK device")
+        wait_for(lambda: daemon.status()["hops"] > 20, 30, what="hops from JACK")
+        player = OneShotPlayer(jack_server)
+        targets = [p for p in player.client.get_ports(is_audio=True, is_input=True)
+                   if not p.name.startswith("system:")]  # PortAudio's capture port(s)
+        assert targets, [p.name for p in player.client.get_ports()]
+        for t in targets:
+            player.client.connect(player.port, t)
+        sr = rec.client.samplerate
+        expected = []
+        for pick in (0, 2, 4):  # a kick, a snare, a hat (smalllib's folder order)
+            data, file_sr = sf.read(files[pick], dtype="float32")
+            assert file_sr == sr
+            expected.append(GM_DRUM_NOTES[files[pick].parent.name.lower()])
+            before = len(rec.notes_on())
+            player.play(np.ascontiguousarray(data[: int(0.4 * sr)], np.float32))
+            assert player.played.wait(30), "the JACK player did not run"
+            try:
+                wait_for(lambda before=before: len(rec.notes_on()) > before, 10.0,
+                         what=f"a note for {files[pick].name}")  # fmt: skip
+            except TimeoutError:
+                st = daemon.status()
+                hits = [(h["header"]["stage"], [(m.get("path"), m.get("kind"), m.get("tags"))
+                         for m in h["header"]["matches"][:1]]) for h in map(json.loads, (
+                         tmp_path / "hits.ndjson").read_text().splitlines())]
+                raise AssertionError((st["outputs"]["midi"], hits)) from None
+            frame = rec.notes_on()[before][0]
+            assert player.onset_frame is not None
+            delays_ms.append((frame - player.onset_frame) / sr * 1000.0)
+            wait_for(lambda: len(rec.notes_off()) >= len(expected), 5.0, what="note-off")
+        notes = [n for _, _, n, _ in rec.notes_on()]
+        assert notes == expected, (notes, daemon.log_tail())
+        print(f"note after the sample's first frame: {[round(d, 1) for d in delays_ms]} ms")
+        assert all(0.0 <= d <= NOTE_BOUND_S * 1000.0 for d in delays_ms), delays_ms
+        outputs = daemon.status()["outputs"]
+        assert outputs["midi"]["counters"]["notes"] == 3 and outputs["midi"]["errors"] == 0
+    finally:
+        if player is not None:
+            player.close()
+        rc = daemon.stop()
+        rec.close()
+    assert rc == 0, daemon.log_tail()

@@ -8,8 +8,6 @@ points, found by ``importlib.metadata`` exactly as a user's would be.
 
 from __future__ import annotations
 
-import importlib
-import importlib.metadata as md
 import json
 import subprocess
 import sys
@@ -26,44 +24,17 @@ from emberd.clients import wire
 from emberd.daemon.app import Daemon, DaemonConfig
 from emberd.daemon.status import DaemonStats
 from emberd.errors import EmberdError
-from emberd.testing import smalllib
+from emberd.testing import plugpkgs, smalllib
 
-REPO = Path(__file__).resolve().parent.parent
-PACKAGES = {
-    "emberd-ndjson-sink": REPO / "examples" / "ndjson-sink",
-    "emberd-mfcc-encoder": REPO / "examples" / "encoder-plugin",
-    "emberd-test-plugins": REPO / "tests" / "plugin_pkgs" / "emberd-test-plugins",
-}
 MODEL = smalllib.FAST_MODEL
 RECV_TIMEOUT_MS = 20000
 BLOCK_S = 2  # seconds the blocking test sink sleeps per message
 TRANSIENT = ("publish_time", "latency_ms")  # stamped by each sink when it delivers
 
 
-def install_packages(names: list[str]) -> None:
-    """pip-install the named local plug-in packages unless that version is installed."""
-    import tomllib
-
-    missing = []
-    for name in names:
-        with open(PACKAGES[name] / "pyproject.toml", "rb") as f:
-            want = tomllib.load(f)["project"]["version"]
-        try:
-            have = md.version(name)
-        except md.PackageNotFoundError:
-            have = None
-        if have != want:
-            missing.append(str(PACKAGES[name]))
-    if missing:
-        proc = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
-                               *missing], capture_output=True, text=True)  # fmt: skip
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        importlib.invalidate_caches()
-
-
 @pytest.fixture(scope="module")
 def installed_plugins() -> None:
-    install_packages(list(PACKAGES))
+    plugpkgs.install(list(plugpkgs.PACKAGES))
 
 
 @pytest.fixture(scope="module")
@@ -276,6 +247,11 @@ def test_raising_and_blocking_sinks_change_nothing_for_the_others(
     assert outs["test-raising"]["errors"] >= 1 and outs["test-raising"]["published"] == 0
     assert outs["test-blocking"]["dropped"] > 0
     assert status["publisher_drops"]["test-blocking"] > 0
+    from emberd.clients.watch import outputs_text  # what `emberd watch` shows of it
+
+    line = outputs_text(status)
+    assert "zmq ok" in line and "ndjson ok" in line and "test-raising disabled" in line
+    assert f"test-blocking {outs['test-blocking']['dropped']} dropped" in line
 
 
 def test_encode_failure_of_one_message_is_counted_not_fatal() -> None:
@@ -433,6 +409,8 @@ def test_encoder_plugin_indexes_and_queries_a_library(
     e = _emberd("embed", str(files[0]), "--model", "mfcc-stats", "--out", str(out))
     assert e.returncode == 0, e.stderr[-2000:]
     assert np.load(out).shape[-1] == 60
+    listed = {r["name"]: r for r in json.loads(_emberd("models", "list", "--json").stdout)}
+    assert listed["mfcc-stats"]["origin"] == "plugin" and listed["mfcc-stats"]["dim"] == 60
 
 
 def test_encoder_plugin_nan_output_never_reaches_a_library(
@@ -467,3 +445,98 @@ def test_encoder_plugin_runs_live(
     assert matches and all(r["header"]["model"] == "mfcc-stats" for r in matches)
     final = rows[-1]["header"]["status"]
     assert final["final"] and final["provider"] == "plugin:emberd-mfcc-encoder"
+
+
+def test_swallowed_exceptions_are_counted_in_status_and_logged_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from emberd.daemon.status import swallowed
+
+    where = f"test place {threading.get_ident()}"
+    for _ in range(3):
+        try:
+            raise OSError("gone")
+        except OSError:
+            swallowed(where)
+    logged = [r for r in caplog.records if where in r.getMessage()]
+    assert len(logged) == 1 and logged[0].exc_info is not None
+    assert DaemonStats(0.0058).snapshot()["swallowed_errors"][where] == 3
+
+
+def test_broken_installed_analyzer_is_left_out_unless_asked_for(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An analyser runs without being asked for, so a broken one is one warning naming its
+    package (the daemon carries on) -- and exit 2 only with ``--analyzer NAME``."""
+    from emberd.daemon.analyzers import Analyzers
+
+    real = plugins.discover
+    broken = plugins.PluginInfo(plugins.GROUP_ANALYZERS, "broken-head",
+                                "emberd_no_such_module:factory", "broken-dist", "9.9")  # fmt: skip
+
+    def discover(group: str) -> list[plugins.PluginInfo]:
+        return real(group) + ([broken] if group == plugins.GROUP_ANALYZERS else [])
+
+    monkeypatch.setattr(plugins, "discover", discover)
+    loaded = Analyzers.load()
+    names = [s.info.name for s in loaded.slots]
+    assert "broken-head" not in names and {"tags", "levels", "similarity"} <= set(names)
+    warned = [r.getMessage() for r in caplog.records if "broken-head" in r.getMessage()]
+    assert len(warned) == 1 and "broken-dist 9.9" in warned[0] and "left out" in warned[0]
+    with pytest.raises(EmberdError, match="broken-dist"):
+        Analyzers.load(["broken-head"])
+
+
+def test_hit_analyzer_and_osc_hit_datagram() -> None:
+    """A hit analyser adds its field to hit.<c>; the built-in OSC sink turns the message
+    into /emberd/hit with the top answer."""
+    import socket
+
+    from emberd.clients import osc_format as fmt
+    from emberd.daemon.analyzers import Analyzers, AnalyzerSlot
+    from emberd.daemon.hits import HitResult
+    from emberd.daemon.outputs import Outputs, start_sinks
+
+    class Accent:
+        kind, stage = "hit", "hit"
+
+        def analyze(self, header: dict[str, Any]) -> dict[str, Any]:
+            return {"accent": header["peak_db"] > -10.0}
+
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rx.bind(("127.0.0.1", 0))
+    rx.settimeout(10)
+    stats = DaemonStats(0.0058)
+    runners = start_sinks([("osc", {"targets": "{}:{}".format(*rx.getsockname()),
+                                    "start_time": "99.0"})], stats, lossless=True)  # fmt: skip
+    slot = AnalyzerSlot(_Info.make("accent"), Accent(), "hit", "hit")
+    outputs = Outputs(runners, Analyzers([slot]), stats)
+    hit = HitResult(channel=1, hit=3, stage="final", onset_time=100.0, onset_s=1.0,
+                    capture_time=100.25, window_ms=245.0, peak_db=-6.0, model="m",
+                    matches=[{"path": "/lib/Snares/s.wav", "name": "s", "tags": ["Snares"],
+                              "kind": "exact", "confidence": 0.8}])  # fmt: skip
+    ((_, header, _),) = outputs.batch(hit).messages
+    assert header["accent"] is True
+    outputs.put(hit)
+    dgram = fmt.decode(rx.recv(65536))
+    outputs.close()
+    runners[0].join(5)
+    rx.close()
+    assert dgram.address == fmt.ADDR_HIT
+    assert dgram.args[3:6] == (1, 3, "final") and dgram.args[6] == 1000  # onset ms
+    assert "exact" in dgram.args and "/lib/Snares/s.wav" in dgram.args
+    assert runners[0].describe()["errors"] == 0
+
+
+def test_watch_shows_outputs_and_what_it_lost() -> None:
+    from rich.console import Console
+
+    from emberd.clients.watch import WatchState, render
+
+    state = WatchState(endpoint="tcp://127.0.0.1:5556", lost=3)
+    state.status = {"outputs": {"zmq": {"dropped": 0, "errors": 0, "disabled": False},
+                                "osc": {"dropped": 12, "errors": 0, "disabled": False}}}
+    console = Console(record=True, width=160)
+    console.print(render(state))
+    text = console.export_text()
+    assert "osc 12 dropped" in text and "zmq ok" in text and "this view lost 3" in text

@@ -30,9 +30,10 @@ from typing import Any
 
 from emberd.clients import osc_format as fmt
 from emberd.clients.wire import CONTROL_COMMANDS
+from emberd.cliopts import MAX_K
 from emberd.daemon.analysis import vote_tags
-from emberd.daemon.status import DaemonStats
-from emberd.daemon.worker import MAX_CAPTURE_S, MAX_K, Worker
+from emberd.daemon.status import DaemonStats, swallowed
+from emberd.daemon.worker import MAX_CAPTURE_S, Worker
 from emberd.daemon.zmqbind import bind_socket
 from emberd.errors import EmberdError
 
@@ -277,7 +278,7 @@ class ZmqControlServer(threading.Thread):
         try:
             return self.controller.handle(request)
         except Exception as exc:  # a bug must not kill the control channel
-            log.exception("control request failed")
+            swallowed("control request")
             return _error(f"internal error: {type(exc).__name__}")
 
 
@@ -364,7 +365,7 @@ class OscControlServer(threading.Thread):
         try:
             reply = self.controller.handle(request)
         except Exception as exc:  # a bug must not kill the OSC input
-            log.exception("OSC control request failed")
+            swallowed("OSC control request")
             reply = _error(f"internal error: {type(exc).__name__}")
         if not reply.get("ok"):
             with self._reply_lock:

@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from emberd.dsp.decimate import ToRate
-from emberd.dsp.onset import OnsetDetector
+from emberd.dsp.onset import FRAME_S, LOOKBACK_S, RISE_SPAN_S, OnsetDetector
 from emberd.library import hitindex as hx
 from emberd.library.waveform import PRE_ROLL_SAMPLES, SNIPPET_SAMPLES
 
@@ -60,7 +60,7 @@ REFINED_CANDIDATES = 64  # early-descriptor neighbours correlated at later stage
 CARRIED_CANDIDATES = 8  # best of the previous stage kept as candidates
 VOTE_CANDIDATES = 8  # best-correlated candidates voting for the instrument class (early)
 SIMILAR_TRUST_RHO = 0.5  # a near answer correlating this well is the answer, not the vote
-INSTRUMENT_S = 0.15  # from this much sound on, the template attack votes instead ...
+INSTRUMENT_S = FINAL_S  # with all of the sound, the template attack (186 ms) votes ...
 INSTRUMENT_VOTERS = 5  # ... its nearest files (5-NN: 0.67 on held-out kits, 1-NN 0.57)
 SOUNDING_MAX = 4  # previous sounds per channel whose tails are subtracted
 TAIL_PROBE = 220  # samples at a snippet's end (10 ms) that tell how loud its tail goes on
@@ -75,6 +75,7 @@ EXACT_MIN_MARGIN = 0.02  # ... and beat every other recording by this much
 GATE_MARGIN_DB = 12.0  # a window with no frame this far above the noise floor is silent
 GATE_ABSOLUTE_DB = -70.0  # dBFS RMS: a window quieter than this everywhere is silent
 GATE_FRAME_S = 0.0058  # frames whose RMS the level gate compares
+LEVEL_HISTORY_S = 120.0  # frame levels kept: fast file input may run ahead of the hops
 
 #: Logistic models ``P = 1 / (1 + exp(-(bias + sum w * feature)))``, fitted by
 #: bench/fit_hit_confidence.py on the tuning kits (1770 answers; see its docstring).
@@ -198,6 +199,7 @@ class _Channel:
     detector: OnsetDetector
     history: _History
     rate: ToRate  # input rate -> the ladder's
+    levels: _History  # RMS dB per GATE_FRAME_S frame, LEVEL_HISTORY_S of them (level gate)
     hits: list[_Hit] = field(default_factory=list)
     sounding: list[_Sounding] = field(default_factory=list)
     next_id: int = 0
@@ -250,6 +252,7 @@ class HitLadder:
         self._answers = 0
         self.evidence: list[dict[str, Any]] | None = None  # set to a list to record features
         sr = self.sr
+        self._gate_frame = max(1, round(GATE_FRAME_S * sr))
         self._stages = [
             ("provisional", round(PROVISIONAL_S * sr)),
             *[("refined", round(s * sr)) for s in REFINED_S],
@@ -257,7 +260,8 @@ class HitLadder:
         ]
         self._channels = [
             _Channel(n, OnsetDetector(sr=sr), _History(round(HISTORY_S * sr)),
-                     ToRate(self.sr_in, sr))
+                     ToRate(self.sr_in, sr),
+                     _History(round(LEVEL_HISTORY_S / GATE_FRAME_S)))
             for n in channels
         ]  # fmt: skip
 
@@ -277,17 +281,12 @@ class HitLadder:
         encoder window: the noise floor and digital silence are never matched.
         """
         ch = self._channels[c]
-        a = max(int(start / self._ratio), ch.history.end - len(ch.history.buf))
-        b = min(int(end / self._ratio), ch.history.end)
+        lv = ch.levels
+        a = max(int(start / self._ratio) // self._gate_frame, lv.end - len(lv.buf))
+        b = min(-(-int(end / self._ratio) // self._gate_frame), lv.end)
         if b <= a:
             return False
-        x = ch.history.get(a, b - a)
-        frame = max(1, round(GATE_FRAME_S * self.sr))
-        n = len(x) // frame * frame
-        if n == 0:
-            return False
-        loudest = float(np.max(np.mean(x[:n].reshape(-1, frame) ** 2, axis=1)))
-        level = 10.0 * math.log10(loudest) if loudest > 0 else -120.0
+        level = float(np.max(lv.get(a, b - a)))
         return level >= max(GATE_ABSOLUTE_DB, ch.detector.floor_db + GATE_MARGIN_DB)
 
     def describe(self) -> dict[str, Any]:
@@ -308,6 +307,7 @@ class HitLadder:
             return []
         pos = ch.history.end
         ch.history.append(x)
+        self._frame_levels(ch)
         out: list[HitResult] = []
         known, covered = self._known(ch, pos, len(x))
         for onset in ch.detector.push(x, known, covered):
@@ -320,6 +320,17 @@ class HitLadder:
             ch.hits.append(hit)
         out += self._advance(ch, until=ch.history.end)
         return out
+
+    def _frame_levels(self, ch: _Channel) -> None:
+        """Append the RMS (dB) of every GATE_FRAME_S frame the new samples complete."""
+        f = self._gate_frame
+        first, last = ch.levels.end, ch.history.end // f  # next frame .. complete frames
+        if last <= first:
+            return
+        x = ch.history.get(first * f, (last - first) * f).reshape(-1, f)
+        energy = np.mean(x.astype(np.float64) ** 2, axis=1)
+        ch.levels.append(np.maximum(10.0 * np.log10(np.maximum(energy, 1e-12)), -120.0)
+                         .astype(np.float32))  # fmt: skip
 
     def _known(
         self, ch: _Channel, start: int, n: int
@@ -334,6 +345,15 @@ class HitLadder:
             if b > a:
                 known += self.index.placed(s.row, s.gain, start - s.start, n)
                 covered[a - start : b - start] = True
+        # Where a prediction has just ended, its sound comes back into the residual of the
+        # others: compare raw levels there (no residual "rise") until the detector's
+        # look-back has passed.
+        guard = round((LOOKBACK_S + RISE_SPAN_S + FRAME_S) * self.sr)
+        for s in ch.sounding:
+            end = s.start + SNIPPET_SAMPLES
+            a, b = max(end, start), min(end + guard, start + n)
+            if b > a:
+                covered[a - start : b - start] = False
         return (known, covered) if covered.any() else (None, None)
 
     def flush(self) -> list[HitResult]:
@@ -457,13 +477,19 @@ class HitLadder:
                 "best_path": self._path(index, int(rows[best])),
                 "vote_path": self._path(index, int(rows[voted])),
             })  # fmt: skip
-        if hit.exact is not None and hit.exact[0] == int(rows[best]):
-            p_exact = max(p_exact, hit.exact[1])  # more sound (or more noise) keeps the claim
-        if is_exact(p_exact, float(rho[best]), margin) or (
-            hit.exact is not None and hit.exact[0] == int(rows[best])
-        ):
+        claimed = (
+            int(np.nonzero(rows == hit.exact[0])[0][0])
+            if hit.exact is not None and hit.exact[0] in rows.tolist() else None
+        )  # fmt: skip
+        if is_exact(p_exact, float(rho[best]), margin):
             answer, kind, confidence = best, "exact", p_exact
-            hit.exact = (int(rows[best]), p_exact)
+            if claimed == best:  # more sound (or more noise) does not weaken the claim
+                confidence = max(p_exact, hit.exact[1]) if hit.exact else p_exact
+            hit.exact = (int(rows[best]), confidence)
+        elif claimed is not None and hit.exact is not None:
+            # An earlier stage was sure and nothing now is: its file stays the answer (a
+            # quiet hit sinking into the noise or under the next sound loses evidence).
+            answer, kind, confidence = claimed, "exact", hit.exact[1]
         else:  # the best-correlated file when the waveform says enough, else the vote
             same = index.classes[int(rows[best])] == index.classes[int(rows[voted])]
             trust = float(rho[best]) >= SIMILAR_TRUST_RHO

@@ -21,15 +21,17 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from emberd.clients import osc_format as fmt
 from emberd.clients import wire
-from emberd.dsp.bands import SpectralBalance
+from emberd.dsp.bands import SpectralBalance, band_matrix, spectrum_power
 from emberd.dsp.loudness import LoudnessMeter
 from emberd.dsp.masking import TICK_S, MaskingTracker, Suggestion
+from emberd.errors import EmberdError
 from emberd.library.classes import CLASS_LABELS
 from emberd.library.classifier import ClassHead, head_path
 
@@ -105,7 +107,7 @@ class MixdownAnalyser:
         self.masking = MaskingTracker(sr=self.sr, channels=c)
         self.balance = SpectralBalance(sr=self.sr, channels=c)
         self.tick = round(TICK_S * self.sr)
-        self._history = max(self.masking.n_fft, self.balance.n_fft)
+        self._history = self.balance.n_fft
         # Newest audio: the FFT windows read its end; new samples wait at [hist: hist + pending].
         self._buf = np.zeros((c, self._history + self.tick), np.float32)
         self._pending = 0
@@ -152,9 +154,13 @@ class MixdownAnalyser:
         self._buf[:, : self._history] = self._buf[:, self.tick :]
         self._pending = 0
         self._samples += self.tick
-        hist = self._buf[:, : self._history]
-        self.masking.update_frames(hist[:, -self.masking.n_fft :])
-        self.balance.update(hist[:, -self.balance.n_fft :], TICK_S)
+        # One FFT per tick serves both band sets (the masking bands at a 186 ms window).
+        n = self.balance.n_fft
+        spec = spectrum_power(self._buf[:, self._history - n : self._history], n_fft=n)
+        self.masking.update(spec @ band_matrix(sr=self.sr, n_fft=n, edges=self.masking.edges).T)
+        self.balance.update_power(
+            spec @ band_matrix(sr=self.sr, n_fft=n, edges=self.balance.edges).T, TICK_S
+        )
         due_loud = self._samples >= self._next_loudness
         due_mask = self._samples >= self._next_masking
         if not due_loud and not due_mask:
@@ -205,6 +211,34 @@ class MixdownAnalyser:
         result.margin_db = margin
         result.band_edges_hz = self.masking.edges
         result.suggestions = self.masking.suggestions(self.names(result.signal))
+
+
+def load_reference(spec: str, *, sr: int) -> np.ndarray:
+    """A target 1/3-octave curve for ``--mix-reference`` (dB, same bands as the balance).
+
+    ``pink`` is flat per 1/3 octave (pink noise); a ``.csv`` file holds ``Hz,dB``
+    lines; any other file is audio whose long-term balance becomes the target.
+
+    Raises
+    ------
+    EmberdError
+        The file cannot be read (one line, the CLI exits 2).
+    """
+    from emberd.dsp.bands import reference_curve, reference_from_audio, third_octave_centres
+    from emberd.dsp.sources import load_audio
+
+    centres = third_octave_centres(sr=sr)
+    if spec == "pink":
+        return reference_curve([(20.0, 0.0), (20000.0, 0.0)], centres=centres)
+    if spec.lower().endswith(".csv"):
+        try:
+            rows = [line.split(",") for line in Path(spec).read_text().splitlines() if line.strip()]
+            points = [(float(r[0]), float(r[1])) for r in rows if not r[0].strip().startswith("#")]
+            return reference_curve(points, centres=centres)
+        except (OSError, ValueError, IndexError) as exc:
+            raise EmberdError(f"--mix-reference {spec}: need lines of Hz,dB ({exc})") from None
+    y, _info = load_audio(spec, sr=sr, mono=True)
+    return reference_from_audio(y, sr=sr)
 
 
 def class_data(library: Any, model: str) -> tuple[ClassHead | None, np.ndarray | None]:

@@ -46,7 +46,7 @@ from emberd.daemon.analyzers import Analyzers
 from emberd.daemon.handoff import Handoff
 from emberd.daemon.hits import HitResult
 from emberd.daemon.mixdown import MixdownResult, zmq_messages
-from emberd.daemon.status import DaemonStats
+from emberd.daemon.status import DaemonStats, swallowed
 from emberd.daemon.worker import EndOfStream, HopResult, Item, StatusItem
 from emberd.errors import EmberdError
 
@@ -174,11 +174,16 @@ class SinkRunner(threading.Thread):
     def _deliver(self, batch: Batch) -> None:
         c = self.counters
         publish = self.sink.publish
-        for i, (topic, header, array) in enumerate(batch.messages):
+        # One stamp per item: a hop's messages leave within microseconds of each other
+        # (a hit, the latency-critical message, is an item of its own).
+        now = time.time()
+        done = 0
+        for topic, header, array in batch.messages:
             h = header.copy()  # the same header object goes to every sink's thread
-            h["publish_time"] = now = time.time()
+            h["publish_time"] = now
             if "onset_time" in h:  # a hit: onset -> this sink's publish
                 h["latency_ms"] = round((now - h["onset_time"]) * 1000.0, 3)
+            done += 1
             try:
                 publish(topic, h, array)
             except Exception as exc:  # third-party code: counted, logged once, maybe disabled
@@ -190,14 +195,16 @@ class SinkRunner(threading.Thread):
                                 self.info.label, exc_info=True)  # fmt: skip
                 if self._consecutive >= MAX_CONSECUTIVE_ERRORS:
                     c.disabled = True
-                    c.queue_dropped += len(batch.messages) - i - 1
+                    c.queue_dropped += len(batch.messages) - done
                     log.warning("sink %s: disabled after %d failures in a row; the other "
                                 "outputs carry on", self.info.label, self._consecutive)  # fmt: skip
                     return
                 continue
             self._consecutive = 0
             c.published += 1
-        c.transport_dropped = int(getattr(self.sink, "dropped", 0) or 0)
+        dropped = getattr(self.sink, "dropped", None)
+        if dropped is not None:
+            c.transport_dropped = int(dropped)
         if batch.hop:
             self._latency.add((time.time() - batch.capture_time) * 1000.0)
 
@@ -213,7 +220,14 @@ class SinkRunner(threading.Thread):
         self.counters.transport_dropped = int(getattr(self.sink, "dropped", 0) or 0)
 
     def describe(self) -> dict[str, Any]:
-        return self.counters.describe(self.info.dist, len(self.handoff))
+        d = self.counters.describe(self.info.dist, len(self.handoff))
+        counters = getattr(self.sink, "counters", None)
+        if callable(counters):  # a sink's own figures (e.g. MIDI notes sent), read as is
+            try:
+                d["counters"] = {str(k): int(v) for k, v in dict(counters()).items()}
+            except Exception:  # third-party code on the status path: counted, never fatal
+                swallowed(f"sink {self.output} counters()")
+        return d
 
 
 class Outputs:

@@ -276,6 +276,10 @@ class MidiSink:
                       velocity(float(header.get("peak_db", -120.0)), self.floor_db))  # fmt: skip
         self.sent += 1
 
+    def counters(self) -> dict[str, int]:
+        """``outputs.midi.counters`` in status."""
+        return {"notes": self.sent, "unmapped": self.unmapped}
+
     def close(self) -> None:
         self.out.close()
 

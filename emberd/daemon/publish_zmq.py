@@ -9,8 +9,11 @@ built -- ``match.<c>``, ``tag.<c>``, ``level.<c>``, ``emb.<c>``, ``similarity``,
 ``[topic, JSON header, raw array?]`` (:func:`emberd.clients.wire.pack`). Hop messages
 carry ``hop`` (the hop number) and ``stream_s`` (where the hop's newest audio starts).
 The send high-water mark is explicit (:data:`SNDHWM_MESSAGES`); a slow subscriber loses
-messages (gaps in its per-topic ``seq``, and ``dropped`` here when the socket says so),
-it never slows the daemon. A subscriber that joins late asks the control channel for
+messages, it never slows the daemon. PUB drops at a subscriber's HWM silently and libzmq
+counts nothing (``XPUB_NODROP`` would make one stalled subscriber cost every other one its
+messages), so those losses show where they happen: as gaps in the subscriber's per-topic
+``seq`` (``emberd watch`` reports them). ``dropped`` counts the sends the socket refused.
+A subscriber that joins late asks the control channel for
 ``status``.
 
 Options: ``endpoint`` (default ``tcp://127.0.0.1:5556``; loopback unless ``listen_any=1``),
@@ -59,7 +62,7 @@ class ZmqSink:
         self._sock = bind_socket(self, zmq.PUB, {zmq.SNDHWM: SNDHWM_MESSAGES})
         if self._sock is None:
             self.context.term()
-            raise EmberdError(f"--zmq-pub {endpoint}: cannot bind ({self.error})")
+            raise EmberdError(f"--zmq {endpoint}: cannot bind ({self.error})")
         self._noblock = zmq.NOBLOCK
         self._again = zmq.Again
 
@@ -87,7 +90,7 @@ def factory(options: dict[str, str]) -> ZmqSink:
     from emberd.daemon import netpolicy
 
     endpoint = netpolicy.check_zmq_endpoint(
-        options.get("endpoint", wire.DEFAULT_PUB_ENDPOINT), "--zmq-pub",
+        options.get("endpoint", wire.DEFAULT_PUB_ENDPOINT), "--zmq",
         listen_any=options.get("listen_any", "0") == "1",
     )  # fmt: skip
     return ZmqSink(endpoint, embedding=options.get("embedding", "1") != "0")

@@ -11,7 +11,8 @@ in part, ``/emberd/status``):
 
 ``model``, ``provider`` (active ONNX Runtime execution provider), ``encoder``
 (``windowed`` or ``streaming``), ``channels``, ``sr``, ``hop_ms``, ``k``, ``paused``,
-``input``, ``library``, ``start_time`` (Unix s), ``uptime_s``, ``hops``,
+``input``, ``library``, ``start_time`` (Unix s), ``uptime_s``, ``hops``, ``matched_hops``
+(hops with a match on any channel),
 ``latency_p50_ms`` / ``latency_p99_ms`` (capture of the first sample of a hop ->
 its last datagram sent; the slowest transport), ``latency_ms_by_transport``,
 ``inference_ms`` / ``inference_p99_ms`` (encoder call per hop, all channels),
@@ -25,19 +26,37 @@ control requests and OSC datagrams), ``rejected_control``, ``rejected_osc``,
 ``publisher_drops`` (hops dropped by each output's full handoff), ``outputs`` (per output:
 messages ``published``, ``dropped`` = ``queue_dropped`` + ``transport_dropped``, ``errors``,
 ``disabled``, ``queued``; see :mod:`emberd.daemon.outputs`), ``analyzers`` (per analyser:
-``calls``, ``errors``, ``disabled``).
+``calls``, ``errors``, ``disabled``), ``swallowed_errors`` (per place, exceptions caught
+and not re-raised since the process started; see :func:`swallowed`).
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from typing import Any
 
 import numpy as np
 
+log = logging.getLogger(__name__)
+
 STATS_WINDOW_HOPS = 2048  # latest hops in the percentile figures (47 s at 23 ms)
 JITTER_WINDOW_BLOCKS = 8192  # latest block intervals in the jitter figure
+
+
+_SWALLOWED: dict[str, int] = {}  # place -> exceptions caught there and not re-raised
+
+
+def swallowed(where: str) -> None:
+    """Count an exception that is caught and not re-raised (call it in the ``except``
+    block); the first one per place is logged with its traceback, every one reaches
+    status as ``swallowed_errors`` (counts since the process started)."""
+    n = _SWALLOWED.get(where, 0) + 1
+    _SWALLOWED[where] = n
+    if n == 1:
+        log.warning("%s failed (counted in status swallowed_errors from now on)", where,
+                    exc_info=True)  # fmt: skip
 
 
 class _Ring:
@@ -70,7 +89,8 @@ class DaemonStats:
 
     * ``latency_rings[t]`` (publisher of transport t -> snapshot)
     * ``inference_ms``, ``hop_work_ms`` rings (publisher/worker -> snapshot)
-    * ``hops``, ``skipped_hops`` (worker -> snapshot)
+    * ``hops``, ``matched_hops``, ``last_top1``, ``skipped_hops`` (worker -> snapshot,
+      the run command's status line)
     * ``rejected_control``, ``rejected_osc`` (control threads -> snapshot; each
       counter has a single writer thread)
     * ``info`` dict of static-ish facts (app/worker on model change -> snapshot)
@@ -85,6 +105,8 @@ class DaemonStats:
         self.hop_work_ms = _Ring(STATS_WINDOW_HOPS)
         self.block_interval_ms = _Ring(JITTER_WINDOW_BLOCKS)
         self.hops = 0
+        self.matched_hops = 0  # hops with a match on any channel
+        self.last_top1 = ""  # name of the latest top-1 (the run command's status line)
         self.skipped_hops = 0
         self.rejected_control = 0
         self.rejected_osc = 0
@@ -127,6 +149,7 @@ class DaemonStats:
             start_time=self.start_time,
             uptime_s=round(time.perf_counter() - self.start_mono, 3),
             hops=self.hops,
+            matched_hops=self.matched_hops,
             latency_p50_ms=round(max(lat50.values(), default=0.0), 3),
             latency_p99_ms=round(max(lat99.values(), default=0.0), 3),
             latency_ms_by_transport={
@@ -148,6 +171,7 @@ class DaemonStats:
             rejected_control=self.rejected_control,
             rejected_osc=self.rejected_osc,
         )
+        status["swallowed_errors"] = dict(_SWALLOWED)
         if self.outputs is not None:
             status["outputs"] = self.outputs.describe()
             status["analyzers"] = self.outputs.describe_analyzers()

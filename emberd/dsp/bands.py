@@ -108,6 +108,17 @@ def _window(n_fft: int) -> tuple[np.ndarray, float]:
     return w, float(np.sum(w * w))
 
 
+def spectrum_power(frames: np.ndarray, *, n_fft: int) -> np.ndarray:
+    """One-sided power spectrum ``[C, n_fft // 2 + 1]`` of Hann-windowed ``frames [C, n_fft]``,
+    scaled so that summing it over a band gives the mean square inside the band."""
+    w, norm = _window(n_fft)
+    spec = np.fft.rfft(np.asarray(frames, np.float32) * w, axis=1)
+    power = spec.real**2 + spec.imag**2
+    power[:, 1:-1] *= 2.0  # one-sided
+    power /= n_fft * norm
+    return power
+
+
 def band_powers(
     frames: np.ndarray, *, sr: int, n_fft: int, edges: Sequence[float] | np.ndarray
 ) -> np.ndarray:
@@ -121,11 +132,7 @@ def band_powers(
     numpy.ndarray
         ``[C, n_bands]`` float64.
     """
-    w, norm = _window(n_fft)
-    spec = np.fft.rfft(np.asarray(frames, np.float32) * w, axis=1)
-    power = spec.real**2 + spec.imag**2
-    power[:, 1:-1] *= 2.0  # one-sided
-    power /= n_fft * norm
+    power = spectrum_power(frames, n_fft=n_fft)
     return (power @ band_matrix(sr=sr, n_fft=n_fft, edges=edges).T).astype(np.float64)
 
 
@@ -157,7 +164,12 @@ class SpectralBalance:
 
     def update(self, frames: np.ndarray, dt_s: float) -> np.ndarray:
         """Average in the newest window ``[C, n_fft]``, ``dt_s`` after the last; return it."""
-        now = band_powers(frames, sr=self.sr, n_fft=self.n_fft, edges=self.edges)
+        return self.update_power(
+            band_powers(frames, sr=self.sr, n_fft=self.n_fft, edges=self.edges), dt_s
+        )
+
+    def update_power(self, now: np.ndarray, dt_s: float) -> np.ndarray:
+        """Average in the newest band powers ``[C, bands]`` (mean square per 1/3 octave)."""
         alpha = 1.0 if not self._started else 1.0 - math.exp(-dt_s / BALANCE_TAU_S)
         self.power += alpha * (now - self.power)
         self._started = True

@@ -172,7 +172,9 @@ class LoudnessMeter:
         self._sub_raw = np.zeros((c, self._n_short), np.float64)
         self._sub_peak = np.zeros((c, self._n_short), np.float64)
         self._subs = 0  # completed sub-blocks since reset
-        self._blocks: list[np.ndarray] = []  # 400 ms gating-block mean squares, [C] each
+        # 400 ms gating-block mean squares [C, n]; grown by doubling (no per-call stacking).
+        self._blocks = np.zeros((c, 64), np.float64)
+        self._n_blocks = 0
         self.true_peak = np.zeros(c, np.float64)  # linear, since reset
 
     # ------------------------------------------------------------------ input
@@ -211,7 +213,10 @@ class LoudnessMeter:
         self._acc_n = 0
         self._subs += 1
         if self._subs >= self._n_mom:
-            self._blocks.append(self._window(self._sub_k, self._n_mom))
+            if self._n_blocks == self._blocks.shape[1]:
+                self._blocks = np.concatenate([self._blocks, np.zeros_like(self._blocks)], axis=1)
+            self._blocks[:, self._n_blocks] = self._window(self._sub_k, self._n_mom)
+            self._n_blocks += 1
 
     def _true_peak(self, x: np.ndarray) -> None:
         taps = self._phases.shape[1]
@@ -244,9 +249,9 @@ class LoudnessMeter:
 
     def integrated(self) -> np.ndarray:
         """Gated integrated loudness per stem since the last reset (LUFS)."""
-        if not self._blocks:
+        if self._n_blocks == 0:
             return np.full(self.channels, SILENCE_LUFS)
-        z = np.stack(self._blocks, axis=1)
+        z = self._blocks[:, : self._n_blocks]
         return np.array([gated_loudness(z[c]) for c in range(self.channels)])
 
     def true_peak_db(self) -> np.ndarray:

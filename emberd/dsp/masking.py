@@ -23,8 +23,10 @@ each of Zwicker's critical bands ``z`` (:func:`emberd.dsp.bands.critical_band_ed
 Over the last :data:`WINDOW_S` seconds the model keeps, per ordered pair and
 band, the **score** ``fraction`` = ticks masked / ticks the maskee played, and
 the mean margin (dB) when masked.  :meth:`MaskingTracker.suggestions` turns
-runs of adjacent bands whose score is at least :data:`SUGGEST_FRACTION` into
-sentences such as "bass masks kick at 50-150 Hz by ~6 dB for 70 % of the time
+runs of adjacent bands whose score is at least :data:`SUGGEST_FRACTION`, and
+which hold at least :data:`MIN_ENERGY_SHARE` of the maskee's energy over the
+window (a hat's faint low-frequency bleed under a bass is not worth a word),
+into sentences such as "bass masks kick at 50-150 Hz by ~6 dB for 70 % of the time
 kick played in the last 10 s".
 
 It is a mixing aid, not a psychoacoustic predictor: no tonality correction,
@@ -44,10 +46,11 @@ TICK_S = 0.1  # one analysis per 100 ms (the loudness sub-block)
 N_FFT_S = 0.09  # FFT window ~ one tick (4096 samples at 44.1 kHz)
 WINDOW_S = 10.0  # how far back the scores look
 MASKING_MARGIN_DB = 0.0  # masker excitation at least as loud as the maskee's band
-BAND_RANGE_DB = 30.0  # a band counts for the maskee when within this of its loudest band
+BAND_RANGE_DB = 15.0  # a band counts for the maskee when within this of its loudest band
 BAND_FLOOR_DB = -80.0  # ... and above this (dBFS mean square in the band)
-ACTIVE_RANGE_DB = 20.0  # the maskee plays when within this of its loudest tick in the window
+ACTIVE_RANGE_DB = 12.0  # the maskee plays when within this of its loudest tick in the window
 SUGGEST_FRACTION = 0.5  # a band is reported when masked at least this share of the time
+MIN_ENERGY_SHARE = 0.1  # ... and the run of bands holds at least this share of the maskee's energy
 LOWEST_SHOWN_HZ = 20.0  # the first critical band starts at 0 Hz; say "20 Hz"
 MIN_ACTIVE_TICKS = 3  # a pair-band needs this many ticks of the maskee playing to get a score
 
@@ -111,6 +114,7 @@ class MaskingTracker:
         self._masked = np.zeros((n_ticks, c, c, b), bool)
         self._margin = np.zeros((n_ticks, c, c, b), np.float32)
         self._playing = np.zeros((n_ticks, c, b), bool)
+        self._power = np.zeros((n_ticks, c, b), np.float32)
         self._total_db = np.full((n_ticks, c), -np.inf)
         self._ticks = 0
         self._off_diag = ~np.eye(c, dtype=bool)[:, :, None]
@@ -142,6 +146,7 @@ class MaskingTracker:
         self._masked[i] = masked
         self._margin[i] = margin
         self._playing[i] = playing
+        self._power[i] = power
         self._ticks += 1
 
     def _filled(self) -> int:
@@ -177,30 +182,32 @@ class MaskingTracker:
             Most findings returned.
         """
         fraction, margin = self.scores()
+        n = self._filled()
+        energy = self._power[:n].sum(axis=0)  # [C, bands] over the window
+        share = energy / np.maximum(energy.sum(axis=1, keepdims=True), 1e-30)
         found: list[Suggestion] = []
         hot = np.nan_to_num(fraction) >= SUGGEST_FRACTION
-        for a in range(self.channels):
-            for b in range(self.channels):
-                if a == b:
+        for a, b in zip(*np.nonzero(hot.any(axis=2)), strict=True):  # pairs with a hot band
+            z = 0
+            while z < self.bands:
+                if not hot[a, b, z]:
+                    z += 1
                     continue
-                z = 0
-                while z < self.bands:
-                    if not hot[a, b, z]:
-                        z += 1
-                        continue
-                    start = z
-                    while z < self.bands and hot[a, b, z]:
-                        z += 1
-                    run = slice(start, z)
-                    frac = float(np.mean(fraction[a, b, run]))
-                    db = float(np.mean(margin[a, b, run]))
-                    lo = max(float(self.edges[start]), LOWEST_SHOWN_HZ)
-                    hi = float(self.edges[z])
-                    text = (
-                        f"{names[a]} masks {names[b]} at {_fmt_hz(lo)}\u2013{_fmt_hz(hi)} "
-                        f"by ~{max(db, 0.0):.0f} dB for {frac * 100:.0f} % of the time "
-                        f"{names[b]} played in the last {self.window_s:.0f} s"
-                    )
-                    found.append(Suggestion(a, b, lo, hi, db, frac, text))
+                start = z
+                while z < self.bands and hot[a, b, z]:
+                    z += 1
+                run = slice(start, z)
+                if float(share[b, run].sum()) < MIN_ENERGY_SHARE:
+                    continue  # a part of the maskee too faint to matter (a hat's low bleed)
+                frac = float(np.mean(fraction[a, b, run]))
+                db = float(np.mean(margin[a, b, run]))
+                lo = max(float(self.edges[start]), LOWEST_SHOWN_HZ)
+                hi = float(self.edges[z])
+                text = (
+                    f"{names[a]} masks {names[b]} at {_fmt_hz(lo)}\u2013{_fmt_hz(hi)} "
+                    f"by ~{max(db, 0.0):.0f} dB for {frac * 100:.0f} % of the time "
+                    f"{names[b]} played in the last {self.window_s:.0f} s"
+                )
+                found.append(Suggestion(int(a), int(b), lo, hi, db, frac, text))
         found.sort(key=lambda s: -(s.fraction * (1.0 + max(s.margin_db, 0.0))))
         return found[:limit]

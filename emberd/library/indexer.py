@@ -248,6 +248,8 @@ class Indexer:
         Decoder worker processes; 0 decodes in this process.
     threads : int
         Encoder threads.
+    on_wait : callable, optional
+        ``on_wait(holder)`` when another ``emberd index`` holds the library (we wait).
     """
 
     def __init__(
@@ -258,11 +260,19 @@ class Indexer:
         jobs: int = 0,
         threads: int = 2,
         skip_silence: bool | None = None,
+        on_wait: Callable[[str], None] | None = None,
     ) -> None:
+        from emberd.library.librarylock import lock_for_writing
         from emberd.models.registry import resolve
 
         self.manifest = resolve(model)  # before touching the library: unknown model -> no writes
-        self.store = Store(library)
+        # One writer per library: a second `emberd index` waits here (librarylock).
+        self._lock = lock_for_writing(library, on_wait)
+        try:
+            self.store = Store(library)
+        except BaseException:
+            self._lock.close()
+            raise
         self.model = model
         self.jobs = jobs
         self.threads = threads
@@ -271,8 +281,9 @@ class Indexer:
         self._encoder: Any = None
 
     def close(self) -> None:
-        """Close the library database."""
+        """Close the library database and let the next writer in."""
         self.store.close()
+        self._lock.close()
 
     def plan(
         self, result: ScanResult, roots: list[str]

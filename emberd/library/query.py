@@ -107,8 +107,13 @@ class Library:
         self._tpl: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str], *, search: str = "auto") -> Library:
-        """Open an existing library read-only.
+    def open(cls, path: str | os.PathLike[str], *, search: str = "auto",
+             wait: bool = True) -> Library:
+        """Open an existing library read-only, at one whole generation.
+
+        The library is read as it was when it was opened, before or after any
+        ``emberd index`` run, never half-way through one
+        (:mod:`emberd.library.librarylock`).
 
         Parameters
         ----------
@@ -116,15 +121,26 @@ class Library:
             Library folder made by ``emberd index``.
         search : {"auto", "exact", "annoy"}
             Back end choice (auto: exact up to EXACT_MAX_ITEMS items).
+        wait : bool
+            While ``emberd index`` writes the library: wait for it to finish
+            (True), or raise (False: the daemon keeps the generation it has).
 
         Raises
         ------
         EmberdError
-            Not a library, a newer or damaged one.
+            Not a library, a newer or damaged one; being indexed and ``wait`` False.
         """
+        from emberd.library.librarylock import start_snapshot
+
         if search not in SEARCH_MODES:
             raise EmberdError(f"search={search!r}: choose from {', '.join(SEARCH_MODES)}")
-        return cls(Store(path, create=False), search)
+        store = Store(path, create=False)
+        try:
+            start_snapshot(store.conn, store.path, wait=wait)
+        except BaseException:
+            store.close()
+            raise
+        return cls(store, search)
 
     def close(self) -> None:
         """Release the database and unmap indexes."""

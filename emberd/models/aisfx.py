@@ -39,9 +39,11 @@ import hashlib
 import io
 import json
 import logging
+import os
 import pickle
 import subprocess
 import sys
+import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,29 +132,42 @@ def fetch_wheel(cache_dir: Path) -> Path:
     EmberdError
         If the downloaded wheel's hash is wrong.
     """
+    from emberd.locks import file_lock
+
     cache_dir.mkdir(parents=True, exist_ok=True)
     wheel = cache_dir / WHEEL_NAME
-    if not wheel.is_file():
-        cmd = [
-            sys.executable, "-m", "pip", "download", f"aisfx=={AISFX_VERSION}",
-            "--no-deps", "--only-binary=:all:", "--disable-pip-version-check",
-            "--retries", "2",  # offline: fail in seconds, then fall back
-            "-d", str(cache_dir),
-        ]  # fmt: skip
-        log.info("downloading aiSFX %s: %s", AISFX_VERSION, " ".join(cmd))
-        try:
-            proc = subprocess.run(
-                cmd, capture_output=True, text=True, timeout=PIP_TIMEOUT_S, check=False
-            )
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise ComponentMissing(f"aisfx: pip download failed: {exc}") from exc
-        if proc.returncode != 0 or not wheel.is_file():
-            last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-            raise ComponentMissing(
-                f"aisfx: 'pip download aisfx=={AISFX_VERSION}' failed ({last}); "
-                "check your network or pip configuration"
-            )
+    # One download at a time per cache; pip writes into a private folder and the wheel
+    # appears by rename, so no process ever reads a half-copied wheel.
+    with file_lock(cache_dir / f".{WHEEL_NAME}.lock", "pip download aisfx"):
+        if not wheel.is_file():
+            with tempfile.TemporaryDirectory(prefix=".aisfx-download-", dir=cache_dir) as tmp:
+                _pip_download(Path(tmp))
+                os.replace(Path(tmp) / WHEEL_NAME, wheel)
     return verify_wheel(wheel)
+
+
+def _pip_download(dest: Path) -> None:
+    """``pip download`` the aiSFX wheel into ``dest`` (raises ComponentMissing on failure)."""
+    wheel = dest / WHEEL_NAME
+    cmd = [
+        sys.executable, "-m", "pip", "download", f"aisfx=={AISFX_VERSION}",
+        "--no-deps", "--only-binary=:all:", "--disable-pip-version-check",
+        "--retries", "2",  # offline: fail in seconds, then fall back
+        "-d", str(dest),
+    ]  # fmt: skip
+    log.info("downloading aiSFX %s: %s", AISFX_VERSION, " ".join(cmd))
+    try:
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=PIP_TIMEOUT_S, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise ComponentMissing(f"aisfx: pip download failed: {exc}") from exc
+    if proc.returncode != 0 or not wheel.is_file():
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise ComponentMissing(
+            f"aisfx: 'pip download aisfx=={AISFX_VERSION}' failed ({last}); "
+            "check your network or pip configuration"
+        )
 
 
 # ------------------------------------------------------------ torch-free checkpoint

@@ -36,7 +36,8 @@ function mixChannel(ch) {
     div.dataset.ch = ch;
     div.innerHTML = `<span class="mname">ch ${ch}</span><span class="cls">–</span>
       <div class="meter" title="momentary loudness, ${METER_FLOOR_LUFS} to 0 LUFS"><span></span></div>
-      <span class="lufs">no signal</span>`;
+      <span class="lufs">no signal</span>
+      <canvas class="balance" width="300" height="34" title="1/3-octave balance (dB re the stem's total); line: the reference"></canvas>`;
     const list = $("mix");
     const after = [...list.children].find((c) => Number(c.dataset.ch) > ch);
     list.insertBefore(div, after || null);
@@ -52,7 +53,8 @@ function mixHandle(msg) {
   } else if (msg.kind === "loudness") {
     const c = mixChannel(msg.channel);
     Object.assign(c, { signal: msg.signal, momentary: msg.momentary, short_term: msg.short_term,
-      integrated: msg.integrated, true_peak: msg.true_peak, crest_db: msg.crest_db });
+      integrated: msg.integrated, true_peak: msg.true_peak, crest_db: msg.crest_db,
+      balance: msg.balance_db || [], reference: msg.reference_db });
     drawMixChannel(msg.channel);
   } else if (msg.kind === "masking") {
     state.mix.masking = msg;
@@ -74,6 +76,22 @@ function drawMixChannel(ch) {
   div.querySelector(".lufs").textContent = c.signal
     ? `M ${num(c.momentary)} · S ${num(c.short_term)} · I ${num(c.integrated)} LUFS · TP ${num(c.true_peak)} dBTP · crest ${num(c.crest_db)} dB`
     : "no signal";
+  drawBalance(div.querySelector(".balance"), c);
+}
+
+// 1/3-octave balance, 20 Hz to 20 kHz, -40..0 dB re the stem's total; the reference as a line.
+function drawBalance(cv, c) {
+  const ctx = cv.getContext("2d"), w = cv.width, h = cv.height, b = c.balance || [];
+  ctx.clearRect(0, 0, w, h);
+  if (!c.signal || !b.length) return;
+  const bw = w / b.length, y = (db) => Math.max(0, Math.min(h, -db / 40 * h));
+  ctx.fillStyle = classColour(c.cls);
+  b.forEach((db, i) => { if (db !== null) ctx.fillRect(i * bw, y(db), Math.max(1, bw - 1), h - y(db)); });
+  if (c.reference) {
+    ctx.strokeStyle = "#e4e6eb"; ctx.lineWidth = 1; ctx.beginPath();
+    c.reference.forEach((db, i) => { const x = (i + 0.5) * bw; i ? ctx.lineTo(x, y(db)) : ctx.moveTo(x, y(db)); });
+    ctx.stroke();
+  }
 }
 
 // ---------------------------------------------------------------- masking heat map
