@@ -315,7 +315,7 @@ class RayIndexer(Indexer):
     address : str
         ``"local"``, ``"auto"`` or a head address (see :func:`connect`).
     actors : int
-        Embedding actors (0: one per GPU, or one per CPU node).
+        Embedding actors per node (0: one per GPU, or one per CPU node).
     skip_silence, on_wait
         As for :class:`Indexer` (the actors' encoders skip silence the same way).
     """
@@ -334,7 +334,7 @@ class RayIndexer(Indexer):
 
         manifest = resolve(model)  # an unknown model: no Ray start, no library writes
         if actors < 0:
-            raise EmberdError(f"--ray-actors {actors}: must be 0 (automatic) or more")
+            raise EmberdError(f"--ray-actors {actors}: must be 0 (automatic) or more per node")
         self.ray = connect(address)
         self.address = address
         try:
