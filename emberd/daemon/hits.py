@@ -29,14 +29,18 @@ by the best-correlated candidates, and the best of them of that class. Both
 :data:`CLASS_WEIGHTS`) fitted by ``bench/fit_hit_confidence.py`` on tuning kits and
 measured there on held-out kits.
 
-Shared state: none. The ladder lives in the worker thread; :class:`HitResult` items are
-built there and read-only after (publishers read them).
+Threads: the ladder runs in :class:`HitThread` beside the worker (fed a copy of every
+drained chunk), so an answer never waits for a hop's encoder; :class:`HitResult` items are
+read-only once built. The worker reads :meth:`HitLadder.heard` (level gate, under the
+ladder's lock) and :meth:`HitLadder.describe`.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import queue
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -72,6 +76,7 @@ EXACT_MIN_PROBABILITY = 0.73  # P(exact) to claim the very file: the highest P a
 # held-out-kit hit reached (0.476) plus EXACT_SAFETY in bench/fit_hit_confidence.py, and
 EXACT_MIN_RHO = 0.95  # ... the waveform must correlate this well (noise, a tail: >= 0.97)
 EXACT_MIN_MARGIN = 0.02  # ... and beat every other recording by this much
+FLUSH_TIMEOUT_S = 10.0  # end of input: longest wait for the hit thread to answer what it has
 GATE_MARGIN_DB = 12.0  # a window with no frame this far above the noise floor is silent
 GATE_ABSOLUTE_DB = -70.0  # dBFS RMS: a window quieter than this everywhere is silent
 GATE_FRAME_S = 0.0058  # frames whose RMS the level gate compares
@@ -103,6 +108,79 @@ def _nines(rho: float) -> float:
 def _logistic(weights: dict[str, float], **features: float) -> float:
     z = weights.get("bias", 0.0) + sum(weights.get(k, 0.0) * v for k, v in features.items())
     return 1.0 / (1.0 + math.exp(-max(-50.0, min(50.0, z))))
+
+
+class SerialPut:
+    """``put`` into ``target`` under a lock shared by every thread that feeds it (the
+    worker and the hit thread both hand items to the same outputs)."""
+
+    def __init__(self, target: Any, lock: threading.Lock) -> None:
+        self.target = target
+        self._lock = lock
+
+    def put(self, item: Any) -> None:
+        with self._lock:
+            self.target.put(item)
+
+
+class HitThread(threading.Thread):
+    """Runs the ladder beside the worker, so a hit is answered while a hop is being encoded.
+
+    The worker :meth:`feed` s a copy of every drained chunk (``[channels, n]``); this
+    thread pushes it through the ladder and puts each answer into ``outputs`` at once.
+    :meth:`flush` (end of input) returns once everything fed is answered; :meth:`replace`
+    swaps in the ladder of a reloaded library.
+
+    Shared attributes (written by -> read by): ``ladder`` (this thread, on replace ->
+    worker: describe, heard; the ladder guards what the worker reads with its own lock).
+    """
+
+    def __init__(self, ladder: HitLadder, outputs: list[Any]) -> None:
+        super().__init__(name="emberd-hits", daemon=True)
+        self.ladder = ladder
+        self.outputs = outputs
+        self.error: BaseException | None = None
+        self._queue: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+
+    def feed(self, chunk: np.ndarray) -> None:
+        self._queue.put(("audio", np.array(chunk, np.float32, copy=True)))
+
+    def flush(self, timeout: float = FLUSH_TIMEOUT_S) -> None:
+        done = threading.Event()
+        self._queue.put(("flush", done))
+        done.wait(timeout)
+
+    def replace(self, ladder: HitLadder) -> None:
+        self._queue.put(("ladder", ladder))
+
+    def stop(self) -> None:
+        self._queue.put(("stop", None))
+
+    def run(self) -> None:
+        while True:
+            what, arg = self._queue.get()
+            try:
+                if what == "stop":
+                    return
+                if what == "ladder":
+                    self.ladder = arg
+                elif what == "flush":
+                    self._hand(self.ladder.flush())
+                    arg.set()
+                else:
+                    for c in range(arg.shape[0]):
+                        self._hand(self.ladder.push(c, arg[c]))
+            except Exception as exc:  # a bug in one hit must not end hit detection
+                if self.error is None:
+                    log.exception("hit ladder failed")
+                self.error = exc
+                if what == "flush":
+                    arg.set()
+
+    def _hand(self, results: list[HitResult]) -> None:
+        for r in results:
+            for out in self.outputs:
+                out.put(r)
 
 
 class LevelGate:
@@ -253,6 +331,7 @@ class HitLadder:
         self.evidence: list[dict[str, Any]] | None = None  # set to a list to record features
         sr = self.sr
         self._gate_frame = max(1, round(GATE_FRAME_S * sr))
+        self._levels_lock = threading.Lock()
         self._stages = [
             ("provisional", round(PROVISIONAL_S * sr)),
             *[("refined", round(s * sr)) for s in REFINED_S],
@@ -280,6 +359,10 @@ class HitLadder:
         above GATE_ABSOLUTE_DB. The window-level match stream asks this for each hop's
         encoder window: the noise floor and digital silence are never matched.
         """
+        with self._levels_lock:  # the worker asks while the hit thread appends
+            return self._heard(c, start, end)
+
+    def _heard(self, c: int, start: int, end: int) -> bool:
         ch = self._channels[c]
         lv = ch.levels
         a = max(int(start / self._ratio) // self._gate_frame, lv.end - len(lv.buf))
@@ -329,8 +412,9 @@ class HitLadder:
             return
         x = ch.history.get(first * f, (last - first) * f).reshape(-1, f)
         energy = np.mean(x.astype(np.float64) ** 2, axis=1)
-        ch.levels.append(np.maximum(10.0 * np.log10(np.maximum(energy, 1e-12)), -120.0)
-                         .astype(np.float32))  # fmt: skip
+        levels = np.maximum(10.0 * np.log10(np.maximum(energy, 1e-12)), -120.0)
+        with self._levels_lock:
+            ch.levels.append(levels.astype(np.float32))
 
     def _known(
         self, ch: _Channel, start: int, n: int
