@@ -7,6 +7,7 @@ even if the process is killed with SIGKILL half-way through.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from collections.abc import Iterator
@@ -44,7 +45,11 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[A
     if mode not in ("wb", "w"):
         raise ValueError(f"atomic_open supports 'wb' and 'w', not {mode!r}")
     dest = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    except OSError as exc:
+        exc.filename = os.fspath(dest)  # name the file the user asked for, not our temp file
+        raise
     try:
         with os.fdopen(fd, mode, encoding=None if "b" in mode else "utf-8") as fh:
             yield fh
@@ -52,9 +57,15 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[A
             os.fsync(fh.fileno())
         os.replace(tmp, dest)
         fsync_dir(dest.parent)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.errno is None and "requested and" in str(exc):
+            # numpy's tofile reports a short write without its errno: the device refused
+            # more bytes, which on a local file system means it is full.
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), os.fspath(dest)) from exc
+        if isinstance(exc, OSError) and exc.filename in (None, tmp):
+            exc.filename = os.fspath(dest)  # ENOSPC: say which file could not be written
         raise
 
 

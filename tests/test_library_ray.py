@@ -14,8 +14,9 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -209,26 +210,43 @@ def _pids(name: str) -> list[int]:
     return out
 
 
+def _fault_when(ready: Callable[[], bool], fault: Callable[[], None]) -> list[bool]:
+    """Run ``fault`` in a thread as soon as ``ready()`` holds (mid-run: the actors exist
+    and have calls queued).  Polled: a process table has no events to wait on."""
+    fired: list[bool] = []
+
+    def loop() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not ready():
+            time.sleep(0.01)
+        fault()
+        fired.append(True)
+
+    threading.Thread(target=loop, daemon=True).start()
+    return fired
+
+
 def test_sigkill_workers_mid_run(cluster: Any, drumkit_dir: Path, tmp_path: Path,
                                  caplog: pytest.LogCaptureFixture) -> None:
     from emberd.library.ray_index import RayIndexer
 
     root, local = _sounds(tmp_path, drumkit_dir)
     ix = RayIndexer(tmp_path / "ray", MODEL, address=cluster.address)
-    killed: list[int] = []
 
-    def progress(done: int, _total: int) -> None:
-        if done == 1 and not killed:  # every embedding actor (calls are queued on them)
-            for pid in _pids("ray::EmbedActor") + _pids("ray::prepare_on_node")[:1]:
-                os.kill(pid, signal.SIGKILL)  # and one feature worker
-                killed.append(pid)
+    old = set(_pids("ray::EmbedActor"))  # earlier runs' actors may still be exiting
 
+    def kill() -> None:  # this run's embedding actors and one feature worker
+        for pid in [p for p in _pids("ray::EmbedActor") if p not in old] + _pids(
+                "ray::prepare_on_node")[:1]:
+            os.kill(pid, signal.SIGKILL)
+
+    fired = _fault_when(lambda: len(set(_pids("ray::EmbedActor")) - old) >= 2, kill)
     with caplog.at_level(logging.WARNING, logger="emberd.library.ray_index"):
         try:
-            summary = ix.run([str(root)], progress=progress)
+            summary = ix.run([str(root)])
         finally:
             ix.close()
-    assert killed and any("Ray actor lost" in r.message for r in caplog.records)
+    assert fired and any("Ray actor lost" in r.message for r in caplog.records)
     assert summary.indexed == 30
     assert assert_same_library(tmp_path / "ray", local) == 30
 
@@ -273,19 +291,15 @@ def test_node_removed_mid_run(cluster: Any, drumkit_dir: Path, tmp_path: Path,
     worker = next(n for n in cluster.worker_nodes)
     ix = RayIndexer(tmp_path / "ray", MODEL, address=cluster.address)
     assert ix.resources.nodes == 2 and ix.resources.actors == 2
-    removed: list[bool] = []
-
-    def progress(done: int, _total: int) -> None:
-        if done == 2 and not removed:
-            cluster.remove_node(worker, allow_graceful=False)
-            removed.append(True)
-
+    old = set(_pids("ray::EmbedActor"))
+    fired = _fault_when(lambda: len(set(_pids("ray::EmbedActor")) - old) >= 2,
+                        lambda: cluster.remove_node(worker, allow_graceful=False))
     with caplog.at_level(logging.WARNING, logger="emberd.library.ray_index"):
         try:
-            summary = ix.run([str(root)], progress=progress)
+            summary = ix.run([str(root)])
         finally:
             ix.close()
             cluster.add_node(**cluster.node_args)
-    assert removed and any("Ray actor lost" in r.message for r in caplog.records)
+    assert fired and any("Ray actor lost" in r.message for r in caplog.records)
     assert summary.indexed == 30 and not [s for s in summary.skipped if "Ray" in s.reason]
     assert assert_same_library(tmp_path / "ray", local) == 30

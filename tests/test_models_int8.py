@@ -89,3 +89,14 @@ def test_wrong_calibration_ranges_are_not_close(
     x = _drum_windows(drumkit_dir, fp32.frontend())
     cos = _cosines(bad.embed(x), ref.embed(x))
     assert cos.mean() < MEAN_COSINE
+
+
+def test_int8_is_rebuilt_when_the_shipped_ranges_change(int8_folder: Path) -> None:
+    assert quantize.is_current(int8_folder)
+    stamp = int8_folder / quantize.STAMP_FILE
+    good = stamp.read_text()
+    stamp.write_text("0" * 64 + "\n")  # built with other ranges
+    try:
+        assert not quantize.is_current(int8_folder)
+    finally:
+        stamp.write_text(good)

@@ -30,9 +30,10 @@ from typing import Any
 
 from emberd.clients import osc_format as fmt
 from emberd.clients.wire import CONTROL_COMMANDS
+from emberd.cliopts import MAX_K
 from emberd.daemon.analysis import vote_tags
 from emberd.daemon.status import DaemonStats, swallowed
-from emberd.daemon.worker import MAX_CAPTURE_S, MAX_K, Worker
+from emberd.daemon.worker import MAX_CAPTURE_S, Worker
 from emberd.daemon.zmqbind import bind_socket
 from emberd.errors import EmberdError
 

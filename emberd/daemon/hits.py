@@ -31,8 +31,8 @@ measured there on held-out kits.
 
 Threads: the ladder runs in :class:`HitThread` beside the worker (fed a copy of every
 drained chunk), so an answer never waits for a hop's encoder; :class:`HitResult` items are
-read-only once built. The worker reads :meth:`HitLadder.heard` (level gate, under the
-ladder's lock) and :meth:`HitLadder.describe`.
+read-only once built. The worker reads :meth:`HitLadder.floor_db` (its level gate) and
+:meth:`HitLadder.describe` (plain numbers).
 """
 
 from __future__ import annotations
@@ -132,7 +132,7 @@ class HitThread(threading.Thread):
     swaps in the ladder of a reloaded library.
 
     Shared attributes (written by -> read by): ``ladder`` (this thread, on replace ->
-    worker: describe, heard; the ladder guards what the worker reads with its own lock).
+    worker: describe, floor_db: plain numbers).
     """
 
     def __init__(self, ladder: HitLadder, outputs: list[Any]) -> None:
@@ -184,23 +184,38 @@ class HitThread(threading.Thread):
 
 
 class LevelGate:
-    """Withholds window matches while a channel's whole encoder window is silent, from hop
-    levels (used with ``--no-hits``; otherwise :meth:`HitLadder.heard` decides).
+    """Withholds window matches while a channel's whole encoder window is silent.
 
-    The window-level ``match`` stream describes the last ``window`` hops; once all of
-    them were quieter than GATE_MARGIN_DB above ``floor_db`` (or below GATE_ABSOLUTE_DB),
-    there is nothing to name and the hop publishes no match.
+    The worker pushes every chunk (:meth:`push`, in input samples); :meth:`heard` says
+    whether any GATE_FRAME_S frame between two input positions stood GATE_MARGIN_DB above
+    the channel's noise floor (the hit detector's, when hits run) and above
+    GATE_ABSOLUTE_DB. The window-level ``match`` stream asks it for each hop's encoder
+    window: the noise floor and digital silence are never matched.
     """
 
-    def __init__(self, channels: int) -> None:
-        self._loudest: list[list[float]] = [[] for _ in range(channels)]
+    def __init__(self, channels: int, sr: int) -> None:
+        self.frame = max(1, round(GATE_FRAME_S * sr))
+        self._levels = [_History(round(LEVEL_HISTORY_S / GATE_FRAME_S)) for _ in range(channels)]
+        self._pending = [np.zeros(0, np.float32) for _ in range(channels)]
 
-    def push(self, c: int, rms_db: float, floor_db: float, window: int) -> bool:
-        """Record hop level ``rms_db`` of channel ``c``; True when its window has sound."""
-        hist = self._loudest[c]
-        hist.append(rms_db)
-        del hist[:-window]
-        return max(hist) >= max(GATE_ABSOLUTE_DB, floor_db + GATE_MARGIN_DB)
+    def push(self, c: int, x: np.ndarray) -> None:
+        """Channel ``c``'s next input samples."""
+        buf = np.concatenate([self._pending[c], np.asarray(x, np.float32)])
+        n = len(buf) // self.frame * self.frame
+        self._pending[c] = buf[n:].copy()
+        if n:
+            energy = np.mean(buf[:n].reshape(-1, self.frame).astype(np.float64) ** 2, axis=1)
+            db = np.maximum(10.0 * np.log10(np.maximum(energy, 1e-12)), -120.0)
+            self._levels[c].append(db.astype(np.float32))
+
+    def heard(self, c: int, start: int, end: int, floor_db: float = -120.0) -> bool:
+        """Whether channel ``c`` had sound between input positions ``start`` and ``end``."""
+        lv = self._levels[c]
+        a = max(start // self.frame, lv.end - len(lv.buf))
+        b = min(-(-end // self.frame), lv.end)
+        if b <= a:
+            return False
+        return float(np.max(lv.get(a, b - a))) >= max(GATE_ABSOLUTE_DB, floor_db + GATE_MARGIN_DB)
 
 
 @dataclass
@@ -277,7 +292,6 @@ class _Channel:
     detector: OnsetDetector
     history: _History
     rate: ToRate  # input rate -> the ladder's
-    levels: _History  # RMS dB per GATE_FRAME_S frame, LEVEL_HISTORY_S of them (level gate)
     hits: list[_Hit] = field(default_factory=list)
     sounding: list[_Sounding] = field(default_factory=list)
     next_id: int = 0
@@ -330,8 +344,6 @@ class HitLadder:
         self._answers = 0
         self.evidence: list[dict[str, Any]] | None = None  # set to a list to record features
         sr = self.sr
-        self._gate_frame = max(1, round(GATE_FRAME_S * sr))
-        self._levels_lock = threading.Lock()
         self._stages = [
             ("provisional", round(PROVISIONAL_S * sr)),
             *[("refined", round(s * sr)) for s in REFINED_S],
@@ -339,8 +351,7 @@ class HitLadder:
         ]
         self._channels = [
             _Channel(n, OnsetDetector(sr=sr), _History(round(HISTORY_S * sr)),
-                     ToRate(self.sr_in, sr),
-                     _History(round(LEVEL_HISTORY_S / GATE_FRAME_S)))
+                     ToRate(self.sr_in, sr))
             for n in channels
         ]  # fmt: skip
 
@@ -351,26 +362,6 @@ class HitLadder:
     def floor_db(self, c: int) -> float:
         """Channel ``c``'s tracked noise floor (dBFS RMS)."""
         return self._channels[c].detector.floor_db
-
-    def heard(self, c: int, start: int, end: int) -> bool:
-        """Whether channel ``c`` had sound between input positions ``start`` and ``end``.
-
-        Sound: some GATE_FRAME_S frame GATE_MARGIN_DB above the tracked noise floor and
-        above GATE_ABSOLUTE_DB. The window-level match stream asks this for each hop's
-        encoder window: the noise floor and digital silence are never matched.
-        """
-        with self._levels_lock:  # the worker asks while the hit thread appends
-            return self._heard(c, start, end)
-
-    def _heard(self, c: int, start: int, end: int) -> bool:
-        ch = self._channels[c]
-        lv = ch.levels
-        a = max(int(start / self._ratio) // self._gate_frame, lv.end - len(lv.buf))
-        b = min(-(-int(end / self._ratio) // self._gate_frame), lv.end)
-        if b <= a:
-            return False
-        level = float(np.max(lv.get(a, b - a)))
-        return level >= max(GATE_ABSOLUTE_DB, ch.detector.floor_db + GATE_MARGIN_DB)
 
     def describe(self) -> dict[str, Any]:
         """The ladder's part of the status object."""
@@ -390,7 +381,6 @@ class HitLadder:
             return []
         pos = ch.history.end
         ch.history.append(x)
-        self._frame_levels(ch)
         out: list[HitResult] = []
         known, covered = self._known(ch, pos, len(x))
         for onset in ch.detector.push(x, known, covered):
@@ -403,18 +393,6 @@ class HitLadder:
             ch.hits.append(hit)
         out += self._advance(ch, until=ch.history.end)
         return out
-
-    def _frame_levels(self, ch: _Channel) -> None:
-        """Append the RMS (dB) of every GATE_FRAME_S frame the new samples complete."""
-        f = self._gate_frame
-        first, last = ch.levels.end, ch.history.end // f  # next frame .. complete frames
-        if last <= first:
-            return
-        x = ch.history.get(first * f, (last - first) * f).reshape(-1, f)
-        energy = np.mean(x.astype(np.float64) ** 2, axis=1)
-        levels = np.maximum(10.0 * np.log10(np.maximum(energy, 1e-12)), -120.0)
-        with self._levels_lock:
-            ch.levels.append(levels.astype(np.float32))
 
     def _known(
         self, ch: _Channel, start: int, n: int

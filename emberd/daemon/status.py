@@ -11,7 +11,8 @@ in part, ``/emberd/status``):
 
 ``model``, ``provider`` (active ONNX Runtime execution provider), ``encoder``
 (``windowed`` or ``streaming``), ``channels``, ``sr``, ``hop_ms``, ``k``, ``paused``,
-``input``, ``library``, ``start_time`` (Unix s), ``uptime_s``, ``hops``,
+``input``, ``library``, ``start_time`` (Unix s), ``uptime_s``, ``hops``, ``matched_hops``
+(hops with a match on any channel),
 ``latency_p50_ms`` / ``latency_p99_ms`` (capture of the first sample of a hop ->
 its last datagram sent; the slowest transport), ``latency_ms_by_transport``,
 ``inference_ms`` / ``inference_p99_ms`` (encoder call per hop, all channels),
@@ -88,7 +89,8 @@ class DaemonStats:
 
     * ``latency_rings[t]`` (publisher of transport t -> snapshot)
     * ``inference_ms``, ``hop_work_ms`` rings (publisher/worker -> snapshot)
-    * ``hops``, ``skipped_hops`` (worker -> snapshot)
+    * ``hops``, ``matched_hops``, ``last_top1``, ``skipped_hops`` (worker -> snapshot,
+      the run command's status line)
     * ``rejected_control``, ``rejected_osc`` (control threads -> snapshot; each
       counter has a single writer thread)
     * ``info`` dict of static-ish facts (app/worker on model change -> snapshot)
@@ -103,6 +105,8 @@ class DaemonStats:
         self.hop_work_ms = _Ring(STATS_WINDOW_HOPS)
         self.block_interval_ms = _Ring(JITTER_WINDOW_BLOCKS)
         self.hops = 0
+        self.matched_hops = 0  # hops with a match on any channel
+        self.last_top1 = ""  # name of the latest top-1 (the run command's status line)
         self.skipped_hops = 0
         self.rejected_control = 0
         self.rejected_osc = 0
@@ -145,6 +149,7 @@ class DaemonStats:
             start_time=self.start_time,
             uptime_s=round(time.perf_counter() - self.start_mono, 3),
             hops=self.hops,
+            matched_hops=self.matched_hops,
             latency_p50_ms=round(max(lat50.values(), default=0.0), 3),
             latency_p99_ms=round(max(lat99.values(), default=0.0), 3),
             latency_ms_by_transport={

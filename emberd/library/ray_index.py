@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import socket
 import tempfile
@@ -48,6 +49,7 @@ log = logging.getLogger(__name__)
 
 GROUP_FILES = 8  # files per actor call: windows of several one-shots fill an encoder batch
 IN_FLIGHT_GROUPS_PER_ACTOR = 3  # queued calls per actor (bounds driver and object memory)
+TASKS_AHEAD_PER_SLOT = 4  # files in flight per feature-task slot (a 16-CPU GPU node: 64)
 TASK_RETRIES = 4  # Ray re-runs a feature task whose worker process or node died
 GROUP_ATTEMPTS = 4  # actor calls per group before the run stops with a clear message
 POLL_S = 2.0  # s between checks on a call that has not answered yet
@@ -345,7 +347,10 @@ class RayIndexer(Indexer):
         frontend_ref = ray.put(self.frontend)
         pool = _Pool(ray, self._new_actor, r.actors)
         groups = [jobs[i : i + GROUP_FILES] for i in range(0, len(jobs), GROUP_FILES)]
-        window = max(1, r.actors * IN_FLIGHT_GROUPS_PER_ACTOR)
+        # Enough groups queued to keep every actor and every feature-task slot busy.
+        task_slots = r.cpus / r.task_cpus
+        window = max(r.actors * IN_FLIGHT_GROUPS_PER_ACTOR,
+                     math.ceil(TASKS_AHEAD_PER_SLOT * task_slots / GROUP_FILES))
         pending: deque[_Slot] = deque()
         it = iter(groups)
 
@@ -375,9 +380,10 @@ class RayIndexer(Indexer):
                     pool.suspect(slot.actor, exc)
                     if slot.attempts >= GROUP_ATTEMPTS:
                         raise EmberdError(
-                            f"Ray: embedding failed {slot.attempts} times for {slot.jobs[0].path} "
-                            f"and {len(slot.jobs) - 1} more ({type(exc).__name__}); every "
-                            "committed file is in the library: run the same command again"
+                            f"Ray: embedding failed on {slot.attempts} attempts for "
+                            f"{slot.jobs[0].path} and {len(slot.jobs) - 1} more "
+                            f"({type(exc).__name__}); every committed file is in the library: "
+                            "run the same command again"
                         ) from None
                     log.warning("Ray actor lost (%s); resubmitting %d files",
                                 type(exc).__name__, len(slot.jobs))

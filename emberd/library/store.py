@@ -36,6 +36,7 @@ APP_ID = "emberd-library"
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_S = 30.0  # another emberd process may hold the write lock for a batch
 LOCK_NAME = ".emberd.lock"  # emberd.library.librarylock's lock file (may precede the database)
+MIN_FREE_TO_READ_BYTES = 256 * 1024  # below this a WAL reader may fail to create its -shm file
 MIN_NORM = 1e-12  # a vector shorter than this has no direction: rejected
 
 _SCHEMA = """
@@ -129,6 +130,25 @@ def _record(row: Any) -> FileRecord:
     )
 
 
+def unwritable_fs(path: Path) -> bool:
+    """Whether ``path`` lies on a file system mounted read-only, or one too full for SQLite's
+    shared-memory file (a WAL reader needs to create it)."""
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return False
+    return bool(st.f_flag & os.ST_RDONLY) or st.f_bavail * st.f_frsize < MIN_FREE_TO_READ_BYTES
+
+
+def _wal_pending(db: Path) -> bool:
+    """Whether ``db`` has committed pages still in its WAL file (not yet checkpointed): an
+    immutable reader would miss them and read a half-checkpointed main file."""
+    try:
+        return Path(f"{db}-wal").stat().st_size > 0
+    except FileNotFoundError:
+        return False
+
+
 def check_vector(vector: np.ndarray, what: str) -> np.ndarray:
     """Return ``vector`` as float32, refusing NaN, infinite or zero vectors.
 
@@ -176,9 +196,18 @@ class Store:
         else:
             self._check_existing(db)
         existed = db.exists()
-        self.path.mkdir(parents=True, exist_ok=True)
-        (self.path / INDEX_DIR).mkdir(exist_ok=True)
+        read_only = existed and not create and unwritable_fs(self.path) and not _wal_pending(db)
+        if not read_only:
+            self.path.mkdir(parents=True, exist_ok=True)
+            (self.path / INDEX_DIR).mkdir(exist_ok=True)
         try:
+            if read_only:
+                # A library on read-only media (a mounted sample drive) or a full disk: SQLite
+                # cannot make its WAL index there, and no indexer can commit there either,
+                # so read it as immutable (no locks, no -shm file).
+                self.conn = sqlite3.connect(f"{db.as_uri()}?mode=ro&immutable=1", uri=True,
+                                            timeout=BUSY_TIMEOUT_S, isolation_level=None)
+                return
             self.conn = sqlite3.connect(db, timeout=BUSY_TIMEOUT_S, isolation_level=None)
             if not existed:
                 self.conn.execute("PRAGMA journal_mode=WAL")
@@ -201,8 +230,10 @@ class Store:
     @staticmethod
     def _check_existing(db: Path) -> None:
         """Refuse a database that is not ours or comes from a newer emberd, reading only."""
+        immutable = "&immutable=1" if unwritable_fs(db.parent) and not _wal_pending(db) else ""
         try:
-            conn = sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S)
+            conn = sqlite3.connect(f"{db.as_uri()}?mode=ro{immutable}", uri=True,
+                                   timeout=BUSY_TIMEOUT_S)
             try:
                 rows = dict(conn.execute("SELECT key, value FROM meta").fetchall())
             finally:

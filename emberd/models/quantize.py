@@ -180,9 +180,30 @@ def quantize_layer(index: int, layer: Any, cache_dir: Path | None = None) -> Any
     return out
 
 
+STAMP_FILE = "calibration.sha256"  # beside the int8 model: the ranges it was built with
+
+
+def _ranges_digest() -> str:
+    import hashlib
+
+    return hashlib.sha256(calibration_path().read_bytes()).hexdigest()
+
+
+def is_current(folder: Path) -> bool:
+    """Whether ``folder/model.onnx`` was built with the calibration ranges shipped now."""
+    stamp = folder / STAMP_FILE
+    try:
+        return (folder / "model.onnx").is_file() and stamp.read_text().strip() == _ranges_digest()
+    except OSError:
+        return False
+
+
 def build_int8(fp32_path: str | Path, folder: Path) -> Path:
     """Build ``folder/model.onnx`` (int8) from the fp32 aiSFX graph and the shipped ranges."""
+    from emberd.atomic import atomic_write_text
+
     folder.mkdir(parents=True, exist_ok=True)
     out = folder / "model.onnx"
     quantize(fp32_path, out, cache=calibration_path())
+    atomic_write_text(folder / STAMP_FILE, _ranges_digest() + "\n")
     return out

@@ -46,7 +46,7 @@ def available(manifest: ModelManifest) -> bool:
 
 
 def list_models() -> list[ModelManifest]:
-    """Every known model: built-ins first, then user models by name."""
+    """Every known model: built-ins first, then user models by name, then encoder plug-ins."""
     root = _models_root()
     found = [_builtin(name, root) for name in BUILTINS]
     for manifest in sorted(root.glob(f"*/{MANIFEST_FILE}")):
@@ -56,6 +56,16 @@ def list_models() -> list[ModelManifest]:
             found.append(load_manifest(manifest))
         except EmberdError as exc:  # one broken user model must not hide the others
             log.warning("skipping %s", exc)
+    from emberd.models.plugin import plugin_manifest
+
+    for name in plugin_names():  # encoder plug-ins from other packages, last
+        try:
+            plugin = plugin_manifest(name)
+        except EmberdError as exc:
+            log.warning("skipping %s", exc)
+            continue
+        if plugin is not None and all(m.name != name for m in found):
+            found.append(plugin)
     return found
 
 
@@ -70,6 +80,15 @@ def _models_root() -> Path:
     from emberd.paths import models_dir
 
     return models_dir()
+
+
+def _generated_current(manifest: ModelManifest) -> bool:
+    """A generated model exists (and, for int8, was built with today's calibration ranges)."""
+    if manifest.name == "aisfx-int8":
+        from emberd.models import quantize
+
+        return quantize.is_current(manifest.path.parent)
+    return available(manifest)
 
 
 def resolve(name: str) -> ModelManifest:
@@ -88,7 +107,7 @@ def resolve(name: str) -> ModelManifest:
     root = _models_root()
     if name in BUILTINS:
         manifest = _builtin(name, root)
-        if name in GENERATED and not available(manifest):
+        if name in GENERATED and not _generated_current(manifest):
             fetch(name)
             manifest = _builtin(name, root)
         if not available(manifest):
