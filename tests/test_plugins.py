@@ -409,6 +409,8 @@ def test_encoder_plugin_indexes_and_queries_a_library(
     e = _emberd("embed", str(files[0]), "--model", "mfcc-stats", "--out", str(out))
     assert e.returncode == 0, e.stderr[-2000:]
     assert np.load(out).shape[-1] == 60
+    listed = {r["name"]: r for r in json.loads(_emberd("models", "list", "--json").stdout)}
+    assert listed["mfcc-stats"]["origin"] == "plugin" and listed["mfcc-stats"]["dim"] == 60
 
 
 def test_encoder_plugin_nan_output_never_reaches_a_library(
