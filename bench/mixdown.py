@@ -110,6 +110,7 @@ def held_out_accuracy(x: np.ndarray, labels: list[str], groups: list[str]) -> di
     """Leave-one-group-out accuracy per class."""
     right: collections.Counter[str] = collections.Counter()
     total: collections.Counter[str] = collections.Counter()
+    confs: list[tuple[float, bool]] = []
     for g in sorted(set(groups)):
         train = [i for i, gg in enumerate(groups) if gg != g]
         test = [i for i, gg in enumerate(groups) if gg == g]
@@ -119,9 +120,16 @@ def held_out_accuracy(x: np.ndarray, labels: list[str], groups: list[str]) -> di
         for i, (cls, _conf) in zip(test, head.predict(x[test]), strict=True):
             total[labels[i]] += 1
             right[labels[i]] += cls == labels[i]
+            confs.append((_conf, cls == labels[i]))
     per = {c: round(right[c] / total[c], 3) for c in sorted(total, key=lambda c: -total[c])}
+    # Expected calibration error over 10 confidence bins: is "0.8" right 80 % of the time?
+    conf = np.array([c for c, _ in confs])
+    ok = np.array([r for _, r in confs], float)
+    bins = np.minimum((conf * 10).astype(int), 9)
+    ece = sum(abs(ok[bins == b].mean() - conf[bins == b].mean()) * np.mean(bins == b)
+              for b in range(10) if np.any(bins == b))  # fmt: skip
     return {"overall": round(sum(right.values()) / sum(total.values()), 3), "per_class": per,
-            "n": dict(total)}  # fmt: skip
+            "n": dict(total), "calibration_error": round(float(ece), 3)}  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- multitrack
