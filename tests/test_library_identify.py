@@ -30,6 +30,10 @@ from emberd.library import query as query_mod
 from emberd.library.indexer import Indexer
 from emberd.testing import drumkits as dk
 
+# The first test of a code version indexes the 1 152-file library (~2 min alone, far more on
+# a loaded CI machine) inside its fixture: allow for it.
+pytestmark = pytest.mark.timeout(3600)
+
 MODEL = "dsp-baseline"
 SR = dk.SR
 N_QUERIES = 24  # kit samples spread over every kit

@@ -347,7 +347,7 @@ class Library:
         (onset-aligned log-band patches, one matrix product). They are ranked
         by :mod:`emberd.library.rerank` (spectro-temporal comparisons of the
         query with each candidate's stored template, combined by a logistic rule
-        fitted on bench/identify.py), then :func:`emberd.library.waveform.explain`
+        fitted by bench/fit_identify.py on kits A), then :func:`emberd.library.waveform.explain`
         correlates the query's onset waveform with theirs (and explains a mix of
         two library sounds as such); it answers whenever a waveform correlates,
         else the template ranking does. A query that starts well inside a longer

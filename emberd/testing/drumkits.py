@@ -317,6 +317,8 @@ def identification_library(
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (final / "lib" / "library.sqlite").is_file():
             shutil.rmtree(final, ignore_errors=True)  # a half-built one
+            for tmp_old in base.glob(f".{model}-*"):  # builds interrupted (we hold the lock)
+                shutil.rmtree(tmp_old, ignore_errors=True)
             for old in base.glob(f"{model}-*"):  # builds of other code versions, unused a day
                 if time.time() - old.stat().st_mtime > STALE_BUILD_S:
                     shutil.rmtree(old, ignore_errors=True)
