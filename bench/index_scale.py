@@ -200,7 +200,7 @@ def main() -> None:
                                   str(root), work, None)
             finally:
                 gpu_cluster.shutdown()
-            rows["localN"] = run(f"local {n_cpu} CPUs", lambda lib: Indexer(
+            rows["localN"] = run(f"local {n_cpu} jobs", lambda lib: Indexer(
                 lib, args.model, jobs=n_cpu, threads=2), str(root), work, None)
     finally:
         shutil.rmtree(work, ignore_errors=True)
