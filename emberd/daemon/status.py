@@ -22,6 +22,8 @@ its last datagram sent; the slowest transport), ``latency_ms_by_transport``,
 ``overflows`` (frames the callback could not store), ``dropped_hops`` (hops skipped by
 a late worker plus hops dropped by full publisher queues), ``rejected`` (malformed
 control requests and OSC datagrams), ``rejected_control``, ``rejected_osc``,
+``rate_limited`` / ``rate_limited_control`` / ``rate_limited_osc`` (refused unparsed by
+:mod:`emberd.daemon.ratelimit`, also counted in ``rejected``),
 ``nonfinite_samples``, ``osc_targets``, ``zmq_pub``, ``control``, ``osc_in``,
 ``publisher_drops`` (hops dropped by each output's full handoff), ``outputs`` (per output:
 messages ``published``, ``dropped`` = ``queue_dropped`` + ``transport_dropped``, ``errors``,
@@ -91,8 +93,8 @@ class DaemonStats:
     * ``inference_ms``, ``hop_work_ms`` rings (publisher/worker -> snapshot)
     * ``hops``, ``matched_hops``, ``last_top1``, ``skipped_hops`` (worker -> snapshot,
       the run command's status line)
-    * ``rejected_control``, ``rejected_osc`` (control threads -> snapshot; each
-      counter has a single writer thread)
+    * ``rejected_control``, ``rejected_osc``, ``rate_limited_*`` (control threads -> snapshot;
+      each counter has a single writer thread)
     * ``info`` dict of static-ish facts (app/worker on model change -> snapshot)
     """
 
@@ -110,6 +112,8 @@ class DaemonStats:
         self.skipped_hops = 0
         self.rejected_control = 0
         self.rejected_osc = 0
+        self.rate_limited_control = 0  # ZeroMQ control thread (also in rejected_control)
+        self.rate_limited_osc = 0  # OSC control thread (also in rejected_osc)
         self.overflows = 0
         self.nonfinite_samples = 0
         self.publisher_drops: dict[str, int] = {}
@@ -170,6 +174,9 @@ class DaemonStats:
             rejected=self.rejected_control + self.rejected_osc,
             rejected_control=self.rejected_control,
             rejected_osc=self.rejected_osc,
+            rate_limited=self.rate_limited_control + self.rate_limited_osc,
+            rate_limited_control=self.rate_limited_control,
+            rate_limited_osc=self.rate_limited_osc,
         )
         status["swallowed_errors"] = dict(_SWALLOWED)
         if self.outputs is not None:

@@ -20,8 +20,9 @@ Shared attributes (written by -> read by):
 
 * ``paused`` (worker, on ``pause``/``resume`` -> control thread for status)
 * ``k`` (worker, on ``set_k`` -> control thread for status)
-* ``hits`` the hit ladder (worker only; its HitResult items go to the handoffs as they
-  are made, between hops, block by block)
+* ``hits`` the hit ladder, run by the hit thread (:class:`~emberd.daemon.hits.HitThread`,
+  fed a copy of each drained chunk; it puts HitResult items into the same handoffs, every
+  put serialised by one lock); the worker reads its level gate and counters
 * ``engine`` (worker, on ``set_model`` -> control thread for status)
 * ``done`` event (worker at end of input -> app)
 * ``stats`` counters (see :class:`~emberd.daemon.status.DaemonStats`)
@@ -43,7 +44,7 @@ import numpy as np
 
 from emberd.daemon.analysis import OnsetDetector, level_db
 from emberd.daemon.engine import Engine
-from emberd.daemon.hits import HitLadder, HitResult, LevelGate
+from emberd.daemon.hits import HitLadder, HitResult, HitThread, LevelGate, SerialPut
 from emberd.daemon.mixdown import MixdownAnalyser, MixdownResult, class_data
 from emberd.daemon.status import DaemonStats
 from emberd.errors import EmberdError
@@ -55,6 +56,7 @@ STATUS_PERIOD_S = 1.0  # status message interval
 WAIT_POLL_S = 0.0005  # sleep while the audio is due but has not arrived yet
 WAIT_MAX_S = 0.05  # longest sleep while waiting for audio (bounds command latency)
 MAX_CAPTURE_S = 60.0  # longest capture command
+JOIN_HITS_S = 5.0  # wait for the hit thread at shutdown
 
 
 @dataclass
@@ -159,7 +161,9 @@ class Worker(threading.Thread):
         self.library: Any = None
         self.channel_index = list(channel_index)
         self.channels = list(channel_index)
-        self.handoffs = handoffs
+        # The hit thread puts into the same outputs: one lock serialises every put.
+        lock = threading.Lock()
+        self.handoffs = [SerialPut(h, lock) for h in handoffs]
         self.stats = stats
         self.k = k
         self.realtime = realtime
@@ -182,8 +186,9 @@ class Worker(threading.Thread):
         self._capture: _Capture | None = None
         self._audio_end = sys.maxsize  # ring position where the input ended (end of input)
         self.hits: HitLadder | None = None  # built in run(), with the library
+        self._hit_thread: HitThread | None = None  # runs self.hits beside this thread
         self.hit_detection = hit_detection
-        self._gate = LevelGate(n)
+        self._gate = LevelGate(n, source.sr)
         self.mixdown = MixdownAnalyser(sr=source.sr, channels=self.channels)
         self._centre: np.ndarray | None = None  # library mean vector (similarity centring)
         self._reset_schedule()
@@ -206,6 +211,9 @@ class Worker(threading.Thread):
         try:
             self.library = self._open_library()
             self.hits = self._hit_ladder(self.library)
+            if self.hits is not None:
+                self._hit_thread = HitThread(self.hits, self.handoffs)
+                self._hit_thread.start()
         except BaseException as exc:  # reported by the app as a one-line error
             self.error = exc
             self.ready.set()
@@ -219,6 +227,9 @@ class Worker(threading.Thread):
             log.exception("worker failed")
             self.error = exc
         finally:
+            if self._hit_thread is not None:
+                self._hit_thread.stop()
+                self._hit_thread.join(JOIN_HITS_S)
             for h in self.handoffs:
                 h.put(EndOfStream())
             self._fail_pending("daemon stopping")
@@ -282,8 +293,9 @@ class Worker(threading.Thread):
             self._sumsq[c] += float(np.dot(x, x))
             self._peak[c] = max(self._peak[c], float(np.max(np.abs(x))))
             fronts[c].push(x)
-            if self.hits is not None and not self.paused:
-                self._hand_over(self.hits.push(c, x))
+            self._gate.push(c, x)
+        if self._hit_thread is not None and not self.paused and not padding:
+            self._hit_thread.feed(self._chan[:, :n])
         self._count += n
         t_first = self.source.clock.time_of(self._read_pos)
         updates = [] if padding else self.mixdown.push(self._chan[:, :n], t_first)
@@ -305,11 +317,6 @@ class Worker(threading.Thread):
         return HitLadder(index, library.files(), sr=self.source.sr, channels=self.channels,
                          model=self.engine.encoder.model,
                          time_of=self.source.clock.time_of)  # fmt: skip
-
-    def _hand_over(self, results: list[HitResult]) -> None:
-        for r in results:
-            for h in self.handoffs:
-                h.put(r)
 
     def _run_hops(self) -> None:
         """Analyse the hops whose frames are complete (live input: only the newest)."""
@@ -347,8 +354,8 @@ class Worker(threading.Thread):
             while self._next_hop_frame <= total:
                 self._hop(self._next_hop_frame)
                 self._next_hop_frame += self.engine.hop_frames
-        if self.hits is not None:
-            self._hand_over(self.hits.flush())
+        if self._hit_thread is not None:
+            self._hit_thread.flush()  # every hit answered before the end of stream
         self._publish_status(time.time())
 
     # ------------------------------------------------------------------ hop
@@ -382,12 +389,9 @@ class Worker(threading.Thread):
         self.stats.inference_ms.add((t1 - t0) * 1000.0)
         matches = self._search(emb, self.k)
         window = self.engine.encoder.window_frames * cfg.hop_length
-        for c, (rms_db, _peak, _onset) in enumerate(levels):  # a silent window names nothing
-            if self.hits is not None:
-                heard = self.hits.heard(c, sample_end - window, sample_end)
-            else:
-                heard = self._gate.push(c, rms_db, -120.0, self._window_hops())
-            if not heard:
+        for c in range(len(self.channels)):  # a silent window names nothing
+            floor = self.hits.floor_db(c) if self.hits is not None else -120.0
+            if not self._gate.heard(c, sample_end - window, sample_end, floor):
                 matches[c] = []
         self.mixdown.on_hop(emb)
         top = next((m[0] for m in matches if m), None)
@@ -410,9 +414,6 @@ class Worker(threading.Thread):
         self.stats.hops += 1
         for h in self.handoffs:
             h.put(result)
-
-    def _window_hops(self) -> int:
-        return max(1, math.ceil(self.engine.encoder.window_frames / self.engine.hop_frames))
 
     def _levels(self) -> list[tuple[float, float, bool]]:
         out = []
@@ -498,6 +499,8 @@ class Worker(threading.Thread):
         if command.cmd == "reload":
             library = self._open_library()
             self.hits = self._hit_ladder(library)
+            if self.hits is not None and self._hit_thread is not None:
+                self._hit_thread.replace(self.hits)
             old, self.library = self.library, library
             if hasattr(old, "close"):
                 old.close()

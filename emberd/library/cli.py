@@ -34,7 +34,8 @@ def register(subparsers: Any) -> None:
                           "local Ray (pip install 'emberd[ray]'; every node must see DIR at the "
                           "same path)")
     idx.add_argument("--ray-actors", type=int_range(0), default=0, metavar="N",
-                     help="embedding actors with --ray (default: one per GPU or CPU node)")
+                     help="embedding actors per node with --ray (default: one per GPU, or one "
+                          "per CPU node)")
     idx.set_defaults(func=_index)
 
     q = subparsers.add_parser(
