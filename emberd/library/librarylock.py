@@ -41,7 +41,8 @@ def lock_for_writing(library: str | os.PathLike[str],
     stack = contextlib.ExitStack()
 
     def say(holder: str) -> None:
-        print(f"emberd: {library}: another emberd index ({holder}) is writing this library; "
+        who = holder.split(" (", 1)[0]  # "pid N": what it does is in the sentence already
+        print(f"emberd: {library}: another emberd index ({who}) is writing this library; "
               "waiting for it to finish", file=sys.stderr, flush=True)
 
     if path.exists() and not (path / DB_NAME).exists() and (
