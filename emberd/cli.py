@@ -16,6 +16,7 @@ import importlib
 import logging
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from emberd import __version__
 from emberd.errors import EmberdError
@@ -33,15 +34,35 @@ SUBCOMMAND_MODULES = (
 EXIT_USAGE = 2  # bad input or environment: one clear line, no traceback
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse exits 2 on usage errors already; keep its one-line style."""
+DESCRIPTION = (
+    "emberd: a live audio embedding daemon for music producers. It indexes your sample "
+    "folders, names the library sounds it hears in live audio (a microphone, a DAW bus, a "
+    "file) and publishes matches, tags, levels and embeddings over OSC and ZeroMQ to your "
+    "DAW, Pd, SuperCollider, a terminal monitor or the web panel. Start with `emberd demo`."
+)
+EPILOG = (
+    "exit status: 0 success; 1 some inputs failed (`query`: the others were answered); "
+    "2 bad usage or environment (one line on stderr); 130 interrupted."
+)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with the emberd error style: one line on stderr, exit status 2.
+
+    Subparsers inherit the class, so every subcommand reports a bad option the same way
+    (``emberd run: error: argument --hop-ms: ...``) instead of a usage block.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """Build the full ``emberd`` parser with every subsystem's subcommands."""
-    parser = _Parser(prog="emberd", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = Parser(prog="emberd", description=DESCRIPTION, epilog=EPILOG)
     parser.add_argument("--version", action="version", version=f"emberd {__version__}")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="more log output (-v info, -vv debug)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMAND_MODULES:
         try:

@@ -237,10 +237,11 @@ def test_panel_command_serves_and_refuses_bad_input(library: Path) -> None:
         proc.send_signal(signal.SIGINT)
         proc.wait(WAIT_S)
     for bad, message in ((["--library", str(library / "nope")], "no emberd library"),
-                         (["--port", "70000"], "--port: 70000 is not a port number"),
+                         (["--port", "70000"], "--port: 70000 is out of range (must be 0..65535)"),
                          (["--library", str(library), "--model", "aisfx"], "not indexed")):
         out = subprocess.run([sys.executable, "-m", "emberd", "panel", *bad],
                              capture_output=True, text=True, timeout=120, check=False)
         assert out.returncode == 2, out
-        assert out.stderr.startswith("emberd: error: ") and message in out.stderr
+        assert out.stderr.startswith(("emberd: error: ", "emberd panel: error: "))
+        assert message in out.stderr
         assert len(out.stderr.strip().splitlines()) == 1

@@ -9,10 +9,10 @@ import pytest
 
 from emberd.daemon.analysis import OnsetDetector, level_db, vote_tags
 from emberd.daemon.app import parse_channels
-from emberd.daemon.clock import BlockClock
 from emberd.daemon.handoff import Handoff
 from emberd.daemon.mixdown import centred_similarity
 from emberd.daemon.netpolicy import check_listen_host, check_zmq_endpoint, is_loopback
+from emberd.dsp.clock import BlockClock
 from emberd.errors import EmberdError
 
 

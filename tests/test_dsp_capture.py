@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import tracemalloc
 from typing import Any
 
@@ -29,7 +30,7 @@ def time_info(sd: Any, adc: float) -> Any:
 
 
 def make_source(**kwargs: Any) -> Any:
-    from emberd.daemon.capture import DeviceSource
+    from emberd.dsp.device import DeviceSource
 
     return DeviceSource("unused", sr=1000, channels=2, block_size=4, **kwargs)
 
@@ -55,9 +56,13 @@ def test_callback_copies_counts_and_zeroes_nonfinite() -> None:
     expect = np.concatenate(blocks)
     expect[~np.isfinite(expect)] = 0.0
     assert np.array_equal(data, expect) and np.isfinite(data).all()
-    # Capture times follow the ADC clock: 4 samples at 1 kHz apart.
+    # One timing mechanism: arrival marks in the source's clock, not PortAudio's ADC
+    # clock (which says 10 s here): 4 samples at 1 kHz apart, ending about now.
     times = np.array([b.capture_time for b in got])
     assert np.allclose(np.diff(times), 0.004, atol=1e-6)
+    assert abs(times[-1] + 0.004 - time.time()) < 1.0, times
+    assert [src.clock.time_of(b.start_sample) for b in got] == list(times)
+    assert not hasattr(src, "_ts_adc") and not hasattr(src, "_unix_minus_stream")
 
 
 def test_ring_overflow_is_counted_not_blocking() -> None:
@@ -92,7 +97,7 @@ def test_callback_allocates_nothing() -> None:
 
 def test_unknown_device_name_is_one_line_error() -> None:
     sounddevice()
-    from emberd.daemon.capture import DeviceInfo, list_devices, resolve_input_device
+    from emberd.dsp.device import DeviceInfo, list_devices, resolve_input_device
 
     devices = list_devices()
     assert all(isinstance(d, DeviceInfo) for d in devices)
@@ -104,7 +109,7 @@ def test_unknown_device_name_is_one_line_error() -> None:
 
 
 def test_bad_parameters() -> None:
-    from emberd.daemon.capture import DeviceSource
+    from emberd.dsp.device import DeviceSource
 
     with pytest.raises(EmberdError, match="sample rate 0"):
         DeviceSource(None, sr=0)

@@ -206,3 +206,21 @@ def test_hits_through_a_running_daemon(library: Any, tmp_path: Path) -> None:
         assert mine[-1]["answer"] == "exact"
         assert all(h["latency_ms"] == pytest.approx((h["publish_time"] - h["onset_time"]) * 1000,
                                                     abs=0.01) for h in mine)  # fmt: skip
+
+
+def test_two_channels_hitting_at_once_are_two_hits(library: Any) -> None:
+    lib_path, files, _ = library
+    a, _ = _perform([(files[0], 0.5, 0.0)], 1.5, seed=1)
+    b, _ = _perform([(files[6], 0.5, -6.0)], 1.5, seed=2)
+    lib = Library.open(lib_path)
+    with lib:
+        ladder = HitLadder(HitIndex.from_library(lib), lib.files(), sr=SR, channels=[3, 5],
+                           model="test", time_of=lambda pos: pos / SR)  # fmt: skip
+        out: list[HitResult] = []
+        for i in range(0, len(a), BLOCK):
+            out += ladder.push(0, a[i : i + BLOCK]) + ladder.push(1, b[i : i + BLOCK])
+        out += ladder.flush()
+    finals = {r.channel: r for r in out if r.stage == "final"}
+    assert sorted(finals) == [3, 5] and all(r.hit == 0 for r in finals.values())
+    assert Path(finals[3].matches[0]["path"]) == files[0].resolve()
+    assert Path(finals[5].matches[0]["path"]) == files[6].resolve()

@@ -74,6 +74,10 @@ def test_index_fits_a_head_that_names_nameless_sounds(tmp_path: Path) -> None:
     )
     head = ClassHead.load(head_path(lib, smalllib.FAST_MODEL))
     assert head is not None and head.classes == ["kick", "snare", "closed_hat", "pad"]
+    # An index run that changes nothing keeps the head as it is (no refit).
+    mtime = head_path(lib, smalllib.FAST_MODEL).stat().st_mtime_ns
+    assert smalllib.index([tmp_path / "sounds"], lib).returncode == 0
+    assert head_path(lib, smalllib.FAST_MODEL).stat().st_mtime_ns == mtime
     # New sounds (other seeds, other variants) under names that say nothing.
     fresh = smalllib.write_sounds(tmp_path / "fresh", per_folder=3, seed=5, start=40)
     truth = {"Kicks": "kick", "Snares": "snare", "Hats": "closed_hat", "Pads": "pad"}
@@ -83,6 +87,15 @@ def test_index_fits_a_head_that_names_nameless_sounds(tmp_path: Path) -> None:
         cls, _conf = head.predict(query_vector(y, sr, smalllib.FAST_MODEL))[0]
         right += cls == truth[path.parent.name]
     assert right / len(fresh) >= 0.75, right
+    # Every match object carries the class its names give (hits and live matches alike).
+    from emberd.library import Library
+
+    y, sr = sf.read(fresh[0], dtype="float32")
+    with Library.open(lib) as library:
+        found = library.search(query_vector(y, sr, smalllib.FAST_MODEL)[None], 4,
+                               model=smalllib.FAST_MODEL)[0]  # fmt: skip
+    by_folder = {"Kicks": "kick", "Snares": "snare", "Hats": "closed_hat", "Pads": "pad"}
+    assert found and all(m["class"] == by_folder[Path(m["path"]).parent.name] for m in found)
     # A library whose names teach nothing gets no head (and loses an old one).
     for i, path in enumerate(sorted((tmp_path / "sounds").rglob("*.wav"))):
         path.rename(tmp_path / "sounds" / f"take {i}.wav")

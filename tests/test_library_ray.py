@@ -14,8 +14,9 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ import soundfile as sf
 from conftest import require
 
 from emberd.cli import main
+from emberd.errors import EmberdError
 
 MODEL = "dsp-baseline"  # where the encoder does not matter; aiSFX for the parity test
 OBJECT_STORE_BYTES = 100 * 2**20  # per node: the test cluster stays small in memory
@@ -209,26 +211,43 @@ def _pids(name: str) -> list[int]:
     return out
 
 
+def _fault_when(ready: Callable[[], bool], fault: Callable[[], None]) -> list[bool]:
+    """Run ``fault`` in a thread as soon as ``ready()`` holds (mid-run: the actors exist
+    and have calls queued).  Polled: a process table has no events to wait on."""
+    fired: list[bool] = []
+
+    def loop() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not ready():
+            time.sleep(0.01)
+        fault()
+        fired.append(True)
+
+    threading.Thread(target=loop, daemon=True).start()
+    return fired
+
+
 def test_sigkill_workers_mid_run(cluster: Any, drumkit_dir: Path, tmp_path: Path,
                                  caplog: pytest.LogCaptureFixture) -> None:
     from emberd.library.ray_index import RayIndexer
 
     root, local = _sounds(tmp_path, drumkit_dir)
     ix = RayIndexer(tmp_path / "ray", MODEL, address=cluster.address)
-    killed: list[int] = []
 
-    def progress(done: int, _total: int) -> None:
-        if done == 1 and not killed:  # every embedding actor (calls are queued on them)
-            for pid in _pids("ray::EmbedActor") + _pids("ray::prepare_on_node")[:1]:
-                os.kill(pid, signal.SIGKILL)  # and one feature worker
-                killed.append(pid)
+    old = set(_pids("ray::EmbedActor"))  # earlier runs' actors may still be exiting
 
+    def kill() -> None:  # this run's embedding actors and one feature worker
+        for pid in [p for p in _pids("ray::EmbedActor") if p not in old] + _pids(
+                "ray::prepare_on_node")[:1]:
+            os.kill(pid, signal.SIGKILL)
+
+    fired = _fault_when(lambda: len(set(_pids("ray::EmbedActor")) - old) >= 2, kill)
     with caplog.at_level(logging.WARNING, logger="emberd.library.ray_index"):
         try:
-            summary = ix.run([str(root)], progress=progress)
+            summary = ix.run([str(root)])
         finally:
             ix.close()
-    assert killed and any("Ray actor lost" in r.message for r in caplog.records)
+    assert fired and any("Ray actor lost" in r.message for r in caplog.records)
     assert summary.indexed == 30
     assert assert_same_library(tmp_path / "ray", local) == 30
 
@@ -273,19 +292,34 @@ def test_node_removed_mid_run(cluster: Any, drumkit_dir: Path, tmp_path: Path,
     worker = next(n for n in cluster.worker_nodes)
     ix = RayIndexer(tmp_path / "ray", MODEL, address=cluster.address)
     assert ix.resources.nodes == 2 and ix.resources.actors == 2
-    removed: list[bool] = []
-
-    def progress(done: int, _total: int) -> None:
-        if done == 2 and not removed:
-            cluster.remove_node(worker, allow_graceful=False)
-            removed.append(True)
-
+    old = set(_pids("ray::EmbedActor"))
+    fired = _fault_when(lambda: len(set(_pids("ray::EmbedActor")) - old) >= 2,
+                        lambda: cluster.remove_node(worker, allow_graceful=False))
     with caplog.at_level(logging.WARNING, logger="emberd.library.ray_index"):
         try:
-            summary = ix.run([str(root)], progress=progress)
+            summary = ix.run([str(root)])
         finally:
             ix.close()
             cluster.add_node(**cluster.node_args)
-    assert removed and any("Ray actor lost" in r.message for r in caplog.records)
+    assert fired and any("Ray actor lost" in r.message for r in caplog.records)
     assert summary.indexed == 30 and not [s for s in summary.skipped if "Ray" in s.reason]
     assert assert_same_library(tmp_path / "ray", local) == 30
+
+
+def test_pool_layout_per_node() -> None:
+    from emberd.library.ray_index import plan_resources
+
+    def node(i: int, cpus: float, gpus: float = 0, alive: bool = True) -> dict[str, Any]:
+        return {"NodeID": f"n{i}", "Alive": alive,
+                "Resources": {"CPU": cpus, **({"GPU": gpus} if gpus else {})}}
+
+    small = plan_resources([node(0, 1), node(1, 1), node(2, 1, alive=False)])
+    assert small.placement == (("n0", 1), ("n1", 1)) and small.actors == 2
+    assert (small.actor_cpus, small.threads, small.task_cpus) == (0.5, 1, 0.5)
+    big = plan_resources([node(0, 16), node(1, 16)])
+    assert (big.actor_cpus, big.threads, big.task_cpus) == (8.0, 8, 1.0)  # intra-op = CPUs
+    gpu = plan_resources([node(0, 16, gpus=2), node(1, 8)])
+    assert gpu.placement == (("n0", 2),) and gpu.actor_gpus == 1 and gpu.threads == 1
+    assert plan_resources([node(0, 4)], actors=3).placement == (("n0", 3),)
+    with pytest.raises(EmberdError, match="no alive node"):
+        plan_resources([node(0, 4, alive=False)])

@@ -162,6 +162,8 @@ class Subscriber(Closing):
         if new_process or (prev is not None and msg.seq <= prev):
             # A new daemon counts from 0 again: forget every topic's history.
             self._last_seq = {topic: msg.seq}
+            if start is None:  # the new daemon's start time comes with its first status:
+                self._start_time = None  # adopt it then, without counting a second restart
             self.restarts += 1
             self.state = "connected"
             self._pending = msg

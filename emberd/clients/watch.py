@@ -7,6 +7,9 @@ recording console); :func:`run_watch` is the loop behind the command.
 
 from __future__ import annotations
 
+import contextlib
+import json
+import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -34,6 +37,7 @@ LATENCY_WINDOW_MSGS = 500  # recent match messages in the client-side latency fi
 SHOW_MATCHES = 5  # matches per channel on screen
 SHOW_TAGS = 3  # tags per channel on screen
 REFRESH_HZ = 10  # screen refreshes per second
+RESTART_NOTE_S = 10.0  # the "daemon restarted" note shows this long after a restart
 
 
 @dataclass
@@ -56,6 +60,9 @@ class WatchState:
     connection: str = "waiting"
     connection_detail: str = ""
     restarts: int = 0
+    restarted_at: float | None = None  # time.time() of the latest restart
+    changed_at: float = 0.0  # time.time() of the latest connection change
+    last_message_at: float | None = None  # time.time() of the latest daemon message
     channels: dict[int, ChannelView] = field(default_factory=dict)
     status: dict[str, Any] = field(default_factory=dict)
     model: str = ""
@@ -68,16 +75,21 @@ class WatchState:
         now = time.time() if now is None else now
         if isinstance(item, ConnectionEvent):
             self.connection, self.connection_detail = item.state, item.detail
+            self.changed_at = now
             if item.state == "restarted":
                 self.restarts += 1
+                self.restarted_at = now
+                self.connection = "connected"  # a new daemon is publishing
                 self.channels.clear()
                 self.latencies_ms.clear()
             return
         self.messages += 1
+        self.last_message_at = now
         if self.connection in ("waiting", "silent") or (
             self.connection == "stopped" and not isinstance(item, StatusMessage)
         ):
             self.connection = "connected"
+            self.changed_at = now
         self.model = item.model or self.model
         if isinstance(item, MatchMessage):
             self._chan(item.channel).matches = item.matches
@@ -151,17 +163,35 @@ def _status_line(state: WatchState) -> Table:
     return grid
 
 
-def _connection_text(state: WatchState) -> Text:
+def _age(seconds: float) -> str:
+    """A short age: ``4 s``, ``3 min``, ``2 h``."""
+    seconds = max(0.0, seconds)
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.0f} h"
+
+
+def is_stale(state: WatchState) -> bool:
+    """True when what is shown is no longer live (the daemon is silent or stopped)."""
+    return state.connection in ("silent", "stopped")
+
+
+def _connection_text(state: WatchState, now: float) -> Text:
+    heard = (f"last message {_age(now - state.last_message_at)} ago"
+             if state.last_message_at is not None else "nothing received")  # fmt: skip
     if state.connection == "waiting":
         return Text(f"waiting for daemon… ({state.endpoint})", style="yellow")
     if state.connection == "stopped":
-        return Text(f"daemon stopped — waiting for it to come back ({state.endpoint})",
-                    style="yellow")
+        return Text(f"daemon stopped — {heard}; data below is stale; waiting for it to come "
+                    f"back ({state.endpoint})", style="yellow")  # fmt: skip
     if state.connection == "silent":
-        return Text(f"daemon silent — waiting for it to come back ({state.endpoint})",
-                    style="yellow")
-    if state.connection == "restarted" or state.restarts:
-        return Text(f"connected — daemon restarted ({state.restarts}×)", style="magenta")
+        return Text(f"daemon silent — {heard}; data below is stale; waiting for it to come "
+                    f"back ({state.endpoint})", style="yellow")  # fmt: skip
+    if state.restarted_at is not None and now - state.restarted_at < RESTART_NOTE_S:
+        return Text(f"connected to {state.endpoint} — daemon restarted ({state.restarts}×) "
+                    f"{_age(now - state.restarted_at)} ago", style="magenta")  # fmt: skip
     return Text(f"connected to {state.endpoint}", style="green")
 
 
@@ -172,19 +202,24 @@ def hit_text(hit: HitMessage) -> str:
     return f"hit {hit.hit} {hit.stage}: {what} {hit.latency_ms:.0f} ms"
 
 
-def _channel_table(channel: int, view: ChannelView) -> Table:
+def _channel_table(channel: int, view: ChannelView, stale_age: float | None = None) -> Table:
     title = f"channel {channel}"
     if view.rms_db is not None:
-        title += f"  {view.rms_db:6.1f} dBFS" + ("  ●" if view.onset else "")
+        title += f"  {view.rms_db:6.1f} dBFS" + ("  ●" if view.onset and stale_age is None else "")
     if view.hit is not None:
         title += "  " + hit_text(view.hit)
-    table = Table(title=title, title_justify="left", expand=True, show_edge=False)
+    if stale_age is not None:
+        title += f"  (stale: {_age(stale_age)} old)"
+    table = Table(title=title, title_justify="left", expand=True, show_edge=False,
+                  style="dim" if stale_age is not None else "",
+                  title_style="dim" if stale_age is not None else None)  # fmt: skip
     table.add_column("#", justify="right", width=2)
     table.add_column("match", ratio=3, overflow="ellipsis", no_wrap=True)
     table.add_column("score", justify="right", width=6)
     table.add_column("tags", ratio=2, overflow="ellipsis", no_wrap=True)
     for m in view.matches[:SHOW_MATCHES]:
-        table.add_row(str(m.rank + 1), m.name, f"{m.score:.3f}", ", ".join(m.tags))
+        table.add_row(str(m.rank + 1), m.name, f"{m.score:.3f}", ", ".join(m.tags),
+                      style="dim" if stale_age is not None else None)  # fmt: skip
     if view.tags:
         live = "  ".join(f"{t.tag} {t.confidence:.2f}" for t in view.tags[:SHOW_TAGS])
         table.caption = f"live tags: {live}"
@@ -212,9 +247,10 @@ def outputs_text(status: dict[str, Any]) -> str:
     return " · ".join(parts)
 
 
-def render(state: WatchState) -> RenderableType:
-    """Build the screen for ``state`` (pure: no I/O)."""
-    parts: list[RenderableType] = [_connection_text(state), _status_line(state)]
+def render(state: WatchState, *, now: float | None = None) -> RenderableType:
+    """Build the screen for ``state`` at time ``now`` (pure: no I/O)."""
+    now = time.time() if now is None else now
+    parts: list[RenderableType] = [_connection_text(state, now), _status_line(state)]
     outs = outputs_text(state.status)
     if state.lost:  # PUB drops silently per subscriber at its HWM: only the reader can tell
         outs = f"{outs} · this view lost {state.lost}" if outs else f"this view lost {state.lost}"
@@ -223,9 +259,84 @@ def render(state: WatchState) -> RenderableType:
         parts.append(Text.assemble(("outputs ", "dim"), (outs, "yellow" if bad else "")))
     if not state.channels:
         parts.append(Text("no matches yet", style="dim"))
+    stale = is_stale(state)
     for ch in sorted(state.channels):
-        parts.append(_channel_table(ch, state.channels[ch]))
-    return Panel(Group(*parts), title="emberd watch", border_style="blue")
+        view = state.channels[ch]
+        parts.append(_channel_table(ch, view, now - view.updated if stale else None))
+    return Panel(Group(*parts), title="emberd watch", border_style="dim" if stale else "blue")
+
+
+class ChangeLog:
+    """One line (or JSON object) per change of a :class:`WatchState`, for pipes and logs.
+
+    Call :meth:`lines` after every update; it returns what changed since the last call.
+    """
+
+    def __init__(self, *, as_json: bool = False) -> None:
+        self.as_json = as_json
+        self._connection = ""
+        self._top: dict[int, str | None] = {}
+        self._hit: dict[int, tuple[int, str]] = {}
+        self._facts: dict[str, Any] = {}
+
+    def _out(self, now: float, event: dict[str, Any], text: str) -> str:
+        if self.as_json:
+            return json.dumps({"time": round(now, 3), **event})
+        return f"{time.strftime('%H:%M:%S', time.localtime(now))} {text}"
+
+    def lines(self, state: WatchState, *, now: float | None = None) -> list[str]:
+        """The lines for what changed in ``state`` since the previous call."""
+        now = time.time() if now is None else now
+        out = []
+        conn = f"{state.connection}/{state.restarts}"
+        if conn != self._connection:
+            self._connection = conn
+            text = _connection_text(state, now).plain
+            out.append(self._out(now, {"event": "connection", "state": state.connection,
+                                       "restarts": state.restarts, "text": text}, text))
+        if state.connection != "connected":
+            return out
+        for ch in sorted(state.channels):
+            matches = state.channels[ch].matches
+            top = matches[0] if matches else None
+            key = top.path if top is not None else None
+            if ch in self._top and self._top[ch] == key:
+                continue
+            self._top[ch] = key
+            if top is None:
+                out.append(self._out(now, {"event": "match", "channel": ch, "top": None},
+                                     f"ch {ch}  no match"))
+                continue
+            tags = ", ".join(top.tags)
+            out.append(self._out(
+                now,
+                {"event": "match", "channel": ch, "top": {"name": top.name, "path": top.path,
+                 "score": round(top.score, 4), "tags": list(top.tags), "id": top.id}},
+                f"ch {ch}  {top.name} ({top.score:.3f})" + (f"  [{tags}]" if tags else ""),
+            ))  # fmt: skip
+        for ch in sorted(state.channels):
+            hit = state.channels[ch].hit
+            if hit is None or self._hit.get(ch) == (hit.hit, hit.stage):
+                continue
+            self._hit[ch] = (hit.hit, hit.stage)
+            top = hit.matches[0] if hit.matches else None
+            out.append(self._out(
+                now, {"event": "hit", "channel": ch, "hit": hit.hit, "stage": hit.stage,
+                      "top": top.name if top is not None else None,
+                      "latency_ms": round(hit.latency_ms, 1)},
+                f"ch {ch}  {hit_text(hit)}",
+            ))  # fmt: skip
+        st = state.status
+        facts = {name: _find(st, name) for name in ("model", "provider", "overflows",
+                                                    "dropped_hops")}  # fmt: skip
+        if st and facts != self._facts:
+            self._facts = facts
+            out.append(self._out(
+                now, {"event": "status", **facts},
+                f"status  {facts['model']} on {facts['provider']}, overflows "
+                f"{facts['overflows'] or 0}, dropped hops {facts['dropped_hops'] or 0}",
+            ))  # fmt: skip
+        return out
 
 
 def run_watch(
@@ -234,8 +345,13 @@ def run_watch(
     *,
     duration_s: float | None = None,
     silence_s: float = 3.0,
+    as_json: bool = False,
 ) -> int:
-    """Run the live view until Ctrl-C (or ``duration_s``). Returns an exit code."""
+    """Run the live view until Ctrl-C (or ``duration_s``). Returns an exit code.
+
+    On a terminal: a screen redrawn :data:`REFRESH_HZ` times a second. Otherwise (or with
+    ``as_json``): one line per change on stdout, flushed (see :class:`ChangeLog`).
+    """
     from rich.live import Live
 
     from emberd.clients.control_client import ControlClient
@@ -245,12 +361,25 @@ def run_watch(
     state = WatchState(endpoint=zmq_endpoint)
     end = None if duration_s is None else time.monotonic() + duration_s
     topics = ["match", "tag", "level", "status"]
-    with Subscriber(zmq_endpoint, topics, silence_s=silence_s) as sub, \
-            Live(render(state), refresh_per_second=REFRESH_HZ, screen=False) as live:
+    log = ChangeLog(as_json=as_json) if as_json or not sys.stdout.isatty() else None
+
+    def show() -> None:
+        if live is not None:
+            live.update(render(state))
+            return
+        assert log is not None
+        for line in log.lines(state):
+            print(line, flush=True)
+
+    screen = (Live(render(state), refresh_per_second=REFRESH_HZ, screen=False) if log is None
+              else contextlib.nullcontext())  # fmt: skip
+    if log is not None and not as_json:
+        print(f"emberd watch: {zmq_endpoint} (one line per change)", flush=True)
+    with Subscriber(zmq_endpoint, topics, silence_s=silence_s) as sub, screen as live:
         while end is None or time.monotonic() < end:
             item = sub.recv(timeout_s=1.0 / REFRESH_HZ)
             if item is None:
-                live.update(render(state))
+                show()
                 continue
             state.update(item)
             state.lost = sub.dropped
@@ -262,5 +391,5 @@ def run_watch(
                         state.apply_status_reply(ctl.request("status"))
                 except EmberdError:
                     pass  # status will arrive on the PUB socket anyway
-            live.update(render(state))
+            show()
     return 0

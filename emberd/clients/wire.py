@@ -24,7 +24,8 @@ Kinds and their extra header fields:
 ``match``      ``matches``: list of match objects, best first -- the same
                objects as ``emberd query --json`` (``path`` absolute,
                ``name``, ``score``, ``distance``, ``segment_start_s``,
-               ``tags``, ``kind`` = ``"exact"`` or ``"similar"``)
+               ``tags``, ``kind`` = ``"exact"`` or ``"similar"``, ``class`` = the
+               instrument class the file's names give, or null)
 ``tag``        ``tags``: list of ``{"tag": str, "confidence": float}``,
                highest first, confidences sum to <= 1
 ``level``      ``rms_db`` (float, dBFS), ``peak_db`` (float), ``onset`` (bool)

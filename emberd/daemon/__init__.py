@@ -4,7 +4,7 @@ Thread map
 ----------
 ::
 
-    PortAudio callback ─┐  (device.DeviceInput: copy into SampleRing, count, mark arrival)
+    PortAudio callback ─┐  (dsp.device.DeviceSource: copy into SampleRing, count, mark arrival)
     or feeder thread  ──┤  (feed.FeederInput: file/synth blocks at real-time or fast pace)
                         ▼
                   SampleRing (SPSC, lock-free)  +  BlockClock (arrival marks)
@@ -46,7 +46,7 @@ Shared state between threads is listed in each module's docstring as
 decision ladder and the window-match level gate), :mod:`analysis` (tags,
 level, onset, similarity), :mod:`analyzers`, :mod:`outputs`, :mod:`handoff`,
 :mod:`publish_osc`, :mod:`publish_zmq`, :mod:`publish_midi`,
-:mod:`control`, :mod:`status`, :mod:`clock`, :mod:`feed`, :mod:`device`,
-:mod:`capture` (PortAudio DeviceSource), :mod:`reconnect`, :mod:`netpolicy`, :mod:`sounds` and
+:mod:`control`, :mod:`status`, :mod:`feed`, :mod:`device` (the dsp layer's
+DeviceSource plus the stall watchdog), :mod:`reconnect`, :mod:`netpolicy`, :mod:`sounds` and
 :mod:`demo`.
 """

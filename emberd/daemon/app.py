@@ -23,6 +23,7 @@ import numpy as np
 
 from emberd.clients import osc_format as fmt
 from emberd.clients.wire import DEFAULT_CONTROL_ENDPOINT, DEFAULT_PUB_ENDPOINT
+from emberd.cliopts import MAX_K, MAX_THREADS
 from emberd.daemon import netpolicy
 from emberd.daemon.control import Controller, OscControlServer, ZmqControlServer
 from emberd.daemon.engine import Engine, build_engine
@@ -30,7 +31,7 @@ from emberd.daemon.feed import BLOCK_FRAMES, PACES, FeederInput, array_blocks
 from emberd.daemon.mixdown import load_reference
 from emberd.daemon.outputs import Outputs, start_sinks
 from emberd.daemon.status import DaemonStats
-from emberd.daemon.worker import MAX_K, Worker
+from emberd.daemon.worker import Worker
 from emberd.errors import EmberdError
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ START_TIMEOUT_S = 120.0  # wait for the worker to open the library
 JOIN_TIMEOUT_S = 5.0  # per thread at shutdown
 MAX_CHANNELS = 64  # analysed channels (encoder batch; similarity matrix rows)
 SYNTH_SECONDS = 30.0  # length of one pass of the synthetic input
-NO_ENDPOINT = ("", "none", "off")  # --zmq-pub none / --control none disable the socket
+NO_ENDPOINT = ("", "none", "off")  # --zmq none / --control none disable the socket
 
 
 @dataclass
@@ -56,7 +57,7 @@ class DaemonConfig:
     loop: bool = False
     channels: str = "mix"
     model: str | None = None
-    device: str = "auto"
+    device: str = "auto"  # ONNX Runtime execution provider (`--provider`), not an audio device
     encoder: str = "streaming"
     hop_ms: float | None = None
     k: int = 5
@@ -69,6 +70,7 @@ class DaemonConfig:
     max_datagram: int = fmt.DEFAULT_MAX_DATAGRAM_BYTES
     osc_proj: int = 0
     osc_embedding: bool = True
+    osc_changes_only: bool = False
     threads: int = 2
     hits: bool = True  # the live hit ladder (emberd.daemon.hits)
     sinks: list[str] = field(default_factory=list)  # --sink NAME[:key=value,...]
@@ -130,7 +132,8 @@ def open_input(config: DaemonConfig, sr: int) -> Any:
         return _file_input(path, sr, config)
     if config.pace != "realtime" or config.loop:
         raise EmberdError("--pace fast and --loop apply to file input only")
-    from emberd.daemon.device import DeviceInput, device_channels
+    from emberd.daemon.device import DeviceInput
+    from emberd.dsp.device import device_channels
 
     device: int | str | None = None if spec == "default" else int(spec) if spec.isdigit() else spec
     channels = device_channels(device, config.channels)
@@ -154,6 +157,17 @@ def _file_input(path: Path, sr: int, config: DaemonConfig) -> FeederInput:
 
     return FeederInput(blocks, sr=sr, channels=first[0].channels, pace=config.pace,
                        loop=config.loop, description=str(path))  # fmt: skip
+
+
+def _require_model(library_path: Path, model: str) -> None:
+    """Refuse a library with no vectors for ``model`` (it could never match): names what it has."""
+    from emberd.library import Library
+
+    library = Library.open(library_path)
+    try:
+        library.require_model(model)
+    finally:
+        library.close()
 
 
 class Daemon:
@@ -191,10 +205,12 @@ class Daemon:
             raise EmberdError(
                 f"--max-datagram {cfg.max_datagram}: must be in {fmt.MIN_MAX_DATAGRAM_BYTES}..65507"
             )
+        if not 1 <= cfg.threads <= MAX_THREADS:
+            raise EmberdError(f"--threads {cfg.threads}: must be in 1..{MAX_THREADS}")
         if not 1 <= cfg.k <= MAX_K:
             raise EmberdError(f"--k {cfg.k}: must be in 1..{MAX_K}")
         if cfg.zmq_pub.lower() not in NO_ENDPOINT:
-            cfg.zmq_pub = netpolicy.check_zmq_endpoint(cfg.zmq_pub, "--zmq-pub",
+            cfg.zmq_pub = netpolicy.check_zmq_endpoint(cfg.zmq_pub, "--zmq",
                                                        listen_any=cfg.listen_any)  # fmt: skip
         if cfg.control.lower() not in NO_ENDPOINT:
             cfg.control = netpolicy.check_zmq_endpoint(cfg.control, "--control",
@@ -203,10 +219,12 @@ class Daemon:
         if cfg.osc_in:
             osc_in = netpolicy.parse_host_port(cfg.osc_in, "--osc-in")
             netpolicy.check_listen_host(osc_in[0], "--osc-in", listen_any=cfg.listen_any)
-        targets = [
-            netpolicy.resolve_target(*netpolicy.parse_host_port(t, "--osc"), "--osc")
-            for t in cfg.osc
-        ]
+        hosts = [netpolicy.parse_host_port(t, "--osc", allow_zero=False) for t in cfg.osc]
+        targets = [netpolicy.resolve_target(h, port, "--osc") for h, port in hosts]
+        most = fmt.max_floats(fmt.ADDR_PROJ, "iiii", cfg.max_datagram)
+        if not 0 <= cfg.osc_proj <= most:
+            raise EmberdError(f"--osc-proj {cfg.osc_proj}: must be in 0..{most} (what fits one "
+                              f"{cfg.max_datagram}-byte datagram)")
         return targets, osc_in
 
     def start(self, *, start_input: bool = True) -> Daemon:
@@ -227,6 +245,11 @@ class Daemon:
             self.close()
             raise
         return self
+
+    @property
+    def input_is_played(self) -> bool:
+        """True when the input is a file or the synth (played by a feeder), not a device."""
+        return isinstance(self._input, FeederInput)
 
     def start_input(self) -> None:
         """Start the audio input (device stream or feeder)."""
@@ -250,6 +273,8 @@ class Daemon:
         from emberd.models.registry import resolve_default
 
         manifest = resolve_default(cfg.model)  # None: aiSFX, or dsp-baseline with a warning
+        library_path = Path(cfg.library).expanduser()
+        _require_model(library_path, manifest.name)  # before any thread starts
         self._input = source = open_input(cfg, int(manifest.frontend().sr))
         columns = parse_channels(cfg.channels, source.ring.channels)
         engine = self._engine(manifest, len(columns))
@@ -267,7 +292,6 @@ class Daemon:
         self._outputs = Outputs(runners, analyzers, stats)
         self.pub_endpoint = next((r.sink.endpoint for r in runners if r.output == "zmq"), None)
         stats.info["zmq_pub"] = self.pub_endpoint
-        library_path = Path(cfg.library).expanduser()
 
         def open_library() -> Any:
             from emberd.library import Library
@@ -328,6 +352,7 @@ class Daemon:
                 "proj_dims": str(cfg.osc_proj), "embedding": "1" if cfg.osc_embedding else "0",
                 "wekinator": "{}:{}".format(*WEKINATOR_TARGET) if cfg.wekinator else "",
                 "wekinator_dims": str(cfg.osc_proj or WEKINATOR_DIMS),
+                "changes_only": "1" if cfg.osc_changes_only else "0",
             }))  # fmt: skip
         if cfg.zmq_pub.lower() not in NO_ENDPOINT:
             specs.append(("zmq", {"endpoint": cfg.zmq_pub,

@@ -7,8 +7,16 @@ import signal
 import sys
 from typing import Any
 
-from emberd.clients.osc_format import DEFAULT_MAX_DATAGRAM_BYTES
-from emberd.clients.wire import DEFAULT_CONTROL_ENDPOINT, DEFAULT_PUB_ENDPOINT
+from emberd.clients.cli import add_control, add_zmq
+from emberd.clients.osc_format import DEFAULT_MAX_DATAGRAM_BYTES, MIN_MAX_DATAGRAM_BYTES
+from emberd.cliopts import (
+    add_k,
+    add_provider,
+    add_threads,
+    int_range,
+    non_negative_float,
+    positive_float,
+)
 
 DEFAULT_K = 5  # matches per hop
 DEFAULT_DEMO_SECONDS = 20.0  # length of `emberd demo`
@@ -18,37 +26,40 @@ DEMO_OSC_TARGET = "127.0.0.1:9000"  # where the Pd patch (clients/patches/emberd
 def add_daemon_options(p: argparse.ArgumentParser, *, demo: bool = False) -> None:
     """Options shared by ``run`` and ``demo``."""
     p.add_argument("--model", default=None,
-                   help="encoder (default: aisfx, falling back loudly to dsp-baseline)")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
-                   help="ONNX Runtime device (default auto)")
+                   help="encoder; the library must be indexed with it (default: aisfx, "
+                        "falling back loudly to dsp-baseline)")
+    add_provider(p)
     p.add_argument("--encoder", default="streaming", choices=("windowed", "streaming"),
                    help="streaming: cached activations, same embeddings as windowed, "
                         "aisfx only (default; other models run windowed); "
                         "windowed: ONNX encoder on the latest window each hop")
-    p.add_argument("--hop-ms", type=float, default=None, metavar="MS",
-                   help="analysis hop (default: one mel frame, 23.2 ms for aisfx)")
-    p.add_argument("--k", type=int, default=DEFAULT_K,
-                   help=f"matches per hop (default {DEFAULT_K})")
+    p.add_argument("--hop-ms", type=positive_float, default=None, metavar="MS",
+                   help="analysis hop, rounded to whole mel frames (default: one frame, "
+                        "23.2 ms for aisfx; from one frame up to one encoder window)")
+    add_k(p, default=DEFAULT_K, what="hop")
     p.add_argument("--osc", action="append", default=[], metavar="HOST:PORT",
                    help="send OSC to HOST:PORT (repeatable)")
     p.add_argument("--osc-in", default=None, metavar="HOST:PORT",
                    help="listen for OSC control (/emberd/ctl/...) on HOST:PORT")
-    p.add_argument("--zmq-pub", default=DEFAULT_PUB_ENDPOINT, metavar="ENDPOINT",
-                   help=f"ZeroMQ PUB endpoint (default {DEFAULT_PUB_ENDPOINT}; 'none' disables)")
-    p.add_argument("--control", default=DEFAULT_CONTROL_ENDPOINT, metavar="ENDPOINT",
-                   help=f"ZeroMQ control REP endpoint (default {DEFAULT_CONTROL_ENDPOINT}; "
-                        "'none' disables)")
+    add_zmq(p, bind=True)
+    add_control(p, bind=True)
     p.add_argument("--wekinator", action="store_true",
                    help="also send /wek/inputs (projected embedding) to 127.0.0.1:6448")
-    p.add_argument("--osc-proj", type=int, default=0, metavar="N",
-                   help="also send /emberd/proj: N floats from a fixed random projection")
+    p.add_argument("--osc-proj", type=int_range(0), default=0, metavar="N",
+                   help="also send /emberd/proj: N floats from a fixed random projection "
+                        "(default 0: off; at most what fits one datagram)")
     p.add_argument("--no-osc-embedding", action="store_true",
                    help="do not send the /emberd/emb blobs")
+    p.add_argument("--osc-changes-only", action="store_true",
+                   help="OSC: send /emberd/match only when a channel's top-1 changes, "
+                        "/emberd/tags only when its top tag changes, /emberd/level only on "
+                        "onsets (for receivers that print what they get; docs/osc.md)")
     p.add_argument("--listen-any", action="store_true",
                    help="allow listening on non-loopback addresses (default: 127.0.0.1 only)")
     p.add_argument("--max-datagram", type=int, default=DEFAULT_MAX_DATAGRAM_BYTES, metavar="BYTES",
-                   help=f"largest OSC datagram (default {DEFAULT_MAX_DATAGRAM_BYTES})")
-    p.add_argument("--threads", type=int, default=2, help="encoder threads (default 2)")
+                   help=f"largest OSC datagram, {MIN_MAX_DATAGRAM_BYTES}..65507 "
+                        f"(default {DEFAULT_MAX_DATAGRAM_BYTES})")
+    add_threads(p)
     p.add_argument("--mix-reference", default=None, metavar="pink|FILE",
                    help="target spectral balance for the mix-down view: 'pink' (flat per "
                         "1/3 octave), an audio file (its long-term balance) or a .csv of Hz,dB")
@@ -95,12 +106,15 @@ def register(subparsers: Any) -> None:
         "demo", help="live demo: synthesised performance against a synthesised library",
         description="Build (once) a small library of synthesised one-shots, play a synthesised "
         "performance through the daemon in real time and show the live matches. Needs no "
-        f"audio hardware or network. Publishes ZeroMQ on the `run` defaults and OSC to "
-        f"{DEMO_OSC_TARGET} unless --osc is given.",
+        "audio hardware. The aiSFX model is fetched on the first run (`pip download`, "
+        "through your pip configuration; --model dsp-baseline needs no network at all). "
+        f"Publishes ZeroMQ on the `run` defaults and OSC to {DEMO_OSC_TARGET} unless --osc "
+        "is given.",
     )  # fmt: skip
     demo.add_argument("--input", default="synth", metavar="synth|default|DEVICE|FILE",
                       help="synth (default), 'default' for the default input device, or a file")
-    demo.add_argument("--duration", type=float, default=DEFAULT_DEMO_SECONDS, metavar="S",
+    demo.add_argument("--duration", type=non_negative_float, default=DEFAULT_DEMO_SECONDS,
+                      metavar="S",
                       help=f"seconds to run (default {DEFAULT_DEMO_SECONDS:g}; 0 = until Ctrl-C)")
     demo.add_argument("--rebuild", action="store_true", help="rebuild the demo library")
     add_daemon_options(demo, demo=True)
@@ -120,19 +134,20 @@ def config_from_args(args: argparse.Namespace, **overrides: Any) -> Any:
         loop=getattr(args, "loop", False),
         channels=getattr(args, "channels", "mix"),
         model=args.model,
-        device=args.device,
+        device=args.provider,
         encoder=args.encoder,
         hop_ms=args.hop_ms,
         k=args.k,
         osc=list(args.osc),
         osc_in=args.osc_in,
-        zmq_pub=args.zmq_pub,
+        zmq_pub=args.zmq,
         control=args.control,
         wekinator=args.wekinator,
         listen_any=args.listen_any,
         max_datagram=args.max_datagram,
         osc_proj=args.osc_proj,
         osc_embedding=not args.no_osc_embedding,
+        osc_changes_only=args.osc_changes_only,
         threads=args.threads,
         hits=not args.no_hits,
         sinks=list(args.sink),
@@ -147,29 +162,38 @@ def config_from_args(args: argparse.Namespace, **overrides: Any) -> Any:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    """``emberd run``: start, run until the input ends or SIGINT/SIGTERM, exit 0."""
+    """``emberd run``: start, run until the input ends or SIGINT/SIGTERM, exit 0.
+
+    Prints a start block once everything runs, a status line every few seconds while
+    stderr is a terminal, and the summary ``demo`` prints when it ends.
+    """
+    import time
+
+    from emberd.daemon import report
     from emberd.daemon.app import Daemon
 
     daemon = Daemon(config_from_args(args))
     stop = lambda *_: daemon.request_stop()  # noqa: E731
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    live = sys.stderr.isatty()
     with daemon:
-        st = daemon.stats.info if daemon.stats else {}
-        print(
-            f"emberd: {st.get('model', '?')} on {st.get('provider', '?')}, input "
-            f"{st.get('input', '?')}; pub {daemon.pub_endpoint}, control "
-            f"{daemon.control_endpoint}, osc-in {st.get('osc_in')}, osc -> "
-            f"{', '.join(st.get('osc_targets', [])) or 'none'}",
-            file=sys.stderr,
-            flush=True,
-        )
-        daemon.wait()
+        print(report.start_block(daemon) + ("\n  Ctrl-C stops." if live else ""),
+              file=sys.stderr, flush=True)  # fmt: skip
+        assert daemon.stats is not None
+        next_line = time.monotonic() + report.STATUS_LINE_PERIOD_S
+        while not daemon.wait(timeout=0.2 if live else None):
+            if time.monotonic() >= next_line:
+                next_line += report.STATUS_LINE_PERIOD_S
+                print(report.status_line(daemon.stats.snapshot(), daemon.stats.last_top1),
+                      file=sys.stderr, flush=True)  # fmt: skip
+        final = daemon.stats.snapshot()
         error = daemon.error
     if error is not None:
         from emberd.errors import EmberdError
 
         raise error if isinstance(error, EmberdError) else EmberdError(f"daemon: {error}")
+    print(report.summary(final), file=sys.stderr, flush=True)
     return 0
 
 

@@ -12,7 +12,9 @@ worker), and hands it to the worker. Every invalid or failed request gets
 Threads. :class:`ZmqControlServer` owns a REP socket; :class:`OscControlServer` owns a
 UDP socket and replies to each datagram's sender (``/emberd/reply cmd ok detail``). Each
 server is the only writer of its rejected counter (``stats.rejected_control`` /
-``stats.rejected_osc``).
+``stats.rejected_osc``, and of its ``rate_limited_*`` counter). Both refuse a source over
+its budget before parsing anything (:mod:`emberd.daemon.ratelimit`), so a flood of control
+messages costs the worker little GIL time.
 """
 
 from __future__ import annotations
@@ -30,9 +32,18 @@ from typing import Any
 
 from emberd.clients import osc_format as fmt
 from emberd.clients.wire import CONTROL_COMMANDS
+from emberd.cliopts import MAX_K
 from emberd.daemon.analysis import vote_tags
+from emberd.daemon.ratelimit import (
+    OSC_BURST,
+    OSC_RATE_PER_S,
+    OSC_TOTAL_PER_S,
+    ZMQ_BURST,
+    ZMQ_RATE_PER_S,
+    RateLimiter,
+)
 from emberd.daemon.status import DaemonStats, swallowed
-from emberd.daemon.worker import MAX_CAPTURE_S, MAX_K, Worker
+from emberd.daemon.worker import MAX_CAPTURE_S, Worker
 from emberd.daemon.zmqbind import bind_socket
 from emberd.errors import EmberdError
 
@@ -40,7 +51,9 @@ log = logging.getLogger(__name__)
 
 COMMAND_TIMEOUT_S = 15.0  # longest wait for the worker (reload, set_model) before giving up
 POLL_TIMEOUT_S = 0.2  # control threads wake this often to notice a stop request
-MAX_REQUEST_BYTES = 65536  # larger control requests are refused unread
+MAX_REQUEST_BYTES = 4096  # larger control requests are refused unparsed (bounded parsing)
+MAX_OSC_CONTROL_BYTES = 4096  # larger control datagrams likewise
+MAX_TARPIT_S = 0.05  # longest a rate-limited ZeroMQ request waits for its refusal
 MAX_OSC_DATAGRAM_BYTES = 65536  # UDP receive buffer (largest IPv4 payload fits)
 MAX_MODEL_NAME_CHARS = 200
 MODEL_NAME_RE = re.compile(rf"[A-Za-z0-9][A-Za-z0-9._+-]{{0,{MAX_MODEL_NAME_CHARS - 1}}}")
@@ -239,12 +252,15 @@ class ZmqControlServer(threading.Thread):
         self.bound = threading.Event()
         self.error: BaseException | None = None
         self._stop_event = threading.Event()
+        self.limiter = RateLimiter(ZMQ_RATE_PER_S, ZMQ_BURST)
 
     def stop(self) -> None:
         self._stop_event.set()
 
     def run(self) -> None:
         import zmq
+
+        limited_reply = encode_reply(_error(self.limiter.error()))
 
         sock = bind_socket(self, zmq.REP)
         if sock is None:
@@ -258,6 +274,14 @@ class ZmqControlServer(threading.Thread):
                 # copy=False: an oversized request is refused by its length without a
                 # second (Python-side) copy of up to megabytes.
                 parts = sock.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+                if not self.limiter.allow("zmq"):
+                    # Refused unparsed; the refusal waits (GIL released) for the bucket, so
+                    # a client sending as fast as it is answered is paced to the rate.
+                    time.sleep(min(self.limiter.wait_s("zmq"), MAX_TARPIT_S))
+                    self.stats.rate_limited_control += 1
+                    self.stats.rejected_control += 1
+                    sock.send(limited_reply)
+                    continue
                 size = max((len(p) for p in parts), default=0)
                 if size > MAX_REQUEST_BYTES:
                     reply = _error(f"request of {size} bytes exceeds {MAX_REQUEST_BYTES}")
@@ -303,6 +327,7 @@ class OscControlServer(threading.Thread):
         self._captures: queue.Queue[tuple[dict[str, Any], tuple[str, int]]] = queue.Queue(
             maxsize=CAPTURE_QUEUE)
         self._capture_thread: threading.Thread | None = None
+        self.limiter = RateLimiter(OSC_RATE_PER_S, OSC_BURST, OSC_TOTAL_PER_S)
 
     def stop(self) -> None:
         self._stop_event.set()
@@ -316,16 +341,34 @@ class OscControlServer(threading.Thread):
             while not self._stop_event.is_set():
                 try:
                     n, sender = self.sock.recvfrom_into(buf)
-                    dgram = bytes(view[:n])
                 except TimeoutError:
                     continue
                 except OSError:
                     if self._stop_event.is_set():
                         return
                     continue
-                self._serve(dgram, sender)
+                now = time.monotonic()
+                pause = self.limiter.pause_s(now)
+                if not self.limiter.allow(sender, now):
+                    self._refuse_limited(sender, now)  # unparsed
+                elif n > MAX_OSC_CONTROL_BYTES:
+                    with self._reply_lock:
+                        self.stats.rejected_osc += 1
+                    self._reply(sender, "?", _error(
+                        f"datagram of {n} bytes exceeds {MAX_OSC_CONTROL_BYTES}"))
+                else:
+                    self._serve(bytes(view[:n]), sender)
+                if pause > 0:  # over the thread's overall budget: let the worker have the GIL
+                    time.sleep(pause)
         finally:
             self.sock.close()
+
+    def _refuse_limited(self, sender: tuple[str, int], now: float) -> None:
+        with self._reply_lock:
+            self.stats.rate_limited_osc += 1
+            self.stats.rejected_osc += 1
+        if self.limiter.notice_due(sender, now):  # told once a second, not once a datagram
+            self._reply(sender, "?", _error(self.limiter.error()))
 
     def _serve(self, dgram: bytes, sender: tuple[str, int]) -> None:
         try:

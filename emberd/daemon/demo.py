@@ -1,4 +1,4 @@
-"""``emberd demo``: the whole product on embedded defaults, no audio hardware or network.
+"""``emberd demo``: the whole product on embedded defaults, no audio hardware needed.
 
 1. Builds once (cached in ``data_dir()/demo``) a library of synthesised one-shots in
    named folders (``Kicks``, ``Snares``, ``Hats``, ``Claps``, ``Bass``, ``Pads``) and
@@ -8,8 +8,9 @@
 3. Subscribes to its own ZeroMQ feed, like any client, and shows the live matches, tags,
    levels and latency in the terminal (rich) until ``--duration`` seconds have passed.
 
-The encoder is aiSFX (Ma & Lerch, ISMIR 2022; MIT code, CC BY 4.0 model), fetched if
-needed, falling back loudly to the DSP baseline when it cannot be fetched.
+The encoder is aiSFX (Ma & Lerch, ISMIR 2022; MIT code, CC BY 4.0 model), fetched on the
+first run (``pip download`` through the user's pip configuration: the only network use),
+falling back loudly to the DSP baseline when it cannot be fetched.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from emberd.daemon import sounds
+from emberd.daemon import report, sounds
 from emberd.errors import EmberdError
 
 log = logging.getLogger(__name__)
@@ -208,19 +209,18 @@ def run_demo(args: argparse.Namespace) -> int:
     sub.setsockopt(zmq.LINGER, 0)
     sub.setsockopt(zmq.SUBSCRIBE, b"")
     sub.connect(daemon.pub_endpoint)
-    console.print(
-        f"emberd demo: {manifest.name}, input {config.input}, ZeroMQ {daemon.pub_endpoint}, "
-        f"control {daemon.control_endpoint}"
-        + (f", OSC -> {', '.join(config.osc)}" if config.osc else "")
-    )
+    # The header goes to stderr like `run`'s start block; print() never wraps mid-phrase
+    # (rich wraps at 80 columns when stdout is not a terminal).
+    print(report.start_block(daemon, command="demo"), file=sys.stderr, flush=True)
     if manifest.name == "aisfx":
-        console.print(AISFX_CREDIT)
+        print(AISFX_CREDIT, file=sys.stderr, flush=True)
     end = time.monotonic() + args.duration if args.duration > 0 else float("inf")
     live = Live(view.render(), console=console, refresh_per_second=REFRESH_PER_S)
     try:
         if console.is_terminal:  # a live table; otherwise (a pipe, CI) one line a second
             live.start()
         last_line = 0.0
+        shown = 0  # plain lines printed (not a terminal) or live-table refreshes
         assert daemon.worker is not None
         while time.monotonic() < end and not daemon.worker.done.is_set():
             if sub.poll(POLL_MS):
@@ -234,6 +234,7 @@ def run_demo(args: argparse.Namespace) -> int:
             elif time.monotonic() - last_line >= 1.0:
                 last_line = time.monotonic()
                 print(view.line(), flush=True)
+                shown += 1
     except KeyboardInterrupt:
         pass
     finally:
@@ -243,13 +244,9 @@ def run_demo(args: argparse.Namespace) -> int:
         ctx.term()
         status = daemon.stats.snapshot() if daemon.stats else {}
         daemon.close()
-    s = status
-    print(
-        f"emberd demo: {s.get('hops', 0)} hops, latency p50 {s.get('latency_p50_ms', 0):.1f} ms"
-        f" / p99 {s.get('latency_p99_ms', 0):.1f} ms,"
-        f" inference p99 {s.get('inference_p99_ms', 0):.1f} ms,"
-        f" overflows {s.get('overflows', 0)}, dropped hops {s.get('dropped_hops', 0)};"
-        f" {view.messages} ZeroMQ messages shown",
-        file=sys.stderr,
-    )
+    what = (f"{shown} status lines shown" if not console.is_terminal
+            else "shown as a live table")  # fmt: skip
+    print(report.summary(status, command="demo",
+                         extra=f"{view.messages} ZeroMQ messages received, {what}"),
+          file=sys.stderr, flush=True)  # fmt: skip
     return 0

@@ -16,6 +16,7 @@ An :class:`Engine` bundles the strategy with one :class:`StreamingFrontEnd` per 
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -89,7 +90,8 @@ class StreamingHopEncoder:
 
     kind = "streaming"
 
-    def __init__(self, streaming: Any, model: str, channels: int, n_mels: int) -> None:
+    def __init__(self, streaming: Any, model: str, channels: int, n_mels: int,
+                 silence: np.ndarray) -> None:  # fmt: skip
         self.streaming = streaming
         self.model = model
         self.provider = str(streaming.provider)  # numpy (exact edges, default) or ONNX step graph
@@ -98,6 +100,14 @@ class StreamingHopEncoder:
         self._fed = 0
         self._buf = np.empty((channels, streaming.chunk_frames * 4, n_mels), np.float32)
         self._last: np.ndarray | None = None
+        # Embeddings come every chunk_frames frames, ending on multiples of it. Leading
+        # silence frames (what the window holds before the stream anyway) shift that
+        # grid so one window starts exactly on the input's first frame: a one-shot file
+        # played from its onset is analysed in the very window the library indexed.
+        align = (-self.window_frames) % int(streaming.chunk_frames)
+        if align:
+            lead = np.broadcast_to(silence, (channels, align, n_mels))
+            list(streaming.push(np.ascontiguousarray(lead, dtype=np.float32)))
 
     def embed_hop(self, fronts: list[Any], end_frame: int) -> np.ndarray | None:
         while self._fed < end_frame:
@@ -150,7 +160,7 @@ def build_engine(
     manifest = model if hasattr(model, "window_frames") else resolve_default(model)
     config = manifest.frontend()
     frame_s = config.hop_length / config.sr
-    hop_frames = 1 if hop_ms is None else max(1, round(hop_ms / 1000.0 / frame_s))
+    hop_frames = 1 if hop_ms is None else hop_frames_for(hop_ms, frame_s, manifest)
     capacity = max(FRAME_CAPACITY_MIN, 4 * manifest.window_frames)
     fronts = [StreamingFrontEnd(config, frame_capacity=capacity) for _ in range(channels)]
     encoder: HopEncoder
@@ -170,6 +180,27 @@ def build_engine(
         manifest.name, encoder.kind, encoder.provider, hop_frames, hop_frames * frame_s * 1000,
     )  # fmt: skip
     return Engine(manifest=manifest, fronts=fronts, encoder=encoder, hop_frames=hop_frames)
+
+
+def hop_frames_for(hop_ms: float, frame_s: float, manifest: Any) -> int:
+    """``--hop-ms`` in whole mel frames, or EmberdError when it cannot be honoured.
+
+    A hop is a whole number of mel frames (rounded to the nearest), from one frame up to
+    one encoder window: shorter cannot be computed, longer would leave audio unanalysed.
+    """
+    frame_ms = frame_s * 1000.0
+    window = int(manifest.window_frames)
+    if not math.isfinite(hop_ms) or hop_ms <= 0:
+        raise EmberdError(f"--hop-ms {hop_ms:g}: must be a number above 0")
+    frames = round(hop_ms / frame_ms)
+    if frames < 1:
+        raise EmberdError(f"--hop-ms {hop_ms:g}: shorter than one mel frame of {manifest.name} "
+                          f"({frame_ms:.2f} ms), the shortest hop")
+    if frames > window:
+        raise EmberdError(f"--hop-ms {hop_ms:g}: longer than one {manifest.name} window "
+                          f"({window * frame_ms:.0f} ms); audio between windows would never be "
+                          "analysed")
+    return int(frames)
 
 
 def _streaming(
@@ -193,4 +224,4 @@ def _streaming(
         pad_frame=silence,  # before the stream: silence, as the windowed path pads
         device=device,
     )
-    return StreamingHopEncoder(enc, manifest.name, channels, manifest.n_mels)
+    return StreamingHopEncoder(enc, manifest.name, channels, manifest.n_mels, silence)

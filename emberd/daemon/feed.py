@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from emberd.daemon.clock import BlockClock
+from emberd.dsp.clock import BlockClock
 from emberd.dsp.ring import SampleRing
 
 log = logging.getLogger(__name__)

@@ -29,14 +29,18 @@ by the best-correlated candidates, and the best of them of that class. Both
 :data:`CLASS_WEIGHTS`) fitted by ``bench/fit_hit_confidence.py`` on tuning kits and
 measured there on held-out kits.
 
-Shared state: none. The ladder lives in the worker thread; :class:`HitResult` items are
-built there and read-only after (publishers read them).
+Threads: the ladder runs in :class:`HitThread` beside the worker (fed a copy of every
+drained chunk), so an answer never waits for a hop's encoder; :class:`HitResult` items are
+read-only once built. The worker reads :meth:`HitLadder.floor_db` (its level gate) and
+:meth:`HitLadder.describe` (plain numbers).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import queue
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -56,7 +60,7 @@ REFINED_S = (0.05, 0.15)  # the refined answers
 FINAL_S = (SNIPPET_SAMPLES - PRE_ROLL_SAMPLES) / hx.WAVE_SR  # 245 ms: all a snippet holds
 HISTORY_S = 3.0  # audio kept per channel: the encoder's 2.32-s window (the level gate)
 PROVISIONAL_CANDIDATES = 64  # attack-descriptor neighbours correlated at the first stage
-REFINED_CANDIDATES = 64  # early-descriptor neighbours correlated at later stages
+REFINED_CANDIDATES = 32  # early-descriptor neighbours correlated at later stages
 CARRIED_CANDIDATES = 8  # best of the previous stage kept as candidates
 VOTE_CANDIDATES = 8  # best-correlated candidates voting for the instrument class (early)
 SIMILAR_TRUST_RHO = 0.5  # a near answer correlating this well is the answer, not the vote
@@ -72,6 +76,7 @@ EXACT_MIN_PROBABILITY = 0.73  # P(exact) to claim the very file: the highest P a
 # held-out-kit hit reached (0.476) plus EXACT_SAFETY in bench/fit_hit_confidence.py, and
 EXACT_MIN_RHO = 0.95  # ... the waveform must correlate this well (noise, a tail: >= 0.97)
 EXACT_MIN_MARGIN = 0.02  # ... and beat every other recording by this much
+FLUSH_TIMEOUT_S = 10.0  # end of input: longest wait for the hit thread to answer what it has
 GATE_MARGIN_DB = 12.0  # a window with no frame this far above the noise floor is silent
 GATE_ABSOLUTE_DB = -70.0  # dBFS RMS: a window quieter than this everywhere is silent
 GATE_FRAME_S = 0.0058  # frames whose RMS the level gate compares
@@ -105,24 +110,112 @@ def _logistic(weights: dict[str, float], **features: float) -> float:
     return 1.0 / (1.0 + math.exp(-max(-50.0, min(50.0, z))))
 
 
-class LevelGate:
-    """Withholds window matches while a channel's whole encoder window is silent, from hop
-    levels (used with ``--no-hits``; otherwise :meth:`HitLadder.heard` decides).
+class SerialPut:
+    """``put`` into ``target`` under a lock shared by every thread that feeds it (the
+    worker and the hit thread both hand items to the same outputs)."""
 
-    The window-level ``match`` stream describes the last ``window`` hops; once all of
-    them were quieter than GATE_MARGIN_DB above ``floor_db`` (or below GATE_ABSOLUTE_DB),
-    there is nothing to name and the hop publishes no match.
+    def __init__(self, target: Any, lock: threading.Lock) -> None:
+        self.target = target
+        self._lock = lock
+
+    def put(self, item: Any) -> None:
+        with self._lock:
+            self.target.put(item)
+
+
+class HitThread(threading.Thread):
+    """Runs the ladder beside the worker, so a hit is answered while a hop is being encoded.
+
+    The worker :meth:`feed` s a copy of every drained chunk (``[channels, n]``); this
+    thread pushes it through the ladder and puts each answer into ``outputs`` at once.
+    :meth:`flush` (end of input) returns once everything fed is answered; :meth:`replace`
+    swaps in the ladder of a reloaded library.
+
+    Shared attributes (written by -> read by): ``ladder`` (this thread, on replace ->
+    worker: describe, floor_db: plain numbers).
     """
 
-    def __init__(self, channels: int) -> None:
-        self._loudest: list[list[float]] = [[] for _ in range(channels)]
+    def __init__(self, ladder: HitLadder, outputs: list[Any]) -> None:
+        super().__init__(name="emberd-hits", daemon=True)
+        self.ladder = ladder
+        self.outputs = outputs
+        self.error: BaseException | None = None
+        self._queue: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
 
-    def push(self, c: int, rms_db: float, floor_db: float, window: int) -> bool:
-        """Record hop level ``rms_db`` of channel ``c``; True when its window has sound."""
-        hist = self._loudest[c]
-        hist.append(rms_db)
-        del hist[:-window]
-        return max(hist) >= max(GATE_ABSOLUTE_DB, floor_db + GATE_MARGIN_DB)
+    def feed(self, chunk: np.ndarray) -> None:
+        self._queue.put(("audio", np.array(chunk, np.float32, copy=True)))
+
+    def flush(self, timeout: float = FLUSH_TIMEOUT_S) -> None:
+        done = threading.Event()
+        self._queue.put(("flush", done))
+        done.wait(timeout)
+
+    def replace(self, ladder: HitLadder) -> None:
+        self._queue.put(("ladder", ladder))
+
+    def stop(self) -> None:
+        self._queue.put(("stop", None))
+
+    def run(self) -> None:
+        while True:
+            what, arg = self._queue.get()
+            try:
+                if what == "stop":
+                    return
+                if what == "ladder":
+                    self.ladder = arg
+                elif what == "flush":
+                    self._hand(self.ladder.flush())
+                    arg.set()
+                else:
+                    for c in range(arg.shape[0]):
+                        self._hand(self.ladder.push(c, arg[c]))
+            except Exception as exc:  # a bug in one hit must not end hit detection
+                if self.error is None:
+                    log.exception("hit ladder failed")
+                self.error = exc
+                if what == "flush":
+                    arg.set()
+
+    def _hand(self, results: list[HitResult]) -> None:
+        for r in results:
+            for out in self.outputs:
+                out.put(r)
+
+
+class LevelGate:
+    """Withholds window matches while a channel's whole encoder window is silent.
+
+    The worker pushes every chunk (:meth:`push`, in input samples); :meth:`heard` says
+    whether any GATE_FRAME_S frame between two input positions stood GATE_MARGIN_DB above
+    the channel's noise floor (the hit detector's, when hits run) and above
+    GATE_ABSOLUTE_DB. The window-level ``match`` stream asks it for each hop's encoder
+    window: the noise floor and digital silence are never matched.
+    """
+
+    def __init__(self, channels: int, sr: int) -> None:
+        self.frame = max(1, round(GATE_FRAME_S * sr))
+        self._levels = [_History(round(LEVEL_HISTORY_S / GATE_FRAME_S)) for _ in range(channels)]
+        self._pending = [np.zeros(0, np.float32) for _ in range(channels)]
+
+    def push(self, c: int, x: np.ndarray) -> None:
+        """Channel ``c``'s next input samples."""
+        buf = np.concatenate([self._pending[c], np.asarray(x, np.float32)])
+        n = len(buf) // self.frame * self.frame
+        self._pending[c] = buf[n:].copy()
+        if n:
+            energy = np.mean(buf[:n].reshape(-1, self.frame).astype(np.float64) ** 2, axis=1)
+            db = np.maximum(10.0 * np.log10(np.maximum(energy, 1e-12)), -120.0)
+            self._levels[c].append(db.astype(np.float32))
+
+    def heard(self, c: int, start: int, end: int, floor_db: float = -120.0) -> bool:
+        """Whether channel ``c`` had sound between input positions ``start`` and ``end``."""
+        lv = self._levels[c]
+        a = max(start // self.frame, lv.end - len(lv.buf))
+        b = min(-(-end // self.frame), lv.end)
+        if b <= a:
+            return False
+        return float(np.max(lv.get(a, b - a))) >= max(GATE_ABSOLUTE_DB, floor_db + GATE_MARGIN_DB)
 
 
 @dataclass
@@ -199,7 +292,6 @@ class _Channel:
     detector: OnsetDetector
     history: _History
     rate: ToRate  # input rate -> the ladder's
-    levels: _History  # RMS dB per GATE_FRAME_S frame, LEVEL_HISTORY_S of them (level gate)
     hits: list[_Hit] = field(default_factory=list)
     sounding: list[_Sounding] = field(default_factory=list)
     next_id: int = 0
@@ -252,7 +344,6 @@ class HitLadder:
         self._answers = 0
         self.evidence: list[dict[str, Any]] | None = None  # set to a list to record features
         sr = self.sr
-        self._gate_frame = max(1, round(GATE_FRAME_S * sr))
         self._stages = [
             ("provisional", round(PROVISIONAL_S * sr)),
             *[("refined", round(s * sr)) for s in REFINED_S],
@@ -260,8 +351,7 @@ class HitLadder:
         ]
         self._channels = [
             _Channel(n, OnsetDetector(sr=sr), _History(round(HISTORY_S * sr)),
-                     ToRate(self.sr_in, sr),
-                     _History(round(LEVEL_HISTORY_S / GATE_FRAME_S)))
+                     ToRate(self.sr_in, sr))
             for n in channels
         ]  # fmt: skip
 
@@ -272,22 +362,6 @@ class HitLadder:
     def floor_db(self, c: int) -> float:
         """Channel ``c``'s tracked noise floor (dBFS RMS)."""
         return self._channels[c].detector.floor_db
-
-    def heard(self, c: int, start: int, end: int) -> bool:
-        """Whether channel ``c`` had sound between input positions ``start`` and ``end``.
-
-        Sound: some GATE_FRAME_S frame GATE_MARGIN_DB above the tracked noise floor and
-        above GATE_ABSOLUTE_DB. The window-level match stream asks this for each hop's
-        encoder window: the noise floor and digital silence are never matched.
-        """
-        ch = self._channels[c]
-        lv = ch.levels
-        a = max(int(start / self._ratio) // self._gate_frame, lv.end - len(lv.buf))
-        b = min(-(-int(end / self._ratio) // self._gate_frame), lv.end)
-        if b <= a:
-            return False
-        level = float(np.max(lv.get(a, b - a)))
-        return level >= max(GATE_ABSOLUTE_DB, ch.detector.floor_db + GATE_MARGIN_DB)
 
     def describe(self) -> dict[str, Any]:
         """The ladder's part of the status object."""
@@ -307,7 +381,6 @@ class HitLadder:
             return []
         pos = ch.history.end
         ch.history.append(x)
-        self._frame_levels(ch)
         out: list[HitResult] = []
         known, covered = self._known(ch, pos, len(x))
         for onset in ch.detector.push(x, known, covered):
@@ -320,17 +393,6 @@ class HitLadder:
             ch.hits.append(hit)
         out += self._advance(ch, until=ch.history.end)
         return out
-
-    def _frame_levels(self, ch: _Channel) -> None:
-        """Append the RMS (dB) of every GATE_FRAME_S frame the new samples complete."""
-        f = self._gate_frame
-        first, last = ch.levels.end, ch.history.end // f  # next frame .. complete frames
-        if last <= first:
-            return
-        x = ch.history.get(first * f, (last - first) * f).reshape(-1, f)
-        energy = np.mean(x.astype(np.float64) ** 2, axis=1)
-        ch.levels.append(np.maximum(10.0 * np.log10(np.maximum(energy, 1e-12)), -120.0)
-                         .astype(np.float32))  # fmt: skip
 
     def _known(
         self, ch: _Channel, start: int, n: int

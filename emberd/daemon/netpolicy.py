@@ -8,6 +8,7 @@ import socket
 from emberd.errors import EmberdError
 
 LOOPBACK_NAMES = frozenset({"localhost", "ip6-localhost"})
+MAX_PORT = 65535  # largest TCP/UDP port number
 
 
 def is_loopback(host: str) -> bool:
@@ -21,17 +22,21 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def parse_host_port(text: str, what: str) -> tuple[str, int]:
-    """Split ``HOST:PORT`` (``[v6]:PORT`` for IPv6); PORT 0 picks a free port.
+def parse_host_port(text: str, what: str, *, allow_zero: bool = True) -> tuple[str, int]:
+    """Split ``HOST:PORT`` (``[v6]:PORT`` for IPv6); PORT 0 picks a free port (listeners only).
 
     Raises
     ------
     EmberdError
-        If it is not ``HOST:PORT`` with a port in 0..65535.
+        If it is not ``HOST:PORT``, or the port is outside 0..65535 (1..65535 when
+        ``allow_zero`` is False: a destination needs a real port).
     """
     host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
+    if not sep or not host or not port.strip().isdigit():
         raise EmberdError(f"{what} {text!r}: expected HOST:PORT (e.g. 127.0.0.1:9000)")
+    lo = 0 if allow_zero else 1
+    if not lo <= int(port) <= MAX_PORT:
+        raise EmberdError(f"{what} {text!r}: port {int(port)} is out of range ({lo}..{MAX_PORT})")
     return host.strip("[]"), int(port)
 
 
@@ -54,8 +59,10 @@ def check_zmq_endpoint(endpoint: str, what: str, *, listen_any: bool) -> str:
     if scheme != "tcp":
         return endpoint  # local by construction
     host, sep, port = rest.rpartition(":")
-    if not sep or not host or not (port == "*" or (port.isdigit() and int(port) <= 65535)):
+    if not sep or not host or not (port == "*" or port.isdigit()):
         raise EmberdError(f"{what} {endpoint!r}: expected tcp://HOST:PORT")
+    if port != "*" and int(port) > MAX_PORT:
+        raise EmberdError(f"{what} {endpoint!r}: port {int(port)} is out of range (0..{MAX_PORT})")
     check_listen_host("0.0.0.0" if host == "*" else host, what, listen_any=listen_any)
     return f"tcp://{host}:{'*' if port in ('0', '*') else port}"
 

@@ -13,7 +13,9 @@ to Wekinator (first channel of a hop), ``similarity`` -> ``/emberd/similarity`` 
 
 Options: ``targets`` (space-separated resolved ``host:port``), ``max_bytes``,
 ``proj_dims``, ``embedding`` (``0``: no blobs), ``wekinator`` (``host:port``),
-``wekinator_dims``, ``start_time`` (Unix s, the OSC time base).
+``wekinator_dims``, ``start_time`` (Unix s, the OSC time base), ``changes_only``
+(``1``: ``/emberd/match`` only when a channel's top-1 path changes, ``/emberd/tags`` only
+when its top tag changes, ``/emberd/level`` only on onsets; ``--osc-changes-only``).
 
 Shared attributes (written by -> read by): ``dropped`` datagrams the OS refused, e.g. a
 full socket buffer (sink thread -> its runner).
@@ -74,6 +76,8 @@ class OscSink:
         Where ``/wek/inputs`` goes (the first channel's projection).
     send_embedding : bool
         Send ``/emberd/emb`` blobs.
+    changes_only : bool
+        Send matches, tags and levels only when they change (see module docstring).
     """
 
     def __init__(
@@ -86,6 +90,7 @@ class OscSink:
         wekinator: tuple[str, int] | None = None,
         wekinator_dims: int = 16,
         send_embedding: bool = True,
+        changes_only: bool = False,
     ) -> None:
         self.targets = list(targets)
         self.start_time = start_time
@@ -94,6 +99,9 @@ class OscSink:
         self.wekinator = wekinator
         self.wekinator_dims = min(wekinator_dims, fmt.max_floats(fmt.ADDR_WEKINATOR, "", max_bytes))
         self.send_embedding = send_embedding
+        self.changes_only = changes_only
+        self._last_top: dict[int, str] = {}  # channel -> top-1 path sent (changes_only)
+        self._last_tag: dict[int, str] = {}  # channel -> top tag sent (changes_only)
         self.dropped = 0  # datagrams the OS refused (full buffer, unreachable target)
         self.sent = 0
         self._wek_hop = -1  # hop whose first emb message went to Wekinator
@@ -138,7 +146,19 @@ class OscSink:
             self._proj[key] = Projection(dim, n)
         return self._proj[key]
 
+    def _changed(self, last: dict[int, str], channel: int, key: str) -> bool:
+        """changes_only: True (and remembered) when ``key`` differs from the channel's last."""
+        if not self.changes_only:
+            return True
+        if last.get(channel) == key:
+            return False
+        last[channel] = key
+        return True
+
     def _match(self, h: dict[str, Any], _: Any) -> None:
+        top = str(h["matches"][0].get("path", "")) if h["matches"] else ""
+        if not self._changed(self._last_top, int(h["channel"]), top):
+            return
         times, mb = self._times(h), self.max_bytes
         for rank, m in enumerate(h["matches"]):
             score = m.get("score")
@@ -149,11 +169,16 @@ class OscSink:
             ))  # fmt: skip
 
     def _tags(self, h: dict[str, Any], _: Any) -> None:
+        top = str(h["tags"][0]["tag"]) if h["tags"] else ""
+        if not self._changed(self._last_tag, int(h["channel"]), top):
+            return
         pairs = [(t["tag"], float(t["confidence"])) for t in h["tags"]]
         self._send(fmt.encode_tags(self._times(h), channel=h["channel"], tags=pairs,
                                    max_bytes=self.max_bytes))  # fmt: skip
 
     def _level(self, h: dict[str, Any], _: Any) -> None:
+        if self.changes_only and not h["onset"]:
+            return
         self._send(fmt.encode_level(self._times(h), channel=h["channel"], rms_db=h["rms_db"],
                                     peak_db=h["peak_db"], onset=h["onset"]))  # fmt: skip
 
@@ -223,4 +248,5 @@ def factory(options: dict[str, str]) -> OscSink:
         wekinator=netpolicy.parse_host_port(wek, "--wekinator") if wek else None,
         wekinator_dims=int(options.get("wekinator_dims", 16)),
         send_embedding=options.get("embedding", "1") != "0",
+        changes_only=options.get("changes_only", "0") == "1",
     )

@@ -62,7 +62,7 @@ class ZmqSink:
         self._sock = bind_socket(self, zmq.PUB, {zmq.SNDHWM: SNDHWM_MESSAGES})
         if self._sock is None:
             self.context.term()
-            raise EmberdError(f"--zmq-pub {endpoint}: cannot bind ({self.error})")
+            raise EmberdError(f"--zmq {endpoint}: cannot bind ({self.error})")
         self._noblock = zmq.NOBLOCK
         self._again = zmq.Again
 
@@ -90,7 +90,7 @@ def factory(options: dict[str, str]) -> ZmqSink:
     from emberd.daemon import netpolicy
 
     endpoint = netpolicy.check_zmq_endpoint(
-        options.get("endpoint", wire.DEFAULT_PUB_ENDPOINT), "--zmq-pub",
+        options.get("endpoint", wire.DEFAULT_PUB_ENDPOINT), "--zmq",
         listen_any=options.get("listen_any", "0") == "1",
     )  # fmt: skip
     return ZmqSink(endpoint, embedding=options.get("embedding", "1") != "0")

@@ -9,23 +9,30 @@ touched again, and sounddevice's exit handler is unregistered so the process can
 still exit at once. Capture then continues in a child process
 (``python -m emberd.daemon.reconnect``) with a fresh PortAudio that reads blocks
 and writes them to its stdout; a reader thread here copies them into the same
-ring the callback used. A child that stalls in turn is killed (SIGKILL never
-blocks) and replaced, with exponential backoff.
+ring the callback used, through the source's public operations only
+(:meth:`~emberd.dsp.device.DeviceSource.detach` gives up the wedged stream,
+:meth:`~emberd.dsp.device.DeviceSource.deliver` is the one producer path: ring copy,
+arrival mark, counter). A child that stalls in turn is killed (SIGKILL never blocks)
+and replaced, with exponential backoff.
 
 States (``input_state`` in status): ``running``; ``stalled`` (no audio for
 :data:`STALL_S` while the stream should run: detected within one second);
 ``reconnecting`` (a capture child is starting). ``input_stalls`` counts stalls,
 ``input_reconnects`` successful reconnections.
 
+Threads, all owned by the :class:`InputWatchdog` and joined by :meth:`InputWatchdog.close`:
+the reconnect thread (backoff, starts and watches children) and one reader thread per
+capture child (ends when the child's stdout closes, i.e. when the child dies or is killed).
+
 Shared attributes (written by -> read by): ``state``, ``stalls``, ``reconnects``
 (worker via :meth:`InputWatchdog.watch`, reconnect thread -> status);
-ring writes (reader thread, the only producer once the stream is abandoned -> worker).
+``_blocks`` (reader thread -> reconnect thread); ring writes via ``deliver`` (reader
+thread, the only producer once the stream is detached -> worker).
 """
 
 from __future__ import annotations
 
 import argparse
-import atexit
 import logging
 import os
 import subprocess
@@ -36,6 +43,8 @@ from typing import Any
 
 import numpy as np
 
+from emberd.dsp.device import forget_portaudio_at_exit
+
 log = logging.getLogger(__name__)
 
 STALL_S = 0.5  # s without a block while capturing: stalled (86 blocks of 256 at 44.1 kHz)
@@ -43,16 +52,9 @@ FIRST_BLOCK_S = 2.0  # s allowed for the very first block after the stream start
 BACKOFF_S = (0.5, 1.0, 2.0, 4.0, 8.0)  # waits before successive reconnection attempts
 STOP_TIMEOUT_S = 1.0  # longest wait for PortAudio to stop a stream at shutdown
 CHILD_START_S = 10.0  # a capture child gets this long to deliver its first block
+JOIN_TIMEOUT_S = 2.0  # per owned thread at close (a killed child's reader ends at once)
 
 RUNNING, STALLED, RECONNECTING = "running", "stalled", "reconnecting"
-
-
-def forget_portaudio_at_exit() -> None:
-    """Stop sounddevice from calling ``Pa_Terminate`` at exit (it blocks on a wedged stream)."""
-    sd = sys.modules.get("sounddevice")
-    handler = getattr(sd, "_exit_handler", None)
-    if handler is not None:
-        atexit.unregister(handler)
 
 
 def stop_stream_bounded(stream: Any, timeout: float = STOP_TIMEOUT_S) -> bool:
@@ -76,13 +78,13 @@ def stop_stream_bounded(stream: Any, timeout: float = STOP_TIMEOUT_S) -> bool:
 
 
 class InputWatchdog:
-    """Watches a :class:`~emberd.daemon.device.DeviceInput` and reconnects it (see module doc).
+    """Watches a :class:`~emberd.dsp.device.DeviceSource` and reconnects it (see module doc).
 
     Parameters
     ----------
-    source : DeviceInput
-        Has ``callbacks``, ``ring``, ``sr``, ``channels``, ``block_size``, ``device``,
-        ``_stream``, ``arrivals`` and the timestamp slots of :class:`DeviceSource`.
+    source : DeviceSource
+        Used through its public surface only: ``callbacks``, ``capturing``, ``detach()``,
+        ``deliver(block)``, ``device``, ``sr``, ``channels``, ``block_size``.
     """
 
     def __init__(self, source: Any) -> None:
@@ -96,7 +98,8 @@ class InputWatchdog:
         self._child: subprocess.Popen[bytes] | None = None
         self._blocks = 0  # blocks delivered by the current child
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._thread: threading.Thread | None = None  # the reconnect loop
+        self._readers: list[threading.Thread] = []  # one per capture child started
 
     # -------------------------------------------------------------- worker side
 
@@ -104,7 +107,7 @@ class InputWatchdog:
         """Called by the worker while it waits for audio; True when the state changed
         since the last call (the worker then publishes status at once)."""
         n = self.source.callbacks
-        idle = self.source._stream is None and self._child is None  # not capturing yet
+        idle = not self.source.capturing and self._child is None  # not capturing yet
         limit = STALL_S if n > 0 else FIRST_BLOCK_S
         if n != self._seen or idle:
             self._seen, self._progress = n, now
@@ -112,7 +115,7 @@ class InputWatchdog:
             self.state = STALLED
             self.stalls += 1
             log.warning("input stalled: no audio for %.1f s; reconnecting", now - self._progress)
-            self._abandon_stream()
+            self.source.detach()  # never touched again: PortAudio may be wedged in it
             self._thread = threading.Thread(target=self._reconnect_loop,
                                             name="emberd-reconnect", daemon=True)
             self._thread.start()
@@ -120,22 +123,19 @@ class InputWatchdog:
         self._reported = self.state
         return changed
 
-    def _abandon_stream(self) -> None:
-        src = self.source
-        src.detached = True
-        if src._stream is not None:
-            src._abandoned = getattr(src, "_abandoned", [])
-            src._abandoned.append(src._stream)  # keep a reference: never closed, never freed
-            src._stream = None
-            forget_portaudio_at_exit()
-
     def describe(self) -> dict[str, Any]:
         return {"input_state": self.state, "input_stalls": self.stalls,
                 "input_reconnects": self.reconnects}
 
     def close(self) -> None:
+        """Stop reconnecting, kill the capture child and join every thread this watchdog owns."""
         self._stop.set()
         self._kill_child()
+        threads = ([self._thread] if self._thread is not None else []) + self._readers
+        for t in threads:
+            if t is not threading.current_thread():
+                t.join(JOIN_TIMEOUT_S)
+        self._readers = [t for t in self._readers if t.is_alive()]
 
     # -------------------------------------------------------------- reconnection
 
@@ -181,8 +181,11 @@ class InputWatchdog:
                                  stdin=subprocess.DEVNULL)
         self._child = child
         first = threading.Event()
-        threading.Thread(target=self._reader, args=(child, first), name="emberd-reconnect-read",
-                         daemon=True).start()
+        self._readers = [t for t in self._readers if t.is_alive()]  # earlier children's, ended
+        reader = threading.Thread(target=self._reader, args=(child, first),
+                                  name="emberd-reconnect-read", daemon=True)  # fmt: skip
+        self._readers.append(reader)
+        reader.start()
         deadline = time.monotonic() + CHILD_START_S
         while time.monotonic() < deadline and not self._stop.is_set():
             if first.wait(0.05):
@@ -193,24 +196,16 @@ class InputWatchdog:
         return False
 
     def _reader(self, child: subprocess.Popen[bytes], first: threading.Event) -> None:
+        """Copy the child's blocks into the source, exactly as its callback did."""
         src = self.source
         nbytes = src.block_size * src.channels * 4
         assert child.stdout is not None
-        offset = time.time() - time.monotonic()
         while True:
             data = child.stdout.read(nbytes)
             if not data or len(data) < nbytes:
                 return  # the child ended: the reconnect loop notices
-            block = np.frombuffer(data, dtype=np.float32).reshape(src.block_size, src.channels)
-            # Timestamps: arrival time minus the block duration (no ADC clock from the child).
-            slot = src.callbacks % len(src._ts_adc)
-            src._ts_sample[slot] = src.ring.total_written + src.ring.overflow_frames
-            src._ts_adc[slot] = time.monotonic() + offset - src._unix_minus_stream \
-                - src.block_size / src.sr
-            src.ring.write(block)
-            src.callbacks += 1
-            if hasattr(src, "arrivals"):
-                src.arrivals.mark(src.ring.total_written)
+            src.deliver(np.frombuffer(data, dtype=np.float32).reshape(src.block_size,
+                                                                      src.channels))
             self._blocks += 1
             first.set()
 

@@ -11,7 +11,8 @@ in part, ``/emberd/status``):
 
 ``model``, ``provider`` (active ONNX Runtime execution provider), ``encoder``
 (``windowed`` or ``streaming``), ``channels``, ``sr``, ``hop_ms``, ``k``, ``paused``,
-``input``, ``library``, ``start_time`` (Unix s), ``uptime_s``, ``hops``,
+``input``, ``library``, ``start_time`` (Unix s), ``uptime_s``, ``hops``, ``matched_hops``
+(hops with a match on any channel),
 ``latency_p50_ms`` / ``latency_p99_ms`` (capture of the first sample of a hop ->
 its last datagram sent; the slowest transport), ``latency_ms_by_transport``,
 ``inference_ms`` / ``inference_p99_ms`` (encoder call per hop, all channels),
@@ -21,6 +22,8 @@ its last datagram sent; the slowest transport), ``latency_ms_by_transport``,
 ``overflows`` (frames the callback could not store), ``dropped_hops`` (hops skipped by
 a late worker plus hops dropped by full publisher queues), ``rejected`` (malformed
 control requests and OSC datagrams), ``rejected_control``, ``rejected_osc``,
+``rate_limited`` / ``rate_limited_control`` / ``rate_limited_osc`` (refused unparsed by
+:mod:`emberd.daemon.ratelimit`, also counted in ``rejected``),
 ``nonfinite_samples``, ``osc_targets``, ``zmq_pub``, ``control``, ``osc_in``,
 ``publisher_drops`` (hops dropped by each output's full handoff), ``outputs`` (per output:
 messages ``published``, ``dropped`` = ``queue_dropped`` + ``transport_dropped``, ``errors``,
@@ -88,9 +91,10 @@ class DaemonStats:
 
     * ``latency_rings[t]`` (publisher of transport t -> snapshot)
     * ``inference_ms``, ``hop_work_ms`` rings (publisher/worker -> snapshot)
-    * ``hops``, ``skipped_hops`` (worker -> snapshot)
-    * ``rejected_control``, ``rejected_osc`` (control threads -> snapshot; each
-      counter has a single writer thread)
+    * ``hops``, ``matched_hops``, ``last_top1``, ``skipped_hops`` (worker -> snapshot,
+      the run command's status line)
+    * ``rejected_control``, ``rejected_osc``, ``rate_limited_*`` (control threads -> snapshot;
+      each counter has a single writer thread)
     * ``info`` dict of static-ish facts (app/worker on model change -> snapshot)
     """
 
@@ -103,9 +107,13 @@ class DaemonStats:
         self.hop_work_ms = _Ring(STATS_WINDOW_HOPS)
         self.block_interval_ms = _Ring(JITTER_WINDOW_BLOCKS)
         self.hops = 0
+        self.matched_hops = 0  # hops with a match on any channel
+        self.last_top1 = ""  # name of the latest top-1 (the run command's status line)
         self.skipped_hops = 0
         self.rejected_control = 0
         self.rejected_osc = 0
+        self.rate_limited_control = 0  # ZeroMQ control thread (also in rejected_control)
+        self.rate_limited_osc = 0  # OSC control thread (also in rejected_osc)
         self.overflows = 0
         self.nonfinite_samples = 0
         self.publisher_drops: dict[str, int] = {}
@@ -145,6 +153,7 @@ class DaemonStats:
             start_time=self.start_time,
             uptime_s=round(time.perf_counter() - self.start_mono, 3),
             hops=self.hops,
+            matched_hops=self.matched_hops,
             latency_p50_ms=round(max(lat50.values(), default=0.0), 3),
             latency_p99_ms=round(max(lat99.values(), default=0.0), 3),
             latency_ms_by_transport={
@@ -165,6 +174,9 @@ class DaemonStats:
             rejected=self.rejected_control + self.rejected_osc,
             rejected_control=self.rejected_control,
             rejected_osc=self.rejected_osc,
+            rate_limited=self.rate_limited_control + self.rate_limited_osc,
+            rate_limited_control=self.rate_limited_control,
+            rate_limited_osc=self.rate_limited_osc,
         )
         status["swallowed_errors"] = dict(_SWALLOWED)
         if self.outputs is not None:

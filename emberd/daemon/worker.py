@@ -20,8 +20,9 @@ Shared attributes (written by -> read by):
 
 * ``paused`` (worker, on ``pause``/``resume`` -> control thread for status)
 * ``k`` (worker, on ``set_k`` -> control thread for status)
-* ``hits`` the hit ladder (worker only; its HitResult items go to the handoffs as they
-  are made, between hops, block by block)
+* ``hits`` the hit ladder, run by the hit thread (:class:`~emberd.daemon.hits.HitThread`,
+  fed a copy of each drained chunk; it puts HitResult items into the same handoffs, every
+  put serialised by one lock); the worker reads its level gate and counters
 * ``engine`` (worker, on ``set_model`` -> control thread for status)
 * ``done`` event (worker at end of input -> app)
 * ``stats`` counters (see :class:`~emberd.daemon.status.DaemonStats`)
@@ -32,6 +33,7 @@ from __future__ import annotations
 import logging
 import math
 import queue
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -42,7 +44,7 @@ import numpy as np
 
 from emberd.daemon.analysis import OnsetDetector, level_db
 from emberd.daemon.engine import Engine
-from emberd.daemon.hits import HitLadder, HitResult, LevelGate
+from emberd.daemon.hits import HitLadder, HitResult, HitThread, LevelGate, SerialPut
 from emberd.daemon.mixdown import MixdownAnalyser, MixdownResult, class_data
 from emberd.daemon.status import DaemonStats
 from emberd.errors import EmberdError
@@ -53,8 +55,8 @@ READ_CHUNK_FRAMES = 2048  # samples per channel drained from the ring per front-
 STATUS_PERIOD_S = 1.0  # status message interval
 WAIT_POLL_S = 0.0005  # sleep while the audio is due but has not arrived yet
 WAIT_MAX_S = 0.05  # longest sleep while waiting for audio (bounds command latency)
-MAX_K = 100  # largest k for set_k / --k
 MAX_CAPTURE_S = 60.0  # longest capture command
+JOIN_HITS_S = 5.0  # wait for the hit thread at shutdown
 
 
 @dataclass
@@ -159,7 +161,9 @@ class Worker(threading.Thread):
         self.library: Any = None
         self.channel_index = list(channel_index)
         self.channels = list(channel_index)
-        self.handoffs = handoffs
+        # The hit thread puts into the same outputs: one lock serialises every put.
+        lock = threading.Lock()
+        self.handoffs = [SerialPut(h, lock) for h in handoffs]
         self.stats = stats
         self.k = k
         self.realtime = realtime
@@ -180,9 +184,11 @@ class Worker(threading.Thread):
         self._seq = 0
         self._next_status = 0.0
         self._capture: _Capture | None = None
+        self._audio_end = sys.maxsize  # ring position where the input ended (end of input)
         self.hits: HitLadder | None = None  # built in run(), with the library
+        self._hit_thread: HitThread | None = None  # runs self.hits beside this thread
         self.hit_detection = hit_detection
-        self._gate = LevelGate(n)
+        self._gate = LevelGate(n, source.sr)
         self.mixdown = MixdownAnalyser(sr=source.sr, channels=self.channels)
         self._centre: np.ndarray | None = None  # library mean vector (similarity centring)
         self._reset_schedule()
@@ -205,6 +211,9 @@ class Worker(threading.Thread):
         try:
             self.library = self._open_library()
             self.hits = self._hit_ladder(self.library)
+            if self.hits is not None:
+                self._hit_thread = HitThread(self.hits, self.handoffs)
+                self._hit_thread.start()
         except BaseException as exc:  # reported by the app as a one-line error
             self.error = exc
             self.ready.set()
@@ -218,6 +227,9 @@ class Worker(threading.Thread):
             log.exception("worker failed")
             self.error = exc
         finally:
+            if self._hit_thread is not None:
+                self._hit_thread.stop()
+                self._hit_thread.join(JOIN_HITS_S)
             for h in self.handoffs:
                 h.put(EndOfStream())
             self._fail_pending("daemon stopping")
@@ -268,7 +280,9 @@ class Worker(threading.Thread):
 
     # ------------------------------------------------------------------ audio
 
-    def _consume(self, n: int) -> None:
+    def _consume(self, n: int, *, padding: bool = False) -> None:
+        """Feed ``n`` samples of ``_scratch`` to every analyser (``padding``: the silence
+        after the end of a file, see :meth:`_end_of_input`, never measured as loudness)."""
         fronts = self.engine.fronts
         for c, col in enumerate(self.channel_index):
             x = self._chan[c, :n]
@@ -279,11 +293,13 @@ class Worker(threading.Thread):
             self._sumsq[c] += float(np.dot(x, x))
             self._peak[c] = max(self._peak[c], float(np.max(np.abs(x))))
             fronts[c].push(x)
-            if self.hits is not None and not self.paused:
-                self._hand_over(self.hits.push(c, x))
+            self._gate.push(c, x)
+        if self._hit_thread is not None and not self.paused and not padding:
+            self._hit_thread.feed(self._chan[:, :n])
         self._count += n
         t_first = self.source.clock.time_of(self._read_pos)
-        for update in self.mixdown.push(self._chan[:, :n], t_first):  # a few per second
+        updates = [] if padding else self.mixdown.push(self._chan[:, :n], t_first)
+        for update in updates:  # a few per second
             for h in self.handoffs:
                 h.put(update)
         self._read_pos += n
@@ -302,11 +318,6 @@ class Worker(threading.Thread):
                          model=self.engine.encoder.model,
                          time_of=self.source.clock.time_of)  # fmt: skip
 
-    def _hand_over(self, results: list[HitResult]) -> None:
-        for r in results:
-            for h in self.handoffs:
-                h.put(r)
-
     def _run_hops(self) -> None:
         """Analyse the hops whose frames are complete (live input: only the newest)."""
         total = self.engine.fronts[0].frames.total
@@ -323,27 +334,35 @@ class Worker(threading.Thread):
             self._next_hop_frame += hop
 
     def _end_of_input(self) -> None:
-        """Flush the front ends and analyse the tail, then tell the publishers."""
-        for fe in self.engine.fronts:
-            fe.flush()
-        if self.hits is not None:
-            self._hand_over(self.hits.flush())
-        total = self.engine.fronts[0].frames.total
-        while self._next_hop_frame <= total:
-            self._hop(self._next_hop_frame)
-            self._next_hop_frame += self.engine.hop_frames
-        if self._last_hop_frame < total:
-            self._hop(total)  # the very end, so short files always get a hop
-        self._publish_status(time.time())
-        if self._capture is not None:
+        """Analyse the tail as the library does, then tell the publishers.
+
+        The library embeds a sound shorter than a window zero-padded after it (silence),
+        so the end of the input is followed by one window of digital silence, hopped
+        through like live audio without skipping: a one-shot played once gets the
+        window that starts at its onset, exactly as it was indexed.
+        """
+        if self._capture is not None:  # the recording ends with the real audio
             self._finish_capture()
+        self._audio_end = self._read_pos
+        pad = self.engine.encoder.window_frames * self.engine.config.hop_length
+        self._scratch[:] = 0.0
+        while pad > 0:
+            n = min(pad, READ_CHUNK_FRAMES)
+            self._consume(n, padding=True)
+            pad -= n
+            total = self.engine.fronts[0].frames.total
+            while self._next_hop_frame <= total:
+                self._hop(self._next_hop_frame)
+                self._next_hop_frame += self.engine.hop_frames
+        if self._hit_thread is not None:
+            self._hit_thread.flush()  # every hit answered before the end of stream
+        self._publish_status(time.time())
 
     # ------------------------------------------------------------------ hop
 
     def _reset_schedule(self) -> None:
         """Start hop counting on the current engine's front ends (new after set_model)."""
         self._next_hop_frame = self.engine.hop_frames + self.engine.fronts[0].frames.total
-        self._last_hop_frame = -1
         # Ring position of the engine's frame 0: fresh front ends start at the next read.
         self._origin = getattr(self, "_read_pos", 0) - self.engine.fronts[0].samples_in
 
@@ -354,11 +373,11 @@ class Worker(threading.Thread):
         return self._origin + last + (cfg.n_fft // 2 if cfg.center else cfg.n_fft)
 
     def _hop(self, end_frame: int) -> None:
-        self._last_hop_frame = end_frame
         cfg = self.engine.config
         sample_end = min(self._hop_sample_end(end_frame), self._read_pos)
         hop_samples = self.engine.hop_frames * cfg.hop_length
-        capture_time = self.source.clock.time_of(sample_end - hop_samples)
+        # Silence after the end of the input (see _end_of_input) was never captured.
+        capture_time = self.source.clock.time_of(min(sample_end - hop_samples, self._audio_end))
         levels = self._levels()
         if self.paused:
             return
@@ -370,14 +389,15 @@ class Worker(threading.Thread):
         self.stats.inference_ms.add((t1 - t0) * 1000.0)
         matches = self._search(emb, self.k)
         window = self.engine.encoder.window_frames * cfg.hop_length
-        for c, (rms_db, _peak, _onset) in enumerate(levels):  # a silent window names nothing
-            if self.hits is not None:
-                heard = self.hits.heard(c, sample_end - window, sample_end)
-            else:
-                heard = self._gate.push(c, rms_db, -120.0, self._window_hops())
-            if not heard:
+        for c in range(len(self.channels)):  # a silent window names nothing
+            floor = self.hits.floor_db(c) if self.hits is not None else -120.0
+            if not self._gate.heard(c, sample_end - window, sample_end, floor):
                 matches[c] = []
         self.mixdown.on_hop(emb)
+        top = next((m[0] for m in matches if m), None)
+        if top is not None:
+            self.stats.matched_hops += 1
+            self.stats.last_top1 = str(top.get("name", ""))
         self.stats.hop_work_ms.add((time.perf_counter() - t0) * 1000.0)
         result = HopResult(
             seq=self._seq,
@@ -394,9 +414,6 @@ class Worker(threading.Thread):
         self.stats.hops += 1
         for h in self.handoffs:
             h.put(result)
-
-    def _window_hops(self) -> int:
-        return max(1, math.ceil(self.engine.encoder.window_frames / self.engine.hop_frames))
 
     def _levels(self) -> list[tuple[float, float, bool]]:
         out = []
@@ -482,6 +499,8 @@ class Worker(threading.Thread):
         if command.cmd == "reload":
             library = self._open_library()
             self.hits = self._hit_ladder(library)
+            if self.hits is not None and self._hit_thread is not None:
+                self._hit_thread.replace(self.hits)
             old, self.library = self.library, library
             if hasattr(old, "close"):
                 old.close()

@@ -28,7 +28,8 @@ def register(subparsers: Any) -> None:
         "blocks of N samples, and write them as float32 [frames, bands] .npy.",
     )
     p.add_argument("file", metavar="FILE", help="audio file (anything libsndfile reads)")
-    p.add_argument("--preset", choices=("librosa", "aisfx"), default="aisfx")
+    p.add_argument("--preset", choices=("librosa", "aisfx"), default="aisfx",
+                   help="mel front end: aisfx (the encoder's, default) or librosa")
     p.add_argument(
         "--block-size", type=_positive_int, default=DEFAULT_FEATURE_BLOCK, metavar="N",
         help=f"samples per push (default {DEFAULT_FEATURE_BLOCK})",
@@ -92,7 +93,7 @@ def features_main(args: argparse.Namespace) -> int:
 
 def devices_main(args: argparse.Namespace) -> int:
     """Handler of ``emberd devices``."""
-    from emberd.daemon.capture import list_devices, resolve_input_device
+    from emberd.dsp.device import list_devices, resolve_input_device
 
     if args.device is not None:
         devices = [resolve_input_device(args.device)]

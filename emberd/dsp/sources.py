@@ -8,7 +8,7 @@
   silence, or a mix), the same samples whatever the block size.
 * :func:`load_audio`: a whole file for offline use (indexer, query, ``emberd features``).
 
-The device source lives in :mod:`emberd.daemon.capture` (it needs PortAudio).
+The device source lives in :mod:`emberd.dsp.device` (it needs PortAudio, imported lazily).
 Bad files raise :class:`EmberdError` with a one-line reason; NaN/Inf samples in a file
 reject the file.
 """

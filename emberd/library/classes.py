@@ -39,6 +39,7 @@ from __future__ import annotations
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable
+from functools import lru_cache
 from pathlib import Path
 
 #: The class vocabulary, drums first.  Identifiers are stable (they go on the wire).
@@ -306,6 +307,12 @@ def class_of_path(path: str | Path, root: str | Path | None = None) -> str | Non
         if cls is not None:
             return cls
     return None
+
+
+@lru_cache(maxsize=65536)
+def cached_class_of_path(path: str, root: str | None = None) -> str | None:
+    """:func:`class_of_path`, memoised: match objects ask it for every match of every hop."""
+    return class_of_path(path, root)
 
 
 def _instrument_files(instrument: ET.Element) -> list[str]:

@@ -5,9 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from typing import Any
 
+from emberd.cliopts import add_k, add_threads, int_range
+
 DEFAULT_MODEL = "aisfx"
+DEFAULT_QUERY_K = 10  # matches per file
+EXIT_SOME_FAILED = 1  # `query`: some inputs could not be read; the others were answered
 
 
 def register(subparsers: Any) -> None:
@@ -19,36 +24,50 @@ def register(subparsers: Any) -> None:
     idx.add_argument("dirs", nargs="+", metavar="DIR", help="folders to index (recursive)")
     idx.add_argument("--library", required=True, metavar="PATH", help="library folder")
     idx.add_argument("--model", default=DEFAULT_MODEL, help="embedding model (default: aisfx)")
-    idx.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
-                     help="decoder processes (0: decode in the main process)")
-    idx.add_argument("--threads", type=int, default=2, help="encoder threads")
+    idx.add_argument("--jobs", type=int_range(0), default=os.cpu_count() or 1, metavar="N",
+                     help="decoder processes (default: one per CPU; 0: decode in the main "
+                          "process)")  # fmt: skip
+    add_threads(idx)
     idx.add_argument("--quiet", action="store_true", help="no progress bar")
     idx.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
                      help="decode and embed on a Ray cluster: auto, HOST:PORT, or none for a "
                           "local Ray (pip install 'emberd[ray]'; every node must see DIR at the "
                           "same path)")
-    idx.add_argument("--ray-actors", type=int, default=0, metavar="N",
-                     help="embedding actors with --ray (default: one per GPU or CPU node)")
+    idx.add_argument("--ray-actors", type=int_range(0), default=0, metavar="N",
+                     help="embedding actors per node with --ray (default: one per GPU, or one "
+                          "per CPU node)")
     idx.set_defaults(func=_index)
 
     q = subparsers.add_parser(
         "query", help="find library sounds for audio files",
-        description="Identify each file in the library and list similar sounds.",
-    )
-    q.add_argument("files", nargs="+", metavar="FILE")
-    q.add_argument("--library", required=True, metavar="PATH")
-    q.add_argument("--model", default=DEFAULT_MODEL)
-    q.add_argument("--k", type=int, default=10, help="matches per file")
-    q.add_argument("--search", choices=("auto", "exact", "annoy"), default="auto")
-    q.add_argument("--json", action="store_true", help="one JSON object per line")
+        description="Identify each file in the library and list similar sounds. Answers go "
+        "to stdout; a file that cannot be read is reported on stderr and the others are "
+        "still answered.",
+        epilog="exit status: 0 every file answered; 1 some files could not be read (each "
+        "named on stderr, the others answered); 2 bad usage, or the library or model cannot "
+        "be used (one line on stderr).",
+    )  # fmt: skip
+    q.add_argument("files", nargs="+", metavar="FILE", help="audio files to look up")
+    q.add_argument("--library", required=True, metavar="PATH", help="library folder")
+    q.add_argument("--model", default=DEFAULT_MODEL,
+                   help=f"model the library was indexed with (default {DEFAULT_MODEL})")
+    add_k(q, default=DEFAULT_QUERY_K, what="file")
+    q.add_argument("--search", choices=("auto", "exact", "annoy"), default="auto",
+                   help="similar-sound search: exact cosine, the Annoy index, or auto (Annoy "
+                        "for large libraries; default)")
+    q.add_argument("--json", action="store_true", help="one JSON object per answered file")
     q.set_defaults(func=_query)
 
-    lib = subparsers.add_parser("library", help="library maintenance")
+    lib = subparsers.add_parser("library", help="library maintenance",
+                                description="Inspect a library made by `emberd index`.")
     lib_sub = lib.add_subparsers(dest="library_command", metavar="COMMAND")
-    info = lib_sub.add_parser("info", help="counts, models, Annoy recall@10 vs exact")
-    info.add_argument("--library", required=True, metavar="PATH")
-    info.add_argument("--sample", type=int, default=200, help="queries for the recall measurement")
-    info.add_argument("--json", action="store_true")
+    info = lib_sub.add_parser("info", help="counts, models, Annoy recall@10 vs exact",
+                              description="Count files, vectors and landmarks per model and "
+                              "measure the Annoy index's recall@10 against exact search.")
+    info.add_argument("--library", required=True, metavar="PATH", help="library folder")
+    info.add_argument("--sample", type=int_range(1), default=200, metavar="N",
+                      help="queries for the recall measurement (default 200)")
+    info.add_argument("--json", action="store_true", help="machine-readable output")
     info.set_defaults(func=_info)
     lib.set_defaults(func=lambda _a: lib.print_help() or 2)
 
@@ -65,11 +84,8 @@ def _index(args: argparse.Namespace) -> int:
         TimeRemainingColumn,
     )
 
-    from emberd.errors import EmberdError
     from emberd.library.indexer import Indexer
 
-    if args.jobs < 0:
-        raise EmberdError(f"--jobs {args.jobs}: must be 0 or more")
     if args.ray is not None:
         from emberd.library.ray_index import RayIndexer
 
@@ -136,8 +152,6 @@ def _query(args: argparse.Namespace) -> int:
     from emberd.errors import EmberdError
     from emberd.library.query import Library, encoder_for
 
-    if args.k < 1:
-        raise EmberdError(f"--k {args.k}: must be at least 1")
     library = _guard_db(lambda: Library.open(args.library, search=args.search))
     try:
         sr = encoder_for(args.model).manifest.frontend().sr
@@ -146,21 +160,24 @@ def _query(args: argparse.Namespace) -> int:
         for path in args.files:
             try:
                 y, _info = load_audio(path, sr=sr, mono=True)
-                silent = no_sound_reason(y, floor_dbfs=QUERY_FLOOR_DBFS)
-                if silent is not None:  # silence is never a match: say why there is none
-                    record: dict[str, Any] = {"query": path, "matches": [],
-                                              "reason": f"no sound: {silent}"}
-                else:
-                    matches = _guard_db(lambda y=y: library.query_audio(y, sr, args.k,
-                                                                        model=args.model))
-                    record = {"query": path, "matches": matches}
-            except EmberdError as exc:
+            except EmberdError as exc:  # this input only: say so on stderr, answer the rest
                 failed += 1
-                record = {"query": path, "error": str(exc)}
+                why = str(exc) if str(exc).startswith(path) else f"{path}: {exc}"
+                print(f"emberd query: {why}", file=sys.stderr, flush=True)
+                continue
+            # A library that fails now (damaged, locked) fails the command: exit 2.
+            silent = no_sound_reason(y, floor_dbfs=QUERY_FLOOR_DBFS)
+            if silent is not None:  # silence is never a match: say why there is none
+                record: dict[str, Any] = {"query": path, "matches": [],
+                                          "reason": f"no sound: {silent}"}
+            else:
+                matches = _guard_db(lambda y=y: library.query_audio(y, sr, args.k,
+                                                                    model=args.model))
+                record = {"query": path, "matches": matches}
             _print_record(record, args.json)
     finally:
         library.close()
-    return 0 if failed < len(args.files) else 2
+    return EXIT_SOME_FAILED if failed else 0
 
 
 def _print_record(record: dict[str, Any], as_json: bool) -> None:
@@ -168,9 +185,6 @@ def _print_record(record: dict[str, Any], as_json: bool) -> None:
         print(json.dumps(record), flush=True)
         return
     print(record["query"])
-    if "error" in record:
-        print(f"  error: {record['error']}")
-        return
     if "reason" in record:
         print(f"  no match: {record['reason']}")
     for i, m in enumerate(record["matches"], 1):

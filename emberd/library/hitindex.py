@@ -56,7 +56,7 @@ DESC_OFFSET_SAMPLES = 16  # descriptors start this far before the onset
 ALIGN_SHIFTS = (-48, -16, 16, 48)  # onset offsets (samples) each file is indexed at
 COARSE_SAMPLES = 512  # lags are searched over this much of the sound (23 ms) ...
 FINE_LAGS = 2  # ... then the whole window is compared at the best lag +-this
-FINE_TOP = 16  # ... for the best-correlated candidates only
+FINE_TOP = 8  # ... for the best-correlated candidates only
 EXACT_MAX_ITEMS = 50_000  # descriptor items searched by one matrix product; Annoy beyond
 ANNOY_TREES = 16
 

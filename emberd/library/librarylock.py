@@ -1,6 +1,6 @@
 """One writer per library, and readers that see a whole generation, never half of one.
 
-``emberd index`` holds an exclusive lock on ``LIB/.emberd.lock`` for its whole
+``emberd index`` holds an exclusive lock on ``LIB/library.lock`` for its whole
 run: a second ``emberd index`` on the same library waits for it (saying so).
 A reader (:meth:`emberd.library.Library.open`: the daemon, ``emberd query``) takes
 the shared lock only while it starts an SQLite read transaction; WAL mode keeps

@@ -45,6 +45,7 @@ from emberd.dsp.resample import mono_at
 from emberd.dsp.silence import QUERY_FLOOR_DBFS, no_sound_reason
 from emberd.errors import EmberdError
 from emberd.library import fingerprint, rerank, waveform
+from emberd.library.classes import cached_class_of_path
 from emberd.library.indexer import frame_energy, window_weights
 from emberd.library.search import AnnoySearch, ExactSearch, normalize
 from emberd.library.store import FileRecord, Store
@@ -197,11 +198,21 @@ class Library:
             self.search_mode == "auto" and n_items > EXACT_MAX_ITEMS
         )
         if want_annoy:
+            ann: AnnoySearch | None = None
             try:
-                backend = AnnoySearch.open(self.path / "index", model, dim=dim)
+                ann = AnnoySearch.open(self.path / "index", model, dim=dim)
             except EmberdError as exc:
                 log.warning("%s; using exact search", exc)
-            if backend is None:
+            generation = self._db(self.store.generation)
+            if ann is not None and ann.manifest.generation != generation:
+                # Built from other vectors than this snapshot's (an index run since, or one
+                # that was interrupted): its ids would not match what we read.
+                log.warning("model %s: Annoy index is of generation %d, the library of %d; "
+                            "using exact search", model, ann.manifest.generation, generation)
+                ann.unload()
+            elif ann is not None:
+                backend = ann
+            else:
                 log.warning("model %s: no Annoy index; using exact search", model)
         if backend is None:
             ids, _fids, _starts, matrix = self._db(self.store.vectors, model)
@@ -273,7 +284,8 @@ class Library:
         if score is not None:
             out["score"] = round(score, 6)
             out["distance"] = round(_distance(min(score, 1.0)), 6)
-        out.update(segment_start_s=round(start, 4), tags=list(rec.tags), kind=kind)
+        out.update(segment_start_s=round(start, 4), tags=list(rec.tags), kind=kind,
+                   **{"class": cached_class_of_path(rec.path, rec.root)})  # names' class or None
         if stage is not None:
             out["stage"] = stage  # which identification stage answered
         return out
@@ -345,7 +357,7 @@ class Library:
         (onset-aligned log-band patches, one matrix product). They are ranked
         by :mod:`emberd.library.rerank` (spectro-temporal comparisons of the
         query with each candidate's stored template, combined by a logistic rule
-        fitted on bench/identify.py), then :func:`emberd.library.waveform.explain`
+        fitted by bench/fit_identify.py on kits A), then :func:`emberd.library.waveform.explain`
         correlates the query's onset waveform with theirs (and explains a mix of
         two library sounds as such); it answers whenever a waveform correlates,
         else the template ranking does. A query that starts well inside a longer

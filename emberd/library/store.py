@@ -3,6 +3,7 @@
 Layout of a library folder ``PATH``::
 
     PATH/library.sqlite        metadata, vectors, fingerprints (WAL mode)
+    PATH/library.lock          one emberd index at a time (emberd.library.librarylock)
     PATH/index/MODEL.json      Annoy index manifest (see emberd.library.search)
     PATH/index/MODEL-*.ann     Annoy index files
 
@@ -35,7 +36,7 @@ INDEX_DIR = "index"
 APP_ID = "emberd-library"
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_S = 30.0  # another emberd process may hold the write lock for a batch
-LOCK_NAME = ".emberd.lock"  # emberd.library.librarylock's lock file (may precede the database)
+LOCK_NAME = "library.lock"  # emberd.library.librarylock: one writer (may precede the database)
 MIN_FREE_TO_READ_BYTES = 256 * 1024  # below this a WAL reader may fail to create its -shm file
 MIN_NORM = 1e-12  # a vector shorter than this has no direction: rejected
 

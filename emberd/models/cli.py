@@ -8,45 +8,61 @@ import sys
 from pathlib import Path
 from typing import Any
 
-DEVICE_CHOICES = ("auto", "cpu", "cuda")
+from emberd.cliopts import add_provider, add_threads
 
 
 def register(subparsers: Any) -> None:
     """Add ``models`` and ``embed`` to the ``emberd`` parser."""
-    models = subparsers.add_parser("models", help="list, inspect, fetch and import encoders")
+    models = subparsers.add_parser("models", help="list, inspect, fetch and import encoders",
+                                   description="Manage the encoders emberd can run.")
     sub = models.add_subparsers(dest="models_command", metavar="ACTION", required=True)
 
-    p = sub.add_parser("list", help="known models and whether they are ready")
+    p = sub.add_parser("list", help="known models and whether they are ready",
+                       description="List the built-in and imported models and whether each "
+                       "is ready to run.")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_list)
 
-    p = sub.add_parser("info", help="one model's manifest, file and active execution provider")
-    p.add_argument("name")
+    p = sub.add_parser("info", help="one model's manifest, file and active execution provider",
+                       description="Show a model's manifest, its file and the ONNX Runtime "
+                       "execution provider that would run it.")
+    p.add_argument("name", help="model name (see `emberd models list`)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
+    add_provider(p)
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("fetch", help="download/convert a built-in model (aisfx, dsp-baseline)")
-    p.add_argument("name")
+    p = sub.add_parser("fetch", help="download/convert a built-in model (aisfx, dsp-baseline)",
+                       description="Fetch a built-in model: aisfx comes from its PyPI wheel "
+                       "(pip download, sha256-checked) and is converted to ONNX without PyTorch; "
+                       "dsp-baseline is built locally.")
+    p.add_argument("name", help="aisfx or dsp-baseline")
     p.set_defaults(func=cmd_fetch)
 
-    p = sub.add_parser("import", help="add your own ONNX encoder with a JSON manifest")
-    p.add_argument("onnx", metavar="PATH.onnx")
-    p.add_argument("--manifest", required=True, metavar="M.json")
+    p = sub.add_parser("import", help="add your own ONNX encoder with a JSON manifest",
+                       description="Copy your ONNX encoder and its JSON manifest into the "
+                       "emberd data folder, after checking them.")
+    p.add_argument("onnx", metavar="PATH.onnx",
+                   help="ONNX graph: [batch, frames, n_mels] -> [batch, dim]")
+    p.add_argument("--manifest", required=True, metavar="M.json",
+                   help="JSON manifest (front end, window, names, licence; see README)")
     p.set_defaults(func=cmd_import)
 
-    p = subparsers.add_parser("embed", help="embed audio files into a .npy matrix")
-    p.add_argument("files", nargs="+", metavar="FILE")
+    p = subparsers.add_parser("embed", help="embed audio files into a .npy matrix",
+                              description="One pooled embedding row per file (or one row per "
+                              "window with --frames), written atomically as float32 .npy.")
+    p.add_argument("files", nargs="+", metavar="FILE", help="audio files")
     p.add_argument("--model", default=None, help="model name (default: aisfx, else dsp-baseline)")
-    p.add_argument("--out", required=True, metavar="OUT.npy")
-    p.add_argument("--pool", choices=("mean", "max", "energy"), default="mean")
+    p.add_argument("--out", required=True, metavar="OUT.npy", help="output matrix (.npy)")
+    p.add_argument("--pool", choices=("mean", "max", "energy"), default="mean",
+                   help="how window embeddings become one row per file (default mean; energy: "
+                        "weighted by window energy)")
     p.add_argument(
         "--frames",
         action="store_true",
         help="write per-window rows instead (plus OUT.json mapping rows to files and times)",
     )
-    p.add_argument("--device", choices=DEVICE_CHOICES, default="auto")
-    p.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads")
+    add_provider(p)
+    add_threads(p)
     p.set_defaults(func=cmd_embed)
 
 
@@ -83,9 +99,9 @@ def cmd_info(args: argparse.Namespace) -> int:
         if args.name not in known:
             raise
         manifest, ready = known[args.name], False
-    info = {**manifest.to_dict(), "ready": ready, "provider": None, "device": args.device}
+    info = {**manifest.to_dict(), "ready": ready, "provider": None, "requested": args.provider}
     if ready:
-        info["provider"] = load_encoder(manifest, device=args.device, warmup=False).provider
+        info["provider"] = load_encoder(manifest, device=args.provider, warmup=False).provider
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -130,7 +146,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
     if not out.parent.is_dir():
         raise EmberdError(f"{out.parent}: folder does not exist")
     manifest = registry.resolve_default(args.model)
-    encoder = load_encoder(manifest, device=args.device, threads=args.threads)
+    encoder = load_encoder(manifest, device=args.provider, threads=args.threads)
     rows: list[np.ndarray] = []
     index: list[dict[str, Any]] = []
     count = 0

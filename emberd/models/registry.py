@@ -46,7 +46,7 @@ def available(manifest: ModelManifest) -> bool:
 
 
 def list_models() -> list[ModelManifest]:
-    """Every known model: built-ins first, then user models by name."""
+    """Every known model: built-ins first, then user models by name, then encoder plug-ins."""
     root = _models_root()
     found = [_builtin(name, root) for name in BUILTINS]
     for manifest in sorted(root.glob(f"*/{MANIFEST_FILE}")):
@@ -56,6 +56,16 @@ def list_models() -> list[ModelManifest]:
             found.append(load_manifest(manifest))
         except EmberdError as exc:  # one broken user model must not hide the others
             log.warning("skipping %s", exc)
+    from emberd.models.plugin import plugin_manifest
+
+    for name in plugin_names():  # encoder plug-ins from other packages, last
+        try:
+            plugin = plugin_manifest(name)
+        except EmberdError as exc:
+            log.warning("skipping %s", exc)
+            continue
+        if plugin is not None and all(m.name != name for m in found):
+            found.append(plugin)
     return found
 
 

@@ -266,6 +266,7 @@ def write_distractors(root: str | os.PathLike[str], n: int, *, seed: int = 0) ->
 
 # --- a cached identification library ---------------------------------------------------------
 
+STALE_BUILD_S = 86400.0  # a cached build of another code version unused this long is removed
 N_DISTRACTORS = 400  # 752 kit files + 400 > every candidate budget (union at most 300 files)
 # What a stored library depends on (query-time modules such as query.py and rerank.py are not).
 _CODE = ("dsp/*.py", "models/*.py", "library/indexer.py", "library/fingerprint.py",
@@ -295,31 +296,42 @@ def identification_library(
     """All of ``kits`` plus ``n_distractors`` synthetic sounds, indexed with ``model``.
 
     Built once per code version and kept in emberd's cache folder (a changed
-    library, fingerprint, model or this module's source rebuilds it; older
-    builds are removed). Returns the library folder and the distractor paths.
+    library, fingerprint, model or this module's source rebuilds it; builds of
+    other versions unused for a day are removed); concurrent callers wait for
+    one builder. Returns the library folder and the distractor paths.
     """
+    import fcntl
     import shutil
     import tempfile
+    import time
 
     from emberd.library.indexer import Indexer
     from emberd.paths import cache_dir
 
     base = cache_dir() / "identify-library"
+    base.mkdir(parents=True, exist_ok=True)
     key = _cache_key(model, kits, n_distractors)
     final = base / f"{model}-{key}"
-    distractors = write_distractors(final / "synth", n_distractors) if final.is_dir() else []
-    if not (final / "lib" / "library.sqlite").is_file():
-        base.mkdir(parents=True, exist_ok=True)
-        for old in base.glob(f"{model}-*"):
-            shutil.rmtree(old, ignore_errors=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{model}-", dir=base))
-        # Distractors live at their final path (the library stores absolute paths).
+    # One builder at a time (parallel test runs share the cache): the others wait, then reuse.
+    with open(base / f".{model}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (final / "lib" / "library.sqlite").is_file():
+            shutil.rmtree(final, ignore_errors=True)  # a half-built one
+            for tmp_old in base.glob(f".{model}-*"):  # builds interrupted (we hold the lock)
+                shutil.rmtree(tmp_old, ignore_errors=True)
+            for old in base.glob(f"{model}-*"):  # builds of other code versions, unused a day
+                if time.time() - old.stat().st_mtime > STALE_BUILD_S:
+                    shutil.rmtree(old, ignore_errors=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{model}-", dir=base))
+            # Distractors live at their final path (the library stores absolute paths).
+            write_distractors(final / "synth", n_distractors)
+            ix = Indexer(tmp / "lib", model, jobs=jobs)
+            try:
+                ix.run([str(kits), str(final / "synth")])
+            finally:
+                ix.close()
+            (tmp / "lib").rename(final / "lib")
+            shutil.rmtree(tmp, ignore_errors=True)
         distractors = write_distractors(final / "synth", n_distractors)
-        ix = Indexer(tmp / "lib", model, jobs=jobs)
-        try:
-            ix.run([str(kits), str(final / "synth")])
-        finally:
-            ix.close()
-        (tmp / "lib").rename(final / "lib")
-        shutil.rmtree(tmp, ignore_errors=True)
+        os.utime(final)  # in use: not stale
     return final / "lib", distractors

@@ -207,7 +207,7 @@ class Daemon:
     ----------
     args : sequence of str
         Arguments after ``emberd run`` (``--library``, ``--input``, ...).
-        ``--zmq-pub``, ``--control`` and ``--osc-in`` are added on free ports
+        ``--zmq``, ``--control`` and ``--osc-in`` are added on free ports
         unless given.
     log_path : Path
         Where the daemon's stdout and stderr go.
@@ -230,8 +230,8 @@ class Daemon:
         # Port 0: the daemon picks free ports and prints them. Choosing "free" ports here
         # races with every ephemeral connect on the machine (a REQ socket polling a port
         # nobody listens on yet can even connect to itself and hold it).
-        if "--zmq-pub" not in self.args:
-            self.args += ["--zmq-pub", "tcp://127.0.0.1:0"]
+        if "--zmq" not in self.args and "--zmq-pub" not in self.args:
+            self.args += ["--zmq", "tcp://127.0.0.1:0"]
         if "--control" not in self.args:
             self.args += ["--control", "tcp://127.0.0.1:0"]
         if osc_in and "--osc-in" not in self.args:
@@ -249,18 +249,20 @@ class Daemon:
         return self.proc.pid
 
     def _banner(self) -> bool:
-        """Parse the start-up line (``pub ..., control ..., osc-in ...``) for the real ports."""
+        """Parse the start block (``ZeroMQ PUB ...; control ...`` and ``OSC ... control in
+        ...``, see :mod:`emberd.daemon.report`) for the real ports."""
         import re
 
         with contextlib.suppress(OSError):
             text = self.log_path.read_bytes()[self._log_offset :].decode("utf-8", "replace")
-            m = re.search(r"pub (\S+), control (\S+), osc-in (\S+),", text)
-            if m:
-                self.pub, self.control_endpoint = m.group(1), m.group(2)
+            zmq = re.search(r"ZeroMQ +PUB (\S+); control (\S+)\n", text)
+            osc = re.search(r"OSC +out .*; control in (\S+)\n", text)
+            if zmq and osc:
+                self.pub, self.control_endpoint = zmq.group(1), zmq.group(2)
                 self.pub_port = int(self.pub.rsplit(":", 1)[1])
                 self.control_port = int(self.control_endpoint.rsplit(":", 1)[1])
-                if m.group(3) != "None":
-                    self.osc_in_port = int(m.group(3).rsplit(":", 1)[1])
+                if osc.group(1) != "off":
+                    self.osc_in_port = int(osc.group(1).rsplit(":", 1)[1])
                 return True
         return False
 
@@ -312,12 +314,19 @@ class Daemon:
 
     def try_status(self, timeout: float = 2.0) -> dict[str, Any] | None:
         """The status object, or None if the daemon did not answer in time."""
-        try:
-            reply = self.request("status", timeout=timeout)
-        except TimeoutError:
-            return None
-        status = reply.get("status", reply)
-        return status if isinstance(status, dict) else None
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                reply = self.request("status", timeout=timeout)
+            except TimeoutError:
+                return None
+            # Right after a flood the control rate limit refuses a request or two.
+            if str(reply.get("error", "")).startswith("rate limited") \
+                    and time.monotonic() < deadline:
+                time.sleep(POLL_INTERVAL_S)
+                continue
+            status = reply.get("status")
+            return status if isinstance(status, dict) else None
 
     def status(self, timeout: float = 5.0) -> dict[str, Any]:
         """The status object; raises if the daemon does not answer."""

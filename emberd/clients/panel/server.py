@@ -16,7 +16,10 @@ A thread runs a :class:`~emberd.clients.subscriber.Subscriber` and hands each
 message to the event loop. The loop keeps only the latest message per kind and
 channel and broadcasts them 30 times a second: eight channels at a 23 ms hop
 would otherwise mean ~1400 messages a second for every open page. New pages
-first get the latest message of each kind and channel.
+first get the latest message of each kind and channel, marked ``"replay": true``, then
+the current connection state: a page opened while the daemon is gone shows its last
+data as stale (every data message carries ``received_at``, the server's Unix time, and
+``hello`` the server's clock so the page can show each item's age), never as live.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import json
 import logging
 import re
 import threading
+import time
 from http import HTTPStatus
 from importlib import resources
 from typing import Any
@@ -167,10 +171,14 @@ class PanelServer:
     async def handler(self, ws: ServerConnection) -> None:
         """One browser page: send the snapshot, then keep it in the broadcast set."""
         hello = {"kind": "hello", "zmq": self.zmq_endpoint,
-                 "model": self.map.model if self.map else None}
+                 "model": self.map.model if self.map else None, "server_time": time.time()}
         await ws.send(json.dumps(hello))
-        for payload in list(self._latest.values()):
-            await ws.send(payload)
+        latest = dict(self._latest)
+        connection = latest.pop(("connection", -1), None)
+        for payload in latest.values():  # the last data: shown as old until the daemon speaks
+            await ws.send(json.dumps({**json.loads(payload), "replay": True}))
+        if connection is not None:  # last: the page ends up with the true state
+            await ws.send(connection)
         self.clients.add(ws)
         try:
             async for _ in ws:  # the page sends nothing we act on; wait for close
@@ -194,6 +202,13 @@ class PanelServer:
 
     # -- ZeroMQ bridge (thread) -----------------------------------------------------
     def _convert(self, item: Item) -> tuple[tuple[str, int], dict[str, Any]] | None:
+        converted = self._convert_item(item)
+        if converted is not None:  # when the server heard it: the page shows data's age
+            converted[1]["received_at" if not isinstance(item, ConnectionEvent) else "since"] = (
+                round(time.time(), 3))
+        return converted
+
+    def _convert_item(self, item: Item) -> tuple[tuple[str, int], dict[str, Any]] | None:
         if isinstance(item, EmbMessage):
             if self.map is None:
                 return None

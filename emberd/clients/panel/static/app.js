@@ -1,6 +1,8 @@
 // emberd panel: live matches, library map with channel cursors, similarity heat map
 // (mixdown.js: the mix-down view, class colours, map search/zoom, sample view).
 // Talks only to the server that served it: /ws (JSON messages), /map.json, /audio/<id>.
+// The connection badge tells the truth: data replayed on (re)load or left over after the
+// daemon went away is dimmed and labelled with its age, never shown as "connected".
 "use strict";
 
 const PALETTE = ["#ff8a3d", "#4cc9f0", "#80ed99", "#f72585", "#ffd166", "#b388ff", "#06d6a0", "#ef476f"];
@@ -8,11 +10,14 @@ const TRAIL_POINTS = 24;        // past cursor positions drawn per channel
 const CURSOR_SMOOTHING = 0.35;  // fraction of the way to the target per animation frame
 const RECONNECT_MS = 1000;      // wait before reopening a dropped WebSocket
 const SHOW_MATCHES = 5;
+const RESTART_NOTE_MS = 10000;  // "daemon restarted" shows this long, then plain "connected"
+const AGE_TICK_MS = 1000;       // stale-age labels refresh this often
 
 const state = {
   connected: false, messages: 0, matchMessages: 0, cursorMoves: 0,
   map: { points: [], model: null }, cursors: {}, channels: {}, similarity: null,
-  playingId: null,
+  playingId: null, clockOffset: 0, connState: "waiting", restartedAt: 0, lastDataAt: null,
+  player: { id: null, position: 0, duration: 0, playing: false },
   // mix-down view (mixdown.js); here so that a frame drawn before mixdown.js runs finds them
   mix: { channels: {}, masking: null, maskCells: [], selected: null, similar: [] },
   view: { zoom: 1, cx: 0, cy: 0, query: "", matches: 0, dragged: false },
@@ -28,7 +33,43 @@ function setConn(cls, text) {
   el.className = "conn " + cls;
   el.dataset.state = cls;
   el.textContent = text;
+  state.connState = cls;
+  if (cls === "restarted") state.restartedAt = Date.now();
+  updateAges();
 }
+
+// Server time now (the server stamps every message with received_at, its own clock).
+const serverNow = () => Date.now() / 1000 + state.clockOffset;
+
+function age(seconds) {
+  const s = Math.max(0, seconds);
+  return s < 90 ? `${Math.round(s)} s` : s < 5400 ? `${Math.round(s / 60)} min` : `${Math.round(s / 3600)} h`;
+}
+
+// Stale = the data on screen is not live: the daemon is silent or stopped, or the page
+// only has replayed data. Dim it and label it with its age; clear the restart note.
+function isStale() {
+  return state.connState === "silent" || state.connState === "stopped" ||
+    (state.connState === "waiting" && state.lastDataAt !== null);
+}
+function updateAges() {
+  const stale = isStale();
+  document.body.classList.toggle("stale", stale);
+  const now = serverNow();
+  for (const [ch, c] of Object.entries(state.channels)) {
+    const el = document.querySelector(`#ch-${ch} .age`);
+    if (el) el.textContent = stale && c.receivedAt ? `stale · ${age(now - c.receivedAt)} old` : "";
+  }
+  const conn = $("conn");
+  if (stale && state.lastDataAt !== null && state.connState !== "waiting") {
+    const what = state.connState === "stopped" ? "daemon stopped" : "daemon silent";
+    conn.textContent = `${what} — last data ${age(now - state.lastDataAt)} ago; waiting…`;
+  }
+  if (state.connState === "restarted" && Date.now() - state.restartedAt > RESTART_NOTE_MS) {
+    setConn("connected", "connected");
+  }
+}
+setInterval(updateAges, AGE_TICK_MS);
 
 function connect() {
   const ws = new WebSocket(`ws://${location.host}/ws`);
@@ -47,30 +88,42 @@ function connect() {
 }
 
 function handle(msg) {
+  if (msg.received_at !== undefined) {
+    state.lastDataAt = Math.max(state.lastDataAt ?? 0, msg.received_at);
+    if (msg.channel !== undefined && msg.channel >= 0 && msg.kind !== "cursor") {
+      channel(msg.channel).receivedAt = msg.received_at;
+    }
+    if (!msg.replay) live();  // replayed data (page reload) is old: it proves nothing
+  }
   switch (msg.kind) {
-    case "hello": break;
+    case "hello":
+      if (typeof msg.server_time === "number") state.clockOffset = msg.server_time - Date.now() / 1000;
+      break;
     case "connection":
       if (msg.state === "waiting") setConn("waiting", "waiting for daemon…");
       else if (msg.state === "silent") setConn("silent", "daemon silent — waiting…");
-      else if (msg.state === "stopped") setConn("silent", "daemon stopped — waiting…");
-      else if (msg.state === "restarted") { setConn("restarted", "daemon restarted"); resetChannels(); }
+      else if (msg.state === "stopped") setConn("stopped", "daemon stopped — waiting…");
+      else if (msg.state === "restarted") { setConn("restarted", "connected — daemon restarted"); resetChannels(); }
       else setConn("connected", "connected");
       break;
-    case "match": live(); onMatch(msg); break;
-    case "tag": live(); channel(msg.channel).tags = msg.tags; renderChannel(msg.channel); break;
-    case "level": live(); onLevel(msg); break;
-    case "hit": live(); onHit(msg); break;
-    case "cursor": live(); onCursor(msg); break;
-    case "similarity": live(); state.similarity = msg; drawSimilarity(); break;
-    case "class": case "loudness": case "masking": live(); window.emberdMix.handle(msg); break;
-    case "status": onStatus(msg.status || {}); if (msg.status && msg.status.final) setConn("silent", "daemon stopped — waiting…"); break;
+    case "match": onMatch(msg); break;
+    case "tag": channel(msg.channel).tags = msg.tags; renderChannel(msg.channel); break;
+    case "level": onLevel(msg); break;
+    case "hit": onHit(msg); break;
+    case "cursor": onCursor(msg); break;
+    case "similarity": state.similarity = msg; drawSimilarity(); break;
+    case "class": case "loudness": case "masking": window.emberdMix.handle(msg); break;
+    case "status":
+      onStatus(msg.status || {});
+      if (msg.status && msg.status.final && !msg.replay) setConn("stopped", "daemon stopped — waiting…");
+      break;
   }
   $("st-msgs").textContent = state.messages;
 }
 
 function live() {
-  const el = $("conn");
-  if (el.dataset.state === "waiting" || el.dataset.state === "silent") setConn("connected", "connected");
+  const s = state.connState;
+  if (s === "waiting" || s === "silent" || s === "stopped") setConn("connected", "connected");
 }
 
 // ---------------------------------------------------------------- status
@@ -116,15 +169,22 @@ function outputsText(outputs) {
 // ---------------------------------------------------------------- channels
 function channel(ch) {
   if (!state.channels[ch]) {
-    state.channels[ch] = { matches: [], tags: [], rms_db: -120, onset: false };
+    const c = { matches: [], tags: [], rms_db: -120, onset: false, receivedAt: null, hold: false };
+    state.channels[ch] = c;
     const div = document.createElement("div");
     div.className = "channel";
     div.id = "ch-" + ch;
     div.style.setProperty("--c", colour(ch));
     div.innerHTML = `<div class="head"><span class="name">ch ${ch}</span>
       <div class="level"><span></span></div><span class="db">–</span></div>
+      <div class="age"></div>
       <div class="hit" aria-live="polite"></div>
       <div class="tags"></div><ol class="matches"></ol>`;
+    // Hold the list while the pointer is over it: rows re-sort every hop, and a click
+    // must audition the row that was read, not the one that moved under the pointer.
+    const ol = div.querySelector(".matches");
+    ol.addEventListener("mouseenter", () => { c.hold = true; ol.classList.add("held"); });
+    ol.addEventListener("mouseleave", () => { c.hold = false; ol.classList.remove("held"); renderChannel(ch); });
     const list = $("channels");
     const after = [...list.children].find((c) => Number(c.id.slice(3)) > ch);
     list.insertBefore(div, after || null);
@@ -189,6 +249,7 @@ function drawChannel(ch) {
   const tagsEl = div.querySelector(".tags");
   if (tagsEl.innerHTML !== tagHtml) tagsEl.innerHTML = tagHtml;
   const list = div.querySelector(".matches");
+  if (c.hold) return;  // held under the pointer (see channel()); redrawn on mouseleave
   const shown = c.matches.slice(0, SHOW_MATCHES);
   while (list.children.length < shown.length) {
     const li = document.createElement("li");
@@ -204,6 +265,7 @@ function drawChannel(ch) {
     const id = m.id === null || m.id === undefined ? "" : String(m.id);
     const tags = (m.tags || []).join(" · ");
     li.dataset.id = id;
+    li.dataset.name = m.name;
     li.title = tags;
     li.classList.toggle("playing", id !== "" && Number(id) === state.playingId);
     li.querySelector(".n").textContent = m.name;
@@ -216,15 +278,35 @@ function drawChannel(ch) {
 
 $("channels").addEventListener("click", (ev) => {
   const li = ev.target.closest(".match");
-  if (li && li.dataset.id !== "") audition(Number(li.dataset.id));
+  if (li && li.dataset.id !== "") audition(Number(li.dataset.id));  // the row's own id
 });
 
+// ---------------------------------------------------------------- player
+// A click on a match row auditions that row's own library id (the list is held under the
+// pointer, see channel()) and shows it in the sample view (mixdown.js: name, class,
+// waveform, play/stop); the position readout and playhead follow the audio element.
 function audition(id) {
   const player = $("player");
   state.playingId = id;
+  state.player = { id, position: 0, duration: 0, playing: false };
+  if (window.emberdMix && state.mix.selected !== id) window.emberdMix.select(id);
   player.src = `/audio/${id}`;
   player.play().catch(() => {});  // autoplay rules: the click itself allows playback
   Object.keys(state.channels).forEach(renderChannel);
+}
+
+const audioEl = $("player");
+for (const ev of ["timeupdate", "play", "pause", "ended", "seeked", "loadedmetadata"]) {
+  audioEl.addEventListener(ev, () => {
+    const p = state.player || {};
+    p.position = audioEl.currentTime || 0;
+    p.duration = Number.isFinite(audioEl.duration) ? audioEl.duration : 0;
+    p.playing = !audioEl.paused && !audioEl.ended;
+    const pos = $("sample-pos");
+    if (pos) pos.textContent = `${p.position.toFixed(2)} / ${p.duration.toFixed(2)} s`;
+    const head = $("sample-head-pos");
+    if (head && p.duration > 0) head.style.left = `${(100 * p.position) / p.duration}%`;
+  });
 }
 
 // ---------------------------------------------------------------- map

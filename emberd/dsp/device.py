@@ -1,24 +1,40 @@
-"""Device capture: a sounddevice InputStream feeding a preallocated :class:`SampleRing`.
+"""Audio device source: a PortAudio input stream feeding a preallocated :class:`SampleRing`.
+
+The live counterpart of :class:`~emberd.dsp.sources.FileSource` and
+:class:`~emberd.dsp.sources.SynthSource` (same :class:`~emberd.dsp.sources.Block`
+iteration), plus what ``emberd devices`` shows: :func:`list_devices`,
+:func:`resolve_input_device`, :func:`device_channels`.
+
+Timing: one mechanism. Each delivered block is marked in a
+:class:`~emberd.dsp.clock.BlockClock` with its arrival time (``clock``, also named
+``arrivals``); a sample's capture time is extrapolated back from the latest mark by
+sample count. PortAudio's ADC timestamps are not used: on JACK's dummy backend they
+drift from the wall clock at every input overflow (measured: -92 ms after 13 overflows
+in 20 s on a loaded machine), which would show as a growing false latency; a block
+delivered by a capture child (see :mod:`emberd.daemon.reconnect`) has no ADC time at all.
 
 Thread map
 ----------
-* **PortAudio callback thread** runs :meth:`DeviceSource._callback` only: it copies the
-  block into the ring (NaN/Inf samples zeroed and counted by ``SampleRing.write``),
-  bumps counters and stores the block's ADC time in a preallocated slot. No
+* **PortAudio callback thread** runs :meth:`DeviceSource._callback` only, which calls
+  :meth:`DeviceSource.deliver`: copy the block into the ring (NaN/Inf samples zeroed
+  and counted by ``SampleRing.write``), mark its arrival, bump counters. No
   allocation, logging, lock or blocking call.
-* **Consumer thread** (the daemon worker) iterates the source: it reads fixed-size
-  blocks out of the ring and attaches capture timestamps.
-* **Any thread** may call :meth:`DeviceSource.stats`, ``start``/``stop``/``close``.
+* **Another producer** may take over once the stream is :meth:`detached
+  <DeviceSource.detach>` (the reconnect reader thread): it calls :meth:`deliver` too;
+  the detached callback delivers nothing, so the ring keeps a single producer.
+* **Consumer thread** (the daemon worker, or whoever iterates the source) reads the
+  ring and asks :meth:`capture_time`.
+* **Any thread** may call :meth:`stats`, ``start``/``stop``/``close``.
 
 Shared attributes (written by -> read by)
 -----------------------------------------
 * ``ring._written`` / ``ring.overflow_frames`` / ``ring.nonfinite_samples``:
-  callback -> consumer, stats
-* ``ring._read``: consumer -> callback
-* ``input_overflows`` (callbacks flagged ``input_overflow`` by PortAudio),
-  ``callbacks``: callback -> stats
-* ``_ts_sample`` / ``_ts_adc`` (slot ``callbacks % TIMESTAMP_SLOTS``, written before
-  ``callbacks`` is bumped): callback -> consumer
+  producer -> consumer, stats
+* ``ring._read``: consumer -> producer
+* ``clock`` marks: producer -> consumer, status (see :mod:`emberd.dsp.clock`)
+* ``callbacks`` (blocks delivered), ``input_overflows`` (blocks PortAudio flagged
+  ``input_overflow``): producer -> stats, stall watchdog
+* ``detached``: the thread calling :meth:`detach` -> callback
 
 sounddevice is imported lazily (:func:`sounddevice_module`) so that file-only use of
 emberd works on machines without PortAudio. PortAudio lists host APIs when it is
@@ -27,6 +43,7 @@ initialised (at import): start a JACK server before emberd to see the JACK devic
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -35,13 +52,14 @@ from typing import Any
 
 import numpy as np
 
+from emberd.dsp.clock import BlockClock
 from emberd.dsp.ring import SampleRing
 from emberd.dsp.sources import Block, check_block_size, check_sample_rate
 from emberd.errors import ComponentMissing, EmberdError
 
 RING_SECONDS = 2.0  # seconds of audio the ring holds before it overflows
-TIMESTAMP_SLOTS = 64  # recent callbacks whose ADC time is kept
 POLL_FRACTION = 0.25  # consumer sleeps this fraction of a block while waiting
+MIX_MAX_CHANNELS = 2  # `--channels mix` opens up to this many device channels
 
 
 def sounddevice_module() -> ModuleType:
@@ -144,6 +162,28 @@ def resolve_input_device(device: int | str | None) -> DeviceInfo:
     return found[0]
 
 
+def forget_portaudio_at_exit() -> None:
+    """Stop sounddevice from calling ``Pa_Terminate`` at exit (it blocks on a wedged stream)."""
+    import atexit
+
+    sd = sys.modules.get("sounddevice")
+    handler = getattr(sd, "_exit_handler", None)
+    if handler is not None:
+        atexit.unregister(handler)
+
+
+def device_channels(device: int | str | None, spec: str) -> int:
+    """How many device channels to open for ``--channels SPEC`` (``mix``: up to 2)."""
+    info = resolve_input_device(device)
+    spec = spec.strip().lower()
+    if spec == "mix":
+        return min(MIX_MAX_CHANNELS, info.max_input_channels)
+    if spec == "all":
+        return info.max_input_channels
+    highest = max(int(p) for p in spec.replace("-", ",").split(",") if p.strip().isdigit())
+    return highest + 1
+
+
 class DeviceSource:
     """Live audio from a PortAudio input device, as an :class:`AudioSource`.
 
@@ -181,27 +221,35 @@ class DeviceSource:
         self.channels = channels
         self.latency = latency
         self.ring = SampleRing(max(int(ring_seconds * self.sr), 2 * self.block_size), channels)
+        self.clock = BlockClock(self.sr)  # arrival marks at ring positions: the one timing path
+        self.arrivals = self.clock  # the daemon worker predicts block arrivals from these
         self.device: DeviceInfo | None = None
         self.requested_device = device
         self.callbacks = 0
         self.input_overflows = 0
-        self._ts_sample = np.zeros(TIMESTAMP_SLOTS, dtype=np.int64)
-        self._ts_adc = np.zeros(TIMESTAMP_SLOTS, dtype=np.float64)
-        self._unix_minus_stream = time.time() - time.monotonic()
+        self.detached = False
         self._stream: Any = None
+        self._abandoned: list[Any] = []  # detached streams: referenced, never closed or freed
         self._closed = False
 
-    # -- PortAudio callback thread ------------------------------------------------------
+    # -- producers (PortAudio callback thread; a reconnect reader once detached) --------
     def _callback(self, indata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
-        """Copy into the ring and count; nothing else (real-time thread)."""
-        slot = self.callbacks % TIMESTAMP_SLOTS
-        self._ts_sample[slot] = self.ring.total_written + self.ring.overflow_frames
-        adc = time_info.inputBufferAdcTime
-        self._ts_adc[slot] = adc if adc > 0.0 else time_info.currentTime
+        """Copy into the ring, mark and count; nothing else (real-time thread)."""
+        if self.detached:  # a detached stream that came back: another producer owns the ring
+            return
         if status.input_overflow:
             self.input_overflows += 1
-        self.ring.write(indata)
-        self.callbacks += 1  # publishes the timestamp slot
+        self.deliver(indata)
+
+    def deliver(self, block: np.ndarray) -> None:
+        """Hand one captured ``[frames, channels]`` float32 block to the consumer.
+
+        Callback-safe (ring copy, one arrival mark, one counter). Called by the PortAudio
+        callback, or by the one producer that replaces it after :meth:`detach`.
+        """
+        self.ring.write(block)
+        self.clock.mark(self.ring.total_written)  # ring positions, as the consumer counts
+        self.callbacks += 1
 
     # -- control ------------------------------------------------------------------------
     def start(self) -> None:
@@ -228,9 +276,25 @@ class DeviceSource:
             stream.start()
         except (sd.PortAudioError, ValueError) as exc:
             raise EmberdError(f"input device {self.device.name!r}: cannot open ({exc})") from None
-        # Map PortAudio stream time to Unix time once; ADC times are on the stream clock.
-        self._unix_minus_stream = time.time() - float(stream.time)
         self._stream = stream
+
+    @property
+    def capturing(self) -> bool:
+        """True while this source's own PortAudio stream is open (not detached)."""
+        return self._stream is not None
+
+    def detach(self) -> None:
+        """Give up the stream without touching it (it may be wedged in PortAudio).
+
+        The stream object is kept referenced (freeing it would call into PortAudio) and
+        its callback delivers nothing from now on; sounddevice's exit handler is dropped
+        so the process can still exit. Another producer may then :meth:`deliver`.
+        """
+        self.detached = True
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            self._abandoned.append(stream)
+            forget_portaudio_at_exit()
 
     def stop(self) -> None:
         """Stop and close the stream (the ring keeps what was captured)."""
@@ -261,13 +325,7 @@ class DeviceSource:
     # -- consumer thread ----------------------------------------------------------------
     def capture_time(self, sample: int) -> float:
         """Unix time of device sample ``sample`` (counting dropped frames)."""
-        n = self.callbacks
-        if n == 0:
-            return time.time()
-        slot = (n - 1) % TIMESTAMP_SLOTS
-        return self._unix_minus_stream + float(self._ts_adc[slot]) + (
-            sample - int(self._ts_sample[slot])
-        ) / self.sr
+        return self.clock.time_of(sample)
 
     def __iter__(self) -> Iterator[Block]:
         if self._stream is None and not self._closed:
