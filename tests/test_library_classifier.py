@@ -74,6 +74,10 @@ def test_index_fits_a_head_that_names_nameless_sounds(tmp_path: Path) -> None:
     )
     head = ClassHead.load(head_path(lib, smalllib.FAST_MODEL))
     assert head is not None and head.classes == ["kick", "snare", "closed_hat", "pad"]
+    # An index run that changes nothing keeps the head as it is (no refit).
+    mtime = head_path(lib, smalllib.FAST_MODEL).stat().st_mtime_ns
+    assert smalllib.index([tmp_path / "sounds"], lib).returncode == 0
+    assert head_path(lib, smalllib.FAST_MODEL).stat().st_mtime_ns == mtime
     # New sounds (other seeds, other variants) under names that say nothing.
     fresh = smalllib.write_sounds(tmp_path / "fresh", per_folder=3, seed=5, start=40)
     truth = {"Kicks": "kick", "Snares": "snare", "Hats": "closed_hat", "Pads": "pad"}

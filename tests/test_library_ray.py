@@ -26,6 +26,7 @@ import soundfile as sf
 from conftest import require
 
 from emberd.cli import main
+from emberd.errors import EmberdError
 
 MODEL = "dsp-baseline"  # where the encoder does not matter; aiSFX for the parity test
 OBJECT_STORE_BYTES = 100 * 2**20  # per node: the test cluster stays small in memory
@@ -303,3 +304,22 @@ def test_node_removed_mid_run(cluster: Any, drumkit_dir: Path, tmp_path: Path,
     assert fired and any("Ray actor lost" in r.message for r in caplog.records)
     assert summary.indexed == 30 and not [s for s in summary.skipped if "Ray" in s.reason]
     assert assert_same_library(tmp_path / "ray", local) == 30
+
+
+def test_pool_layout_per_node() -> None:
+    from emberd.library.ray_index import plan_resources
+
+    def node(i: int, cpus: float, gpus: float = 0, alive: bool = True) -> dict[str, Any]:
+        return {"NodeID": f"n{i}", "Alive": alive,
+                "Resources": {"CPU": cpus, **({"GPU": gpus} if gpus else {})}}
+
+    small = plan_resources([node(0, 1), node(1, 1), node(2, 1, alive=False)])
+    assert small.placement == (("n0", 1), ("n1", 1)) and small.actors == 2
+    assert (small.actor_cpus, small.threads, small.task_cpus) == (0.5, 1, 0.5)
+    big = plan_resources([node(0, 16), node(1, 16)])
+    assert (big.actor_cpus, big.threads, big.task_cpus) == (8.0, 8, 1.0)  # intra-op = CPUs
+    gpu = plan_resources([node(0, 16, gpus=2), node(1, 8)])
+    assert gpu.placement == (("n0", 2),) and gpu.actor_gpus == 1 and gpu.threads == 1
+    assert plan_resources([node(0, 4)], actors=3).placement == (("n0", 3),)
+    with pytest.raises(EmberdError, match="no alive node"):
+        plan_resources([node(0, 4, alive=False)])

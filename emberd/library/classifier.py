@@ -68,6 +68,7 @@ class ClassHead:
     bias: np.ndarray  # [K]
     model: str = ""
     counts: dict[str, int] | None = None  # labelled sounds per class it learnt from
+    generation: int = -1  # the library generation it was fitted on (-1: not from a library)
 
     def probabilities(self, x: np.ndarray) -> np.ndarray:
         """Class probabilities ``[n, K]`` of embeddings ``[n, dim]`` (or ``[dim]``: ``[1, K]``)."""
@@ -90,6 +91,7 @@ class ClassHead:
             "classes": self.classes,
             "model": self.model,
             "counts": self.counts or {},
+            "generation": self.generation,
         }
         with atomic_open(path, "wb") as f:
             np.savez(
@@ -115,6 +117,7 @@ class ClassHead:
                     bias=np.asarray(data["bias"], np.float64),
                     model=str(header.get("model", "")),
                     counts={str(k): int(v) for k, v in header.get("counts", {}).items()},
+                    generation=int(header.get("generation", -1)),
                 )
         except FileNotFoundError:
             return None
@@ -224,6 +227,11 @@ def fit_library_head(store: object, model: str, library: str | Path) -> ClassHea
     library : path-like
         Library folder.
     """
+    target = head_path(library, model)
+    generation = int(store.generation())  # type: ignore[attr-defined]
+    old = ClassHead.load(target)
+    if old is not None and old.generation == generation and old.model == model:
+        return old  # nothing changed since it was fitted: no refit on an unchanged library
     file_ids, matrix = store.file_vectors(model)  # type: ignore[attr-defined]
     records = store.file_by_id(file_ids.tolist())  # type: ignore[attr-defined]
     paths = [records[int(f)].path for f in file_ids]
@@ -231,9 +239,9 @@ def fit_library_head(store: object, model: str, library: str | Path) -> ClassHea
     labels = library_labels(paths, roots)
     have = [i for i, lab in enumerate(labels) if lab is not None]
     head = fit_head(matrix[have], [str(labels[i]) for i in have], model=model) if have else None
-    target = head_path(library, model)
     if head is None:
         target.unlink(missing_ok=True)
         return None
+    head.generation = generation
     head.save(target)
     return head

@@ -145,6 +145,7 @@ class Resources:
     actor_gpus: int
     threads: int  # ONNX Runtime intra-op threads per actor
     task_cpus: float
+    placement: tuple[tuple[str, int], ...] = ()  # (node id, actors pinned to it)
 
     def line(self, address: str) -> str:
         """One line for the start of the progress output."""
@@ -162,27 +163,32 @@ def plan_resources(nodes: list[dict[str, Any]], *, actors: int = 0) -> Resources
     GPU nodes: one actor per GPU (``num_gpus=1``, one CPU to feed it), feature tasks
     on the other CPUs.  CPU nodes: one actor per node holding EMBED_CPU_SHARE of its
     CPUs (at least MIN_ACTOR_CPUS) with as many ONNX threads; feature tasks take one
-    CPU, or half of one on 1-CPU nodes so a task and the actor share the node.
+    CPU, or half of one on 1-CPU nodes so a task and the actor share the node.  Each
+    actor is pinned to its node: a node that dies takes its actors with it instead of
+    crowding them onto the survivors, where they would hold the CPUs feature tasks need.
+    ``actors`` overrides the actors per node.
     """
     alive = [n for n in nodes if n.get("Alive")]
     if not alive:
         raise EmberdError("the Ray cluster has no alive node")
     cpus = [float(n["Resources"].get("CPU", 0.0)) for n in alive]
-    gpus = sum(float(n["Resources"].get("GPU", 0.0)) for n in alive)
+    gpus = [int(n["Resources"].get("GPU", 0.0)) for n in alive]
     min_cpus = min(c for c in cpus if c > 0) if any(c > 0 for c in cpus) else 0.0
     if min_cpus <= 0:
         raise EmberdError("the Ray cluster has no CPUs for feature tasks")
-    if gpus >= 1:
-        n_actors = actors or int(gpus)
+    if sum(gpus) >= 1:
+        per_node = [actors or g for g in gpus]
         actor_cpus, actor_gpus, threads = 1.0, 1, 1
     else:
-        n_actors = actors or len(alive)
+        per_node = [actors or 1 for _ in alive]
         actor_cpus = max(MIN_ACTOR_CPUS, float(int(min_cpus * EMBED_CPU_SHARE)))
         actor_gpus, threads = 0, max(1, int(actor_cpus))
+    placement = tuple((str(n["NodeID"]), k) for n, k in zip(alive, per_node, strict=True) if k)
     task_cpus = 1.0 if min_cpus >= 2 else 0.5
     return Resources(
-        nodes=len(alive), cpus=sum(cpus), gpus=gpus, actors=n_actors, actor_cpus=actor_cpus,
-        actor_gpus=actor_gpus, threads=threads, task_cpus=task_cpus,
+        nodes=len(alive), cpus=sum(cpus), gpus=float(sum(gpus)), actors=sum(per_node),
+        actor_cpus=actor_cpus, actor_gpus=actor_gpus, threads=threads, task_cpus=task_cpus,
+        placement=placement,
     )
 
 
@@ -197,6 +203,16 @@ def prepare_on_node(job: _Job, frontend: Any) -> dict[str, Any]:
             "see the indexed folders at the same path)",
         }
     return prepare_file(job, frontend)
+
+
+def _runs_onnx_file(manifest: Any) -> bool:
+    """Whether emberd builds this model's encoder from its ``.onnx`` file (built-ins and
+    imported models), so actors can run a shipped copy."""
+    if manifest.origin == "user":
+        return True
+    from emberd import plugins
+
+    return bool(plugins.require(plugins.GROUP_ENCODERS, manifest.name).builtin)
 
 
 def _node_address() -> str:
@@ -217,29 +233,41 @@ class EmbedActor:
         The model (its ``path`` is replaced by a local copy of ``model_bytes``).
     model : list of ObjectRef
         ``[ref]`` to the ``.onnx`` file's bytes in the object store (nested, so the
-        actor fetches it itself and Ray can restart the actor from the driver's ref).
+        actor fetches it itself), or ``[None]`` for a third-party encoder, loaded through
+        its entry point on the node.
     device : {"cpu", "auto"}
         ``auto`` on GPU actors (CUDA provider, CPU fallback with a warning).
     threads : int
         Intra-op threads (inter-op is always 1).
+    skip_silence : bool or None
+        As the local indexer's encoder (None: the manifest decides).
     """
 
-    def __init__(self, manifest: Any, model: list[Any], device: str, threads: int) -> None:
+    def __init__(self, manifest: Any, model: list[Any], device: str, threads: int,
+                 skip_silence: bool | None) -> None:
         import ray
 
+        from emberd.models.plugin import load_encoder
         from emberd.models.runtime import Encoder
 
+        self.manifest = manifest
+        if model[0] is None:
+            self.encoder = load_encoder(manifest, device=device, threads=threads,
+                                        skip_silence=skip_silence)
+            return
         model_bytes = ray.get(model[0])
         self._dir = tempfile.TemporaryDirectory(prefix="emberd-ray-model-")
         path = os.path.join(self._dir.name, os.path.basename(str(manifest.path)))
         with open(path, "wb") as fh:
             fh.write(model_bytes)
+        # The same Encoder the built-in entry points build, on the shipped copy.
         self.manifest = dataclasses.replace(manifest, path=type(manifest.path)(path))
-        self.encoder = Encoder(self.manifest, device=device, threads=threads)
+        self.encoder = Encoder(self.manifest, device=device, threads=threads,
+                               skip_silence=skip_silence)
 
     def ping(self) -> str:
         """The active execution provider (also: the actor is up)."""
-        return str(self.encoder.provider)
+        return str(getattr(self.encoder, "provider", "plug-in"))
 
     def embed(self, refs: list[Any]) -> list[dict[str, Any]]:
         """Wait for a group's feature tasks and embed their windows in one pass.
@@ -287,7 +315,9 @@ class RayIndexer(Indexer):
     address : str
         ``"local"``, ``"auto"`` or a head address (see :func:`connect`).
     actors : int
-        Embedding actors (0: one per GPU, or one per CPU node).
+        Embedding actors per node (0: one per GPU, or one per CPU node).
+    skip_silence, on_wait
+        As for :class:`Indexer` (the actors' encoders skip silence the same way).
     """
 
     def __init__(
@@ -297,19 +327,24 @@ class RayIndexer(Indexer):
         *,
         address: str = LOCAL,
         actors: int = 0,
+        skip_silence: bool | None = None,
+        on_wait: Callable[[str], None] | None = None,
     ) -> None:
         from emberd.models.registry import resolve
 
         manifest = resolve(model)  # an unknown model: no Ray start, no library writes
         if actors < 0:
-            raise EmberdError(f"--ray-actors {actors}: must be 0 (automatic) or more")
+            raise EmberdError(f"--ray-actors {actors}: must be 0 (automatic) or more per node")
         self.ray = connect(address)
         self.address = address
         try:
-            super().__init__(library, model, jobs=0, threads=1)
+            super().__init__(library, model, jobs=0, threads=1, skip_silence=skip_silence,
+                             on_wait=on_wait)
             self.resources = plan_resources(self.ray.nodes(), actors=actors)
-            with open(manifest.path, "rb") as fh:
-                self._model_ref = self.ray.put(fh.read())
+            self._model_ref = None  # a third-party encoder loads on each node (installed there)
+            if _runs_onnx_file(manifest):
+                with open(manifest.path, "rb") as fh:
+                    self._model_ref = self.ray.put(fh.read())
         except BaseException:
             self.ray.shutdown()
             raise
@@ -324,16 +359,18 @@ class RayIndexer(Indexer):
 
     # -- the pool -------------------------------------------------------------------
 
-    def _new_actor(self) -> Any:
+    def _new_actor(self, node_id: str) -> Any:
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
         r = self.resources
         cls = self.ray.remote(EmbedActor).options(
             num_cpus=r.actor_cpus,
             num_gpus=r.actor_gpus,
             max_restarts=0,  # the driver replaces a dead actor and resubmits its calls
-            scheduling_strategy="SPREAD",
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
         )
         device = "auto" if r.actor_gpus else "cpu"
-        return cls.remote(self.manifest, [self._model_ref], device, r.threads)
+        return cls.remote(self.manifest, [self._model_ref], device, r.threads, self.skip_silence)
 
     def _prepared(self, jobs: list[_Job]) -> Iterator[tuple[_Job, dict[str, Any]]]:
         """Yield (job, result with embeddings) in job order, computed on the cluster."""
@@ -345,7 +382,7 @@ class RayIndexer(Indexer):
             num_cpus=r.task_cpus, max_retries=TASK_RETRIES, retry_exceptions=False
         )
         frontend_ref = ray.put(self.frontend)
-        pool = _Pool(ray, self._new_actor, r.actors)
+        pool = _Pool(ray, self._new_actor, r.placement)
         groups = [jobs[i : i + GROUP_FILES] for i in range(0, len(jobs), GROUP_FILES)]
         # Enough groups queued to keep every actor and every feature-task slot busy.
         task_slots = r.cpus / r.task_cpus
@@ -445,37 +482,57 @@ class _Slot:
 
 
 class _Pool:
-    """Round-robin over embedding actors; one that died is replaced by a new actor (placed
-    wherever the cluster has room) and skipped until it answers."""
+    """Round-robin over embedding actors pinned to nodes.  An actor that died is replaced
+    on its node while the node lives, and dropped with its node otherwise; a replacement
+    is skipped until it answers."""
 
-    def __init__(self, ray: Any, make: Callable[[], Any], n: int) -> None:
+    def __init__(self, ray: Any, make: Callable[[str], Any],
+                 placement: tuple[tuple[str, int], ...]) -> None:
         self.ray = ray
         self.make = make
-        self.actors = [make() for _ in range(n)]
+        self.nodes = [node for node, k in placement for _ in range(k)]
+        self.actors = [make(node) for node in self.nodes]
         self._next = 0
         self.replaced = 0
         self._suspect: dict[int, Any] = {}  # actor index -> ping ref of its replacement
 
     def suspect(self, actor: Any, exc: BaseException) -> None:
-        """``actor`` raised ``exc`` (RayActorError): replace it, and avoid it until it is up."""
+        """``actor`` raised ``exc`` (RayActorError): replace or drop it."""
         for i, a in enumerate(self.actors):
-            if a is actor and i not in self._suspect:
-                self.replaced += 1
-                if self.replaced > MAX_REPLACEMENTS:
-                    raise EmberdError(
-                        f"Ray: embedding actors keep dying ({self.replaced - 1} replaced; last: "
-                        f"{_first_line(exc)}); every committed file is in the library: run the "
-                        "same command again"
-                    )
-                try:
-                    self.ray.kill(a, no_restart=True)
-                except Exception:  # already gone with its node
-                    pass
-                self.actors[i] = self.make()
+            if a is not actor or i in self._suspect:
+                continue
+            self.replaced += 1
+            if self.replaced > MAX_REPLACEMENTS:
+                raise EmberdError(
+                    f"Ray: embedding actors keep dying ({self.replaced - 1} replaced; last: "
+                    f"{_first_line(exc)}); every committed file is in the library: run the "
+                    "same command again"
+                )
+            try:
+                self.ray.kill(a, no_restart=True)
+            except Exception:  # already gone with its node
+                pass
+            alive = {n["NodeID"] for n in self.ray.nodes() if n.get("Alive")}
+            if self.nodes[i] in alive:
+                self.actors[i] = self.make(self.nodes[i])
                 self._suspect[i] = self.actors[i].ping.remote()
+                return
+            self._drop(i)
+            if not self.actors:
+                raise EmberdError(
+                    "Ray: every node holding an embedding actor is gone; every committed "
+                    "file is in the library: run the same command again"
+                )
+            return
+
+    def _drop(self, i: int) -> None:
+        del self.actors[i], self.nodes[i]
+        self._suspect = {(j if j < i else j - 1): ref for j, ref in self._suspect.items()
+                         if j != i}
 
     def is_down(self, actor: Any) -> bool:
-        """Whether ``actor`` was replaced (it died) or is a replacement not yet up."""
+        """Whether ``actor`` is gone (replaced or dropped) or a replacement not yet up
+        while another actor is."""
         self._refresh()
         for i, a in enumerate(self.actors):
             if a is actor:
@@ -484,6 +541,8 @@ class _Pool:
 
     def _refresh(self) -> None:
         for i, ref in list(self._suspect.items()):
+            if i >= len(self.actors) or self._suspect.get(i) is not ref:
+                continue  # indices moved by a drop meanwhile
             done, _ = self.ray.wait([ref], timeout=0)
             if done:
                 try:
