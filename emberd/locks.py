@@ -81,10 +81,10 @@ def file_lock(
             fd = os.open(lock_path, os.O_RDONLY | os.O_CLOEXEC)
         else:
             fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    except FileNotFoundError:
+    except (FileNotFoundError, PermissionError):
         if not shared:
             raise
-        yield False
+        yield False  # no lock file (never written), or not ours to read: read unlocked
         return
     try:
         mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX

@@ -49,18 +49,25 @@ def _feed(an: MixdownAnalyser, x: np.ndarray, block: int) -> list:
 def test_rate_limited_whatever_the_block_size(block: int) -> None:
     an = MixdownAnalyser(sr=SR, channels=[0, 1, 2])
     results = _feed(an, _stems(6.0), block)
-    assert len(results) == 30  # loudness 5 per second of audio
-    assert sum(r.masking is not None for r in results) == 15  # class + masking 2.5 per second
-    assert [r.seq for r in results] == list(range(30))
+    loud = [r for r in results if r.loudness_fresh]
+    masking = [r for r in results if r.masking is not None]
+    assert len(loud) == 30  # loudness 5 per second of audio, at 0.2, 0.4, ... 6.0 s
+    assert len(masking) == 14  # class + masking 2.5 per second, at 0.5, 0.9, ... 5.7 s
+    assert not [r for r in loud if r.masking is not None]  # never both in one tick
+    assert [r.seq for r in results] == list(range(44))
     times = [r.capture_time for r in results]
     assert times == sorted(times) and times[-1] - times[0] == pytest.approx(5.8, abs=0.01)
+    kinds = [k for r in results for k, *_ in zmq_messages(r)]
+    assert kinds.count("loudness") == 3 * 30 and kinds.count("masking") == 14
 
 
 def test_no_signal_state_and_suggestion() -> None:
     head = fit_head(np.eye(4)[[0] * 5 + [1] * 5], ["kick"] * 5 + ["bass"] * 5)
     an = MixdownAnalyser(sr=SR, channels=[3, 5, 7], head=head)
     an.on_hop(np.eye(4)[[0, 1, 1]].astype(np.float32))
-    last = [r for r in _feed(an, _stems(6.0), 4096) if r.masking is not None][-1]
+    results = _feed(an, _stems(6.0), 4096)
+    last = [r for r in results if r.masking is not None][-1]
+    loud_last = [r for r in results if r.loudness_fresh][-1]
     assert last.signal == [True, True, False]
     assert last.classes is not None
     assert [c for c, _ in last.classes] == ["kick", "bass", None]  # silent: no class
@@ -69,7 +76,7 @@ def test_no_signal_state_and_suggestion() -> None:
     assert (top.masker, top.maskee) == (1, 0)
     assert top.text.startswith("bass (ch 5) masks kick (ch 3) at 20 Hz")
     # --- ZeroMQ: channel numbers, not indexes; every frame decodes
-    msgs = _decoded(last)
+    msgs = _decoded(loud_last) + _decoded(last)
     by_kind: dict[str, list[wire.Message]] = {}
     for m in msgs:
         by_kind.setdefault(m.kind, []).append(m)
@@ -120,8 +127,10 @@ def test_typed_messages_and_panel_json_never_carry_nan() -> None:
     from emberd.daemon.mixdown import centred_similarity
 
     an = MixdownAnalyser(sr=SR, channels=[0, 1, 2])
-    last = [r for r in _feed(an, _stems(3.0), 4096) if r.masking is not None][-1]
-    typed = [from_wire(m) for m in _decoded(last)]
+    results = _feed(an, _stems(3.0), 4096)
+    last = [r for r in results if r.masking is not None][-1]
+    loud_last = [r for r in results if r.loudness_fresh][-1]
+    typed = [from_wire(m) for m in _decoded(loud_last) + _decoded(last)]
     assert {type(t) for t in typed} == {ClassMessage, LoudnessMessage, MaskingMessage}
     (mask,) = [t for t in typed if isinstance(t, MaskingMessage)]
     assert np.isnan(mask.fraction[0, 2]).all()  # the silent stem never played
@@ -160,7 +169,7 @@ def test_reference_curves(tmp_path: Any) -> None:
     with pytest.raises(EmberdError):
         load_reference(str(tmp_path / "missing.wav"), sr=SR)
     an = MixdownAnalyser(sr=SR, channels=[0, 1, 2], reference_db=tilt)
-    last = _feed(an, _stems(1.0), 4096)[-1]
+    last = [r for r in _feed(an, _stems(1.0), 4096) if r.loudness_fresh][-1]
     (loud, *_rest) = [m for m in _decoded(last) if m.kind == "loudness"]
     assert loud.header["reference_db"] == [round(float(v), 2) for v in tilt]
 

@@ -64,10 +64,14 @@ def test_index_query_and_summary(sounds: Path, tmp_path: Path,
     out = capsys.readouterr().out
     assert "indexed 8, unchanged 0, removed 0, skipped 0" in out
     probe = sounds / "Snares" / "snare_001.wav"
-    rc, lines = _query_json(capsys, tmp_path / "lib", probe, "missing.wav", probe)
-    assert rc == 0
-    assert [ln["query"] for ln in lines] == [str(probe), "missing.wav", str(probe)]
-    assert "error" in lines[1] and "no such file" in lines[1]["error"]
+    capsys.readouterr()
+    rc = main(["query", str(probe), "missing.wav", str(probe), "--library", str(tmp_path / "lib"),
+               "--model", MODEL, "--k", "3", "--json"])
+    out, err = capsys.readouterr()
+    lines = [json.loads(ln) for ln in out.splitlines() if ln.strip()]
+    assert rc == 1  # an input failed: the others are answered, the error is on stderr
+    assert [ln["query"] for ln in lines] == [str(probe), str(probe)]
+    assert "missing.wav" in err and "no such file" in err and "missing.wav" not in out
     best = lines[0]["matches"][0]
     assert best["path"] == str(probe.absolute()) and os.path.isabs(best["path"])
     assert best["tags"] == ["Snares"] and best["name"] == "snare_001.wav"
@@ -75,9 +79,9 @@ def test_index_query_and_summary(sounds: Path, tmp_path: Path,
     scores = [m["score"] for m in lines[0]["matches"]]
     assert scores == sorted(scores, reverse=True) and len(scores) == 3
     assert {m["kind"] for m in lines[0]["matches"]} <= {"exact", "similar"}
-    # Only errors: exit 2, still one JSON line per file.
+    # Only errors: exit 1 (some inputs failed), nothing on stdout, one line each on stderr.
     rc, lines = _query_json(capsys, tmp_path / "lib", "nope1.wav", "nope2.wav")
-    assert rc == 2 and len(lines) == 2
+    assert rc == 1 and lines == []
 
 
 def test_incremental_changed_and_deleted(sounds: Path, tmp_path: Path,

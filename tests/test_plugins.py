@@ -332,6 +332,13 @@ class _Clobbers:
         return [{"seq": 99} for _ in hop.channels]
 
 
+class _Steals:
+    kind, stage = "match", "hop"
+
+    def analyze(self, hop: Any) -> list[dict[str, Any]]:
+        return [{"matches": ["not yours"]} for _ in hop.channels]
+
+
 def test_analyzers_add_fields_and_are_isolated() -> None:
     from emberd.daemon.analyzers import MAX_CONSECUTIVE_ERRORS, Analyzers, AnalyzerSlot
     from emberd.daemon.outputs import Outputs
@@ -340,7 +347,8 @@ def test_analyzers_add_fields_and_are_isolated() -> None:
     base = Analyzers.load()
     slots = [*base.slots] + [AnalyzerSlot(_Info.make(n), obj, obj.kind, obj.stage)
                              for n, obj in (("head", _Head()), ("raises", _Raises()),
-                                            ("clobbers", _Clobbers()))]  # fmt: skip
+                                            ("clobbers", _Clobbers()),
+                                            ("steals", _Steals()))]  # fmt: skip
     outputs = Outputs([], Analyzers(slots), DaemonStats(0.0058))
     emb = np.eye(2, 8, dtype=np.float32)
     for seq in range(MAX_CONSECUTIVE_ERRORS + 1):
@@ -355,6 +363,11 @@ def test_analyzers_add_fields_and_are_isolated() -> None:
     assert d["raises"]["disabled"] and d["raises"]["errors"] == MAX_CONSECUTIVE_ERRORS
     assert d["clobbers"]["disabled"] and "seq" in d["clobbers"]["last_error"]
     assert d["head"]["errors"] == 0 and d["head"]["calls"] == seq + 1
+    assert d["steals"]["disabled"] and msgs["match.0"]["matches"] == []
+    before = DaemonStats(0.0058).snapshot()["swallowed_errors"].get("building object messages", 0)
+    outputs.put(object())  # type: ignore[arg-type]  # a worker bug: counted, never fatal
+    after = DaemonStats(0.0058).snapshot()["swallowed_errors"]["building object messages"]
+    assert after == before + 1
 
 
 def test_blocking_sink_does_not_block_put() -> None:

@@ -25,11 +25,11 @@ from hypothesis import strategies as st
 from emberd.testing import fuzzdrive, smalllib
 from emberd.testing.harness import Daemon, wait_for
 
-N_OSC = 3000  # malformed OSC datagrams in CI
-N_ZMQ = 3000  # malformed ZeroMQ control requests in CI
+N_OSC = 2000  # malformed OSC datagrams in CI
+N_ZMQ = 2000  # malformed ZeroMQ control requests in CI
 # Below the control rate limits (emberd.daemon.ratelimit), so that every message reaches
 # the parsers; test_reliability_ratelimit.py floods past them.
-FUZZ_RATE_PER_S = 150.0
+FUZZ_RATE_PER_S = 80.0
 
 
 @pytest.fixture(scope="module")

@@ -46,6 +46,10 @@ RESERVED_FIELDS = frozenset(
      "shape", "dtype"}
 )  # fmt: skip
 HOP_KINDS = ("match", "tag", "level", "emb", "similarity")
+# What a third-party analyser may not set, per kind, besides RESERVED_FIELDS: emberd's own.
+OWN_FIELDS = {"match": {"matches"}, "hit": {"hit", "stage", "onset_time", "onset_s",
+                                            "window_ms", "latency_ms", "peak_db", "answer",
+                                            "matches"}}  # fmt: skip
 STAGES = ("hop", "hit")
 
 
@@ -214,7 +218,8 @@ class Analyzers:
 
     def _check_fields(self, slot: AnalyzerSlot, rows: list[dict[str, Any]]) -> bool:
         for row in rows:
-            clash = RESERVED_FIELDS.intersection(row)
+            own = set() if slot.info.builtin else OWN_FIELDS.get(slot.kind, set())
+            clash = RESERVED_FIELDS.union(own).intersection(row)
             if clash:
                 self._fail(slot, f"may not set the wire field(s) {', '.join(sorted(clash))}")
                 return False

@@ -57,7 +57,7 @@ class DaemonConfig:
     loop: bool = False
     channels: str = "mix"
     model: str | None = None
-    device: str = "auto"
+    device: str = "auto"  # ONNX Runtime execution provider (`--provider`), not an audio device
     encoder: str = "streaming"
     hop_ms: float | None = None
     k: int = 5

@@ -8,8 +8,9 @@ hop's embeddings.  Nothing of this runs in the audio callback.
 Work is done on a fixed cadence, not per call: every :data:`TICK_S` of audio
 the loudness meters take the new samples and the masking model and the
 spectral balance measure the newest window; every :data:`LOUDNESS_PERIOD_S`
-(loudness) and :data:`MASKING_PERIOD_S` (class and masking) of audio a
-:class:`MixdownResult` is handed to the publishers, so receivers get a few
+(loudness, on even ticks) and :data:`MASKING_PERIOD_S` (class and masking, on
+odd ticks, so that no tick does both) of audio a :class:`MixdownResult` is
+handed to the publishers, so receivers get a few
 messages per second whatever the hop rate, and the cost per second of audio is
 the same for any block size.
 
@@ -20,7 +21,7 @@ results it returns are read-only after.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,7 @@ class MixdownResult:
     margin_db: np.ndarray | None = None  # [C, C, Bc]
     band_edges_hz: np.ndarray | None = None  # [Bc + 1] critical-band edges
     suggestions: list[Suggestion] = field(default_factory=list)
+    loudness_fresh: bool = True  # False: a class/masking update repeating the last loudness
 
 
 class MixdownAnalyser:
@@ -113,7 +115,8 @@ class MixdownAnalyser:
         self._pending = 0
         self._samples = 0  # samples analysed since start
         self._next_loudness = round(LOUDNESS_PERIOD_S * self.sr)
-        self._next_masking = round(MASKING_PERIOD_S * self.sr)
+        self._next_masking = round((MASKING_PERIOD_S + TICK_S) * self.sr)  # on odd ticks
+        self._last: MixdownResult | None = None  # the latest loudness update
         self._classes: list[tuple[str | None, float]] = [(None, 0.0)] * c
         self._seq = 0
 
@@ -161,17 +164,20 @@ class MixdownAnalyser:
         self.balance.update_power(
             spec @ band_matrix(sr=self.sr, n_fft=n, edges=self.balance.edges).T, TICK_S
         )
-        due_loud = self._samples >= self._next_loudness
-        due_mask = self._samples >= self._next_masking
-        if not due_loud and not due_mask:
-            return None
-        if due_loud:
+        # Loudness updates fall on even ticks and masking updates on odd ones, so no tick
+        # carries both (the worker's hop that gets a tick does one of the two).
+        if self._samples >= self._next_loudness:
             self._next_loudness += round(LOUDNESS_PERIOD_S * self.sr)
-        result = self._result(capture_time)
-        if due_mask:
+            self._last = self._result(capture_time)
+            return self._last
+        if self._samples >= self._next_masking and self._last is not None:
             self._next_masking += round(MASKING_PERIOD_S * self.sr)
+            result = replace(self._last, seq=self._seq, capture_time=capture_time,
+                             stream_s=self._samples / self.sr, loudness_fresh=False)  # fmt: skip
+            self._seq += 1
             self._add_masking(result)
-        return result
+            return result
+        return None
 
     def _result(self, capture_time: float) -> MixdownResult:
         momentary = self.loudness.momentary()
@@ -309,7 +315,7 @@ def zmq_messages(
     common = {"stream_s": round(result.stream_s, 6)}
     ref = None if result.reference_db is None else [_r(v) for v in result.reference_db]
     bands = [_r(f, 1) for f in result.balance_hz]
-    for c, ch in enumerate(result.channels):
+    for c, ch in enumerate(result.channels if result.loudness_fresh else ()):
         live = result.signal[c]
         yield wire.KIND_LOUDNESS, ch, {
             "momentary": _r(result.momentary[c]), "short_term": _r(result.short_term[c]),

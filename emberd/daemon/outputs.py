@@ -250,7 +250,11 @@ class Outputs:
     def put(self, item: Item) -> None:
         """Build the item's messages and hand them to every sink (never waits, except
         lossless handoffs at ``--pace fast``)."""
-        batch = self.batch(item)
+        try:
+            batch = self.batch(item)
+        except Exception:  # a bug in one item's messages must not stop the worker
+            swallowed(f"building {type(item).__name__} messages")
+            return
         if not batch.messages:
             return
         for r in self.runners:
@@ -313,22 +317,23 @@ class Outputs:
         extra = self.analyzers.hop_fields(hop)
         out: list[Message] = []
         for c, channel in enumerate(hop.channels):
+            # Analyser fields first, then emberd's own: a plug-in adds, it never replaces.
             more = extra.get(wire.KIND_MATCH, [])
-            out.append(self._message(wire.KIND_MATCH, channel, t, model, matches=hop.matches[c],
-                                     **common, **(more[c] if more else {})))  # fmt: skip
+            fields = {**(more[c] if more else {}), **common, "matches": hop.matches[c]}
+            out.append(self._message(wire.KIND_MATCH, channel, t, model, **fields))
             for kind in (wire.KIND_TAG, wire.KIND_LEVEL):
                 rows = extra.get(kind)
                 if rows:
-                    out.append(self._message(kind, channel, t, model, **common, **rows[c]))
+                    out.append(self._message(kind, channel, t, model, **{**rows[c], **common}))
             more = extra.get(wire.KIND_EMB, [])
             out.append(self._message(wire.KIND_EMB, channel, t, model, array=hop.embeddings[c],
-                                     **common, **(more[c] if more else {})))  # fmt: skip
+                                     **{**(more[c] if more else {}), **common}))  # fmt: skip
         sim = extra.get(wire.KIND_SIMILARITY)
         if sim:
             fields = dict(sim[0])
             array = fields.pop("array", None)
             out.append(self._message(wire.KIND_SIMILARITY, None, t, model, array=array,
-                                     **common, **fields))  # fmt: skip
+                                     **{**fields, **common}))  # fmt: skip
         return tuple(out)
 
     # --------------------------------------------------------- status

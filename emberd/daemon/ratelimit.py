@@ -24,11 +24,11 @@ from collections import OrderedDict
 from collections.abc import Hashable
 from dataclasses import dataclass
 
-OSC_RATE_PER_S = 200.0  # per sender: far above any controller, far below a flood
+OSC_RATE_PER_S = 100.0  # per sender: far above any controller (60 fps), far below a flood
 OSC_BURST = 200  # messages a sender may send at once (a patch sending its state on load)
-OSC_TOTAL_PER_S = 1000.0  # all senders together, refused or not: the OSC thread's budget
-ZMQ_RATE_PER_S = 200.0  # requests/s on the REP socket (all clients; status polls are ~20/s)
-ZMQ_BURST = 200
+OSC_TOTAL_PER_S = 500.0  # all senders together, refused or not: the OSC thread's budget
+ZMQ_RATE_PER_S = 100.0  # requests/s on the REP socket (all clients; status polls are ~20/s)
+ZMQ_BURST = 100
 NOTICE_INTERVAL_S = 1.0  # a rate-limited OSC sender is told so at most this often
 MAX_SOURCES = 1024  # buckets kept (least recently seen dropped): spoofed senders cost no memory
 RATE_LIMITED = "rate limited"  # the start of every refusal's error text

@@ -44,7 +44,8 @@ def register(subparsers: Any) -> None:
         "to stdout; a file that cannot be read is reported on stderr and the others are "
         "still answered.",
         epilog="exit status: 0 every file answered; 1 some files could not be read (each "
-        "named on stderr); 2 bad usage, or the library or model cannot be used.",
+        "named on stderr, the others answered); 2 bad usage, or the library or model cannot "
+        "be used (one line on stderr).",
     )  # fmt: skip
     q.add_argument("files", nargs="+", metavar="FILE", help="audio files to look up")
     q.add_argument("--library", required=True, metavar="PATH", help="library folder")
@@ -159,19 +160,20 @@ def _query(args: argparse.Namespace) -> int:
         for path in args.files:
             try:
                 y, _info = load_audio(path, sr=sr, mono=True)
-                silent = no_sound_reason(y, floor_dbfs=QUERY_FLOOR_DBFS)
-                if silent is not None:  # silence is never a match: say why there is none
-                    record: dict[str, Any] = {"query": path, "matches": [],
-                                              "reason": f"no sound: {silent}"}
-                else:
-                    matches = _guard_db(lambda y=y: library.query_audio(y, sr, args.k,
-                                                                        model=args.model))
-                    record = {"query": path, "matches": matches}
-            except EmberdError as exc:  # this file only: say so on stderr, answer the rest
+            except EmberdError as exc:  # this input only: say so on stderr, answer the rest
                 failed += 1
                 why = str(exc) if str(exc).startswith(path) else f"{path}: {exc}"
                 print(f"emberd query: {why}", file=sys.stderr, flush=True)
                 continue
+            # A library that fails now (damaged, locked) fails the command: exit 2.
+            silent = no_sound_reason(y, floor_dbfs=QUERY_FLOOR_DBFS)
+            if silent is not None:  # silence is never a match: say why there is none
+                record: dict[str, Any] = {"query": path, "matches": [],
+                                          "reason": f"no sound: {silent}"}
+            else:
+                matches = _guard_db(lambda y=y: library.query_audio(y, sr, args.k,
+                                                                    model=args.model))
+                record = {"query": path, "matches": matches}
             _print_record(record, args.json)
     finally:
         library.close()

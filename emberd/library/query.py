@@ -198,11 +198,21 @@ class Library:
             self.search_mode == "auto" and n_items > EXACT_MAX_ITEMS
         )
         if want_annoy:
+            ann: AnnoySearch | None = None
             try:
-                backend = AnnoySearch.open(self.path / "index", model, dim=dim)
+                ann = AnnoySearch.open(self.path / "index", model, dim=dim)
             except EmberdError as exc:
                 log.warning("%s; using exact search", exc)
-            if backend is None:
+            generation = self._db(self.store.generation)
+            if ann is not None and ann.manifest.generation != generation:
+                # Built from other vectors than this snapshot's (an index run since, or one
+                # that was interrupted): its ids would not match what we read.
+                log.warning("model %s: Annoy index is of generation %d, the library of %d; "
+                            "using exact search", model, ann.manifest.generation, generation)
+                ann.unload()
+            elif ann is not None:
+                backend = ann
+            else:
                 log.warning("model %s: no Annoy index; using exact search", model)
         if backend is None:
             ids, _fids, _starts, matrix = self._db(self.store.vectors, model)

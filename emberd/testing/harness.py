@@ -314,12 +314,19 @@ class Daemon:
 
     def try_status(self, timeout: float = 2.0) -> dict[str, Any] | None:
         """The status object, or None if the daemon did not answer in time."""
-        try:
-            reply = self.request("status", timeout=timeout)
-        except TimeoutError:
-            return None
-        status = reply.get("status", reply)
-        return status if isinstance(status, dict) else None
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                reply = self.request("status", timeout=timeout)
+            except TimeoutError:
+                return None
+            # Right after a flood the control rate limit refuses a request or two.
+            if str(reply.get("error", "")).startswith("rate limited") \
+                    and time.monotonic() < deadline:
+                time.sleep(POLL_INTERVAL_S)
+                continue
+            status = reply.get("status")
+            return status if isinstance(status, dict) else None
 
     def status(self, timeout: float = 5.0) -> dict[str, Any]:
         """The status object; raises if the daemon does not answer."""

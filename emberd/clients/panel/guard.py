@@ -26,6 +26,7 @@ origin) and ``frame-ancestors 'none'`` (no clickjacking by framing the panel).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import socket
 from collections.abc import Mapping
@@ -69,8 +70,14 @@ def host_allowed(host: str, bound_host: str) -> bool:
         return False  # listening on loopback (or on a name): loopback names only
     if _ip(host) is not None:
         return True
+    return host in _own_names()
+
+
+@functools.lru_cache(maxsize=1)
+def _own_names() -> frozenset[str]:
+    """This machine's names (looked up once: getfqdn may ask DNS)."""
     name = socket.gethostname().lower()
-    return host in {name, socket.getfqdn().lower(), f"{name}.local"}
+    return frozenset({name, socket.getfqdn().lower(), f"{name}.local"})
 
 
 def refusal(headers: Mapping[str, str], path: str, bound_host: str) -> str | None:
