@@ -49,7 +49,8 @@ def _index(folder: str, library: Path, model: str) -> tuple[float, str]:
     took = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(f"emberd index failed: {proc.stderr.strip()[-500:]}")
-    return took, proc.stdout.strip().splitlines()[-1]
+    summary = [ln for ln in proc.stdout.splitlines() if ln.startswith("indexed ")]
+    return took, summary[-1] if summary else "no summary line"
 
 
 def main() -> None:

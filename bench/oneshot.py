@@ -56,9 +56,11 @@ def hit_windows(runs: int) -> None:
     """Encoder cost of onset-aligned hit windows."""
     manifest = resolve("aisfx")
     config = manifest.frontend()
-    snare = sorted((KITS / QUERY_KIT).glob("*.flac"))[0]
-    y, _ = load_audio(snare, sr=config.sr, mono=True)
-    mel = melspectrogram(y, config)
+    for snare in sorted((KITS / QUERY_KIT).glob("*.flac")):  # the first long enough
+        y, _ = load_audio(snare, sr=config.sr, mono=True)
+        mel = melspectrogram(y, config)
+        if mel.shape[0] >= max(HIT_FRAMES):
+            break
     encoders = {
         "aisfx full windows (anchor)": Encoder(manifest, device="cpu", threads=THREADS,
                                                skip_silence=False),

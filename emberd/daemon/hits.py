@@ -1,8 +1,10 @@
 """Live hits: name the sample of every hit, first from its attack, then better as it sounds.
 
-The worker hands every channel's samples to :class:`HitLadder` as they leave the ring
-(one 256-sample callback block at a time when live). Per channel an
-:class:`~emberd.dsp.onset.OnsetDetector` finds onsets at block resolution; each onset
+The worker hands every channel's samples to :class:`HitLadder` (through
+:class:`HitThread`) as they leave the ring (one 256-sample callback block at a time when
+live); they are converted to the library snippets' rate (:mod:`emberd.dsp.decimate`).
+Per channel an :class:`~emberd.dsp.onset.OnsetDetector` finds onsets at block resolution
+(with the identified sounds still ringing subtracted first); each onset
 starts a hit, and each hit climbs a decision ladder (delayed decision-making), each
 answer handed to the publishers the moment it exists:
 
@@ -23,8 +25,11 @@ before it is described and correlated, and a hit never looks past the next onset
 No answer is an answer: a hit is only a hit when the detector saw a rise clear of the
 noise floor (silence and the floor give none). The best candidate is ``exact`` only
 when the calibrated probability that it is the very file played reaches
-EXACT_MIN_PROBABILITY; otherwise the answer is ``similar``: the instrument class voted
-by the best-correlated candidates, and the best of them of that class. Both
+EXACT_MIN_PROBABILITY, its correlation EXACT_MIN_RHO and its margin EXACT_MIN_MARGIN (a
+claim, once made, holds while nothing else is sure); otherwise the answer is ``similar``:
+the best-correlated file when it correlates SIMILAR_TRUST_RHO or is of the voted
+instrument class, else the best of the voted class (the vote: best-correlated candidates,
+or at the final stage the 5 nearest stored template attacks). Both
 ``confidence`` values come from logistic models (:data:`EXACT_WEIGHTS`,
 :data:`CLASS_WEIGHTS`) fitted by ``bench/fit_hit_confidence.py`` on tuning kits and
 measured there on held-out kits.
@@ -41,6 +46,7 @@ import logging
 import math
 import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -464,8 +470,6 @@ class HitLadder:
         return x
 
     def _answer(self, ch: _Channel, hit: _Hit, stage: str, window: int) -> HitResult:
-        import time
-
         t0 = time.perf_counter()
         raw = ch.history.get(hit.onset, window, hit.end)
         peak = float(np.max(np.abs(raw))) if window else 0.0
