@@ -6,6 +6,7 @@ XPUB tells us when a subscription has arrived, so no test syncs with sleep.
 
 from __future__ import annotations
 
+import math
 import socket
 import threading
 import time
@@ -201,10 +202,15 @@ def test_subscriber_counts_malformed_without_raising(pub: Publisher) -> None:
 
 
 def test_decode_frames_rejects_bad_match() -> None:
+    # A score that is not a number is malformed; an absent one means "not measured".
     frames = wire.encode("match", seq=0, capture_time=0.0, model="m", channel=0,
-                         matches=[{"name": "no score"}])
+                         matches=[{"name": "bad score", "score": "high"}])
     with pytest.raises(wire.WireError):
         decode_frames(frames)
+    frames = wire.encode("match", seq=0, capture_time=0.0, model="m", channel=0,
+                         matches=[{"name": "no score"}])
+    msg = decode_frames(frames)
+    assert isinstance(msg, MatchMessage) and math.isnan(msg.matches[0].score)
 
 
 # ----------------------------------------------------------------------- control
