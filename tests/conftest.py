@@ -18,6 +18,15 @@ import numpy as np
 import pytest
 
 REQUIRE_COMPONENTS = os.environ.get("EMBERD_REQUIRE_COMPONENTS", "") not in ("", "0")
+
+# PortAudio joins a JACK server once per process, when sounddevice is first imported, and
+# libjack cannot hold clients of two servers in one process: with PortAudio joined to the
+# session's default server (CI starts one), the first JACK-Client connecting to a test's
+# private server crashed the whole test process (SIGSEGV in test_midi). Nothing in this
+# process needs PortAudio on JACK (JACK tests run the daemon as a child with its own
+# JACK_DEFAULT_SERVER), so PortAudio here is pointed at a server that does not exist.
+os.environ["JACK_NO_START_SERVER"] = "1"
+os.environ["JACK_DEFAULT_SERVER"] = f"emberd-tests-no-server-{os.getpid()}"
 HYDROGEN_DRUMKITS = Path("/usr/share/hydrogen/data/drumkits")
 
 
