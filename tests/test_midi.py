@@ -21,6 +21,7 @@ from emberd.daemon.hits import HitResult
 from emberd.daemon.publish_midi import GM_DRUM_NOTES, NoteMap, load_map, velocity
 from emberd.daemon.status import DaemonStats
 from emberd.errors import EmberdError
+from emberd.testing import plugpkgs
 from emberd.testing.harness import jack_available, start_jackd, stop_process, wait_for
 
 # A Python process callback late on a loaded machine loses its cycle's events; 23 ms
@@ -261,6 +262,9 @@ def test_daemon_sends_the_hits_note_over_jack_midi(
     lib = tmp_path / "lib"
     proc = smalllib.index([tmp_path / "sounds"], lib)
     assert proc.returncode == 0, proc.stderr[-2000:]
+    # the hits are also recorded by the example NDJSON sink: install it (a fresh environment
+    # runs this module before test_plugins, which installs it too)
+    plugpkgs.install(["emberd-ndjson-sink"])
     rec = MidiRecorder(jack_server)
     player: OneShotPlayer | None = None
     env = {"JACK_DEFAULT_SERVER": os.environ["JACK_DEFAULT_SERVER"], "JACK_NO_START_SERVER": "1"}

@@ -427,6 +427,18 @@ class RayIndexer(Indexer):
                     submit(slot)
                     continue
                 except ray.exceptions.RayError as exc:
+                    cause = getattr(exc, "cause", None)
+                    lost = isinstance(exc, ray.exceptions.ObjectLostError) or isinstance(
+                        cause, ray.exceptions.ObjectLostError)
+                    if lost and slot.attempts < GROUP_ATTEMPTS:
+                        # A feature task's output went with its node and Ray could not
+                        # rebuild it (ObjectReconstructionFailedError): compute the group's
+                        # features again from the files, on the nodes that are left.
+                        log.warning("Ray lost %d files' features (%s); computing them again",
+                                    len(slot.jobs), type(exc).__name__)
+                        slot.tasks = None
+                        submit(slot)
+                        continue
                     raise EmberdError(
                         f"Ray: {type(exc).__name__} for {slot.jobs[0].path}; every committed "
                         "file is in the library: run the same command again"
