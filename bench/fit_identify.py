@@ -19,10 +19,22 @@ half ``"A"`` (:func:`emberd.testing.drumkits.kit_half`), transformed with seed
 FIT_SEED. ``bench/identify.py`` evaluates on half ``"B"`` (other kits, other
 files) with another seed; only those held-out figures are reported.
 
+* ``confidence`` (``--confidence``, :func:`fit_confidence`): the logistic
+  weights of :func:`emberd.library.rerank.confidence` (the probability that an
+  answer is right, from the stage that answered and what it measured), fitted
+  on the answers to kits A under every edit of :data:`emberd.testing.edits.EDITS`
+  plus sounds in no library (synthetic, seed FIT_SEED: every answer wrong), both
+  the query's own answer and its speed/direction variant's; and
+  ``exact_confidence``, the smallest confidence at which the answers
+  ``Library.identify`` then gives (the more confident of the two) are at least
+  TARGET_PRECISION right on kits A. ``--confidence`` keeps the re-ranker and
+  waveform parameters of the current file and refits only this.
+
 Deterministic: the same library and code give the same file.
 
-Usage: ``python bench/fit_identify.py [--library PATH] [--model aisfx] [--write]``
-(``--write`` replaces emberd/library/identify_fit.json; without it the result is printed).
+Usage: ``python bench/fit_identify.py [--library PATH] [--model aisfx] [--confidence]
+[--limit N] [--write]`` (``--write`` replaces emberd/library/identify_fit.json; without it
+the result is printed).
 """
 
 from __future__ import annotations
@@ -42,6 +54,7 @@ from emberd.library import fitted, rerank, waveform
 from emberd.library.indexer import Indexer
 from emberd.library.query import IDENTIFY_CANDIDATES, Library, query_vector
 from emberd.testing import drumkits as dk
+from emberd.testing import edits as ed
 
 L2 = 3.0  # penalty on standardised weights: 20 features, ~100k candidate rows
 NEWTON_STEPS = 30
@@ -50,6 +63,88 @@ EXACT_GRID = np.round(np.arange(0.50, 0.996, 0.01), 2)
 WAVE_MIN_GRID = np.round(np.arange(0.30, 0.851, 0.05), 2)
 ALONE_GRID = (0.95, 0.97, 0.98, 0.99, 0.995, 1.01)  # 1.01: always seek a second sound
 PAIR_MIN_GRID = np.round(np.arange(0.30, 0.851, 0.05), 2)
+CONF_L2 = 1.0  # penalty of the confidence fit (11 features, a few hundred answers)
+CONF_EXACT_GRID = np.round(np.arange(0.50, 0.9951, 0.005), 3)
+NON_LIBRARY = 24  # sounds in no library among the confidence fit's queries
+
+
+def fit_confidence(
+    lib: Library, paths: list[str], model: str, non_library: int = NON_LIBRARY
+) -> dict[str, Any]:
+    """Fit ``rerank.confidence``'s weights and the exact threshold on kits A (see the module
+    docstring); returns the ``confidence`` entry of identify_fit.json."""
+    by_path = {r.path: r.id for r in lib.files().values()}
+    copies = dk.level_copies(lib)
+    group = lambda f: copies.get(f, f)  # noqa: E731
+    audio = [load_audio(p, sr=dk.SR)[0] for p in paths]
+    tfs = ed.edits(audio, dk.FIT_SEED, [])
+    captured: list[dict[str, float]] = []
+    real = rerank.answer_features
+
+    def capture(*a: Any, **kw: Any) -> dict[str, float]:
+        captured.append(real(*a, **kw))
+        return captured[-1]
+
+    rerank.answer_features = capture  # type: ignore[assignment]
+    per_query: list[list[tuple[dict[str, float], bool]]] = []
+    t0 = time.monotonic()
+    outsiders = ed.non_library(non_library, dk.FIT_SEED)
+    try:
+        for name in [*ed.EDITS, "non-library"]:
+            pool = outsiders if name == "non-library" else audio
+            for i, y in enumerate(pool):
+                yq = y if name == "non-library" else tfs[name](y, i)
+                truth = None if name == "non-library" else group(by_path[paths[i]])
+                vec = query_vector(yq, dk.SR, model)[None, :]
+                similar = lib.search(vec, IDENTIFY_CANDIDATES + 1, model=model)[0]
+                ev = lib.evidence(yq, dk.SR, similar=similar)
+                if ev is None:
+                    continue
+                evs = [ev]
+                var = None if ev.inside_file else lib.best_variant(ev.audio)
+                if var is not None:
+                    ev1 = lib.evidence(var[2], ev.sr, similar=similar)
+                    if ev1 is not None:
+                        ev1.variant = (var[0], var[1])
+                        evs.append(ev1)
+                got = []
+                for e in evs:
+                    ans = lib._answer(e)[0]
+                    if ans:
+                        right = truth is not None and group(by_path[ans[0]["path"]]) == truth
+                        got.append((captured[-1], right))
+                if got:
+                    per_query.append(got)
+            print(f"  confidence answers {name}: {time.monotonic() - t0:.0f} s", flush=True)
+    finally:
+        rerank.answer_features = real  # type: ignore[assignment]
+    names = [f for f in rerank.CONFIDENCE_FEATURES if f != "bias"]
+    x = np.array([[f[n] for n in names] for q in per_query for f, _ok in q])
+    y = np.array([ok for q in per_query for _f, ok in q], float)
+    w, b = fit_logistic(x, y, CONF_L2)
+    weights = {"bias": round(b, 4), **{n: round(float(v), 4) for n, v in zip(names, w,
+                                                                         strict=True)}}
+    # The answers identify() gives: the more confident of the query's and its variant's.
+    chosen = [max((rerank.confidence(f, weights), ok) for f, ok in q) for q in per_query]
+    exact_c = 1.0
+    for c_min in CONF_EXACT_GRID:
+        sel = [ok for c, ok in chosen if c >= c_min]
+        if sel and np.mean(sel) >= TARGET_PRECISION:
+            exact_c = float(c_min)
+            break
+    conf = np.array([c for c, _ok in chosen])
+    ok = np.array([k for _c, k in chosen], float)
+    bins = np.minimum((conf * 10).astype(int), 9)
+    ece = sum(abs(conf[bins == k].mean() - ok[bins == k].mean()) * (bins == k).sum()
+              for k in range(10) if (bins == k).any()) / len(conf)
+    print(f"confidence fit: {len(x)} answers of {len(per_query)} queries; kits A top-1 "
+          f"{ok.mean():.3f}, ECE {ece:.4f}; exact_confidence {exact_c} "
+          f"({int(((conf >= exact_c) & (ok == 1)).sum())}/{int((conf >= exact_c).sum())} right)")
+    return {"weights": weights, "exact_confidence": exact_c,
+            "provenance": (f"bench/fit_identify.py --confidence --model {model}: "
+                           f"{len(paths)} samples of half A x {len(ed.EDITS)} edits + "
+                           f"{non_library} non-library sounds, seed {dk.FIT_SEED}, "
+                           f"L2 {CONF_L2}; kits A ECE {ece:.4f}")}
 
 
 def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = L2) -> tuple[np.ndarray, float]:
@@ -94,6 +189,8 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--limit", type=int, default=0, help="queries per transform (0: all)")
     ap.add_argument("--write", action="store_true", help="replace identify_fit.json")
+    ap.add_argument("--confidence", action="store_true",
+                    help="refit only the confidence model (keep the re-ranker and thresholds)")
     args = ap.parse_args()
 
     lib_path = Path(args.library)
@@ -104,6 +201,17 @@ def main() -> None:
     if args.limit:
         pick = np.unique(np.linspace(0, len(paths) - 1, args.limit).round().astype(int))
         paths = [paths[j] for j in pick]  # spread over every kit of the half
+    if args.confidence:
+        result = dict(fitted.params())
+        result["confidence"] = fit_confidence(lib, paths, args.model)
+        text = json.dumps(result, indent=1) + "\n"
+        if args.write:
+            fitted.FIT_FILE.write_text(text)
+            print(f"wrote {fitted.FIT_FILE}")
+        else:
+            print(text)
+        lib.close()
+        return
     audio = [load_audio(p, sr=dk.SR)[0] for p in paths]
     copies = dk.level_copies(lib)
     group = lambda f: copies.get(f, f)  # noqa: E731
@@ -203,6 +311,9 @@ def main() -> None:
             f"bench/identify.py (half B, seed {dk.EVAL_SEED})"
         ),
     }
+    if "confidence" in fitted.params():  # fitted on the old ranking: rerun with --confidence
+        result["confidence"] = fitted.params()["confidence"]
+        print("kept the old confidence fit: run again with --confidence")
     text = json.dumps(result, indent=1) + "\n"
     if args.write:
         fitted.FIT_FILE.write_text(text)

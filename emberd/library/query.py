@@ -62,6 +62,10 @@ ATTACK_CANDIDATES = 100  # nearest attack vectors (one matrix product over all t
 RESIDUAL_CANDIDATES = 50  # nearest attack vectors of what is left after the best waveform match
 INSIDE_FILE_S = 0.5  # a landmark alignment this far into a file: a window over a loop
 DEDUP_FACTOR = 4  # fetch k x this items: several segments of one file collapse into one match
+# Speed/direction variants of a query (Library.best_variant): producers pitch by resampling.
+VARIANT_SEMITONES = (-3, -2, -1, 1, 2, 3)  # resamplings tried (the waveform stage refines +-50 c)
+REVERSED_VARIANT = True  # the query's end, reversed, is tried too
+VARIANT_MAX_S = 2.0  # seconds of the query (from its start, or its end reversed) compared
 
 
 @dataclass
@@ -82,6 +86,7 @@ class Evidence:
     cosine: dict[int, float]
     candidates: list[int] = field(default_factory=list)
     features: dict[str, np.ndarray] = field(default_factory=dict)
+    variant: tuple[float, bool] = (0.0, False)  # (semitones undone, reversed) of the query
 
 
 @dataclass
@@ -353,7 +358,7 @@ class Library:
 
         Candidates (cheap, wide): the best LANDMARK_CANDIDATES landmark matches,
         the embedding matches ``similar`` (``query_audio`` passes
-        EMBED_CANDIDATES) and the ATTACK_CANDIDATES nearest attack vectors
+        IDENTIFY_CANDIDATES) and the ATTACK_CANDIDATES nearest attack vectors
         (onset-aligned log-band patches, one matrix product). They are ranked
         by :mod:`emberd.library.rerank` (spectro-temporal comparisons of the
         query with each candidate's stored template, combined by a logistic rule
@@ -363,6 +368,12 @@ class Library:
         else the template ranking does. A query that starts well inside a longer
         file (a live window over a loop) is answered by the landmarks alone when
         they clearly confirm one file: templates only cover a file's start.
+
+        Producers pitch samples by resampling and reverse them: the query is
+        also tried as VARIANT_SEMITONES resamplings and reversed
+        (:meth:`best_variant`, one attack-vector product each); when one of
+        them matches some file's attack better than the query itself, the whole
+        pipeline runs on it too and the answer with the higher confidence wins.
 
         Parameters
         ----------
@@ -377,35 +388,102 @@ class Library:
         -------
         list of dict
             Empty when there is no candidate or no sound (silence, DC, the
-            noise floor); else the answer, kind ``"exact"`` (a waveform
-            matched, the template ranker is at least rerank.EXACT_PROBABILITY
-            sure, or the landmarks confirmed a window inside a longer file) or
+            noise floor); else the answer with its ``confidence`` (calibrated
+            probability that it is right, :func:`emberd.library.rerank.confidence`),
+            kind ``"exact"`` when that is at least rerank.EXACT_CONFIDENCE, else
             ``"similar"``; ``stage`` says which of ``"waveform"``,
             ``"template"``, ``"landmarks"`` answered. A landmark answer has
             ``landmarks`` (its time-consistent hash matches); a waveform answer
             ``rho`` (its correlation), ``gain_db`` (its level in the query) and,
-            for a mix, ``mixed_with`` (the other file's path). ``score`` and
+            for a mix, ``mixed_with`` (the other file's path); an answer found
+            in a variant has ``semitones`` (the query is the file played this
+            many semitones higher by resampling) and/or ``reversed``. ``score`` and
             ``distance`` are present only when ``similar`` measured the file's
             embedding cosine; ``segment_start_s`` is where in the file the query
             starts (landmark alignment, 0 when unknown).
         """
+        return self._identify(audio, sr, similar)[0]
+
+    def _identify(
+        self, audio: np.ndarray, sr: int, similar: list[dict[str, Any]] | None
+    ) -> tuple[list[dict[str, Any]], dict[int, float]]:
+        """:meth:`identify`'s answer and the re-ranker's probability of every candidate."""
         ev = self.evidence(audio, sr, similar=similar)
         if ev is None:
-            return []  # silence is never a match
-        files = self.files()
+            return [], {}  # silence is never a match
+        best = self._answer(ev)
+        if not ev.inside_file:
+            var = self.best_variant(ev.audio)
+            if var is not None:
+                semitones, backwards, y = var
+                ev1 = self.evidence(y, ev.sr, similar=similar)
+                if ev1 is not None:
+                    ev1.variant = (semitones, backwards)
+                    other = self._answer(ev1)
+                    if other[0] and (not best[0] or
+                                     other[0][0]["confidence"] > best[0][0]["confidence"]):
+                        best = other
+        return best
 
-        def landmark_answer() -> list[dict[str, Any]]:
+    def best_variant(self, audio: np.ndarray) -> tuple[float, bool, np.ndarray] | None:
+        """The speed/direction variant of a query (at the fingerprint rate) whose attack is
+        nearest a library file's, when it is nearer than the query's own.
+
+        Variants: the query resampled as played VARIANT_SEMITONES lower (undoing a
+        pitch by resampling) and reversed. Returns ``(semitones, reversed, audio)`` or None.
+        """
+        _ids, _tpl, attack = self._templates()
+        if not len(attack):
+            return None
+        fs = fingerprint.FP_SR
+        head = audio[: int(VARIANT_MAX_S * fs)]
+        tail = audio[-int(VARIANT_MAX_S * fs) :][::-1].copy()
+
+        def nearest(y: np.ndarray) -> float:
+            return float(np.max(attack @ rerank.QueryPatch(y, fs).attack_vector()))
+
+        best: tuple[float, float, bool, np.ndarray] = (nearest(head), 0.0, False, audio)
+        for s in VARIANT_SEMITONES:
+            y = _resampled(head, s)
+            best = max(best, (nearest(y), float(s), False, y), key=lambda b: b[0])
+        if REVERSED_VARIANT:
+            best = max(best, (nearest(tail), 0.0, True, tail), key=lambda b: b[0])
+        if best[1] == 0.0 and not best[2]:
+            return None
+        return best[1], best[2], best[3]
+
+    def _answer(self, ev: Evidence) -> tuple[list[dict[str, Any]], dict[int, float]]:
+        """The answer one :class:`Evidence` gives (with its confidence), and candidate probs."""
+        files = self.files()
+        variant = ev.variant != (0.0, False)
+
+        def finish(match: dict[str, Any], feats: dict[str, float]) -> dict[str, Any]:
+            conf = rerank.confidence(feats)
+            match["confidence"] = round(conf, 4)
+            match["kind"] = "exact" if conf >= rerank.EXACT_CONFIDENCE else "similar"
+            if ev.variant[0]:
+                match["semitones"] = ev.variant[0]
+            if ev.variant[1]:
+                match["reversed"] = True
+            return match
+
+        if ev.inside_file or not ev.candidates:
+            if not ev.confirmed:
+                return [], {}
             best, count, offset = ev.landmarks[0]
             match = self._match(files[best], ev.cosine.get(best), offset, "exact", "landmarks")
             match["landmarks"] = int(count)
-            return [match]
-
-        if ev.inside_file or not ev.candidates:
-            return landmark_answer() if ev.confirmed else []
+            feats = rerank.answer_features("landmarks", landmarks=int(count), variant=variant)
+            return [finish(match, feats)], {}
         prob = rerank.probabilities(rerank.feature_matrix(ev.features))
+        probs = dict(zip(ev.candidates, prob.tolist(), strict=True))
         wave = waveform.explain(
             ev.audio, ev.sr, ev.candidates, prob, self.snippet_loader, self.residual_neighbours
         )
+
+        def runner_up(f: int) -> float:
+            return max((p for c, p in probs.items() if c != f), default=0.0)
+
         if wave is not None and wave.file_id in files:
             best = wave.file_id
             match = self._match(files[best], ev.cosine.get(best), 0.0, "exact", "waveform")
@@ -413,13 +491,17 @@ class Library:
             match["gain_db"] = round(wave.gain_db, 2)
             if wave.mixed_with is not None and wave.mixed_with in files:
                 match["mixed_with"] = files[wave.mixed_with].path
-            return [match]
+            feats = rerank.answer_features(
+                "waveform", prob=probs.get(best, 0.0), runner_up=runner_up(best), rho=wave.rho,
+                mixed=wave.mixed_with is not None, variant=variant)
+            return [finish(match, feats)], probs
         i = int(np.argmax(prob))
         best = ev.candidates[i]
-        # Landmark agreement adds no precision here: in a mix the other sound is confirmed too.
-        kind = "exact" if prob[i] >= rerank.EXACT_PROBABILITY else "similar"
         start = next((off for f, _c, off in ev.landmarks if f == best), 0.0)
-        return [self._match(files[best], ev.cosine.get(best), start, kind, "template")]
+        match = self._match(files[best], ev.cosine.get(best), start, "similar", "template")
+        feats = rerank.answer_features("template", prob=float(prob[i]),
+                                       runner_up=runner_up(best), variant=variant)
+        return [finish(match, feats)], probs
 
     def evidence(
         self, audio: np.ndarray, sr: int, *, similar: list[dict[str, Any]] | None = None
@@ -498,14 +580,14 @@ class Library:
             return []  # silence is never a match (the CLI prints the reason)
         vec = query_vector(audio, sr, model)
         similar = self.search(vec[None, :], max(k, IDENTIFY_CANDIDATES) + 1, model=model)[0]
-        ident = self.identify(audio, sr, similar=similar)
+        ident, probs = self._identify(audio, sr, similar)
         for m in ident:
             if "score" not in m:  # outside the embedding neighbours: measure its cosine
                 fid = next((f for f, r in self.files().items() if r.path == m["path"]), None)
                 cos = None if fid is None else self.file_cosine(vec, fid, model=model)
                 if cos is not None:
                     m["score"], m["distance"] = round(cos, 6), round(_distance(min(cos, 1.0)), 6)
-        return combine(ident, similar, k)
+        return ranked(ident, similar, probs, self.files(), k)
 
     def info(self, *, recall_sample: int = 200, k: int = 10, seed: int = 0) -> dict[str, Any]:
         """Counts, models and, per model, Annoy's recall@k against exact search.
@@ -570,6 +652,40 @@ def combine(
     """The identified file (if any) first, then the similar ones without it; k in all."""
     taken = {m["path"] for m in exact}
     return (exact + [m for m in similar if m["path"] not in taken])[:k]
+
+
+def ranked(
+    ident: list[dict[str, Any]], similar: list[dict[str, Any]], probs: dict[int, float],
+    files: dict[int, FileRecord], k: int,
+) -> list[dict[str, Any]]:
+    """:func:`combine`, every match with a ``confidence``, ordered by it.
+
+    The identified file keeps its own confidence; each other match shares what
+    is left (1 - that) in proportion to the re-ranker's probability of it
+    (0 when it was no candidate), never above the identified file's: the
+    answer stays first, the rest follow the re-ranker rather than the embedding.
+    """
+    top = float(ident[0]["confidence"]) if ident else 1.0
+    by_path = {r.path: f for f, r in files.items()}
+    rest = [m for m in similar if not ident or m["path"] != ident[0]["path"]]
+    p = [probs.get(by_path.get(m["path"], -1), 0.0) for m in rest]
+    total = max(1.0, sum(probs.values()) - (probs.get(by_path.get(ident[0]["path"], -1), 0.0)
+                                            if ident else 0.0))
+    out = [dict(m) for m in ident]
+    for m, pm in zip(rest, p, strict=True):
+        m = dict(m)
+        m["confidence"] = round(min(top, (1.0 - top) * pm / total) if ident else 0.0, 4)
+        out.append(m)
+    out.sort(key=lambda m: -m["confidence"])  # stable: ties keep the embedding order
+    return out[:k]
+
+
+def _resampled(y: np.ndarray, semitones: float) -> np.ndarray:
+    """``y`` (at the fingerprint rate) as if played ``semitones`` lower by resampling."""
+    import soxr
+
+    fs = fingerprint.FP_SR
+    return np.asarray(soxr.resample(y, fs, fs * 2 ** (semitones / 12)), np.float32)
 
 
 def query_vector(audio: np.ndarray, sr: int, model: str) -> np.ndarray:

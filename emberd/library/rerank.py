@@ -59,6 +59,67 @@ BIAS = float(fitted.params()["bias"])
 #: A re-ranked answer at least this likely is ``"exact"`` (fitted on kits A for precision).
 EXACT_PROBABILITY = float(fitted.params()["exact_probability"])
 
+#: What :func:`confidence` weighs: the stage that answered and what it measured (see
+#: :func:`answer_features`).
+CONFIDENCE_FEATURES = ("bias", "wave", "wave_rho", "wave_mix", "tmpl", "tmpl_logit",
+                       "tmpl_margin", "lm", "lm_count", "variant", "logit")
+_LOGIT_CLIP = 8.0
+
+
+def _conf_params() -> tuple[dict[str, float], float]:
+    conf = fitted.params().get("confidence")
+    if not conf:  # a fit file older than confidences: only the waveform stage is sure
+        return {"bias": -2.0, "wave": 4.0}, 0.9
+    return {f: float(conf["weights"].get(f, 0.0)) for f in CONFIDENCE_FEATURES}, float(
+        conf["exact_confidence"])
+
+
+#: Logistic weights of :func:`confidence` and the confidence at or above which an answer is
+#: ``"exact"``, fitted by ``bench/fit_identify.py`` on kits A (exact precision >= 0.99 there).
+CONFIDENCE_WEIGHTS, EXACT_CONFIDENCE = _conf_params()
+
+
+def _logit(p: float) -> float:
+    p = min(max(p, 1e-6), 1 - 1e-6)
+    return float(np.clip(np.log(p / (1 - p)), -_LOGIT_CLIP, _LOGIT_CLIP))
+
+
+def answer_features(
+    stage: str, *, prob: float = 0.0, runner_up: float = 0.0, rho: float = 0.0,
+    mixed: bool = False, landmarks: int = 0, variant: bool = False,
+) -> dict[str, float]:
+    """What an identification answer's confidence is computed from.
+
+    Parameters
+    ----------
+    stage : {"waveform", "template", "landmarks"}
+        The stage that answered.
+    prob, runner_up : float
+        The re-ranker's probability of the answer and of the best other candidate.
+    rho : float
+        The waveform correlation (waveform answers).
+    mixed : bool
+        The waveform stage explained the query as a mix.
+    landmarks : int
+        Time-consistent landmark matches of the answer.
+    variant : bool
+        The query was identified as resampled or reversed (a speed/direction variant).
+    """
+    wave, tmpl, lm = float(stage == "waveform"), float(stage == "template"), float(
+        stage == "landmarks")
+    lp, lr = _logit(prob), _logit(runner_up)
+    return {"bias": 1.0, "wave": wave, "wave_rho": wave * rho, "wave_mix": wave * float(mixed),
+            "tmpl": tmpl, "tmpl_logit": tmpl * lp, "tmpl_margin": tmpl * (lp - lr),
+            "lm": lm, "lm_count": lm * float(np.log1p(landmarks)), "variant": float(variant),
+            "logit": (1.0 - lm) * lp}
+
+
+def confidence(feats: dict[str, float], weights: dict[str, float] | None = None) -> float:
+    """Calibrated probability (0..1) that an answer with :func:`answer_features` is right."""
+    w = CONFIDENCE_WEIGHTS if weights is None else weights
+    z = sum(w.get(f, 0.0) * feats[f] for f in CONFIDENCE_FEATURES)
+    return float(1.0 / (1.0 + np.exp(-z)))
+
 
 def _band_db(y: np.ndarray, sr: int) -> np.ndarray:
     """Log-band power [frames, TEMPLATE_BANDS] in dB, as :func:`fingerprint.template` computes."""
@@ -158,8 +219,9 @@ def features(query: QueryPatch, templates: np.ndarray) -> dict[str, np.ndarray]:
         d = q[None] - t
         gain = np.zeros(n)
         has = strong.any(axis=(1, 2))
-        if has.any():
-            gain[has] = [float(np.median(d[i][strong[i]])) for i in np.nonzero(has)[0]]
+        if has.any():  # one vectorised median over each candidate's strong cells
+            cells = np.where(strong[has], d[has], np.nan).reshape(int(has.sum()), -1)
+            gain[has] = np.nanmedian(cells, axis=1)
         g = gain[:, None, None]
         cont = ((d >= g - CONTAIN_TOL_DB) & strong).sum(axis=(1, 2)) / n_strong
         q_strong = (q > -STRONG_DB) & (q > floor[None, :] + ABOVE_FLOOR_DB)

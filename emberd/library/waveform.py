@@ -54,6 +54,9 @@ STRETCH_BY_RHO = 8  # ... and the best-correlated at the original speed
 STRETCH_MIN_GAIN = 0.01  # rho a stretch must add over none to be believed
 REFINE_TOP = 4  # the best few after the grid are refined between grid points ...
 REFINE_STEPS = 3  # ... halving the step each time (12.5 -> 6.25, 3.1, 1.6 cents)
+TRIM_SAMPLES = 661  # 30 ms: a query that starts loud is searched this much earlier ...
+MAX_TRIM_SAMPLES = 1500  # ... for a cut attack: up to 68 ms of a snippet's start may be missing
+MIN_OVERLAP_ENERGY = 0.02  # the compared rest of a snippet must hold this share of its energy
 SAME_RECORDING_RHO = 0.002  # candidates within this of the best rho may be level copies of it
 INT16_FULL_SCALE = 32767.0
 
@@ -90,7 +93,12 @@ def onset_sample(y: np.ndarray) -> int:
     """First sample whose smoothed magnitude is within ONSET_DB of the loudest."""
     if len(y) == 0:
         return 0
-    env = np.convolve(np.abs(y), np.full(ENVELOPE_SAMPLES, 1.0 / ENVELOPE_SAMPLES), mode="same")
+    # Moving average (as np.convolve(..., mode="same") centres it), by cumulative sums: O(n).
+    half = ENVELOPE_SAMPLES // 2
+    c = np.concatenate([[0.0], np.cumsum(np.abs(y), dtype=np.float64)])
+    hi = np.minimum(np.arange(len(y)) + ENVELOPE_SAMPLES - half, len(y))
+    lo = np.maximum(np.arange(len(y)) - half, 0)
+    env = (c[hi] - c[lo]) / ENVELOPE_SAMPLES
     return int(np.argmax(env > env.max() * 10 ** (-ONSET_DB / 20)))
 
 
@@ -127,7 +135,8 @@ def spectra(snippets: np.ndarray) -> np.ndarray:
 
 
 def correlate(
-    segment: np.ndarray, snippets: np.ndarray, conj_spectra: np.ndarray | None = None
+    segment: np.ndarray, snippets: np.ndarray, conj_spectra: np.ndarray | None = None,
+    start: int = 0,
 ) -> tuple[np.ndarray, ...]:
     """Best normalised cross-correlation of a query segment with each snippet.
 
@@ -139,6 +148,11 @@ def correlate(
         Candidate waveforms.
     conj_spectra : complex array [n, bins], optional
         ``spectra(snippets)``, when the same candidates are correlated again.
+    start : int
+        Where the query's first sample lies in ``segment`` (0: before it). At
+        lags where a snippet starts before the query does (an attack cut off),
+        the snippet counts only from the query's start on, when at most
+        MAX_TRIM_SAMPLES are missing and the rest holds MIN_OVERLAP_ENERGY.
 
     Returns
     -------
@@ -156,16 +170,34 @@ def correlate(
     seg_energy = cum[SNIPPET_SAMPLES:] - cum[: 2 * LAG_SAMPLES + 1]
     # Lags where the query is (nearly) silent would divide by ~0: floor their energy.
     seg_energy = np.maximum(seg_energy, 1e-3 * seg_energy.max() + 1e-12)
-    energy = (snippets.astype(np.float64) ** 2).sum(axis=1) + 1e-20
-    rho = x / np.sqrt(energy[:, None] * seg_energy[None])
+    power = snippets.astype(np.float64) ** 2
+    full = power.sum(axis=1) + 1e-20
+    energy = np.broadcast_to(full[:, None], x.shape)
+    if start > 0:
+        cum_s = np.concatenate([np.zeros((len(power), 1)), np.cumsum(power, axis=1)], axis=1)
+        j0 = np.clip(start - np.arange(2 * LAG_SAMPLES + 1), 0, SNIPPET_SAMPLES)
+        part = cum_s[:, -1:] - cum_s[:, j0] + 1e-20
+        use = (j0 <= MAX_TRIM_SAMPLES)[None] & (part >= MIN_OVERLAP_ENERGY * full[:, None])
+        energy = np.where(use, part, full[:, None])
+    rho = x / np.sqrt(energy * seg_energy[None])
     lag = np.argmax(rho, axis=1)
     rows = np.arange(len(snippets))
-    return rho[rows, lag], x[rows, lag] / energy, lag
+    return rho[rows, lag], x[rows, lag] / energy[rows, lag], lag
 
 
 def onset_segment(y: np.ndarray) -> np.ndarray:
     """The query around its onset: LAG_SAMPLES of slack on both sides of a snippet's span."""
     return _window(y, onset_sample(y) - PRE_ROLL_SAMPLES - LAG_SAMPLES, _SEGMENT)
+
+
+def _segment(y: np.ndarray) -> tuple[np.ndarray, int]:
+    """:func:`onset_segment`, TRIM_SAMPLES earlier for a query that starts loud (its attack
+    may have been cut off), and where the query's first sample lies in it."""
+    on = onset_sample(y)
+    first = on - PRE_ROLL_SAMPLES - LAG_SAMPLES
+    if on < PRE_ROLL_SAMPLES:
+        first -= TRIM_SAMPLES
+    return _window(y, first, _SEGMENT), max(0, -first)
 
 
 def _stretched(y: np.ndarray, cents: float) -> np.ndarray:
@@ -174,6 +206,13 @@ def _stretched(y: np.ndarray, cents: float) -> np.ndarray:
 
     head = y[: onset_sample(y) + 2 * _SEGMENT]  # only the onset region is compared
     return np.asarray(soxr.resample(head, WAVE_SR, WAVE_SR * 2 ** (cents / 1200)), np.float32)
+
+
+def _at(
+    seg_start: tuple[np.ndarray, int], mat: np.ndarray, spec: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """:func:`correlate`'s arguments for a :func:`_segment` result."""
+    return seg_start[0], mat, spec, seg_start[1]
 
 
 def _placed(s: np.ndarray, lag: int) -> np.ndarray:
@@ -282,16 +321,16 @@ def analyse(
     if not ids or not np.any(y):
         return None
     mat = np.stack([snips[f].samples() for f in ids])
-    seg = onset_segment(y)
+    seg, start = _segment(y)
     spec = spectra(mat)
-    rho, gain, lag = correlate(seg, mat, spec)
+    rho, gain, lag = correlate(seg, mat, spec, start)
     unstretched = (rho.copy(), gain.copy(), lag.copy())
     cents = np.zeros(len(ids))
     pos = {f: i for i, f in enumerate(candidates)}
     by_rank = np.argsort(-np.asarray([rank[pos[f]] for f in ids]))[:STRETCH_BY_RANK]
     top = np.unique(np.concatenate([by_rank, np.argsort(-rho)[:STRETCH_BY_RHO]]))
     for c in STRETCH_CENTS:
-        r, g, lg = correlate(onset_segment(_stretched(y, c)), mat[top], spec[top])
+        r, g, lg = correlate(*_at(_segment(_stretched(y, c)), mat[top], spec[top]))
         up = r > rho[top]
         rho[top] = np.where(up, r, rho[top])
         gain[top] = np.where(up, g, gain[top])
@@ -304,7 +343,7 @@ def analyse(
         for _ in range(REFINE_STEPS):
             for c in (cents[i] - h, cents[i] + h):
                 r, g, lg = correlate(
-                    onset_segment(_stretched(y, c)), mat[i : i + 1], spec[i : i + 1]
+                    *_at(_segment(_stretched(y, c)), mat[i : i + 1], spec[i : i + 1])
                 )
                 if r[0] > rho[i]:
                     rho[i], gain[i], lag[i], cents[i] = r[0], g[0], lg[0], c
@@ -322,8 +361,8 @@ def analyse(
         return alone
     # Residual after the best file: is a second library sound there?
     ys = y if cents[best] == 0 else _stretched(y, float(cents[best]))
-    seg = onset_segment(ys)
-    _r1, g1, l1 = correlate(seg, mat[best : best + 1], spec[best : best + 1])
+    seg, start = _segment(ys)
+    _r1, g1, l1 = correlate(seg, mat[best : best + 1], spec[best : best + 1], start)
     first = _placed(mat[best], int(l1[0]))
     resid = seg - g1[0] * first
     same = {f for f, r in zip(ids, rho, strict=True) if r >= rho[best] - SAME_RECORDING_RHO}
@@ -339,7 +378,7 @@ def analyse(
     row.update({f: len(mat) + i for i, f in enumerate(new)})
     take = np.array([row[f] for f in pool])
     pmat, pspec = pmat[take], pspec[take]
-    r2, g2, l2 = correlate(resid, pmat, pspec)
+    r2, g2, l2 = correlate(resid, pmat, pspec, start)
     second = int(np.argmax(r2))
     if stop is not None and r2[second] < stop.pair_min_rho:
         return Analysis(alone.rho, one, None, float(r2[second]))
