@@ -22,12 +22,12 @@ files) with another seed; only those held-out figures are reported.
 * ``confidence`` (``--confidence``, :func:`fit_confidence`): the logistic
   weights of :func:`emberd.library.rerank.confidence` (the probability that an
   answer is right, from the stage that answered and what it measured), fitted
-  on the answers to kits A under every edit of :data:`emberd.testing.edits.EDITS`
-  plus sounds in no library (synthetic, seed FIT_SEED: every answer wrong), both
-  the query's own answer and its speed/direction variant's; and
-  ``exact_confidence``, the smallest confidence at which the answers
-  ``Library.identify`` then gives (the more confident of the two) are at least
-  TARGET_PRECISION right on kits A. ``--confidence`` keeps the re-ranker and
+  on the answers to kits A under every edit of :data:`emberd.testing.edits.EDITS`,
+  noisy windows from inside its WINDOWS longest files, plus sounds in no library
+  (synthetic, seed FIT_SEED: every answer wrong): the answer ``Library.identify``
+  gives (the stronger of the query's own and its speed/direction variant's); and
+  ``exact_confidence``, the smallest confidence at which those answers are at
+  least TARGET_PRECISION right on kits A. ``--confidence`` keeps the re-ranker and
   waveform parameters of the current file and refits only this.
 
 Deterministic: the same library and code give the same file.
@@ -52,7 +52,12 @@ import numpy as np
 from emberd.dsp.sources import load_audio
 from emberd.library import fitted, rerank, waveform
 from emberd.library.indexer import Indexer
-from emberd.library.query import IDENTIFY_CANDIDATES, Library, query_vector
+from emberd.library.query import (
+    IDENTIFY_CANDIDATES,
+    Library,
+    query_vector,
+    strength,
+)
 from emberd.testing import drumkits as dk
 from emberd.testing import edits as ed
 
@@ -65,7 +70,8 @@ ALONE_GRID = (0.95, 0.97, 0.98, 0.99, 0.995, 1.01)  # 1.01: always seek a second
 PAIR_MIN_GRID = np.round(np.arange(0.30, 0.851, 0.05), 2)
 CONF_L2 = 1.0  # penalty of the confidence fit (11 features, a few hundred answers)
 CONF_EXACT_GRID = np.round(np.arange(0.50, 0.9951, 0.005), 3)
-NON_LIBRARY = 24  # sounds in no library among the confidence fit's queries
+NON_LIBRARY = 16  # sounds in no library among the confidence fit's queries
+WINDOWS = 12  # 1.5-s windows from 1 s into the longest files of half A (landmark answers)
 
 
 def fit_confidence(
@@ -78,53 +84,39 @@ def fit_confidence(
     group = lambda f: copies.get(f, f)  # noqa: E731
     audio = [load_audio(p, sr=dk.SR)[0] for p in paths]
     tfs = ed.edits(audio, dk.FIT_SEED, [])
-    captured: list[dict[str, float]] = []
-    real = rerank.answer_features
-
-    def capture(*a: Any, **kw: Any) -> dict[str, float]:
-        captured.append(real(*a, **kw))
-        return captured[-1]
-
-    rerank.answer_features = capture  # type: ignore[assignment]
     per_query: list[list[tuple[dict[str, float], bool]]] = []
     t0 = time.monotonic()
     outsiders = ed.non_library(non_library, dk.FIT_SEED)
-    try:
-        for name in [*ed.EDITS, "non-library"]:
-            pool = outsiders if name == "non-library" else audio
-            for i, y in enumerate(pool):
-                yq = y if name == "non-library" else tfs[name](y, i)
-                truth = None if name == "non-library" else group(by_path[paths[i]])
-                vec = query_vector(yq, dk.SR, model)[None, :]
-                similar = lib.search(vec, IDENTIFY_CANDIDATES + 1, model=model)[0]
-                ev = lib.evidence(yq, dk.SR, similar=similar)
-                if ev is None:
-                    continue
-                evs = [ev]
-                var = None if ev.inside_file else lib.best_variant(ev.audio)
-                if var is not None:
-                    ev1 = lib.evidence(var[2], ev.sr, similar=similar)
-                    if ev1 is not None:
-                        ev1.variant = (var[0], var[1])
-                        evs.append(ev1)
-                got = []
-                for e in evs:
-                    ans = lib._answer(e)[0]
-                    if ans:
-                        right = truth is not None and group(by_path[ans[0]["path"]]) == truth
-                        got.append((captured[-1], right))
-                if got:
-                    per_query.append(got)
-            print(f"  confidence answers {name}: {time.monotonic() - t0:.0f} s", flush=True)
-    finally:
-        rerank.answer_features = real  # type: ignore[assignment]
+    # Windows from inside the longest files of half A (the landmark stage's answers).
+    rng = np.random.default_rng(dk.FIT_SEED)
+    longest = sorted((r for r in lib.files().values() if dk.kit_half(r.path) == "A"),
+                     key=lambda r: -r.duration_s)[:WINDOWS]
+    windows = []
+    for rec in longest:
+        w = load_audio(rec.path, sr=dk.SR)[0][dk.SR : dk.SR * 5 // 2]
+        noise = rng.standard_normal(len(w)).astype(np.float32)
+        windows.append((rec.path, w + 0.1 * float(np.sqrt(np.mean(w**2))) * noise))
+    for name in [*ed.EDITS, "windows", "non-library"]:
+        pool = {"non-library": outsiders, "windows": [w for _p, w in windows]}.get(name, audio)
+        for i, y in enumerate(pool):
+            yq = y if name in ("non-library", "windows") else tfs[name](y, i)
+            truth = (None if name == "non-library" else group(by_path[windows[i][0]])
+                     if name == "windows" else group(by_path[paths[i]]))
+            vec = query_vector(yq, dk.SR, model)[None, :]
+            similar = lib.search(vec, IDENTIFY_CANDIDATES + 1, model=model)[0]
+            got = [a for a in lib.answers(yq, dk.SR, similar) if a[0] is not None]
+            if got:  # the answer identify() gives
+                match, _probs, feats = max(got, key=lambda a: strength(a[0], a[2]))
+                assert match is not None
+                right = truth is not None and group(by_path[match["path"]]) == truth
+                per_query.append([(feats, right)])
+        print(f"  confidence answers {name}: {time.monotonic() - t0:.0f} s", flush=True)
     names = [f for f in rerank.CONFIDENCE_FEATURES if f != "bias"]
     x = np.array([[f[n] for n in names] for q in per_query for f, _ok in q])
     y = np.array([ok for q in per_query for _f, ok in q], float)
     w, b = fit_logistic(x, y, CONF_L2)
     weights = {"bias": round(b, 4), **{n: round(float(v), 4) for n, v in zip(names, w,
                                                                          strict=True)}}
-    # The answers identify() gives: the more confident of the query's and its variant's.
     chosen = [max((rerank.confidence(f, weights), ok) for f, ok in q) for q in per_query]
     exact_c = 1.0
     for c_min in CONF_EXACT_GRID:

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import platform
 import tempfile
@@ -56,7 +57,7 @@ import numpy as np
 from emberd.dsp.sources import load_audio
 from emberd.library import fitted, waveform
 from emberd.library.indexer import Indexer
-from emberd.library.query import Library
+from emberd.library.query import IDENTIFY_CANDIDATES, Library, query_vector, ranked, strength
 from emberd.testing import drumkits as dk
 from emberd.testing import edits as ed
 
@@ -112,6 +113,69 @@ def calibration(conf: list[float], right: list[bool], bins: int = ECE_BINS) -> t
     return float(ece), rows
 
 
+def report(records: list[dict[str, Any]], edits: list[str]) -> None:
+    """Print the identification figures of ``records`` under the current fitted confidence
+    (``--rescore`` reprints a dump after a refit: the answers do not depend on it)."""
+    from emberd.library import rerank
+
+    for r in records:
+        r["conf"] = rerank.confidence(r["feats"]) if r["feats"] else 0.0
+        r["exact"] = bool(r["feats"]) and r["conf"] >= rerank.EXACT_CONFIDENCE
+    models = sorted({r["model"] for r in records})
+    names = [e for e in edits if any(r["edit"] == e for r in records)]
+    cols = ("top1", "top5", "strict", "cand", "wave", "exact", "right", "conf")
+
+    def col(rs: list[dict[str, Any]], c: str) -> float:
+        if c == "right":
+            rs = [r for r in rs if r["exact"]]
+        vals = [float({"top1": r.get("ok"), "top5": r.get("top5"), "strict": r.get("strict"),
+                       "cand": r.get("cand"), "wave": r["stage"] == "waveform",
+                       "exact": r["exact"], "right": r.get("ok"), "conf": r["conf"]}[c])
+                for r in rs]
+        return float(np.mean(vals)) if vals else float("nan")
+
+    n_per = max((sum(1 for r in records if r["edit"] == e) for e in names), default=0)
+    print(f"\nidentification on held-out kits B, {n_per} samples per edit "
+          "(see the module docstring for the columns)")
+    for m in models:
+        mine = [r for r in records if r["model"] == m]
+        print(f"\n  {m}")
+        print(f"  {'edit':14s}" + "".join(f"{c:>7s}" for c in cols))
+        per = {e: [r for r in mine if r["edit"] == e] for e in [*names, "non-library"]}
+        for e in names:
+            print(f"  {e:14s}" + "".join(f"{col(per[e], c):7.3f}" for c in cols))
+        means = [float(np.mean([col(per[e], c) for e in names])) for c in cols]
+        print(f"  {'MEAN':14s}" + "".join(f"{v:7.3f}" for v in means))
+        tops = [col(per[e], "top1") for e in names]
+        if tops:
+            print(f"  {'MIN top-1':14s}{min(tops):7.3f}   ({names[int(np.argmin(tops))]})")
+        if per["non-library"]:
+            nl = per["non-library"]
+            print(f"  {'non-library':14s} answered exact {col(nl, 'exact'):.3f}, mean confidence "
+                  f"{col(nl, 'conf'):.3f}, max {max(r['conf'] for r in nl):.3f}")
+        if per.get("mix"):
+            mx = per["mix"]
+            print(f"  mix as both components: main {np.mean([r['main'] for r in mx]):.3f}, "
+                  f"other {np.mean([r['other'] for r in mx]):.3f}, both "
+                  f"{np.mean([r['main'] and r['other'] for r in mx]):.3f}")
+        ex = [bool(r["ok"]) for r in mine if r["exact"]]
+        print(f"  exact precision (pooled, non-library included): {sum(ex)}/{len(ex)} = "
+              f"{(sum(ex) / len(ex)) if ex else float('nan'):.4f}")
+        ece, table = calibration([r["conf"] for r in mine], [bool(r["ok"]) for r in mine])
+        print(f"  confidence: ECE {ece:.4f} over {len(mine)} first matches; reliability:")
+        print(f"    {'bin':>9s} {'n':>5s} {'mean conf':>10s} {'right':>7s}")
+        for lo, hi, n, mc, mr in table:
+            print(f"    {lo:3.1f}-{hi:3.1f}  {n:5d} {mc:10.3f} {mr:7.3f}")
+        lib_q = [r for r in mine if r["edit"] != "non-library"]
+        parts = {s: float(np.median([r["cost"][s] for r in lib_q]))
+                 for s in ("embedding", "candidates", "waveform", "total")}
+        p90 = float(np.percentile([r["cost"]["total"] for r in lib_q], 90))
+        print(f"  query cost p50: total {parts['total'] * 1e3:.0f} ms (p90 {p90 * 1e3:.0f} ms; "
+              f"embedding + search {parts['embedding'] * 1e3:.0f} ms, landmarks + candidates + "
+              f"features {parts['candidates'] * 1e3:.0f} ms, waveform "
+              f"{parts['waveform'] * 1e3:.0f} ms)")
+
+
 def main() -> None:
     """Run the benchmark and print the held-out figures."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -123,8 +187,16 @@ def main() -> None:
     ap.add_argument("--non-library", type=int, default=NON_LIBRARY,
                     help="sounds in no library queried (default %(default)s)")
     ap.add_argument("--no-similarity", action="store_true", help="skip category precision@5")
+    ap.add_argument("--dump", help="write every query's record (JSON) here")
+    ap.add_argument("--rescore", help="reprint a --dump under the current fit; run nothing")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     args = ap.parse_args()
+    if args.rescore:
+        data = json.loads(Path(args.rescore).read_text())
+        print(f"bench/identify.py --rescore: run of {data['machine']}; "
+              f"fit: {fitted.params().get('confidence', {}).get('provenance')}")
+        report(data["records"], list(ed.EDITS))
+        return
     print(f"bench/identify.py, {machine()}")
 
     cache = Path(tempfile.gettempdir()) / "emberd-identify-cache"
@@ -161,10 +233,7 @@ def main() -> None:
     # Stage timing and the cheap stages' evidence, captured around the real calls.
     clock: dict[str, float] = defaultdict(float)
     seen: dict[str, Any] = {}
-    real_explain, real_evidence, real_query_vector = waveform.explain, lib.evidence, None
-    from emberd.library import query as query_mod
-
-    real_query_vector = query_mod.query_vector
+    real_explain, real_evidence = waveform.explain, lib.evidence
 
     def timed_explain(*a: Any, **kw: Any) -> Any:
         t = time.perf_counter()
@@ -175,24 +244,15 @@ def main() -> None:
 
     def kept_evidence(*a: Any, **kw: Any) -> Any:
         t = time.perf_counter()
-        seen["ev"] = ev = real_evidence(*a, **kw)
+        ev = real_evidence(*a, **kw)
+        seen.setdefault("ev", ev)  # the query's own (a variant's comes second)
         clock["candidates"] += time.perf_counter() - t
         return ev
 
-    def timed_query_vector(*a: Any, **kw: Any) -> Any:
-        t = time.perf_counter()
-        try:
-            return real_query_vector(*a, **kw)
-        finally:
-            clock["embedding"] += time.perf_counter() - t
-
     waveform.explain = timed_explain  # type: ignore[assignment]
     lib.evidence = kept_evidence  # type: ignore[method-assign]
-    query_mod.query_vector = timed_query_vector  # type: ignore[assignment]
 
-    hits: dict[tuple[str, str, str], list[float]] = defaultdict(list)
-    costs: dict[str, list[float]] = defaultdict(list)
-    answers: dict[str, list[tuple[float, bool, bool]]] = defaultdict(list)  # conf, right, exact
+    records: list[dict[str, Any]] = []
     t_start = time.monotonic()
     outsiders = ed.non_library(args.non_library, dk.EVAL_SEED) if args.non_library else []
     for model in args.models:
@@ -203,96 +263,48 @@ def main() -> None:
             for i, y in enumerate(pool):
                 yq = y if name == "non-library" else tfs[name](y, i)
                 clock.clear()
+                seen.clear()
                 t0 = time.perf_counter()
-                full = lib.query_audio(yq, dk.SR, K, model=model)
-                total = time.perf_counter() - t0
+                vec = query_vector(yq, dk.SR, model)[None, :]
+                similar = lib.search(vec, max(K, IDENTIFY_CANDIDATES) + 1, model=model)[0]
+                t1 = time.perf_counter()
+                got = lib.answers(yq, dk.SR, similar)  # what query_audio does, step by step
+                match, probs, feats = (max(got, key=lambda a: strength(a[0], a[2])) if got
+                                       else (None, {}, {}))
+                full = ranked([match] if match else [], similar, probs, lib.files(), K)
+                t2 = time.perf_counter()
+                ev = seen.get("ev")
+                rec: dict[str, Any] = {
+                    "model": model, "edit": name, "feats": feats if match else None,
+                    "cost": {"embedding": t1 - t0, "candidates": clock["candidates"],
+                             "waveform": clock["waveform"], "total": t2 - t0},
+                    "stage": match.get("stage") if match else None,
+                }
                 if name != "non-library":
-                    costs[f"{model} embedding"].append(clock["embedding"])
-                    costs[f"{model} candidates"].append(clock["candidates"])
-                    costs[f"{model} waveform"].append(clock["waveform"])
-                    costs[f"{model} total"].append(total)
-                ev = seen.pop("ev", None)
-                key = (model, name)
-                top = full[0] if full else None
-                conf = float(top.get("confidence", np.nan)) if top else 0.0
-                exact = top is not None and top["kind"] == "exact"
-                hits[(*key, "conf")].append(conf)
-                hits[(*key, "exact")].append(float(exact))
-                if name == "non-library":
-                    answers[model].append((conf, False, exact))
-                    if exact:
-                        hits[(*key, "right")].append(0.0)
-                    continue
-                paths = [m["path"] for m in full]
-                groups = [group(by_path[p].id) for p in paths]
-                right = group(truth[i])
-                ok = groups[:1] == [right]
-                answers[model].append((conf, ok, exact))
-                hits[(*key, "top1")].append(float(ok))
-                hits[(*key, "strict")].append(float(paths[:1] == [queries[i]]))
-                hits[(*key, "top5")].append(float(right in groups))
-                cands = {group(f) for f in (ev.candidates if ev is not None else [])}
-                inside = ev is not None and ev.inside_file
-                hits[(*key, "cand")].append(float(right in cands or inside))
-                hits[(*key, "wave")].append(float(top is not None and
-                                                  top.get("stage") == "waveform"))
-                if exact:
-                    hits[(*key, "right")].append(float(ok))
-                if name == "mix":
-                    named = set(groups[:1])
-                    if top is not None and "mixed_with" in top:
-                        named.add(group(by_path[top["mixed_with"]].id))
-                    other = group(truth[mixed_in[-1]])
-                    hits[(*key, "main")].append(float(right in named))
-                    hits[(*key, "other")].append(float(other in named))
-                    hits[(*key, "both")].append(float(right in named and other in named))
-            print(f"  {model} {name}: top-1 {np.mean(hits[(*key, 'top1')] or [np.nan]):.3f} "
+                    paths = [m["path"] for m in full]
+                    groups = [group(by_path[p].id) for p in paths]
+                    right = group(truth[i])
+                    rec.update(ok=groups[:1] == [right], top5=right in groups,
+                               strict=paths[:1] == [queries[i]],
+                               cand=ev is not None and (ev.inside_file or right in {
+                                   group(f) for f in ev.candidates}))
+                    if name == "mix":
+                        named = set(groups[:1])
+                        if match is not None and "mixed_with" in match:
+                            named.add(group(by_path[match["mixed_with"]].id))
+                        other = group(truth[mixed_in[-1]])
+                        rec.update(main=right in named, other=other in named)
+                else:
+                    rec["ok"] = False
+                records.append(rec)
+            done = [r["ok"] for r in records if r["edit"] == name and r["model"] == model]
+            print(f"  {model} {name}: top-1 {np.mean(done):.3f} "
                   f"({time.monotonic() - t_start:.0f} s)", flush=True)
     waveform.explain = real_explain  # type: ignore[assignment]
-    query_mod.query_vector = real_query_vector  # type: ignore[assignment]
-
-    def mean(model: str, names: list[str], what: str) -> float:
-        vals = [np.mean(hits[(model, n, what)]) for n in names if hits[(model, n, what)]]
-        return float(np.mean(vals)) if vals else float("nan")
-
-    cols = ("top1", "top5", "strict", "cand", "wave", "exact", "right", "conf")
-    print(f"\nidentification on held-out kits B, {len(queries)} samples per edit "
-          "(see the module docstring for the columns)")
+    if args.dump:
+        Path(args.dump).write_text(json.dumps({"machine": machine(), "records": records}))
+    report(records, list(args.edits))
     for m in args.models:
-        print(f"\n  {m}")
-        print(f"  {'edit':14s}" + "".join(f"{c:>7s}" for c in cols))
-        rows = [*args.edits, "MEAN", "MIN", *(["non-library"] if outsiders else [])]
-        for name in rows:
-            names = list(args.edits) if name in ("MEAN", "MIN") else [name]
-            if name == "MIN":
-                vals = [mean(m, [n], "top1") for n in names]
-                print(f"  {'MIN top-1':14s}{min(vals):7.3f}   ("
-                      f"{names[int(np.argmin(vals))]})")
-                continue
-            print(f"  {name:14s}" + "".join(f"{mean(m, names, c):7.3f}" for c in cols))
-        if "mix" in args.edits:
-            print(f"  mix as both components: main {mean(m, ['mix'], 'main'):.3f}, other "
-                  f"{mean(m, ['mix'], 'other'):.3f}, both {mean(m, ['mix'], 'both'):.3f}")
-        ans = answers[m]
-        ex = [ok for _c, ok, e in ans if e]
-        print(f"  exact precision (pooled, non-library included): {sum(ex)}/{len(ex)} = "
-              f"{(sum(ex) / len(ex)) if ex else float('nan'):.4f}")
-        confs = [c for c, _ok, _e in ans]
-        if all(np.isfinite(confs)):
-            ece, table = calibration(confs, [ok for _c, ok, _e in ans])
-            print(f"  confidence: ECE {ece:.4f} over {len(ans)} first matches; reliability:")
-            print(f"    {'bin':>11s} {'n':>5s} {'mean conf':>10s} {'right':>7s}")
-            for lo, hi, n, mc, mr in table:
-                print(f"    {lo:4.1f}-{hi:4.1f}  {n:5d} {mc:10.3f} {mr:7.3f}")
-        else:
-            print("  confidence: not reported by this version")
-        parts = {s: float(np.median(costs[f"{m} {s}"]))
-                 for s in ("embedding", "candidates", "waveform", "total")}
-        p90 = float(np.percentile(costs[f"{m} total"], 90))
-        print(f"  query cost p50: total {parts['total'] * 1e3:.0f} ms (p90 {p90 * 1e3:.0f} ms; "
-              f"embedding {parts['embedding'] * 1e3:.0f} ms, landmarks + candidates + "
-              f"features {parts['candidates'] * 1e3:.0f} ms, waveform "
-              f"{parts['waveform'] * 1e3:.0f} ms); load now {os.getloadavg()[0]:.1f}")
         for label, y in no_sound_queries().items():
             n = len(lib.query_audio(y, dk.SR, K, model=m))
             print(f"  no sound: {label:28s} {n} matches")

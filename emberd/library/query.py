@@ -66,6 +66,8 @@ DEDUP_FACTOR = 4  # fetch k x this items: several segments of one file collapse 
 VARIANT_SEMITONES = (-3, -2, -1, 1, 2, 3)  # resamplings tried (the waveform stage refines +-50 c)
 REVERSED_VARIANT = True  # the query's end, reversed, is tried too
 VARIANT_MAX_S = 2.0  # seconds of the query (from its start, or its end reversed) compared
+VARIANT_SKIP_RHO = 0.97  # a waveform answer this correlated is the sample as it is: no variant
+TEMPLATE_RHO_EQUIVALENT = 0.8  # a template answer of probability p weighs as a waveform rho 0.8 p
 
 
 @dataclass
@@ -373,7 +375,8 @@ class Library:
         also tried as VARIANT_SEMITONES resamplings and reversed
         (:meth:`best_variant`, one attack-vector product each); when one of
         them matches some file's attack better than the query itself, the whole
-        pipeline runs on it too and the answer with the higher confidence wins.
+        pipeline runs on it too and the answer with the higher confidence wins
+        (unless the query's own waveform already correlates VARIANT_SKIP_RHO).
 
         Parameters
         ----------
@@ -408,22 +411,35 @@ class Library:
         self, audio: np.ndarray, sr: int, similar: list[dict[str, Any]] | None
     ) -> tuple[list[dict[str, Any]], dict[int, float]]:
         """:meth:`identify`'s answer and the re-ranker's probability of every candidate."""
+        answers = self.answers(audio, sr, similar)
+        if not answers:
+            return [], {}  # silence is never a match
+        match, probs, _feats = max(answers, key=lambda a: strength(a[0], a[2]))
+        return ([match] if match else []), probs
+
+    def answers(
+        self, audio: np.ndarray, sr: int, similar: list[dict[str, Any]] | None = None
+    ) -> list[tuple[dict[str, Any] | None, dict[int, float], dict[str, float]]]:
+        """Every answer :meth:`identify` weighs: the query's own and, when tried, its
+        variant's, each as ``(match or None, candidate probabilities, confidence features)``.
+
+        ``bench/fit_identify.py`` fits the confidence on these; empty for no sound.
+        """
         ev = self.evidence(audio, sr, similar=similar)
         if ev is None:
-            return [], {}  # silence is never a match
-        best = self._answer(ev)
-        if not ev.inside_file:
+            return []
+        out = [self._answer(ev)]
+        first = out[0][0]
+        sure = first is not None and first.get("rho", 0.0) >= VARIANT_SKIP_RHO
+        if not ev.inside_file and not sure:
             var = self.best_variant(ev.audio)
             if var is not None:
                 semitones, backwards, y = var
                 ev1 = self.evidence(y, ev.sr, similar=similar)
                 if ev1 is not None:
                     ev1.variant = (semitones, backwards)
-                    other = self._answer(ev1)
-                    if other[0] and (not best[0] or
-                                     other[0][0]["confidence"] > best[0][0]["confidence"]):
-                        best = other
-        return best
+                    out.append(self._answer(ev1))
+        return out
 
     def best_variant(self, audio: np.ndarray) -> tuple[float, bool, np.ndarray] | None:
         """The speed/direction variant of a query (at the fingerprint rate) whose attack is
@@ -452,8 +468,11 @@ class Library:
             return None
         return best[1], best[2], best[3]
 
-    def _answer(self, ev: Evidence) -> tuple[list[dict[str, Any]], dict[int, float]]:
-        """The answer one :class:`Evidence` gives (with its confidence), and candidate probs."""
+    def _answer(
+        self, ev: Evidence
+    ) -> tuple[dict[str, Any] | None, dict[int, float], dict[str, float]]:
+        """The answer one :class:`Evidence` gives (with its confidence), the candidates'
+        probabilities and the answer's confidence features."""
         files = self.files()
         variant = ev.variant != (0.0, False)
 
@@ -469,12 +488,12 @@ class Library:
 
         if ev.inside_file or not ev.candidates:
             if not ev.confirmed:
-                return [], {}
+                return None, {}, {}
             best, count, offset = ev.landmarks[0]
             match = self._match(files[best], ev.cosine.get(best), offset, "exact", "landmarks")
             match["landmarks"] = int(count)
             feats = rerank.answer_features("landmarks", landmarks=int(count), variant=variant)
-            return [finish(match, feats)], {}
+            return finish(match, feats), {}, feats
         prob = rerank.probabilities(rerank.feature_matrix(ev.features))
         probs = dict(zip(ev.candidates, prob.tolist(), strict=True))
         wave = waveform.explain(
@@ -494,14 +513,14 @@ class Library:
             feats = rerank.answer_features(
                 "waveform", prob=probs.get(best, 0.0), runner_up=runner_up(best), rho=wave.rho,
                 mixed=wave.mixed_with is not None, variant=variant)
-            return [finish(match, feats)], probs
+            return finish(match, feats), probs, feats
         i = int(np.argmax(prob))
         best = ev.candidates[i]
         start = next((off for f, _c, off in ev.landmarks if f == best), 0.0)
         match = self._match(files[best], ev.cosine.get(best), start, "similar", "template")
         feats = rerank.answer_features("template", prob=float(prob[i]),
                                        runner_up=runner_up(best), variant=variant)
-        return [finish(match, feats)], probs
+        return finish(match, feats), probs, feats
 
     def evidence(
         self, audio: np.ndarray, sr: int, *, similar: list[dict[str, Any]] | None = None
@@ -678,6 +697,23 @@ def ranked(
         out.append(m)
     out.sort(key=lambda m: -m["confidence"])  # stable: ties keep the embedding order
     return out[:k]
+
+
+def strength(match: dict[str, Any] | None, feats: dict[str, float]) -> float:
+    """How :meth:`Library.identify` weighs one answer against another (the query's own and
+    its variant's): a waveform answer by its correlation, a template answer by the
+    re-ranker's probability times TEMPLATE_RHO_EQUIVALENT, a landmark answer above both.
+
+    A fixed rule, not the fitted confidence, so that the confidence can be fitted on
+    the answers this rule gives.
+    """
+    if match is None:
+        return -1.0
+    if match["stage"] == "waveform":
+        return float(match["rho"])
+    if match["stage"] == "landmarks":
+        return 2.0
+    return TEMPLATE_RHO_EQUIVALENT / (1.0 + math.exp(-feats["logit"]))
 
 
 def _resampled(y: np.ndarray, semitones: float) -> np.ndarray:
