@@ -240,7 +240,9 @@ def test_library_without_snippets_answers_from_templates(
 
 # --- producers' edits (issue 13) ---------------------------------------------------------------
 EDIT_EVERY = 2  # 12 of the 24 queries per edit: keeps the added test time small
-# Measured (dsp-baseline, seed 0, 12 queries): see the bounds' comments in each test.
+MIN_TRIM_HAT_TOP1 = 0.66
+# Measured (dsp-baseline, seed 0, 12 queries): pitch+2 11/12 (without variants 3/12), reverse
+# 11/12 (without 1/12); 30-ms trimmed hats 6/6. Bounds sit 2 queries below.
 MIN_VARIANT_TOP1 = {"pitch+2": 0.75, "reverse": 0.75}
 
 
@@ -269,9 +271,6 @@ def test_attack_trimmed_hat_is_identified(kit: dict[str, Any]) -> None:
         print(Path(path).name, best[0]["path"] == path if best else None,
               best[0].get("stage") if best else None)
     assert np.mean(hits) >= MIN_TRIM_HAT_TOP1, hits
-
-
-MIN_TRIM_HAT_TOP1 = 0.66
 
 
 def test_sounds_not_in_the_library_are_never_exact(kit: dict[str, Any]) -> None:

@@ -365,6 +365,7 @@ def analyse(
     _r1, g1, l1 = correlate(seg, mat[best : best + 1], spec[best : best + 1], start)
     first = _placed(mat[best], int(l1[0]))
     resid = seg - g1[0] * first
+    resid[:start] = 0.0  # the query is silent before its start: so is what is left of it
     same = {f for f, r in zip(ids, rho, strict=True) if r >= rho[best] - SAME_RECORDING_RHO}
     pool = [f for f in dict.fromkeys([*ids, *neighbours(resid, WAVE_SR)]) if f not in same]
     snips.update(load([f for f in pool if f not in snips]))
