@@ -8,7 +8,7 @@ import os
 import sys
 from typing import Any
 
-from emberd.cliopts import add_k, add_threads, int_range
+from emberd.cliopts import add_k, add_precision, add_threads, int_range
 
 DEFAULT_MODEL = "aisfx"
 DEFAULT_QUERY_K = 10  # matches per file
@@ -24,6 +24,7 @@ def register(subparsers: Any) -> None:
     idx.add_argument("dirs", nargs="+", metavar="DIR", help="folders to index (recursive)")
     idx.add_argument("--library", required=True, metavar="PATH", help="library folder")
     idx.add_argument("--model", default=DEFAULT_MODEL, help="embedding model (default: aisfx)")
+    add_precision(idx)
     idx.add_argument("--jobs", type=int_range(0), default=os.cpu_count() or 1, metavar="N",
                      help="decoder processes (default: one per CPU; 0: decode in the main "
                           "process)")  # fmt: skip
@@ -51,6 +52,7 @@ def register(subparsers: Any) -> None:
     q.add_argument("--library", required=True, metavar="PATH", help="library folder")
     q.add_argument("--model", default=DEFAULT_MODEL,
                    help=f"model the library was indexed with (default {DEFAULT_MODEL})")
+    add_precision(q)
     add_k(q, default=DEFAULT_QUERY_K, what="file")
     q.add_argument("--search", choices=("auto", "exact", "annoy"), default="auto",
                    help="similar-sound search: exact cosine, the Annoy index, or auto (Annoy "
@@ -85,7 +87,9 @@ def _index(args: argparse.Namespace) -> int:
     )
 
     from emberd.library.indexer import Indexer
+    from emberd.models.precision import model_for
 
+    args.model = model_for(args.model, args.precision)
     if args.ray is not None:
         from emberd.library.ray_index import RayIndexer
 
@@ -151,7 +155,9 @@ def _query(args: argparse.Namespace) -> int:
     from emberd.dsp.sources import load_audio
     from emberd.errors import EmberdError
     from emberd.library.query import Library, encoder_for
+    from emberd.models.precision import model_for
 
+    args.model = model_for(args.model, args.precision)
     library = _guard_db(lambda: Library.open(args.library, search=args.search))
     try:
         sr = encoder_for(args.model).manifest.frontend().sr
