@@ -132,6 +132,24 @@ def test_sound_not_in_library_is_never_exact(library: Any) -> None:
     assert all(r.matches for r in results)  # a near answer, labelled as one
 
 
+def test_later_stages_stop_where_a_quiet_hit_sinks_into_the_noise(library: Any) -> None:
+    """A loud kick is compared over all 245 ms; the same kick 30 dB quieter only while it
+    stands above the -50 dBFS floor (its decay is noise after that), and every stage of
+    both names it."""
+    lib_path, files, _ = library
+    parts = [(files[0], 0.5, 0.0), (files[0], 1.5, -30.0)]
+    y, _ = _perform(parts, 2.5)
+    ladder, lib = _ladder(lib_path)
+    with lib:
+        hits = _by_hit(_run(ladder, y))
+    assert sorted(hits) == [0, 1]
+    loud, quiet = hits[0], hits[1]
+    assert loud[-1].window_ms > 240.0
+    assert quiet[-1].window_ms < 0.8 * loud[-1].window_ms, [r.window_ms for r in quiet]
+    for r in loud + quiet:
+        assert Path(r.matches[0]["path"]) == files[0].resolve(), (r.stage, r.matches[0])
+
+
 @pytest.mark.parametrize("second, gain_db, gap_s", [(6, -22.0, 0.12), (2, -24.0, 0.12),
                                                     (1, -26.0, 0.2)], ids=["hat", "kick", "kick2"])
 def test_quiet_hit_over_a_known_tail_is_found_and_named(

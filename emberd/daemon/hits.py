@@ -16,7 +16,12 @@ answer handed to the publishers the moment it exists:
    index plus the previous stage's best, ranked by onset-aligned waveform correlation
    over everything heard so far.
 3. ``final`` -- at FINAL_S (the 245 ms a snippet covers after the onset), or at once
-   when the next hit on the channel starts: the same with all of the sound.
+   when the next hit on the channel starts: the same with all of the sound, and the
+   instrument class from the index's :class:`~emberd.library.hitindex.ClassModel`.
+
+Refined and final stages compare only the part of the window where the hit stands
+AUDIBLE_MARGIN_DB above the noise floor: a quiet hit's decay sunk in the noise adds
+nothing but noise (and let a velocity layer with another decay win).
 
 Overlaps: every answered hit leaves a *sounding* entry (its file, gain and placement);
 the next hit's audio has the predicted tails of the sounds still ringing subtracted
@@ -28,8 +33,8 @@ when the calibrated probability that it is the very file played reaches
 EXACT_MIN_PROBABILITY, its correlation EXACT_MIN_RHO and its margin EXACT_MIN_MARGIN (a
 claim, once made, holds while nothing else is sure); otherwise the answer is ``similar``:
 the best-correlated file when it correlates SIMILAR_TRUST_RHO or is of the voted
-instrument class, else the best of the voted class (the vote: best-correlated candidates,
-or at the final stage the 5 nearest stored template attacks). Both
+instrument class, else the best-correlated file of the voted class (the vote: the
+best-correlated candidates, or at the final stage the class model). Both
 ``confidence`` values come from logistic models (:data:`EXACT_WEIGHTS`,
 :data:`CLASS_WEIGHTS`) fitted by ``bench/fit_hit_confidence.py`` on tuning kits and
 measured there on held-out kits.
@@ -70,8 +75,8 @@ REFINED_CANDIDATES = 32  # early-descriptor neighbours correlated at later stage
 CARRIED_CANDIDATES = 8  # best of the previous stage kept as candidates
 VOTE_CANDIDATES = 8  # best-correlated candidates voting for the instrument class (early)
 SIMILAR_TRUST_RHO = 0.5  # a near answer correlating this well is the answer, not the vote
-INSTRUMENT_S = FINAL_S  # with all of the sound, the template attack (186 ms) votes ...
-INSTRUMENT_VOTERS = 5  # ... its nearest files (5-NN: 0.67 on held-out kits, 1-NN 0.57)
+AUDIBLE_FRAME_S = 0.0116  # frames (256 samples) in which a hit is heard above the floor
+AUDIBLE_MARGIN_DB = 10.0  # ... by this much (the floor is the low end of the noise's frames)
 SOUNDING_MAX = 4  # previous sounds per channel whose tails are subtracted
 TAIL_PROBE = 220  # samples at a snippet's end (10 ms) that tell how loud its tail goes on
 TAIL_RANGE_DB = 30.0  # a tail going on within this of a hit's peak limits the hit's window
@@ -499,6 +504,8 @@ class HitLadder:
         index = self.index
         assert index is not None
         window = min(window, SNIPPET_SAMPLES - PRE_ROLL_SAMPLES, self._usable(ch, hit))
+        if stage != "provisional":
+            window = self._audible(ch, hit, window)
         if stage == "provisional" or window < hx.EARLY_SAMPLES:
             n_desc, k = hx.ATTACK_SAMPLES, PROVISIONAL_CANDIDATES
         else:
@@ -519,18 +526,19 @@ class HitLadder:
         log_window = math.log2(max(window, 1) / 128.0)
         p_exact = _logistic(EXACT_WEIGHTS, nines=_nines(float(rho[best])), margin=margin,
                             log_window=log_window)  # fmt: skip
-        if window >= round(INSTRUMENT_S * self.sr):
-            # Enough of the sound for its template attack: vote the instrument over those.
-            audio = self._query(ch, hit, hit.onset - hx.PRE_SAMPLES, hx.PRE_SAMPLES + window)
-            t_rows, t_scores = index.instrument(audio, VOTE_CANDIDATES)
-            voted_row, share = self._vote(index, np.array(t_rows, np.int64),
-                                          np.array(t_scores), INSTRUMENT_VOTERS)  # fmt: skip
-            if voted_row is not None and voted_row not in rows.tolist():
-                rows = np.append(rows, voted_row)
-                rho = np.append(rho, 0.0)
-                gain = np.append(gain, 0.0)
-                lag = np.append(lag, 0)
-            voted = int(np.nonzero(rows == voted_row)[0][0]) if voted_row is not None else best
+        if stage == "final" and index.class_model is not None:
+            # All of the sound there will be: the instrument model names its class, and
+            # the near answer is the best-correlated library sound of that class.
+            cls, share = index.class_model.predict(self._query(ch, hit, hit.onset, window))
+            of_class = [i for i in order.tolist() if index.classes[int(rows[i])] == cls]
+            voted = of_class[0] if of_class else best
+            if not of_class:
+                more = index.candidates_of_class(desc, n_desc, REFINED_CANDIDATES, cls)
+                if len(more):
+                    r2, g2, l2 = index.correlate(seg, more, window)
+                    voted = len(rows) + int(np.argmax(r2))
+                    rows, rho = np.append(rows, more), np.append(rho, r2)
+                    gain, lag = np.append(gain, g2), np.append(lag, l2)
         else:
             voted_row, share = self._vote(index, rows[order], rho[order], VOTE_CANDIDATES)
             voted = int(np.nonzero(rows == voted_row)[0][0]) if voted_row is not None else best
@@ -597,6 +605,28 @@ class HitLadder:
             if float(np.max(np.abs(tail))) > peak * 10 ** (-TAIL_RANGE_DB / 20):
                 usable = min(usable, end - hit.onset)
         return max(usable, round(PROVISIONAL_S * self.sr))
+
+    def _audible(self, ch: _Channel, hit: _Hit, window: int) -> int:
+        """The part of ``window`` where the hit still stands above the noise floor.
+
+        A quiet hit sinks into the noise within its snippet; past that point more
+        "sound" is noise only, which lowers the right file's correlation as much as a
+        wrong one's and lets a velocity layer with another decay win. Later stages compare
+        only up to the last AUDIBLE_FRAME_S frame AUDIBLE_MARGIN_DB above the channel's
+        noise floor (after the known tails are subtracted), never less than the
+        provisional window.
+        """
+        frame = round(AUDIBLE_FRAME_S * self.sr)
+        if window < 2 * frame:
+            return window
+        x = self._query(ch, hit, hit.onset, window).astype(np.float64) ** 2
+        starts = np.arange(0, window, frame)  # the last frame may be partial: its own mean
+        level = 10.0 * np.log10(np.add.reduceat(x, starts) / np.diff([*starts, window]) + 1e-30)
+        loud = np.nonzero(level >= ch.detector.floor_db + AUDIBLE_MARGIN_DB)[0]
+        if not len(loud):
+            return round(PROVISIONAL_MAX_S * self.sr)
+        # Frames are fixed from the onset, so a longer window never ends earlier.
+        return min(window, max(int(loud[-1] + 1) * frame, round(PROVISIONAL_MAX_S * self.sr)))
 
     @staticmethod
     def _second(index: hx.HitIndex, rows: np.ndarray, rho: np.ndarray, order: np.ndarray) -> float:
