@@ -132,6 +132,24 @@ def test_sound_not_in_library_is_never_exact(library: Any) -> None:
     assert all(r.matches for r in results)  # a near answer, labelled as one
 
 
+def test_sound_not_in_library_gets_a_library_sound_of_its_instrument(library: Any) -> None:
+    """Sounds of another seed (not in the library): the final answer is a library sound of
+    the played instrument, chosen by the class model fitted on the library's sounds."""
+    from emberd.library.hitindex import file_class
+
+    lib_path, _files, others = library
+    picks = [p for p in others if file_class(str(p)) in ("kick", "snare", "closed_hat")]
+    parts = [(p, 0.5 + 0.6 * i, -6.0 * (i % 3)) for i, p in enumerate(picks)]
+    y, _ = _perform(parts, 0.5 + 0.6 * len(picks) + 0.5)
+    ladder, lib = _ladder(lib_path)
+    assert ladder.index is not None and ladder.index.class_model is not None
+    with lib:
+        hits = _by_hit(_run(ladder, y))
+    assert sorted(hits) == list(range(len(picks)))
+    named = [(file_class(str(p)), hits[i][-1].matches[0]["class"]) for i, p in enumerate(picks)]
+    assert all(a == b for a, b in named), named
+
+
 def test_later_stages_stop_where_a_quiet_hit_sinks_into_the_noise(library: Any) -> None:
     """A loud kick is compared over all 245 ms; the same kick 30 dB quieter only while it
     stands above the -50 dBFS floor (its decay is noise after that), and every stage of
