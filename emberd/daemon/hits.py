@@ -39,10 +39,10 @@ best-correlated candidates, or at the final stage the class model). Both
 :data:`CLASS_WEIGHTS`) fitted by ``bench/fit_hit_confidence.py`` on tuning kits and
 measured there on held-out kits.
 
-Threads: the ladder runs in :class:`HitThread` beside the worker (fed a copy of every
-drained chunk), so an answer never waits for a hop's encoder; :class:`HitResult` items are
-read-only once built. The worker reads :meth:`HitLadder.floor_db` (its level gate) and
-:meth:`HitLadder.describe` (plain numbers).
+Threads: the ladder runs in :class:`HitThread` beside the worker, reading the ring
+itself (a second reader), so an answer never waits for a hop's encoder;
+:class:`HitResult` items are read-only once built. The worker reads
+:meth:`HitLadder.floor_db` (its level gate) and :meth:`HitLadder.describe` (plain numbers).
 """
 
 from __future__ import annotations
@@ -83,10 +83,13 @@ TAIL_RANGE_DB = 30.0  # a tail going on within this of a hit's peak limits the h
 SUBTRACT_MIN_RHO = 0.9  # ... when identified this well (a worse fit would add, not remove)
 SAME_RECORDING = 0.999  # snippets this correlated are one recording at two levels
 MAX_MATCHES = 3  # matches per hit message: the answer and two alternatives
-EXACT_MIN_PROBABILITY = 0.73  # P(exact) to claim the very file: the highest P a tuning
-# held-out-kit hit reached (0.476) plus EXACT_SAFETY in bench/fit_hit_confidence.py, and
+EXACT_MIN_PROBABILITY = 0.98  # P(exact) to claim the very file: the highest P a tuning
+# held-out-kit hit reached (0.731) plus EXACT_SAFETY in bench/fit_hit_confidence.py, and
 EXACT_MIN_RHO = 0.95  # ... the waveform must correlate this well (noise, a tail: >= 0.97)
 EXACT_MIN_MARGIN = 0.02  # ... and beat every other recording by this much
+TAP_CHUNK_FRAMES = 2048  # samples per channel the hit thread reads from the ring at most
+TAP_POLL_S = 0.0005  # sleep while the next block is due but has not arrived yet
+TAP_WAIT_MAX_S = 0.02  # longest sleep between reads (bounds the reply to flush/stop)
 FLUSH_TIMEOUT_S = 10.0  # end of input: longest wait for the hit thread to answer what it has
 GATE_MARGIN_DB = 12.0  # a window with no frame this far above the noise floor is silent
 GATE_ABSOLUTE_DB = -70.0  # dBFS RMS: a window quieter than this everywhere is silent
@@ -94,15 +97,16 @@ GATE_FRAME_S = 0.0058  # frames whose RMS the level gate compares
 LEVEL_HISTORY_S = 120.0  # frame levels kept: fast file input may run ahead of the hops
 
 #: Logistic models ``P = 1 / (1 + exp(-(bias + sum w * feature)))``, fitted by
-#: bench/fit_hit_confidence.py on the tuning kits (1770 answers; see its docstring).
+#: bench/fit_hit_confidence.py on the tuning kits (2855 answers; see its docstring).
 #: Features: ``nines`` (-log10(1 - rho) of the best waveform correlation, capped at 4),
 #: ``margin`` (rho over the best other recording), ``log_window`` (log2(samples / 128)).
 EXACT_WEIGHTS: dict[str, float] = {
-    "bias": -5.1327, "nines": 3.4102, "margin": 6.0996, "log_window": 0.3772,
+    "bias": -5.1125, "nines": 3.4447, "margin": 6.9511, "log_window": 0.4021,
 }  # fmt: skip
-#: ``share`` (the voted class's share of the vote), ``rho`` of its best candidate.
+#: ``share`` (the voted class's share of the vote; at the final stage the class model's
+#: probability), ``rho`` of its best candidate.
 CLASS_WEIGHTS: dict[str, float] = {
-    "bias": -5.3016, "share": 2.6461, "rho": 5.0907, "log_window": 0.5544,
+    "bias": -5.5948, "share": 2.9867, "rho": 5.3435, "log_window": 0.3571,
 }  # fmt: skip
 
 
@@ -135,26 +139,49 @@ class SerialPut:
 
 
 class HitThread(threading.Thread):
-    """Runs the ladder beside the worker, so a hit is answered while a hop is being encoded.
+    """Runs the ladder beside the worker, reading the audio from the ring itself.
 
-    The worker :meth:`feed` s a copy of every drained chunk (``[channels, n]``); this
-    thread pushes it through the ladder and puts each answer into ``outputs`` at once.
-    :meth:`flush` (end of input) returns once everything fed is answered; :meth:`replace`
-    swaps in the ladder of a reloaded library.
+    The worker spends most of a hop inside the encoder; a hit thread fed by it waited for
+    the hop to end before it saw the next block (the provisional answer's p90 tail). This
+    thread is the ring's *tap* (:meth:`~emberd.dsp.ring.SampleRing.peek`, its own read
+    position): it wakes when the next block is due, reads whatever arrived, selects the
+    worker's channels (``channel_index``, -1: the mix of every column), pushes them
+    through the ladder and puts each answer into ``outputs`` at once. Live, the producer
+    never waits for it (frames it falls a whole ring behind are lost and counted in
+    ``lost_frames``); with ``hold`` (fast file input) the ring keeps them for it.
+    :meth:`flush` (end of input) returns once everything written is answered;
+    :meth:`replace` swaps in the ladder of a reloaded library; while ``paused()`` the
+    audio is read and not analysed.
 
     Shared attributes (written by -> read by): ``ladder`` (this thread, on replace ->
-    worker: describe, floor_db: plain numbers).
+    worker: describe, floor_db: plain numbers); ``lost_frames`` (this thread -> status).
     """
 
-    def __init__(self, ladder: HitLadder, outputs: list[Any]) -> None:
+    def __init__(
+        self,
+        ladder: HitLadder,
+        outputs: list[Any],
+        *,
+        source: Any,
+        channel_index: list[int],
+        realtime: bool,
+        paused: Callable[[], bool] = lambda: False,
+    ) -> None:
         super().__init__(name="emberd-hits", daemon=True)
         self.ladder = ladder
         self.outputs = outputs
         self.error: BaseException | None = None
+        self.lost_frames = 0
+        self._source = source
+        self._ring = source.ring
+        self._ring.tapped = self._pos = self._ring.total_read
+        self._ring.hold_tap = not realtime
+        self._columns = list(channel_index)
+        self._realtime = realtime
+        self._paused = paused
+        self._scratch = np.zeros((TAP_CHUNK_FRAMES, self._ring.channels), np.float32)
+        self._chan = np.zeros((len(self._columns), TAP_CHUNK_FRAMES), np.float32)
         self._queue: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
-
-    def feed(self, chunk: np.ndarray) -> None:
-        self._queue.put(("audio", np.array(chunk, np.float32, copy=True)))
 
     def flush(self, timeout: float = FLUSH_TIMEOUT_S) -> None:
         done = threading.Event()
@@ -168,25 +195,57 @@ class HitThread(threading.Thread):
         self._queue.put(("stop", None))
 
     def run(self) -> None:
-        while True:
-            what, arg = self._queue.get()
+        try:
+            while True:
+                while not self._queue.empty():
+                    what, arg = self._queue.get()
+                    if what == "stop":
+                        return
+                    if what == "ladder":
+                        self.ladder = arg
+                    else:  # flush: everything written is in the ring by now
+                        try:
+                            while self._tap():
+                                pass
+                            self._hand(self.ladder.flush())
+                        finally:
+                            arg.set()
+                if not self._tap():
+                    self._wait()
+        finally:
+            self._ring.hold_tap = False  # a stopped tap must not hold the producer back
+
+    def _tap(self) -> int:
+        """Read and analyse what has arrived since the last read; return frames read."""
+        first, n = self._ring.peek(self._pos, self._scratch)
+        self.lost_frames += first - self._pos
+        self._pos = first + n
+        if n:
             try:
-                if what == "stop":
-                    return
-                if what == "ladder":
-                    self.ladder = arg
-                elif what == "flush":
-                    self._hand(self.ladder.flush())
-                    arg.set()
-                else:
-                    for c in range(arg.shape[0]):
-                        self._hand(self.ladder.push(c, arg[c]))
+                if not self._paused():
+                    for c, col in enumerate(self._columns):
+                        x = self._chan[c, :n]
+                        if col < 0:
+                            np.mean(self._scratch[:n], axis=1, out=x)
+                        else:
+                            np.copyto(x, self._scratch[:n, col])
+                        self._hand(self.ladder.push(c, x))
             except Exception as exc:  # a bug in one hit must not end hit detection
                 if self.error is None:
                     log.exception("hit ladder failed")
                 self.error = exc
-                if what == "flush":
-                    arg.set()
+            finally:
+                self._ring.tapped = self._pos
+        return n
+
+    def _wait(self) -> None:
+        """Sleep until the next block should have arrived (live), or briefly (fast input)."""
+        delay = TAP_POLL_S
+        if self._realtime:
+            _pos, t_arrived = self._source.arrivals.last_arrival()
+            due = t_arrived + self._source.nominal_block_s - time.perf_counter()
+            delay = min(TAP_WAIT_MAX_S, due) if due > TAP_POLL_S else TAP_POLL_S
+        time.sleep(delay)
 
     def _hand(self, results: list[HitResult]) -> None:
         for r in results:
