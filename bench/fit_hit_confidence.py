@@ -124,7 +124,6 @@ def main(argv: list[str] | None = None) -> int:
                **{k: round(float(v), 4) for k, v in zip(ex_names, w_ex[1:], strict=True)}}
     class_w = {"bias": round(float(w_cl[0]), 4), "share": round(float(w_cl[1]), 4),
                "rho": round(float(w_cl[2]), 4), "log_window": round(float(w_cl[3]), 4)}
-    # fmt: skip
     print(f"tuning answers {len(tune)}, test answers {len(test)}")
     held_tune = np.array([not r["in_library"] for r in tune])
     p_tune = 1.0 / (1.0 + np.exp(-np.clip(features(tune, ex_names) @ w_ex, -50, 50)))
