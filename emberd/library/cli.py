@@ -45,8 +45,8 @@ def register(subparsers: Any) -> None:
         "to stdout; a file that cannot be read is reported on stderr and the others are "
         "still answered.",
         epilog="exit status: 0 every file answered; 1 some files could not be read (each "
-        "named on stderr, the others answered); 2 bad usage, or the library or model cannot "
-        "be used (one line on stderr).",
+        "named on stderr, the others answered); 2 bad usage, the library or model cannot "
+        "be used, or with --timeline no file could be read (one line on stderr).",
     )  # fmt: skip
     q.add_argument("files", nargs="+", metavar="FILE", help="audio files to look up")
     q.add_argument("--library", required=True, metavar="PATH", help="library folder")
@@ -58,6 +58,10 @@ def register(subparsers: Any) -> None:
                    help="similar-sound search: exact cosine, the Annoy index, or auto (Annoy "
                         "for large libraries; default)")
     q.add_argument("--json", action="store_true", help="one JSON object per answered file")
+    q.add_argument("--timeline", action="store_true",
+                   help="list every library sample found in each file (a beat, a bounce, a "
+                        "stem): start, gain, speed and confidence per occurrence; streams "
+                        "files of any length (--model, --k and --search do not apply)")
     q.set_defaults(func=_query)
 
     lib = subparsers.add_parser("library", help="library maintenance",
@@ -151,6 +155,10 @@ def _guard_db(fn: Any) -> Any:
 
 
 def _query(args: argparse.Namespace) -> int:
+    if args.timeline:
+        from emberd.library.timeline import run_cli
+
+        return int(_guard_db(lambda: run_cli(args.library, args.files, as_json=args.json)))
     from emberd.dsp.silence import QUERY_FLOOR_DBFS, no_sound_reason
     from emberd.dsp.sources import load_audio
     from emberd.errors import EmberdError
