@@ -89,6 +89,7 @@ EXACT_MIN_RHO = 0.95  # ... the waveform must correlate this well (noise, a tail
 EXACT_MIN_MARGIN = 0.02  # ... and beat every other recording by this much
 TAP_CHUNK_FRAMES = 2048  # samples per channel the hit thread reads from the ring at most
 TAP_POLL_S = 0.0005  # sleep while the next block is due but has not arrived yet
+TAP_LATE_MAX_S = 0.002  # longest sleep while a due block is late (a third of a block)
 TAP_WAIT_MAX_S = 0.02  # longest sleep between reads (bounds the reply to flush/stop)
 FLUSH_TIMEOUT_S = 10.0  # end of input: longest wait for the hit thread to answer what it has
 GATE_MARGIN_DB = 12.0  # a window with no frame this far above the noise floor is silent
@@ -179,6 +180,7 @@ class HitThread(threading.Thread):
         self._columns = list(channel_index)
         self._realtime = realtime
         self._paused = paused
+        self._late = 0  # polls since a due block was expected
         self._scratch = np.zeros((TAP_CHUNK_FRAMES, self._ring.channels), np.float32)
         self._chan = np.zeros((len(self._columns), TAP_CHUNK_FRAMES), np.float32)
         self._queue: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
@@ -221,6 +223,7 @@ class HitThread(threading.Thread):
         self.lost_frames += first - self._pos
         self._pos = first + n
         if n:
+            self._late = 0
             try:
                 if not self._paused():
                     for c, col in enumerate(self._columns):
@@ -239,12 +242,21 @@ class HitThread(threading.Thread):
         return n
 
     def _wait(self) -> None:
-        """Sleep until the next block should have arrived (live), or briefly (fast input)."""
+        """Sleep until the next block should have arrived (live), or briefly (fast input).
+
+        A block that is late is polled for with a doubling sleep (TAP_POLL_S up to
+        TAP_LATE_MAX_S): on a loaded machine a tight poll would take the GIL from the
+        worker thousands of times a second.
+        """
         delay = TAP_POLL_S
         if self._realtime:
             _pos, t_arrived = self._source.arrivals.last_arrival()
             due = t_arrived + self._source.nominal_block_s - time.perf_counter()
-            delay = min(TAP_WAIT_MAX_S, due) if due > TAP_POLL_S else TAP_POLL_S
+            if due > TAP_POLL_S:
+                delay, self._late = min(TAP_WAIT_MAX_S, due), 0
+            else:
+                delay = min(TAP_POLL_S * 2.0**self._late, TAP_LATE_MAX_S)
+                self._late += 1
         time.sleep(delay)
 
     def _hand(self, results: list[HitResult]) -> None:
