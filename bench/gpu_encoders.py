@@ -21,7 +21,6 @@ skipping, ``aisfx`` on full windows and ``aisfx-int8`` (built on first use).
 from __future__ import annotations
 
 import argparse
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -53,18 +52,6 @@ def folded_from_onnx(path: str) -> list[tuple[np.ndarray, np.ndarray]]:
             for n in convs]
 
 
-def timeit(fn: Callable[[], Any], runs: int, warm: int = 10) -> tuple[float, float]:
-    """p50 and p99 wall milliseconds of ``fn``."""
-    for _ in range(warm):
-        fn()
-    times = np.empty(runs)
-    for i in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        times[i] = time.perf_counter() - t0
-    return float(np.percentile(times, 50) * 1e3), float(np.percentile(times, 99) * 1e3)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=300)
@@ -75,6 +62,7 @@ def main() -> None:
     from emberd.models.registry import resolve
     from emberd.models.runtime import Encoder
     from emberd.models.streaming import StreamingEncoder
+    from emberd.testing.benchkit import call_ms
 
     ort = onnxruntime()
     if hasattr(ort, "preload_dlls"):
@@ -87,7 +75,7 @@ def main() -> None:
 
     def record(name: str, fn: Callable[[], Any], runs: int = args.runs) -> None:
         try:
-            p50, p99 = timeit(fn, runs)
+            p50, p99 = call_ms(fn, runs, warm=10)
         except Exception as exc:  # a path that cannot run here is reported, not fatal
             print(f"{name}: FAILED {type(exc).__name__}: {exc}")
             return

@@ -19,9 +19,7 @@ import argparse
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -32,24 +30,13 @@ from emberd.library.query import Library, query_vector
 from emberd.library.scan import scan
 from emberd.models.registry import resolve
 from emberd.models.runtime import Encoder
+from emberd.testing.benchkit import call_ms
 
 KITS = Path("/usr/share/hydrogen/data/drumkits")
 QUERY_KIT = "ElectricEmpireKit"  # held out (kits half B): never in the library
 HIT_FRAMES = (5, 13, 31)  # 0.12 s, 0.3 s, 0.72 s (the median hydrogen sample) of sound
 SNIPPET_S = 0.3
 THREADS = 2
-
-
-def percentiles(fn: Callable[[], Any], runs: int, warm: int = 5) -> tuple[float, float]:
-    """p50 and p99 wall milliseconds of ``fn``."""
-    for _ in range(warm):
-        fn()
-    times = np.empty(runs)
-    for i in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        times[i] = time.perf_counter() - t0
-    return float(np.percentile(times, 50) * 1e3), float(np.percentile(times, 99) * 1e3)
 
 
 def hit_windows(runs: int) -> None:
@@ -74,13 +61,13 @@ def hit_windows(runs: int) -> None:
         x[0, :k] = mel[:k]
         anchor = 0.0
         for name, enc in encoders.items():
-            p50, p99 = percentiles(lambda e=enc, x=x: e.embed(x), runs)
+            p50, p99 = call_ms(lambda e=enc, x=x: e.embed(x), runs)
             anchor = anchor or p50
             print(f"  {k:3d} frames  {name:30s} p50 {p50:7.2f} ms  p99 {p99:7.2f} ms  "
                   f"x{anchor / p50:5.2f}")  # fmt: skip
     snippet = y[: int(SNIPPET_S * config.sr)]
     for model in ("aisfx", "aisfx-int8"):
-        p50, p99 = percentiles(lambda m=model: query_vector(snippet, config.sr, m), runs)
+        p50, p99 = call_ms(lambda m=model: query_vector(snippet, config.sr, m), runs)
         print(f"  query_vector of a {SNIPPET_S:.1f} s snippet, {model:10s} p50 {p50:7.2f} ms  "
               f"p99 {p99:7.2f} ms")  # fmt: skip
 

@@ -22,6 +22,7 @@ import math
 from collections.abc import Callable
 
 PROVIDER_CHOICES = ("auto", "cpu", "cuda")
+PRECISION_CHOICES = ("fp32", "int8")  # emberd.models.precision maps them to model variants
 DEFAULT_THREADS = 2  # ONNX Runtime intra-op threads: measured best on 2-4 core laptops
 MAX_THREADS = 256  # more intra-op threads than this is a typo
 MAX_K = 100  # most matches a daemon hop or a query returns
@@ -72,6 +73,14 @@ def add_provider(p: argparse.ArgumentParser) -> None:
                    help="ONNX Runtime execution provider: auto (CUDA when emberd[gpu] is "
                         "installed, else CPU), cpu or cuda (default auto; --device is the old "
                         "spelling)")  # fmt: skip
+
+
+def add_precision(p: argparse.ArgumentParser) -> None:
+    """``--precision fp32|int8``: the model's float or int8 variant (emberd.models.precision)."""
+    p.add_argument("--precision", default=None, choices=PRECISION_CHOICES,
+                   help="encoder arithmetic: fp32 (default) or int8 (aisfx -> aisfx-int8: "
+                        "~3.4x less CPU per window, embeddings alone -1.2 points top-1; the "
+                        "library must be indexed with the same precision)")  # fmt: skip
 
 
 def add_threads(p: argparse.ArgumentParser) -> None:

@@ -33,6 +33,8 @@ from emberd.library.classes import (
         ("Pedal HH", "closed_hat"),
         ("Hat Ring 1", "closed_hat"),  # a bare hat is a closed hat
         ("Hi-Hat Open (Paiste Alpha Metal edge 14\")", "open_hat"),
+        ("Paiste Bell", "cymbal"),  # a ride's bell: the maker hints at a cymbal
+        ("Sabian Hat Choke", "closed_hat"),  # the strong word beats the maker
         ("Sabian Hat Semi-Open", "open_hat"),
         ("VariBreaks Hat 1 Op", "open_hat"),
         ("Hard_Hse_OHH_1", "open_hat"),
@@ -113,9 +115,13 @@ def test_hydrogen_classes_both_layouts_ambiguity_and_missing(tmp_path: Path) -> 
     </instrument>
     <instrument><id>6</id><name>20</name><layer><filename>x.wav</filename></layer>
     </instrument>
+    <instrument><id>7</id><name>Pedal HH</name><layer><filename>hihat-semi-open-1.wav</filename>
+      </layer><layer><filename>HH_2.wav</filename></layer><layer><filename>fx_chh.wav</filename>
+      </layer></instrument>
   </instrumentList>
 </drumkit_info>"""
-    _write_kit(kit, xml, ["a.wav", "b1.wav", "b2.wav", "openhat.wav", "shared.wav", "x.wav"])
+    _write_kit(kit, xml, ["a.wav", "b1.wav", "b2.wav", "openhat.wav", "shared.wav", "x.wav",
+                          "hihat-semi-open-1.wav", "HH_2.wav", "fx_chh.wav"])  # fmt: skip
     labels = hydrogen_classes(kit)
     by_name = {p.name: c for p, c in labels.items()}
     assert by_name == {
@@ -123,6 +129,10 @@ def test_hydrogen_classes_both_layouts_ambiguity_and_missing(tmp_path: Path) -> 
         "b1.wav": "snare",
         "b2.wav": "snare",
         "openhat.wav": "open_hat",  # instrument "19" says nothing: the file name does
+        # the Pedal HH slot plays a recording named semi-open: ambiguous, left out; a bare
+        # "HH" agrees with either hat, and "fx chh" names a closed hat among other things
+        "HH_2.wav": "closed_hat",
+        "fx_chh.wav": "closed_hat",
     }
     assert all(p.is_absolute() for p in labels)
 
@@ -142,7 +152,16 @@ def test_hydrogen_drumkits_labels(drumkit_dir: Path) -> None:
     assert flat[(drumkit_dir / "BJA_Pacific" / "BD_01.aiff").resolve()] == "kick"
     assert flat[(drumkit_dir / "BJA_Pacific" / "HH2_01.aiff").resolve()] == "open_hat"
     assert flat[(drumkit_dir / "ForzeeStereo" / "HiHatFoot-0.wav").resolve()] == "closed_hat"
-    # Audiophob names its kick's sample "...tom-0105.wav": the instrument name wins.
-    assert flat[(drumkit_dir / "Audiophob" / "86335__zgump__tom-0105.wav").resolve()] == "kick"
+    # Audiophob's Kick plays "...tom-0105.wav", Colombo's Pedal HH "hihat-semi-open-1.flac" and
+    # its Closed HH "hihat-open-1.flac": the recording's own name disagrees, the label is ambiguous.
+    for kit, name in [("Audiophob", "86335__zgump__tom-0105.wav"),
+                      ("ColomboAcousticDrumkit", "hihat-semi-open-1.flac"),
+                      ("ColomboAcousticDrumkit", "hihat-open-1.flac")]:  # fmt: skip
+        assert (drumkit_dir / kit / name).resolve() not in flat
+    # "Paiste Bell" is the bell of a ride (a cymbal maker's name), not a percussion bell.
+    assert flat[(drumkit_dir / "The Black Pearl 1.0" / "PaisteBell-Hard.wav").resolve()] == "cymbal"
+    # A bare hat in the file name agrees with either hat slot; "FX_Chh" names a closed hat too.
+    assert flat[(drumkit_dir / "HardElectro1" / "PowR_HH_2.flac").resolve()] == "open_hat"
+    assert flat[(drumkit_dir / "HardElectro1" / "FX_Chh_01.flac").resolve()] == "closed_hat"
     seen = set(flat.values())
     assert {"kick", "snare", "clap", "closed_hat", "open_hat", "tom", "cymbal"} <= seen

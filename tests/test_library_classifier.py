@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from emberd.library.classifier import ClassHead, fit_head, head_path, library_labels
+from emberd.library.classifier import (
+    ClassHead,
+    classify_waveform,
+    fit_head,
+    head_path,
+    library_labels,
+)
 from emberd.library.query import query_vector
 from emberd.testing import smalllib
 
@@ -87,6 +93,21 @@ def test_index_fits_a_head_that_names_nameless_sounds(tmp_path: Path) -> None:
         cls, _conf = head.predict(query_vector(y, sr, smalllib.FAST_MODEL))[0]
         right += cls == truth[path.parent.name]
     assert right / len(fresh) >= 0.75, right
+    # The waveform entry point (what hits of non-library sounds use): the sound's first
+    # 250 ms as a hit window, in stereo at another rate; silence has no class.
+    from emberd.dsp.resample import mono_at
+    from emberd.library.query import encoder_for
+
+    encoder = encoder_for(smalllib.FAST_MODEL)
+    right = 0
+    for path in fresh:
+        y, sr = sf.read(path, dtype="float32")
+        hit = mono_at(y, sr, 48000)[: 48000 // 4]
+        got = classify_waveform(np.stack([hit, hit], axis=1), 48000, head=head, encoder=encoder)
+        assert got is not None and 0.0 < got[1] <= 1.0
+        right += got[0] == truth[path.parent.name]
+    assert right / len(fresh) >= 0.75, right
+    assert classify_waveform(np.zeros(4410, np.float32), 44100, head=head, encoder=encoder) is None
     # Every match object carries the class its names give (hits and live matches alike).
     from emberd.library import Library
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from typing import Any
@@ -11,6 +12,7 @@ from emberd.clients.cli import add_control, add_zmq
 from emberd.clients.osc_format import DEFAULT_MAX_DATAGRAM_BYTES, MIN_MAX_DATAGRAM_BYTES
 from emberd.cliopts import (
     add_k,
+    add_precision,
     add_provider,
     add_threads,
     int_range,
@@ -28,6 +30,7 @@ def add_daemon_options(p: argparse.ArgumentParser, *, demo: bool = False) -> Non
     p.add_argument("--model", default=None,
                    help="encoder; the library must be indexed with it (default: aisfx, "
                         "falling back loudly to dsp-baseline)")
+    add_precision(p)
     add_provider(p)
     p.add_argument("--encoder", default="streaming", choices=("windowed", "streaming"),
                    help="streaming: cached activations, same embeddings as windowed, "
@@ -126,6 +129,7 @@ def config_from_args(args: argparse.Namespace, **overrides: Any) -> Any:
     from pathlib import Path
 
     from emberd.daemon.app import DaemonConfig
+    from emberd.models.precision import model_for
 
     values = dict(
         library=Path(getattr(args, "library", "") or "."),
@@ -133,7 +137,7 @@ def config_from_args(args: argparse.Namespace, **overrides: Any) -> Any:
         pace=getattr(args, "pace", "realtime"),
         loop=getattr(args, "loop", False),
         channels=getattr(args, "channels", "mix"),
-        model=args.model,
+        model=model_for(args.model, getattr(args, "precision", None)),
         device=args.provider,
         encoder=args.encoder,
         hop_ms=args.hop_ms,
@@ -194,6 +198,11 @@ def run_command(args: argparse.Namespace) -> int:
 
         raise error if isinstance(error, EmberdError) else EmberdError(f"daemon: {error}")
     print(report.summary(final), file=sys.stderr, flush=True)
+    from emberd.dsp.device import streams_left_running
+
+    if streams_left_running():  # a PortAudio thread would call into a finalising interpreter
+        sys.stdout.flush()
+        os._exit(0)
     return 0
 
 

@@ -109,6 +109,9 @@ _add(
     "waterglass udu darbuka doumbek",
 )
 _add("percussion", WEAK, "rim rimshot stick click bell drum drums")
+# Cymbal makers: a hint, so that "Paiste Bell" is a ride's bell (a cymbal), not a percussion
+# bell, while "Sabian Hat Closed" stays a hat (the strong word wins).
+_add("cymbal", WEAK, "paiste sabian zildjian meinl")
 _add("bass", WEAK, "bass")
 _add("bass", STRONG, "subbass bassline sub")
 _add(
@@ -220,6 +223,69 @@ def _lookup(word: str) -> tuple[str, int] | None:
     return hit
 
 
+def _words_found(text: str) -> list[tuple[str, int, int]]:
+    """``(class, strength, position)`` of every known word of a name, hats resolved.
+
+    A hat word becomes ``open_hat`` or ``closed_hat`` from the first open/closed
+    qualifier anywhere in the name; a bare hat stays the hat marker.
+    """
+    words = words_of(text)
+    joined: list[str] = []
+    i = 0
+    while i < len(words):
+        pair = (words[i], words[i + 1]) if i + 1 < len(words) else None
+        if pair is not None and pair in _PAIRS:
+            joined.append(_PAIRS[pair])
+            i += 2
+        else:
+            joined.append(words[i])
+            i += 1
+    found: list[tuple[str, int, int]] = []
+    hat_state: str | None = None
+    for pos, word in enumerate(joined):
+        hit = _lookup(word)
+        if hit is None:
+            continue
+        cls, strength = hit
+        if cls in (_OPEN, _CLOSED):
+            hat_state = hat_state or cls
+            continue
+        found.append((cls, strength, pos))
+    hat = {_OPEN: "open_hat", _CLOSED: "closed_hat", None: _HAT}[hat_state]
+    return [(hat if c == _HAT else c, st, pos) for c, st, pos in found]
+
+
+def _best(text: str) -> tuple[str, int] | None:
+    """``(class, strength)`` of a name: the strongest word, the earliest among equals."""
+    found = _words_found(text)
+    if not found:
+        return None
+    cls, strength, _pos = min(found, key=lambda f: (-f[1], f[2]))
+    return ("closed_hat" if cls == _HAT else cls), strength  # a bare hat is a closed hat
+
+
+def strong_classes(text: str) -> set[str]:
+    """Every class a name names outright (strong words only): ``"FX_Chh_01"`` -> fx, closed hat.
+
+    A hat without an open/closed qualifier names both hat classes.
+
+    Parameters
+    ----------
+    text : str
+        A file stem or an instrument name.
+
+    Returns
+    -------
+    set of str
+        Classes of :data:`CLASSES`; empty when no strong word is found.
+    """
+    out: set[str] = set()
+    for cls, strength, _pos in _words_found(text):
+        if strength == STRONG:
+            out |= {"closed_hat", "open_hat"} if cls == _HAT else {cls}  # a bare hat: either
+    return out
+
+
 def class_of_name(text: str) -> str | None:
     """The instrument class a name says, or None when it says none.
 
@@ -245,36 +311,8 @@ def class_of_name(text: str) -> str | None:
     >>> class_of_name("take 12") is None
     True
     """
-    words = words_of(text)
-    joined: list[str] = []
-    i = 0
-    while i < len(words):
-        pair = (words[i], words[i + 1]) if i + 1 < len(words) else None
-        if pair is not None and pair in _PAIRS:
-            joined.append(_PAIRS[pair])
-            i += 2
-        else:
-            joined.append(words[i])
-            i += 1
-    best: tuple[int, int, str] | None = None  # (-strength, position, class)
-    hat_state: str | None = None
-    for pos, word in enumerate(joined):
-        hit = _lookup(word)
-        if hit is None:
-            continue
-        cls, strength = hit
-        if cls in (_OPEN, _CLOSED):
-            hat_state = hat_state or cls
-            continue
-        key = (-strength, pos, cls)
-        if best is None or key < best:
-            best = key
-    if best is None:
-        return None
-    cls = best[2]
-    if cls == _HAT:
-        return "open_hat" if hat_state == _OPEN else "closed_hat"
-    return cls
+    best = _best(text)
+    return None if best is None else best[0]
 
 
 def class_of_path(path: str | Path, root: str | Path | None = None) -> str | None:
@@ -330,9 +368,13 @@ def hydrogen_classes(kit_dir: str | Path) -> dict[Path, str]:
 
     Each ``<instrument>`` names its sound (``"Hi-Hat Closed"``, ``"c3 - bass
     drum 1"``); its class is read from that name, or from the sample's file
-    name when the instrument name says nothing (``"19"``).  A sample that two
-    instruments of different classes share is left out (its label is
-    ambiguous), and so is a sample missing from the folder.
+    name when the instrument name says nothing (``"19"``).  A sample is left
+    out (its label is ambiguous) when two instruments of different classes
+    share it, or when its file name names instruments outright and none of
+    them is the instrument's class: kits put a recording called ``tom-0105``
+    in their Kick slot or ``hihat-semi-open-1`` in their Pedal HH slot, and
+    what the recording is matters more to the classifier than the slot it is
+    played from.  A sample missing from the folder is left out too.
 
     Parameters
     ----------
@@ -363,6 +405,9 @@ def hydrogen_classes(kit_dir: str | Path) -> dict[Path, str]:
             if cls is None or not path.is_file():
                 continue
             labels.setdefault(path, set()).add(cls)
+            named = strong_classes(Path(fname).stem)
+            if inst_class is not None and named and inst_class not in named:
+                labels[path] |= named  # the recording says otherwise: ambiguous, left out
     return {p: next(iter(c)) for p, c in sorted(labels.items()) if len(c) == 1}
 
 

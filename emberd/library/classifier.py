@@ -19,6 +19,11 @@ files where a folder has one (the instrument names are the best labels a
 library has), otherwise from the file and folder names.  A class needs
 :data:`MIN_PER_CLASS` labelled sounds to be learnt.
 
+Entry points: :meth:`ClassHead.predict` (embeddings ``[n, dim]``, e.g. the live
+channels of one hop), :meth:`ClassHead.classify` (one embedding) and
+:func:`classify_waveform` (audio: a one-shot or a hit's onset-aligned window,
+embedded as the indexer embeds a file).
+
 The held-out accuracy (hydrogen-drumkits, whole kits held out, names never
 seen by the head) is measured by ``bench/mixdown.py --classes``; the fitted
 weights are written by :func:`fit_library_head`, which ``emberd index`` runs
@@ -32,6 +37,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy import optimize
@@ -45,6 +51,7 @@ L2 = 1e-4  # penalty on the weights (tuned on the leave-one-kit-out split, bench
 MIN_PER_CLASS = 3  # labelled sounds a class needs to be learnt
 MAX_ITER = 500  # L-BFGS iterations (converges in ~100 on 700 sounds)
 HEAD_FORMAT = 1
+SILENT_PEAK = 10 ** (-70 / 20)  # a window whose peak is below -70 dBFS is silence: no class
 
 
 def head_path(library: str | Path, model: str) -> Path:
@@ -83,6 +90,10 @@ class ClassHead:
         p = self.probabilities(x)
         best = p.argmax(axis=1)
         return [(self.classes[int(k)], float(p[i, k])) for i, k in enumerate(best)]
+
+    def classify(self, vector: np.ndarray) -> tuple[str, float]:
+        """``(class, confidence)`` of one embedding ``[dim]`` (a few microseconds)."""
+        return self.predict(np.asarray(vector).reshape(1, -1))[0]
 
     def save(self, path: str | Path) -> None:
         """Write atomically as ``.npz`` (arrays plus a JSON header)."""
@@ -245,3 +256,42 @@ def fit_library_head(store: object, model: str, library: str | Path) -> ClassHea
     head.generation = generation
     head.save(target)
     return head
+
+
+def classify_waveform(
+    y: np.ndarray, sr: int, *, head: ClassHead, encoder: Any
+) -> tuple[str, float] | None:
+    """The class of one sound from its audio: a one-shot, or a hit's onset-aligned window.
+
+    The audio is embedded as the indexer embeds a library file (the model's
+    windows over the sound, padded at the end, pooled by window energy), so the
+    head sees what it was fitted on.  Pass audio starting at (or just before)
+    the onset and ending before the next one.
+
+    Parameters
+    ----------
+    y : numpy.ndarray
+        Samples ``[n]`` or ``[n, channels]`` (mixed to mono).
+    sr : int
+        Their sample rate in Hz (resampled to the model's).
+    head : ClassHead
+        The library's head (:meth:`ClassHead.load` of :func:`head_path`).
+    encoder : Encoder
+        The embedding model the head was fitted for (``head.model``).
+
+    Returns
+    -------
+    (str, float) or None
+        Class and confidence; None for silence or an empty window (silence has no class).
+    """
+    from emberd.dsp.resample import mono_at
+    from emberd.models.embedding import embed_signal, pool, window_energy
+
+    rate = int(encoder.manifest.frontend().sr)
+    mono = mono_at(np.asarray(y, np.float32).reshape(len(y), -1), int(sr), rate)
+    if mono.size == 0 or not np.any(np.abs(mono) > SILENT_PEAK):
+        return None
+    emb, starts = embed_signal(mono, encoder, tail="pad")
+    window_s = encoder.manifest.window_frames * encoder.manifest.frontend().hop_seconds
+    vector = pool(emb, "energy", window_energy(mono, starts, sr=rate, window_s=window_s))
+    return head.classify(vector)

@@ -8,7 +8,7 @@ import os
 import sys
 from typing import Any
 
-from emberd.cliopts import add_k, add_threads, int_range
+from emberd.cliopts import add_k, add_precision, add_threads, int_range
 
 DEFAULT_MODEL = "aisfx"
 DEFAULT_QUERY_K = 10  # matches per file
@@ -24,6 +24,7 @@ def register(subparsers: Any) -> None:
     idx.add_argument("dirs", nargs="+", metavar="DIR", help="folders to index (recursive)")
     idx.add_argument("--library", required=True, metavar="PATH", help="library folder")
     idx.add_argument("--model", default=DEFAULT_MODEL, help="embedding model (default: aisfx)")
+    add_precision(idx)
     idx.add_argument("--jobs", type=int_range(0), default=os.cpu_count() or 1, metavar="N",
                      help="decoder processes (default: one per CPU; 0: decode in the main "
                           "process)")  # fmt: skip
@@ -44,18 +45,23 @@ def register(subparsers: Any) -> None:
         "to stdout; a file that cannot be read is reported on stderr and the others are "
         "still answered.",
         epilog="exit status: 0 every file answered; 1 some files could not be read (each "
-        "named on stderr, the others answered); 2 bad usage, or the library or model cannot "
-        "be used (one line on stderr).",
+        "named on stderr, the others answered); 2 bad usage, the library or model cannot "
+        "be used, or with --timeline no file could be read (one line on stderr).",
     )  # fmt: skip
     q.add_argument("files", nargs="+", metavar="FILE", help="audio files to look up")
     q.add_argument("--library", required=True, metavar="PATH", help="library folder")
     q.add_argument("--model", default=DEFAULT_MODEL,
                    help=f"model the library was indexed with (default {DEFAULT_MODEL})")
+    add_precision(q)
     add_k(q, default=DEFAULT_QUERY_K, what="file")
     q.add_argument("--search", choices=("auto", "exact", "annoy"), default="auto",
                    help="similar-sound search: exact cosine, the Annoy index, or auto (Annoy "
                         "for large libraries; default)")
     q.add_argument("--json", action="store_true", help="one JSON object per answered file")
+    q.add_argument("--timeline", action="store_true",
+                   help="list every library sample found in each file (a beat, a bounce, a "
+                        "stem): start, gain, speed and confidence per occurrence; streams "
+                        "files of any length (--model, --k and --search do not apply)")
     q.set_defaults(func=_query)
 
     lib = subparsers.add_parser("library", help="library maintenance",
@@ -85,7 +91,9 @@ def _index(args: argparse.Namespace) -> int:
     )
 
     from emberd.library.indexer import Indexer
+    from emberd.models.precision import model_for
 
+    args.model = model_for(args.model, args.precision)
     if args.ray is not None:
         from emberd.library.ray_index import RayIndexer
 
@@ -147,11 +155,17 @@ def _guard_db(fn: Any) -> Any:
 
 
 def _query(args: argparse.Namespace) -> int:
+    if args.timeline:
+        from emberd.library.timeline import run_cli
+
+        return int(_guard_db(lambda: run_cli(args.library, args.files, as_json=args.json)))
     from emberd.dsp.silence import QUERY_FLOOR_DBFS, no_sound_reason
     from emberd.dsp.sources import load_audio
     from emberd.errors import EmberdError
     from emberd.library.query import Library, encoder_for
+    from emberd.models.precision import model_for
 
+    args.model = model_for(args.model, args.precision)
     library = _guard_db(lambda: Library.open(args.library, search=args.search))
     try:
         sr = encoder_for(args.model).manifest.frontend().sr

@@ -1,10 +1,11 @@
-"""Small pieces the reliability benches share: units, percentiles, the result printout."""
+"""Small pieces the benches share: units, percentiles, call timing, the result printout."""
 
 from __future__ import annotations
 
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -51,3 +52,16 @@ def quiet_window(settle_s: float, anchor_s: float) -> tuple[float, float]:
     a0 = time.monotonic()
     time.sleep(anchor_s)
     return a0, time.monotonic()
+
+
+def call_ms(fn: Callable[[], object], runs: int, *, warm: int = 5) -> tuple[float, float]:
+    """p50 and p99 wall milliseconds of ``runs`` calls of ``fn`` after ``warm`` unmeasured
+    ones (the encoder benches: bench/oneshot.py, bench/gpu_encoders.py)."""
+    for _ in range(warm):
+        fn()
+    times = np.empty(runs)
+    for i in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        times[i] = time.perf_counter() - t0
+    return percentile_ms(times, 50), percentile_ms(times, 99)

@@ -1,0 +1,197 @@
+"""Timeline benchmark: which library samples a beat uses, where, how loud and how fast.
+
+Library (built once, cached in a temporary folder ``emberd-timeline-cache``): every
+hydrogen kit except two held out (HELD_OUT: one of half A, one of half B, the halves of
+:func:`emberd.testing.drumkits.kit_half`), plus LOOPS_PER_HALF loops per half made of
+that half's one-shots (:func:`emberd.testing.beats.write_loops`), indexed with the
+DSP baseline (the timeline does not use embeddings).
+
+Beats (:func:`emberd.testing.beats.make_beat`, seeded): 30 s each, one-shots and loops
+of one half at known start times, speeds 0.9-1.12 (30 % at 1.0) and gains -12..0 dB,
+with the held-out kit of that half and synthetic tones/noise mixed in. ``--half A``
+(seeds TUNE_SEEDS) is what the engine's constants were tuned on; the default ``--half B``
+(seeds EVAL_SEEDS) is held out in kits, loops and seeds.
+
+Scoring: an entry is *right* when its file is the event's file or a level copy of it
+(:func:`emberd.testing.drumkits.level_copies`) and its start is within MATCH_S of the
+event's; each event is matched at most once. recall = right library events / library
+events; precision = right entries / entries, over the entries the engine calls
+``exact`` (``similar`` entries are a lower-confidence list the report keeps apart and
+are not counted; their number is printed). Start and speed errors over the right
+entries; speed in x real time = beat seconds / wall seconds of ``timeline`` (the
+library loaded once, outside the timing), with the load average.
+
+Usage: ``python bench/timeline.py [--half A|B] [--beats N]``; timing figures only under
+``flock /tmp/emberd-bench.lock``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import hashlib
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from emberd.testing import beats
+from emberd.testing import drumkits as dk
+
+HELD_OUT = ("HardElectro1", "ElectricEmpireKit")  # kits kept out of the library (A, B)
+LOOPS_PER_HALF = 12
+LOOP_HIT_MAX_S = 1.5  # loops are made of one-shots no longer than this
+MODEL = "dsp-baseline"
+BEAT_S = 30.0
+TUNE_SEEDS = (101, 102, 103, 104)
+EVAL_SEEDS = (201, 202, 203, 204)
+MATCH_S = 0.05  # an entry this close to an event of the same file is that event
+
+
+def machine() -> str:
+    """Date, host and load, for the figures' provenance."""
+    load = os.getloadavg()
+    return (f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, "
+            f"{platform.machine()} {os.cpu_count()} cores, load {load[0]:.1f}/{load[1]:.1f}")
+
+
+def half_of(path: str) -> str:
+    """``"A"`` or ``"B"`` for a kit file or a generated loop."""
+    name = Path(path).name
+    if name.startswith(("Aloop", "Bloop")):
+        return name[0]
+    return dk.kit_half(path)
+
+
+def build_library() -> tuple[Path, dict[str, list[str]]]:
+    """The bench library (cached) and the sound pools: one-shots, loops and outsiders per half."""
+    from emberd.library.indexer import Indexer
+
+    kits = sorted(p for p in dk.KITS.iterdir() if p.is_dir())
+    files = dk.kit_files()
+    pools: dict[str, list[str]] = {}
+    for half in "AB":
+        pools[f"one_shots_{half}"] = sorted(
+            p for p in files if dk.kit_half(p) == half
+            and Path(p).relative_to(dk.KITS).parts[0] not in HELD_OUT)
+        pools[f"outsiders_{half}"] = sorted(
+            p for p in files if dk.kit_half(p) == half
+            and Path(p).relative_to(dk.KITS).parts[0] in HELD_OUT)
+    key = hashlib.sha256(repr((HELD_OUT, LOOPS_PER_HALF, MODEL, sorted(files),
+                               Path(beats.__file__).read_bytes())).encode()).hexdigest()[:12]
+    base = Path(tempfile.gettempdir()) / "emberd-timeline-cache" / key
+    for half, seed in (("A", 11), ("B", 12)):
+        src = [p for p in pools[f"one_shots_{half}"] if sf.info(p).duration <= LOOP_HIT_MAX_S]
+        pools[f"loops_{half}"] = [str(p) for p in beats.write_loops(
+            base / "loops", src, LOOPS_PER_HALF, seed=seed, prefix=half)]
+    lib = base / "lib"
+    if not (base / "indexed").exists():
+        ix = Indexer(lib, MODEL, jobs=2)
+        try:
+            s = ix.run([str(k) for k in kits if k.name not in HELD_OUT] + [str(base / "loops")])
+        finally:
+            ix.close()
+        print(f"index: {s.indexed} indexed, {len(s.skipped)} skipped")
+        (base / "indexed").touch()
+    return lib, pools
+
+
+def score(entries: list, events: list, group: dict[int, int], path_id: dict[str, int]) -> dict:
+    """Match entries to library events (same file or level copy, start within MATCH_S)."""
+    truth = [e for e in events if e.library]
+    used: set[int] = set()
+    right, start_err, speed_err = 0, [], []
+    for en in entries:
+        if en.kind != "exact":
+            continue
+        g = group.get(en.file_id, en.file_id)
+        best, best_d = None, MATCH_S
+        for j, ev in enumerate(truth):
+            fid = path_id.get(ev.path)
+            if j in used or fid is None or group.get(fid, fid) != g:
+                continue
+            d = abs(en.start_s - ev.start_s)
+            if d <= best_d:
+                best, best_d = j, d
+        if best is not None:
+            used.add(best)
+            right += 1
+            start_err.append(best_d)
+            speed_err.append(abs(en.speed / truth[best].speed - 1))
+    return {"events": len(truth), "found": len(used), "exact": sum(e.kind == "exact"
+            for e in entries), "similar": sum(e.kind == "similar" for e in entries),
+            "right": right, "start_err": start_err, "speed_err": speed_err,
+            "missed": [truth[j] for j in range(len(truth)) if j not in used]}
+
+
+def main() -> None:
+    """Build the library, make the beats, run the timeline on each and print the figures."""
+    from emberd.library.query import Library
+    from emberd.library.timeline import Timeline
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--half", choices=("A", "B"), default="B")
+    ap.add_argument("--beats", type=int, default=4, help="beats to run (at most 4)")
+    ap.add_argument("--verbose", action="store_true", help="list missed events and wrong entries")
+    args = ap.parse_args()
+    print(f"bench/timeline.py, {machine()}")
+    lib_path, pools = build_library()
+    h = args.half
+    seeds = (TUNE_SEEDS if h == "A" else EVAL_SEEDS)[: args.beats]
+    lib = Library.open(lib_path, search="exact")
+    path_id = {r.path: r.id for r in lib.files().values()}
+    group = dk.level_copies(lib)
+    t0 = time.perf_counter()
+    tl = Timeline(lib)
+    print(f"library: {len(path_id)} files (held out of it: {', '.join(HELD_OUT)}); "
+          f"timeline engine loaded in {time.perf_counter() - t0:.2f} s")
+    total: dict = {"events": 0, "found": 0, "exact": 0, "similar": 0, "right": 0,
+                   "start_err": [], "speed_err": []}
+    audio_s, wall_s, loads = 0.0, 0.0, []
+    tmp = Path(tempfile.mkdtemp(prefix="emberd-timeline-"))
+    for seed in seeds:
+        y, events = beats.make_beat(BEAT_S, pools[f"one_shots_{h}"], pools[f"loops_{h}"],
+                                    pools[f"outsiders_{h}"], seed=seed)
+        path = tmp / f"beat{seed}.wav"
+        sf.write(path, y, beats.SR, subtype="FLOAT")
+        t = time.perf_counter()
+        res = tl.run(path)
+        wall_s += time.perf_counter() - t
+        loads.append(os.getloadavg()[0])
+        audio_s += res.duration_s
+        sc = score(res.entries, events, group, path_id)
+        for k in total:
+            total[k] += sc[k]
+        print(f"seed {seed}: {sc['events']} library events ({sum(not e.library for e in events)}"
+              f" non-library), {res.onsets} onsets, found {sc['found']}, exact entries "
+              f"{sc['exact']} ({sc['right']} right), similar {sc['similar']}")
+        if args.verbose:
+            for ev in sc["missed"]:
+                print(f"   missed {ev.start_s:7.3f} x{ev.speed:.3f} {ev.gain_db:6.1f} dB "
+                      f"{Path(ev.path).name}")
+            for en in res.entries:
+                print(f"   entry  {en.start_s:7.3f} x{en.speed:.3f} {en.gain_db:6.1f} dB "
+                      f"rho {en.rho:.3f} {en.kind:7s} {Path(en.path).name}")
+    se = np.array(total["start_err"]) * 1000
+    sp = np.array(total["speed_err"]) * 100
+    recall = total["found"] / max(total["events"], 1)
+    precision = total["right"] / max(total["exact"], 1)
+    print(f"half {h} (seeds {', '.join(map(str, seeds))}): recall {recall:.3f} "
+          f"({total['found']}/{total['events']}), precision {precision:.3f} "
+          f"({total['right']}/{total['exact']} exact entries; {total['similar']} similar "
+          f"entries not counted)")
+    if len(se):
+        print(f"start error ms p50 {np.percentile(se, 50):.1f} p90 {np.percentile(se, 90):.1f} "
+              f"max {se.max():.1f}; within 25 ms {np.mean(se <= 25):.3f}")
+        print(f"speed error % p50 {np.percentile(sp, 50):.2f} p90 {np.percentile(sp, 90):.2f} "
+              f"max {sp.max():.2f}; within 1 % {np.mean(sp <= 1):.3f}")
+    print(f"speed {audio_s / wall_s:.1f}x real time ({audio_s:.0f} s of audio in {wall_s:.1f} s;"
+          f" load {min(loads):.1f}-{max(loads):.1f})")
+
+
+if __name__ == "__main__":
+    main()

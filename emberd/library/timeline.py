@@ -1,0 +1,699 @@
+"""Every library sample in a track: "which of my samples did I use, and where?".
+
+``emberd query TRACK --timeline`` reads a beat, a bounce or a stem and lists each
+occurrence of a library file in it: start time, gain, speed factor (a sampler's
+resampling: pitch and length change together) and confidence, one entry per
+occurrence. Producers need that list for credits and sample clearance.
+
+The track is streamed (:class:`~emberd.dsp.sources.FileSource` blocks at WAVE_SR):
+memory holds BUFFER_S of audio whatever the file's length. For each block:
+
+1. **Onsets** -- :class:`~emberd.dsp.onset.OnsetDetector` (the live hit detector)
+   runs on the track minus what is already explained (the identified samples placed
+   where they play, their tails included), so a hit under a known tail still rises
+   and the hits inside an identified loop do not.
+2. **Candidates** -- the attack descriptors of :class:`~emberd.library.hitindex.HitIndex`
+   (built from the stored onset snippets) of the residual at the onset, searched as
+   it is and undone by the speeds of CANDIDATE_SPEEDS, plus the files found recently
+   (a beat repeats its samples).
+3. **Coarse speed** -- each candidate's onset waveform (from the library file itself,
+   or its stored snippet when the file is gone) is correlated with the residual
+   resampled by every factor of SPEED_GRID, over COARSE_SAMPLES after the onset
+   (short enough that half a grid step does not decorrelate it) and +-LAG_SAMPLES.
+4. **Fine speed** -- the best REFINE_TOP are refined around their coarse factor with
+   the step halved and the window doubled each time, up to the sound's length (at most
+   MAX_SOUND_S): a long loop pins its speed to a small fraction of a percent.
+5. **Decision** -- of the candidates that correlate at least SIMILAR_RHO over the
+   fine window, the one that explains the most energy of the residual (least
+   squares over its whole length) wins: a loop beats its own first hit because it
+   also explains the hits after it. At or above EXACT_RHO the entry is ``exact``,
+   is subtracted from the residual (the sample, resampled and scaled, placed at its
+   start), and the onset is examined again for a second sound starting with it (up to
+   SOUNDS_PER_ONSET). Between SIMILAR_RHO and EXACT_RHO the entry is ``similar``: a
+   lead, not a claim; it is not subtracted.
+6. **Merge** -- an entry for the same file within MERGE_S of an earlier one is the
+   same occurrence: the better-correlated one is kept.
+
+``confidence`` is the fine correlation mapped through a logistic fitted on the
+tuning beats (bench/timeline.py --half A, see CONFIDENCE_*). Silence, DC and the
+noise floor give no entry and a reason. The constants below were tuned on beats of
+kits A; bench/timeline.py reports kits B.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from emberd.dsp.onset import OnsetDetector
+from emberd.dsp.silence import QUERY_FLOOR_DBFS
+from emberd.errors import EmberdError
+from emberd.library.hitindex import DESC_OFFSET_SAMPLES, EARLY_SAMPLES, HitIndex
+from emberd.library.waveform import PRE_ROLL_SAMPLES, WAVE_SR, onset_sample
+
+MAX_SOUND_S = 8.0  # s: at most this much of a library file is matched and subtracted
+BUFFER_S = 2 * MAX_SOUND_S + 2.0  # s of track (and its explained part) held in memory
+READ_BLOCK = 8192  # samples per FileSource block at WAVE_SR (0.37 s)
+DETECT_BLOCK = 512  # samples per onset-detector push (23 ms): explanations land between
+LEAD_IN = 2048  # silent samples before the track: the detector's warm-up hides no hit at 0
+CANDIDATES = 16  # files per descriptor search
+CANDIDATE_SPEEDS = (1.0, 0.92, 1.09)  # the residual is also searched undone by these
+RECENT_FILES = 8  # files found last are always candidates
+SPEED_GRID = tuple(float(s) for s in np.round(np.geomspace(0.86, 1.17, 31), 5))  # ~1 % steps
+COARSE_SAMPLES = 224  # 10 ms after the onset: 0.5 % speed error drifts it by 1 sample
+PRE_SAMPLES = 32  # compared before the onset too (1.5 ms)
+LAG_SAMPLES = 128  # +-5.8 ms: the detected onset vs the file's own onset
+REFINE_TOP = 3  # candidates refined after the coarse grid
+COARSE_TIE_RHO = 0.02  # candidates this close to the best attack are all refined ...
+REFINE_TIES = 8  # ... up to this many
+COARSE_MIN_RHO = 0.35  # a candidate's attack must correlate this well to be refined
+BANK_CHUNK = 256  # snippets resampled per soxr call when the speed bank is built
+FINE_LAGS = 6  # +-samples re-searched at each refinement step
+FINE_START_WINDOW = 384  # samples in the first refinement window, doubled every step
+FINE_START_STEP = 0.004  # speed step of the first refinement, halved every step
+SNIPPET_WINDOW = 5512  # 250 ms: the window rho is judged on (the snippet's length) ...
+JUDGE_MIN_SAMPLES = 1024  # ... cut at the next sound's onset, but never shorter than 46 ms
+NEXT_ONSET_MIN_S = 0.03  # s: an onset this close after a sound's own is still its attack
+EXACT_RHO = 0.80  # fine correlation at or above which an occurrence is claimed (and subtracted)
+SIMILAR_RHO = 0.60  # ... between this and EXACT_RHO: listed as similar, not subtracted
+LONGER_EXPLAINS = 1.5  # explained-energy ratio by which a candidate beats a better-correlated one
+SOUNDS_PER_ONSET = 3  # sounds looked for at one onset (a kick and a hat hit together)
+ABANDON_RHO = 0.4  # a candidate refined this far below is dropped (saves long windows)
+MIN_STEP = 0.00002  # refinement ends at this speed step, or where a step drifts the
+MIN_STEP_SAMPLES = 0.5  # sound's end by less than this many samples (and the whole length)
+MERGE_S = 0.03  # s: the same file this close is the same occurrence
+CONFIDENCE_SLOPE = 18.0  # logistic of rho (fitted by bench/timeline.py --half A --fit)
+CONFIDENCE_MID = 0.70
+REF_CACHE_FILES = 128  # library waveforms kept decoded
+UPSAMPLE = 4  # library waveforms are placed by linear interpolation of a 4x upsampled copy
+MIN_SPEED, MAX_SPEED = SPEED_GRID[0] * 0.98, SPEED_GRID[-1] * 1.02
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One occurrence of a library file in the track."""
+
+    file_id: int
+    path: str
+    start_s: float  # where the file's first sample plays in the track
+    gain_db: float  # its level relative to the file as stored
+    speed: float  # resampling factor (>1: faster and higher)
+    rho: float  # normalised correlation over the first 250 ms (or the whole sound)
+    confidence: float
+    kind: str  # "exact" (claimed and subtracted) or "similar" (a lead)
+
+    def record(self) -> dict[str, Any]:
+        """The entry as the CLI prints it (JSON-ready)."""
+        return {
+            "path": self.path, "file_id": self.file_id, "start_s": round(self.start_s, 4),
+            "gain_db": round(self.gain_db, 2), "speed": round(self.speed, 5),
+            "semitones": round(12 * math.log2(self.speed), 3), "rho": round(self.rho, 4),
+            "confidence": round(self.confidence, 4), "kind": self.kind,
+        }
+
+
+@dataclass
+class Result:
+    """What :meth:`Timeline.run` found in one track."""
+
+    entries: list[Entry]
+    duration_s: float
+    onsets: int  # onsets examined
+    reason: str | None = None  # why there is no entry at all (silence), else None
+
+
+@dataclass
+class _Ref:
+    """A library file's waveform at WAVE_SR (first MAX_SOUND_S) and its onset sample."""
+
+    y: np.ndarray
+    onset: int
+    up: np.ndarray  # y at UPSAMPLE x WAVE_SR: interpolated between samples without HF loss
+
+
+def confidence(rho: float) -> float:
+    """Confidence (0..1) of an entry with fine correlation ``rho``."""
+    return float(1.0 / (1.0 + math.exp(-CONFIDENCE_SLOPE * (rho - CONFIDENCE_MID))))
+
+
+class Timeline:
+    """Finds library samples in tracks (see the module docstring).
+
+    Parameters
+    ----------
+    library : emberd.library.query.Library
+        An open library (its stored snippets and file paths are used).
+    """
+
+    def __init__(self, library: Any) -> None:
+        self.library = library
+        self.files = library.files()
+        self.index = HitIndex.from_library(library)
+        if len(self.index) == 0:
+            raise EmberdError("the library holds no onset snippets (run 'emberd index' again)")
+        self._refs: OrderedDict[int, _Ref] = OrderedDict()
+        self._row = {int(f): i for i, f in enumerate(self.index.file_ids.tolist())}
+        self.bank, self.bank_energy = _speed_bank(self.index)
+
+    # -- library waveforms ------------------------------------------------------------
+
+    def _ref(self, file_id: int) -> _Ref:
+        """The file's waveform (cached); its stored snippet when the file cannot be read."""
+        ref = self._refs.get(file_id)
+        if ref is not None:
+            self._refs.move_to_end(file_id)
+            return ref
+        from emberd.dsp.sources import load_audio
+
+        try:
+            y, _info = load_audio(self.files[file_id].path, sr=WAVE_SR, mono=True)
+            y = y[: int(MAX_SOUND_S * WAVE_SR)]
+            onset = onset_sample(y)
+        except (EmberdError, OSError, KeyError):
+            y = self.index.snippet(self._row[file_id])
+            onset = PRE_ROLL_SAMPLES
+        # Room before the onset for the compared pre-roll.
+        if onset < PRE_SAMPLES:
+            y = np.concatenate([np.zeros(PRE_SAMPLES - onset, np.float32), y])
+            onset = PRE_SAMPLES
+        import soxr
+
+        y = np.ascontiguousarray(y, np.float32)
+        up = np.asarray(soxr.resample(y, WAVE_SR, UPSAMPLE * WAVE_SR, quality="HQ"), np.float32)
+        ref = _Ref(y, onset, up)
+        self._refs[file_id] = ref
+        if len(self._refs) > REF_CACHE_FILES:
+            self._refs.popitem(last=False)
+        return ref
+
+    # -- streaming ----------------------------------------------------------------------
+
+    def run(self, path: str | os.PathLike[str]) -> Result:
+        """Find every library sample in the file at ``path``.
+
+        Raises
+        ------
+        EmberdError
+            The file cannot be read (one line, naming it).
+        """
+        from emberd.dsp.sources import FileSource
+
+        with FileSource(path, sr=None, mono=True, block_size=READ_BLOCK, pace="fast") as src:
+            return self.run_blocks((b.data[:, 0] for b in src), src.sr)
+
+    def run_blocks(self, blocks: Iterator[np.ndarray], sr: int = WAVE_SR) -> Result:
+        """:meth:`run` over mono blocks at ``sr`` (any sizes, in order).
+
+        The silence rule looks at the samples as they are; the engine gets them at
+        WAVE_SR through a streaming resampler.
+        """
+        import soxr
+
+        s = _Stream(self)
+        rs = None if sr == WAVE_SR else soxr.ResampleStream(sr, WAVE_SR, 1, dtype="float32",
+                                                             quality="HQ")
+        for block in blocks:
+            x = np.asarray(block, np.float32).reshape(-1)
+            s.observe(x)
+            s.feed(x if rs is None else rs.resample_chunk(x))
+        if rs is not None:
+            s.feed(rs.resample_chunk(np.zeros(0, np.float32), last=True))
+        return s.finish()
+
+
+class _Stream:
+    """One track in flight: the buffer, the explained part, the detector, the entries."""
+
+    def __init__(self, tl: Timeline) -> None:
+        self.tl = tl
+        cap = int(BUFFER_S * WAVE_SR)
+        self.x = np.zeros(cap, np.float32)  # track samples base .. base + cap
+        self.known = np.zeros(cap, np.float32)  # identified samples placed there
+        self.cover = np.zeros(cap, bool)
+        self.base = -LEAD_IN  # absolute sample of x[0] (track sample 0 is absolute 0)
+        self.end = 0  # absolute: one past the last sample read
+        self.det_pos = -LEAD_IN  # next absolute sample for the detector
+        self.det = OnsetDetector(sr=WAVE_SR)
+        # A second detector on the raw track at the read position: where the next sounds
+        # start, so a sound is judged before the next one covers it.
+        self.ahead = OnsetDetector(sr=WAVE_SR)
+        self.upcoming: list[int] = []  # absolute onsets from ``ahead``, not yet passed
+        self.entries: list[Entry] = []
+        self.recent: OrderedDict[int, None] = OrderedDict()
+        self.onsets = 0
+        self.fed = 0  # track samples fed at WAVE_SR
+        self.n = 0  # track samples observed (at the file's rate)
+        self.total = 0.0  # their sum (for the mean)
+        self.vmax, self.vmin = -math.inf, math.inf  # extremes of the track samples
+        self.lookahead = int(MAX_SOUND_S * WAVE_SR) + 2 * LAG_SAMPLES
+
+    def _i(self, a: int) -> int:
+        return a - self.base
+
+    def observe(self, block: np.ndarray) -> None:
+        """Count the track's samples as read (any rate) for the silence rule."""
+        if len(block):
+            self.n += len(block)
+            self.total += float(block.sum(dtype=np.float64))
+            self.vmax = max(self.vmax, float(block.max()))
+            self.vmin = min(self.vmin, float(block.min()))
+
+    def feed(self, block: np.ndarray) -> None:
+        """Append track samples at WAVE_SR; detect and explain all the lookahead allows."""
+        self.fed += len(block)
+        self._append(np.asarray(block, np.float32).reshape(-1))
+
+    def _append(self, block: np.ndarray) -> None:
+        pos = 0
+        while pos < len(block):
+            room = len(self.x) - self._i(self.end)
+            if room <= 0:
+                self._shift()
+                continue
+            m = min(room, len(block) - pos)
+            self.x[self._i(self.end) : self._i(self.end) + m] = block[pos : pos + m]
+            self.upcoming += [o - LEAD_IN for o in self.ahead.push(
+                self.x[self._i(self.end) - (LEAD_IN if self.end == 0 else 0) : self._i(self.end)
+                       + m])]
+            self.end += m
+            pos += m
+            self._detect(self.end - self.lookahead)
+
+    def finish(self) -> Result:
+        """Detect to the end of the track (silence after it) and return the result."""
+        pad = self.lookahead + DETECT_BLOCK
+        while pad > 0:
+            m = min(pad, READ_BLOCK)
+            self._append(np.zeros(m, np.float32))
+            pad -= m
+        entries = sorted(self.entries, key=lambda e: (e.start_s, e.path))
+        reason = None if entries else self._silence_reason()
+        return Result(entries, self.fed / WAVE_SR, self.onsets, reason)
+
+    def _silence_reason(self) -> str | None:
+        """Why the track holds no sound, as :func:`emberd.dsp.silence.no_sound_reason` says
+        it (streamed: the peak about the mean from the running maximum and minimum)."""
+        if self.n == 0:
+            return "no sound: empty"
+        if self.vmax == 0.0 and self.vmin == 0.0:
+            return "no sound: digital silence"
+        mean = self.total / self.n
+        ac_peak = max(self.vmax - mean, mean - self.vmin)
+        if ac_peak >= 10 ** (QUERY_FLOOR_DBFS / 20):
+            return None
+        db = 20 * math.log10(max(ac_peak, 1e-12))
+        if max(abs(self.vmax), abs(self.vmin)) >= 10 ** (QUERY_FLOOR_DBFS / 20):
+            return f"no sound: DC offset only (signal peak {db:.1f} dBFS)"
+        return f"no sound: below the noise floor (peak {db:.1f} dBFS < {QUERY_FLOOR_DBFS:g} dBFS)"
+
+    def _shift(self) -> None:
+        """Drop the oldest samples: keep what the detector and pre-roll still need."""
+        keep_from = self.det_pos - 2 * LAG_SAMPLES - EARLY_SAMPLES
+        drop = self._i(keep_from)
+        if drop <= 0:
+            raise AssertionError("timeline buffer too small for its lookahead")
+        for arr in (self.x, self.known, self.cover):
+            arr[:-drop] = arr[drop:]
+            arr[-drop:] = 0
+        self.base += drop
+
+    def _detect(self, until: int) -> None:
+        """Run the detector up to absolute sample ``until``, explaining each onset."""
+        while self.det_pos + DETECT_BLOCK <= until:
+            while self.upcoming and self.upcoming[0] < self.det_pos - EARLY_SAMPLES:
+                self.upcoming.pop(0)
+            a = self._i(self.det_pos)
+            sl = slice(a, a + DETECT_BLOCK)
+            # The detector counts from its first sample, absolute -LEAD_IN.
+            for o in self.det.push(self.x[sl], self.known[sl], self.cover[sl]):
+                self._explain(o - LEAD_IN)
+            self.det_pos += DETECT_BLOCK
+
+    # -- one onset ------------------------------------------------------------------------
+
+    def _residual(self, a: int, b: int) -> np.ndarray:
+        """Track minus explained samples, absolute ``a .. b`` (zeros outside the buffer)."""
+        out = np.zeros(b - a, np.float32)
+        lo, hi = max(a, self.base), min(b, self.end)
+        if hi > lo:
+            out[lo - a : hi - a] = self.x[self._i(lo) : self._i(hi)] - self.known[
+                self._i(lo) : self._i(hi)]
+        return out
+
+    def _explain(self, onset: int) -> None:
+        self.onsets += 1
+        claimed: set[int] = set()
+        for _ in range(SOUNDS_PER_ONSET):
+            entry = self._best(onset, claimed)
+            if entry is None:
+                return
+            self._add(entry)
+            if entry.kind != "exact":
+                return
+            claimed.add(entry.file_id)
+
+    def _candidates(self, onset: int) -> list[int]:
+        seg = self._residual(onset - DESC_OFFSET_SAMPLES - 64, onset + 2 * EARLY_SAMPLES)
+        files: dict[int, None] = {}
+        for s in CANDIDATE_SPEEDS:
+            q = seg if s == 1.0 else _resampled(seg, s)
+            q = q[64 : 64 + EARLY_SAMPLES] if s == 1.0 else q[round(64 * s) :][:EARLY_SAMPLES]
+            rows, _sc = self.tl.index.candidates(q, EARLY_SAMPLES, CANDIDATES)
+            files.update(dict.fromkeys(int(self.tl.index.file_ids[r]) for r in rows))
+        files.update(dict.fromkeys(reversed(self.recent)))
+        return list(files)
+
+    def _best(self, onset: int, claimed: set[int]) -> Entry | None:
+        ids = [f for f in self._candidates(onset) if f not in claimed]
+        if not ids:
+            return None
+        tl = self.tl
+        rows = np.array([tl._row[f] for f in ids])
+        # Coarse: every candidate's attack at every grid speed (precomputed bank) against
+        # the residual at the track's own rate, over +-LAG_SAMPLES.
+        n_t = PRE_SAMPLES + COARSE_SAMPLES
+        win = self._residual(onset - PRE_SAMPLES - LAG_SAMPLES, onset + COARSE_SAMPLES
+                             + LAG_SAMPLES)
+        tpl = tl.bank[:, rows].reshape(-1, n_t)
+        rho, lag = _ncc(win, tpl, tl.bank_energy[:, rows].reshape(-1))
+        rho = rho.reshape(len(SPEED_GRID), len(ids))
+        lag = lag.reshape(len(SPEED_GRID), len(ids))
+        g = np.argmax(rho, axis=0)
+        cols = np.arange(len(ids))
+        best_rho, best_lag = rho[g, cols], lag[g, cols]
+        found: list[tuple[float, float, Entry]] = []
+        order = np.argsort(-best_rho)
+        # The best few, and every near-tie of the best (a loop starts like its first hit).
+        ties = int(np.sum(best_rho >= best_rho[order[0]] - COARSE_TIE_RHO))
+        for i in order[: max(REFINE_TOP, min(ties, REFINE_TIES))].tolist():
+            if best_rho[i] < COARSE_MIN_RHO:
+                break
+            speed = SPEED_GRID[int(g[i])]
+            # The template's first sample sat at win[lag]: the file's sample
+            # (onset - PRE_SAMPLES) plays there.
+            pos = onset - PRE_SAMPLES - LAG_SAMPLES + float(best_lag[i])
+            fit = self._refine(ids[i], tl._ref(ids[i]), speed, pos)
+            if fit is not None and fit[1].rho >= SIMILAR_RHO:
+                found.append((fit[0], fit[1].rho, fit[1]))
+        if not found:
+            return None
+        pool = [f for f in found if f[2].kind == "exact"] or found
+        # The best-correlated file, unless another explains clearly more of the track (a
+        # loop beginning with that file's sound explains the hits after it too).
+        best = max(pool, key=lambda f: f[1])
+        most = max(pool, key=lambda f: f[0])
+        return (most if most[0] > LONGER_EXPLAINS * best[0] else best)[2]
+
+    def _refine(
+        self, file_id: int, ref: _Ref, speed: float, pos: float
+    ) -> tuple[float, Entry] | None:
+        """Refine the speed and place (``pos``: track sample where the file's sample
+        ``onset - PRE_SAMPLES`` plays) of one candidate; its explained energy and entry."""
+        avail = len(ref.y) - (ref.onset - PRE_SAMPLES)
+        step = FINE_START_STEP
+        n = min(FINE_START_WINDOW, avail)
+        rho, pos = self._fit(ref, speed, pos, n)
+        while True:
+            best = (rho, speed, pos)
+            for s in (speed * (1 - step), speed * (1 + step)):
+                if MIN_SPEED <= s <= MAX_SPEED:
+                    r, p = self._fit(ref, s, pos, n, n >= avail)
+                    if r > best[0]:
+                        best = (r, s, p)
+            rho, speed, pos = best
+            # Over long windows other sounds lower rho: only the attack may rule one out.
+            # Done when the step drifts the whole file by under a sample.
+            done = n >= avail and step < max(MIN_STEP_SAMPLES / avail, MIN_STEP)
+            if (rho < ABANDON_RHO and n <= SNIPPET_WINDOW) or done:
+                break
+            step /= 2
+            if n < avail:  # a longer window (at last the whole file): the best on it first
+                n = min(2 * n, avail)
+                rho, pos = self._fit(ref, speed, pos, n, n >= avail)
+        if rho < ABANDON_RHO and n <= SNIPPET_WINDOW:
+            return None
+        n_judge = min(self._judge_window(pos, speed), avail)
+        rho_j, _ = self._fit(ref, speed, pos, n_judge)
+        # Gain over the judged window (later sounds bias a fit over the whole file); the
+        # energy explained over the whole file (a loop explains its later hits too).
+        gain, _ = self._gain(ref, speed, pos, n_judge)
+        _g, explained = self._gain(ref, speed, pos, avail)
+        if gain <= 0:
+            return None
+        start = pos - (ref.onset - PRE_SAMPLES) / speed
+        kind = "exact" if rho_j >= EXACT_RHO else "similar"
+        entry = Entry(file_id, self.tl.files[file_id].path, start / WAVE_SR,
+                      20 * math.log10(gain), speed, rho_j, confidence(rho_j), kind)
+        return explained, entry
+
+    def _judge_window(self, pos: float, speed: float) -> int:
+        """File samples (from its pre-roll) that play before the next sound starts:
+        JUDGE_MIN_SAMPLES .. SNIPPET_WINDOW."""
+        onset = pos + PRE_SAMPLES / speed
+        nxt = next((o for o in self.upcoming if o > onset + NEXT_ONSET_MIN_S * WAVE_SR), None)
+        if nxt is None:
+            return SNIPPET_WINDOW
+        return int(np.clip((nxt - pos) * speed, JUDGE_MIN_SAMPLES, SNIPPET_WINDOW))
+
+    def _placed(
+        self, ref: _Ref, speed: float, pos: float, a: int, b: int, n: int | None = None
+    ) -> np.ndarray:
+        """The file at ``speed`` with its sample (onset - PRE_SAMPLES) at track ``pos``,
+        over absolute samples ``a .. b`` (linear interpolation of the file); only its first
+        ``n`` samples from there when given."""
+        first = ref.onset - PRE_SAMPLES
+        up = ref.up if n is None else ref.up[: UPSAMPLE * (first + n)]
+        t = ((np.arange(a, b, dtype=np.float64) - pos) * speed + first) * UPSAMPLE
+        return np.interp(t, np.arange(len(up)), up, left=0.0, right=0.0).astype(np.float32)
+
+    def _fit(
+        self, ref: _Ref, speed: float, pos: float, n: int, whole: bool = False
+    ) -> tuple[float, float]:
+        """Best correlation of the file's first ``n`` samples from its pre-roll (with
+        ``whole``, from its first sample) with the residual at ``speed`` within +-FINE_LAGS
+        of ``pos``, and the position taking it."""
+        before = (ref.onset - PRE_SAMPLES) / speed if whole else 0.0
+        lo = math.floor(pos - before)
+        span = math.ceil(n / speed + before) + 1
+        # The file as it plays at ``speed`` from ``pos``, on the track's sample grid.
+        placed = self._placed(ref, speed, pos, lo, lo + span, n)
+        seg = self._residual(lo - FINE_LAGS, lo + span + FINE_LAGS)
+        num = np.array([float(seg[k : k + span] @ placed) for k in range(2 * FINE_LAGS + 1)])
+        cum = np.concatenate([[0.0], np.cumsum(seg.astype(np.float64) ** 2)])
+        w_energy = cum[span:] - cum[: len(cum) - span]
+        r = num / np.sqrt(w_energy * float(placed.astype(np.float64) @ placed) + 1e-20)
+        k = int(np.argmax(r))
+        off = 0.0
+        if 0 < k < len(r) - 1:  # parabolic sub-sample refinement of the lag
+            d = r[k - 1] - 2 * r[k] + r[k + 1]
+            off = float(np.clip(0.5 * (r[k - 1] - r[k + 1]) / d, -0.5, 0.5)) if d < 0 else 0.0
+        return float(r[k]), pos + (k - FINE_LAGS) + off
+
+    def _gain(self, ref: _Ref, speed: float, pos: float, n: int) -> tuple[float, float]:
+        """Least-squares gain of the file's first ``n`` samples (from its pre-roll) at their
+        place, and the energy of the residual they explain."""
+        a = math.floor(pos) - 1
+        b = math.ceil(pos + n / speed) + 1
+        b = min(b, self.end)
+        p = self._placed(ref, speed, pos, a, b).astype(np.float64)
+        r = self._residual(a, b).astype(np.float64)
+        pp = float(p @ p)
+        if pp <= 0:
+            return 0.0, 0.0
+        pr = float(p @ r)
+        return pr / pp, pr * pr / pp
+
+    def _add(self, e: Entry) -> None:
+        """Record an entry (merging a repeat of one occurrence); subtract an exact one."""
+        for j, old in enumerate(self.entries):
+            if old.file_id == e.file_id and abs(old.start_s - e.start_s) <= MERGE_S:
+                if e.rho > old.rho:
+                    self.entries[j] = e
+                return
+        if any(o.kind == "exact" and o.file_id != e.file_id and self._covers(o, e)
+               and self._part_of(e, o) for o in self.entries):
+            return  # a sound of a loop already found (its subtraction left a trace)
+        if e.kind == "exact":
+            self._absorb(e)
+        self.entries.append(e)
+        self.recent[e.file_id] = None
+        self.recent.move_to_end(e.file_id)
+        while len(self.recent) > RECENT_FILES:
+            self.recent.popitem(last=False)
+        if e.kind == "exact":
+            self._subtract(e, 1.0)
+
+    def _span(self, e: Entry, a: int | None = None, b: int | None = None
+              ) -> tuple[int, int, np.ndarray]:
+        """Where entry ``e`` plays in the buffer (absolute ``a .. b``, clipped) and its
+        samples there at its gain."""
+        ref = self.tl._ref(e.file_id)
+        pos = e.start_s * WAVE_SR + (ref.onset - PRE_SAMPLES) / e.speed
+        a0 = max(math.floor(e.start_s * WAVE_SR), self.base)
+        b0 = min(math.ceil(e.start_s * WAVE_SR + len(ref.y) / e.speed) + 1,
+                 self.base + len(self.x))
+        a = a0 if a is None else max(a, a0)
+        b = b0 if b is None else min(b, b0)
+        if b <= a:
+            return a, a, np.zeros(0, np.float32)
+        placed = self._placed(ref, e.speed, pos, a, b) * np.float32(10 ** (e.gain_db / 20))
+        return a, b, placed
+
+    def _subtract(self, e: Entry, sign: float) -> None:
+        """Add (sign 1) or remove (sign -1) an exact entry from the explained part."""
+        a, b, placed = self._span(e)
+        if b > a:
+            self.known[self._i(a) : self._i(b)] += np.float32(sign) * placed
+            self.cover[self._i(a) : self._i(b)] |= placed != 0
+
+    def _covers(self, e: Entry, o: Entry) -> bool:
+        """Whether ``o`` starts while ``e`` plays."""
+        end = e.start_s + len(self.tl._ref(e.file_id).y) / e.speed / WAVE_SR
+        return e.start_s - MERGE_S <= o.start_s < end
+
+    def _part_of(self, o: Entry, e: Entry) -> bool:
+        """Whether entry ``o``'s attack is a sound of entry ``e`` (its waveform there)."""
+        ref = self.tl._ref(o.file_id)
+        a = math.floor(o.start_s * WAVE_SR + (ref.onset - PRE_SAMPLES) / o.speed)
+        a, b, mine = self._span(o, a, a + JUDGE_MIN_SAMPLES)  # before a loop's next hit
+        ea, eb, placed = self._span(e, a, b)
+        theirs = np.zeros(b - a, np.float32)
+        theirs[ea - a : eb - a] = placed
+        if not len(mine):
+            return False
+        den = math.sqrt(float(mine @ mine) * float(theirs @ theirs)) + 1e-20
+        return float(mine @ theirs) / den >= EXACT_RHO
+
+    def _absorb(self, e: Entry) -> None:
+        """Drop earlier entries that are sounds of the new one (a loop found at one of its
+        loud hits, after its first hits were taken for one-shots): an earlier sound that is
+        no longer in the residual once ``e`` is explained (its own subtraction undone) was
+        part of ``e``; an exact one's subtraction is undone."""
+        keep = []
+        for o in self.entries:
+            if o.file_id != e.file_id and self._covers(e, o) and self._gone_with(o, e):
+                if o.kind == "exact":
+                    self._subtract(o, -1.0)
+                continue
+            keep.append(o)
+        self.entries = keep
+
+    def _gone_with(self, o: Entry, e: Entry) -> bool:
+        """Whether ``o``'s attack is absent from the track once ``e`` is explained."""
+        ref = self.tl._ref(o.file_id)
+        a = math.floor(o.start_s * WAVE_SR + (ref.onset - PRE_SAMPLES) / o.speed)
+        a, b, mine = self._span(o, a, a + JUDGE_MIN_SAMPLES)
+        if b <= a:
+            return False
+        rest = self._residual(a, b)
+        if o.kind == "exact":
+            rest += mine  # undo o's own subtraction
+        ea, eb, theirs = self._span(e, a, b)
+        rest[ea - a : eb - a] -= theirs
+        den = math.sqrt(float(mine @ mine) * float(rest @ rest)) + 1e-20
+        return float(mine @ rest) / den < SIMILAR_RHO
+
+def _speed_bank(index: HitIndex) -> tuple[np.ndarray, np.ndarray]:
+    """Every snippet's attack as it plays at each SPEED_GRID factor: float32
+    [speeds, files, PRE_SAMPLES + COARSE_SAMPLES] from PRE_SAMPLES before the onset, and
+    the energies [speeds, files]."""
+    import soxr
+
+    n_t = PRE_SAMPLES + COARSE_SAMPLES
+    margin = 64  # resampler context on both sides
+    a = PRE_ROLL_SAMPLES - PRE_SAMPLES - margin
+    span = int(n_t * MAX_SPEED) + 2 * margin
+    bank = np.zeros((len(SPEED_GRID), len(index), n_t), np.float32)
+    for chunk in range(0, len(index), BANK_CHUNK):
+        rows = np.arange(chunk, min(chunk + BANK_CHUNK, len(index)))
+        heads = np.zeros((len(rows), span), np.float32)
+        got = index.snippet_rows(rows)[:, max(a, 0) : a + span]
+        heads[:, max(-a, 0) : max(-a, 0) + got.shape[1]] = got
+        for k, s in enumerate(SPEED_GRID):
+            # Played s times faster: file sample m lands at m / s.
+            out = np.asarray(soxr.resample(heads.T, WAVE_SR, WAVE_SR / s, quality="HQ")).T
+            first = round(margin / s)
+            piece = out[:, first : first + n_t]
+            bank[k, rows, : piece.shape[1]] = piece
+    energy = (bank.astype(np.float64) ** 2).sum(axis=2) + 1e-20
+    return bank, energy
+
+
+def _resampled(y: np.ndarray, speed: float) -> np.ndarray:
+    """``y`` read ``speed`` times faster: sample j of the output is y at j * ... / speed
+    (so a sound played at ``speed`` is brought back to its own rate)."""
+    if speed == 1.0:
+        return y
+    import soxr
+
+    return np.asarray(soxr.resample(y, WAVE_SR, WAVE_SR * speed, quality="HQ"), np.float32)
+
+
+def _ncc(win: np.ndarray, tpl: np.ndarray, t_energy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Best normalised correlation of each template [k, n] with ``win`` over all lags,
+    and the lag (index in ``win`` of the template's first sample)."""
+    n = tpl.shape[1]
+    windows = np.lib.stride_tricks.sliding_window_view(win, n)  # [lags, n], a view
+    x = (tpl @ windows.T).astype(np.float64)
+    cum = np.concatenate([[0.0], np.cumsum(win.astype(np.float64) ** 2)])
+    w_energy = cum[n:] - cum[: len(cum) - n]
+    w_energy = np.maximum(w_energy, 1e-3 * w_energy.max() + 1e-20)
+    rho = x / np.sqrt(t_energy[:, None] * w_energy[None])
+    lag = np.argmax(rho, axis=1)
+    return rho[np.arange(len(tpl)), lag], lag
+
+
+def run_cli(library_path: str, paths: list[str], *, as_json: bool) -> int:
+    """``emberd query FILE... --timeline [--json]``: one report per file on stdout.
+
+    Returns the exit status: 0 all files answered, 1 some could not be read (each named
+    on stderr), 2 none could.
+    """
+    import json
+    import sys
+
+    from emberd.library.query import Library
+
+    library = Library.open(library_path)
+    try:
+        tl = Timeline(library)
+        failed = 0
+        for path in paths:
+            try:
+                res = tl.run(path)
+            except EmberdError as exc:
+                failed += 1
+                why = str(exc) if str(exc).startswith(str(path)) else f"{path}: {exc}"
+                print(f"emberd query: {why}", file=sys.stderr, flush=True)
+                continue
+            record: dict[str, Any] = {"query": str(path), "duration_s": round(res.duration_s, 3),
+                                      "onsets": res.onsets,
+                                      "timeline": [e.record() for e in res.entries]}
+            if res.reason is not None:
+                record["reason"] = res.reason
+            print(json.dumps(record) if as_json else format_text(record), flush=True)
+    finally:
+        library.close()
+    if failed == len(paths):
+        return 2
+    return 1 if failed else 0
+
+
+def format_text(record: dict[str, Any]) -> str:
+    """A timeline record as a human-readable block."""
+    lines = [f"{record['query']} ({record['duration_s']:.1f} s, {len(record['timeline'])} "
+             f"occurrences)"]
+    if "reason" in record:
+        lines.append(f"  none: {record['reason']}")
+    for e in record["timeline"]:
+        m, s = divmod(e["start_s"], 60.0)
+        lines.append(f"  {int(m):2d}:{s:06.3f}  x{e['speed']:.3f} ({e['semitones']:+.2f} st) "
+                     f"{e['gain_db']:+6.1f} dB  conf {e['confidence']:.2f} {e['kind']:7s} "
+                     f"{e['path']}")
+    return "\n".join(lines)
