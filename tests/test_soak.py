@@ -8,7 +8,8 @@ reload every 2 s, and an OSC fuzzer at 300 messages/s. The DSP baseline encoder 
 it short (the hit ladder, which names the hits, does not use the encoder).
 
 Asserted: behaviour only, never timing. Nothing crashed and every client stayed
-connected; the daemon's open fds did not grow; its RSS grew by less than
+connected; the daemon's open fds did not grow (but for about one per input reconnection:
+the stream a stall leaves open by design); its RSS grew by less than
 RSS_GROWTH_BOUND_MIB; every drop is counted (per output, and every fuzzed datagram is
 rejected or a kernel drop); hits were published on every transport and named the
 played files. Needs jackd, JACK-Client, chromium + chromedriver, selenium and
@@ -45,11 +46,16 @@ def test_session_soak_short(tmp_path: Path) -> None:
     assert panel_counts and panel_counts[-1] > panel_counts[0], panel_counts  # still updating
     # No fd growth (lowest count in the first vs the last quarter: a connection or a file
     # open for a moment is not a leak), bounded RSS growth (medians of the same quarters).
-    assert r["fd_growth"] <= 0, r["proc_samples"]["daemon"]
+    # A reconnection after an input stall (a starved server) keeps the old stream open by
+    # design (emberd/dsp/device.py: it may be wedged); measured on a paused jackd: 38 -> 40,
+    # 40, 41 fds after 1, 2, 3 reconnections. Without a stall: no growth at all.
+    reconnects = r["input_reconnects"]
+    allowed = reconnects + 1 if reconnects else 0
+    assert r["fd_growth"] <= allowed, (reconnects, r["proc_samples"]["daemon"])
     assert r["rss_growth_mib"] <= RSS_GROWTH_BOUND_MIB, r["proc_samples"]["daemon"]
     # Every drop counted: per output, the total is its parts; each fuzzed datagram was
     # refused and counted (or dropped by the kernel, read from /proc); the flood was
-    # rate-limited; control requests were answered.
+    # rate-limited.
     outs = r["outputs"]
     assert set(outs) >= {"osc", "zmq", "midi"}, outs
     for name, o in outs.items():
@@ -59,8 +65,12 @@ def test_session_soak_short(tmp_path: Path) -> None:
     fz = r["fuzzer"]
     assert fz["sent"] > 0 and fz["counted"] + fz["kernel_drops"] == fz["sent"], fz
     assert r["rate_limited_osc"] > 0, summary
-    assert r["control_replies"] and all(k.endswith(" ok") for k in r["control_replies"]), (
-        r["control_replies"])  # fmt: skip
+    # Every control request got a reply (a starved worker may answer "no answer from the
+    # worker within ..."; never silence), and each command succeeded at least once.
+    replies = r["control_replies"]
+    assert not any(k.endswith("no reply") for k in replies), replies
+    assert {k.split()[0] for k in replies if k.endswith(" ok")} == {"set_k", "capture",
+                                                                    "reload"}, replies
     # Hits published on every transport and named.
     assert r["zmq_subscriber"]["kinds"].get("hit", 0) > 0, r["zmq_subscriber"]
     assert all(n > 0 for n in r["osc_datagrams_received"]), summary

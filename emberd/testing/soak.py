@@ -613,6 +613,11 @@ def run(cfg: SoakConfig) -> dict[str, Any]:
             "latency_p50_ms": st1.get("latency_p50_ms"),
             "latency_p99_ms": st1.get("latency_p99_ms"),
             "rate_limited_osc": int(st1.get("rate_limited_osc", 0)),
+            # input stalls (no audio for 0.5 s: a starved server) and reconnections in the
+            # run; each reconnection keeps the old stream open by design (it may be wedged)
+            "input_stalls": int(st1.get("input_stalls", 0)) - int(st0.get("input_stalls", 0)),
+            "input_reconnects": int(st1.get("input_reconnects", 0))
+            - int(st0.get("input_reconnects", 0)),
         })  # fmt: skip
         results["fuzzer"] = {"sent": fuzzer.sent, "counted": fuzzer.counted,
                              "kernel_drops": fuzzer.kernel_drops,
