@@ -120,10 +120,10 @@ def main(argv: list[str] | None = None) -> int:
     cl_names = ("share", "rho_vote", "log_window")
     w_ex = _fit(features(tune, ex_names), np.array([r["exact_ok"] for r in tune], float))
     w_cl = _fit(features(tune, cl_names), np.array([r["class_ok"] for r in tune], float))
-    exact_w = {"bias": round(w_ex[0], 4), **{k: round(v, 4) for k, v in zip(ex_names, w_ex[1:],
-                                                                             strict=True)}}
-    class_w = {"bias": round(w_cl[0], 4), "share": round(w_cl[1], 4), "rho": round(w_cl[2], 4),
-               "log_window": round(w_cl[3], 4)}  # fmt: skip
+    exact_w = {"bias": round(float(w_ex[0]), 4),
+               **{k: round(float(v), 4) for k, v in zip(ex_names, w_ex[1:], strict=True)}}
+    class_w = {"bias": round(float(w_cl[0]), 4), "share": round(float(w_cl[1]), 4),
+               "rho": round(float(w_cl[2]), 4), "log_window": round(float(w_cl[3]), 4)}
     print(f"tuning answers {len(tune)}, test answers {len(test)}")
     held_tune = np.array([not r["in_library"] for r in tune])
     p_tune = 1.0 / (1.0 + np.exp(-np.clip(features(tune, ex_names) @ w_ex, -50, 50)))

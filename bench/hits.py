@@ -319,7 +319,16 @@ def score(
                 else:
                     cls_right = file_class.get(top["path"]) == t.cls
                     calib.append((float(top["confidence"]), cls_right))
+        wait = [float(h["capture_time"]) - float(h["onset_time"]) for _, d in paired
+                if (h := d.get(st)) is not None and "capture_time" in h]
+        work = [float(h["publish_time"]) - float(h["capture_time"]) for _, d in paired
+                if (h := d.get(st)) is not None and "publish_time" in h]
         out[st] = {
+            # onset -> the newest sample the stage used (audio waited for), and that sample's
+            # capture -> publish (wake-ups, hand-offs, compute): where the latency goes
+            "wait_ms_p90": float(np.percentile(wait, 90)) * 1000.0 if wait else float("nan"),
+            "work_ms_p50": float(np.percentile(work, 50)) * 1000.0 if work else float("nan"),
+            "work_ms_p90": float(np.percentile(work, 90)) * 1000.0 if work else float("nan"),
             "top1": float(np.mean(ok)) if ok else float("nan"),
             "strict": float(np.mean(strict)) if strict else float("nan"),
             "n": len(ok),
@@ -328,6 +337,16 @@ def score(
             "ms_p50": float(np.percentile(lat, 50)) if lat else float("nan"),
             "ms_p90": float(np.percentile(lat, 90)) if lat else float("nan"),
         }
+    # The same hits at two stages: the final answer must not lose what refined150 had.
+    lost = won = 0
+    for t, det in paired:
+        a, b = det.get("refined150"), det.get("final")
+        if t.in_library and a is not None and b is not None and a["matches"] and b["matches"]:
+            ra = copies.get(a["matches"][0]["path"]) == copies.get(t.path, t.path)
+            rb = copies.get(b["matches"][0]["path"]) == copies.get(t.path, t.path)
+            lost += ra and not rb
+            won += rb and not ra
+    out["final_lost"], out["final_won"] = lost, won
     out["exact_claims_held_out"] = exact_claims_held
     out["ece"] = ece(calib)
     return out
@@ -597,6 +616,7 @@ def align_jack(rec: Recorder, perf: Performance) -> list[dict[str, Any]]:
 STRESS_CHANNELS = 4
 STRESS_RATE_HZ = 16.0  # hits per second per channel
 STRESS_S = 30.0
+HOP_MS = 1000.0 * 1024 / DAEMON_SR  # the daemon's hop (aiSFX: 4 mel frames of 256 samples)
 
 
 def stress(lib_path: Path, work: Path, model: str, samples: list[tuple[str, str]],
@@ -642,7 +662,9 @@ def stress(lib_path: Path, work: Path, model: str, samples: list[tuple[str, str]
     return {
         "expected": expected, "hits": len(prov), "skipped_hops": st.get("skipped_hops"),
         "dropped_hops": st.get("dropped_hops"), "overflows": st.get("overflows"),
-        "hop_p99_ms": st.get("latency_p99_ms"),
+        "hop_p99_ms": st.get("latency_p99_ms"), "inference_ms": st.get("inference_ms"),
+        "hop_work_ms": st.get("hop_work_ms"), "hit_stage_ms": st.get("hit_stage_ms"),
+        "hops": st.get("hops"),
         "prov_p50": float(np.percentile(prov, 50)) if prov else float("nan"),
         "prov_p90": float(np.percentile(prov, 90)) if prov else float("nan"),
         "final_p90": float(np.percentile(fin, 90)) if fin else float("nan"),
@@ -694,7 +716,11 @@ def report(name: str, s: dict[str, Any]) -> None:
         r = s[st]
         print(f"    {st:12s} top1 {fmt(r['top1'])} (strict {fmt(r['strict'])}, n {r['n']})  "
               f"held-out instrument {fmt(r['held_out_instrument'])} (n {r['held_out_n']})  "
-              f"onset->publish p50 {r['ms_p50']:.1f} ms p90 {r['ms_p90']:.1f} ms")  # fmt: skip
+              f"onset->publish p50 {r['ms_p50']:.1f} ms p90 {r['ms_p90']:.1f} ms "
+              f"(audio wait p90 {r['wait_ms_p90']:.1f} ms, capture->publish p50 "
+              f"{r['work_ms_p50']:.1f} p90 {r['work_ms_p90']:.1f} ms)")  # fmt: skip
+    print(f"    the same hits at refined150 and final: final right where refined150 was wrong "
+          f"{s['final_won']}, wrong where it was right {s['final_lost']}")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -728,7 +754,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"{r['skipped_hops']}, dropped hops {r['dropped_hops']}, overflows "
                   f"{r['overflows']}, hop latency p99 {r['hop_p99_ms']} ms, provisional p50 "
                   f"{r['prov_p50']:.1f} ms p90 {r['prov_p90']:.1f} ms, final p90 "
-                  f"{r['final_p90']:.1f} ms")  # fmt: skip
+                  f"{r['final_p90']:.1f} ms; per hop (p50, 4 channels): encoder "
+                  f"{r['inference_ms']} ms, whole hop {r['hop_work_ms']} ms of a "
+                  f"{HOP_MS:.1f} ms hop; per hit stage {r['hit_stage_ms']} ms")  # fmt: skip
         args.no_jack = True  # then the file-input run, as without --stress
     lib_samples = labelled(TEST_KITS)
     with Library.open(lib_path) as lib:
@@ -757,6 +785,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         rec = run_file(lib_path, wav, work, args.model, duration)
         results["file"] = score(perf, rec.hits, rec.matches, copies, file_class, rec.window_s)
+        (work / "hits.json").write_text(json.dumps(rec.hits))
         report("file input, real-time pace", results["file"])
     if not args.no_jack and not args.offline:
         import soxr
@@ -778,6 +807,7 @@ def main(argv: list[str] | None = None) -> int:
           f"p90 {b['ms_p90']:.1f} ms")  # fmt: skip
     f = results["file"]
     (work / "results.json").write_text(json.dumps({**results, "baseline": b}, indent=1))
+    print(f"  raw hit messages and results: {work}")
     print(f"provisional_ms_p50={f['provisional']['ms_p50']:.1f} "
           f"provisional_top1={f['provisional']['top1']:.3f} "
           f"final_ms_p50={f['final']['ms_p50']:.1f} final_top1={f['final']['top1']:.3f} "

@@ -3,7 +3,8 @@
 A private JACK server with the dummy backend (no hardware) runs under a unique name.
 The daemon (``emberd run --input default``, a child process) opens PortAudio's JACK
 device; this test plays library samples into the server with a JACK-Client player
-whose output port is connected to PortAudio's input port, and checks that the daemon
+(:class:`emberd.testing.harness.JackPlayer`) whose output port is connected to
+PortAudio's input port, and checks that the daemon
 publishes each sample as top-1 for audio captured within 1 s of the sample's onset.
 The 1 s is measured on the audio's own capture timestamps, not on how fast the
 machine answers.
@@ -12,20 +13,24 @@ machine answers.
 from __future__ import annotations
 
 import signal
-import threading
-import time
 import uuid
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 import soundfile as sf
 from conftest import require
 
 from emberd.clients import wire
 from emberd.testing import smalllib
-from emberd.testing.harness import Daemon, jack_available, start_jackd, stop_process, wait_for
+from emberd.testing.harness import (
+    Daemon,
+    JackPlayer,
+    jack_available,
+    start_jackd,
+    stop_process,
+    wait_for,
+)
 
 MODEL = smalllib.FAST_MODEL
 ONSET_WINDOW_S = 1.0  # the sample must be top-1 for audio within this long after its onset
@@ -44,43 +49,6 @@ def library(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path]]
     return lib, files
 
 
-class Player:
-    """A JACK client with one output port that plays a buffer when triggered."""
-
-    def __init__(self, jack: Any, server: str) -> None:
-        self.client = jack.Client(f"emberd-test-player-{uuid.uuid4().hex[:6]}",
-                                  servername=server, no_start_server=True)  # fmt: skip
-        self.port = self.client.outports.register("out")
-        self.data = np.zeros(0, np.float32)
-        self.pos = -1
-        self.onset: float | None = None
-        self.played = threading.Event()
-        self.client.set_process_callback(self._process)
-        self.client.activate()
-
-    def _process(self, frames: int) -> None:
-        out = self.port.get_array()
-        out[:] = 0.0
-        if 0 <= self.pos < self.data.size:
-            if self.pos == 0:
-                self.onset = time.time()  # this cycle carries the first sample
-            n = min(frames, self.data.size - self.pos)
-            out[:n] = self.data[self.pos : self.pos + n]
-            self.pos += n
-            if self.pos >= self.data.size:
-                self.played.set()
-
-    def play(self, data: np.ndarray) -> None:
-        self.played.clear()
-        self.onset = None
-        self.data = np.ascontiguousarray(data, np.float32)
-        self.pos = 0
-
-    def close(self) -> None:
-        self.client.deactivate()
-        self.client.close()
-
-
 def test_jack_capture_publishes_played_sample_as_top1(
     library: tuple[Path, list[Path]], tmp_path: Path
 ) -> None:
@@ -97,7 +65,7 @@ def test_jack_capture_publishes_played_sample_as_top1(
     jackd = start_jackd(server, rate=44100, period=256, log_path=tmp_path / "jackd.log")
     env = {"JACK_DEFAULT_SERVER": server, "JACK_NO_START_SERVER": "1"}
     ctx: Any = zmq.Context()
-    player: Player | None = None
+    player: JackPlayer | None = None
     daemon = Daemon(["--library", str(lib), "--model", MODEL, "--input", "default",
                      "--channels", "0", "--device", "cpu"],
                     tmp_path / "daemon.log", env=env, osc_in=False)  # fmt: skip
@@ -111,19 +79,16 @@ def test_jack_capture_publishes_played_sample_as_top1(
         sub.setsockopt(zmq.SUBSCRIBE, b"match.0")
         sub.connect(daemon.pub)
         sub.recv_multipart()  # subscription live: hops are flowing
-        player = Player(jack, server)
-        targets = [p for p in player.client.get_ports(is_audio=True, is_input=True)
-                   if not p.name.startswith("system:")]  # PortAudio's capture port(s)
-        assert targets, [p.name for p in player.client.get_ports()]
-        for t in targets:
-            player.client.connect(player.port, t)
+        player = JackPlayer(jack, server=server)
+        connected = player.connect_capture()  # PortAudio's capture port(s)
+        assert connected, [p.name for p in player.client.get_ports()]
         for pick in (0, 4, 9):  # a kick, a snare, a pad
             sample = files[pick]
             data, sr = sf.read(sample, dtype="float32")
             assert sr == 44100
             player.play(data)
             assert player.played.wait(30), "the JACK player did not run"
-            onset = player.onset
+            onset = player.onset_time
             assert onset is not None
             tops: list[str] = []
             while True:

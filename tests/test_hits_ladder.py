@@ -132,6 +132,77 @@ def test_sound_not_in_library_is_never_exact(library: Any) -> None:
     assert all(r.matches for r in results)  # a near answer, labelled as one
 
 
+def test_sound_not_in_library_gets_a_library_sound_of_its_instrument(library: Any) -> None:
+    """Sounds of another seed (not in the library): the final answer is a library sound of
+    the played instrument, chosen by the class model fitted on the library's sounds."""
+    from emberd.library.hitindex import file_class
+
+    lib_path, _files, others = library
+    picks = [p for p in others if file_class(str(p)) in ("kick", "snare", "closed_hat")]
+    parts = [(p, 0.5 + 0.6 * i, -6.0 * (i % 3)) for i, p in enumerate(picks)]
+    y, _ = _perform(parts, 0.5 + 0.6 * len(picks) + 0.5)
+    ladder, lib = _ladder(lib_path)
+    assert ladder.index is not None and ladder.index.class_model is not None
+    with lib:
+        hits = _by_hit(_run(ladder, y))
+    assert sorted(hits) == list(range(len(picks)))
+    named = [(file_class(str(p)), hits[i][-1].matches[0]["class"]) for i, p in enumerate(picks)]
+    assert all(a == b for a, b in named), named
+
+
+def test_hit_thread_reads_the_ring_itself(library: Any) -> None:
+    """The hit thread answers from the ring with no worker reading it (so it never waits
+    for a worker busy in a hop's encoder): every hit, every stage, the right file, and the
+    ring's consumer position untouched."""
+    import time
+
+    from emberd.daemon.feed import FeederInput, array_blocks
+    from emberd.daemon.hits import HitThread
+
+    lib_path, files, _ = library
+    picks = [files[0], files[3], files[6]]
+    y, _ = _perform([(p, 0.3 + 0.5 * i, -6.0) for i, p in enumerate(picks)], 2.0)
+    source = FeederInput(array_blocks(y[:, None]), sr=SR, channels=1, pace="realtime",
+                         loop=False, description="test")  # fmt: skip
+    out: list[HitResult] = []
+    ladder, lib = _ladder(lib_path)
+    with lib:
+        thread = HitThread(ladder, [type("Sink", (), {"put": staticmethod(out.append)})()],
+                           source=source, channel_index=[0], realtime=True)  # fmt: skip
+        thread.start()
+        source.start()
+        deadline = time.monotonic() + 30.0
+        while not source.finished and time.monotonic() < deadline:
+            time.sleep(0.05)
+        thread.flush()
+        thread.stop()
+        thread.join(5)
+    assert source.ring.total_read == 0 and thread.lost_frames == 0
+    hits = _by_hit(out)
+    assert sorted(hits) == [0, 1, 2]
+    for i, stages in hits.items():
+        assert [r.stage for r in stages] == ["provisional", "refined", "refined", "final"]
+        assert Path(stages[-1].matches[0]["path"]) == picks[i].resolve()
+
+
+def test_later_stages_stop_where_a_quiet_hit_sinks_into_the_noise(library: Any) -> None:
+    """A loud kick is compared over all 245 ms; the same kick 30 dB quieter only while it
+    stands above the -50 dBFS floor (its decay is noise after that), and every stage of
+    both names it."""
+    lib_path, files, _ = library
+    parts = [(files[0], 0.5, 0.0), (files[0], 1.5, -30.0)]
+    y, _ = _perform(parts, 2.5)
+    ladder, lib = _ladder(lib_path)
+    with lib:
+        hits = _by_hit(_run(ladder, y))
+    assert sorted(hits) == [0, 1]
+    loud, quiet = hits[0], hits[1]
+    assert loud[-1].window_ms > 240.0
+    assert quiet[-1].window_ms < 0.8 * loud[-1].window_ms, [r.window_ms for r in quiet]
+    for r in loud + quiet:
+        assert Path(r.matches[0]["path"]) == files[0].resolve(), (r.stage, r.matches[0])
+
+
 @pytest.mark.parametrize("second, gain_db, gap_s", [(6, -22.0, 0.12), (2, -24.0, 0.12),
                                                     (1, -26.0, 0.2)], ids=["hat", "kick", "kick2"])
 def test_quiet_hit_over_a_known_tail_is_found_and_named(

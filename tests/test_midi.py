@@ -1,15 +1,16 @@
 """MIDI out (``--midi``): note choice, velocity, one note per hit, through a real JACK server.
 
 The JACK tests run a private JACK server with the dummy backend and a JACK-Client
-recorder with a MIDI input port that the daemon's ``emberd-midi:out`` is connected to;
-every MIDI event is recorded with its JACK frame time.
+recorder (:class:`emberd.testing.harness.MidiRecorder`) with a MIDI input port that the
+daemon's ``emberd-midi:out`` is connected to; every MIDI event is recorded with its JACK
+frame time, and the player (:class:`emberd.testing.harness.JackPlayer`) records the
+frame time of the sample's first frame.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import threading
 import uuid
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,14 @@ from emberd.daemon.publish_midi import GM_DRUM_NOTES, NoteMap, load_map, velocit
 from emberd.daemon.status import DaemonStats
 from emberd.errors import EmberdError
 from emberd.testing import plugpkgs
-from emberd.testing.harness import jack_available, start_jackd, stop_process, wait_for
+from emberd.testing.harness import (
+    JackPlayer,
+    MidiRecorder,
+    jack_available,
+    start_jackd,
+    stop_process,
+    wait_for,
+)
 
 # A Python process callback late on a loaded machine loses its cycle's events; 23 ms
 # periods keep the recorder and the sink in time on a shared 2-core box.
@@ -62,37 +70,6 @@ def test_note_lookup_order(tmp_path: Path) -> None:
     m.write_text(json.dumps({"notes": {"kick": 300}}))
     with pytest.raises(EmberdError, match=r"0\.\.127"):
         load_map(str(m))
-
-
-class MidiRecorder:
-    """A JACK client recording every MIDI event on its input port with its frame time."""
-
-    def __init__(self, jack: Any) -> None:
-        self.client = jack.Client(f"midi-rec-{uuid.uuid4().hex[:6]}", no_start_server=True)
-        self.port = self.client.midi_inports.register("in")
-        self.events: list[tuple[int, bytes]] = []
-        self.lock = threading.Lock()
-        self.client.set_process_callback(self._process)
-        self.client.activate()
-
-    def _process(self, frames: int) -> None:
-        start = self.client.last_frame_time
-        for offset, data in self.port.incoming_midi_events():
-            with self.lock:
-                self.events.append((start + offset, bytes(data)))
-
-    def notes_on(self) -> list[tuple[int, int, int, int]]:
-        """``(frame, status, note, velocity)`` of the note-ons received so far."""
-        with self.lock:
-            return [(f, d[0], d[1], d[2]) for f, d in self.events if d[0] & 0xF0 == 0x90]
-
-    def notes_off(self) -> list[tuple[int, int]]:
-        with self.lock:
-            return [(f, d[1]) for f, d in self.events if d[0] & 0xF0 == 0x80]
-
-    def close(self) -> None:
-        self.client.deactivate()
-        self.client.close()
 
 
 @pytest.fixture()
@@ -172,44 +149,6 @@ def test_midi_without_jack_server_is_one_line(monkeypatch: pytest.MonkeyPatch) -
     assert os.environ["JACK_NO_START_SERVER"] == "1"
 
 
-class OneShotPlayer:
-    """A JACK client playing a buffer into PortAudio's capture port; records the JACK
-    frame time of the cycle that carries the buffer's first sample."""
-
-    def __init__(self, jack: Any) -> None:
-        self.client = jack.Client(f"midi-player-{uuid.uuid4().hex[:6]}", no_start_server=True)
-        self.port = self.client.outports.register("out")
-        self.data: Any = None
-        self.pos = -1
-        self.onset_frame: int | None = None
-        self.played = threading.Event()
-        self.client.set_process_callback(self._process)
-        self.client.activate()
-
-    def _process(self, frames: int) -> None:
-        out = self.port.get_array()
-        out[:] = 0.0
-        if self.data is not None and 0 <= self.pos < self.data.size:
-            if self.pos == 0:
-                self.onset_frame = self.client.last_frame_time
-            n = min(frames, self.data.size - self.pos)
-            out[:n] = self.data[self.pos : self.pos + n]
-            self.pos += n
-            if self.pos >= self.data.size:
-                self.played.set()
-
-    def play(self, data: Any) -> None:
-        self.played.clear()
-        self.onset_frame = None
-        self.pos = -1
-        self.data = data
-        self.pos = 0
-
-    def close(self) -> None:
-        self.client.deactivate()
-        self.client.close()
-
-
 def _hydrogen_sounds(root: Path, kits: Path) -> list[Path]:
     """Kick, snare, closed hat and two more of each from one hydrogen kit, as 44.1 kHz mono
     WAVs in folders named after the instrument (the folder is the tag the note comes from)."""
@@ -266,7 +205,7 @@ def test_daemon_sends_the_hits_note_over_jack_midi(
     # runs this module before test_plugins, which installs it too)
     plugpkgs.install(["emberd-ndjson-sink"])
     rec = MidiRecorder(jack_server)
-    player: OneShotPlayer | None = None
+    player: JackPlayer | None = None
     env = {"JACK_DEFAULT_SERVER": os.environ["JACK_DEFAULT_SERVER"], "JACK_NO_START_SERVER": "1"}
     daemon = Daemon(["--library", str(lib), "--model", smalllib.FAST_MODEL, "--input",
                      "default", "--channels", "0", "--device", "cpu", "--midi",
@@ -279,12 +218,9 @@ def test_daemon_sends_the_hits_note_over_jack_midi(
         daemon.start()
         wait_for(lambda: "JACK" in daemon.status()["input"], 30, what="the JACK device")
         wait_for(lambda: daemon.status()["hops"] > 20, 30, what="hops from JACK")
-        player = OneShotPlayer(jack_server)
-        targets = [p for p in player.client.get_ports(is_audio=True, is_input=True)
-                   if not p.name.startswith("system:")]  # PortAudio's capture port(s)
-        assert targets, [p.name for p in player.client.get_ports()]
-        for t in targets:
-            player.client.connect(player.port, t)
+        player = JackPlayer(jack_server)
+        connected = player.connect_capture()  # PortAudio's capture port(s)
+        assert connected, [p.name for p in player.client.get_ports()]
         sr = rec.client.samplerate
         expected = []
         for path in played:

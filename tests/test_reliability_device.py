@@ -66,6 +66,15 @@ def library(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return smalllib.build_library(tmp_path_factory.mktemp("devlib"), per_folder=2)
 
 
+def _sigterm_exits_cleanly(d: Daemon) -> None:
+    """SIGTERM: the daemon exits 0 within 30 s, with no traceback."""
+    d.signal(signal.SIGTERM)
+    assert d.proc is not None
+    rc = d.proc.wait(30)
+    assert rc == 0, d.log_tail()
+    assert "Traceback" not in d.log_tail()
+
+
 def test_server_killed_detected_reported_reconnected(library: Path, tmp_path: Path) -> None:
     require(jack_available(), "jackd (Debian jackd2)")
     server = f"emberd-rel-{uuid.uuid4().hex[:8]}"
@@ -97,13 +106,38 @@ def test_server_killed_detected_reported_reconnected(library: Path, tmp_path: Pa
         # Stop it again and stop the daemon while stalled: it must still exit, cleanly.
         stop_process(jackd, signal.SIGTERM)
         wait_for(lambda: d.status()["input_state"] != "running", 30, what="the second stall")
-        d.signal(signal.SIGTERM)
-        assert d.proc is not None
-        rc = d.proc.wait(30)
-        assert rc == 0, d.log_tail()
-        assert "Traceback" not in d.log_tail()
+        _sigterm_exits_cleanly(d)
     finally:
         d.stop()
         inbox.close()
         if jackd.poll() is None:
             stop_process(jackd, signal.SIGTERM)
+
+
+def test_stall_on_a_live_server_then_exit_is_clean(library: Path, tmp_path: Path) -> None:
+    """The server pauses (SIGSTOP, as a starved machine does) and comes back: the daemon
+    reconnects, leaving the old stream running (PortAudio's thread still calls it). On
+    SIGTERM it must still exit 0: a left-running stream's thread calling into the
+    finalising interpreter crashed it with SIGSEGV (found by the session soak)."""
+    require(jack_available(), "jackd (Debian jackd2)")
+    server = f"emberd-rel-{uuid.uuid4().hex[:8]}"
+    jackd = start_jackd(server, log_path=tmp_path / "jackd.log")
+    env = {"JACK_DEFAULT_SERVER": server, "JACK_NO_START_SERVER": "1"}
+    d = Daemon(["--library", str(library), "--model", MODEL, "--input", "default"],
+               tmp_path / "daemon.log", env=env, osc_in=False)  # fmt: skip
+    try:
+        d.start()
+        wait_for(lambda: "JACK" in d.status()["input"], 30, what="the JACK device")
+        wait_for(lambda: d.status()["hops"] > 20, 30, what="hops from JACK")
+        jackd.send_signal(signal.SIGSTOP)
+        try:
+            wait_for(lambda: d.status()["input_stalls"] >= 1, 30, what="the stall")
+        finally:
+            jackd.send_signal(signal.SIGCONT)
+        wait_for(lambda: d.status()["input_reconnects"] >= 1, 60, what="a reconnection")
+        h = d.status()["hops"]
+        wait_for(lambda: d.status()["hops"] > h + 20, 30, what="hops after reconnecting")
+        _sigterm_exits_cleanly(d)
+    finally:
+        d.stop()
+        stop_process(jackd, signal.SIGTERM)

@@ -16,7 +16,12 @@ answer handed to the publishers the moment it exists:
    index plus the previous stage's best, ranked by onset-aligned waveform correlation
    over everything heard so far.
 3. ``final`` -- at FINAL_S (the 245 ms a snippet covers after the onset), or at once
-   when the next hit on the channel starts: the same with all of the sound.
+   when the next hit on the channel starts: the same with all of the sound, and the
+   instrument class from the index's :class:`~emberd.library.hitindex.ClassModel`.
+
+Refined and final stages compare only the part of the window where the hit stands
+AUDIBLE_MARGIN_DB above the noise floor: a quiet hit's decay sunk in the noise adds
+nothing but noise (and let a velocity layer with another decay win).
 
 Overlaps: every answered hit leaves a *sounding* entry (its file, gain and placement);
 the next hit's audio has the predicted tails of the sounds still ringing subtracted
@@ -28,16 +33,16 @@ when the calibrated probability that it is the very file played reaches
 EXACT_MIN_PROBABILITY, its correlation EXACT_MIN_RHO and its margin EXACT_MIN_MARGIN (a
 claim, once made, holds while nothing else is sure); otherwise the answer is ``similar``:
 the best-correlated file when it correlates SIMILAR_TRUST_RHO or is of the voted
-instrument class, else the best of the voted class (the vote: best-correlated candidates,
-or at the final stage the 5 nearest stored template attacks). Both
+instrument class, else the best-correlated file of the voted class (the vote: the
+best-correlated candidates, or at the final stage the class model). Both
 ``confidence`` values come from logistic models (:data:`EXACT_WEIGHTS`,
 :data:`CLASS_WEIGHTS`) fitted by ``bench/fit_hit_confidence.py`` on tuning kits and
 measured there on held-out kits.
 
-Threads: the ladder runs in :class:`HitThread` beside the worker (fed a copy of every
-drained chunk), so an answer never waits for a hop's encoder; :class:`HitResult` items are
-read-only once built. The worker reads :meth:`HitLadder.floor_db` (its level gate) and
-:meth:`HitLadder.describe` (plain numbers).
+Threads: the ladder runs in :class:`HitThread` beside the worker, reading the ring
+itself (a second reader), so an answer never waits for a hop's encoder;
+:class:`HitResult` items are read-only once built. The worker reads
+:meth:`HitLadder.floor_db` (its level gate) and :meth:`HitLadder.describe` (plain numbers).
 """
 
 from __future__ import annotations
@@ -70,18 +75,22 @@ REFINED_CANDIDATES = 32  # early-descriptor neighbours correlated at later stage
 CARRIED_CANDIDATES = 8  # best of the previous stage kept as candidates
 VOTE_CANDIDATES = 8  # best-correlated candidates voting for the instrument class (early)
 SIMILAR_TRUST_RHO = 0.5  # a near answer correlating this well is the answer, not the vote
-INSTRUMENT_S = FINAL_S  # with all of the sound, the template attack (186 ms) votes ...
-INSTRUMENT_VOTERS = 5  # ... its nearest files (5-NN: 0.67 on held-out kits, 1-NN 0.57)
+AUDIBLE_FRAME_S = 0.0116  # frames (256 samples) in which a hit is heard above the floor
+AUDIBLE_MARGIN_DB = 10.0  # ... by this much (the floor is the low end of the noise's frames)
 SOUNDING_MAX = 4  # previous sounds per channel whose tails are subtracted
 TAIL_PROBE = 220  # samples at a snippet's end (10 ms) that tell how loud its tail goes on
 TAIL_RANGE_DB = 30.0  # a tail going on within this of a hit's peak limits the hit's window
 SUBTRACT_MIN_RHO = 0.9  # ... when identified this well (a worse fit would add, not remove)
 SAME_RECORDING = 0.999  # snippets this correlated are one recording at two levels
 MAX_MATCHES = 3  # matches per hit message: the answer and two alternatives
-EXACT_MIN_PROBABILITY = 0.73  # P(exact) to claim the very file: the highest P a tuning
-# held-out-kit hit reached (0.476) plus EXACT_SAFETY in bench/fit_hit_confidence.py, and
+EXACT_MIN_PROBABILITY = 0.98  # P(exact) to claim the very file: the highest P a tuning
+# held-out-kit hit reached (0.731) plus EXACT_SAFETY in bench/fit_hit_confidence.py, and
 EXACT_MIN_RHO = 0.95  # ... the waveform must correlate this well (noise, a tail: >= 0.97)
 EXACT_MIN_MARGIN = 0.02  # ... and beat every other recording by this much
+TAP_CHUNK_FRAMES = 2048  # samples per channel the hit thread reads from the ring at most
+TAP_POLL_S = 0.0005  # sleep while the next block is due but has not arrived yet
+TAP_LATE_MAX_S = 0.002  # longest sleep while a due block is late (a third of a block)
+TAP_WAIT_MAX_S = 0.02  # longest sleep between reads (bounds the reply to flush/stop)
 FLUSH_TIMEOUT_S = 10.0  # end of input: longest wait for the hit thread to answer what it has
 GATE_MARGIN_DB = 12.0  # a window with no frame this far above the noise floor is silent
 GATE_ABSOLUTE_DB = -70.0  # dBFS RMS: a window quieter than this everywhere is silent
@@ -89,15 +98,16 @@ GATE_FRAME_S = 0.0058  # frames whose RMS the level gate compares
 LEVEL_HISTORY_S = 120.0  # frame levels kept: fast file input may run ahead of the hops
 
 #: Logistic models ``P = 1 / (1 + exp(-(bias + sum w * feature)))``, fitted by
-#: bench/fit_hit_confidence.py on the tuning kits (1770 answers; see its docstring).
+#: bench/fit_hit_confidence.py on the tuning kits (2855 answers; see its docstring).
 #: Features: ``nines`` (-log10(1 - rho) of the best waveform correlation, capped at 4),
 #: ``margin`` (rho over the best other recording), ``log_window`` (log2(samples / 128)).
 EXACT_WEIGHTS: dict[str, float] = {
-    "bias": -5.1327, "nines": 3.4102, "margin": 6.0996, "log_window": 0.3772,
+    "bias": -5.1125, "nines": 3.4447, "margin": 6.9511, "log_window": 0.4021,
 }  # fmt: skip
-#: ``share`` (the voted class's share of the vote), ``rho`` of its best candidate.
+#: ``share`` (the voted class's share of the vote; at the final stage the class model's
+#: probability), ``rho`` of its best candidate.
 CLASS_WEIGHTS: dict[str, float] = {
-    "bias": -5.3016, "share": 2.6461, "rho": 5.0907, "log_window": 0.5544,
+    "bias": -5.5948, "share": 2.9867, "rho": 5.3435, "log_window": 0.3571,
 }  # fmt: skip
 
 
@@ -130,26 +140,50 @@ class SerialPut:
 
 
 class HitThread(threading.Thread):
-    """Runs the ladder beside the worker, so a hit is answered while a hop is being encoded.
+    """Runs the ladder beside the worker, reading the audio from the ring itself.
 
-    The worker :meth:`feed` s a copy of every drained chunk (``[channels, n]``); this
-    thread pushes it through the ladder and puts each answer into ``outputs`` at once.
-    :meth:`flush` (end of input) returns once everything fed is answered; :meth:`replace`
-    swaps in the ladder of a reloaded library.
+    The worker spends most of a hop inside the encoder; a hit thread fed by it waited for
+    the hop to end before it saw the next block (the provisional answer's p90 tail). This
+    thread is the ring's *tap* (:meth:`~emberd.dsp.ring.SampleRing.peek`, its own read
+    position): it wakes when the next block is due, reads whatever arrived, selects the
+    worker's channels (``channel_index``, -1: the mix of every column), pushes them
+    through the ladder and puts each answer into ``outputs`` at once. Live, the producer
+    never waits for it (frames it falls a whole ring behind are lost and counted in
+    ``lost_frames``); with ``hold`` (fast file input) the ring keeps them for it.
+    :meth:`flush` (end of input) returns once everything written is answered;
+    :meth:`replace` swaps in the ladder of a reloaded library; while ``paused()`` the
+    audio is read and not analysed.
 
     Shared attributes (written by -> read by): ``ladder`` (this thread, on replace ->
-    worker: describe, floor_db: plain numbers).
+    worker: describe, floor_db: plain numbers); ``lost_frames`` (this thread -> status).
     """
 
-    def __init__(self, ladder: HitLadder, outputs: list[Any]) -> None:
+    def __init__(
+        self,
+        ladder: HitLadder,
+        outputs: list[Any],
+        *,
+        source: Any,
+        channel_index: list[int],
+        realtime: bool,
+        paused: Callable[[], bool] = lambda: False,
+    ) -> None:
         super().__init__(name="emberd-hits", daemon=True)
         self.ladder = ladder
         self.outputs = outputs
         self.error: BaseException | None = None
+        self.lost_frames = 0
+        self._source = source
+        self._ring = source.ring
+        self._ring.tapped = self._pos = self._ring.total_read
+        self._ring.hold_tap = not realtime
+        self._columns = list(channel_index)
+        self._realtime = realtime
+        self._paused = paused
+        self._late = 0  # polls since a due block was expected
+        self._scratch = np.zeros((TAP_CHUNK_FRAMES, self._ring.channels), np.float32)
+        self._chan = np.zeros((len(self._columns), TAP_CHUNK_FRAMES), np.float32)
         self._queue: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
-
-    def feed(self, chunk: np.ndarray) -> None:
-        self._queue.put(("audio", np.array(chunk, np.float32, copy=True)))
 
     def flush(self, timeout: float = FLUSH_TIMEOUT_S) -> None:
         done = threading.Event()
@@ -163,25 +197,67 @@ class HitThread(threading.Thread):
         self._queue.put(("stop", None))
 
     def run(self) -> None:
-        while True:
-            what, arg = self._queue.get()
+        try:
+            while True:
+                while not self._queue.empty():
+                    what, arg = self._queue.get()
+                    if what == "stop":
+                        return
+                    if what == "ladder":
+                        self.ladder = arg
+                    else:  # flush: everything written is in the ring by now
+                        try:
+                            while self._tap():
+                                pass
+                            self._hand(self.ladder.flush())
+                        finally:
+                            arg.set()
+                if not self._tap():
+                    self._wait()
+        finally:
+            self._ring.hold_tap = False  # a stopped tap must not hold the producer back
+
+    def _tap(self) -> int:
+        """Read and analyse what has arrived since the last read; return frames read."""
+        first, n = self._ring.peek(self._pos, self._scratch)
+        self.lost_frames += first - self._pos
+        self._pos = first + n
+        if n:
+            self._late = 0
             try:
-                if what == "stop":
-                    return
-                if what == "ladder":
-                    self.ladder = arg
-                elif what == "flush":
-                    self._hand(self.ladder.flush())
-                    arg.set()
-                else:
-                    for c in range(arg.shape[0]):
-                        self._hand(self.ladder.push(c, arg[c]))
+                if not self._paused():
+                    for c, col in enumerate(self._columns):
+                        x = self._chan[c, :n]
+                        if col < 0:
+                            np.mean(self._scratch[:n], axis=1, out=x)
+                        else:
+                            np.copyto(x, self._scratch[:n, col])
+                        self._hand(self.ladder.push(c, x))
             except Exception as exc:  # a bug in one hit must not end hit detection
                 if self.error is None:
                     log.exception("hit ladder failed")
                 self.error = exc
-                if what == "flush":
-                    arg.set()
+            finally:
+                self._ring.tapped = self._pos
+        return n
+
+    def _wait(self) -> None:
+        """Sleep until the next block should have arrived (live), or briefly (fast input).
+
+        A block that is late is polled for with a doubling sleep (TAP_POLL_S up to
+        TAP_LATE_MAX_S): on a loaded machine a tight poll would take the GIL from the
+        worker thousands of times a second.
+        """
+        delay = TAP_POLL_S
+        if self._realtime:
+            _pos, t_arrived = self._source.arrivals.last_arrival()
+            due = t_arrived + self._source.nominal_block_s - time.perf_counter()
+            if due > TAP_POLL_S:
+                delay, self._late = min(TAP_WAIT_MAX_S, due), 0
+            else:
+                delay = min(TAP_POLL_S * 2.0**self._late, TAP_LATE_MAX_S)
+                self._late += 1
+        time.sleep(delay)
 
     def _hand(self, results: list[HitResult]) -> None:
         for r in results:
@@ -499,6 +575,8 @@ class HitLadder:
         index = self.index
         assert index is not None
         window = min(window, SNIPPET_SAMPLES - PRE_ROLL_SAMPLES, self._usable(ch, hit))
+        if stage != "provisional":
+            window = self._audible(ch, hit, window)
         if stage == "provisional" or window < hx.EARLY_SAMPLES:
             n_desc, k = hx.ATTACK_SAMPLES, PROVISIONAL_CANDIDATES
         else:
@@ -519,18 +597,19 @@ class HitLadder:
         log_window = math.log2(max(window, 1) / 128.0)
         p_exact = _logistic(EXACT_WEIGHTS, nines=_nines(float(rho[best])), margin=margin,
                             log_window=log_window)  # fmt: skip
-        if window >= round(INSTRUMENT_S * self.sr):
-            # Enough of the sound for its template attack: vote the instrument over those.
-            audio = self._query(ch, hit, hit.onset - hx.PRE_SAMPLES, hx.PRE_SAMPLES + window)
-            t_rows, t_scores = index.instrument(audio, VOTE_CANDIDATES)
-            voted_row, share = self._vote(index, np.array(t_rows, np.int64),
-                                          np.array(t_scores), INSTRUMENT_VOTERS)  # fmt: skip
-            if voted_row is not None and voted_row not in rows.tolist():
-                rows = np.append(rows, voted_row)
-                rho = np.append(rho, 0.0)
-                gain = np.append(gain, 0.0)
-                lag = np.append(lag, 0)
-            voted = int(np.nonzero(rows == voted_row)[0][0]) if voted_row is not None else best
+        if stage == "final" and index.class_model is not None:
+            # All of the sound there will be: the instrument model names its class, and
+            # the near answer is the best-correlated library sound of that class.
+            cls, share = index.class_model.predict(self._query(ch, hit, hit.onset, window))
+            of_class = [i for i in order.tolist() if index.classes[int(rows[i])] == cls]
+            voted = of_class[0] if of_class else best
+            if not of_class:
+                more = index.candidates_of_class(desc, n_desc, REFINED_CANDIDATES, cls)
+                if len(more):
+                    r2, g2, l2 = index.correlate(seg, more, window)
+                    voted = len(rows) + int(np.argmax(r2))
+                    rows, rho = np.append(rows, more), np.append(rho, r2)
+                    gain, lag = np.append(gain, g2), np.append(lag, l2)
         else:
             voted_row, share = self._vote(index, rows[order], rho[order], VOTE_CANDIDATES)
             voted = int(np.nonzero(rows == voted_row)[0][0]) if voted_row is not None else best
@@ -597,6 +676,28 @@ class HitLadder:
             if float(np.max(np.abs(tail))) > peak * 10 ** (-TAIL_RANGE_DB / 20):
                 usable = min(usable, end - hit.onset)
         return max(usable, round(PROVISIONAL_S * self.sr))
+
+    def _audible(self, ch: _Channel, hit: _Hit, window: int) -> int:
+        """The part of ``window`` where the hit still stands above the noise floor.
+
+        A quiet hit sinks into the noise within its snippet; past that point more
+        "sound" is noise only, which lowers the right file's correlation as much as a
+        wrong one's and lets a velocity layer with another decay win. Later stages compare
+        only up to the last AUDIBLE_FRAME_S frame AUDIBLE_MARGIN_DB above the channel's
+        noise floor (after the known tails are subtracted), never less than the
+        provisional window.
+        """
+        frame = round(AUDIBLE_FRAME_S * self.sr)
+        if window < 2 * frame:
+            return window
+        x = self._query(ch, hit, hit.onset, window).astype(np.float64) ** 2
+        starts = np.arange(0, window, frame)  # the last frame may be partial: its own mean
+        level = 10.0 * np.log10(np.add.reduceat(x, starts) / np.diff([*starts, window]) + 1e-30)
+        loud = np.nonzero(level >= ch.detector.floor_db + AUDIBLE_MARGIN_DB)[0]
+        if not len(loud):
+            return round(PROVISIONAL_MAX_S * self.sr)
+        # Frames are fixed from the onset, so a longer window never ends earlier.
+        return min(window, max(int(loud[-1] + 1) * frame, round(PROVISIONAL_MAX_S * self.sr)))
 
     @staticmethod
     def _second(index: hx.HitIndex, rows: np.ndarray, rho: np.ndarray, order: np.ndarray) -> float:

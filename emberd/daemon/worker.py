@@ -6,9 +6,9 @@ callback or file/synth feeder) fills, pushes each selected channel through its o
 runs the encoder on all channels as one batch, searches the library, measures
 level/onset, and hands one :class:`HopResult` to :class:`~emberd.daemon.outputs.Outputs`
 (analysers add tags and similarity; one drop-oldest handoff per sink: it never waits
-for a transport). Every drained block also goes through the hit ladder
-(:mod:`emberd.daemon.hits`), whose answers are handed over at once; window matches of
-a hop whose whole window is at the noise floor are withheld
+for a transport). The hit ladder (:mod:`emberd.daemon.hits`) reads the same ring on
+its own thread, never waiting for a hop, and hands its answers over at once; window
+matches of a hop whose whole window is at the noise floor are withheld
 (:class:`~emberd.daemon.hits.LevelGate`).
 
 Commands from the control threads (``set_k``, ``set_model``, ``reload``, ``capture``)
@@ -21,8 +21,8 @@ Shared attributes (written by -> read by):
 * ``paused`` (worker, on ``pause``/``resume`` -> control thread for status)
 * ``k`` (worker, on ``set_k`` -> control thread for status)
 * ``hits`` the hit ladder, run by the hit thread (:class:`~emberd.daemon.hits.HitThread`,
-  fed a copy of each drained chunk; it puts HitResult items into the same handoffs, every
-  put serialised by one lock); the worker reads its level gate and counters
+  which reads the ring itself as its second reader; it puts HitResult items into the same
+  handoffs, every put serialised by one lock); the worker reads its level gate and counters
 * ``engine`` (worker, on ``set_model`` -> control thread for status)
 * ``done`` event (worker at end of input -> app)
 * ``stats`` counters (see :class:`~emberd.daemon.status.DaemonStats`)
@@ -212,7 +212,11 @@ class Worker(threading.Thread):
             self.library = self._open_library()
             self.hits = self._hit_ladder(self.library)
             if self.hits is not None:
-                self._hit_thread = HitThread(self.hits, self.handoffs)
+                self._hit_thread = HitThread(
+                    self.hits, self.handoffs, source=self.source,
+                    channel_index=self.channel_index, realtime=self.realtime,
+                    paused=lambda: self.paused,
+                )  # fmt: skip
                 self._hit_thread.start()
         except BaseException as exc:  # reported by the app as a one-line error
             self.error = exc
@@ -273,8 +277,6 @@ class Worker(threading.Thread):
         pos, t_arrived = self.source.arrivals.last_arrival()
         need = self._hop_sample_end(self._next_hop_frame)
         due = t_arrived + max(0, need - pos) / self.source.sr
-        if self.hits is not None:  # hits are answered per block: wake for the next one
-            due = min(due, t_arrived + self.source.nominal_block_s)
         delay = due - time.perf_counter()
         time.sleep(min(WAIT_MAX_S, delay) if delay > WAIT_POLL_S else WAIT_POLL_S)
 
@@ -294,8 +296,6 @@ class Worker(threading.Thread):
             self._peak[c] = max(self._peak[c], float(np.max(np.abs(x))))
             fronts[c].push(x)
             self._gate.push(c, x)
-        if self._hit_thread is not None and not self.paused and not padding:
-            self._hit_thread.feed(self._chan[:, :n])
         self._count += n
         t_first = self.source.clock.time_of(self._read_pos)
         updates = [] if padding else self.mixdown.push(self._chan[:, :n], t_first)

@@ -162,14 +162,32 @@ def resolve_input_device(device: int | str | None) -> DeviceInfo:
     return found[0]
 
 
+_left_running: list[bool] = []  # one entry once a stream was left running (any thread)
+
+
 def forget_portaudio_at_exit() -> None:
-    """Stop sounddevice from calling ``Pa_Terminate`` at exit (it blocks on a wedged stream)."""
+    """Stop sounddevice from calling ``Pa_Terminate`` at exit (it blocks on a wedged stream).
+
+    Called when a stream is left running (detached, or too slow to stop): see
+    :func:`streams_left_running`.
+    """
     import atexit
 
+    _left_running.append(True)
     sd = sys.modules.get("sounddevice")
     handler = getattr(sd, "_exit_handler", None)
     if handler is not None:
         atexit.unregister(handler)
+
+
+def streams_left_running() -> bool:
+    """True when this process left a PortAudio stream running (:func:`forget_portaudio_at_exit`).
+
+    Its callback thread keeps calling into Python; during interpreter finalisation that
+    crashes the process (SIGSEGV after a stall-and-reconnect, seen in the session soak), so
+    a process for which this is True must end with ``os._exit`` once its work is flushed.
+    """
+    return bool(_left_running)
 
 
 def device_channels(device: int | str | None, spec: str) -> int:

@@ -43,6 +43,11 @@ class SampleRing:
 
     * ``_written`` total frames ever written (producer -> consumer)
     * ``_read`` total frames ever read (consumer -> producer)
+    * ``tapped`` position of a second reader, the *tap* (tap thread -> producer, only
+      while ``hold_tap``): :meth:`peek` reads without consuming; live, the producer never
+      waits for it (a tap that falls a whole ring behind loses frames, see :meth:`peek`);
+      with ``hold_tap`` (a file fed as fast as it is analysed) :attr:`free` counts the
+      tap's unread frames too, so a paced producer waits for both readers
     * ``overflow_frames`` frames dropped because the ring was full (producer -> anyone)
     * ``nonfinite_samples`` NaN/Inf samples zeroed on write (producer -> anyone)
     """
@@ -56,6 +61,8 @@ class SampleRing:
         self._read = 0
         self.overflow_frames = 0
         self.nonfinite_samples = 0
+        self.tapped = 0
+        self.hold_tap = False
 
     @property
     def available(self) -> int:
@@ -65,7 +72,8 @@ class SampleRing:
     @property
     def free(self) -> int:
         """Frames that can be written without overflow."""
-        return self.capacity - (self._written - self._read)
+        oldest = min(self._read, self.tapped) if self.hold_tap else self._read
+        return self.capacity - (self._written - oldest)
 
     @property
     def total_written(self) -> int:
@@ -136,6 +144,38 @@ class SampleRing:
                 dst[first:n] = self._buf[: n - first]
             self._read += n  # release the slots only after the copy
         return n
+
+
+    def peek(self, start: int, out: np.ndarray) -> tuple[int, int]:
+        """Copy frames from absolute position ``start`` into ``out`` without consuming them.
+
+        The tap's read: the consumer's position and the producer are untouched. Frames
+        the producer has overwritten already (a tap a whole ring behind) are skipped.
+
+        Returns
+        -------
+        first, n : int
+            ``out[:n]`` holds frames ``first .. first + n``; ``first - start`` frames
+            were lost. Set :attr:`tapped` to ``first + n`` when done with them.
+        """
+        dst = out.reshape(-1, 1) if out.ndim == 1 else out
+        written = self._written
+        first = max(start, written - self.capacity)
+        n = min(dst.shape[0], written - first)
+        if n <= 0:
+            return first, 0
+        at = first % self.capacity
+        head = min(n, self.capacity - at)
+        dst[:head] = self._buf[at : at + head]
+        if n > head:
+            dst[head:n] = self._buf[: n - head]
+        # The producer may have lapped the copy: drop what it overwrote meanwhile.
+        gone = max(0, self._written - self.capacity - first)
+        if gone >= n:
+            return first + n, 0
+        if gone:
+            dst[: n - gone] = dst[gone:n].copy()
+        return first + gone, n - gone
 
 
 class FrameRing:

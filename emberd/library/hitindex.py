@@ -15,7 +15,9 @@ for that:
   product up to EXACT_MAX_ITEMS items, an in-memory Annoy forest beyond -- so the
   candidates for a hit come from an index, never from a scan of every waveform;
 * each file's instrument class (:mod:`emberd.library.classes`: the kit's
-  ``drumkit.xml`` when the folder has one, else the file and folder names).
+  ``drumkit.xml`` when the folder has one, else the file and folder names), and a
+  :class:`ClassModel` fitted on them at load time: the class of a sound that is not in
+  the library, from its attack and decay (log-band energies in growing frames).
 
 :meth:`HitIndex.correlate` then gives, per candidate, the best normalised
 cross-correlation of the query's onset-aligned waveform with the candidate's snippet
@@ -29,6 +31,7 @@ The index keeps 11 KB per file (int16 snippets) plus 4 descriptor pairs of 180 f
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -57,6 +60,17 @@ ALIGN_SHIFTS = (-48, -16, 16, 48)  # onset offsets (samples) each file is indexe
 COARSE_SAMPLES = 512  # lags are searched over this much of the sound (23 ms) ...
 FINE_LAGS = 2  # ... then the whole window is compared at the best lag +-this
 FINE_TOP = 8  # ... for the best-correlated candidates only
+CLASS_EDGES = (0, 64, 128, 256, 512, 1024, 2048, 3072, 4096, 5401)  # frames of the class
+# features: short at the attack, long in the decay (samples after the onset, <= 245 ms)
+CLASS_BANDS = 24  # log-spaced bands CLASS_FMIN_HZ..CLASS_FMAX_HZ per frame
+CLASS_FMIN_HZ = 40.0
+CLASS_FMAX_HZ = 11000.0
+CLASS_NFFT = 512
+CLASS_RANGE_DB = 40.0  # cells more than this below the loudest are clipped (noise, gain)
+CLASS_L2 = 0.03  # ridge on the standardised features (chosen on the tuning kits)
+CLASS_NOISE_DB = (29.0, 49.0)  # training copies: peak-to-noise ratios of a live hit
+CLASS_COPIES = 2  # noisy copies per library sound (seeded: the same model every load)
+CLASS_POOL = 256  # nearest attacks searched for the files of one class
 EXACT_MAX_ITEMS = 50_000  # descriptor items searched by one matrix product; Annoy beyond
 ANNOY_TREES = 16
 
@@ -101,6 +115,103 @@ def descriptors(segments: np.ndarray, n_samples: int) -> np.ndarray:
     flat = db.reshape(len(seg), -1)
     flat = np.maximum(flat, flat.max(axis=1, keepdims=True) - DESC_RANGE_DB)
     return normalize(flat - flat.mean(axis=1, keepdims=True))
+
+
+@functools.lru_cache(maxsize=4)
+def _class_bands(sr: int) -> np.ndarray:
+    """Triangular log-band matrix [CLASS_BANDS, CLASS_NFFT // 2 + 1]."""
+    freqs = np.fft.rfftfreq(CLASS_NFFT, 1.0 / sr)
+    edges = np.geomspace(CLASS_FMIN_HZ, min(CLASS_FMAX_HZ, sr / 2), CLASS_BANDS + 2)
+    m = np.zeros((CLASS_BANDS, len(freqs)))
+    for b in range(CLASS_BANDS):
+        lo, mid, hi = edges[b : b + 3]
+        m[b] = np.maximum(0.0, np.minimum((freqs - lo) / (mid - lo), (hi - freqs) / (hi - mid)))
+        if not m[b].any():
+            m[b, int(np.argmin(np.abs(freqs - mid)))] = 1.0
+    return m
+
+
+def class_features(x: np.ndarray) -> np.ndarray:
+    """Attack/decay descriptor of a sound from its onset: log-band energies (dB under the
+    loudest cell, clipped at CLASS_RANGE_DB) over the CLASS_EDGES frames, at WAVE_SR.
+    Zeros past the end of ``x`` (a sound cut by the next hit) read as silence."""
+    y = np.zeros(CLASS_EDGES[-1])
+    y[: min(len(x), len(y))] = np.asarray(x, np.float64)[: len(y)]
+    rows = []
+    for a, b in itertools.pairwise(CLASS_EDGES):
+        seg = y[a:b]
+        if len(seg) <= CLASS_NFFT:
+            spec = np.abs(np.fft.rfft(seg * np.hanning(len(seg)), CLASS_NFFT)) ** 2 / len(seg)
+        else:
+            fr = seg[: len(seg) // CLASS_NFFT * CLASS_NFFT].reshape(-1, CLASS_NFFT)
+            spec = (np.abs(np.fft.rfft(fr * np.hanning(CLASS_NFFT), axis=1)) ** 2).mean(axis=0)
+        rows.append(_class_bands(WAVE_SR) @ spec)
+    db = 10.0 * np.log10(np.array(rows) + 1e-20)
+    return (np.maximum(db, db.max() - CLASS_RANGE_DB) - db.max()).ravel()
+
+
+class ClassModel:
+    """Instrument class of a hit from its attack and decay (multinomial logistic regression
+    on :func:`class_features`, class-balanced, ridge CLASS_L2), fitted on the library's own
+    labelled sounds: what a sound that is not in the library most likely is."""
+
+    def __init__(self, features: np.ndarray, labels: Sequence[str]) -> None:
+        from scipy import optimize
+
+        self.classes = sorted(set(labels))
+        y = np.array([self.classes.index(c) for c in labels])
+        self.mean = features.mean(axis=0)
+        self.std = features.std(axis=0) + 1e-6
+        z = (features - self.mean) / self.std
+        k, d = len(self.classes), z.shape[1]
+        onehot = np.eye(k)[y]
+        w_sample = (len(y) / (k * np.maximum(np.bincount(y, minlength=k), 1)))[y]
+        w_sample /= w_sample.sum()
+
+        def loss(theta: np.ndarray) -> tuple[float, np.ndarray]:
+            w, b = theta[: d * k].reshape(d, k), theta[d * k :]
+            logits = z @ w + b
+            logits -= logits.max(axis=1, keepdims=True)
+            p = np.exp(logits)
+            p /= p.sum(axis=1, keepdims=True)
+            nll = -float(w_sample @ np.log(p[np.arange(len(y)), y] + 1e-12))
+            g = (p - onehot) * w_sample[:, None]
+            grad = np.concatenate([(z.T @ g + 2 * CLASS_L2 * w).ravel(), g.sum(axis=0)])
+            return nll + CLASS_L2 * float((w**2).sum()), grad
+
+        res = optimize.minimize(loss, np.zeros(d * k + k), jac=True, method="L-BFGS-B",
+                                options={"maxiter": 500})  # fmt: skip
+        self.weights = res.x[: d * k].reshape(d, k)
+        self.bias = res.x[d * k :]
+
+    @classmethod
+    def from_snippets(cls, snippets: np.ndarray, labels: Sequence[str | None]) -> ClassModel | None:
+        """Fit on labelled snippets (onset at PRE_ROLL_SAMPLES) plus CLASS_COPIES noisy copies
+        each; None when fewer than two classes are labelled."""
+        keep = [i for i, c in enumerate(labels) if c is not None]
+        if len({labels[i] for i in keep}) < 2:
+            return None
+        rng = np.random.default_rng(0)
+        feats, ys = [], []
+        for i in keep:
+            x = np.asarray(snippets[i, PRE_ROLL_SAMPLES:], np.float64)
+            peak = float(np.max(np.abs(x))) + 1e-12
+            feats.append(class_features(x))
+            ys.append(str(labels[i]))
+            for _ in range(CLASS_COPIES):
+                noise_db = rng.uniform(*CLASS_NOISE_DB)
+                feats.append(class_features(
+                    x + rng.standard_normal(len(x)) * peak * 10 ** (-noise_db / 20)))  # fmt: skip
+                ys.append(str(labels[i]))
+        return cls(np.array(feats), ys)
+
+    def predict(self, x: np.ndarray) -> tuple[str, float]:
+        """(class, probability) of a sound given from its onset at WAVE_SR."""
+        logits = ((class_features(x) - self.mean) / self.std) @ self.weights + self.bias
+        p = np.exp(logits - logits.max())
+        p /= p.sum()
+        best = int(np.argmax(p))
+        return self.classes[best], float(p[best])
 
 
 def _ncc(seg: np.ndarray, tpl: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -182,7 +293,6 @@ class HitIndex:
         file_ids: Sequence[int],
         snippets: np.ndarray,
         file_classes: Sequence[str | None],
-        attack_vectors: np.ndarray | None = None,
     ) -> None:
         self.file_ids = np.asarray(file_ids, np.int64)
         snips = np.asarray(snippets, np.float32).reshape(-1, SNIPPET_SAMPLES)
@@ -195,12 +305,8 @@ class HitIndex:
         rows = np.repeat(np.arange(n), len(ALIGN_SHIFTS))
         self._attack = self._build(rows, ATTACK_SAMPLES)
         self._early = self._build(rows, EARLY_SAMPLES)
-        # The stored templates' attack vectors (186 ms): what instrument a sound is.
-        self._templates = None
-        if attack_vectors is not None and len(attack_vectors) == n and n:
-            have = np.nonzero(np.abs(attack_vectors).sum(axis=1) > 0)[0]
-            if len(have):
-                self._templates = _vector_index(have, attack_vectors[have])
+        # What instrument a sound that is not in the library is (its attack and decay).
+        self.class_model = ClassModel.from_snippets(snips, self.classes) if n else None
 
     def _build(self, rows: np.ndarray, n_samples: int) -> Any:
         if not len(rows):
@@ -241,37 +347,7 @@ class HitIndex:
             log.info("hit index: %d silent snippets left out", int((~keep).sum()))
         ids = [f for f, k in zip(ids, keep.tolist(), strict=True) if k]
         labels = [file_class(files[f].path) for f in ids]
-        t_ids, _tpl, attack = library._templates()
-        row_of = {int(f): i for i, f in enumerate(t_ids.tolist())}
-        vectors = np.zeros((len(ids), attack.shape[1] if attack.ndim == 2 else 1), np.float32)
-        for i, f in enumerate(ids):
-            if f in row_of:
-                vectors[i] = attack[row_of[f]]
-        return cls(ids, mat[keep], labels, vectors)
-
-    def instrument(self, audio: np.ndarray, k: int) -> tuple[list[int], list[float]]:
-        """Rows of the k files whose stored template attack is nearest ``audio``'s.
-
-        Parameters
-        ----------
-        audio : float array
-            The hit from just before its onset, at WAVE_SR, silence after what is known
-            (the same convention as a one-shot's template).
-        k : int
-            Neighbours.
-
-        Returns
-        -------
-        rows, scores : lists
-            Best first (empty when the library stored no templates).
-        """
-        if self._templates is None:
-            return [], []
-        from emberd.library.rerank import QueryPatch
-
-        q = QueryPatch(audio, WAVE_SR).attack_vector()
-        items, scores = self._templates.search(q[None], k)
-        return items[0].tolist(), scores[0].tolist()
+        return cls(ids, mat[keep], labels)
 
     def candidates(
         self, segment: np.ndarray, n_samples: int, k: int
@@ -301,6 +377,14 @@ class HitIndex:
         rows, first = np.unique(items[0], return_index=True)
         order = np.argsort(first)[:k]  # best alignment of each file, in score order
         return rows[order], scores[0][first[order]]
+
+    def candidates_of_class(
+        self, segment: np.ndarray, n_samples: int, k: int, cls: str
+    ) -> np.ndarray:
+        """Like :meth:`candidates`, but only files of instrument class ``cls``: the best k
+        of the CLASS_POOL files whose attack looks most like ``segment``'s."""
+        rows, _ = self.candidates(segment, n_samples, CLASS_POOL)
+        return rows[[self.classes[int(r)] == cls for r in rows.tolist()]][:k]
 
     def correlate(
         self, segment: np.ndarray, rows: np.ndarray, n_samples: int

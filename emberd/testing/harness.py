@@ -10,13 +10,28 @@
 * :func:`udp_drops` reads the kernel's per-socket drop counter, so a test
   can tell datagrams the daemon never saw from ones it failed to count;
 * :func:`start_jackd` starts a private JACK server (dummy backend) under a
-  unique server name, which a test may kill without disturbing others.
+  unique server name, which a test may kill without disturbing others;
+* :class:`JackPlayer` plays a buffer (once or looped, one or more channels) into
+  the capture ports of a JACK server and records when its first sample went out on
+  both clocks (Unix time and the JACK frame clock); :class:`MidiRecorder` records
+  every MIDI event on a JACK MIDI input port with its frame time;
+  :class:`PlayerProcess` runs both in a child process (its own interpreter: a
+  JACK process callback must not wait for the GIL of a busy test or bench);
+* :class:`BareCapture` is the bare-capture anchor: a child process that captures
+  the same JACK ports through PortAudio and does nothing else, counting overflows;
+* :func:`chromium_driver` opens headless Chromium through chromedriver.
+
+Threads: JackPlayer and MidiRecorder callbacks run on JACK's process thread;
+they write ``pos``, ``loops``, ``onset_time``, ``onset_frame`` and ``events``, read by
+the owning thread (the GIL makes each attribute write atomic; ``events`` is
+guarded by a lock).
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -389,16 +404,24 @@ def start_jackd(
     *,
     rate: int = 44100,
     period: int = 256,
+    capture_ports: int = 2,
+    real_time: bool = False,
     log_path: Path | None = None,
     timeout: float = 20.0,
 ) -> subprocess.Popen[bytes]:
     """Start ``jackd -n NAME --no-realtime -d dummy`` and wait until it answers.
 
     Clients reach it with ``JACK_DEFAULT_SERVER=NAME`` in their environment.
+    ``capture_ports`` is the number of ``system:capture_N`` ports (PortAudio offers
+    that many input channels). ``real_time`` sets the dummy backend's cycle to the
+    period's duration (its own default, 21.3 ms whatever the period, runs a 1024-frame
+    server faster than real time).
     """
     log = open(log_path, "ab") if log_path else subprocess.DEVNULL
+    cycle = ["-w", str(round(period / rate * 1e6))] if real_time else []
     proc = subprocess.Popen(
-        ["jackd", "-n", name, "--no-realtime", "-d", "dummy", "-r", str(rate), "-p", str(period)],
+        ["jackd", "-n", name, "--no-realtime", "-d", "dummy", "-r", str(rate), "-p", str(period),
+         "-C", str(capture_ports), *cycle],
         stdout=log,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
@@ -435,3 +458,335 @@ def stop_process(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> No
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(10)
+
+
+class JackPlayer:
+    """A JACK client playing a buffer into a server's capture ports, once or looped.
+
+    Parameters
+    ----------
+    jack : module
+        The ``jack`` module (JACK-Client).
+    server : str, optional
+        Server name (default: ``JACK_DEFAULT_SERVER`` from the environment).
+    channels : int
+        Output ports; :meth:`play` takes ``(frames, channels)`` (or 1-D for one channel).
+
+    Attributes
+    ----------
+    onset_time : float or None
+        Unix time of the process cycle that carried the buffer's first sample
+        (to compare with the daemon's ``capture_time`` / ``onset_time``).
+    onset_frame : int or None
+        JACK frame time of that cycle (to compare with another JACK client's events).
+    loops : int
+        Passes completed; ``played`` is set after the first.
+    xruns : int
+        Xruns the server reported to this client.
+    """
+
+    def __init__(
+        self, jack: Any, *, server: str | None = None, channels: int = 1,
+        name: str = "emberd-player",
+    ) -> None:  # fmt: skip
+        import uuid
+
+        self.client = jack.Client(f"{name}-{uuid.uuid4().hex[:6]}", servername=server,
+                                  no_start_server=True)  # fmt: skip
+        self.channels = channels
+        self.ports = [self.client.outports.register("out" if channels == 1 else f"out_{i + 1}")
+                      for i in range(channels)]  # fmt: skip
+        self.port = self.ports[0]
+        self.data = np.zeros((0, channels), np.float32)
+        self.loop = False
+        self.pos = -1  # next frame to play; -1: idle
+        self.loops = 0
+        self.xruns = 0
+        self.onset_time: float | None = None
+        self.onset_frame: int | None = None
+        self.played = threading.Event()
+        self.client.set_process_callback(self._process)
+        self.client.set_xrun_callback(self._xrun)
+        self.client.activate()
+
+    def _xrun(self, delay_us: float) -> None:
+        self.xruns += 1
+
+    def _process(self, frames: int) -> None:
+        outs = [p.get_array() for p in self.ports]
+        for o in outs:
+            o[:] = 0.0
+        data, pos = self.data, self.pos
+        if pos < 0 or pos >= len(data):
+            return
+        if pos == 0 and self.loops == 0:
+            self.onset_time = time.time()  # this cycle carries the first sample
+            self.onset_frame = self.client.last_frame_time
+        n = min(frames, len(data) - pos)
+        for i, o in enumerate(outs):
+            o[:n] = data[pos : pos + n, i]
+        pos += n
+        if pos >= len(data):
+            self.loops += 1
+            self.played.set()
+            pos = -1
+            if self.loop:  # wrap: the rest of this cycle comes from the start
+                rest = frames - n
+                for i, o in enumerate(outs):
+                    o[n:] = data[:rest, i]
+                pos = rest
+        self.pos = pos
+
+    def play(self, data: np.ndarray, *, loop: bool = False) -> None:
+        """Start playing ``data`` (float32 ``(frames,)`` or ``(frames, channels)``)."""
+        arr = np.asarray(data, np.float32)
+        arr = arr.reshape(-1, 1) if arr.ndim == 1 else arr
+        if arr.shape[1] != self.channels:
+            raise ValueError(f"{arr.shape[1]} channels for a {self.channels}-port player")
+        self.pos = -1  # idle while the rest changes (the callback reads pos first)
+        self.played.clear()
+        self.onset_time = self.onset_frame = None
+        self.loops = 0
+        self.loop = loop
+        self.data = np.ascontiguousarray(arr)
+        self.pos = 0
+
+    def stop(self) -> None:
+        self.pos = -1
+
+    def connect_capture(self) -> list[str]:
+        """Connect to every audio input port of other clients (PortAudio capture ports):
+        a client's ports in the order of their numbers, channel ``i`` to its ``i``-th port
+        (modulo the channels; PortAudio numbers from 0, other clients from 1).
+        Returns the ports connected."""
+        by_client: dict[str, list[tuple[int, str]]] = {}
+        own = self.client.name + ":"
+        for p in self.client.get_ports(is_audio=True, is_input=True):
+            if p.name.startswith(("system:", own)):
+                continue
+            m = re.search(r"(\d+)$", p.name)
+            by_client.setdefault(p.name.split(":", 1)[0], []).append(
+                (int(m.group(1)) if m else 0, p.name))
+        done = []
+        for ports in by_client.values():
+            for i, (_, name) in enumerate(sorted(ports)):
+                self.client.connect(self.ports[i % self.channels], name)
+                done.append(name)
+        return done
+
+    def close(self) -> None:
+        self.client.deactivate()
+        self.client.close()
+
+
+class MidiRecorder:
+    """A JACK client recording every MIDI event on its input port with its frame time."""
+
+    def __init__(self, jack: Any, *, server: str | None = None, name: str = "midi-rec") -> None:
+        import uuid
+
+        self.client = jack.Client(f"{name}-{uuid.uuid4().hex[:6]}", servername=server,
+                                  no_start_server=True)  # fmt: skip
+        self.port = self.client.midi_inports.register("in")
+        self.events: list[tuple[int, bytes]] = []
+        self.lock = threading.Lock()
+        self.client.set_process_callback(self._process)
+        self.client.activate()
+
+    def _process(self, frames: int) -> None:
+        start = self.client.last_frame_time
+        for offset, data in self.port.incoming_midi_events():
+            with self.lock:
+                self.events.append((start + offset, bytes(data)))
+
+    def notes_on(self) -> list[tuple[int, int, int, int]]:
+        """``(frame, status, note, velocity)`` of the note-ons received so far."""
+        with self.lock:
+            return [(f, d[0], d[1], d[2]) for f, d in self.events if d[0] & 0xF0 == 0x90]
+
+    def notes_off(self) -> list[tuple[int, int]]:
+        with self.lock:
+            return [(f, d[1]) for f, d in self.events if d[0] & 0xF0 == 0x80]
+
+    def close(self) -> None:
+        self.client.deactivate()
+        self.client.close()
+
+
+def _player_main(argv: list[str]) -> int:
+    """Child of :class:`PlayerProcess`: ``SERVER WAV [--loop]`` and stdin commands."""
+    import json
+
+    import jack
+    import soundfile as sf
+
+    server, wav, loop = argv[0], argv[1], "--loop" in argv
+    data, _ = sf.read(wav, dtype="float32", always_2d=True)
+    player = JackPlayer(jack, server=server, channels=data.shape[1])
+    rec = MidiRecorder(jack, server=server)
+    print(f"ready {rec.client.name}:in", flush=True)
+    for line in sys.stdin:
+        cmd = line.strip()
+        if cmd == "go":
+            ports = player.connect_capture()
+            player.play(data, loop=loop)
+            wait_for(lambda: player.onset_time is not None, 30.0, what="the first cycle")
+            print(json.dumps({"onset_time": player.onset_time, "onset_frame": player.onset_frame,
+                              "ports": ports}), flush=True)  # fmt: skip
+        elif cmd == "report" or cmd == "stop":
+            print(json.dumps({"loops": player.loops, "xruns": player.xruns,
+                              "notes_on": len(rec.notes_on()),
+                              "notes_off": len(rec.notes_off())}), flush=True)  # fmt: skip
+            if cmd == "stop":
+                break
+    player.close()
+    rec.close()
+    return 0
+
+
+class PlayerProcess:
+    """A :class:`JackPlayer` (and a :class:`MidiRecorder`) in a child process.
+
+    ``midi_port`` is the recorder's input port (for ``emberd run --midi``); :meth:`go`
+    connects the player to every capture port present and starts it; :meth:`report`
+    returns ``loops``, ``xruns``, ``notes_on``, ``notes_off``.
+    """
+
+    def __init__(self, server: str, wav: Path, *, loop: bool = False) -> None:
+        env = {**os.environ, "JACK_DEFAULT_SERVER": server, "JACK_NO_START_SERVER": "1"}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", "import sys; from emberd.testing.harness import "
+             "_player_main; sys.exit(_player_main(sys.argv[1:]))", server, str(wav),
+             *(["--loop"] if loop else [])],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
+        )  # fmt: skip
+        first = self._line()
+        if not first.startswith("ready "):
+            self.close()
+            raise RuntimeError(f"the JACK player did not start: {first!r}")
+        self.midi_port = first.split(" ", 1)[1]
+
+    def _line(self) -> str:
+        assert self.proc.stdout is not None
+        return self.proc.stdout.readline().strip()
+
+    def _ask(self, cmd: str) -> dict[str, Any]:
+        import json
+
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(cmd + "\n")
+        self.proc.stdin.flush()
+        line = self._line()
+        if not line:
+            raise RuntimeError(f"the JACK player exited ({self.proc.poll()})")
+        reply: dict[str, Any] = json.loads(line)
+        return reply
+
+    def go(self) -> dict[str, Any]:
+        """Connect and play; ``onset_time``, ``onset_frame``, ``ports`` connected."""
+        return self._ask("go")
+
+    def report(self) -> dict[str, Any]:
+        return self._ask("report")
+
+    def close(self) -> dict[str, Any] | None:
+        out = None
+        if self.proc.poll() is None:
+            with contextlib.suppress(Exception):
+                out = self._ask("stop")
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(10)
+        if self.proc.poll() is None:
+            stop_process(self.proc)  # type: ignore[arg-type]
+        return out
+
+
+_BARE_CAPTURE = """
+import json, os, sys, threading, time
+import numpy as np
+from emberd.daemon.device import DeviceInput
+channels, period = int(sys.argv[1]), float(sys.argv[2])
+d = DeviceInput(None, sr=44100, channels=channels, block_size=256)
+d.start()
+stop = threading.Event()
+threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
+buf = np.zeros((4096, channels), np.float32)
+t0 = next_report = time.time()
+while not stop.is_set():
+    while d.ring.read(buf):
+        pass
+    d.arrivals.new_intervals()
+    if time.time() >= next_report:
+        next_report += period
+        print(json.dumps({"t": time.time() - t0, "callbacks": d.callbacks,
+                          "overflows": d.input_overflows + d.ring.overflow_frames}), flush=True)
+    time.sleep(0.01)
+print(json.dumps({"t": time.time() - t0, "callbacks": d.callbacks, "final": True,
+                  "overflows": d.input_overflows + d.ring.overflow_frames}), flush=True)
+os._exit(0)  # skip PortAudio's exit handler (it can abort on JACK)
+"""
+
+
+class BareCapture:
+    """The bare-capture anchor: PortAudio capture of a JACK server and nothing else.
+
+    A child process opens the same device the daemon opens (``channels`` inputs,
+    256-frame blocks, 44.1 kHz), drains its ring and reports its overflows (counted as
+    the daemon's status counts them: PortAudio-flagged blocks plus ring overflow
+    frames) and callbacks every ``period`` seconds; :attr:`samples` holds the reports.
+    """
+
+    def __init__(self, server: str, channels: int, *, period: float = 10.0) -> None:
+        env = {**os.environ, "JACK_DEFAULT_SERVER": server, "JACK_NO_START_SERVER": "1"}
+        self.proc = subprocess.Popen([sys.executable, "-c", _BARE_CAPTURE, str(channels),
+                                      str(period)], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True, env=env)  # fmt: skip
+        self.samples: list[dict[str, Any]] = []
+        self._thread = threading.Thread(target=self._read, name="bare-capture", daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        import json
+
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            with contextlib.suppress(ValueError):
+                self.samples.append({**json.loads(line), "mono": time.monotonic()})
+
+    def overflows(self) -> int:
+        return int(self.samples[-1]["overflows"]) if self.samples else 0
+
+    def close(self) -> dict[str, Any] | None:
+        """Stop; the last report (``final``: True when the child reported at its end)."""
+        if self.proc.poll() is None and self.proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                self.proc.stdin.close()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(15)
+        if self.proc.poll() is None:
+            stop_process(self.proc)  # type: ignore[arg-type]
+        self._thread.join(5)
+        return self.samples[-1] if self.samples else None
+
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+
+
+def chromium_available() -> bool:
+    return CHROMIUM.exists() and CHROMEDRIVER.exists()
+
+
+def chromium_driver(profile: Path) -> Any:
+    """Headless Chromium through chromedriver (selenium), with its profile in ``profile``."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = str(CHROMIUM)
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--window-size=1400,900",
+                 "--autoplay-policy=no-user-gesture-required", f"--user-data-dir={profile}"):
+        opts.add_argument(flag)
+    return webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=opts)

@@ -1,0 +1,81 @@
+"""The session soak, short: the whole set-up at once for about a minute.
+
+:func:`emberd.testing.soak.run` (what ``bench/soak.py`` runs for 30 minutes): a JACK
+dummy server with a player looping a 4-channel hydrogen performance into the daemon's
+capture (and into the bare-capture anchor's), hits and matches out over OSC, ZeroMQ and
+JACK MIDI, ``emberd watch`` and the panel in headless Chromium, set_k / capture /
+reload every 2 s, and an OSC fuzzer at 300 messages/s. The DSP baseline encoder keeps
+it short (the hit ladder, which names the hits, does not use the encoder).
+
+Asserted: behaviour only, never timing. Nothing crashed and every client stayed
+connected; the daemon's open fds did not grow (but for about one per input reconnection:
+the stream a stall leaves open by design); its RSS grew by less than
+RSS_GROWTH_BOUND_MIB; every drop is counted (per output, and every fuzzed datagram is
+rejected or a kernel drop); hits were published on every transport and named the
+played files. Needs jackd, JACK-Client, chromium + chromedriver, selenium and
+hydrogen-drumkits: skipped locally without them, failed in CI.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from conftest import require
+
+from emberd.testing import smalllib, soak
+
+DURATION_S = 60.0  # after warm-up; the whole test takes about two minutes
+WINDOW_S = 20.0  # hit accuracy windows at the start and the end
+RSS_GROWTH_BOUND_MIB = 10.0  # the issue's 30-minute goal; a leak per request shows sooner
+NAMED_SHARE = 0.5  # of the hits paired with a played onset, named as the played file
+
+
+def test_session_soak_short(tmp_path: Path) -> None:
+    missing = soak.missing_component()
+    require(missing is None, str(missing))
+    lines: list[str] = []
+    r = soak.run(soak.SoakConfig(
+        duration=DURATION_S, model=smalllib.FAST_MODEL, window_s=WINDOW_S, sample_s=2.0,
+        control_s=2.0, warmup_s=10.0, work=tmp_path, progress=lines.append))  # fmt: skip
+    summary = {k: v for k, v in r.items() if k != "samples"}
+    # Nothing crashed; every client stayed connected to the end.
+    assert r["alive"] and r["daemon_exit"] == 0, summary
+    assert r["clients_alive"] == {"watch": True, "panel": True}, summary
+    assert r["panel_final"][1] == "connected", summary
+    panel_counts = [s["panel"][0] for s in r["samples"] if s["panel"]]
+    assert panel_counts and panel_counts[-1] > panel_counts[0], panel_counts  # still updating
+    # No fd growth (lowest count in the first vs the last quarter: a connection or a file
+    # open for a moment is not a leak), bounded RSS growth (medians of the same quarters).
+    # A reconnection after an input stall (a starved server) keeps the old stream open by
+    # design (emberd/dsp/device.py: it may be wedged); measured on a paused jackd: 38 -> 40,
+    # 40, 41 fds after 1, 2, 3 reconnections. Without a stall: no growth at all.
+    reconnects = r["input_reconnects"]
+    allowed = reconnects + 1 if reconnects else 0
+    assert r["fd_growth"] <= allowed, (reconnects, r["proc_samples"]["daemon"])
+    assert r["rss_growth_mib"] <= RSS_GROWTH_BOUND_MIB, r["proc_samples"]["daemon"]
+    # Every drop counted: per output, the total is its parts; each fuzzed datagram was
+    # refused and counted (or dropped by the kernel, read from /proc); the flood was
+    # rate-limited.
+    outs = r["outputs"]
+    assert set(outs) >= {"osc", "zmq", "midi"}, outs
+    for name, o in outs.items():
+        assert o["published"] > 0 and o["errors"] == 0 and not o["disabled"], (name, o)
+        assert o["dropped"] == o["queue_dropped"] + o["transport_dropped"], (name, o)
+    assert r["dropped_hops"] >= 0 and r["hops"] > 0, summary
+    fz = r["fuzzer"]
+    assert fz["sent"] > 0 and fz["counted"] + fz["kernel_drops"] == fz["sent"], fz
+    assert r["rate_limited_osc"] > 0, summary
+    # Every control request got a reply (a starved worker may answer "no answer from the
+    # worker within ..."; never silence), and each command succeeded at least once.
+    replies = r["control_replies"]
+    assert not any(k.endswith("no reply") for k in replies), replies
+    assert {k.split()[0] for k in replies if k.endswith(" ok")} == {"set_k", "capture",
+                                                                    "reload"}, replies
+    # Hits published on every transport and named.
+    assert r["zmq_subscriber"]["kinds"].get("hit", 0) > 0, r["zmq_subscriber"]
+    assert all(n > 0 for n in r["osc_datagrams_received"]), summary
+    assert outs["midi"]["counters"]["notes"] > 0 and r["midi_received"]["notes_on"] > 0, summary
+    for window in ("accuracy_first", "accuracy_last"):
+        acc = r[window]
+        assert acc["paired"] > 0, (window, acc, lines[-5:])
+        assert acc["final_top1"] >= NAMED_SHARE, (window, acc)
