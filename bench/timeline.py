@@ -151,16 +151,17 @@ def main() -> None:
           f"timeline engine loaded in {time.perf_counter() - t0:.2f} s")
     total: dict = {"events": 0, "found": 0, "exact": 0, "similar": 0, "right": 0,
                    "start_err": [], "speed_err": []}
-    audio_s, wall_s, loads = 0.0, 0.0, []
+    audio_s, wall_s, cpu_s, loads = 0.0, 0.0, 0.0, []
     tmp = Path(tempfile.mkdtemp(prefix="emberd-timeline-"))
     for seed in seeds:
         y, events = beats.make_beat(BEAT_S, pools[f"one_shots_{h}"], pools[f"loops_{h}"],
                                     pools[f"outsiders_{h}"], seed=seed)
         path = tmp / f"beat{seed}.wav"
         sf.write(path, y, beats.SR, subtype="FLOAT")
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         res = tl.run(path)
         wall_s += time.perf_counter() - t
+        cpu_s += time.process_time() - c
         loads.append(os.getloadavg()[0])
         audio_s += res.duration_s
         sc = score(res.entries, events, group, path_id)
@@ -190,7 +191,8 @@ def main() -> None:
         print(f"speed error % p50 {np.percentile(sp, 50):.2f} p90 {np.percentile(sp, 90):.2f} "
               f"max {sp.max():.2f}; within 1 % {np.mean(sp <= 1):.3f}")
     print(f"speed {audio_s / wall_s:.1f}x real time ({audio_s:.0f} s of audio in {wall_s:.1f} s;"
-          f" load {min(loads):.1f}-{max(loads):.1f})")
+          f" load {min(loads):.1f}-{max(loads):.1f}); {audio_s / cpu_s:.1f}x per CPU second of"
+          f" this process ({cpu_s:.1f} CPU s)")
 
 
 if __name__ == "__main__":

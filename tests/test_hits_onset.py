@@ -105,3 +105,18 @@ def test_nothing_below_the_absolute_floor() -> None:
     y, _ = _place(2 * SR, [(0.5, "hat", -85.0), (1.2, "kick", -85.0)], noise_db=-200.0)
     assert _detect(y) == []
     assert len(_detect(y * np.float32(10 ** (60 / 20)))) == 2  # the same hits, 60 dB up
+
+
+def test_recent_mean_is_the_mean_energy_of_each_lookback_run() -> None:
+    """The running-sum reference equals the plain mean energy over each look-back run
+    (-inf, before the stream, counts as silence)."""
+    det = OnsetDetector(sr=SR)
+    rng = np.random.default_rng(3)
+    k, n = det._lookback, 40
+    levels = rng.uniform(-90.0, 0.0, (2, k + n))
+    levels[:, :5] = -np.inf
+    got = det._window_mean_db(levels, n)
+    lin = np.where(np.isfinite(levels), 10.0 ** (levels / 10.0), 0.0)
+    want = np.stack([[10.0 * np.log10(lin[b, i : i + k].mean()) for i in range(n)]
+                     for b in range(2)])  # fmt: skip
+    np.testing.assert_allclose(got, want, atol=1e-9)

@@ -69,6 +69,7 @@ CLASS_NFFT = 512
 CLASS_RANGE_DB = 40.0  # cells more than this below the loudest are clipped (noise, gain)
 CLASS_L2 = 0.03  # ridge on the standardised features (chosen on the tuning kits)
 CLASS_NOISE_DB = (29.0, 49.0)  # training copies: peak-to-noise ratios of a live hit
+CLASS_MAX_PER_CLASS = 150  # labelled sounds per class the model learns from at most
 CLASS_COPIES = 2  # noisy copies per library sound (seeded: the same model every load)
 CLASS_POOL = 256  # nearest attacks searched for the files of one class
 EXACT_MAX_ITEMS = 50_000  # descriptor items searched by one matrix product; Annoy beyond
@@ -192,6 +193,13 @@ class ClassModel:
         if len({labels[i] for i in keep}) < 2:
             return None
         rng = np.random.default_rng(0)
+        by_class: dict[str, list[int]] = {}
+        for i in keep:
+            by_class.setdefault(str(labels[i]), []).append(i)
+        # A bounded fit whatever the library's size (seeded: the same model every load).
+        keep = sorted(j for rows in by_class.values()
+                      for j in (rows if len(rows) <= CLASS_MAX_PER_CLASS else
+                                rng.choice(rows, CLASS_MAX_PER_CLASS, replace=False).tolist()))
         feats, ys = [], []
         for i in keep:
             x = np.asarray(snippets[i, PRE_ROLL_SAMPLES:], np.float64)

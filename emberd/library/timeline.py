@@ -34,10 +34,17 @@ memory holds BUFFER_S of audio whatever the file's length. For each block:
 6. **Merge** -- an entry for the same file within MERGE_S of an earlier one is the
    same occurrence: the better-correlated one is kept.
 
-``confidence`` is the fine correlation mapped through a logistic fitted on the
-tuning beats (bench/timeline.py --half A, see CONFIDENCE_*). Silence, DC and the
-noise floor give no entry and a reason. The constants below were tuned on beats of
-kits A; bench/timeline.py reports kits B.
+``confidence`` is the judged correlation through a fixed logistic (CONFIDENCE_*, set
+by hand on kits A): monotone in rho, 0.5 at CONFIDENCE_MID, but NOT calibrated (the
+single-query calibration of ``emberd query`` does not cover timelines yet). Silence, DC
+and the noise floor give no entry and a reason. The constants below were tuned on beats
+of kits A; bench/timeline.py reports kits B.
+
+Known limits: a library file longer than MAX_SOUND_S is matched and subtracted on its
+first MAX_SOUND_S only; a loop whose first hits are over 20 dB below its loudest is found
+at that loud hit (its stored snippet starts there), so its first hits may already have
+been listed as one-shots (they are dropped when the loop explains them); the speed bank
+holds 31 x 256 float32 samples per library file in memory (32 MB for 1000 files).
 """
 
 from __future__ import annotations
@@ -64,6 +71,8 @@ DETECT_BLOCK = 512  # samples per onset-detector push (23 ms): explanations land
 LEAD_IN = 2048  # silent samples before the track: the detector's warm-up hides no hit at 0
 CANDIDATES = 16  # files per descriptor search
 CANDIDATE_SPEEDS = (1.0, 0.92, 1.09)  # the residual is also searched undone by these
+SAME_ATTACK_COS = 0.98  # descriptor cosine of files that start alike (refined together) ...
+SAME_ATTACK_MAX = 4  # ... at most this many per candidate
 RECENT_FILES = 8  # files found last are always candidates
 SPEED_GRID = tuple(float(s) for s in np.round(np.geomspace(0.86, 1.17, 31), 5))  # ~1 % steps
 COARSE_SAMPLES = 224  # 10 ms after the onset: 0.5 % speed error drifts it by 1 sample
@@ -78,6 +87,8 @@ FINE_LAGS = 6  # +-samples re-searched at each refinement step
 FINE_START_WINDOW = 384  # samples in the first refinement window, doubled every step
 FINE_START_STEP = 0.004  # speed step of the first refinement, halved every step
 SNIPPET_WINDOW = 5512  # 250 ms: the window rho is judged on (the snippet's length) ...
+LONG_FILE_SAMPLES = WAVE_SR  # files this long (1 s) are also judged over their whole length,
+LONG_EXACT_RHO = 0.55  # ... and claimed from this correlation
 JUDGE_MIN_SAMPLES = 1024  # ... cut at the next sound's onset, but never shorter than 46 ms
 NEXT_ONSET_MIN_S = 0.03  # s: an onset this close after a sound's own is still its attack
 EXACT_RHO = 0.80  # fine correlation at or above which an occurrence is claimed (and subtracted)
@@ -88,7 +99,7 @@ ABANDON_RHO = 0.4  # a candidate refined this far below is dropped (saves long w
 MIN_STEP = 0.00002  # refinement ends at this speed step, or where a step drifts the
 MIN_STEP_SAMPLES = 0.5  # sound's end by less than this many samples (and the whole length)
 MERGE_S = 0.03  # s: the same file this close is the same occurrence
-CONFIDENCE_SLOPE = 18.0  # logistic of rho (fitted by bench/timeline.py --half A --fit)
+CONFIDENCE_SLOPE = 18.0  # logistic of rho (set by hand on kits A; not calibrated)
 CONFIDENCE_MID = 0.70
 REF_CACHE_FILES = 128  # library waveforms kept decoded
 UPSAMPLE = 4  # library waveforms are placed by linear interpolation of a 4x upsampled copy
@@ -160,6 +171,7 @@ class Timeline:
         self._refs: OrderedDict[int, _Ref] = OrderedDict()
         self._row = {int(f): i for i, f in enumerate(self.index.file_ids.tolist())}
         self.bank, self.bank_energy = _speed_bank(self.index)
+        self.same_attack = _same_attack(self.index)
 
     # -- library waveforms ------------------------------------------------------------
 
@@ -366,6 +378,9 @@ class _Stream:
             q = q[64 : 64 + EARLY_SAMPLES] if s == 1.0 else q[round(64 * s) :][:EARLY_SAMPLES]
             rows, _sc = self.tl.index.candidates(q, EARLY_SAMPLES, CANDIDATES)
             files.update(dict.fromkeys(int(self.tl.index.file_ids[r]) for r in rows))
+        # Files that start with the same attack as a candidate (a loop and its first hit).
+        for f in list(files):
+            files.update(dict.fromkeys(self.tl.same_attack.get(f, ())))
         files.update(dict.fromkeys(reversed(self.recent)))
         return list(files)
 
@@ -443,11 +458,16 @@ class _Stream:
         # Gain over the judged window (later sounds bias a fit over the whole file); the
         # energy explained over the whole file (a loop explains its later hits too).
         gain, _ = self._gain(ref, speed, pos, n_judge)
-        _g, explained = self._gain(ref, speed, pos, avail)
+        whole_gain, explained = self._gain(ref, speed, pos, avail)
+        if avail >= LONG_FILE_SAMPLES:
+            # A loop is judged over all of it too: its start may coincide with other sounds.
+            rho_j, gain = max(rho_j, rho), whole_gain
         if gain <= 0:
             return None
         start = pos - (ref.onset - PRE_SAMPLES) / speed
-        kind = "exact" if rho_j >= EXACT_RHO else "similar"
+        # Over a whole loop (seconds at one exact speed) a lower correlation is as telling.
+        exact_rho = LONG_EXACT_RHO if avail >= LONG_FILE_SAMPLES else EXACT_RHO
+        kind = "exact" if rho_j >= exact_rho else "similar"
         entry = Entry(file_id, self.tl.files[file_id].path, start / WAVE_SR,
                       20 * math.log10(gain), speed, rho_j, confidence(rho_j), kind)
         return explained, entry
@@ -598,6 +618,32 @@ class _Stream:
         rest[ea - a : eb - a] -= theirs
         den = math.sqrt(float(mine @ mine) * float(rest @ rest)) + 1e-20
         return float(mine @ rest) / den < SIMILAR_RHO
+
+def _same_attack(index: HitIndex) -> dict[int, list[int]]:
+    """For each file, up to SAME_ATTACK_MAX others whose first 46 ms after the onset have
+    nearly the same descriptor (a loop and the one-shot it starts with)."""
+    from emberd.library.hitindex import descriptors
+
+    n = len(index)
+    a = PRE_ROLL_SAMPLES - DESC_OFFSET_SAMPLES
+    dim = descriptors(np.zeros((1, EARLY_SAMPLES), np.float32), EARLY_SAMPLES).shape[1]
+    desc = np.zeros((n, dim), np.float32)
+    for chunk in range(0, n, BANK_CHUNK):
+        rows = np.arange(chunk, min(chunk + BANK_CHUNK, n))
+        desc[rows] = descriptors(index.snippet_rows(rows)[:, a : a + EARLY_SAMPLES],
+                                 EARLY_SAMPLES)
+    out: dict[int, list[int]] = {}
+    ids = index.file_ids
+    for chunk in range(0, n, BANK_CHUNK):
+        sim = desc[chunk : chunk + BANK_CHUNK] @ desc.T
+        for i, row in enumerate(sim):
+            near = np.nonzero(row >= SAME_ATTACK_COS)[0]
+            near = near[near != chunk + i]
+            if len(near):
+                best = near[np.argsort(-row[near])[:SAME_ATTACK_MAX]]
+                out[int(ids[chunk + i])] = [int(ids[j]) for j in best]
+    return out
+
 
 def _speed_bank(index: HitIndex) -> tuple[np.ndarray, np.ndarray]:
     """Every snippet's attack as it plays at each SPEED_GRID factor: float32
