@@ -375,8 +375,8 @@ class Library:
         also tried as VARIANT_SEMITONES resamplings and reversed
         (:meth:`best_variant`, one attack-vector product each); when one of
         them matches some file's attack better than the query itself, the whole
-        pipeline runs on it too and the answer with the higher confidence wins
-        (unless the query's own waveform already correlates VARIANT_SKIP_RHO).
+        pipeline runs on it too (unless the query's own waveform already
+        correlates VARIANT_SKIP_RHO) and the stronger answer wins (:func:`strength`).
 
         Parameters
         ----------
