@@ -243,8 +243,10 @@ EDIT_EVERY = 2  # 12 of the 24 queries per edit: keeps the added test time small
 MAX_NON_LIBRARY_EXACT = 3  # of 8, measured 3 (2 waveform, 1 template); goal 0: NOT met
 NOISY = {dk.DISTRACTOR_FAMILIES.index(f) for f in ("snare", "hat", "clap", "bell", "cymbal")}
 MIN_TRIM_HAT_TOP1 = 0.66
-# Measured (dsp-baseline, seed 0, 12 queries): pitch+2 11/12 (without variants 3/12), reverse
-# 11/12 (without 1/12); 30-ms trimmed hats 6/6. Bounds sit 2 queries below.
+# Measured (dsp-baseline, seed 0, 12 queries): pitch+2 12/12 (without variants 3/12), reverse
+# 11/12 (without 1/12); 30-ms trimmed hats 6/6. Bounds sit 2-3 queries below. The trimmed-hat
+# test checks behaviour only: with the waveform stage's trim search off these hats still pass
+# (6/6 at 30 ms, 5/6 at 50 ms: the template stage names them on this library).
 MIN_VARIANT_TOP1 = {"pitch+2": 0.75, "reverse": 0.75}
 
 
