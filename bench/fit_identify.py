@@ -118,12 +118,7 @@ def fit_confidence(
     weights = {"bias": round(b, 4), **{n: round(float(v), 4) for n, v in zip(names, w,
                                                                          strict=True)}}
     chosen = [max((rerank.confidence(f, weights), ok) for f, ok in q) for q in per_query]
-    exact_c = 1.0
-    for c_min in CONF_EXACT_GRID:
-        sel = [ok for c, ok in chosen if c >= c_min]
-        if sel and np.mean(sel) >= TARGET_PRECISION:
-            exact_c = float(c_min)
-            break
+    exact_c = lowest_threshold(chosen, CONF_EXACT_GRID)
     conf = np.array([c for c, _ok in chosen])
     ok = np.array([k for _c, k in chosen], float)
     bins = np.minimum((conf * 10).astype(int), 9)
@@ -174,6 +169,26 @@ def queries_of(half: str, lib: Library) -> list[str]:
     return sorted(p for p in dk.kit_files() if p in have and dk.kit_half(p) == half)
 
 
+def lowest_threshold(scored: list[tuple[float, bool]], grid: Any) -> float:
+    """The first threshold of ``grid`` (ascending) above which the answers ``(score, right)``
+    reach TARGET_PRECISION; 1.0 when none does."""
+    for t_min in grid:
+        sel = [ok for s, ok in scored if s >= t_min]
+        if sel and np.mean(sel) >= TARGET_PRECISION:
+            return float(t_min)
+    return 1.0
+
+
+def emit(result: dict[str, Any], *, write: bool) -> None:
+    """Write the fit file (``--write``) or print what would be written."""
+    text = json.dumps(result, indent=1) + "\n"
+    if write:
+        fitted.FIT_FILE.write_text(text)
+        print(f"wrote {fitted.FIT_FILE}")
+    else:
+        print(text)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--library", default="/tmp/emberd-identify-cache/lib")
@@ -196,12 +211,7 @@ def main() -> None:
     if args.confidence:
         result = dict(fitted.params())
         result["confidence"] = fit_confidence(lib, paths, args.model)
-        text = json.dumps(result, indent=1) + "\n"
-        if args.write:
-            fitted.FIT_FILE.write_text(text)
-            print(f"wrote {fitted.FIT_FILE}")
-        else:
-            print(text)
+        emit(result, write=args.write)
         lib.close()
         return
     audio = [load_audio(p, sr=dk.SR)[0] for p in paths]
@@ -281,12 +291,7 @@ def main() -> None:
     ans = answers(th)
     tpl = [(a == q["main"], p) for q, (_t, a, _mw, p) in zip(kept, ans, strict=True)
            if p is not None]  # fmt: skip
-    exact_p = 1.0
-    for p_min in EXACT_GRID:
-        sel = [ok for ok, p in tpl if p >= p_min]
-        if sel and np.mean(sel) >= TARGET_PRECISION:
-            exact_p = float(p_min)
-            break
+    exact_p = lowest_threshold([(p, ok) for ok, p in tpl], EXACT_GRID)
     print(f"thresholds: {th} (kits A mean top-1 {best[0]:.3f}); exact_probability {exact_p}")
     kits_a = sorted({Path(p).relative_to(dk.KITS).parts[0] for p in paths})
     result = {
@@ -306,12 +311,7 @@ def main() -> None:
     if "confidence" in fitted.params():  # fitted on the old ranking: rerun with --confidence
         result["confidence"] = fitted.params()["confidence"]
         print("kept the old confidence fit: run again with --confidence")
-    text = json.dumps(result, indent=1) + "\n"
-    if args.write:
-        fitted.FIT_FILE.write_text(text)
-        print(f"wrote {fitted.FIT_FILE}")
-    else:
-        print(text)
+    emit(result, write=args.write)
     lib.close()
 
 

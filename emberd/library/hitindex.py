@@ -222,10 +222,14 @@ class ClassModel:
         return self.classes[best], float(p[best])
 
 
-def _ncc(seg: np.ndarray, tpl: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def ncc(
+    seg: np.ndarray, tpl: np.ndarray, energy: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Normalised cross-correlation of templates [n, t] with ``seg`` at every lag.
 
-    Returns rho [n, lags], the raw products [n, lags] and the template energies [n].
+    ``energy`` holds the templates' energies [n] when the caller has them already
+    (a precomputed bank); None computes them.  Returns rho [n, lags], the raw products
+    [n, lags] and the template energies [n].
     """
     n_tpl = tpl.shape[1]
     windows = np.lib.stride_tricks.sliding_window_view(seg, n_tpl)  # [lags, t], a view
@@ -234,7 +238,8 @@ def _ncc(seg: np.ndarray, tpl: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.n
     seg_energy = cum[n_tpl:] - cum[: len(cum) - n_tpl]
     # Lags where the query is (nearly) silent would divide by ~0: floor their energy.
     seg_energy = np.maximum(seg_energy, 1e-3 * seg_energy.max() + 1e-12)
-    energy = (tpl.astype(np.float64) ** 2).sum(axis=1) + 1e-20
+    if energy is None:
+        energy = (tpl.astype(np.float64) ** 2).sum(axis=1) + 1e-20
     return x / np.sqrt(energy[:, None] * seg_energy[None]), x, energy
 
 
@@ -423,7 +428,7 @@ class HitIndex:
         # best coarse lag +-FINE_LAGS (the onset aligns the same way all through the sound).
         n_coarse = PRE_SAMPLES + min(n_samples, COARSE_SAMPLES)
         tpl = self._int16[rows, a : a + n_coarse].astype(np.float32) * self.scale[rows, None]
-        rho, x, energy = _ncc(seg[: n_coarse + n_lags - 1], tpl)
+        rho, x, energy = ncc(seg[: n_coarse + n_lags - 1], tpl)
         lag = np.argmax(rho, axis=1)
         pick = np.arange(len(rows))
         rho, gain = rho[pick, lag], x[pick, lag] / energy

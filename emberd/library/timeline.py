@@ -61,7 +61,7 @@ import numpy as np
 from emberd.dsp.onset import OnsetDetector
 from emberd.dsp.silence import QUERY_FLOOR_DBFS
 from emberd.errors import EmberdError
-from emberd.library.hitindex import DESC_OFFSET_SAMPLES, EARLY_SAMPLES, HitIndex
+from emberd.library.hitindex import DESC_OFFSET_SAMPLES, EARLY_SAMPLES, HitIndex, ncc
 from emberd.library.waveform import PRE_ROLL_SAMPLES, WAVE_SR, onset_sample
 
 MAX_SOUND_S = 8.0  # s: at most this much of a library file is matched and subtracted
@@ -396,7 +396,9 @@ class _Stream:
         win = self._residual(onset - PRE_SAMPLES - LAG_SAMPLES, onset + COARSE_SAMPLES
                              + LAG_SAMPLES)
         tpl = tl.bank[:, rows].reshape(-1, n_t)
-        rho, lag = _ncc(win, tpl, tl.bank_energy[:, rows].reshape(-1))
+        every, _, _ = ncc(win, tpl, tl.bank_energy[:, rows].reshape(-1))
+        lag = np.argmax(every, axis=1)
+        rho = every[np.arange(len(tpl)), lag]
         rho = rho.reshape(len(SPEED_GRID), len(ids))
         lag = lag.reshape(len(SPEED_GRID), len(ids))
         g = np.argmax(rho, axis=0)
@@ -680,19 +682,6 @@ def _resampled(y: np.ndarray, speed: float) -> np.ndarray:
 
     return np.asarray(soxr.resample(y, WAVE_SR, WAVE_SR * speed, quality="HQ"), np.float32)
 
-
-def _ncc(win: np.ndarray, tpl: np.ndarray, t_energy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Best normalised correlation of each template [k, n] with ``win`` over all lags,
-    and the lag (index in ``win`` of the template's first sample)."""
-    n = tpl.shape[1]
-    windows = np.lib.stride_tricks.sliding_window_view(win, n)  # [lags, n], a view
-    x = (tpl @ windows.T).astype(np.float64)
-    cum = np.concatenate([[0.0], np.cumsum(win.astype(np.float64) ** 2)])
-    w_energy = cum[n:] - cum[: len(cum) - n]
-    w_energy = np.maximum(w_energy, 1e-3 * w_energy.max() + 1e-20)
-    rho = x / np.sqrt(t_energy[:, None] * w_energy[None])
-    lag = np.argmax(rho, axis=1)
-    return rho[np.arange(len(tpl)), lag], lag
 
 
 def run_cli(library_path: str, paths: list[str], *, as_json: bool) -> int:
