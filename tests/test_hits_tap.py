@@ -35,6 +35,25 @@ def test_a_lapped_tap_skips_what_was_overwritten_and_never_blocks_a_live_produce
     assert out[:n, 0].tolist() == list(range(24, 40))
 
 
+def test_peek_never_returns_slots_a_write_in_progress_is_overwriting() -> None:
+    """The producer copies a block before it publishes ``_written``; numpy releases the
+    GIL during the copy, so a lagging tap can read slots being overwritten. ``write``
+    announces them first (``_writing``): this freezes a write half-way, as a concurrent
+    tap would see it."""
+    ring = SampleRing(16, 1)
+    consumed = np.zeros((16, 1), np.float32)
+    ring.write(_ramp(0, 16))
+    ring.read(consumed)
+    # A write of frames 16..23 is under way: announced, slots 0..7 half rewritten,
+    # not yet published.
+    ring._writing = ring.total_written + 8
+    ring._buf[:4] = -1.0
+    out = np.zeros((16, 1), np.float32)
+    first, n = ring.peek(0, out)
+    assert first == 8 and n == 8  # frames 0..7 count as lost, never as torn audio
+    assert out[:n, 0].tolist() == list(range(8, 16))
+
+
 def test_held_tap_counts_in_free_space() -> None:
     ring = SampleRing(16, 1)
     ring.write(_ramp(0, 12))

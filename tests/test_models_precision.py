@@ -25,6 +25,7 @@ def _emberd(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_precision_maps_models_to_their_variant() -> None:
     assert model_for(None, None) is None  # no switch: the command's own default and fallback
+    assert model_for(None, "fp32") is None  # the default already is fp32: keep its fallback
     assert model_for("aisfx", None) == "aisfx"
     assert model_for("aisfx", "fp32") == "aisfx"
     assert model_for("aisfx", "int8") == "aisfx-int8"

@@ -42,6 +42,8 @@ class SampleRing:
     Shared attributes (written by -> read by):
 
     * ``_written`` total frames ever written (producer -> consumer)
+    * ``_writing`` ``_written`` plus the frames of the write in progress, stored before
+      the copy (producer -> tap: :meth:`peek` treats those slots as overwritten)
     * ``_read`` total frames ever read (consumer -> producer)
     * ``tapped`` position of a second reader, the *tap* (tap thread -> producer, only
       while ``hold_tap``): :meth:`peek` reads without consuming; live, the producer never
@@ -58,6 +60,7 @@ class SampleRing:
         self._buf: F32 = np.zeros((self.capacity, self.channels), dtype=np.float32)
         self._finite = np.ones((self.capacity, self.channels), dtype=np.bool_)  # scratch
         self._written = 0
+        self._writing = 0  # _written + the frames of a write in progress (producer -> tap)
         self._read = 0
         self.overflow_frames = 0
         self.nonfinite_samples = 0
@@ -106,6 +109,9 @@ class SampleRing:
             self.overflow_frames += n - take
         if take > 0:
             start = self._written % self.capacity
+            # Announce the slots about to change before touching them: a tap reading
+            # them concurrently (peek) then knows its copy may be torn. One int store.
+            self._writing = self._written + take
             first = min(take, self.capacity - start)
             self._copy_in(data[:first], start, sanitize)
             if take > first:
@@ -160,7 +166,8 @@ class SampleRing:
         """
         dst = out.reshape(-1, 1) if out.ndim == 1 else out
         written = self._written
-        first = max(start, written - self.capacity)
+        # Slots of positions below writing - capacity are being (or have been) overwritten.
+        first = max(start, self._writing - self.capacity)
         n = min(dst.shape[0], written - first)
         if n <= 0:
             return first, 0
@@ -170,7 +177,7 @@ class SampleRing:
         if n > head:
             dst[head:n] = self._buf[: n - head]
         # The producer may have lapped the copy: drop what it overwrote meanwhile.
-        gone = max(0, self._written - self.capacity - first)
+        gone = max(0, self._writing - self.capacity - first)
         if gone >= n:
             return first + n, 0
         if gone:

@@ -64,6 +64,8 @@ def model_for(model: str | None, precision: str | None, *, default: str = "aisfx
         return model
     if precision not in PRECISIONS:
         raise EmberdError(f"precision {precision!r}: choose from {', '.join(PRECISIONS)}")
+    if precision == "fp32" and model is None:
+        return None  # the default model, with its usual fallback when it is not available
     from emberd.models.registry import list_models
 
     name = model if model is not None else default
