@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
@@ -75,6 +76,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _leave(code: int) -> int:
+    """``code``, or end the process with it at once when an audio stream was left running.
+
+    A PortAudio thread of a stream abandoned after an input stall would call into a
+    finalising interpreter (SIGSEGV at exit), whichever way the command ended: success,
+    one-line error or Ctrl-C. Everything the command opened is closed by then.
+    """
+    device = sys.modules.get("emberd.dsp.device")  # not imported: no stream was opened
+    if device is not None and device.streams_left_running():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``emberd`` console script."""
     parser = build_parser()
@@ -91,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rc = args.func(args)
     except EmberdError as exc:
         print(f"emberd: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return _leave(EXIT_USAGE)
     except Exception as exc:  # a full disk or read-only place anywhere below: one line
         from emberd.diskerrors import disk_error
 
@@ -99,10 +115,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if line is None:
             raise
         print(f"emberd: error: {line}; nothing half-written was kept", file=sys.stderr)
-        return EXIT_USAGE
+        return _leave(EXIT_USAGE)
     except KeyboardInterrupt:
-        return 130
-    return int(rc or 0)
+        return _leave(130)
+    return _leave(int(rc or 0))
 
 
 if __name__ == "__main__":  # pragma: no cover
