@@ -54,7 +54,10 @@ log = logging.getLogger(__name__)
 
 READ_CHUNK_FRAMES = 2048  # samples per channel drained from the ring per front-end push
 STATUS_PERIOD_S = 1.0  # status message interval
-MAX_CATCH_UP_S = 0.5  # live, incremental encoder: a backlog up to this is analysed hop by hop
+# Live, incremental encoder: a backlog up to this (and half the ring) is analysed hop by hop.
+# Above it the encoder jumps (a full window, ~2 steps): the bound must exceed what a jump
+# lets pile up, or a box that keeps up by stepping would be caught jumping forever.
+MAX_CATCH_UP_S = 1.5
 WAIT_POLL_S = 0.0005  # sleep while the audio is due but has not arrived yet
 WAIT_MAX_S = 0.05  # longest sleep while waiting for audio (bounds command latency)
 MAX_CAPTURE_S = 60.0  # longest capture command
@@ -307,7 +310,7 @@ class Worker(threading.Thread):
         ring = self.source.ring
         self._by_hop = not self.realtime or (
             getattr(self.engine.encoder, "incremental", False)
-            and ring.available <= MAX_CATCH_UP_S * self.source.sr
+            and ring.available <= min(MAX_CATCH_UP_S * self.source.sr, ring.capacity // 2)
         )
         limit = READ_CHUNK_FRAMES
         if self._by_hop:
