@@ -139,3 +139,4 @@ def test_windowed_at_the_streaming_cadence_equals_the_streaming_encoder(
         computed += got is not previous
         previous = got
     assert computed == len(range(4, total + 1, STREAMING_STEP_FRAMES))
+

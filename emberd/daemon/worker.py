@@ -257,14 +257,15 @@ class Worker(threading.Thread):
                 self._publish_status(now)
             n = self._read()
             if n:
-                # Drain everything that arrived (the front end is cheap), then analyse.
-                # Hop by hop (see _read), each hop is analysed as soon as its audio is
-                # in, with its own levels; otherwise a slow hop never leaves a backlog
-                # that later hops inherit (_run_hops skips to the newest).
+                # Drain everything that arrived (the front end is cheap), then analyse:
+                # a slow hop never leaves a backlog that later hops inherit (_run_hops
+                # skips to the newest). Hop by hop (see _read), each hop is analysed as
+                # soon as its audio is in, with its own levels, and commands and status
+                # are served between hops even while a backlog is caught up.
                 while n:
                     self._consume(n)
                     if self._by_hop:
-                        self._run_hops()
+                        break  # one hop's audio: analyse it, then commands and status again
                     n = self._read()
                 self._run_hops()
                 continue
