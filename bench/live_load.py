@@ -119,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
         rt[name] = r = bench.stress(lib, work, "aisfx", samples, extra)
         print(f"real time {name}: hits {r['hits']}/{r['expected']}, skipped hops "
               f"{r['skipped_hops']} of {(r['hops'] or 0) + (r['skipped_hops'] or 0)}, "
-              f"overflows {r['overflows']}, hop latency p99 {r['hop_p99_ms']} ms, "
+              f"overflows {r['overflows']}, hop latency p99 {r['hop_p99_ms']} ms, provisional "
+              f"p50 {r['prov_p50']:.1f} / p90 {r['prov_p90']:.1f} ms, "
               f"load {os.getloadavg()[0]:.1f}", flush=True)  # fmt: skip
     wav = work / "stress.wav"
     fast = {name: fast_cpu(lib, wav, work, extra) for name, extra in arms}
