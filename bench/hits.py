@@ -735,6 +735,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stress", action="store_true",
                     help="first the 4-channel, 16 hits/s run and its --no-hits anchor, then "
                          "the file-input run (no JACK)")
+    ap.add_argument("--tune", action="store_true",
+                    help="the tuning split: library hits from TUNE_KITS, held-out hits from "
+                         "HELD_OUT_TUNE (choose settings here, report the default split)")
     args = ap.parse_args(argv)
 
     import soundfile as sf
@@ -757,9 +760,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"{r['inference_ms']} ms, whole hop {r['hop_work_ms']} ms of a "
                   f"{HOP_MS:.1f} ms hop; per hit stage {r['hit_stage_ms']} ms")  # fmt: skip
         args.no_jack = True  # then the file-input run, as without --stress
-    lib_samples = labelled(TEST_KITS)
+    lib_samples = labelled(TUNE_KITS if args.tune else TEST_KITS)
     with Library.open(lib_path) as lib:
-        held, dups = held_out(lib, HELD_OUT_TEST)
+        held, dups = held_out(lib, HELD_OUT_TUNE if args.tune else HELD_OUT_TEST)
     perf = performance(args.seed, lib_samples, held, args.hits)
     work = Path(tempfile.mkdtemp(prefix="emberd-hits-"))
     wav = work / "performance.wav"

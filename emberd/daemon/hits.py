@@ -556,9 +556,10 @@ class HitLadder:
         ch.sounding[:] = [s for s in ch.sounding if s.end + guard > start]
         known = np.zeros(n, np.float32)
         covered = np.zeros(n, bool)
-        x = ch.history.get(start, n)
+        x = None
         for s in ch.sounding:
             if s.start + SNIPPET_SAMPLES < start + n and s.end > start:
+                x = ch.history.get(start, n) if x is None else x
                 self._check(s, x, start)
             a, b = max(s.start, start), min(s.end, start + n)
             if b > a:

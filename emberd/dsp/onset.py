@@ -114,6 +114,9 @@ class OnsetDetector:
         self._hist = np.full((n_fn, self._lookback + self._span), -np.inf)
         self._hist_raw = self._hist[:2].copy()
         self._floor = np.full(n_fn, np.inf)
+        from scipy.signal import sosfilt
+
+        self._sosfilt = sosfilt
         self._sos = _band_filters(self.sr)
         self._zi = [np.zeros((len(sos), 2)) for sos in self._sos]  # band filter states
         self._band_span = max(1, round(BAND_WINDOW_S * sr / self.frame))  # frames
@@ -215,11 +218,9 @@ class OnsetDetector:
         # Band functions, of the input itself (a step in the residual where a prediction
         # starts would ring through a filter): a tom's or a snare's body rises clearly in
         # its band under a cymbal's or an open hat's bright tail that was not subtracted.
-        from scipy.signal import sosfilt
-
         band_frames, band_energy = [], []
         for j, sos in enumerate(self._sos):
-            yb, self._zi[j] = sosfilt(sos, buf, zi=self._zi[j])
+            yb, self._zi[j] = self._sosfilt(sos, buf, zi=self._zi[j])
             band_frames.append(yb.reshape(-1, self.frame))
             band_energy.append(np.mean(band_frames[-1] ** 2, axis=1))
         # Each frame's band level: the mean energy of its BAND_WINDOW_S ending with it.

@@ -522,8 +522,9 @@ class HitIndex:
         snippet, or its whole sound once :meth:`load_sound` has it."""
         out = np.zeros(length, np.float32)
         sound = self._sounds.get(row)
-        src = self.snippet(row) if sound is None else sound
-        a, b = max(start, 0), min(start + length, len(src))
-        if b > a:
-            out[a - start : b - start] = gain * src[a:b]
+        n = SNIPPET_SAMPLES if sound is None else len(sound)
+        a, b = max(start, 0), min(start + length, n)
+        if b > a:  # only the samples wanted (an int16 snippet is scaled piece by piece)
+            piece = self._int16[row, a:b] * self.scale[row] if sound is None else sound[a:b]
+            out[a - start : b - start] = gain * piece
         return out
