@@ -44,7 +44,9 @@ Known limits: a library file longer than MAX_SOUND_S is matched and subtracted o
 first MAX_SOUND_S only; a loop whose first hits are over 20 dB below its loudest is found
 at that loud hit (its stored snippet starts there), so its first hits may already have
 been listed as one-shots (they are dropped when the loop explains them); the speed bank
-holds 31 x 256 float32 samples per library file in memory (32 MB for 1000 files).
+holds 31 x 256 float32 samples per library file in memory (32 MB for 1000 files); decoded
+library waveforms are cached up to REF_CACHE_BYTES. A candidate over RESIDUE_DB below the
+explained sounds under it is taken for what their subtraction left behind, not a sound.
 """
 
 from __future__ import annotations
@@ -65,7 +67,6 @@ from emberd.library.hitindex import DESC_OFFSET_SAMPLES, EARLY_SAMPLES, HitIndex
 from emberd.library.waveform import PRE_ROLL_SAMPLES, WAVE_SR, onset_sample
 
 MAX_SOUND_S = 8.0  # s: at most this much of a library file is matched and subtracted
-BUFFER_S = 2 * MAX_SOUND_S + 2.0  # s of track (and its explained part) held in memory
 READ_BLOCK = 8192  # samples per FileSource block at WAVE_SR (0.37 s)
 DETECT_BLOCK = 512  # samples per onset-detector push (23 ms): explanations land between
 LEAD_IN = 2048  # silent samples before the track: the detector's warm-up hides no hit at 0
@@ -99,11 +100,16 @@ ABANDON_RHO = 0.4  # a candidate refined this far below is dropped (saves long w
 MIN_STEP = 0.00002  # refinement ends at this speed step, or where a step drifts the
 MIN_STEP_SAMPLES = 0.5  # sound's end by less than this many samples (and the whole length)
 MERGE_S = 0.03  # s: the same file this close is the same occurrence
+RESIDUE_DB = -30.0  # a candidate this far below the explained sounds under it is their residue
 CONFIDENCE_SLOPE = 18.0  # logistic of rho (set by hand on kits A; not calibrated)
 CONFIDENCE_MID = 0.70
-REF_CACHE_FILES = 128  # library waveforms kept decoded
+REF_CACHE_BYTES = 64 * 2**20  # library waveforms kept decoded (an 8-s file takes 3.5 MB)
 UPSAMPLE = 4  # library waveforms are placed by linear interpolation of a 4x upsampled copy
 MIN_SPEED, MAX_SPEED = SPEED_GRID[0] * 0.98, SPEED_GRID[-1] * 1.02
+# The longest a matched sound plays in the track (MAX_SOUND_S slowed to MIN_SPEED), in
+# samples: a sound is judged once all of it (and the lag search around it) has been read.
+LOOKAHEAD_SAMPLES = math.ceil(MAX_SOUND_S / MIN_SPEED * WAVE_SR) + 2 * LAG_SAMPLES
+BUFFER_S = 2 * LOOKAHEAD_SAMPLES / WAVE_SR + 2.0  # s of track (and its explained part) held
 
 
 @dataclass(frozen=True)
@@ -113,6 +119,7 @@ class Entry:
     file_id: int
     path: str
     start_s: float  # where the file's first sample plays in the track
+    end_s: float  # where its last matched sample (at most MAX_SOUND_S of the file) plays
     gain_db: float  # its level relative to the file as stored
     speed: float  # resampling factor (>1: faster and higher)
     rho: float  # normalised correlation over the first 250 ms (or the whole sound)
@@ -123,6 +130,7 @@ class Entry:
         """The entry as the CLI prints it (JSON-ready)."""
         return {
             "path": self.path, "file_id": self.file_id, "start_s": round(self.start_s, 4),
+            "end_s": round(self.end_s, 4),
             "gain_db": round(self.gain_db, 2), "speed": round(self.speed, 5),
             "semitones": round(12 * math.log2(self.speed), 3), "rho": round(self.rho, 4),
             "confidence": round(self.confidence, 4), "kind": self.kind,
@@ -147,6 +155,11 @@ class _Ref:
     onset: int
     up: np.ndarray  # y at UPSAMPLE x WAVE_SR: interpolated between samples without HF loss
 
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the decoded waveforms."""
+        return int(self.y.nbytes + self.up.nbytes)
+
 
 def confidence(rho: float) -> float:
     """Confidence (0..1) of an entry with fine correlation ``rho``."""
@@ -168,7 +181,9 @@ class Timeline:
         self.index = HitIndex.from_library(library)
         if len(self.index) == 0:
             raise EmberdError("the library holds no onset snippets (run 'emberd index' again)")
-        self._refs: OrderedDict[int, _Ref] = OrderedDict()
+        self._refs: OrderedDict[int, _Ref] = OrderedDict()  # least recently used first
+        self._ref_bytes = 0  # their total nbytes, at most REF_CACHE_BYTES
+        self.decodes = 0  # library files decoded (a cache miss each)
         self._row = {int(f): i for i, f in enumerate(self.index.file_ids.tolist())}
         self.bank, self.bank_energy = _speed_bank(self.index)
         self.same_attack = _same_attack(self.index)
@@ -183,6 +198,7 @@ class Timeline:
             return ref
         from emberd.dsp.sources import load_audio
 
+        self.decodes += 1
         try:
             y, _info = load_audio(self.files[file_id].path, sr=WAVE_SR, mono=True)
             y = y[: int(MAX_SOUND_S * WAVE_SR)]
@@ -200,8 +216,12 @@ class Timeline:
         up = np.asarray(soxr.resample(y, WAVE_SR, UPSAMPLE * WAVE_SR, quality="HQ"), np.float32)
         ref = _Ref(y, onset, up)
         self._refs[file_id] = ref
-        if len(self._refs) > REF_CACHE_FILES:
-            self._refs.popitem(last=False)
+        self._ref_bytes += ref.nbytes
+        # Bounded in bytes, not files: 128 long files would hold ~450 MB. The newest stays
+        # even when it alone is over the bound.
+        while self._ref_bytes > REF_CACHE_BYTES and len(self._refs) > 1:
+            _fid, old = self._refs.popitem(last=False)
+            self._ref_bytes -= old.nbytes
         return ref
 
     # -- streaming ----------------------------------------------------------------------
@@ -256,14 +276,17 @@ class _Stream:
         # start, so a sound is judged before the next one covers it.
         self.ahead = OnsetDetector(sr=WAVE_SR)
         self.upcoming: list[int] = []  # absolute onsets from ``ahead``, not yet passed
+        # Entries still playing where new ones may start (merged, covered, absorbed: the
+        # only ones each new entry is compared with), and those long done.
         self.entries: list[Entry] = []
+        self.done: list[Entry] = []
         self.recent: OrderedDict[int, None] = OrderedDict()
         self.onsets = 0
         self.fed = 0  # track samples fed at WAVE_SR
         self.n = 0  # track samples observed (at the file's rate)
         self.total = 0.0  # their sum (for the mean)
         self.vmax, self.vmin = -math.inf, math.inf  # extremes of the track samples
-        self.lookahead = int(MAX_SOUND_S * WAVE_SR) + 2 * LAG_SAMPLES
+        self.lookahead = LOOKAHEAD_SAMPLES
 
     def _i(self, a: int) -> int:
         return a - self.base
@@ -304,7 +327,7 @@ class _Stream:
             m = min(pad, READ_BLOCK)
             self._append(np.zeros(m, np.float32))
             pad -= m
-        entries = sorted(self.entries, key=lambda e: (e.start_s, e.path))
+        entries = sorted(self.done + self.entries, key=lambda e: (e.start_s, e.path))
         reason = None if entries else self._silence_reason()
         return Result(entries, self.fed / WAVE_SR, self.onsets, reason)
 
@@ -464,15 +487,29 @@ class _Stream:
         if avail >= LONG_FILE_SAMPLES:
             # A loop is judged over all of it too: its start may coincide with other sounds.
             rho_j, gain = max(rho_j, rho), whole_gain
-        if gain <= 0:
+        if gain <= 0 or self._residue(ref, speed, pos, n_judge, gain):
             return None
         start = pos - (ref.onset - PRE_SAMPLES) / speed
         # Over a whole loop (seconds at one exact speed) a lower correlation is as telling.
         exact_rho = LONG_EXACT_RHO if avail >= LONG_FILE_SAMPLES else EXACT_RHO
         kind = "exact" if rho_j >= exact_rho else "similar"
         entry = Entry(file_id, self.tl.files[file_id].path, start / WAVE_SR,
-                      20 * math.log10(gain), speed, rho_j, confidence(rho_j), kind)
+                      (start + len(ref.y) / speed) / WAVE_SR, 20 * math.log10(gain), speed,
+                      rho_j, confidence(rho_j), kind)
         return explained, entry
+
+    def _residue(self, ref: _Ref, speed: float, pos: float, n: int, gain: float) -> bool:
+        """Whether a candidate is only what subtracting an explained sound left behind:
+        over its first ``n`` samples it is over RESIDUE_DB below the explained part there
+        (resampling a placed file is exact to about -35 dB, and that remainder has the
+        explained file's own onsets)."""
+        a = math.floor(pos)
+        b = min(math.ceil(pos + n / speed) + 1, self.end)
+        if b <= a or not (a >= self.base and self.cover[self._i(a) : self._i(b)].any()):
+            return False
+        p = self._placed(ref, speed, pos, a, b).astype(np.float64) * gain
+        k = self.known[self._i(a) : self._i(b)].astype(np.float64)
+        return float(p @ p) < float(k @ k) * 10 ** (RESIDUE_DB / 10)
 
     def _judge_window(self, pos: float, speed: float) -> int:
         """File samples (from its pre-roll) that play before the next sound starts:
@@ -531,8 +568,18 @@ class _Stream:
         pr = float(p @ r)
         return pr / pp, pr * pr / pp
 
+    def _retire(self) -> None:
+        """Move entries that ended before any new entry can start to ``done``: a new
+        entry starts at most its file's onset (< MAX_SOUND_S, slowed) before the onset
+        being explained, which is at least the detector's position minus a block."""
+        first = (self.det_pos - DETECT_BLOCK - LOOKAHEAD_SAMPLES) / WAVE_SR - MERGE_S
+        if any(o.end_s < first for o in self.entries):
+            self.done += [o for o in self.entries if o.end_s < first]
+            self.entries = [o for o in self.entries if o.end_s >= first]
+
     def _add(self, e: Entry) -> None:
         """Record an entry (merging a repeat of one occurrence); subtract an exact one."""
+        self._retire()
         for j, old in enumerate(self.entries):
             if old.file_id == e.file_id and abs(old.start_s - e.start_s) <= MERGE_S:
                 if e.rho > old.rho:
@@ -574,10 +621,10 @@ class _Stream:
             self.known[self._i(a) : self._i(b)] += np.float32(sign) * placed
             self.cover[self._i(a) : self._i(b)] |= placed != 0
 
-    def _covers(self, e: Entry, o: Entry) -> bool:
-        """Whether ``o`` starts while ``e`` plays."""
-        end = e.start_s + len(self.tl._ref(e.file_id).y) / e.speed / WAVE_SR
-        return e.start_s - MERGE_S <= o.start_s < end
+    @staticmethod
+    def _covers(e: Entry, o: Entry) -> bool:
+        """Whether ``o`` starts while ``e`` plays (no decoding: the entry knows its end)."""
+        return e.start_s - MERGE_S <= o.start_s < e.end_s
 
     def _part_of(self, o: Entry, e: Entry) -> bool:
         """Whether entry ``o``'s attack is a sound of entry ``e`` (its waveform there)."""
@@ -691,6 +738,7 @@ def run_cli(library_path: str, paths: list[str], *, as_json: bool) -> int:
     on stderr), 2 none could.
     """
     import json
+    import sqlite3
     import sys
 
     from emberd.library.query import Library
@@ -702,10 +750,11 @@ def run_cli(library_path: str, paths: list[str], *, as_json: bool) -> int:
         for path in paths:
             try:
                 res = tl.run(path)
-            except EmberdError as exc:
+            except sqlite3.Error:
+                raise  # the library failed, not this file: the command fails (exit 2)
+            except Exception as exc:  # any odd file is skipped with its reason
                 failed += 1
-                why = str(exc) if str(exc).startswith(str(path)) else f"{path}: {exc}"
-                print(f"emberd query: {why}", file=sys.stderr, flush=True)
+                print(f"emberd query: {_file_error(path, exc)}", file=sys.stderr, flush=True)
                 continue
             record: dict[str, Any] = {"query": str(path), "duration_s": round(res.duration_s, 3),
                                       "onsets": res.onsets,
@@ -718,6 +767,16 @@ def run_cli(library_path: str, paths: list[str], *, as_json: bool) -> int:
     if failed == len(paths):
         return 2
     return 1 if failed else 0
+
+
+def _file_error(path: str, exc: Exception) -> str:
+    """One line naming ``path`` and why it could not be read (a damaged stream mid-file,
+    an unreadable folder, ...), for any error: a bad file never ends the command."""
+    text = " ".join(str(exc).split())  # decoders' messages can span lines
+    if not isinstance(exc, EmberdError):
+        text = f"cannot read audio ({type(exc).__name__}: {text})" if text else \
+            f"cannot read audio ({type(exc).__name__})"
+    return text if text.startswith(str(path)) else f"{path}: {text}"
 
 
 def format_text(record: dict[str, Any]) -> str:
