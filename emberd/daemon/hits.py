@@ -91,7 +91,7 @@ TAP_CHUNK_FRAMES = 2048  # samples per channel the hit thread reads from the rin
 TAP_POLL_S = 0.0005  # sleep while the next block is due but has not arrived yet
 TAP_LATE_MAX_S = 0.002  # longest sleep while a due block is late (a third of a block)
 TAP_WAIT_MAX_S = 0.02  # longest sleep between reads (bounds the reply to flush/stop)
-FLUSH_TIMEOUT_S = 10.0  # end of input: longest wait for the hit thread to answer what it has
+FLUSH_STALL_S = 10.0  # end of input: the flush gives up after this long without progress
 GATE_MARGIN_DB = 12.0  # a window with no frame this far above the noise floor is silent
 GATE_ABSOLUTE_DB = -70.0  # dBFS RMS: a window quieter than this everywhere is silent
 GATE_FRAME_S = 0.0058  # frames whose RMS the level gate compares
@@ -152,10 +152,12 @@ class HitThread(threading.Thread):
     ``lost_frames``); with ``hold`` (fast file input) the ring keeps them for it.
     :meth:`flush` (end of input) returns once everything written is answered;
     :meth:`replace` swaps in the ladder of a reloaded library; while ``paused()`` the
-    audio is read and not analysed.
+    audio is read and not analysed. Each push carries the ring position it starts at,
+    so hits after a gap (lost, paused, a replaced ladder) keep their true times.
 
     Shared attributes (written by -> read by): ``ladder`` (this thread, on replace ->
-    worker: describe, floor_db: plain numbers); ``lost_frames`` (this thread -> status).
+    worker: describe, floor_db: plain numbers); ``lost_frames``, ``progress`` (this
+    thread -> status, flush); ``flush_stalls`` (the flushing thread -> status).
     """
 
     def __init__(
@@ -173,6 +175,8 @@ class HitThread(threading.Thread):
         self.outputs = outputs
         self.error: BaseException | None = None
         self.lost_frames = 0
+        self.progress = 0  # frames read plus answers handed on (flush watches it)
+        self.flush_stalls = 0  # flushes that gave up (written by the flushing thread)
         self._source = source
         self._ring = source.ring
         self._ring.tapped = self._pos = self._ring.total_read
@@ -185,10 +189,28 @@ class HitThread(threading.Thread):
         self._chan = np.zeros((len(self._columns), TAP_CHUNK_FRAMES), np.float32)
         self._queue: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
 
-    def flush(self, timeout: float = FLUSH_TIMEOUT_S) -> None:
+    def flush(self, stall_s: float = FLUSH_STALL_S) -> bool:
+        """Wait until everything written to the ring is answered; True when it is.
+
+        Fast file input can leave the tap a whole ring behind, and on a loaded machine
+        answering that takes as long as it takes: the wait goes on while the thread makes
+        progress (frames read, answers handed on) and gives up only after ``stall_s``
+        without any (a stuck or dead thread), counting the give-up in ``flush_stalls``.
+        """
         done = threading.Event()
         self._queue.put(("flush", done))
-        done.wait(timeout)
+        seen = -1
+        while not done.wait(stall_s):
+            if self.progress == seen or not self.is_alive():
+                self.flush_stalls += 1
+                log.warning("hits: flush gave up after %.1f s without progress", stall_s)
+                return False
+            seen = self.progress
+        return True
+
+    def describe(self) -> dict[str, Any]:
+        """The thread's part of the status object (plain numbers)."""
+        return {"hit_lost_frames": self.lost_frames, "hit_flush_stalls": self.flush_stalls}
 
     def replace(self, ladder: HitLadder) -> None:
         self._queue.put(("ladder", ladder))
@@ -222,6 +244,7 @@ class HitThread(threading.Thread):
         first, n = self._ring.peek(self._pos, self._scratch)
         self.lost_frames += first - self._pos
         self._pos = first + n
+        self.progress += n
         if n:
             self._late = 0
             try:
@@ -232,7 +255,7 @@ class HitThread(threading.Thread):
                             np.mean(self._scratch[:n], axis=1, out=x)
                         else:
                             np.copyto(x, self._scratch[:n, col])
-                        self._hand(self.ladder.push(c, x))
+                        self._hand(self.ladder.push(c, x, at=first))
             except Exception as exc:  # a bug in one hit must not end hit detection
                 if self.error is None:
                     log.exception("hit ladder failed")
@@ -263,6 +286,7 @@ class HitThread(threading.Thread):
         for r in results:
             for out in self.outputs:
                 out.put(r)
+            self.progress += 1
 
 
 class LevelGate:
@@ -336,6 +360,13 @@ class _History:
         self.buf[: len(x) - first] = x[first:]
         self.end += len(x)
 
+    def jump(self, end: int) -> None:
+        """Samples up to ``end`` were never heard: they read as zeros from now on."""
+        n = min(end - self.end, len(self.buf))
+        if n > 0:
+            self.buf[np.arange(self.end, self.end + n) % len(self.buf)] = 0.0
+        self.end = max(self.end, end)
+
     def get(self, start: int, length: int, stop: int | None = None) -> np.ndarray:
         """Samples ``start .. start + length`` (zeros where unknown or at/after ``stop``)."""
         out = np.zeros(length, np.float32)
@@ -374,6 +405,7 @@ class _Channel:
     detector: OnsetDetector
     history: _History
     rate: ToRate  # input rate -> the ladder's
+    next_in: int = 0  # input (ring) position of the next sample pushed
     hits: list[_Hit] = field(default_factory=list)
     sounding: list[_Sounding] = field(default_factory=list)
     next_id: int = 0
@@ -455,15 +487,26 @@ class HitLadder:
 
     # ------------------------------------------------------------------ feeding
 
-    def push(self, c: int, x: np.ndarray) -> list[HitResult]:
-        """Feed channel ``c``'s next samples; return the answers that became due, in order."""
+    def push(self, c: int, x: np.ndarray, at: int | None = None) -> list[HitResult]:
+        """Feed channel ``c``'s next samples; return the answers that became due, in order.
+
+        ``at`` is the input (ring) position of ``x[0]``; None: right after the last push.
+        Ladder positions are input positions over the rate ratio, so a gap (frames the
+        tap lost, audio read while paused, a ladder that starts late) leaves the times of
+        later hits right: see :meth:`_gap`.
+        """
         ch = self._channels[c]
+        out: list[HitResult] = []
+        if at is not None and at != ch.next_in:
+            if at < ch.next_in:
+                raise ValueError(f"channel {c}: input position {at} before {ch.next_in}")
+            out += self._gap(ch, at)
+        ch.next_in += len(x)
         x = ch.rate.push(x)
         if not len(x):
-            return []
+            return out
         pos = ch.history.end
         ch.history.append(x)
-        out: list[HitResult] = []
         known, covered = self._known(ch, pos, len(x))
         for onset in ch.detector.push(x, known, covered):
             for hit in ch.hits:  # the next hit starts: the previous ones end here
@@ -474,6 +517,26 @@ class HitLadder:
             self.hits_started += 1
             ch.hits.append(hit)
         out += self._advance(ch, until=ch.history.end)
+        return out
+
+    def _gap(self, ch: _Channel, at: int) -> list[HitResult]:
+        """The channel's input jumps to position ``at``: what was before does not join up.
+
+        Open hits end where the audio did (their final answers, from what they have);
+        no tail is subtracted across the gap; the history, the detector and the rate
+        converter restart at ``at``'s ladder position (the gap reads as zeros, and the
+        detector warms up again so the splice is no onset).
+        """
+        for hit in ch.hits:
+            hit.end = ch.history.end if hit.end is None else hit.end
+        out = self._advance(ch, until=ch.history.end)
+        ch.hits.clear()
+        ch.sounding.clear()
+        base = max(round(at / self._ratio), ch.history.end)
+        ch.history.jump(base)
+        ch.detector.skip(base - ch.detector.position)
+        ch.rate = ToRate(self.sr_in, self.sr)
+        ch.next_in = at
         return out
 
     def _known(

@@ -28,8 +28,12 @@ control requests and OSC datagrams), ``rejected_control``, ``rejected_osc``,
 ``publisher_drops`` (hops dropped by each output's full handoff), ``outputs`` (per output:
 messages ``published``, ``dropped`` = ``queue_dropped`` + ``transport_dropped``, ``errors``,
 ``disabled``, ``queued``; see :mod:`emberd.daemon.outputs`), ``analyzers`` (per analyser:
-``calls``, ``errors``, ``disabled``), ``swallowed_errors`` (per place, exceptions caught
-and not re-raised since the process started; see :func:`swallowed`).
+``calls``, ``errors``, ``disabled``), with hits on: ``hits`` (hits started),
+``hit_index_files``, ``hit_stage_ms`` (compute per ladder answer), ``hit_lost_frames``
+(input frames the hit thread's tap lost: it fell a whole ring behind),
+``hit_flush_stalls`` (end-of-input flushes that gave up without progress),
+``swallowed_errors`` (per place, exceptions caught and not re-raised since the process
+started; see :func:`swallowed`).
 """
 
 from __future__ import annotations

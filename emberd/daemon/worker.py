@@ -470,6 +470,7 @@ class Worker(threading.Thread):
             "k": self.k,
             "paused": self.paused,
             **(self.hits.describe() if self.hits is not None else {}),
+            **(self._hit_thread.describe() if self._hit_thread is not None else {}),
             **(self.source.watchdog.describe() if hasattr(self.source, "watchdog") else {}),
         }
 

@@ -98,6 +98,7 @@ class OnsetDetector:
         self._n_pending = 0
         self._last = np.zeros((2, 2), np.float32)  # last samples of x and residual (difference)
         self._frames = 0
+        self._quiet_until = self._warmup  # no onset up to this frame count (warm-up)
         self._since = self._refractory  # frames since the last onset
         self.position = 0
 
@@ -111,6 +112,18 @@ class OnsetDetector:
         cum = np.concatenate([np.zeros((2, 1)), np.cumsum(lin, axis=1)], axis=1)
         k = self._lookback
         return _db((cum[:, k : k + n] - cum[:, :n]) / k)
+
+    def skip(self, n: int) -> None:
+        """``n`` samples of the channel were never seen (lost or not analysed): move the
+        position past them. The audio on both sides does not join up, so the partial frame
+        is dropped and no onset is reported for WARMUP_S: the detector's look-back then
+        holds only audio from after the gap (a splice is no rise). The floor is kept."""
+        if n <= 0:
+            return
+        self.position += int(n)
+        self._n_pending = 0
+        self._last[:] = 0.0
+        self._quiet_until = self._frames + self._warmup
 
     @property
     def floor_db(self) -> float:
@@ -148,6 +161,7 @@ class OnsetDetector:
             data[1] = known
             data[2] = covered
         start = self.position - self._n_pending  # absolute position of the first frame
+        joint = self._n_pending  # where this call's samples join the earlier ones
         merged = np.concatenate([self._pending[:, : self._n_pending], data], axis=1)
         whole = merged.shape[1] - merged.shape[1] % self.frame
         self.position += len(x)
@@ -159,7 +173,14 @@ class OnsetDetector:
         resid = buf - merged[1, :whole]
         cov = merged[2, :whole].reshape(-1, self.frame).min(axis=1) > 0  # whole frames only
         both = np.stack([buf, resid])
-        diff = np.diff(both, 2, axis=1, prepend=self._last).reshape(2, -1, self.frame)
+        diff = np.diff(both, 2, axis=1, prepend=self._last)
+        # The earlier samples' residual was taken with the prediction of that call: a sound
+        # identified since then is subtracted from here on only, a step that would read as
+        # a crack in the second difference (a false onset where a loud sound's prediction
+        # starts on a block boundary). The two differences across the joint are not used.
+        if joint + 2 < whole:
+            diff[1, joint : joint + 2] = diff[1, joint + 2]
+        diff = diff.reshape(2, -1, self.frame)
         self._last = both[:, -2:].copy()
         frames = both.reshape(2, -1, self.frame)
         raw = np.stack([_db(np.mean(frames[0] ** 2, axis=1)), _db(np.mean(diff[0] ** 2, axis=1))])
@@ -190,7 +211,7 @@ class OnsetDetector:
         floor_before = np.concatenate([self._floor[:, None], floor_after[:, :-1]], axis=1)
         ok = (rise >= self.rise_db) & (levels - floor_before >= self.floor_margin_db)
         frame_no = self._frames + np.arange(1, n + 1)
-        ok &= (levels[0] >= ABSOLUTE_FLOOR_DB) & (frame_no > self._warmup)
+        ok &= (levels[0] >= ABSOLUTE_FLOOR_DB) & (frame_no > self._quiet_until)
         self._hist = past[:, -(self._lookback + self._span) :]
         self._floor = floor_after[:, -1].copy()
         onsets = []
