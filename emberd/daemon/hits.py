@@ -81,6 +81,9 @@ SOUNDING_MAX = 4  # previous sounds per channel whose tails are subtracted
 TAIL_PROBE = 220  # samples at a snippet's end (10 ms) that tell how loud its tail goes on
 TAIL_RANGE_DB = 30.0  # a tail going on within this of a hit's peak limits the hit's window
 SUBTRACT_MIN_RHO = 0.9  # ... when identified this well (a worse fit would add, not remove)
+CHECK_SAMPLES = 64  # a prediction past its snippet is checked against the audio this finely
+CHECK_STOPPED = 0.5  # ... and ends where the audio's energy falls under this share of it
+SUBTRACT_SIMILAR = True  # ... also a near answer's best-correlated file (a velocity layer)
 SAME_RECORDING = 0.999  # snippets this correlated are one recording at two levels
 MAX_MATCHES = 3  # matches per hit message: the answer and two alternatives
 EXACT_MIN_PROBABILITY = 0.98  # P(exact) to claim the very file: the highest P a tuning
@@ -386,6 +389,7 @@ class _Sounding:
     gain: float
     start: int
     hit: int
+    end: int  # absolute position after the last predicted sample
 
 
 @dataclass
@@ -545,23 +549,49 @@ class HitLadder:
         """The predicted continuation of the channel's identified sounds over ``start..+n``."""
         if self.index is None or not ch.sounding:
             return None, None
+        guard = round((LOOKBACK_S + RISE_SPAN_S + FRAME_S) * self.sr)
+        ch.sounding[:] = [s for s in ch.sounding if s.end + guard > start]
         known = np.zeros(n, np.float32)
         covered = np.zeros(n, bool)
+        x = ch.history.get(start, n)
         for s in ch.sounding:
-            a, b = max(s.start, start), min(s.start + SNIPPET_SAMPLES, start + n)
+            if s.start + SNIPPET_SAMPLES < start + n and s.end > start:
+                self._check(s, x, start)
+            a, b = max(s.start, start), min(s.end, start + n)
             if b > a:
-                known += self.index.placed(s.row, s.gain, start - s.start, n)
+                known += self._predicted(s, start, n)
                 covered[a - start : b - start] = True
         # Where a prediction has just ended, its sound comes back into the residual of the
         # others: compare raw levels there (no residual "rise") until the detector's
         # look-back has passed.
-        guard = round((LOOKBACK_S + RISE_SPAN_S + FRAME_S) * self.sr)
         for s in ch.sounding:
-            end = s.start + SNIPPET_SAMPLES
+            end = s.end
             a, b = max(end, start), min(end + guard, start + n)
             if b > a:
                 covered[a - start : b - start] = False
         return (known, covered) if covered.any() else (None, None)
+
+    def _predicted(self, s: _Sounding, start: int, n: int) -> np.ndarray:
+        """Sounding ``s``'s predicted samples ``start .. start + n`` (zeros past its end)."""
+        assert self.index is not None
+        p = self.index.placed(s.row, s.gain, start - s.start, n)
+        p[max(0, s.end - start) :] = 0.0
+        return p
+
+    def _check(self, s: _Sounding, x: np.ndarray, start: int) -> None:
+        """End ``s`` where, past its snippet, it stops explaining the audio ``x`` (from
+        ``start``): a right prediction leaves less than the audio, a wrong one (another
+        recording) more; where the audio falls well under the prediction, the sound was
+        stopped (a choked cymbal). Judged over CHECK_SAMPLES pieces."""
+        p = self._predicted(s, start, len(x))
+        r = x - p
+        first = max(0, s.start + SNIPPET_SAMPLES - start)
+        for a in range(first, len(x), CHECK_SAMPLES):
+            b = min(a + CHECK_SAMPLES, len(x))
+            x_e = float(x[a:b] @ x[a:b])
+            if float(r[a:b] @ r[a:b]) > x_e or x_e < CHECK_STOPPED * float(p[a:b] @ p[a:b]):
+                s.end = min(s.end, start + a)
+                return
 
     def flush(self) -> list[HitResult]:
         """End of input: every open hit publishes its final answer with what it has."""
@@ -605,7 +635,7 @@ class HitLadder:
         x = ch.history.get(start, length, hit.end)
         for s in ch.sounding:
             if s.hit < hit.id and self.index is not None and s.start < start + length:
-                x -= self.index.placed(s.row, s.gain, start - s.start, length)
+                x -= self._predicted(s, start, length)
         return x
 
     def _answer(self, ch: _Channel, hit: _Hit, stage: str, window: int) -> HitResult:
@@ -700,14 +730,21 @@ class HitLadder:
             answer, kind, confidence = claimed, "exact", hit.exact[1]
         else:  # the best-correlated file when the waveform says enough, else the vote
             same = index.classes[int(rows[best])] == index.classes[int(rows[voted])]
-            trust = float(rho[best]) >= SIMILAR_TRUST_RHO
+            # A near file of no known instrument is the answer only when it correlates
+            # as well as a sound we would subtract (else the instrument vote names one).
+            known_class = index.classes[int(rows[best])] is not None
+            trust = float(rho[best]) >= (SIMILAR_TRUST_RHO if known_class else SUBTRACT_MIN_RHO)
             answer, kind = (best if same or trust else voted), "similar"
             confidence = _logistic(CLASS_WEIGHTS, share=share, rho=float(rho[answer]),
                                    log_window=log_window)  # fmt: skip
         if kind == "exact" and rho[answer] >= SUBTRACT_MIN_RHO:  # known: subtract its tail
-            self._sound(ch, hit, int(rows[answer]), float(gain[answer]), int(lag[answer]))
+            self._sound(ch, hit, int(rows[answer]), float(gain[answer]), int(lag[answer]),
+                        whole=stage == "final")  # fmt: skip
+        elif SUBTRACT_SIMILAR and rho[best] >= SUBTRACT_MIN_RHO:
+            self._sound(ch, hit, int(rows[best]), float(gain[best]), int(lag[best]),
+                        whole=stage == "final")  # fmt: skip
         elif hit.sounding is not None:  # an earlier stage was sure, this one is not
-            ch.sounding.remove(hit.sounding)
+            ch.sounding[:] = [s for s in ch.sounding if s is not hit.sounding]
             hit.sounding = None
         out = [self._match(index, int(rows[answer]), float(rho[answer]), float(gain[answer]),
                            kind, confidence)]  # fmt: skip
@@ -732,10 +769,10 @@ class HitLadder:
         usable = SNIPPET_SAMPLES
         peak = float(np.max(np.abs(ch.history.get(hit.onset, 256, hit.end)))) + 1e-12
         for s in ch.sounding:
-            end = s.start + SNIPPET_SAMPLES
+            end = s.end
             if s.hit >= hit.id or not s.start < hit.onset < end:
                 continue
-            tail = self.index.placed(s.row, s.gain, SNIPPET_SAMPLES - TAIL_PROBE, TAIL_PROBE)
+            tail = self.index.placed(s.row, s.gain, end - s.start - TAIL_PROBE, TAIL_PROBE)
             if float(np.max(np.abs(tail))) > peak * 10 ** (-TAIL_RANGE_DB / 20):
                 usable = min(usable, end - hit.onset)
         return max(usable, round(PROVISIONAL_S * self.sr))
@@ -794,15 +831,22 @@ class HitLadder:
         cls = max(votes, key=lambda c: votes[c])
         return first[cls], votes[cls] / total
 
-    def _sound(self, ch: _Channel, hit: _Hit, row: int, gain: float, lag: int) -> None:
-        """Remember the answer as the sound now ringing (its tail is subtracted later)."""
+    def _sound(
+        self, ch: _Channel, hit: _Hit, row: int, gain: float, lag: int, *, whole: bool
+    ) -> None:
+        """Remember the answer as the sound now ringing (its tail is subtracted later);
+        ``whole`` (the final answer): predict it past its snippet, from the decoded file."""
+        assert self.index is not None
         start = hit.onset + lag - PRE_ROLL_SAMPLES
-        if hit.sounding is None:
-            hit.sounding = _Sounding(row, gain, start, hit.id)
+        length = (self.index.load_sound(row, self._path(self.index, row)) if whole
+                  else self.index.sound_length(row))  # fmt: skip
+        if hit.sounding is None or not any(s is hit.sounding for s in ch.sounding):
+            hit.sounding = _Sounding(row, gain, start, hit.id, start + length)
             ch.sounding.append(hit.sounding)
             del ch.sounding[:-SOUNDING_MAX]
         else:
             hit.sounding.row, hit.sounding.gain, hit.sounding.start = row, gain, start
+            hit.sounding.end = start + length
 
     def _path(self, index: hx.HitIndex, row: int) -> str:
         return str(getattr(self.files.get(int(index.file_ids[row])), "path", ""))
