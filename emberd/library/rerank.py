@@ -61,8 +61,8 @@ EXACT_PROBABILITY = float(fitted.params()["exact_probability"])
 
 #: What :func:`confidence` weighs: the stage that answered and what it measured (see
 #: :func:`answer_features`).
-CONFIDENCE_FEATURES = ("bias", "wave", "wave_rho", "wave_mix", "tmpl", "tmpl_logit",
-                       "tmpl_margin", "lm", "lm_count", "variant", "logit")
+CONFIDENCE_FEATURES = ("bias", "wave", "wave_rho", "wave_mix", "wave_margin", "tmpl",
+                       "tmpl_logit", "tmpl_margin", "lm", "lm_count", "variant", "logit")
 _LOGIT_CLIP = 8.0
 
 
@@ -86,7 +86,7 @@ def _logit(p: float) -> float:
 
 def answer_features(
     stage: str, *, prob: float = 0.0, runner_up: float = 0.0, rho: float = 0.0,
-    mixed: bool = False, landmarks: int = 0, variant: bool = False,
+    runner_up_rho: float = 0.0, mixed: bool = False, landmarks: int = 0, variant: bool = False,
 ) -> dict[str, float]:
     """What an identification answer's confidence is computed from.
 
@@ -98,6 +98,8 @@ def answer_features(
         The re-ranker's probability of the answer and of the best other candidate.
     rho : float
         The waveform correlation (waveform answers).
+    runner_up_rho : float
+        The best waveform correlation of any other recording (waveform answers).
     mixed : bool
         The waveform stage explained the query as a mix.
     landmarks : int
@@ -109,6 +111,7 @@ def answer_features(
         stage == "landmarks")
     lp, lr = _logit(prob), _logit(runner_up)
     return {"bias": 1.0, "wave": wave, "wave_rho": wave * rho, "wave_mix": wave * float(mixed),
+            "wave_margin": wave * (rho - runner_up_rho),
             "tmpl": tmpl, "tmpl_logit": tmpl * lp, "tmpl_margin": tmpl * (lp - lr),
             "lm": lm, "lm_count": lm * float(np.log1p(landmarks)), "variant": float(variant),
             "logit": (1.0 - lm) * lp}
@@ -220,8 +223,7 @@ def features(query: QueryPatch, templates: np.ndarray) -> dict[str, np.ndarray]:
         gain = np.zeros(n)
         has = strong.any(axis=(1, 2))
         if has.any():  # one vectorised median over each candidate's strong cells
-            cells = np.where(strong[has], d[has], np.nan).reshape(int(has.sum()), -1)
-            gain[has] = np.nanmedian(cells, axis=1)
+            gain[has] = _masked_median(d[has], strong[has])
         g = gain[:, None, None]
         cont = ((d >= g - CONTAIN_TOL_DB) & strong).sum(axis=(1, 2)) / n_strong
         q_strong = (q > -STRONG_DB) & (q > floor[None, :] + ABOVE_FLOOR_DB)
@@ -236,6 +238,17 @@ def features(query: QueryPatch, templates: np.ndarray) -> dict[str, np.ndarray]:
         out["nccb"] = np.maximum(out["nccb"], rb)
         out["ncca"] = np.maximum(out["ncca"], ra)
     return out
+
+
+def _masked_median(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Per row ``i``, the median of ``values[i][mask[i]]`` (each row has a masked cell):
+    ``np.nanmedian`` of the masked-out-as-NaN rows, without its per-row Python loop."""
+    n = len(values)
+    flat = np.where(mask, values, np.inf).reshape(n, -1)
+    flat.sort(axis=1)  # the masked cells first, in order
+    count = mask.reshape(n, -1).sum(axis=1)
+    rows = np.arange(n)
+    return np.asarray(0.5 * (flat[rows, (count - 1) // 2] + flat[rows, count // 2]))
 
 
 def feature_matrix(base: dict[str, np.ndarray]) -> np.ndarray:
