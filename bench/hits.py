@@ -12,7 +12,9 @@ Classes come from each kit's ``drumkit.xml`` (:mod:`emberd.library.classes`).
 
 It is played through the real daemon (``emberd run``, a child process) at real-time
 pace from a file, and through JACK capture (a private ``jackd`` with the dummy
-backend, a JACK-Client player child process, the daemon's PortAudio input), with a
+backend paced at real time, JACK_PERIOD_FRAMES periods, a JACK-Client player child
+process, the daemon's PortAudio input, and the bare-capture anchor -- a client that
+only drains its ring -- on the same ports for the A/B of the audio callback), with a
 ZeroMQ subscriber recording every ``hit.*`` and ``match.*`` message. Per stage it
 prints top-1 (the answer is the played file or a level copy of it; ``strict``: the
 file itself) and onset-to-publish latency p50/p90 (the message's ``latency_ms``:
@@ -46,7 +48,6 @@ import json
 import os
 import platform
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -476,6 +477,9 @@ class Recorder:
         self.matches: list[dict[str, Any]] = []
         self.final = threading.Event()
         self.window_s = 0.0
+        self.status: dict[str, Any] = {}
+        self.offset_s = 0.0  # JACK runs: the performance's start on the input's clock (s)
+        self.jack: dict[str, Any] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -520,91 +524,86 @@ def run_file(lib: Path, wav: Path, work: Path, model: str, duration_s: float) ->
     return rec
 
 
-PLAYER_SCRIPT = """
-import sys, threading, jack, numpy as np, soundfile as sf
-audio, _ = sf.read(sys.argv[2], dtype="float32")
-done = threading.Event()
-client = jack.Client("emberd-hits-player", servername=sys.argv[1], no_start_server=True)
-port = client.outports.register("out")
-pos = [-1]
-@client.set_process_callback
-def process(frames):
-    out = port.get_array()
-    out[:] = 0.0
-    p = pos[0]
-    if p < 0:
-        return
-    piece = audio[p : p + frames]
-    out[: len(piece)] = piece
-    pos[0] = p + frames
-    if pos[0] >= len(audio):
-        pos[0] = -1
-        done.set()
-client.activate()
-for p in client.get_ports(is_audio=True, is_input=True):
-    if not p.name.startswith("system:"):
-        client.connect(port, p)
-print("ready", flush=True)
-sys.stdin.readline()
-pos[0] = 0
-done.wait()
-print("done", flush=True)
-"""
+JACK_PERIOD_FRAMES = 1024  # the soak's period: a Python player keeps up with it on 2 cores
 
 
-def run_jack(lib: Path, wav: Path, work: Path, model: str, duration_s: float) -> Recorder | None:
-    """The daemon capturing a private JACK server that a player child process plays into
-    (``wav`` at DAEMON_SR: JACK does not resample)."""
-    from emberd.testing.harness import Daemon, jack_available, start_jackd, stop_process
+def run_jack(lib: Path, wav: Path, work: Path, model: str, duration_s: float,
+             period: int = JACK_PERIOD_FRAMES) -> Recorder | None:  # fmt: skip
+    """The daemon capturing a private JACK server (dummy backend at real-time pace) that a
+    player child process plays into (``wav`` at DAEMON_SR: JACK does not resample), with
+    the bare-capture anchor on the same ports for the whole run (the A/B of the audio
+    callback: overflows of the daemon's input vs a client that only drains its ring)."""
+    from emberd.testing.harness import (
+        BareCapture,
+        Daemon,
+        PlayerProcess,
+        jack_available,
+        start_jackd,
+        stop_process,
+        wait_for,
+    )
 
     if not jack_available():
         print("bench: jackd not installed: JACK run skipped", file=sys.stderr)
         return None
     server = f"emberd-hits-{uuid.uuid4().hex[:6]}"
-    jackd = start_jackd(server, rate=DAEMON_SR, period=BLOCK_FRAMES,
+    jackd = start_jackd(server, rate=DAEMON_SR, period=period, real_time=True,
                         log_path=work / "jackd.log")  # fmt: skip
     env = {"JACK_DEFAULT_SERVER": server, "JACK_NO_START_SERVER": "1"}
-    player = None
+    player: PlayerProcess | None = None
+    anchor: BareCapture | None = None
     d = Daemon(["--library", str(lib), "--input", "default", "--channels", "0", "--model", model,
                 "--k", "5"], work / "daemon-jack.log", env=env, osc_in=False)  # fmt: skip
     try:
         d.start(ready_timeout=300)
+        anchor = BareCapture(server, 1, period=1.0)
         rec = Recorder(d.pub)
-        player = subprocess.Popen([sys.executable, "-c", PLAYER_SCRIPT, server, str(wav)],
-                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                                  env={**os.environ, **env})  # fmt: skip
-        assert player.stdout is not None and player.stdin is not None
-        if player.stdout.readline().strip() != "ready":
-            raise RuntimeError("bench: the JACK player did not start")
-        time.sleep(1.0)  # the subscriber is connected and the stream runs
-        t_play = time.time()
-        player.stdin.write("go\n")
-        player.stdin.flush()
-        player.stdout.readline()  # "done"
-        time.sleep(1.0)
+        player = PlayerProcess(server, wav)
+        wait_for(lambda: bool(anchor.samples), 60, what="the bare-capture anchor")
+        player.go()
+        p = player
+        wait_for(lambda: p.report()["loops"] >= 1, duration_s + 120, interval=0.5,
+                 what="the JACK player")  # fmt: skip
         rec.status = d.status()
+        rec.jack = {"anchor_overflows": anchor.overflows(), **player.report(),
+                    "xruns_logged": (work / "jackd.log").read_text(errors="replace")
+                    .lower().count("xrun"), "period": period}  # fmt: skip
         rec.close()
-        # JACK input has no file position: onset_s counts from the daemon's input start.
-        rec.offset_s = t_play - float(rec.status["start_time"])  # type: ignore[attr-defined]
         return rec
     finally:
         d.stop()
+        if anchor is not None:
+            anchor.close()
         if player is not None:
-            stop_process(player)  # type: ignore[arg-type]
+            player.close()
         stop_process(jackd, signal.SIGTERM)
 
 
 def align_jack(rec: Recorder, perf: Performance) -> list[dict[str, Any]]:
-    """JACK onsets count from the stream start: shift them onto the performance's clock."""
+    """JACK onsets count from the stream start: shift them onto the performance's clock.
+
+    The shift is the one that pairs the most detections with true onsets (a vote over
+    every detection-minus-onset difference), then the median residual of those pairs.
+    The player's start time is no anchor: the daemon's ``start_time`` precedes its
+    stream by the model's load time.
+    """
     if not rec.hits:
         return []
     truth = np.array([t.onset_s for t in perf.hits])
-    onsets = np.array([float(h["onset_s"]) for h in rec.hits])
-    # Coarse: the play command's time; fine: the median nearest-truth residual.
-    shift = float(getattr(rec, "offset_s", 0.0))
-    for _ in range(2):
-        res = [truth[np.argmin(np.abs(truth - (o - shift)))] - (o - shift) for o in onsets]
-        shift -= float(np.median(res))
+    onsets = np.array(sorted({float(h["onset_s"]) for h in rec.hits}))
+
+    def paired(shift: float) -> np.ndarray:
+        """Residuals (truth - shifted onset) of the onsets within tolerance of a truth."""
+        moved = onsets - shift
+        nearest = truth[np.argmin(np.abs(truth[None, :] - moved[:, None]), axis=1)]
+        res = nearest - moved
+        return res[np.abs(res) <= MATCH_TOLERANCE_S]
+
+    candidates = np.unique(np.round((onsets[:, None] - truth[None, :]).ravel(), 3))
+    best = max(candidates, key=lambda c: paired(float(c)).size)
+    res = paired(float(best))
+    shift = float(best) - float(np.median(res)) if res.size else float(best)
+    rec.offset_s = shift
     out = []
     for h in rec.hits:
         h = dict(h)
@@ -794,11 +793,15 @@ def main(argv: list[str] | None = None) -> int:
         sf.write(jwav, soxr.resample(perf.audio, SR, DAEMON_SR), DAEMON_SR, subtype="FLOAT")
         jrec = run_jack(lib_path, jwav, work, args.model, duration)
         if jrec is not None:
+            (work / "jack-hits.json").write_text(json.dumps(jrec.hits))
             results["jack"] = score(perf, align_jack(jrec, perf), [], copies, file_class,
                                     jrec.window_s)  # fmt: skip
             report("JACK capture", results["jack"])
-            print(f"    JACK status: overflows {jrec.status.get('overflows')}, dropped hops "
-                  f"{jrec.status.get('dropped_hops')}")  # fmt: skip
+            print(f"    JACK status: overflows {jrec.status.get('overflows')} (bare-capture "
+                  f"anchor {jrec.jack['anchor_overflows']}), dropped hops "
+                  f"{jrec.status.get('dropped_hops')}, player xruns {jrec.jack['xruns']}, "
+                  f"jackd xrun lines {jrec.jack['xruns_logged']}, period "
+                  f"{jrec.jack['period']} frames")  # fmt: skip
     base = Baseline(lib_paths)
     onsets = sorted({float(h["onset_s"]) for h in rec.hits})
     b = baseline_scores(perf, onsets, base, copies, file_class)

@@ -425,6 +425,39 @@ def test_osc_control_replies_to_sender(live: Daemon) -> None:
         sock.close()
 
 
+def test_subscribers_report_what_they_lost(live: Daemon) -> None:
+    """ZeroMQ drops silently at a slow reader's HWM: the reader counts the seq gaps and
+    reports them over control, and the daemon's status shows them."""
+    from test_clients_lib import Publisher, match_fields, next_data
+
+    from emberd.clients.subscriber import Subscriber
+
+    assert live.control_endpoint is not None
+    pub = Publisher()  # the gaps a full HWM leaves, made on purpose
+    try:
+        with Subscriber(pub.endpoint, ["match"], report_to=live.control_endpoint,
+                        name="e2e-slow-reader") as sub:  # fmt: skip
+            pub.wait_subscribed()
+            for seq in (5, 6, 9):  # 7 and 8 lost
+                pub.send("match", 0, seq=seq, **match_fields(["a.wav"]))
+            for _ in range(3):
+                next_data(sub)
+            assert sub.dropped == 2
+            sub.recv(timeout_s=0.01)  # the next call reports (one short request)
+            assert sub.report_errors == 0
+    finally:
+        pub.close()
+    st = _cmd(live, "status")["status"]
+    assert st["subscriber_lost_by"]["e2e-slow-reader"] == 2
+    assert st["subscriber_lost"] >= 2 and st["outputs"]["zmq"]["subscriber_lost"] >= 2
+    for bad in ({"subscriber": "no spaces", "messages": 1}, {"subscriber": "x", "messages": -1},
+                {"subscriber": "x", "messages": True}, {"subscriber": "x", "messages": 1.5},
+                {"subscriber": "x" * 65, "messages": 1}, {"subscriber": "x"}):
+        reply = _cmd(live, "lost", **bad)
+        assert reply["ok"] is False and reply["error"].startswith("lost:")
+    assert "x" not in _cmd(live, "status")["status"]["subscriber_lost_by"]
+
+
 def test_publishing_continues_while_control_is_flooded(live: Daemon) -> None:
     """Control requests run on their own threads: hops keep coming during a flood."""
     hops = _cmd(live, "status")["status"]["hops"]

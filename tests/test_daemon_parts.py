@@ -172,3 +172,18 @@ def test_osc_publisher_wekinator_and_projection() -> None:
     wek, proj = got[fmt.ADDR_WEKINATOR], got[fmt.ADDR_PROJ]
     assert len(wek) == 2 and len(wek[0]) == 12 and wek[0] == wek[1]
     assert len(proj[0]) == 6 and all(-1.0 < v < 1.0 for v in proj[0] + wek[0])
+
+
+def test_loss_reports_are_bounded_and_summed() -> None:
+    """Each subscriber's latest count is kept, for the newest MAX_LOSS_REPORTERS only."""
+    from emberd.daemon.status import MAX_LOSS_REPORTERS, DaemonStats
+
+    stats = DaemonStats(0.0058)
+    stats.report_lost("a", 3)
+    stats.report_lost("a", 5)  # a running count: replaces, never adds
+    stats.report_lost("b", 1)
+    assert stats.snapshot()["subscriber_lost"] == 6
+    for i in range(MAX_LOSS_REPORTERS):
+        stats.report_lost(f"s{i}", 1)
+    by = stats.snapshot()["subscriber_lost_by"]
+    assert len(by) == MAX_LOSS_REPORTERS and "a" not in by and "b" not in by

@@ -263,6 +263,7 @@ def test_hits_through_a_running_daemon(library: Any, tmp_path: Path) -> None:
         sub.close(0)
         ctx.term()
     assert status["hits"] == len(picks)
+    assert status["hit_lost_frames"] == 0 and status["hit_flush_stalls"] == 0
     # The level gate: hops whose whole encoder window is noise floor publish no match.
     window_s = status["window_ms"] / 1000.0
     late = [m for m in matches if m.header["stream_s"] - window_s > starts[-1] + TAIL_S]
@@ -295,3 +296,105 @@ def test_two_channels_hitting_at_once_are_two_hits(library: Any) -> None:
     assert sorted(finals) == [3, 5] and all(r.hit == 0 for r in finals.values())
     assert Path(finals[3].matches[0]["path"]) == files[0].resolve()
     assert Path(finals[5].matches[0]["path"]) == files[6].resolve()
+
+
+class _Sink:
+    """An output that keeps what it is given (``delay_s``: a slow consumer)."""
+
+    def __init__(self, delay_s: float = 0.0) -> None:
+        self.items: list[HitResult] = []
+        self.delay_s = delay_s
+
+    def put(self, item: HitResult) -> None:
+        if self.delay_s:
+            import time
+
+            time.sleep(self.delay_s)
+        self.items.append(item)
+
+
+def test_hits_after_the_tap_lost_frames_keep_their_times(library: Any) -> None:
+    """The live producer laps the tap (it fell a whole ring behind): the lost frames are
+    counted, and the hits in what is left carry the onset of their ring position, not
+    one early by the lost time."""
+    from emberd.daemon.feed import FeederInput, array_blocks
+    from emberd.daemon.hits import HitThread
+
+    lib_path, files, _ = library
+    picks = [files[0], files[3], files[6]] * 3
+    y, starts = _perform([(p, 0.7 + 1.0 * i, -6.0) for i, p in enumerate(picks)], 9.0)
+    source = FeederInput(array_blocks(y[:, None]), sr=SR, channels=1, pace="realtime",
+                         loop=False, description="test")  # fmt: skip
+    sink = _Sink()
+    ladder, lib = _ladder(lib_path)
+    with lib:
+        thread = HitThread(ladder, [sink], source=source, channel_index=[0], realtime=True)
+        consumed = np.zeros((BLOCK, 1), np.float32)
+        for i in range(0, len(y), BLOCK):  # the producer and the worker, before the tap runs
+            source.ring.write(y[i : i + BLOCK, None])
+            source.clock.mark(source.ring.total_written)
+            source.ring.read(consumed)
+        thread.start()
+        assert thread.flush(stall_s=30.0)
+        thread.stop()
+        thread.join(5)
+    held_from = (len(y) - source.ring.capacity) / SR
+    assert thread.lost_frames == len(y) - source.ring.capacity
+    assert thread.describe()["hit_lost_frames"] == thread.lost_frames
+    finals = [r for r in sink.items if r.stage == "final"]
+    expected = [s for s in starts if s > held_from + 0.1]
+    assert len(finals) == len(expected), [r.onset_s for r in finals]
+    for r, s in zip(finals, expected, strict=True):
+        assert abs(r.onset_s - s) < 0.01 and abs(r.onset_time - s) < 0.01, (r.onset_s, s)
+        assert r.capture_time > r.onset_time
+
+
+def test_a_gap_in_the_input_ends_open_hits_and_is_no_onset(library: Any) -> None:
+    """Input jumps ahead mid-sound (audio read while paused, frames lost): the open hit
+    gets its final answer at once, the splice into a loud ringing sound starts no hit,
+    and the next hits carry their true onsets."""
+    lib_path, files, _ = library
+    parts = [(files[0], 0.5, 0.0), (files[0], 1.9, 0.0), (files[3], 2.6, -6.0)]
+    y, starts = _perform(parts, 3.5)
+    gap = (int(0.6 * SR), int(1.95 * SR))  # from 100 ms into hit 0 to 50 ms into hit 1
+    ladder, lib = _ladder(lib_path)
+    out: list[HitResult] = []
+    with lib:
+        for i in range(0, len(y), BLOCK):
+            if gap[0] <= i < gap[1]:
+                continue
+            out += ladder.push(0, y[i : i + BLOCK], at=i)
+        out += ladder.flush()
+    hits = _by_hit(out)
+    assert sorted(hits) == [0, 1], [h[0].onset_s for h in hits.values()]
+    assert hits[0][-1].stage == "final" and hits[0][-1].capture_time < gap[0] / SR + 0.01
+    assert abs(hits[1][0].onset_s - starts[2]) < 0.01
+    assert abs(hits[1][0].onset_time - starts[2]) < 0.01
+    assert Path(hits[1][-1].matches[0]["path"]) == files[3].resolve()
+
+
+def test_flush_waits_while_the_hit_thread_makes_progress(library: Any) -> None:
+    """End of input with answers still to give, slower than the flush's stall time in
+    all (a slow output, a loaded machine): the flush waits as long as answers keep
+    coming, and every hit gets its final answer before it returns."""
+    from emberd.daemon.feed import FeederInput, array_blocks
+    from emberd.daemon.hits import HitThread
+
+    lib_path, files, _ = library
+    picks = [files[0], files[3], files[6], files[1], files[4]]
+    y, _ = _perform([(p, 0.3 + 0.5 * i, -6.0) for i, p in enumerate(picks)], 3.0)
+    source = FeederInput(array_blocks(y[:, None]), sr=SR, channels=1, pace="fast",
+                         loop=False, description="test")  # fmt: skip
+    sink = _Sink(delay_s=0.1)  # 20 answers: 2 s in all, 0.1 s each
+    ladder, lib = _ladder(lib_path)
+    with lib:
+        thread = HitThread(ladder, [sink], source=source, channel_index=[0], realtime=False)
+        for i in range(0, len(y), BLOCK):
+            source.ring.write(y[i : i + BLOCK, None])
+        thread.start()
+        assert thread.flush(stall_s=0.5)
+        thread.stop()
+        thread.join(5)
+    finals = [r for r in sink.items if r.stage == "final"]
+    assert len(finals) == len(picks), [(r.onset_s, r.matches[0]["name"]) for r in finals]
+    assert thread.flush_stalls == 0

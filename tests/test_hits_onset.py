@@ -120,3 +120,17 @@ def test_recent_mean_is_the_mean_energy_of_each_lookback_run() -> None:
     want = np.stack([[10.0 * np.log10(lin[b, i : i + k].mean()) for i in range(n)]
                      for b in range(2)])  # fmt: skip
     np.testing.assert_allclose(got, want, atol=1e-9)
+
+
+def test_a_quiet_low_hit_under_a_bright_ringing_tail_is_found() -> None:
+    """A kick 15 dB down, 0.4 s into a loud cymbal-like tail that nobody subtracts: the
+    broadband level hardly moves, but the band under 300 Hz rises clearly."""
+    rng = np.random.default_rng(5)
+    t = np.arange(int(2.0 * SR)) / SR
+    tail = np.diff(rng.standard_normal(len(t)), prepend=0.0) * np.exp(-t * 1.5)
+    tail = (tail / np.max(np.abs(tail))).astype(np.float32)
+    y, starts = _place(int(2.5 * SR), [(0.9, "kick", -15.0)], noise_db=-50.0)
+    y[int(0.5 * SR) : int(0.5 * SR) + len(tail)] += tail[: len(y) - int(0.5 * SR)]
+    found = _detect(y)
+    assert len(found) == 2 and abs(found[0] - int(0.5 * SR)) < 64, found
+    assert starts[0] - 2 <= found[1] <= starts[0] + 96, (found, starts)

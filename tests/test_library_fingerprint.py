@@ -193,13 +193,3 @@ def test_attack_vectors_are_unit_and_centred() -> None:
     assert np.allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-4)
     assert np.allclose(v.mean(axis=1), 0.0, atol=1e-6)
 
-
-def test_gain_fit_median_is_the_median_of_the_strong_cells() -> None:
-    """The gain fit's vectorised median equals numpy's median of each row's selected cells
-    (odd and even counts, a single cell)."""
-    rng = np.random.default_rng(4)
-    values = rng.standard_normal((40, 6, 5)).astype(np.float32)
-    mask = rng.random((40, 6, 5)) < np.linspace(0.02, 0.9, 40)[:, None, None]
-    mask[:, 0, 0] = True  # every row selects at least one cell
-    expect = [np.median(v[m]) for v, m in zip(values, mask, strict=True)]
-    assert np.allclose(rerank._masked_median(values, mask), expect, atol=1e-6)

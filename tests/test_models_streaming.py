@@ -402,6 +402,29 @@ def test_exact_has_zero_look_ahead(
     assert ends == list(range(8, 121, 8))
 
 
+@pytest.mark.parametrize("threads", [1, 2])  # groups / edges in threads
+def test_exact_restart_continues_exactly_as_stepping(
+    folded: list[tuple[np.ndarray, np.ndarray]], drum_mel: np.ndarray, threads: int
+) -> None:
+    # A consumer that fell behind jumps to the window ending at frame 160 instead of
+    # stepping through 40..160: that window's embedding and every later one are what
+    # stepping through every frame gives.
+    x = np.ascontiguousarray(np.stack([drum_mel[100:340], drum_mel[400:640]]))
+    stepped = run(StreamingEncoder(folded, hop_frames=8, channels=2, threads=threads), x, 8)
+    enc = StreamingEncoder(folded, hop_frames=8, channels=2, threads=threads)
+    run(enc, x[:, :40], 8)
+    emb = enc.restart(x[:, 60:160], 160)
+    assert np.abs(emb - stepped[160]).max() <= TOL
+    later = run(enc, x[:, 160:], 8)
+    assert sorted(later) == list(range(168, 241, 8))
+    for end, v in later.items():
+        assert np.abs(v - stepped[end]).max() <= TOL, end
+    with pytest.raises(EmberdError, match="multiple of 8"):
+        enc.restart(x[:, 60:160], 161)
+    with pytest.raises(EmberdError, match="restart window"):
+        enc.restart(x[:, 60:150], 160)
+
+
 @pytest.mark.parametrize("channels", [1, 8])  # edge split / channel groups in threads
 def test_exact_no_array_allocation_per_hop(
     folded: list[tuple[np.ndarray, np.ndarray]], drum_mel: np.ndarray, channels: int

@@ -118,6 +118,11 @@ class ControlClient(Closing):
         return reply
 
     # Convenience wrappers for the documented commands.
+    def lost(self, subscriber: str, messages: int) -> dict[str, Any]:
+        """Report that ``subscriber`` has missed ``messages`` messages of this daemon so
+        far (:class:`~emberd.clients.subscriber.Subscriber` does it for you)."""
+        return self.call("lost", subscriber=subscriber, messages=messages)
+
     def status(self) -> dict[str, Any]:
         """The daemon's status reply."""
         return self.call("status")

@@ -9,10 +9,18 @@ its final status says it is shutting down, ``connected``
 when messages flow again and ``restarted`` when a topic's sequence number goes
 backwards (a new daemon process starts counting from 0) or the status
 message's ``start_time`` changes.
+
+The daemon's PUB socket drops messages silently, per subscriber, when that
+subscriber's queue is full (its high-water mark): only the reader can see the gaps
+in ``seq``.  Given the daemon's control endpoint (``report_to``), a subscriber
+reports its running count to the daemon (control ``lost``, at most every
+LOSS_REPORT_PERIOD_S, from :meth:`Subscriber.recv`), so the daemon's status shows
+what its readers lost (``subscriber_lost``).
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterable, Iterator
 
@@ -32,6 +40,8 @@ from emberd.errors import EmberdError
 DEFAULT_SILENCE_S = 3.0  # seconds without any message before we call the daemon silent
 DEFAULT_RCVHWM_MSGS = 1000  # per-socket queue; a slow client drops rather than grows
 RECONNECT_IVL_MS = 200  # how fast ZeroMQ retries a vanished publisher
+LOSS_REPORT_PERIOD_S = 2.0  # shortest interval between two loss reports to the daemon
+LOSS_REPORT_TIMEOUT_S = 0.2  # a report waits this long for the daemon, once, then gives up
 
 
 class Subscriber(Closing):
@@ -46,6 +56,12 @@ class Subscriber(Closing):
         default all.
     silence_s : float
         Seconds without a message after which a ``silent`` event is emitted.
+    report_to : str, optional
+        The daemon's control endpoint: report the messages this subscriber lost
+        (seq gaps) to the daemon's status.
+    name : str, optional
+        This subscriber's name in those reports (default ``emberd-client-<pid>``;
+        1-64 letters, digits, ``. _ : + -``).
 
     Examples
     --------
@@ -61,6 +77,8 @@ class Subscriber(Closing):
         *,
         silence_s: float = DEFAULT_SILENCE_S,
         context: zmq.Context | None = None,
+        report_to: str | None = None,
+        name: str | None = None,
     ) -> None:
         if silence_s <= 0:
             raise EmberdError(f"subscriber: silence_s must be > 0, got {silence_s}")
@@ -92,6 +110,13 @@ class Subscriber(Closing):
         self.malformed = 0
         #: number of daemon restarts seen
         self.restarts = 0
+        self.report_to = report_to
+        self.name = name or f"emberd-client-{os.getpid()}"
+        self._lost_here = 0  # seq gaps since this daemon process started
+        self._reported = 0  # the count the daemon last acknowledged
+        self._next_report = 0.0  # monotonic time of the earliest next report
+        #: loss reports the daemon did not acknowledge (no answer, or refused)
+        self.report_errors = 0
 
     # -- context manager / cleanup -------------------------------------------------
     def close(self) -> None:
@@ -109,6 +134,8 @@ class Subscriber(Closing):
             Longest wait in seconds; ``None`` waits until something happens
             (a message or a connection event).
         """
+        if self.report_to is not None and self._lost_here > self._reported:
+            self._report_loss()
         if not self._announced:
             self._announced = True
             return ConnectionEvent("waiting", f"waiting for daemon at {self.endpoint}")
@@ -135,6 +162,26 @@ class Subscriber(Closing):
                 continue
             if deadline is not None and time.monotonic() >= deadline:
                 return None
+
+    def _report_loss(self) -> None:
+        """Tell the daemon this subscriber's loss count (rate-limited, one short try)."""
+        from emberd.clients.control_client import ControlClient
+
+        now = time.monotonic()
+        if now < self._next_report or self.report_to is None:
+            return
+        self._next_report = now + LOSS_REPORT_PERIOD_S
+        count = self._lost_here
+        try:
+            with ControlClient(self.report_to, timeout=LOSS_REPORT_TIMEOUT_S, retries=1,
+                               context=self._ctx) as ctl:  # fmt: skip
+                ok = bool(ctl.request("lost", subscriber=self.name, messages=count).get("ok"))
+        except EmberdError:
+            ok = False
+        if ok:
+            self._reported = count
+        else:
+            self.report_errors += 1
 
     def __iter__(self) -> Iterator[Item]:
         while True:
@@ -165,12 +212,14 @@ class Subscriber(Closing):
             if start is None:  # the new daemon's start time comes with its first status:
                 self._start_time = None  # adopt it then, without counting a second restart
             self.restarts += 1
+            self._lost_here = self._reported = 0  # the new daemon has heard nothing yet
             self.state = "connected"
             self._pending = msg
             why = "new start time" if new_process else f"{topic} seq {prev} -> {msg.seq}"
             return ConnectionEvent("restarted", f"daemon restarted ({why})")
         if prev is not None and msg.seq > prev + 1:
             self.dropped += msg.seq - prev - 1
+            self._lost_here += msg.seq - prev - 1
         if isinstance(msg, StatusMessage) and msg.status.get("final"):
             # The daemon's last word (end of input, or shut down): say so at once
             # instead of waiting for the silence limit.

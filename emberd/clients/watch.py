@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 import time
 from collections import deque
@@ -243,6 +244,8 @@ def outputs_text(status: dict[str, Any]) -> str:
             bits.append(f"{o['dropped']} dropped")
         if o.get("errors"):
             bits.append(f"{o['errors']} errors")
+        if o.get("subscriber_lost"):  # what the readers of the PUB socket reported missing
+            bits.append(f"{o['subscriber_lost']} lost by subscribers")
         parts.append(f"{name} {', '.join(bits) if bits else 'ok'}")
     return " · ".join(parts)
 
@@ -375,7 +378,8 @@ def run_watch(
               else contextlib.nullcontext())  # fmt: skip
     if log is not None and not as_json:
         print(f"emberd watch: {zmq_endpoint} (one line per change)", flush=True)
-    with Subscriber(zmq_endpoint, topics, silence_s=silence_s) as sub, screen as live:
+    with Subscriber(zmq_endpoint, topics, silence_s=silence_s, report_to=control_endpoint,
+                    name=f"watch-{os.getpid()}") as sub, screen as live:  # fmt: skip
         while end is None or time.monotonic() < end:
             item = sub.recv(timeout_s=1.0 / REFRESH_HZ)
             if item is None:

@@ -115,7 +115,9 @@ HIT_ANSWERS = ("exact", "similar", "none")
 ALL_KINDS = frozenset(PER_CHANNEL_KINDS | {KIND_SIMILARITY, KIND_STATUS, KIND_MASKING})
 
 # Control commands understood by the daemon (ZeroMQ and OSC alike).
-CONTROL_COMMANDS = ("status", "reload", "set_k", "set_model", "pause", "resume", "capture")
+CONTROL_COMMANDS = (
+    "status", "reload", "set_k", "set_model", "pause", "resume", "capture", "lost",
+)
 
 DEFAULT_PUB_ENDPOINT = "tcp://127.0.0.1:5556"
 DEFAULT_CONTROL_ENDPOINT = "tcp://127.0.0.1:5557"

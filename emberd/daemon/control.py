@@ -1,6 +1,7 @@
 """Control: the same commands over ZeroMQ REP and over OSC, never fatal to the daemon.
 
 :class:`Controller` validates a request dict and runs it: ``status`` directly;
+``lost`` (a subscriber's running count of messages it missed) into the stats;
 ``pause``, ``resume``, ``set_k`` and ``reload`` through the worker's command queue
 (applied between hops); ``capture`` has the worker record the next N seconds of the
 chosen channels, then searches the library with the recording here (identify + similar,
@@ -68,7 +69,10 @@ ALLOWED_KEYS: dict[str, frozenset[str]] = {
     "pause": frozenset(),
     "resume": frozenset(),
     "capture": frozenset({"seconds", "channel"}),
+    "lost": frozenset({"subscriber", "messages"}),
 }
+SUBSCRIBER_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:+-]{0,63}")
+MAX_LOST_MESSAGES = 2**53  # a JSON number every client can hold exactly
 
 
 def _error(message: str) -> dict[str, Any]:
@@ -136,7 +140,21 @@ class Controller:
             return self._ask("reload", {})
         if cmd == "set_model":
             return self._set_model(req.get("model"))
+        if cmd == "lost":
+            return self._lost(req)
         return self._capture(req)
+
+    def _lost(self, req: dict[str, Any]) -> dict[str, Any]:
+        """A subscriber's own count of messages it never got (ZeroMQ drops them silently
+        at its high-water mark: only the reader sees the gaps in ``seq``)."""
+        name, messages = req.get("subscriber"), req.get("messages")
+        if not isinstance(name, str) or not SUBSCRIBER_NAME_RE.fullmatch(name):
+            return _error("lost: subscriber must be a name of 1-64 letters, digits, . _ : + -")
+        if (isinstance(messages, bool) or not isinstance(messages, int)
+                or not 0 <= messages <= MAX_LOST_MESSAGES):  # fmt: skip
+            return _error("lost: messages must be a whole number >= 0")
+        self.stats.report_lost(name, messages)
+        return {"ok": True}
 
     def _set_model(self, model: Any) -> dict[str, Any]:
         if not isinstance(model, str) or not MODEL_NAME_RE.fullmatch(model):

@@ -5,8 +5,13 @@
 windowed), which keeps the windowed network's activations across hops and recomputes
 only the rows the hop changes: each embedding equals the windowed one on the 100 frames
 ending at the newest complete 8-frame step, with no look-ahead (exact edges).
+A new embedding comes every 8 frames (186 ms); hops in between publish the newest
+one. A stream far behind (the worker skipped hops: overload) jumps to the newest
+window with one full window's work instead of stepping through every frame.
 ``windowed`` runs the ONNX :class:`~emberd.models.runtime.Encoder` on the latest
-``window_frames`` mel frames of every channel, all channels as one batch, every hop.
+``window_frames`` mel frames of every channel, all channels as one batch, every hop;
+``aisfx-int8`` (``--precision int8``) under the default ``streaming`` strategy runs
+windowed at the streaming cadence instead: a window every 8 frames on the same grid.
 Both implement :class:`HopEncoder`, and the worker does not care which one it holds.
 
 An :class:`Engine` bundles the strategy with one :class:`StreamingFrontEnd` per channel;
@@ -29,6 +34,8 @@ log = logging.getLogger(__name__)
 ENCODER_STRATEGIES = ("windowed", "streaming")
 STREAMING_MODELS = ("aisfx",)  # models with a streaming implementation; others run windowed
 FRAME_CAPACITY_MIN = 512  # mel frames kept per channel (12 s at 23 ms), more than any window
+STREAMING_STEP_FRAMES = 8  # frames per streaming aiSFX step (three 2x pools)
+RESTART_STEPS = 3  # a streaming encoder this many steps behind jumps (a full window costs ~2)
 SILENCE_PRIME_S = 0.2  # s of zeros pushed through a scratch front end to learn the silence frame
 
 
@@ -40,6 +47,9 @@ class HopEncoder(Protocol):
     provider: str
     dim: int
     window_frames: int
+    # True when a hop costs no encoder work beyond the frames it brings (the worker then
+    # catches up late hops instead of skipping them, see emberd.daemon.worker)
+    incremental: bool
 
     def embed_hop(self, fronts: list[Any], end_frame: int) -> np.ndarray | None:
         """Embedding ``[C, dim]`` of the audio up to frame ``end_frame`` (exclusive), or None."""
@@ -59,21 +69,49 @@ def silence_frame(config: Any) -> np.ndarray:
 
 
 class WindowedEncoder:
-    """ONNX encoder on the latest window of every channel, one batch per hop."""
+    """ONNX encoder on the latest window of every channel, one batch per hop.
+
+    With ``step_frames`` > 1 a window is computed only every ``step_frames`` frames, on
+    the streaming encoder's grid (windows end where ``end + align`` is a multiple of
+    ``step_frames``); the hops in between get the newest computed embedding, the same
+    object (the worker then reuses its search). ``aisfx-int8`` runs so by default: the
+    streaming aiSFX cadence (a new embedding every 8 frames, 186 ms), at int8's cost.
+    """
 
     kind = "windowed"
 
-    def __init__(self, encoder: Any, channels: int, silence: np.ndarray) -> None:
+    def __init__(self, encoder: Any, channels: int, silence: np.ndarray,
+                 step_frames: int = 1) -> None:  # fmt: skip
         manifest = encoder.manifest
         self.encoder = encoder
         self.model: str = manifest.name
         self.provider: str = encoder.provider
         self.dim: int = int(manifest.dim)
         self.window_frames: int = int(manifest.window_frames)
+        self.step_frames = int(step_frames)
+        # Every hop a whole window, unless windows come on a grid (late hops then cost
+        # one window per grid step they cross, as on time).
+        self.incremental = self.step_frames > 1
+        self._align = (-self.window_frames) % self.step_frames
         self._window = np.empty((channels, self.window_frames, manifest.n_mels), np.float32)
         self._silence = silence
+        self._last: np.ndarray | None = None
+        self._last_end = 0
 
     def embed_hop(self, fronts: list[Any], end_frame: int) -> np.ndarray | None:
+        if self.step_frames > 1:
+            step = self.step_frames
+            end_frame = (end_frame + self._align) // step * step - self._align
+            if end_frame <= 0:
+                return None  # the first window ends on the grid's first point
+            if end_frame == self._last_end:
+                return self._last
+            self._last_end = end_frame
+            self._last = self._embed(fronts, end_frame)
+            return self._last
+        return self._embed(fronts, end_frame)
+
+    def _embed(self, fronts: list[Any], end_frame: int) -> np.ndarray:
         for c, fe in enumerate(fronts):
             oldest = fe.frames.total - fe.frames.available  # oldest frame still held
             n = max(0, min(self.window_frames, end_frame - oldest, end_frame))
@@ -89,6 +127,7 @@ class StreamingHopEncoder:
     """:class:`StreamingEncoder` fed with each hop's new frames (aiSFX only)."""
 
     kind = "streaming"
+    incremental = True  # every frame is pushed once, whichever hops are analysed
 
     def __init__(self, streaming: Any, model: str, channels: int, n_mels: int,
                  silence: np.ndarray) -> None:  # fmt: skip
@@ -99,17 +138,28 @@ class StreamingHopEncoder:
         self.window_frames = int(streaming.window_frames)
         self._fed = 0
         self._buf = np.empty((channels, streaming.chunk_frames * 4, n_mels), np.float32)
+        self._window = np.empty((channels, self.window_frames, n_mels), np.float32)
+        self._silence = silence
         self._last: np.ndarray | None = None
+        self.restarts = 0  # jumps over frames never stepped through (see embed_hop)
+        self.step_frames = STREAMING_STEP_FRAMES  # a new embedding every this many frames
         # Embeddings come every chunk_frames frames, ending on multiples of it. Leading
         # silence frames (what the window holds before the stream anyway) shift that
         # grid so one window starts exactly on the input's first frame: a one-shot file
         # played from its onset is analysed in the very window the library indexed.
         align = (-self.window_frames) % int(streaming.chunk_frames)
+        self._align = align  # encoder frame = input frame + align
         if align:
             lead = np.broadcast_to(silence, (channels, align, n_mels))
             list(streaming.push(np.ascontiguousarray(lead, dtype=np.float32)))
 
     def embed_hop(self, fronts: list[Any], end_frame: int) -> np.ndarray | None:
+        step = self.step_frames
+        if end_frame - self._fed > RESTART_STEPS * step:
+            # Far behind (the worker skipped hops: overload): jump to the newest window
+            # instead of stepping through every frame in between.
+            start = (end_frame + self._align) // step * step - self._align  # newest step end
+            self._restart(fronts, start)
         while self._fed < end_frame:
             n = min(end_frame - self._fed, self._buf.shape[1])
             for c, fe in enumerate(fronts):
@@ -118,6 +168,19 @@ class StreamingHopEncoder:
                 self._last = emb.copy()
             self._fed += n
         return self._last
+
+    def _restart(self, fronts: list[Any], end: int) -> None:
+        """Restart the encoder on the window of input frames ending at ``end``."""
+        w = self.window_frames
+        for c, fe in enumerate(fronts):
+            oldest = fe.frames.total - fe.frames.available  # oldest frame still held
+            n = max(0, min(w, end - oldest, end))
+            self._window[c, : w - n] = self._silence  # before the stream (or not held)
+            if n:
+                fe.frames.copy_range(end - n, self._window[c, w - n :])
+        self._last = self.streaming.restart(self._window, end + self._align).copy()
+        self._fed = end
+        self.restarts += 1
 
 
 @dataclass
@@ -164,8 +227,17 @@ def build_engine(
     capacity = max(FRAME_CAPACITY_MIN, 4 * manifest.window_frames)
     fronts = [StreamingFrontEnd(config, frame_capacity=capacity) for _ in range(channels)]
     encoder: HopEncoder
+    step_frames = 1  # windowed: a window every hop
     if strategy == "streaming" and manifest.name not in STREAMING_MODELS:
-        log.info("encoder streaming: not available for %s, running windowed", manifest.name)
+        from emberd.models.precision import int8_of
+
+        if int8_of(manifest) in STREAMING_MODELS and hop_frames < STREAMING_STEP_FRAMES:
+            # An int8 variant of a streaming model: its windows at the streaming cadence.
+            step_frames = STREAMING_STEP_FRAMES
+            log.info("encoder streaming: %s runs windowed every %d frames, the streaming "
+                     "cadence", manifest.name, step_frames)  # fmt: skip
+        else:
+            log.info("encoder streaming: not available for %s, running windowed", manifest.name)
         strategy = "windowed"
     if strategy == "streaming":
         encoder = _streaming(manifest, channels=channels, hop_frames=hop_frames, threads=threads,
@@ -174,7 +246,7 @@ def build_engine(
         from emberd.models.plugin import load_encoder
 
         onnx = load_encoder(manifest, device=device, threads=threads)
-        encoder = WindowedEncoder(onnx, channels, silence_frame(config))
+        encoder = WindowedEncoder(onnx, channels, silence_frame(config), step_frames)
     log.info(
         "encoder %s (%s) on %s, hop %d frame(s) = %.1f ms",
         manifest.name, encoder.kind, encoder.provider, hop_frames, hop_frames * frame_s * 1000,

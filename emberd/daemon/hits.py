@@ -61,7 +61,7 @@ import numpy as np
 from emberd.dsp.decimate import ToRate
 from emberd.dsp.onset import FRAME_S, LOOKBACK_S, RISE_SPAN_S, OnsetDetector
 from emberd.library import hitindex as hx
-from emberd.library.waveform import PRE_ROLL_SAMPLES, SNIPPET_SAMPLES
+from emberd.library.waveform import PRE_ROLL_SAMPLES, SNIPPET_SAMPLES, onset_sample
 
 log = logging.getLogger(__name__)
 
@@ -77,10 +77,16 @@ VOTE_CANDIDATES = 8  # best-correlated candidates voting for the instrument clas
 SIMILAR_TRUST_RHO = 0.5  # a near answer correlating this well is the answer, not the vote
 AUDIBLE_FRAME_S = 0.0116  # frames (256 samples) in which a hit is heard above the floor
 AUDIBLE_MARGIN_DB = 10.0  # ... by this much (the floor is the low end of the noise's frames)
+ANCHOR_BEFORE_S = 0.002  # later stages look for the library's onset from this before the
+ANCHOR_SPAN_S = 0.05  # ... detected one, over this much of the hit (the loudest part of a
+ANCHOR_MAX_SHIFT_S = 0.03  # ... drum is in it), at most this far after it
 SOUNDING_MAX = 4  # previous sounds per channel whose tails are subtracted
 TAIL_PROBE = 220  # samples at a snippet's end (10 ms) that tell how loud its tail goes on
 TAIL_RANGE_DB = 30.0  # a tail going on within this of a hit's peak limits the hit's window
 SUBTRACT_MIN_RHO = 0.9  # ... when identified this well (a worse fit would add, not remove)
+CHECK_SAMPLES = 64  # a prediction past its snippet is checked against the audio this finely
+CHECK_STOPPED = 0.5  # ... and ends where the audio's energy falls under this share of it
+SUBTRACT_SIMILAR = True  # ... also a near answer's best-correlated file (a velocity layer)
 SAME_RECORDING = 0.999  # snippets this correlated are one recording at two levels
 MAX_MATCHES = 3  # matches per hit message: the answer and two alternatives
 EXACT_MIN_PROBABILITY = 0.98  # P(exact) to claim the very file: the highest P a tuning
@@ -91,7 +97,7 @@ TAP_CHUNK_FRAMES = 2048  # samples per channel the hit thread reads from the rin
 TAP_POLL_S = 0.0005  # sleep while the next block is due but has not arrived yet
 TAP_LATE_MAX_S = 0.002  # longest sleep while a due block is late (a third of a block)
 TAP_WAIT_MAX_S = 0.02  # longest sleep between reads (bounds the reply to flush/stop)
-FLUSH_TIMEOUT_S = 10.0  # end of input: longest wait for the hit thread to answer what it has
+FLUSH_STALL_S = 10.0  # end of input: the flush gives up after this long without progress
 GATE_MARGIN_DB = 12.0  # a window with no frame this far above the noise floor is silent
 GATE_ABSOLUTE_DB = -70.0  # dBFS RMS: a window quieter than this everywhere is silent
 GATE_FRAME_S = 0.0058  # frames whose RMS the level gate compares
@@ -152,10 +158,12 @@ class HitThread(threading.Thread):
     ``lost_frames``); with ``hold`` (fast file input) the ring keeps them for it.
     :meth:`flush` (end of input) returns once everything written is answered;
     :meth:`replace` swaps in the ladder of a reloaded library; while ``paused()`` the
-    audio is read and not analysed.
+    audio is read and not analysed. Each push carries the ring position it starts at,
+    so hits after a gap (lost, paused, a replaced ladder) keep their true times.
 
     Shared attributes (written by -> read by): ``ladder`` (this thread, on replace ->
-    worker: describe, floor_db: plain numbers); ``lost_frames`` (this thread -> status).
+    worker: describe, floor_db: plain numbers); ``lost_frames``, ``progress`` (this
+    thread -> status, flush); ``flush_stalls`` (the flushing thread -> status).
     """
 
     def __init__(
@@ -173,6 +181,8 @@ class HitThread(threading.Thread):
         self.outputs = outputs
         self.error: BaseException | None = None
         self.lost_frames = 0
+        self.progress = 0  # frames read plus answers handed on (flush watches it)
+        self.flush_stalls = 0  # flushes that gave up (written by the flushing thread)
         self._source = source
         self._ring = source.ring
         self._ring.tapped = self._pos = self._ring.total_read
@@ -185,10 +195,28 @@ class HitThread(threading.Thread):
         self._chan = np.zeros((len(self._columns), TAP_CHUNK_FRAMES), np.float32)
         self._queue: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
 
-    def flush(self, timeout: float = FLUSH_TIMEOUT_S) -> None:
+    def flush(self, stall_s: float = FLUSH_STALL_S) -> bool:
+        """Wait until everything written to the ring is answered; True when it is.
+
+        Fast file input can leave the tap a whole ring behind, and on a loaded machine
+        answering that takes as long as it takes: the wait goes on while the thread makes
+        progress (frames read, answers handed on) and gives up only after ``stall_s``
+        without any (a stuck or dead thread), counting the give-up in ``flush_stalls``.
+        """
         done = threading.Event()
         self._queue.put(("flush", done))
-        done.wait(timeout)
+        seen = -1
+        while not done.wait(stall_s):
+            if self.progress == seen or not self.is_alive():
+                self.flush_stalls += 1
+                log.warning("hits: flush gave up after %.1f s without progress", stall_s)
+                return False
+            seen = self.progress
+        return True
+
+    def describe(self) -> dict[str, Any]:
+        """The thread's part of the status object (plain numbers)."""
+        return {"hit_lost_frames": self.lost_frames, "hit_flush_stalls": self.flush_stalls}
 
     def replace(self, ladder: HitLadder) -> None:
         self._queue.put(("ladder", ladder))
@@ -222,6 +250,7 @@ class HitThread(threading.Thread):
         first, n = self._ring.peek(self._pos, self._scratch)
         self.lost_frames += first - self._pos
         self._pos = first + n
+        self.progress += n
         if n:
             self._late = 0
             try:
@@ -232,7 +261,7 @@ class HitThread(threading.Thread):
                             np.mean(self._scratch[:n], axis=1, out=x)
                         else:
                             np.copyto(x, self._scratch[:n, col])
-                        self._hand(self.ladder.push(c, x))
+                        self._hand(self.ladder.push(c, x, at=first))
             except Exception as exc:  # a bug in one hit must not end hit detection
                 if self.error is None:
                     log.exception("hit ladder failed")
@@ -263,6 +292,7 @@ class HitThread(threading.Thread):
         for r in results:
             for out in self.outputs:
                 out.put(r)
+            self.progress += 1
 
 
 class LevelGate:
@@ -336,6 +366,13 @@ class _History:
         self.buf[: len(x) - first] = x[first:]
         self.end += len(x)
 
+    def jump(self, end: int) -> None:
+        """Samples up to ``end`` were never heard: they read as zeros from now on."""
+        n = min(end - self.end, len(self.buf))
+        if n > 0:
+            self.buf[np.arange(self.end, self.end + n) % len(self.buf)] = 0.0
+        self.end = max(self.end, end)
+
     def get(self, start: int, length: int, stop: int | None = None) -> np.ndarray:
         """Samples ``start .. start + length`` (zeros where unknown or at/after ``stop``)."""
         out = np.zeros(length, np.float32)
@@ -355,6 +392,7 @@ class _Sounding:
     gain: float
     start: int
     hit: int
+    end: int  # absolute position after the last predicted sample
 
 
 @dataclass
@@ -374,6 +412,7 @@ class _Channel:
     detector: OnsetDetector
     history: _History
     rate: ToRate  # input rate -> the ladder's
+    next_in: int = 0  # input (ring) position of the next sample pushed
     hits: list[_Hit] = field(default_factory=list)
     sounding: list[_Sounding] = field(default_factory=list)
     next_id: int = 0
@@ -455,15 +494,26 @@ class HitLadder:
 
     # ------------------------------------------------------------------ feeding
 
-    def push(self, c: int, x: np.ndarray) -> list[HitResult]:
-        """Feed channel ``c``'s next samples; return the answers that became due, in order."""
+    def push(self, c: int, x: np.ndarray, at: int | None = None) -> list[HitResult]:
+        """Feed channel ``c``'s next samples; return the answers that became due, in order.
+
+        ``at`` is the input (ring) position of ``x[0]``; None: right after the last push.
+        Ladder positions are input positions over the rate ratio, so a gap (frames the
+        tap lost, audio read while paused, a ladder that starts late) leaves the times of
+        later hits right: see :meth:`_gap`.
+        """
         ch = self._channels[c]
+        out: list[HitResult] = []
+        if at is not None and at != ch.next_in:
+            if at < ch.next_in:
+                raise ValueError(f"channel {c}: input position {at} before {ch.next_in}")
+            out += self._gap(ch, at)
+        ch.next_in += len(x)
         x = ch.rate.push(x)
         if not len(x):
-            return []
+            return out
         pos = ch.history.end
         ch.history.append(x)
-        out: list[HitResult] = []
         known, covered = self._known(ch, pos, len(x))
         for onset in ch.detector.push(x, known, covered):
             for hit in ch.hits:  # the next hit starts: the previous ones end here
@@ -476,29 +526,75 @@ class HitLadder:
         out += self._advance(ch, until=ch.history.end)
         return out
 
+    def _gap(self, ch: _Channel, at: int) -> list[HitResult]:
+        """The channel's input jumps to position ``at``: what was before does not join up.
+
+        Open hits end where the audio did (their final answers, from what they have);
+        no tail is subtracted across the gap; the history, the detector and the rate
+        converter restart at ``at``'s ladder position (the gap reads as zeros, and the
+        detector warms up again so the splice is no onset).
+        """
+        for hit in ch.hits:
+            hit.end = ch.history.end if hit.end is None else hit.end
+        out = self._advance(ch, until=ch.history.end)
+        ch.hits.clear()
+        ch.sounding.clear()
+        base = max(round(at / self._ratio), ch.history.end)
+        ch.history.jump(base)
+        ch.detector.skip(base - ch.detector.position)
+        ch.rate = ToRate(self.sr_in, self.sr)
+        ch.next_in = at
+        return out
+
     def _known(
         self, ch: _Channel, start: int, n: int
     ) -> tuple[np.ndarray | None, np.ndarray | None]:
         """The predicted continuation of the channel's identified sounds over ``start..+n``."""
         if self.index is None or not ch.sounding:
             return None, None
+        guard = round((LOOKBACK_S + RISE_SPAN_S + FRAME_S) * self.sr)
+        ch.sounding[:] = [s for s in ch.sounding if s.end + guard > start]
         known = np.zeros(n, np.float32)
         covered = np.zeros(n, bool)
+        x = ch.history.get(start, n)
         for s in ch.sounding:
-            a, b = max(s.start, start), min(s.start + SNIPPET_SAMPLES, start + n)
+            if s.start + SNIPPET_SAMPLES < start + n and s.end > start:
+                self._check(s, x, start)
+            a, b = max(s.start, start), min(s.end, start + n)
             if b > a:
-                known += self.index.placed(s.row, s.gain, start - s.start, n)
+                known += self._predicted(s, start, n)
                 covered[a - start : b - start] = True
         # Where a prediction has just ended, its sound comes back into the residual of the
         # others: compare raw levels there (no residual "rise") until the detector's
         # look-back has passed.
-        guard = round((LOOKBACK_S + RISE_SPAN_S + FRAME_S) * self.sr)
         for s in ch.sounding:
-            end = s.start + SNIPPET_SAMPLES
+            end = s.end
             a, b = max(end, start), min(end + guard, start + n)
             if b > a:
                 covered[a - start : b - start] = False
         return (known, covered) if covered.any() else (None, None)
+
+    def _predicted(self, s: _Sounding, start: int, n: int) -> np.ndarray:
+        """Sounding ``s``'s predicted samples ``start .. start + n`` (zeros past its end)."""
+        assert self.index is not None
+        p = self.index.placed(s.row, s.gain, start - s.start, n)
+        p[max(0, s.end - start) :] = 0.0
+        return p
+
+    def _check(self, s: _Sounding, x: np.ndarray, start: int) -> None:
+        """End ``s`` where, past its snippet, it stops explaining the audio ``x`` (from
+        ``start``): a right prediction leaves less than the audio, a wrong one (another
+        recording) more; where the audio falls well under the prediction, the sound was
+        stopped (a choked cymbal). Judged over CHECK_SAMPLES pieces."""
+        p = self._predicted(s, start, len(x))
+        r = x - p
+        first = max(0, s.start + SNIPPET_SAMPLES - start)
+        for a in range(first, len(x), CHECK_SAMPLES):
+            b = min(a + CHECK_SAMPLES, len(x))
+            x_e = float(x[a:b] @ x[a:b])
+            if float(r[a:b] @ r[a:b]) > x_e or x_e < CHECK_STOPPED * float(p[a:b] @ p[a:b]):
+                s.end = min(s.end, start + a)
+                return
 
     def flush(self) -> list[HitResult]:
         """End of input: every open hit publishes its final answer with what it has."""
@@ -542,7 +638,7 @@ class HitLadder:
         x = ch.history.get(start, length, hit.end)
         for s in ch.sounding:
             if s.hit < hit.id and self.index is not None and s.start < start + length:
-                x -= self.index.placed(s.row, s.gain, start - s.start, length)
+                x -= self._predicted(s, start, length)
         return x
 
     def _answer(self, ch: _Channel, hit: _Hit, stage: str, window: int) -> HitResult:
@@ -575,19 +671,24 @@ class HitLadder:
         index = self.index
         assert index is not None
         window = min(window, SNIPPET_SAMPLES - PRE_ROLL_SAMPLES, self._usable(ch, hit))
+        heard = window  # samples after the detected onset this stage uses (reported)
+        onset = hit.onset
         if stage != "provisional":
             window = self._audible(ch, hit, window)
+            heard = window
+            onset = self._anchor(ch, hit, window)
+            window = max(1, min(window - (onset - hit.onset), SNIPPET_SAMPLES - PRE_ROLL_SAMPLES))
         if stage == "provisional" or window < hx.EARLY_SAMPLES:
             n_desc, k = hx.ATTACK_SAMPLES, PROVISIONAL_CANDIDATES
         else:
             n_desc, k = hx.EARLY_SAMPLES, REFINED_CANDIDATES
-        desc = self._query(ch, hit, hit.onset - hx.DESC_OFFSET_SAMPLES, n_desc)
+        desc = self._query(ch, hit, onset - hx.DESC_OFFSET_SAMPLES, n_desc)
         if window < n_desc - hx.DESC_OFFSET_SAMPLES:  # not heard yet: do not describe zeros
             desc[hx.DESC_OFFSET_SAMPLES + window :] = 0.0
         rows, _ = index.candidates(desc, n_desc, k)
         rows = np.array(list(dict.fromkeys([*hit.carried.tolist(), *rows.tolist()])), np.int64)
         pre = hx.PRE_SAMPLES + hx.LAG_SAMPLES
-        seg = self._query(ch, hit, hit.onset - pre, pre + window + hx.LAG_SAMPLES)
+        seg = self._query(ch, hit, onset - pre, pre + window + hx.LAG_SAMPLES)
         seg[pre + window :] = 0.0  # only what this stage may use
         rho, gain, lag = index.correlate(seg, rows, window)
         order = np.argsort(-rho)
@@ -600,7 +701,7 @@ class HitLadder:
         if stage == "final" and index.class_model is not None:
             # All of the sound there will be: the instrument model names its class, and
             # the near answer is the best-correlated library sound of that class.
-            cls, share = index.class_model.predict(self._query(ch, hit, hit.onset, window))
+            cls, share = index.class_model.predict(self._query(ch, hit, onset, window))
             of_class = [i for i in order.tolist() if index.classes[int(rows[i])] == cls]
             voted = of_class[0] if of_class else best
             if not of_class:
@@ -637,14 +738,21 @@ class HitLadder:
             answer, kind, confidence = claimed, "exact", hit.exact[1]
         else:  # the best-correlated file when the waveform says enough, else the vote
             same = index.classes[int(rows[best])] == index.classes[int(rows[voted])]
-            trust = float(rho[best]) >= SIMILAR_TRUST_RHO
+            # A near file of no known instrument is the answer only when it correlates
+            # as well as a sound we would subtract (else the instrument vote names one).
+            known_class = index.classes[int(rows[best])] is not None
+            trust = float(rho[best]) >= (SIMILAR_TRUST_RHO if known_class else SUBTRACT_MIN_RHO)
             answer, kind = (best if same or trust else voted), "similar"
             confidence = _logistic(CLASS_WEIGHTS, share=share, rho=float(rho[answer]),
                                    log_window=log_window)  # fmt: skip
         if kind == "exact" and rho[answer] >= SUBTRACT_MIN_RHO:  # known: subtract its tail
-            self._sound(ch, hit, int(rows[answer]), float(gain[answer]), int(lag[answer]))
+            self._sound(ch, hit, int(rows[answer]), float(gain[answer]), onset + int(lag[answer]),
+                        whole=stage == "final")  # fmt: skip
+        elif SUBTRACT_SIMILAR and rho[best] >= SUBTRACT_MIN_RHO:
+            self._sound(ch, hit, int(rows[best]), float(gain[best]), onset + int(lag[best]),
+                        whole=stage == "final")  # fmt: skip
         elif hit.sounding is not None:  # an earlier stage was sure, this one is not
-            ch.sounding.remove(hit.sounding)
+            ch.sounding[:] = [s for s in ch.sounding if s is not hit.sounding]
             hit.sounding = None
         out = [self._match(index, int(rows[answer]), float(rho[answer]), float(gain[answer]),
                            kind, confidence)]  # fmt: skip
@@ -656,7 +764,23 @@ class HitLadder:
                               margin=float(rho[i] - rho[best]), log_window=log_window)  # fmt: skip
                 out.append(self._match(index, int(rows[i]), float(rho[i]), float(gain[i]),
                                        "similar", p))  # fmt: skip
-        return out, window
+        return out, heard
+
+    def _anchor(self, ch: _Channel, hit: _Hit, window: int) -> int:
+        """Where the library would place this hit's onset: the first sample within
+        ONSET_DB of its loudest (:func:`~emberd.library.waveform.onset_sample`, the rule
+        every snippet was cut by), searched from ANCHOR_BEFORE_S before the detected onset
+        over the first ANCHOR_SPAN_S. A rise detector fires at the first sound: a finger
+        snap's rub 20 ms before the snap, a soft stick noise before a tom; the waveform
+        stages align on what the snippets align on. The detected onset stays when the
+        search starts above the threshold (an earlier sound still loud there)."""
+        before = round(ANCHOR_BEFORE_S * self.sr)
+        span = min(window, round(ANCHOR_SPAN_S * self.sr))
+        x = self._query(ch, hit, hit.onset - before, before + span)
+        a = onset_sample(x)
+        if a == 0:
+            return hit.onset
+        return hit.onset - before + min(a, before + round(ANCHOR_MAX_SHIFT_S * self.sr))
 
     def _usable(self, ch: _Channel, hit: _Hit) -> int:
         """Samples after the onset free of an earlier sound's unexplained tail.
@@ -669,10 +793,10 @@ class HitLadder:
         usable = SNIPPET_SAMPLES
         peak = float(np.max(np.abs(ch.history.get(hit.onset, 256, hit.end)))) + 1e-12
         for s in ch.sounding:
-            end = s.start + SNIPPET_SAMPLES
+            end = s.end
             if s.hit >= hit.id or not s.start < hit.onset < end:
                 continue
-            tail = self.index.placed(s.row, s.gain, SNIPPET_SAMPLES - TAIL_PROBE, TAIL_PROBE)
+            tail = self.index.placed(s.row, s.gain, end - s.start - TAIL_PROBE, TAIL_PROBE)
             if float(np.max(np.abs(tail))) > peak * 10 ** (-TAIL_RANGE_DB / 20):
                 usable = min(usable, end - hit.onset)
         return max(usable, round(PROVISIONAL_S * self.sr))
@@ -731,15 +855,22 @@ class HitLadder:
         cls = max(votes, key=lambda c: votes[c])
         return first[cls], votes[cls] / total
 
-    def _sound(self, ch: _Channel, hit: _Hit, row: int, gain: float, lag: int) -> None:
-        """Remember the answer as the sound now ringing (its tail is subtracted later)."""
-        start = hit.onset + lag - PRE_ROLL_SAMPLES
-        if hit.sounding is None:
-            hit.sounding = _Sounding(row, gain, start, hit.id)
+    def _sound(
+        self, ch: _Channel, hit: _Hit, row: int, gain: float, at: int, *, whole: bool
+    ) -> None:
+        """Remember the answer as the sound now ringing (its tail is subtracted later);
+        ``whole`` (the final answer): predict it past its snippet, from the decoded file."""
+        assert self.index is not None
+        start = at - PRE_ROLL_SAMPLES
+        length = (self.index.load_sound(row, self._path(self.index, row)) if whole
+                  else self.index.sound_length(row))  # fmt: skip
+        if hit.sounding is None or not any(s is hit.sounding for s in ch.sounding):
+            hit.sounding = _Sounding(row, gain, start, hit.id, start + length)
             ch.sounding.append(hit.sounding)
             del ch.sounding[:-SOUNDING_MAX]
         else:
             hit.sounding.row, hit.sounding.gain, hit.sounding.start = row, gain, start
+            hit.sounding.end = start + length
 
     def _path(self, index: hx.HitIndex, row: int) -> str:
         return str(getattr(self.files.get(int(index.file_ids[row])), "path", ""))

@@ -28,8 +28,16 @@ control requests and OSC datagrams), ``rejected_control``, ``rejected_osc``,
 ``publisher_drops`` (hops dropped by each output's full handoff), ``outputs`` (per output:
 messages ``published``, ``dropped`` = ``queue_dropped`` + ``transport_dropped``, ``errors``,
 ``disabled``, ``queued``; see :mod:`emberd.daemon.outputs`), ``analyzers`` (per analyser:
-``calls``, ``errors``, ``disabled``), ``swallowed_errors`` (per place, exceptions caught
-and not re-raised since the process started; see :func:`swallowed`).
+``calls``, ``errors``, ``disabled``), with hits on: ``hits`` (hits started),
+``hit_index_files``, ``hit_stage_ms`` (compute per ladder answer), ``hit_lost_frames``
+(input frames the hit thread's tap lost: it fell a whole ring behind),
+``hit_flush_stalls`` (end-of-input flushes that gave up without progress),
+``subscriber_lost`` (messages ZeroMQ subscribers reported missing: the PUB socket drops
+silently at a reader's high-water mark, so the readers count the gaps in ``seq`` and
+report them with the control command ``lost``; also ``outputs.zmq.subscriber_lost``) and
+``subscriber_lost_by`` (per reporting subscriber, the latest MAX_LOSS_REPORTERS),
+``swallowed_errors`` (per place, exceptions caught and not re-raised since the process
+started; see :func:`swallowed`).
 """
 
 from __future__ import annotations
@@ -43,6 +51,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
+MAX_LOSS_REPORTERS = 64  # subscribers whose loss reports status keeps (oldest forgotten)
 STATS_WINDOW_HOPS = 2048  # latest hops in the percentile figures (47 s at 23 ms)
 JITTER_WINDOW_BLOCKS = 8192  # latest block intervals in the jitter figure
 
@@ -121,6 +130,7 @@ class DaemonStats:
         self.jitter_max_run_ms = 0.0  # largest |interval - nominal| since start
         self.info: dict[str, Any] = {}
         self._lock = threading.Lock()  # snapshot vs. jitter ring update (not the callback)
+        self._subscriber_lost: dict[str, int] = {}  # under _lock; ZeroMQ control thread writes
 
     def ms_since_start(self, unix_time: float) -> int:
         """Integer milliseconds since the daemon started (the OSC time base)."""
@@ -138,10 +148,19 @@ class DaemonStats:
                 dev = float(np.max(np.abs(intervals_s - self.nominal_block_s))) * 1000.0
                 self.jitter_max_run_ms = max(self.jitter_max_run_ms, dev)
 
+    def report_lost(self, subscriber: str, messages: int) -> None:
+        """A subscriber's running count of messages it missed (control ``lost``)."""
+        with self._lock:
+            self._subscriber_lost.pop(subscriber, None)  # re-inserted: newest last
+            self._subscriber_lost[subscriber] = messages
+            while len(self._subscriber_lost) > MAX_LOSS_REPORTERS:
+                del self._subscriber_lost[next(iter(self._subscriber_lost))]
+
     def snapshot(self) -> dict[str, Any]:
         """The status object (a new dict; safe to hand to another thread)."""
         with self._lock:
             intervals = self.block_interval_ms.values()
+            subscriber_lost = dict(self._subscriber_lost)
         nominal_ms = self.nominal_block_s * 1000.0
         jitter = np.abs(intervals - nominal_ms) if intervals.size else np.zeros(1)
         rings = dict(self.latency_rings)
@@ -179,7 +198,12 @@ class DaemonStats:
             rate_limited_osc=self.rate_limited_osc,
         )
         status["swallowed_errors"] = dict(_SWALLOWED)
+        status["subscriber_lost"] = sum(subscriber_lost.values())
+        status["subscriber_lost_by"] = subscriber_lost
         if self.outputs is not None:
             status["outputs"] = self.outputs.describe()
             status["analyzers"] = self.outputs.describe_analyzers()
+            zmq_out = status["outputs"].get("zmq")
+            if isinstance(zmq_out, dict):  # the drops of the PUB socket, as its readers saw them
+                zmq_out["subscriber_lost"] = status["subscriber_lost"]
         return status

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import math
+import operator
 import queue
 import sys
 import threading
@@ -53,6 +54,10 @@ log = logging.getLogger(__name__)
 
 READ_CHUNK_FRAMES = 2048  # samples per channel drained from the ring per front-end push
 STATUS_PERIOD_S = 1.0  # status message interval
+# Live, incremental encoder: a backlog up to this (and half the ring) is analysed hop by hop.
+# Above it the encoder jumps (a full window, ~2 steps): the bound must exceed what a jump
+# lets pile up, or a box that keeps up by stepping would be caught jumping forever.
+MAX_CATCH_UP_S = 1.5
 WAIT_POLL_S = 0.0005  # sleep while the audio is due but has not arrived yet
 WAIT_MAX_S = 0.05  # longest sleep while waiting for audio (bounds command latency)
 MAX_CAPTURE_S = 60.0  # longest capture command
@@ -191,6 +196,10 @@ class Worker(threading.Thread):
         self._gate = LevelGate(n, source.sr)
         self.mixdown = MixdownAnalyser(sr=source.sr, channels=self.channels)
         self._centre: np.ndarray | None = None  # library mean vector (similarity centring)
+        self._by_hop = False  # the current drain runs hop by hop (see _read)
+        # The last search: an incremental encoder returns the same embedding object
+        # until its next step, and the same embedding, k and library give the same matches.
+        self._searched: tuple[Any, ...] | None = None
         self._reset_schedule()
 
     # ------------------------------------------------------------------ control API
@@ -246,13 +255,18 @@ class Worker(threading.Thread):
             now = time.time()
             if now >= self._next_status:
                 self._publish_status(now)
-            n = ring.read(self._scratch)
+            n = self._read()
             if n:
                 # Drain everything that arrived (the front end is cheap), then analyse:
-                # a slow hop never leaves a backlog that later hops inherit.
+                # a slow hop never leaves a backlog that later hops inherit (_run_hops
+                # skips to the newest). Hop by hop (see _read), each hop is analysed as
+                # soon as its audio is in, with its own levels, and commands and status
+                # are served between hops even while a backlog is caught up.
                 while n:
                     self._consume(n)
-                    n = ring.read(self._scratch)
+                    if self._by_hop:
+                        break  # one hop's audio: analyse it, then commands and status again
+                    n = self._read()
                 self._run_hops()
                 continue
             if self.source.finished and ring.available == 0:
@@ -281,6 +295,29 @@ class Worker(threading.Thread):
         time.sleep(min(WAIT_MAX_S, delay) if delay > WAIT_POLL_S else WAIT_POLL_S)
 
     # ------------------------------------------------------------------ audio
+
+    def _read(self) -> int:
+        """Move the next audio from the ring into ``_scratch``; return the frames read.
+
+        Hop by hop, a read stops at the end of the next hop's audio. That is when the
+        input is a fast file (every hop is analysed), or live when the encoder is
+        incremental (a hop without a new step is only a search and levels, and skipping
+        it would save no encoder work: the streaming encoder sees every frame anyway)
+        and the backlog is at most MAX_CATCH_UP_S: after a step, the hops that arrived
+        meanwhile are caught up. A longer backlog means the encoder does not keep up:
+        then everything is drained and only the newest hop is analysed (the others are
+        counted in ``skipped_hops``).
+        """
+        ring = self.source.ring
+        self._by_hop = not self.realtime or (
+            getattr(self.engine.encoder, "incremental", False)
+            and ring.available <= min(MAX_CATCH_UP_S * self.source.sr, ring.capacity // 2)
+        )
+        limit = READ_CHUNK_FRAMES
+        if self._by_hop:
+            due = self._hop_sample_end(self._next_hop_frame) - self._read_pos
+            limit = max(1, min(limit, due))
+        return int(ring.read(self._scratch[:limit]))
 
     def _consume(self, n: int, *, padding: bool = False) -> None:
         """Feed ``n`` samples of ``_scratch`` to every analyser (``padding``: the silence
@@ -387,13 +424,19 @@ class Worker(threading.Thread):
         if emb is None:  # a streaming encoder still filling its context
             return
         self.stats.inference_ms.add((t1 - t0) * 1000.0)
-        matches = self._search(emb, self.k)
+        key = (emb, self.library, self.engine)
+        last = self._searched
+        if last is not None and last[1] == self.k and all(map(operator.is_, key, last[0])):
+            matches = [[dict(m) for m in ms] for ms in last[2]]
+        else:
+            matches = self._search(emb, self.k)
+            self._searched = (key, self.k, [[dict(m) for m in ms] for ms in matches])
+            self.mixdown.on_hop(emb)
         window = self.engine.encoder.window_frames * cfg.hop_length
         for c in range(len(self.channels)):  # a silent window names nothing
             floor = self.hits.floor_db(c) if self.hits is not None else -120.0
             if not self._gate.heard(c, sample_end - window, sample_end, floor):
                 matches[c] = []
-        self.mixdown.on_hop(emb)
         top = next((m[0] for m in matches if m), None)
         if top is not None:
             self.stats.matched_hops += 1
@@ -457,10 +500,13 @@ class Worker(threading.Thread):
         """The worker's part of the status object."""
         enc = self.engine.encoder
         cfg = self.engine.config
+        every = max(getattr(enc, "step_frames", 1), self.engine.hop_frames)  # new embeddings
         return {
             "model": enc.model,
             "provider": enc.provider,
             "encoder": enc.kind,
+            "encoder_restarts": int(getattr(enc, "restarts", 0)),  # streaming: jumps when late
+            "embedding_every_ms": round(every * cfg.hop_length / cfg.sr * 1000.0, 3),
             "dim": enc.dim,
             "channels": len(self.channels),
             "channel_numbers": list(self.channels),
@@ -470,6 +516,7 @@ class Worker(threading.Thread):
             "k": self.k,
             "paused": self.paused,
             **(self.hits.describe() if self.hits is not None else {}),
+            **(self._hit_thread.describe() if self._hit_thread is not None else {}),
             **(self.source.watchdog.describe() if hasattr(self.source, "watchdog") else {}),
         }
 

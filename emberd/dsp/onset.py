@@ -33,6 +33,7 @@ thread, never in the audio callback.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -48,6 +49,24 @@ REFRACTORY_S = 0.04  # after an onset no other for this long (hits come >= 62 ms
 WARMUP_S = 0.05  # no onset before the floor has been seen this long
 ONSET_FRACTION = 0.3  # the onset sample: first in the frame reaching this share of its peak
 SILENCE_DB = -120.0  # dB given to digital silence
+BAND_EDGES_HZ = ((0.0, 300.0), (300.0, 1500.0))  # band functions: a low body under a bright tail
+BAND_ORDER = 2  # Butterworth order of the band filters (a few samples of delay)
+BAND_WINDOW_S = 0.0058  # band energy over this much (noise under 300 Hz in one 1.45-ms
+# frame has about one degree of freedom: its frames swing by 10 dB in steady noise)
+
+
+@functools.lru_cache(maxsize=4)
+def _band_filters(sr: int) -> tuple[np.ndarray, ...]:
+    """Second-order sections of the BAND_EDGES_HZ filters at ``sr``."""
+    from scipy.signal import butter
+
+    out = []
+    for lo, hi in BAND_EDGES_HZ:
+        if lo <= 0.0:
+            out.append(butter(BAND_ORDER, hi, "lowpass", fs=sr, output="sos"))
+        else:
+            out.append(butter(BAND_ORDER, [lo, hi], "bandpass", fs=sr, output="sos"))
+    return tuple(out)
 
 
 def _db(energy: np.ndarray) -> np.ndarray:
@@ -90,14 +109,20 @@ class OnsetDetector:
         self._span = max(1, round(RISE_SPAN_S * sr / self.frame))
         self._warmup = max(1, round(WARMUP_S * sr / self.frame))
         self._floor_step = FLOOR_RISE_DB_PER_S * self.frame / sr
-        # Levels of the last frames (both functions); -inf: nothing before the stream.
-        self._hist = np.full((2, self._lookback + self._span), -np.inf)
-        self._hist_raw = self._hist.copy()
-        self._floor = np.array([np.inf, np.inf])
+        # Levels of the last frames (every function); -inf: nothing before the stream.
+        n_fn = 2 + len(BAND_EDGES_HZ)
+        self._hist = np.full((n_fn, self._lookback + self._span), -np.inf)
+        self._hist_raw = self._hist[:2].copy()
+        self._floor = np.full(n_fn, np.inf)
+        self._sos = _band_filters(self.sr)
+        self._zi = [np.zeros((len(sos), 2)) for sos in self._sos]  # band filter states
+        self._band_span = max(1, round(BAND_WINDOW_S * sr / self.frame))  # frames
+        self._band_tail = np.zeros((len(self._sos), self._band_span - 1))  # linear energies
         self._pending = np.zeros((3, self.frame), np.float32)  # partial frame: x, known, covered
         self._n_pending = 0
         self._last = np.zeros((2, 2), np.float32)  # last samples of x and residual (difference)
         self._frames = 0
+        self._quiet_until = self._warmup  # no onset up to this frame count (warm-up)
         self._since = self._refractory  # frames since the last onset
         self.position = 0
 
@@ -108,9 +133,24 @@ class OnsetDetector:
         sliding-window view cost more in numpy call overhead than the whole detector.
         """
         lin = np.power(10.0, levels / 10.0)  # -inf (before the stream) -> 0
-        cum = np.concatenate([np.zeros((2, 1)), np.cumsum(lin, axis=1)], axis=1)
+        cum = np.concatenate([np.zeros((len(lin), 1)), np.cumsum(lin, axis=1)], axis=1)
         k = self._lookback
         return _db((cum[:, k : k + n] - cum[:, :n]) / k)
+
+    def skip(self, n: int) -> None:
+        """``n`` samples of the channel were never seen (lost or not analysed): move the
+        position past them. The audio on both sides does not join up, so the partial frame
+        is dropped and no onset is reported for WARMUP_S: the detector's look-back then
+        holds only audio from after the gap (a splice is no rise). The floor is kept."""
+        if n <= 0:
+            return
+        self.position += int(n)
+        self._n_pending = 0
+        self._last[:] = 0.0
+        for zi in self._zi:
+            zi[:] = 0.0
+        self._band_tail[:] = 0.0
+        self._quiet_until = self._frames + self._warmup
 
     @property
     def floor_db(self) -> float:
@@ -148,6 +188,7 @@ class OnsetDetector:
             data[1] = known
             data[2] = covered
         start = self.position - self._n_pending  # absolute position of the first frame
+        joint = self._n_pending  # where this call's samples join the earlier ones
         merged = np.concatenate([self._pending[:, : self._n_pending], data], axis=1)
         whole = merged.shape[1] - merged.shape[1] % self.frame
         self.position += len(x)
@@ -159,22 +200,44 @@ class OnsetDetector:
         resid = buf - merged[1, :whole]
         cov = merged[2, :whole].reshape(-1, self.frame).min(axis=1) > 0  # whole frames only
         both = np.stack([buf, resid])
-        diff = np.diff(both, 2, axis=1, prepend=self._last).reshape(2, -1, self.frame)
+        diff = np.diff(both, 2, axis=1, prepend=self._last)
+        # The earlier samples' residual was taken with the prediction of that call: a sound
+        # identified since then is subtracted from here on only, a step that would read as
+        # a crack in the second difference (a false onset where a loud sound's prediction
+        # starts on a block boundary). The two differences across the joint are not used.
+        if joint + 2 < whole:
+            diff[1, joint : joint + 2] = diff[1, joint + 2]
+        diff = diff.reshape(2, -1, self.frame)
         self._last = both[:, -2:].copy()
         frames = both.reshape(2, -1, self.frame)
         raw = np.stack([_db(np.mean(frames[0] ** 2, axis=1)), _db(np.mean(diff[0] ** 2, axis=1))])
         res = np.stack([_db(np.mean(frames[1] ** 2, axis=1)), _db(np.mean(diff[1] ** 2, axis=1))])
-        levels = np.where(cov[None], res, raw)
+        # Band functions, of the input itself (a step in the residual where a prediction
+        # starts would ring through a filter): a tom's or a snare's body rises clearly in
+        # its band under a cymbal's or an open hat's bright tail that was not subtracted.
+        from scipy.signal import sosfilt
+
+        band_frames, band_energy = [], []
+        for j, sos in enumerate(self._sos):
+            yb, self._zi[j] = sosfilt(sos, buf, zi=self._zi[j])
+            band_frames.append(yb.reshape(-1, self.frame))
+            band_energy.append(np.mean(band_frames[-1] ** 2, axis=1))
+        # Each frame's band level: the mean energy of its BAND_WINDOW_S ending with it.
+        lin = np.concatenate([self._band_tail, np.array(band_energy)], axis=1)
+        cum = np.concatenate([np.zeros((len(lin), 1)), np.cumsum(lin, axis=1)], axis=1)
+        k = self._band_span
+        bands = _db((cum[:, k:] - cum[:, :-k]) / k)
+        self._band_tail = lin[:, lin.shape[1] - (k - 1) :]
+        levels = np.concatenate([np.where(cov[None], res, raw), bands])
         n = levels.shape[1]
         # Rise over the maximum of the LOOKBACK frames ending RISE_SPAN before each frame:
         # a covered frame against the residual (or raw) levels, an uncovered one against raw.
         past_det = np.concatenate([self._hist, levels], axis=1)
         past_raw = np.concatenate([self._hist_raw, raw], axis=1)
-        ref = np.where(
-            cov[None],
-            self._window_mean_db(past_det, n),
-            self._window_mean_db(past_raw, n),
-        )
+        mean_det = self._window_mean_db(past_det, n)
+        ref = np.concatenate([
+            np.where(cov[None], mean_det[:2], self._window_mean_db(past_raw, n)), mean_det[2:]
+        ])  # fmt: skip
         rise = levels - ref
         self._hist_raw = past_raw[:, -(self._lookback + self._span) :]
         past = past_det
@@ -189,8 +252,9 @@ class OnsetDetector:
         floor_after = ramp[:, 1:] + steps
         floor_before = np.concatenate([self._floor[:, None], floor_after[:, :-1]], axis=1)
         ok = (rise >= self.rise_db) & (levels - floor_before >= self.floor_margin_db)
+        ok[2:] &= ~cov[None]  # where a prediction is subtracted, the residual functions decide
         frame_no = self._frames + np.arange(1, n + 1)
-        ok &= (levels[0] >= ABSOLUTE_FLOOR_DB) & (frame_no > self._warmup)
+        ok &= (levels[0] >= ABSOLUTE_FLOOR_DB) & (frame_no > self._quiet_until)
         self._hist = past[:, -(self._lookback + self._span) :]
         self._floor = floor_after[:, -1].copy()
         onsets = []
@@ -199,8 +263,11 @@ class OnsetDetector:
         for i in np.nonzero(ok.any(axis=0))[0].tolist():  # rare: onsets and their neighbours
             if since + (i - last) < self._refractory:
                 continue
-            band = int(np.argmax(np.where(ok[:, i], rise[:, i], -np.inf)))
-            fr = np.abs((frames, diff)[band][i])  # refine on the function that rose
+            # Refine on the broadband function that rose, else on the band that did (its
+            # filter delays it by a few samples; the ladder's correlations search lags).
+            rows = ok[:2, i] if ok[:2, i].any() else ok[:, i]
+            band = int(np.argmax(np.where(rows, rise[: len(rows), i], -np.inf)))
+            fr = np.abs((frames, diff, *band_frames)[band][i])
             first = int(np.argmax(fr >= ONSET_FRACTION * float(fr.max())))
             onsets.append(start + i * self.frame + first)
             since, last = 0, i

@@ -30,6 +30,7 @@ The index keeps 11 KB per file (int16 snippets) plus 4 descriptor pairs of 180 f
 
 from __future__ import annotations
 
+import collections
 import functools
 import itertools
 import logging
@@ -39,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from emberd.errors import EmberdError
 from emberd.library import classes
 from emberd.library.search import ExactSearch, normalize
 from emberd.library.waveform import PRE_ROLL_SAMPLES, SNIPPET_SAMPLES, WAVE_SR
@@ -71,7 +73,14 @@ CLASS_L2 = 0.03  # ridge on the standardised features (chosen on the tuning kits
 CLASS_NOISE_DB = (29.0, 49.0)  # training copies: peak-to-noise ratios of a live hit
 CLASS_MAX_PER_CLASS = 150  # labelled sounds per class the model learns from at most
 CLASS_COPIES = 2  # noisy copies per library sound (seeded: the same model every load)
+CLASS_CUT_SHARE = 0.5  # ... this share of them cut short, after a log-uniform CLASS_CUT_S
+CLASS_CUT_S = (0.03, 0.245)
 CLASS_POOL = 256  # nearest attacks searched for the files of one class
+SOUND_MAX_S = 2.0  # a ringing sound's prediction: the file's first seconds after its onset
+SOUND_CACHE_FILES = 64  # whole sounds kept in memory (LRU; ~180 KB each)
+SOUND_ALIGN_SAMPLES = 8  # the decoded file is aligned on its snippet within +-this ...
+SOUND_MATCH_RHO = 0.9  # ... and used only when it correlates this well with it (a file
+# changed since it was indexed does not; a library indexed through a lower rate still does)
 EXACT_MAX_ITEMS = 50_000  # descriptor items searched by one matrix product; Annoy beyond
 ANNOY_TREES = 16
 
@@ -208,8 +217,13 @@ class ClassModel:
             ys.append(str(labels[i]))
             for _ in range(CLASS_COPIES):
                 noise_db = rng.uniform(*CLASS_NOISE_DB)
-                feats.append(class_features(
-                    x + rng.standard_normal(len(x)) * peak * 10 ** (-noise_db / 20)))  # fmt: skip
+                y = x + rng.standard_normal(len(x)) * peak * 10 ** (-noise_db / 20)
+                # A live hit is often heard for less than a snippet (the next hit, or its
+                # decay sinking into the noise): then its features read silence after.
+                cut = round(np.exp(rng.uniform(*np.log(CLASS_CUT_S))) * WAVE_SR)
+                if rng.random() < CLASS_CUT_SHARE:
+                    y[cut:] = 0.0
+                feats.append(class_features(y))
                 ys.append(str(labels[i]))
         return cls(np.array(feats), ys)
 
@@ -320,6 +334,10 @@ class HitIndex:
         self._early = self._build(rows, EARLY_SAMPLES)
         # What instrument a sound that is not in the library is (its attack and decay).
         self.class_model = ClassModel.from_snippets(snips, self.classes) if n else None
+        # Whole sounds of files heard ringing (load_sound): row -> samples, or None.
+        self._sounds: collections.OrderedDict[int, np.ndarray | None] = (
+            collections.OrderedDict()
+        )
 
     def _build(self, rows: np.ndarray, n_samples: int) -> Any:
         if not len(rows):
@@ -453,10 +471,59 @@ class HitIndex:
             lag[top] = lo + best
         return rho, gain, lag - LAG_SAMPLES
 
-    def placed(self, row: int, gain: float, start: int, length: int) -> np.ndarray:
-        """``gain`` times a snippet's samples ``start .. start + length`` (zeros outside)."""
-        out = np.zeros(length, np.float32)
-        a, b = max(start, 0), min(start + length, SNIPPET_SAMPLES)
+    def load_sound(self, row: int, path: str) -> int:
+        """Keep row ``row``'s whole sound (``path`` decoded, up to SOUND_MAX_S after its
+        onset, aligned on its snippet) for :meth:`placed`; return its length in samples.
+
+        A snippet ends 245 ms after the onset; a cymbal rings on for seconds, and a quiet
+        hit under that tail is found and named only when the tail is subtracted. Files
+        are decoded once (LRU of SOUND_CACHE_FILES); one that cannot be read, or does not
+        match its snippet (changed since it was indexed), keeps the snippet.
+        """
+        if row in self._sounds:
+            self._sounds.move_to_end(row)
+        else:
+            self._sounds[row] = self._decode(row, path)
+            while len(self._sounds) > SOUND_CACHE_FILES:
+                self._sounds.popitem(last=False)
+        return self.sound_length(row)
+
+    def _decode(self, row: int, path: str) -> np.ndarray | None:
+        from emberd.dsp.sources import load_audio
+        from emberd.library.waveform import onset_sample
+
+        try:
+            y, _ = load_audio(path, sr=WAVE_SR)
+        except (EmberdError, OSError) as exc:  # moved or broken since indexed: the snippet
+            log.info("hit index: %s: %s (its snippet is used)", path, exc)
+            return None
+        y = np.asarray(y, np.float32).reshape(-1)
+        pad = SOUND_ALIGN_SAMPLES
+        first = onset_sample(y) - PRE_ROLL_SAMPLES - pad
+        n = round(SOUND_MAX_S * WAVE_SR)
+        w = np.zeros(n + 2 * pad, np.float32)
+        a, b = max(first, 0), min(first + len(w), len(y))
         if b > a:
-            out[a - start : b - start] = gain * self.snippet(row)[a:b]
+            w[a - first : b - first] = y[a:b]
+        snip = self.snippet(row)
+        rho, _, _ = ncc(w[: SNIPPET_SAMPLES + 2 * pad], snip[None])
+        k = int(np.argmax(rho[0]))
+        if float(rho[0, k]) < SOUND_MATCH_RHO:
+            return None
+        return w[k : k + n].copy()
+
+    def sound_length(self, row: int) -> int:
+        """Samples :meth:`placed` can give for ``row`` (its whole sound when loaded)."""
+        sound = self._sounds.get(row)
+        return SNIPPET_SAMPLES if sound is None else len(sound)
+
+    def placed(self, row: int, gain: float, start: int, length: int) -> np.ndarray:
+        """``gain`` times a file's samples ``start .. start + length`` (zeros outside): its
+        snippet, or its whole sound once :meth:`load_sound` has it."""
+        out = np.zeros(length, np.float32)
+        sound = self._sounds.get(row)
+        src = self.snippet(row) if sound is None else sound
+        a, b = max(start, 0), min(start + length, len(src))
+        if b > a:
+            out[a - start : b - start] = gain * src[a:b]
         return out

@@ -186,6 +186,18 @@ def _pearson(a: np.ndarray, b: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
     return np.asarray(num / (np.sqrt((a**2).sum(axis=axes) * (b**2).sum()) + 1e-9))
 
 
+def row_nanmedian(cells: np.ndarray) -> np.ndarray:
+    """``np.nanmedian(cells, axis=1)`` for rows holding at least one number, the same values.
+
+    One sort for all rows: numpy's nanmedian loops over long rows in Python (~12x slower
+    here, 18 % of a one-shot query's time).
+    """
+    s = np.sort(cells, axis=1)  # NaN last
+    count = np.count_nonzero(~np.isnan(cells), axis=1)
+    rows = np.arange(len(s))
+    return (s[rows, (count - 1) // 2] + s[rows, count // 2]) / 2  # numpy's mean of the middle
+
+
 def features(query: QueryPatch, templates: np.ndarray) -> dict[str, np.ndarray]:
     """Spectro-temporal comparisons of a query with candidate templates.
 
@@ -223,7 +235,8 @@ def features(query: QueryPatch, templates: np.ndarray) -> dict[str, np.ndarray]:
         gain = np.zeros(n)
         has = strong.any(axis=(1, 2))
         if has.any():  # one vectorised median over each candidate's strong cells
-            gain[has] = _masked_median(d[has], strong[has])
+            cells = np.where(strong[has], d[has], np.nan).reshape(int(has.sum()), -1)
+            gain[has] = row_nanmedian(cells)
         g = gain[:, None, None]
         cont = ((d >= g - CONTAIN_TOL_DB) & strong).sum(axis=(1, 2)) / n_strong
         q_strong = (q > -STRONG_DB) & (q > floor[None, :] + ABOVE_FLOOR_DB)
@@ -238,17 +251,6 @@ def features(query: QueryPatch, templates: np.ndarray) -> dict[str, np.ndarray]:
         out["nccb"] = np.maximum(out["nccb"], rb)
         out["ncca"] = np.maximum(out["ncca"], ra)
     return out
-
-
-def _masked_median(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Per row ``i``, the median of ``values[i][mask[i]]`` (each row has a masked cell):
-    ``np.nanmedian`` of the masked-out-as-NaN rows, without its per-row Python loop."""
-    n = len(values)
-    flat = np.where(mask, values, np.inf).reshape(n, -1)
-    flat.sort(axis=1)  # the masked cells first, in order
-    count = mask.reshape(n, -1).sum(axis=1)
-    rows = np.arange(n)
-    return np.asarray(0.5 * (flat[rows, (count - 1) // 2] + flat[rows, count // 2]))
 
 
 def feature_matrix(base: dict[str, np.ndarray]) -> np.ndarray:

@@ -261,6 +261,41 @@ class StreamingEncoder:
         self._frames_in = 0
         self._fill = 0  # frames waiting in the 8-frame step buffer (ONNX, exact)
 
+    def restart(self, window: np.ndarray, end_frame: int) -> np.ndarray:
+        """Exact edges: jump to the window of stream frames ``[end_frame - window_frames,
+        end_frame)`` without stepping through the frames in between.
+
+        For a consumer that fell behind: one full window per channel instead of one step
+        per 8 frames skipped. The state afterwards is what stepping would have left (the
+        reference's activations on that window), so later pushes continue exactly.
+
+        Parameters
+        ----------
+        window : ndarray, float32 [channels, window_frames, 96]
+            The window's mel frames (frames before the stream: the pad frame).
+        end_frame : int
+            Stream frame after the window's last one, a multiple of 8.
+
+        Returns
+        -------
+        ndarray, float32 [channels, 512]
+            The window's embedding (a view that the next push or restart overwrites).
+        """
+        if self._exact is None:
+            raise EmberdError("streaming encoder: restart needs exact edges")
+        if end_frame < 0 or end_frame % COLUMN_FRAMES:
+            raise EmberdError(f"streaming encoder: restart at frame {end_frame}, "
+                              f"not a multiple of {COLUMN_FRAMES}")  # fmt: skip
+        x = np.asarray(window, np.float32)
+        if x.shape != (self.channels, self.window_frames, cn.N_MELS) or not np.isfinite(x).all():
+            want = (self.channels, self.window_frames, cn.N_MELS)
+            raise EmberdError(f"streaming encoder: restart window of shape {x.shape}, "
+                              f"expected {want}, finite")  # fmt: skip
+        self._exact.restart(np.ascontiguousarray(x.transpose(1, 0, 2)))
+        self._frames_in = end_frame
+        self._fill = 0
+        return self._exact.embedding
+
     def push(self, frames: np.ndarray) -> list[tuple[int, np.ndarray]]:
         """Feed the next mel frames; return one embedding per newly completed step.
 

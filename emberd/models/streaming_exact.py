@@ -281,6 +281,22 @@ class ExactStack:
         self._pass(self._conv_all, self._pool_all, self._zero, 0)
         np.max(self.columns, axis=0, out=self.embedding)
 
+    def restart(self, window: np.ndarray) -> None:
+        """Hold ``window`` (float32 ``[window_frames, channels, 96]``) and compute it in full.
+
+        A jump: the state becomes the reference's activations on that window, exactly as
+        if the stream had been stepped up to it (the same full pass as :meth:`reset`), at
+        the cost of one full window instead of one step per 8 frames skipped.
+        """
+        first = self._layers[0]
+        if window.shape != first.x.shape[:3]:
+            raise EmberdError(f"streaming encoder: restart window {window.shape}, "
+                              f"expected {first.x.shape[:3]}")  # fmt: skip
+        self._base = [0] * self._levels
+        first.x[..., 0] = window
+        self._pass(self._conv_all, self._pool_all, self._zero, 0)
+        np.max(self.columns, axis=0, out=self.embedding)
+
     def step(self) -> None:
         """Slide the window by :attr:`frames` (8 frames) and update :attr:`embedding`."""
         for lv in range(self._levels):
@@ -418,6 +434,23 @@ class ExactGroups:
         """Reset every group (see :meth:`ExactStack.reset`)."""
         for stack in self._stacks:
             stack.reset()
+
+    def restart(self, window: np.ndarray) -> None:
+        """Restart every group on its channels of ``window`` (see :meth:`ExactStack.restart`)."""
+        if self._pool is None or len(self._stacks) == 1:
+            for g in range(len(self._stacks)):
+                self._restart_group(g, window)
+            return
+        futures = [self._pool.submit(self._restart_group, g, window)
+                   for g in range(1, len(self._stacks))]  # fmt: skip
+        self._restart_group(0, window)
+        for f in futures:
+            f.result()
+
+    def _restart_group(self, g: int, window: np.ndarray) -> None:
+        a, b = self._slices[g]
+        self._stacks[g].restart(window[:, a:b])
+        self.embedding[a:b] = self._stacks[g].embedding
 
     def step(self) -> None:
         """Step every group on its slice of :attr:`frames`; fill :attr:`embedding`."""

@@ -28,6 +28,7 @@ import asyncio
 import io
 import json
 import logging
+import os
 import re
 import threading
 import time
@@ -235,7 +236,8 @@ class PanelServer:
 
         topics = ["match", "tag", "level", "emb", "similarity", "status",
                   "class", "loudness", "masking"]  # fmt: skip
-        with Subscriber(self.zmq_endpoint, topics, silence_s=self.silence_s) as sub:
+        with Subscriber(self.zmq_endpoint, topics, silence_s=self.silence_s,
+                        report_to=self.control_endpoint, name=f"panel-{os.getpid()}") as sub:
             while not self._stop.is_set():
                 item = sub.recv(timeout_s=POLL_S)
                 if item is None:

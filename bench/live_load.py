@@ -1,0 +1,146 @@
+"""Live-path load: does 4 channels x 16 hits/s of aiSFX fit this machine, and where it fails.
+
+The audio is bench/hits.py's stress performance (4 channels, 16 library one-shots a second
+on each over a -50 dBFS floor, 30 s). Three measurements on it:
+
+1. **fast pace** (``--pace fast``: every hop and every block is analysed, nothing is
+   skipped): the daemon process's CPU seconds per second of audio, with hits and without
+   (``--no-hits``, the anchor). Real time needs this much of the machine's cores; on an
+   idle 2-core box anything clearly under 2 can fit, what is left is scheduling.
+2. **offline ladder**: the hit ladder in this process on the same audio, block by block,
+   with no time pressure: the hits it detects are the most a live run can answer (the rest
+   are not seen: quiet hits under louder tails, 62 ms apart).
+3. **real-time pace** (``bench/hits.py``'s stress run, with hits and the anchor): skipped
+   hops, hits answered, overflows, hop latency.
+
+Run it alone under the bench lock and report the load average beside it (a CPU-seconds
+figure is inflated when other processes share the cores' caches, a real-time run starved).
+The last line:
+``cpu_per_s_hits=... cpu_per_s_anchor=... offline_detected=... expected=...
+rt_skipped_hops=... rt_anchor_skipped_hops=... rt_hits_answered=... load=...``
+
+Usage: ``python bench/live_load.py`` (~5 minutes).
+aiSFX: Ma & Lerch, ISMIR 2022 (MIT code, CC BY 4.0 model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import hits as bench  # bench/hits.py: the stress performance and its runner
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+BLOCK_FRAMES = 256  # the ladder's blocks, as the daemon's input delivers them
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def fast_cpu(lib: Path, wav: Path, work: Path, extra: list[str]) -> dict[str, Any]:
+    """The daemon at fast pace on ``wav``: CPU seconds per second of audio, from the first
+    audio to the end-of-input status (start-up and library loading excluded)."""
+    import soundfile as sf
+
+    from emberd.testing.harness import Daemon
+
+    d = Daemon(["--library", str(lib), "--input", str(wav), "--pace", "fast", "--model", "aisfx",
+                "--channels", "all", "--k", "5", *extra], work / "daemon-fast.log",
+               osc_in=False)  # fmt: skip
+    d.start(ready_timeout=300)
+    rec = bench.Recorder(d.pub)
+    assert d.proc is not None
+    cpu0, t0 = process_cpu_s(d.proc.pid), time.perf_counter()
+    try:
+        rec.final.wait(600)
+        cpu1, t1 = process_cpu_s(d.proc.pid), time.perf_counter()
+    finally:
+        d.stop()
+        rec.close()
+    audio_s = float(sf.info(wav).duration)
+    st = getattr(rec, "status", {})
+    return {
+        "cpu_per_s": (cpu1 - cpu0) / audio_s,
+        "wall_per_s": (t1 - t0) / audio_s,
+        "hops": st.get("hops"),
+        "skipped_hops": st.get("skipped_hops"),
+        "hits": sum(1 for h in rec.hits if h["stage"] == "provisional"),
+    }
+
+
+def offline_detected(lib: Path, wav: Path) -> tuple[int, float]:
+    """Hits the ladder detects on every channel of ``wav`` in this process, and the
+    ladder's CPU seconds per second of audio (4 channels)."""
+    import soundfile as sf
+
+    from emberd.daemon.hits import HitLadder
+    from emberd.library import Library
+    from emberd.library.hitindex import HitIndex
+
+    y, sr = sf.read(wav, dtype="float32", always_2d=True)
+    channels = list(range(y.shape[1]))
+    with Library.open(lib) as library:
+        ladder = HitLadder(HitIndex.from_library(library), library.files(), sr=sr,
+                           channels=channels, model="offline",
+                           time_of=lambda pos: pos / sr)  # fmt: skip
+        found = 0
+        cpu0 = time.process_time()
+        for i in range(0, len(y), BLOCK_FRAMES):
+            for c in channels:
+                block = np.ascontiguousarray(y[i : i + BLOCK_FRAMES, c])
+                found += sum(r.stage == "provisional" for r in ladder.push(c, block))
+        found += sum(r.stage == "provisional" for r in ladder.flush())
+        cpu = time.process_time() - cpu0
+    return found, cpu / (len(y) / sr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--library", help="default: bench/hits.py's cached library")
+    args = ap.parse_args(argv)
+    lib = bench.library_path(args.library)
+    bench.build_library(lib)
+    work = Path(tempfile.mkdtemp(prefix="emberd-live-load-"))
+    samples = bench.labelled(bench.TEST_KITS)
+    rt: dict[str, dict[str, Any]] = {}
+    arms = (("hits", []), ("anchor", ["--no-hits"]))
+    for name, extra in arms:  # also writes work/stress.wav, the same audio every time
+        rt[name] = r = bench.stress(lib, work, "aisfx", samples, extra)
+        print(f"real time {name}: hits {r['hits']}/{r['expected']}, skipped hops "
+              f"{r['skipped_hops']} of {(r['hops'] or 0) + (r['skipped_hops'] or 0)}, "
+              f"overflows {r['overflows']}, hop latency p99 {r['hop_p99_ms']} ms, provisional "
+              f"p50 {r['prov_p50']:.1f} / p90 {r['prov_p90']:.1f} ms, "
+              f"load {os.getloadavg()[0]:.1f}", flush=True)  # fmt: skip
+    wav = work / "stress.wav"
+    fast = {name: fast_cpu(lib, wav, work, extra) for name, extra in arms}
+    for name, f in fast.items():
+        print(f"fast pace {name}: {f['cpu_per_s']:.3f} CPU-s per audio s (wall "
+              f"{f['wall_per_s']:.2f} s per s), hops {f['hops']}, skipped {f['skipped_hops']}, "
+              f"hits {f['hits']}, load {os.getloadavg()[0]:.1f}", flush=True)  # fmt: skip
+    found, ladder_cpu = offline_detected(lib, wav)
+    expected = rt["hits"]["expected"]
+    print(f"offline ladder: {found} of {expected} hits detected ({found / expected:.1%}), "
+          f"{ladder_cpu:.3f} CPU-s per audio s for {bench.STRESS_CHANNELS} channels", flush=True)
+    print(f"cpu_per_s_hits={fast['hits']['cpu_per_s']:.3f} "
+          f"cpu_per_s_anchor={fast['anchor']['cpu_per_s']:.3f} offline_detected={found} "
+          f"expected={expected} "
+          f"rt_skipped_hops={rt['hits']['skipped_hops']} "
+          f"rt_anchor_skipped_hops={rt['anchor']['skipped_hops']} "
+          f"rt_hits_answered={rt['hits']['hits']} "
+          f"load={os.getloadavg()[0]:.2f}")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
