@@ -61,7 +61,7 @@ import numpy as np
 from emberd.dsp.decimate import ToRate
 from emberd.dsp.onset import FRAME_S, LOOKBACK_S, RISE_SPAN_S, OnsetDetector
 from emberd.library import hitindex as hx
-from emberd.library.waveform import PRE_ROLL_SAMPLES, SNIPPET_SAMPLES
+from emberd.library.waveform import PRE_ROLL_SAMPLES, SNIPPET_SAMPLES, onset_sample
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +77,9 @@ VOTE_CANDIDATES = 8  # best-correlated candidates voting for the instrument clas
 SIMILAR_TRUST_RHO = 0.5  # a near answer correlating this well is the answer, not the vote
 AUDIBLE_FRAME_S = 0.0116  # frames (256 samples) in which a hit is heard above the floor
 AUDIBLE_MARGIN_DB = 10.0  # ... by this much (the floor is the low end of the noise's frames)
+ANCHOR_BEFORE_S = 0.002  # later stages look for the library's onset from this before the
+ANCHOR_SPAN_S = 0.05  # ... detected one, over this much of the hit (the loudest part of a
+ANCHOR_MAX_SHIFT_S = 0.03  # ... drum is in it), at most this far after it
 SOUNDING_MAX = 4  # previous sounds per channel whose tails are subtracted
 TAIL_PROBE = 220  # samples at a snippet's end (10 ms) that tell how loud its tail goes on
 TAIL_RANGE_DB = 30.0  # a tail going on within this of a hit's peak limits the hit's window
@@ -668,19 +671,24 @@ class HitLadder:
         index = self.index
         assert index is not None
         window = min(window, SNIPPET_SAMPLES - PRE_ROLL_SAMPLES, self._usable(ch, hit))
+        heard = window  # samples after the detected onset this stage uses (reported)
+        onset = hit.onset
         if stage != "provisional":
             window = self._audible(ch, hit, window)
+            heard = window
+            onset = self._anchor(ch, hit, window)
+            window = max(1, min(window - (onset - hit.onset), SNIPPET_SAMPLES - PRE_ROLL_SAMPLES))
         if stage == "provisional" or window < hx.EARLY_SAMPLES:
             n_desc, k = hx.ATTACK_SAMPLES, PROVISIONAL_CANDIDATES
         else:
             n_desc, k = hx.EARLY_SAMPLES, REFINED_CANDIDATES
-        desc = self._query(ch, hit, hit.onset - hx.DESC_OFFSET_SAMPLES, n_desc)
+        desc = self._query(ch, hit, onset - hx.DESC_OFFSET_SAMPLES, n_desc)
         if window < n_desc - hx.DESC_OFFSET_SAMPLES:  # not heard yet: do not describe zeros
             desc[hx.DESC_OFFSET_SAMPLES + window :] = 0.0
         rows, _ = index.candidates(desc, n_desc, k)
         rows = np.array(list(dict.fromkeys([*hit.carried.tolist(), *rows.tolist()])), np.int64)
         pre = hx.PRE_SAMPLES + hx.LAG_SAMPLES
-        seg = self._query(ch, hit, hit.onset - pre, pre + window + hx.LAG_SAMPLES)
+        seg = self._query(ch, hit, onset - pre, pre + window + hx.LAG_SAMPLES)
         seg[pre + window :] = 0.0  # only what this stage may use
         rho, gain, lag = index.correlate(seg, rows, window)
         order = np.argsort(-rho)
@@ -693,7 +701,7 @@ class HitLadder:
         if stage == "final" and index.class_model is not None:
             # All of the sound there will be: the instrument model names its class, and
             # the near answer is the best-correlated library sound of that class.
-            cls, share = index.class_model.predict(self._query(ch, hit, hit.onset, window))
+            cls, share = index.class_model.predict(self._query(ch, hit, onset, window))
             of_class = [i for i in order.tolist() if index.classes[int(rows[i])] == cls]
             voted = of_class[0] if of_class else best
             if not of_class:
@@ -738,10 +746,10 @@ class HitLadder:
             confidence = _logistic(CLASS_WEIGHTS, share=share, rho=float(rho[answer]),
                                    log_window=log_window)  # fmt: skip
         if kind == "exact" and rho[answer] >= SUBTRACT_MIN_RHO:  # known: subtract its tail
-            self._sound(ch, hit, int(rows[answer]), float(gain[answer]), int(lag[answer]),
+            self._sound(ch, hit, int(rows[answer]), float(gain[answer]), onset + int(lag[answer]),
                         whole=stage == "final")  # fmt: skip
         elif SUBTRACT_SIMILAR and rho[best] >= SUBTRACT_MIN_RHO:
-            self._sound(ch, hit, int(rows[best]), float(gain[best]), int(lag[best]),
+            self._sound(ch, hit, int(rows[best]), float(gain[best]), onset + int(lag[best]),
                         whole=stage == "final")  # fmt: skip
         elif hit.sounding is not None:  # an earlier stage was sure, this one is not
             ch.sounding[:] = [s for s in ch.sounding if s is not hit.sounding]
@@ -756,7 +764,23 @@ class HitLadder:
                               margin=float(rho[i] - rho[best]), log_window=log_window)  # fmt: skip
                 out.append(self._match(index, int(rows[i]), float(rho[i]), float(gain[i]),
                                        "similar", p))  # fmt: skip
-        return out, window
+        return out, heard
+
+    def _anchor(self, ch: _Channel, hit: _Hit, window: int) -> int:
+        """Where the library would place this hit's onset: the first sample within
+        ONSET_DB of its loudest (:func:`~emberd.library.waveform.onset_sample`, the rule
+        every snippet was cut by), searched from ANCHOR_BEFORE_S before the detected onset
+        over the first ANCHOR_SPAN_S. A rise detector fires at the first sound: a finger
+        snap's rub 20 ms before the snap, a soft stick noise before a tom; the waveform
+        stages align on what the snippets align on. The detected onset stays when the
+        search starts above the threshold (an earlier sound still loud there)."""
+        before = round(ANCHOR_BEFORE_S * self.sr)
+        span = min(window, round(ANCHOR_SPAN_S * self.sr))
+        x = self._query(ch, hit, hit.onset - before, before + span)
+        a = onset_sample(x)
+        if a == 0:
+            return hit.onset
+        return hit.onset - before + min(a, before + round(ANCHOR_MAX_SHIFT_S * self.sr))
 
     def _usable(self, ch: _Channel, hit: _Hit) -> int:
         """Samples after the onset free of an earlier sound's unexplained tail.
@@ -832,12 +856,12 @@ class HitLadder:
         return first[cls], votes[cls] / total
 
     def _sound(
-        self, ch: _Channel, hit: _Hit, row: int, gain: float, lag: int, *, whole: bool
+        self, ch: _Channel, hit: _Hit, row: int, gain: float, at: int, *, whole: bool
     ) -> None:
         """Remember the answer as the sound now ringing (its tail is subtracted later);
         ``whole`` (the final answer): predict it past its snippet, from the decoded file."""
         assert self.index is not None
-        start = hit.onset + lag - PRE_ROLL_SAMPLES
+        start = at - PRE_ROLL_SAMPLES
         length = (self.index.load_sound(row, self._path(self.index, row)) if whole
                   else self.index.sound_length(row))  # fmt: skip
         if hit.sounding is None or not any(s is hit.sounding for s in ch.sounding):

@@ -73,6 +73,8 @@ CLASS_L2 = 0.03  # ridge on the standardised features (chosen on the tuning kits
 CLASS_NOISE_DB = (29.0, 49.0)  # training copies: peak-to-noise ratios of a live hit
 CLASS_MAX_PER_CLASS = 150  # labelled sounds per class the model learns from at most
 CLASS_COPIES = 2  # noisy copies per library sound (seeded: the same model every load)
+CLASS_CUT_SHARE = 0.5  # ... this share of them cut short, after a log-uniform CLASS_CUT_S
+CLASS_CUT_S = (0.03, 0.245)
 CLASS_POOL = 256  # nearest attacks searched for the files of one class
 SOUND_MAX_S = 2.0  # a ringing sound's prediction: the file's first seconds after its onset
 SOUND_CACHE_FILES = 64  # whole sounds kept in memory (LRU; ~180 KB each)
@@ -215,8 +217,13 @@ class ClassModel:
             ys.append(str(labels[i]))
             for _ in range(CLASS_COPIES):
                 noise_db = rng.uniform(*CLASS_NOISE_DB)
-                feats.append(class_features(
-                    x + rng.standard_normal(len(x)) * peak * 10 ** (-noise_db / 20)))  # fmt: skip
+                y = x + rng.standard_normal(len(x)) * peak * 10 ** (-noise_db / 20)
+                # A live hit is often heard for less than a snippet (the next hit, or its
+                # decay sinking into the noise): then its features read silence after.
+                cut = round(np.exp(rng.uniform(*np.log(CLASS_CUT_S))) * WAVE_SR)
+                if rng.random() < CLASS_CUT_SHARE:
+                    y[cut:] = 0.0
+                feats.append(class_features(y))
                 ys.append(str(labels[i]))
         return cls(np.array(feats), ys)
 
