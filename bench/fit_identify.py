@@ -27,8 +27,10 @@ files) with another seed; only those held-out figures are reported.
   (synthetic, seed FIT_SEED: every answer wrong): the answer ``Library.identify``
   gives (the stronger of the query's own and its speed/direction variant's); and
   ``exact_confidence``, the smallest confidence at which those answers are at
-  least TARGET_PRECISION right on kits A. ``--confidence`` keeps the re-ranker and
-  waveform parameters of the current file and refits only this.
+  least TARGET_PRECISION right on kits A and no sound in no library is claimed, judged on
+  out-of-fold confidences (CONF_FOLDS folds by sample).
+  ``--confidence`` keeps the re-ranker and waveform parameters of the current file and
+  refits only this; ``--answers FILE`` saves its queries' answers (or refits on them).
 
 Deterministic: the same library and code give the same file.
 
@@ -70,21 +72,22 @@ ALONE_GRID = (0.95, 0.97, 0.98, 0.99, 0.995, 1.01)  # 1.01: always seek a second
 PAIR_MIN_GRID = np.round(np.arange(0.30, 0.851, 0.05), 2)
 CONF_L2 = 1.0  # penalty of the confidence fit (11 features, a few hundred answers)
 CONF_EXACT_GRID = np.round(np.arange(0.50, 0.9951, 0.005), 3)
-NON_LIBRARY = 16  # sounds in no library among the confidence fit's queries
+NON_LIBRARY = 48  # sounds in no library among the confidence fit's queries
+CONF_FOLDS = 2  # folds (by query index) of the exact threshold's out-of-fold confidences
 WINDOWS = 12  # 1.5-s windows from 1 s into the longest files of half A (landmark answers)
 
 
-def fit_confidence(
+def confidence_answers(
     lib: Library, paths: list[str], model: str, non_library: int = NON_LIBRARY
-) -> dict[str, Any]:
-    """Fit ``rerank.confidence``'s weights and the exact threshold on kits A (see the module
-    docstring); returns the ``confidence`` entry of identify_fit.json."""
+) -> list[dict[str, Any]]:
+    """The answer ``Library.identify`` gives to each confidence-fit query on kits A (see the
+    module docstring): ``{"edit", "feats", "right"}`` per query that got an answer."""
     by_path = {r.path: r.id for r in lib.files().values()}
     copies = dk.level_copies(lib)
     group = lambda f: copies.get(f, f)  # noqa: E731
     audio = [load_audio(p, sr=dk.SR)[0] for p in paths]
     tfs = ed.edits(audio, dk.FIT_SEED, [])
-    per_query: list[list[tuple[dict[str, float], bool]]] = []
+    out: list[dict[str, Any]] = []
     t0 = time.monotonic()
     outsiders = ed.non_library(non_library, dk.FIT_SEED)
     # Windows from inside the longest files of half A (the landmark stage's answers).
@@ -109,29 +112,68 @@ def fit_confidence(
                 match, _probs, feats = max(got, key=lambda a: strength(a[0], a[2]))
                 assert match is not None
                 right = truth is not None and group(by_path[match["path"]]) == truth
-                per_query.append([(feats, right)])
+                out.append({"edit": name, "i": i, "feats": feats, "right": bool(right)})
         print(f"  confidence answers {name}: {time.monotonic() - t0:.0f} s", flush=True)
+    return out
+
+
+def exact_threshold(scored: list[tuple[float, bool, bool]]) -> float:
+    """The lowest CONF_EXACT_GRID confidence at which the answers ``(confidence, right,
+    in library)`` are at least TARGET_PRECISION right and no sound in no library is claimed
+    (issue 13: never a confident wrong "exact" for it); 1.0 when none is."""
+    for t_min in CONF_EXACT_GRID:
+        sel = [(ok, inside) for c, ok, inside in scored if c >= t_min]
+        if sel and np.mean([ok for ok, _ in sel]) >= TARGET_PRECISION and all(
+                inside for _, inside in sel):
+            return float(t_min)
+    return 1.0
+
+
+def fit_confidence(answers: list[dict[str, Any]], n_paths: int, model: str,
+                   non_library: int) -> dict[str, Any]:
+    """Fit ``rerank.confidence``'s weights and the exact threshold on :func:`confidence_answers`;
+    returns the ``confidence`` entry of identify_fit.json.
+
+    The weights are fitted on every answer. The exact threshold is chosen on out-of-fold
+    confidences (CONF_FOLDS folds by query index: each answer scored by weights fitted without
+    its sample or sound): chosen in-sample it would sit just above the fit's own non-library
+    answers, and other such sounds would cross it.
+    """
     names = [f for f in rerank.CONFIDENCE_FEATURES if f != "bias"]
-    x = np.array([[f[n] for n in names] for q in per_query for f, _ok in q])
-    y = np.array([ok for q in per_query for _f, ok in q], float)
-    w, b = fit_logistic(x, y, CONF_L2)
-    weights = {"bias": round(b, 4), **{n: round(float(v), 4) for n, v in zip(names, w,
-                                                                         strict=True)}}
-    chosen = [max((rerank.confidence(f, weights), ok) for f, ok in q) for q in per_query]
-    exact_c = lowest_threshold(chosen, CONF_EXACT_GRID)
-    conf = np.array([c for c, _ok in chosen])
-    ok = np.array([k for _c, k in chosen], float)
+
+    def weights_of(part: list[dict[str, Any]]) -> dict[str, float]:
+        x = np.array([[a["feats"].get(n, 0.0) for n in names] for a in part])
+        w, b = fit_logistic(x, np.array([a["right"] for a in part], float), CONF_L2)
+        return {"bias": round(b, 4), **{n: round(float(v), 4) for n, v in zip(names, w,
+                                                                             strict=True)}}
+
+    weights = weights_of(answers)
+    y = np.array([a["right"] for a in answers], float)
+    conf = np.array([rerank.confidence(a["feats"], weights) for a in answers])
+    oof = np.zeros(len(answers))
+    for k in range(CONF_FOLDS):
+        w_k = weights_of([a for a in answers if a["i"] % CONF_FOLDS != k])
+        for j, a in enumerate(answers):
+            if a["i"] % CONF_FOLDS == k:
+                oof[j] = rerank.confidence(a["feats"], w_k)
+    inside = [a["edit"] != "non-library" for a in answers]
+    exact_c = exact_threshold(list(zip(oof.tolist(), y.astype(bool).tolist(), inside,
+                                       strict=True)))
     bins = np.minimum((conf * 10).astype(int), 9)
-    ece = sum(abs(conf[bins == k].mean() - ok[bins == k].mean()) * (bins == k).sum()
+    ece = sum(abs(conf[bins == k].mean() - y[bins == k].mean()) * (bins == k).sum()
               for k in range(10) if (bins == k).any()) / len(conf)
-    print(f"confidence fit: {len(x)} answers of {len(per_query)} queries; kits A top-1 "
-          f"{ok.mean():.3f}, ECE {ece:.4f}; exact_confidence {exact_c} "
-          f"({int(((conf >= exact_c) & (ok == 1)).sum())}/{int((conf >= exact_c).sum())} right)")
+    claimed = oof >= exact_c
+    print(f"confidence fit: {len(answers)} answers; kits A top-1 {y.mean():.3f}, ECE {ece:.4f}; "
+          f"exact_confidence {exact_c} (out of fold: {int((claimed & (y == 1)).sum())}/"
+          f"{int(claimed.sum())} right; non-library max confidence "
+          f"{max((c for c, i in zip(oof, inside, strict=True) if not i), default=0.0):.3f})")
     return {"weights": weights, "exact_confidence": exact_c,
             "provenance": (f"bench/fit_identify.py --confidence --model {model}: "
-                           f"{len(paths)} samples of half A x {len(ed.EDITS)} edits + "
-                           f"{non_library} non-library sounds, seed {dk.FIT_SEED}, "
-                           f"L2 {CONF_L2}; kits A ECE {ece:.4f}")}
+                           f"{n_paths} samples of half A x {len(ed.EDITS)} edits + "
+                           f"{WINDOWS} windows + {non_library} non-library sounds, seed "
+                           f"{dk.FIT_SEED}, L2 {CONF_L2}; kits A ECE {ece:.4f}; exact "
+                           f"threshold on {CONF_FOLDS}-fold out-of-fold confidences; held-out "
+                           f"figures: bench/identify.py (half B, seed {dk.EVAL_SEED})")}
 
 
 def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = L2) -> tuple[np.ndarray, float]:
@@ -198,6 +240,10 @@ def main() -> None:
     ap.add_argument("--write", action="store_true", help="replace identify_fit.json")
     ap.add_argument("--confidence", action="store_true",
                     help="refit only the confidence model (keep the re-ranker and thresholds)")
+    ap.add_argument("--non-library", type=int, default=NON_LIBRARY,
+                    help="sounds in no library among the confidence queries (%(default)s)")
+    ap.add_argument("--answers", help="with --confidence: save the answers here, or refit on "
+                    "them when the file exists (the answers do not depend on the confidence)")
     args = ap.parse_args()
 
     lib_path = Path(args.library)
@@ -209,8 +255,17 @@ def main() -> None:
         pick = np.unique(np.linspace(0, len(paths) - 1, args.limit).round().astype(int))
         paths = [paths[j] for j in pick]  # spread over every kit of the half
     if args.confidence:
+        if args.answers and Path(args.answers).exists():  # refit on the saved answers
+            saved = json.loads(Path(args.answers).read_text())
+            answers, n_paths, n_out = saved["answers"], saved["paths"], saved["non_library"]
+        else:
+            answers = confidence_answers(lib, paths, args.model, args.non_library)
+            n_paths, n_out = len(paths), args.non_library
+            if args.answers:
+                Path(args.answers).write_text(json.dumps(
+                    {"paths": n_paths, "non_library": n_out, "answers": answers}))
         result = dict(fitted.params())
-        result["confidence"] = fit_confidence(lib, paths, args.model)
+        result["confidence"] = fit_confidence(answers, n_paths, args.model, n_out)
         emit(result, write=args.write)
         lib.close()
         return

@@ -71,7 +71,8 @@ WINDOW_HOP_S = 50 * 1024 / SR  # the windowed encoder's hop (the anchor's unit o
 TEST_KITS = ("The Black Pearl 1.0", "BJA_Pacific")
 # Masking scenes: the model may be tuned on the A kits' scenes (seeds 0-2) and is reported on
 # the B kits' (seeds 12-14); kit_half's split, the kits that have all six drum stems.
-MASKING_TUNE_KITS = ("ColomboAcousticDrumkit", "ForzeeStereo", "Millo_MultiLayered2")
+MASKING_TUNE_KITS = ("ColomboAcousticDrumkit", "ForzeeStereo", "Millo_MultiLayered2",
+                     "The Black Pearl 1.0")
 MASKING_TEST_KITS = ("BJA_Pacific", "Millo-Drums_v.1", "Millo_MultiLayered3", "rumpf_kit_z01_h2")
 SYNTH_GROUPS = {"synth-a": range(0, 12), "synth-b": range(12, 24)}
 STEM_CLASSES = ("kick", "snare", "closed_hat", "open_hat", "tom", "cymbal", "bass", "pad")

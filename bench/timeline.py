@@ -104,7 +104,7 @@ def score(entries: list, events: list, group: dict[int, int], path_id: dict[str,
     """Match entries to library events (same file or level copy, start within MATCH_S)."""
     truth = [e for e in events if e.library]
     used: set[int] = set()
-    right, start_err, speed_err = 0, [], []
+    right, start_err, speed_err, right_entries = 0, [], [], []
     for en in entries:
         if en.kind != "exact":
             continue
@@ -120,12 +120,102 @@ def score(entries: list, events: list, group: dict[int, int], path_id: dict[str,
         if best is not None:
             used.add(best)
             right += 1
+            right_entries.append(en)
             start_err.append(best_d)
             speed_err.append(abs(en.speed / truth[best].speed - 1))
     return {"events": len(truth), "found": len(used), "exact": sum(e.kind == "exact"
             for e in entries), "similar": sum(e.kind == "similar" for e in entries),
             "right": right, "start_err": start_err, "speed_err": speed_err,
-            "missed": [truth[j] for j in range(len(truth)) if j not in used]}
+            "missed": [truth[j] for j in range(len(truth)) if j not in used],
+            "right_entries": right_entries}
+
+
+NEAR_S = 0.025  # an onset or entry this close to an event's onset is about that event
+UNDER_S = 0.5  # an event this soon after a louder one starts under its tail
+
+
+class Onsets:
+    """Where each file's sound starts (s after its first sample, at speed 1), cached."""
+
+    def __init__(self) -> None:
+        self.cache: dict[str, float] = {}
+
+    def __call__(self, path: str, start_s: float, speed: float) -> float:
+        if path == "synth":
+            return start_s
+        if path not in self.cache:
+            from emberd.library.waveform import WAVE_SR, onset_sample
+
+            self.cache[path] = onset_sample(beats.load_mono(path, WAVE_SR)) / WAVE_SR
+        return start_s + self.cache[path] / speed
+
+
+def categories(res: object, sc: dict, events: list, group: dict[int, int],
+               path_id: dict[str, int], onset_of: Onsets) -> tuple[dict, dict]:
+    """Why each missed library event was missed and why each wrong exact entry was wrong.
+
+    Misses: ``loop`` (a loop occurrence), ``similar only`` (the right file listed as
+    similar), ``wrong file`` (an exact entry of another file at its onset; ``same kit``
+    when of the event's kit folder: a velocity layer or a sibling), ``no onset, under``
+    (no onset detected and a louder event started up to UNDER_S before), ``no onset``,
+    ``onset, no entry`` (detected, nothing claimed). Wrong entries: ``library sound``
+    (another library event starts there; ``same kit`` as above), ``non-library sound``,
+    ``inside a loop``, ``right file, off`` (its file has an event within UNDER_S),
+    ``nothing there``.
+    """
+    onsets = np.array(getattr(res, "onset_s", None) or [], float)
+    entries = getattr(res, "entries", [])
+
+    def gid(path: str) -> int | None:
+        fid = path_id.get(path)
+        return None if fid is None else group.get(fid, fid)
+
+    def near_onset(t: float) -> bool:
+        return bool(len(onsets)) and float(np.min(np.abs(onsets - t))) <= NEAR_S
+
+    ev_on = [onset_of(e.path, e.start_s, e.speed) for e in events]
+    en_on = [onset_of(en.path, en.start_s, en.speed) for en in entries]
+    miss: dict[str, int] = {}
+    for ev in sc["missed"]:
+        t = onset_of(ev.path, ev.start_s, ev.speed)
+        g = gid(ev.path)
+        kit = Path(ev.path).parent
+        at = [en for en, u in zip(entries, en_on, strict=True) if abs(u - t) <= NEAR_S]
+        if Path(ev.path).name[1:5] == "loop":
+            why = "loop"
+        elif any(en.kind == "similar" and gid(en.path) == g for en in at):
+            why = "similar only"
+        elif any(en.kind == "exact" for en in at):
+            same = any(Path(en.path).parent == kit for en in at if en.kind == "exact")
+            why = "wrong file, same kit" if same else "wrong file, other kit"
+        elif not near_onset(t):
+            under = any(0 < t - u <= UNDER_S and o.gain_db > ev.gain_db
+                        for o, u in zip(events, ev_on, strict=True))
+            why = "no onset, under a louder sound" if under else "no onset"
+        else:
+            why = "onset, no entry"
+        miss[why] = miss.get(why, 0) + 1
+    wrong: dict[str, int] = {}
+    for en, u in zip(entries, en_on, strict=True):
+        if en.kind != "exact" or en in sc["right_entries"]:
+            continue
+        g = group.get(en.file_id, en.file_id)
+        there = [o for o, v in zip(events, ev_on, strict=True) if abs(v - u) <= NEAR_S]
+        lib = [o for o in there if o.library]
+        if any(gid(o.path) == g for o in events if abs(o.start_s - en.start_s) <= UNDER_S):
+            why = "right file, off"
+        elif lib:
+            same = any(Path(o.path).parent == Path(en.path).parent for o in lib)
+            why = "library sound, same kit" if same else "library sound, other kit"
+        elif there:
+            why = "non-library sound"
+        elif any(Path(o.path).name[1:5] == "loop" and o.start_s <= en.start_s
+                 for o in events):
+            why = "inside a loop"
+        else:
+            why = "nothing there"
+        wrong[why] = wrong.get(why, 0) + 1
+    return miss, wrong
 
 
 def main() -> None:
@@ -153,6 +243,9 @@ def main() -> None:
                    "start_err": [], "speed_err": []}
     audio_s, wall_s, cpu_s, loads = 0.0, 0.0, 0.0, []
     tmp = Path(tempfile.mkdtemp(prefix="emberd-timeline-"))
+    onset_of = Onsets()
+    misses: dict[str, int] = {}
+    wrongs: dict[str, int] = {}
     for seed in seeds:
         y, events = beats.make_beat(BEAT_S, pools[f"one_shots_{h}"], pools[f"loops_{h}"],
                                     pools[f"outsiders_{h}"], seed=seed)
@@ -167,6 +260,10 @@ def main() -> None:
         sc = score(res.entries, events, group, path_id)
         for k in total:
             total[k] += sc[k]
+        miss, wrong = categories(res, sc, events, group, path_id, onset_of)
+        for d, add in ((misses, miss), (wrongs, wrong)):
+            for k, v in add.items():
+                d[k] = d.get(k, 0) + v
         print(f"seed {seed}: {sc['events']} library events ({sum(not e.library for e in events)}"
               f" non-library), {res.onsets} onsets, found {sc['found']}, exact entries "
               f"{sc['exact']} ({sc['right']} right), similar {sc['similar']}")
@@ -185,6 +282,10 @@ def main() -> None:
           f"({total['found']}/{total['events']}), precision {precision:.3f} "
           f"({total['right']}/{total['exact']} exact entries; {total['similar']} similar "
           f"entries not counted)")
+    print("missed, by cause: " + ", ".join(f"{k} {v}" for k, v in sorted(
+        misses.items(), key=lambda kv: -kv[1])))
+    print("wrong exact entries, by cause: " + ", ".join(f"{k} {v}" for k, v in sorted(
+        wrongs.items(), key=lambda kv: -kv[1])))
     if len(se):
         print(f"start error ms p50 {np.percentile(se, 50):.1f} p90 {np.percentile(se, 90):.1f} "
               f"max {se.max():.1f}; within 25 ms {np.mean(se <= 25):.3f}")

@@ -192,3 +192,4 @@ def test_attack_vectors_are_unit_and_centred() -> None:
     v = rerank.attack_vectors(tpl)
     assert np.allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-4)
     assert np.allclose(v.mean(axis=1), 0.0, atol=1e-6)
+

@@ -240,7 +240,7 @@ def test_library_without_snippets_answers_from_templates(
 
 # --- producers' edits (issue 13) ---------------------------------------------------------------
 EDIT_EVERY = 2  # 12 of the 24 queries per edit: keeps the added test time small
-MAX_NON_LIBRARY_EXACT = 3  # of 8, measured 3 (2 waveform, 1 template); goal 0: NOT met
+MAX_NON_LIBRARY_EXACT = 1  # of 8: measured 0 with the out-of-fold exact threshold (was 3)
 NOISY = {dk.DISTRACTOR_FAMILIES.index(f) for f in ("snare", "hat", "clap", "bell", "cymbal")}
 MIN_TRIM_HAT_TOP1 = 0.66
 # Measured (dsp-baseline, seed 0, 12 queries): pitch+2 12/12 (without variants 3/12), reverse
@@ -280,7 +280,7 @@ def test_attack_trimmed_hat_is_identified(kit: dict[str, Any]) -> None:
 def test_sounds_not_in_the_library_are_rarely_exact(kit: dict[str, Any]) -> None:
     """Synthetic sounds of another seed than the library's distractors: few are claimed
     ``exact``, each exact claim has at least EXACT_CONFIDENCE, and every other is "similar"
-    below it. The issue's goal is 0 claims: NOT met (see MAX_NON_LIBRARY_EXACT)."""
+    below it. The issue's goal is 0 claims (measured 0; the bound allows one)."""
     from emberd.library import rerank
 
     lib: Library = kit["lib"]

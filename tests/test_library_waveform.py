@@ -138,3 +138,25 @@ def test_abstains_on_an_unrelated_sound(snippets: dict) -> None:
     other = (np.sin(2 * np.pi * 3000 * t) * np.exp(-t / 0.3) + 0.1 * rng.standard_normal(N))
     assert explain(other.astype(np.float32), snippets) is None
     assert explain(np.zeros(N, np.float32), snippets) is None
+
+
+def test_correlate_equals_the_direct_linear_correlation_at_every_lag() -> None:
+    """The FFT correlation (single precision, the shortest fast length) is the linear one:
+    a snippet ending near the segment's end must not wrap onto its start."""
+    rng = np.random.default_rng(2)
+    seg = rng.standard_normal(wf.SNIPPET_SAMPLES + 2 * wf.LAG_SAMPLES).astype(np.float32)
+    snip = rng.standard_normal((1, wf.SNIPPET_SAMPLES)).astype(np.float32)
+    direct = np.correlate(seg.astype(np.float64), snip[0].astype(np.float64), mode="valid")
+    x = wf.irfft(wf.rfft(seg, wf._NFFT)[None] * wf.spectra(snip), wf._NFFT, axis=1)[0]
+    assert np.max(np.abs(x[: len(direct)] - direct)) < 1e-4 * np.max(np.abs(direct))
+
+
+def test_runner_up_leaves_out_level_copies(library: dict, snippets: dict) -> None:
+    """A file's runner-up is the best *other recording*: its level copy correlates as well
+    and is no rival; an unrelated file is far below."""
+    ans = explain(library[3], snippets)  # the kick; file 6 is it 6 dB down
+    assert ans is not None and ans.file_id == 3 and ans.rho > 0.99
+    assert ans.runner_up_rho < 0.5
+    ans = explain(library[1], snippets)  # a snare, its round robin 2 a different recording
+    assert ans is not None and ans.file_id == 1
+    assert 0.0 < ans.runner_up_rho < ans.rho - 0.3

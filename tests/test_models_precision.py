@@ -90,3 +90,13 @@ def test_index_and_query_with_int8(aisfx_manifest_path: Path, drumkit_dir: Path,
     fp32 = _emberd("query", str(query), "--library", str(lib), "--precision", "fp32")
     assert fp32.returncode == 2
     assert "not indexed with model aisfx (has: aisfx-int8)" in fp32.stderr
+
+
+def test_demo_takes_precision() -> None:
+    """``demo --precision`` chooses the demo's model too (it used to be accepted and ignored:
+    the demo ran the float model): a model without an int8 variant is refused at once."""
+    run = _emberd("demo", "--model", "dsp-baseline", "--precision", "int8", "--duration", "1")
+    assert run.returncode == 2, run.stderr[-2000:]
+    assert run.stderr.strip().splitlines() == [
+        "emberd: error: model dsp-baseline has no int8 variant (--precision int8 works with: "
+        "aisfx)"]

@@ -17,8 +17,8 @@ import pytest
 import soundfile as sf
 
 from emberd.cli import main
-from emberd.library import Library
-from emberd.library.timeline import WAVE_SR, Timeline
+from emberd.library import Library, timeline
+from emberd.library.timeline import WAVE_SR, Timeline, _Stream
 from emberd.testing import beats
 from emberd.testing import drumkits as dk
 
@@ -170,3 +170,138 @@ def test_silence_gives_an_empty_timeline_with_a_reason(
     assert [r["timeline"] for r in records] == [[], []]
     assert "digital silence" in records[0]["reason"]
     assert "DC offset" in records[1]["reason"]
+
+
+def _corrupt_flac(path: Path) -> None:
+    """A FLAC file whose header reads but whose stream is damaged a third of the way in
+    (the decoder loses sync: soundfile raises, not emberd)."""
+    y = (np.random.default_rng(3).standard_normal(3 * beats.SR) * 0.1).astype(np.float32)
+    sf.write(path, y, beats.SR, format="FLAC")
+    data = bytearray(path.read_bytes())
+    third = len(data) // 3
+    data[third : third + 2000] = bytes((b * 7 + 13) % 256 for b in data[third : third + 2000])
+    path.write_bytes(bytes(data))
+
+
+def test_a_damaged_file_is_skipped_with_its_reason(
+    lib: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good = tmp_path / "good.wav"
+    _track(good, [(beats.load_mono(lib["sounds"][0]), 0.3, 1.0, -3.0)], 1.5)
+    bad = tmp_path / "damaged.flac"
+    _corrupt_flac(bad)
+    capsys.readouterr()
+    rc = main(["query", str(bad), str(good), "--timeline", "--json", "--library",
+               str(lib["lib"])])
+    out, err = capsys.readouterr()
+    assert rc == 1  # some files answered, one not
+    assert [json.loads(line)["query"] for line in out.splitlines()] == [str(good)]
+    assert len(err.strip().splitlines()) == 1 and str(bad) in err, err
+    assert "Traceback" not in err
+
+
+def test_precision_is_refused_with_timeline(lib: dict, tmp_path: Path) -> None:
+    track = tmp_path / "t.wav"
+    _track(track, [(beats.load_mono(lib["sounds"][0]), 0.3, 1.0, -3.0)], 1.0)
+    run = subprocess.run([sys.executable, "-m", "emberd", "query", str(track), "--timeline",
+                          "--precision", "int8", "--library", str(lib["lib"])],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2 and run.stdout == ""
+    assert run.stderr.strip().splitlines() == [
+        "emberd: error: --precision does not apply to --timeline (the timeline compares "
+        "waveforms; it runs no encoder)"]
+
+
+def test_reference_cache_is_bounded_in_bytes(lib: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    bound = 2**20  # 1 MiB: a few of the kit's files, far below all of them
+    monkeypatch.setattr(timeline, "REF_CACHE_BYTES", bound)
+    with Library.open(lib["lib"]) as library:
+        tl = Timeline(library)
+        total = 0
+        for fid in tl.files:
+            total += tl._ref(fid).y.nbytes + tl._ref(fid).up.nbytes
+            held = sum(r.y.nbytes + r.up.nbytes for r in tl._refs.values())
+            assert held <= bound or len(tl._refs) == 1, (held, len(tl._refs))
+            assert fid in tl._refs  # the newest is always kept
+    assert total > 4 * bound  # the files would not have fitted
+
+
+def test_an_entry_is_compared_only_with_sounds_still_playing(lib: dict) -> None:
+    """Adding an entry must not decode (nor compare with) every earlier entry's file: a long
+    track with many distinct files made that quadratic, decoding evicted files again."""
+    with Library.open(lib["lib"]) as library:
+        tl = Timeline(library)
+        s = _Stream(tl)
+        fids = list(tl.files)
+        s.det_pos = 100 * WAVE_SR
+        # 200 exact entries long over, and a few that ended just before the new one.
+        for k in range(200):
+            f = fids[k % len(fids)]
+            s.entries.append(timeline.Entry(f, tl.files[f].path, k * 0.25, k * 0.25 + 0.2,
+                                            -3.0, 1.0, 0.95, 0.9, "exact"))
+        for k in range(3):
+            f = fids[k]
+            s.entries.append(timeline.Entry(f, tl.files[f].path, 98.0 + k * 0.5,
+                                            98.3 + k * 0.5, -3.0, 1.0, 0.95, 0.9, "exact"))
+        tl._refs.clear()
+        before = tl.decodes if hasattr(tl, "decodes") else 0
+        decoded: list[int] = []
+        real = tl._ref
+        tl._ref = lambda fid: decoded.append(fid) or real(fid)  # type: ignore[method-assign]
+        f = fids[-1]
+        s._add(timeline.Entry(f, tl.files[f].path, 100.0, 100.5, -6.0, 1.0, 0.7, 0.5,
+                              "similar"))
+        assert decoded == [], decoded  # no earlier entry's file was looked at
+        assert tl.decodes == before
+        assert len(s.entries) <= 4  # the 200 long over are set aside, not scanned again
+        assert len(s.done) + len(s.entries) == 204
+
+
+def _long_sound(seconds: float) -> np.ndarray:
+    """A deterministic sound of ``seconds``: a different decaying tone every 0.4 s."""
+    rng = np.random.default_rng(5)
+    y = np.zeros(int(seconds * beats.SR), np.float32)
+    t = np.arange(int(0.4 * beats.SR)) / beats.SR
+    for k in range(int(seconds / 0.4)):
+        f = rng.uniform(200, 2000)
+        hit = np.sin(2 * np.pi * f * t) * np.exp(-t * 8) * np.minimum(t / 0.002, 1.0)
+        hit += 0.2 * rng.standard_normal(len(t)) * np.exp(-t * 40)
+        a = int(k * 0.4 * beats.SR)
+        y[a : a + len(t)] += (0.4 * hit).astype(np.float32)
+    return y
+
+
+def test_a_slowed_long_sound_is_judged_once_all_of_it_is_read(tmp_path: Path) -> None:
+    """A sound of MAX_SOUND_S played slower lasts longer than MAX_SOUND_S: the engine must
+    not judge it before its end has been read (it would compare it with silence)."""
+    sounds = tmp_path / "sounds"
+    sounds.mkdir()
+    long_y = _long_sound(timeline.MAX_SOUND_S)
+    sf.write(sounds / "long.wav", long_y, beats.SR, subtype="FLOAT")
+    assert main(["index", str(sounds), "--library", str(tmp_path / "lib"), "--model",
+                 "dsp-baseline", "--jobs", "0", "--quiet"]) == 0
+    speed = 0.88
+    y = np.zeros(int(12.0 * beats.SR), np.float32)
+    beats._add(y, beats.at_speed(long_y, speed), 1.0, -2.0)
+    import soxr
+
+    x = np.asarray(soxr.resample(y, beats.SR, WAVE_SR, quality="HQ"), np.float32)
+    with Library.open(tmp_path / "lib") as library:
+        s = _Stream(Timeline(library))
+        early: list[tuple[int, int]] = []
+        real = s._residual
+
+        def residual(a: int, b: int) -> np.ndarray:
+            if b > s.end + 1:  # read past what the track has given so far
+                early.append((b, s.end))
+            return real(a, b)
+
+        s._residual = residual  # type: ignore[method-assign]
+        for k in range(0, len(x), 4096):
+            s.feed(x[k : k + 4096])
+        assert early == [], early[:3]
+        res = s.finish()
+    exact = [e for e in res.entries if e.kind == "exact"]
+    assert len(exact) == 1, res.entries
+    assert abs(exact[0].start_s - 1.0) <= START_TOL_S
+    assert abs(exact[0].speed / speed - 1) <= SPEED_TOL

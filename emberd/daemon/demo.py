@@ -185,9 +185,11 @@ def run_demo(args: argparse.Namespace) -> int:
 
     from emberd.daemon.app import Daemon
     from emberd.daemon.cli import config_from_args
+    from emberd.models.precision import model_for
     from emberd.models.registry import resolve_default
 
-    manifest = resolve_default(args.model)  # aiSFX (fetched if needed) or a loud fallback
+    # aiSFX (fetched if needed) or a loud fallback; --precision picks its variant.
+    manifest = resolve_default(model_for(args.model, args.precision))
     library = build_demo_library(manifest.name, rebuild=args.rebuild)
     is_synth = args.input == "synth"
     config = config_from_args(args, library=library, model=manifest.name, loop=is_synth,

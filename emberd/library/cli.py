@@ -61,7 +61,8 @@ def register(subparsers: Any) -> None:
     q.add_argument("--timeline", action="store_true",
                    help="list every library sample found in each file (a beat, a bounce, a "
                         "stem): start, gain, speed and confidence per occurrence; streams "
-                        "files of any length (--model, --k and --search do not apply)")
+                        "files of any length (--model, --k and --search do not apply; "
+                        "--precision is refused)")
     q.set_defaults(func=_query)
 
     lib = subparsers.add_parser("library", help="library maintenance",
@@ -156,7 +157,12 @@ def _guard_db(fn: Any) -> Any:
 
 def _query(args: argparse.Namespace) -> int:
     if args.timeline:
+        from emberd.errors import EmberdError
         from emberd.library.timeline import run_cli
+
+        if args.precision is not None:  # accepted and ignored would be a silent lie
+            raise EmberdError("--precision does not apply to --timeline (the timeline compares "
+                              "waveforms; it runs no encoder)")
 
         return int(_guard_db(lambda: run_cli(args.library, args.files, as_json=args.json)))
     from emberd.dsp.silence import QUERY_FLOOR_DBFS, no_sound_reason

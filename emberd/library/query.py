@@ -512,7 +512,8 @@ class Library:
                 match["mixed_with"] = files[wave.mixed_with].path
             feats = rerank.answer_features(
                 "waveform", prob=probs.get(best, 0.0), runner_up=runner_up(best), rho=wave.rho,
-                mixed=wave.mixed_with is not None, variant=variant)
+                runner_up_rho=wave.runner_up_rho, mixed=wave.mixed_with is not None,
+                variant=variant)
             return finish(match, feats), probs, feats
         i = int(np.argmax(prob))
         best = ev.candidates[i]

@@ -61,8 +61,8 @@ EXACT_PROBABILITY = float(fitted.params()["exact_probability"])
 
 #: What :func:`confidence` weighs: the stage that answered and what it measured (see
 #: :func:`answer_features`).
-CONFIDENCE_FEATURES = ("bias", "wave", "wave_rho", "wave_mix", "tmpl", "tmpl_logit",
-                       "tmpl_margin", "lm", "lm_count", "variant", "logit")
+CONFIDENCE_FEATURES = ("bias", "wave", "wave_rho", "wave_mix", "wave_margin", "tmpl",
+                       "tmpl_logit", "tmpl_margin", "lm", "lm_count", "variant", "logit")
 _LOGIT_CLIP = 8.0
 
 
@@ -86,7 +86,7 @@ def _logit(p: float) -> float:
 
 def answer_features(
     stage: str, *, prob: float = 0.0, runner_up: float = 0.0, rho: float = 0.0,
-    mixed: bool = False, landmarks: int = 0, variant: bool = False,
+    runner_up_rho: float = 0.0, mixed: bool = False, landmarks: int = 0, variant: bool = False,
 ) -> dict[str, float]:
     """What an identification answer's confidence is computed from.
 
@@ -98,6 +98,8 @@ def answer_features(
         The re-ranker's probability of the answer and of the best other candidate.
     rho : float
         The waveform correlation (waveform answers).
+    runner_up_rho : float
+        The best waveform correlation of any other recording (waveform answers).
     mixed : bool
         The waveform stage explained the query as a mix.
     landmarks : int
@@ -109,6 +111,7 @@ def answer_features(
         stage == "landmarks")
     lp, lr = _logit(prob), _logit(runner_up)
     return {"bias": 1.0, "wave": wave, "wave_rho": wave * rho, "wave_mix": wave * float(mixed),
+            "wave_margin": wave * (rho - runner_up_rho),
             "tmpl": tmpl, "tmpl_logit": tmpl * lp, "tmpl_margin": tmpl * (lp - lr),
             "lm": lm, "lm_count": lm * float(np.log1p(landmarks)), "variant": float(variant),
             "logit": (1.0 - lm) * lp}

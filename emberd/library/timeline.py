@@ -44,7 +44,9 @@ Known limits: a library file longer than MAX_SOUND_S is matched and subtracted o
 first MAX_SOUND_S only; a loop whose first hits are over 20 dB below its loudest is found
 at that loud hit (its stored snippet starts there), so its first hits may already have
 been listed as one-shots (they are dropped when the loop explains them); the speed bank
-holds 31 x 256 float32 samples per library file in memory (32 MB for 1000 files).
+holds 31 x 256 float32 samples per library file in memory (32 MB for 1000 files); decoded
+library waveforms are cached up to REF_CACHE_BYTES. A candidate over RESIDUE_DB below the
+explained sounds under it is taken for what their subtraction left behind, not a sound.
 """
 
 from __future__ import annotations
@@ -65,7 +67,6 @@ from emberd.library.hitindex import DESC_OFFSET_SAMPLES, EARLY_SAMPLES, HitIndex
 from emberd.library.waveform import PRE_ROLL_SAMPLES, WAVE_SR, onset_sample
 
 MAX_SOUND_S = 8.0  # s: at most this much of a library file is matched and subtracted
-BUFFER_S = 2 * MAX_SOUND_S + 2.0  # s of track (and its explained part) held in memory
 READ_BLOCK = 8192  # samples per FileSource block at WAVE_SR (0.37 s)
 DETECT_BLOCK = 512  # samples per onset-detector push (23 ms): explanations land between
 LEAD_IN = 2048  # silent samples before the track: the detector's warm-up hides no hit at 0
@@ -99,11 +100,16 @@ ABANDON_RHO = 0.4  # a candidate refined this far below is dropped (saves long w
 MIN_STEP = 0.00002  # refinement ends at this speed step, or where a step drifts the
 MIN_STEP_SAMPLES = 0.5  # sound's end by less than this many samples (and the whole length)
 MERGE_S = 0.03  # s: the same file this close is the same occurrence
+RESIDUE_DB = -30.0  # a candidate this far below the explained sounds under it is their residue
 CONFIDENCE_SLOPE = 18.0  # logistic of rho (set by hand on kits A; not calibrated)
 CONFIDENCE_MID = 0.70
-REF_CACHE_FILES = 128  # library waveforms kept decoded
+REF_CACHE_BYTES = 64 * 2**20  # library waveforms kept decoded (an 8-s file takes 3.5 MB)
 UPSAMPLE = 4  # library waveforms are placed by linear interpolation of a 4x upsampled copy
 MIN_SPEED, MAX_SPEED = SPEED_GRID[0] * 0.98, SPEED_GRID[-1] * 1.02
+# The longest a matched sound plays in the track (MAX_SOUND_S slowed to MIN_SPEED), in
+# samples: a sound is judged once all of it (and the lag search around it) has been read.
+LOOKAHEAD_SAMPLES = math.ceil(MAX_SOUND_S / MIN_SPEED * WAVE_SR) + 2 * LAG_SAMPLES
+BUFFER_S = 2 * LOOKAHEAD_SAMPLES / WAVE_SR + 2.0  # s of track (and its explained part) held
 
 
 @dataclass(frozen=True)
@@ -113,6 +119,7 @@ class Entry:
     file_id: int
     path: str
     start_s: float  # where the file's first sample plays in the track
+    end_s: float  # where its last matched sample (at most MAX_SOUND_S of the file) plays
     gain_db: float  # its level relative to the file as stored
     speed: float  # resampling factor (>1: faster and higher)
     rho: float  # normalised correlation over the first 250 ms (or the whole sound)
@@ -123,6 +130,7 @@ class Entry:
         """The entry as the CLI prints it (JSON-ready)."""
         return {
             "path": self.path, "file_id": self.file_id, "start_s": round(self.start_s, 4),
+            "end_s": round(self.end_s, 4),
             "gain_db": round(self.gain_db, 2), "speed": round(self.speed, 5),
             "semitones": round(12 * math.log2(self.speed), 3), "rho": round(self.rho, 4),
             "confidence": round(self.confidence, 4), "kind": self.kind,
@@ -137,6 +145,7 @@ class Result:
     duration_s: float
     onsets: int  # onsets examined
     reason: str | None = None  # why there is no entry at all (silence), else None
+    onset_s: list[float] | None = None  # where they were (s), for benchmarks' breakdowns
 
 
 @dataclass
@@ -146,6 +155,11 @@ class _Ref:
     y: np.ndarray
     onset: int
     up: np.ndarray  # y at UPSAMPLE x WAVE_SR: interpolated between samples without HF loss
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the decoded waveforms."""
+        return int(self.y.nbytes + self.up.nbytes)
 
 
 def confidence(rho: float) -> float:
@@ -168,7 +182,9 @@ class Timeline:
         self.index = HitIndex.from_library(library)
         if len(self.index) == 0:
             raise EmberdError("the library holds no onset snippets (run 'emberd index' again)")
-        self._refs: OrderedDict[int, _Ref] = OrderedDict()
+        self._refs: OrderedDict[int, _Ref] = OrderedDict()  # least recently used first
+        self._ref_bytes = 0  # their total nbytes, at most REF_CACHE_BYTES
+        self.decodes = 0  # library files decoded (a cache miss each)
         self._row = {int(f): i for i, f in enumerate(self.index.file_ids.tolist())}
         self.bank, self.bank_energy = _speed_bank(self.index)
         self.same_attack = _same_attack(self.index)
@@ -183,6 +199,7 @@ class Timeline:
             return ref
         from emberd.dsp.sources import load_audio
 
+        self.decodes += 1
         try:
             y, _info = load_audio(self.files[file_id].path, sr=WAVE_SR, mono=True)
             y = y[: int(MAX_SOUND_S * WAVE_SR)]
@@ -200,8 +217,12 @@ class Timeline:
         up = np.asarray(soxr.resample(y, WAVE_SR, UPSAMPLE * WAVE_SR, quality="HQ"), np.float32)
         ref = _Ref(y, onset, up)
         self._refs[file_id] = ref
-        if len(self._refs) > REF_CACHE_FILES:
-            self._refs.popitem(last=False)
+        self._ref_bytes += ref.nbytes
+        # Bounded in bytes, not files: 128 long files would hold ~450 MB. The newest stays
+        # even when it alone is over the bound.
+        while self._ref_bytes > REF_CACHE_BYTES and len(self._refs) > 1:
+            _fid, old = self._refs.popitem(last=False)
+            self._ref_bytes -= old.nbytes
         return ref
 
     # -- streaming ----------------------------------------------------------------------
@@ -256,14 +277,18 @@ class _Stream:
         # start, so a sound is judged before the next one covers it.
         self.ahead = OnsetDetector(sr=WAVE_SR)
         self.upcoming: list[int] = []  # absolute onsets from ``ahead``, not yet passed
+        # Entries still playing where new ones may start (merged, covered, absorbed: the
+        # only ones each new entry is compared with), and those long done.
         self.entries: list[Entry] = []
+        self.done: list[Entry] = []
         self.recent: OrderedDict[int, None] = OrderedDict()
         self.onsets = 0
+        self.onset_s: list[float] = []
         self.fed = 0  # track samples fed at WAVE_SR
         self.n = 0  # track samples observed (at the file's rate)
         self.total = 0.0  # their sum (for the mean)
         self.vmax, self.vmin = -math.inf, math.inf  # extremes of the track samples
-        self.lookahead = int(MAX_SOUND_S * WAVE_SR) + 2 * LAG_SAMPLES
+        self.lookahead = LOOKAHEAD_SAMPLES
 
     def _i(self, a: int) -> int:
         return a - self.base
@@ -304,9 +329,9 @@ class _Stream:
             m = min(pad, READ_BLOCK)
             self._append(np.zeros(m, np.float32))
             pad -= m
-        entries = sorted(self.entries, key=lambda e: (e.start_s, e.path))
+        entries = sorted(self.done + self.entries, key=lambda e: (e.start_s, e.path))
         reason = None if entries else self._silence_reason()
-        return Result(entries, self.fed / WAVE_SR, self.onsets, reason)
+        return Result(entries, self.fed / WAVE_SR, self.onsets, reason, self.onset_s)
 
     def _silence_reason(self) -> str | None:
         """Why the track holds no sound, as :func:`emberd.dsp.silence.no_sound_reason` says
@@ -360,6 +385,7 @@ class _Stream:
 
     def _explain(self, onset: int) -> None:
         self.onsets += 1
+        self.onset_s.append(onset / WAVE_SR)
         claimed: set[int] = set()
         for _ in range(SOUNDS_PER_ONSET):
             entry = self._best(onset, claimed)
@@ -464,15 +490,29 @@ class _Stream:
         if avail >= LONG_FILE_SAMPLES:
             # A loop is judged over all of it too: its start may coincide with other sounds.
             rho_j, gain = max(rho_j, rho), whole_gain
-        if gain <= 0:
+        if gain <= 0 or self._residue(ref, speed, pos, n_judge, gain):
             return None
         start = pos - (ref.onset - PRE_SAMPLES) / speed
         # Over a whole loop (seconds at one exact speed) a lower correlation is as telling.
         exact_rho = LONG_EXACT_RHO if avail >= LONG_FILE_SAMPLES else EXACT_RHO
         kind = "exact" if rho_j >= exact_rho else "similar"
         entry = Entry(file_id, self.tl.files[file_id].path, start / WAVE_SR,
-                      20 * math.log10(gain), speed, rho_j, confidence(rho_j), kind)
+                      (start + len(ref.y) / speed) / WAVE_SR, 20 * math.log10(gain), speed,
+                      rho_j, confidence(rho_j), kind)
         return explained, entry
+
+    def _residue(self, ref: _Ref, speed: float, pos: float, n: int, gain: float) -> bool:
+        """Whether a candidate is only what subtracting an explained sound left behind:
+        over its first ``n`` samples it is over RESIDUE_DB below the explained part there
+        (resampling a placed file is exact to about -35 dB, and that remainder has the
+        explained file's own onsets)."""
+        a = math.floor(pos)
+        b = min(math.ceil(pos + n / speed) + 1, self.end)
+        if b <= a or not (a >= self.base and self.cover[self._i(a) : self._i(b)].any()):
+            return False
+        p = self._placed(ref, speed, pos, a, b).astype(np.float64) * gain
+        k = self.known[self._i(a) : self._i(b)].astype(np.float64)
+        return float(p @ p) < float(k @ k) * 10 ** (RESIDUE_DB / 10)
 
     def _judge_window(self, pos: float, speed: float) -> int:
         """File samples (from its pre-roll) that play before the next sound starts:
@@ -490,9 +530,20 @@ class _Stream:
         over absolute samples ``a .. b`` (linear interpolation of the file); only its first
         ``n`` samples from there when given."""
         first = ref.onset - PRE_SAMPLES
-        up = ref.up if n is None else ref.up[: UPSAMPLE * (first + n)]
-        t = ((np.arange(a, b, dtype=np.float64) - pos) * speed + first) * UPSAMPLE
-        return np.interp(t, np.arange(len(up)), up, left=0.0, right=0.0).astype(np.float32)
+        m = len(ref.up) if n is None else min(len(ref.up), UPSAMPLE * (first + n))
+        # Positions in ``up`` step evenly: index and fraction directly (np.interp's search
+        # per point cost 15x more); zero outside the file.
+        t0, dt = ((a - pos) * speed + first) * UPSAMPLE, speed * UPSAMPLE
+        lo = max(0, math.ceil(-t0 / dt)) if t0 < 0 else 0
+        hi = min(b - a, math.floor((m - 1 - t0) / dt) + 1)
+        out = np.zeros(max(b - a, 0), np.float32)
+        if hi > lo:
+            t = t0 + dt * np.arange(lo, hi, dtype=np.float64)
+            i = np.maximum(t.astype(np.intp), 0)
+            frac = (t - i).astype(np.float32)
+            here = ref.up[i]
+            out[lo:hi] = here + (ref.up[np.minimum(i + 1, m - 1)] - here) * frac
+        return out
 
     def _fit(
         self, ref: _Ref, speed: float, pos: float, n: int, whole: bool = False
@@ -507,9 +558,14 @@ class _Stream:
         placed = self._placed(ref, speed, pos, lo, lo + span, n)
         seg = self._residual(lo - FINE_LAGS, lo + span + FINE_LAGS)
         num = np.array([float(seg[k : k + span] @ placed) for k in range(2 * FINE_LAGS + 1)])
-        cum = np.concatenate([[0.0], np.cumsum(seg.astype(np.float64) ** 2)])
-        w_energy = cum[span:] - cum[: len(cum) - span]
-        r = num / np.sqrt(w_energy * float(placed.astype(np.float64) @ placed) + 1e-20)
+        # Window energies at the 2 * FINE_LAGS + 1 lags: the shared middle once, the edges.
+        w = 2 * FINE_LAGS
+        mid = float(seg[w:span] @ seg[w:span]) if span > w else 0.0
+        head = np.concatenate([np.cumsum(seg[:w][::-1].astype(np.float64) ** 2)[::-1], [0.0]])
+        tail = np.concatenate([[0.0], np.cumsum(seg[span : span + w].astype(np.float64) ** 2)])
+        w_energy = mid + head + tail if span > w else np.array(
+            [float(seg[k : k + span] @ seg[k : k + span]) for k in range(w + 1)])
+        r = num / np.sqrt(w_energy * float(placed @ placed) + 1e-20)
         k = int(np.argmax(r))
         off = 0.0
         if 0 < k < len(r) - 1:  # parabolic sub-sample refinement of the lag
@@ -531,8 +587,18 @@ class _Stream:
         pr = float(p @ r)
         return pr / pp, pr * pr / pp
 
+    def _retire(self) -> None:
+        """Move entries that ended before any new entry can start to ``done``: a new
+        entry starts at most its file's onset (< MAX_SOUND_S, slowed) before the onset
+        being explained, which is at least the detector's position minus a block."""
+        first = (self.det_pos - DETECT_BLOCK - LOOKAHEAD_SAMPLES) / WAVE_SR - MERGE_S
+        if any(o.end_s < first for o in self.entries):
+            self.done += [o for o in self.entries if o.end_s < first]
+            self.entries = [o for o in self.entries if o.end_s >= first]
+
     def _add(self, e: Entry) -> None:
         """Record an entry (merging a repeat of one occurrence); subtract an exact one."""
+        self._retire()
         for j, old in enumerate(self.entries):
             if old.file_id == e.file_id and abs(old.start_s - e.start_s) <= MERGE_S:
                 if e.rho > old.rho:
@@ -574,10 +640,10 @@ class _Stream:
             self.known[self._i(a) : self._i(b)] += np.float32(sign) * placed
             self.cover[self._i(a) : self._i(b)] |= placed != 0
 
-    def _covers(self, e: Entry, o: Entry) -> bool:
-        """Whether ``o`` starts while ``e`` plays."""
-        end = e.start_s + len(self.tl._ref(e.file_id).y) / e.speed / WAVE_SR
-        return e.start_s - MERGE_S <= o.start_s < end
+    @staticmethod
+    def _covers(e: Entry, o: Entry) -> bool:
+        """Whether ``o`` starts while ``e`` plays (no decoding: the entry knows its end)."""
+        return e.start_s - MERGE_S <= o.start_s < e.end_s
 
     def _part_of(self, o: Entry, e: Entry) -> bool:
         """Whether entry ``o``'s attack is a sound of entry ``e`` (its waveform there)."""
@@ -691,6 +757,7 @@ def run_cli(library_path: str, paths: list[str], *, as_json: bool) -> int:
     on stderr), 2 none could.
     """
     import json
+    import sqlite3
     import sys
 
     from emberd.library.query import Library
@@ -702,10 +769,11 @@ def run_cli(library_path: str, paths: list[str], *, as_json: bool) -> int:
         for path in paths:
             try:
                 res = tl.run(path)
-            except EmberdError as exc:
+            except sqlite3.Error:
+                raise  # the library failed, not this file: the command fails (exit 2)
+            except Exception as exc:  # any odd file is skipped with its reason
                 failed += 1
-                why = str(exc) if str(exc).startswith(str(path)) else f"{path}: {exc}"
-                print(f"emberd query: {why}", file=sys.stderr, flush=True)
+                print(f"emberd query: {_file_error(path, exc)}", file=sys.stderr, flush=True)
                 continue
             record: dict[str, Any] = {"query": str(path), "duration_s": round(res.duration_s, 3),
                                       "onsets": res.onsets,
@@ -718,6 +786,16 @@ def run_cli(library_path: str, paths: list[str], *, as_json: bool) -> int:
     if failed == len(paths):
         return 2
     return 1 if failed else 0
+
+
+def _file_error(path: str, exc: Exception) -> str:
+    """One line naming ``path`` and why it could not be read (a damaged stream mid-file,
+    an unreadable folder, ...), for any error: a bad file never ends the command."""
+    text = " ".join(str(exc).split())  # decoders' messages can span lines
+    if not isinstance(exc, EmberdError):
+        text = f"cannot read audio ({type(exc).__name__}: {text})" if text else \
+            f"cannot read audio ({type(exc).__name__})"
+    return text if text.startswith(str(path)) else f"{path}: {text}"
 
 
 def format_text(record: dict[str, Any]) -> str:

@@ -39,6 +39,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.fft import irfft, next_fast_len, rfft
 
 from emberd.dsp.resample import mono_at
 
@@ -61,7 +62,9 @@ SAME_RECORDING_RHO = 0.002  # candidates within this of the best rho may be leve
 INT16_FULL_SCALE = 32767.0
 
 _SEGMENT = SNIPPET_SAMPLES + 2 * LAG_SAMPLES  # query samples around the onset
-_NFFT = 1 << int(np.ceil(np.log2(_SEGMENT + SNIPPET_SAMPLES)))  # linear (not circular) xcorr
+# Circular correlation of length >= _SEGMENT equals the linear one at the lags used (0 ..
+# 2 * LAG_SAMPLES): a snippet shifted by at most that never wraps onto the segment's start.
+_NFFT = next_fast_len(_SEGMENT, real=True)
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,9 @@ class Explanation:
     rho: float  # its normalised correlation with the query's onset region
     gain_db: float  # its level in the query relative to the file (least squares)
     mixed_with: int | None  # the other library sound, when the query is explained as a mix
+    # The best correlation of any other recording among the candidates (level copies of the
+    # answer left out): a source stands out, a sound in no library correlates alike with many.
+    runner_up_rho: float = 0.0
 
 
 def onset_sample(y: np.ndarray) -> int:
@@ -130,8 +136,10 @@ def snippet(y: np.ndarray, sr: int) -> Snippet:
 
 
 def spectra(snippets: np.ndarray) -> np.ndarray:
-    """Conjugate spectra of snippets [n, SNIPPET_SAMPLES], as :func:`correlate` uses them."""
-    return np.conj(np.fft.rfft(snippets, _NFFT, axis=1))
+    """Conjugate spectra of snippets [n, SNIPPET_SAMPLES], as :func:`correlate` uses them
+    (single precision: correlations agree with double precision to ~1e-6, at a third of the
+    cost)."""
+    return np.conj(rfft(np.asarray(snippets, np.float32), _NFFT, axis=1))
 
 
 def correlate(
@@ -164,8 +172,8 @@ def correlate(
     """
     if conj_spectra is None:
         conj_spectra = spectra(snippets)
-    x = np.fft.irfft(np.fft.rfft(segment, _NFFT)[None] * conj_spectra, _NFFT, axis=1)
-    x = x[:, : 2 * LAG_SAMPLES + 1]
+    seg_spec = rfft(np.asarray(segment, np.float32), _NFFT)
+    x = irfft(seg_spec[None] * conj_spectra, _NFFT, axis=1)[:, : 2 * LAG_SAMPLES + 1]
     cum = np.concatenate([[0.0], np.cumsum(segment.astype(np.float64) ** 2)])
     seg_energy = cum[SNIPPET_SAMPLES:] - cum[: 2 * LAG_SAMPLES + 1]
     # Lags where the query is (nearly) silent would divide by ~0: floor their energy.
@@ -174,12 +182,17 @@ def correlate(
     full = power.sum(axis=1) + 1e-20
     energy = np.broadcast_to(full[:, None], x.shape)
     if start > 0:
-        cum_s = np.concatenate([np.zeros((len(power), 1)), np.cumsum(power, axis=1)], axis=1)
-        j0 = np.clip(start - np.arange(2 * LAG_SAMPLES + 1), 0, SNIPPET_SAMPLES)
-        part = cum_s[:, -1:] - cum_s[:, j0] + 1e-20
+        # Only lags below ``start`` place the snippet's first j0 = start - lag samples before
+        # the query's first sample; at the others the whole snippet counts.
+        n_lags = min(start, 2 * LAG_SAMPLES + 1)
+        j0 = np.minimum(start - np.arange(n_lags), SNIPPET_SAMPLES)  # >= 1
+        before = np.cumsum(power[:, : int(j0.max())], axis=1)[:, j0 - 1]  # energy cut off
+        part = full[:, None] - before
         use = (j0 <= MAX_TRIM_SAMPLES)[None] & (part >= MIN_OVERLAP_ENERGY * full[:, None])
-        energy = np.where(use, part, full[:, None])
-    rho = x / np.sqrt(energy * seg_energy[None])
+        energy = np.array(energy)
+        energy[:, :n_lags] = np.where(use, part, full[:, None])
+    rho = x * (1.0 / np.sqrt(seg_energy)).astype(np.float32)[None]
+    rho *= (1.0 / np.sqrt(energy)).astype(np.float32)
     lag = np.argmax(rho, axis=1)
     rows = np.arange(len(snippets))
     return rho[rows, lag], x[rows, lag] / energy[rows, lag], lag
@@ -390,17 +403,19 @@ def analyse(
     # The answer is the sound with the louder peak in the mix, whichever explains more energy.
     loud = [coef[0] * np.abs(mat[best]).max(), coef[1] * np.abs(pmat[second]).max()]
     if loud[0] >= loud[1]:
-        pair = Explanation(one.file_id, one.rho, one.gain_db, two.file_id)
+        pair = Explanation(one.file_id, one.rho, one.gain_db, two.file_id, one.runner_up_rho)
     else:
-        pair = Explanation(two.file_id, two.rho, two.gain_db, one.file_id)
+        pair = Explanation(two.file_id, two.rho, two.gain_db, one.file_id, two.runner_up_rho)
     return Analysis(alone.rho, one, pair, float(r2[second]))
 
 
 def _single(ids: list[int], rho: np.ndarray, gain: np.ndarray, best: int) -> Explanation:
     """The best file, or the level copy of it whose gain is nearest 0 dB."""
-    near = np.nonzero(rho >= rho[best] - SAME_RECORDING_RHO)[0]
+    same = rho >= rho[best] - SAME_RECORDING_RHO
+    near = np.nonzero(same)[0]
     pick = int(near[np.argmin(np.abs([_db(float(gain[i])) for i in near]))])
-    return Explanation(ids[pick], float(rho[pick]), _db(float(gain[pick])), None)
+    other = float(np.max(rho[~same])) if not same.all() else 0.0
+    return Explanation(ids[pick], float(rho[pick]), _db(float(gain[pick])), None, other)
 
 
 def _db(gain: float) -> float:
