@@ -135,7 +135,7 @@ class Subscriber(Closing):
             (a message or a connection event).
         """
         if self.report_to is not None and self._lost_here > self._reported:
-            self._report_loss()
+            self._report_loss(self.report_to)
         if not self._announced:
             self._announced = True
             return ConnectionEvent("waiting", f"waiting for daemon at {self.endpoint}")
@@ -163,17 +163,18 @@ class Subscriber(Closing):
             if deadline is not None and time.monotonic() >= deadline:
                 return None
 
-    def _report_loss(self) -> None:
-        """Tell the daemon this subscriber's loss count (rate-limited, one short try)."""
+    def _report_loss(self, endpoint: str) -> None:
+        """Tell the daemon at ``endpoint`` this subscriber's loss count (rate-limited, one
+        short try)."""
         from emberd.clients.control_client import ControlClient
 
         now = time.monotonic()
-        if now < self._next_report or self.report_to is None:
+        if now < self._next_report:
             return
         self._next_report = now + LOSS_REPORT_PERIOD_S
         count = self._lost_here
         try:
-            with ControlClient(self.report_to, timeout=LOSS_REPORT_TIMEOUT_S, retries=1,
+            with ControlClient(endpoint, timeout=LOSS_REPORT_TIMEOUT_S, retries=1,
                                context=self._ctx) as ctl:  # fmt: skip
                 ok = bool(ctl.request("lost", subscriber=self.name, messages=count).get("ok"))
         except EmberdError:

@@ -68,6 +68,20 @@ def silence_frame(config: Any) -> np.ndarray:
     return out[0]
 
 
+def fill_window(fronts: list[Any], end_frame: int, window: np.ndarray,
+                silence: np.ndarray) -> None:  # fmt: skip
+    """``window[c]`` := channel ``c``'s mel frames ending at ``end_frame`` (exclusive), the
+    silence frame where they come before the stream or are no longer held."""
+    w = window.shape[1]
+    for c, fe in enumerate(fronts):
+        oldest = fe.frames.total - fe.frames.available  # oldest frame still held
+        n = max(0, min(w, end_frame - oldest, end_frame))
+        if n < w:
+            window[c, : w - n] = silence
+        if n:
+            fe.frames.copy_range(end_frame - n, window[c, w - n :])
+
+
 class WindowedEncoder:
     """ONNX encoder on the latest window of every channel, one batch per hop.
 
@@ -112,14 +126,7 @@ class WindowedEncoder:
         return self._embed(fronts, end_frame)
 
     def _embed(self, fronts: list[Any], end_frame: int) -> np.ndarray:
-        for c, fe in enumerate(fronts):
-            oldest = fe.frames.total - fe.frames.available  # oldest frame still held
-            n = max(0, min(self.window_frames, end_frame - oldest, end_frame))
-            pad = self.window_frames - n
-            if pad:
-                self._window[c, :pad] = self._silence  # before the stream began: silence
-            if n:
-                fe.frames.copy_range(end_frame - n, self._window[c, pad:])
+        fill_window(fronts, end_frame, self._window, self._silence)
         return np.asarray(self.encoder.embed(self._window), dtype=np.float32)
 
 
@@ -171,13 +178,7 @@ class StreamingHopEncoder:
 
     def _restart(self, fronts: list[Any], end: int) -> None:
         """Restart the encoder on the window of input frames ending at ``end``."""
-        w = self.window_frames
-        for c, fe in enumerate(fronts):
-            oldest = fe.frames.total - fe.frames.available  # oldest frame still held
-            n = max(0, min(w, end - oldest, end))
-            self._window[c, : w - n] = self._silence  # before the stream (or not held)
-            if n:
-                fe.frames.copy_range(end - n, self._window[c, w - n :])
+        fill_window(fronts, end, self._window, self._silence)
         self._last = self.streaming.restart(self._window, end + self._align).copy()
         self._fed = end
         self.restarts += 1

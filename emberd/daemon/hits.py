@@ -86,7 +86,6 @@ TAIL_RANGE_DB = 30.0  # a tail going on within this of a hit's peak limits the h
 SUBTRACT_MIN_RHO = 0.9  # ... when identified this well (a worse fit would add, not remove)
 CHECK_SAMPLES = 64  # a prediction past its snippet is checked against the audio this finely
 CHECK_STOPPED = 0.5  # ... and ends where the audio's energy falls under this share of it
-SUBTRACT_SIMILAR = True  # ... also a near answer's best-correlated file (a velocity layer)
 SAME_RECORDING = 0.999  # snippets this correlated are one recording at two levels
 MAX_MATCHES = 3  # matches per hit message: the answer and two alternatives
 EXACT_MIN_PROBABILITY = 0.98  # P(exact) to claim the very file: the highest P a tuning
@@ -749,7 +748,7 @@ class HitLadder:
         if kind == "exact" and rho[answer] >= SUBTRACT_MIN_RHO:  # known: subtract its tail
             self._sound(ch, hit, int(rows[answer]), float(gain[answer]), onset + int(lag[answer]),
                         whole=stage == "final")  # fmt: skip
-        elif SUBTRACT_SIMILAR and rho[best] >= SUBTRACT_MIN_RHO:
+        elif rho[best] >= SUBTRACT_MIN_RHO:  # a near answer's file (a velocity layer) too
             self._sound(ch, hit, int(rows[best]), float(gain[best]), onset + int(lag[best]),
                         whole=stage == "final")  # fmt: skip
         elif hit.sounding is not None:  # an earlier stage was sure, this one is not
@@ -781,8 +780,8 @@ class HitLadder:
         span = min(window, round(ANCHOR_SPAN_S * self.sr))
         x = self._query(ch, hit, hit.onset - before, before + span)
         a = onset_sample(x)
-        if a <= before:  # never earlier: a shift back misplaced a kick's tail prediction
-            return hit.onset  # enough to fire a false onset 69 ms in (JACK, 1024-frame reads)
+        if a <= before:  # never earlier (see above)
+            return hit.onset
         return hit.onset - before + min(a, before + round(ANCHOR_MAX_SHIFT_S * self.sr))
 
     def _usable(self, ch: _Channel, hit: _Hit) -> int:

@@ -490,7 +490,7 @@ class HitIndex:
 
     def _decode(self, row: int, path: str) -> np.ndarray | None:
         from emberd.dsp.sources import load_audio
-        from emberd.library.waveform import onset_sample
+        from emberd.library.waveform import onset_sample, padded
 
         try:
             y, _ = load_audio(path, sr=WAVE_SR)
@@ -499,12 +499,8 @@ class HitIndex:
             return None
         y = np.asarray(y, np.float32).reshape(-1)
         pad = SOUND_ALIGN_SAMPLES
-        first = onset_sample(y) - PRE_ROLL_SAMPLES - pad
         n = round(SOUND_MAX_S * WAVE_SR)
-        w = np.zeros(n + 2 * pad, np.float32)
-        a, b = max(first, 0), min(first + len(w), len(y))
-        if b > a:
-            w[a - first : b - first] = y[a:b]
+        w = padded(y, onset_sample(y) - PRE_ROLL_SAMPLES - pad, n + 2 * pad)
         snip = self.snippet(row)
         rho, _, _ = ncc(w[: SNIPPET_SAMPLES + 2 * pad], snip[None])
         k = int(np.argmax(rho[0]))

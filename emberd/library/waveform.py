@@ -108,7 +108,7 @@ def onset_sample(y: np.ndarray) -> int:
     return int(np.argmax(env > env.max() * 10 ** (-ONSET_DB / 20)))
 
 
-def _window(y: np.ndarray, start: int, n: int) -> np.ndarray:
+def padded(y: np.ndarray, start: int, n: int) -> np.ndarray:
     """``y[start:start + n]`` with zeros outside ``y``."""
     out = np.zeros(n, np.float32)
     a, b = max(start, 0), min(start + n, len(y))
@@ -128,7 +128,7 @@ def snippet(y: np.ndarray, sr: int) -> Snippet:
         Its sample rate in Hz.
     """
     y = mono_at(y, sr, WAVE_SR)
-    w = _window(y, onset_sample(y) - PRE_ROLL_SAMPLES, SNIPPET_SAMPLES)
+    w = padded(y, onset_sample(y) - PRE_ROLL_SAMPLES, SNIPPET_SAMPLES)
     peak = float(np.max(np.abs(w))) if len(w) else 0.0
     scale = peak / INT16_FULL_SCALE if peak > 0 else 1.0
     data = np.round(w / scale).clip(-INT16_FULL_SCALE, INT16_FULL_SCALE).astype("<i2")
@@ -200,7 +200,7 @@ def correlate(
 
 def onset_segment(y: np.ndarray) -> np.ndarray:
     """The query around its onset: LAG_SAMPLES of slack on both sides of a snippet's span."""
-    return _window(y, onset_sample(y) - PRE_ROLL_SAMPLES - LAG_SAMPLES, _SEGMENT)
+    return padded(y, onset_sample(y) - PRE_ROLL_SAMPLES - LAG_SAMPLES, _SEGMENT)
 
 
 def _segment(y: np.ndarray) -> tuple[np.ndarray, int]:
@@ -210,7 +210,7 @@ def _segment(y: np.ndarray) -> tuple[np.ndarray, int]:
     first = on - PRE_ROLL_SAMPLES - LAG_SAMPLES
     if on < PRE_ROLL_SAMPLES:
         first -= TRIM_SAMPLES
-    return _window(y, first, _SEGMENT), max(0, -first)
+    return padded(y, first, _SEGMENT), max(0, -first)
 
 
 def _stretched(y: np.ndarray, cents: float) -> np.ndarray:

@@ -57,6 +57,7 @@ is shifted or allocated per step.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from concurrent.futures import Executor
 
 import numpy as np
@@ -276,10 +277,8 @@ class ExactStack:
 
     def reset(self) -> None:
         """Fill the window with ``pad_frame`` and compute it in full."""
-        self._base = [0] * self._levels
         self._layers[0].x[...] = self._pad[None, None, :, None]
-        self._pass(self._conv_all, self._pool_all, self._zero, 0)
-        np.max(self.columns, axis=0, out=self.embedding)
+        self._full_pass()
 
     def restart(self, window: np.ndarray) -> None:
         """Hold ``window`` (float32 ``[window_frames, channels, 96]``) and compute it in full.
@@ -292,8 +291,12 @@ class ExactStack:
         if window.shape != first.x.shape[:3]:
             raise EmberdError(f"streaming encoder: restart window {window.shape}, "
                               f"expected {first.x.shape[:3]}")  # fmt: skip
-        self._base = [0] * self._levels
         first.x[..., 0] = window
+        self._full_pass()
+
+    def _full_pass(self) -> None:
+        """Compute the window now held in the first layer in full (reset, restart)."""
+        self._base = [0] * self._levels
         self._pass(self._conv_all, self._pool_all, self._zero, 0)
         np.max(self.columns, axis=0, out=self.embedding)
 
@@ -437,15 +440,7 @@ class ExactGroups:
 
     def restart(self, window: np.ndarray) -> None:
         """Restart every group on its channels of ``window`` (see :meth:`ExactStack.restart`)."""
-        if self._pool is None or len(self._stacks) == 1:
-            for g in range(len(self._stacks)):
-                self._restart_group(g, window)
-            return
-        futures = [self._pool.submit(self._restart_group, g, window)
-                   for g in range(1, len(self._stacks))]  # fmt: skip
-        self._restart_group(0, window)
-        for f in futures:
-            f.result()
+        self._each_group(lambda g: self._restart_group(g, window))
 
     def _restart_group(self, g: int, window: np.ndarray) -> None:
         a, b = self._slices[g]
@@ -454,11 +449,16 @@ class ExactGroups:
 
     def step(self) -> None:
         """Step every group on its slice of :attr:`frames`; fill :attr:`embedding`."""
+        self._each_group(self._step_group)
+
+    def _each_group(self, run: Callable[[int], None]) -> None:
+        """``run(g)`` for every group: group 0 on this thread, the others on the pool
+        (there is a pool whenever there is more than one group)."""
         if self._pool is None or len(self._stacks) == 1:
-            self._step_group(0)
+            run(0)
             return
-        futures = [self._pool.submit(self._step_group, g) for g in range(1, len(self._stacks))]
-        self._step_group(0)
+        futures = [self._pool.submit(run, g) for g in range(1, len(self._stacks))]
+        run(0)
         for f in futures:
             f.result()  # re-raises a group's exception here
 
