@@ -96,6 +96,7 @@ EXACT_RHO = 0.80  # fine correlation at or above which an occurrence is claimed 
 SIMILAR_RHO = 0.60  # ... between this and EXACT_RHO: listed as similar, not subtracted
 LONGER_EXPLAINS = 1.5  # explained-energy ratio by which a candidate beats a better-correlated one
 SOUNDS_PER_ONSET = 3  # sounds looked for at one onset (a kick and a hat hit together)
+HEAD_MARGIN_RHO = 0.05  # a one-shot judged this far under SIMILAR_RHO on its snippet is dropped
 ABANDON_RHO = 0.4  # a candidate refined this far below is dropped (saves long windows)
 MIN_STEP = 0.00002  # refinement ends at this speed step, or where a step drifts the
 MIN_STEP_SAMPLES = 0.5  # sound's end by less than this many samples (and the whole length)
@@ -158,6 +159,7 @@ class _Ref:
     y: np.ndarray
     onset: int
     up: np.ndarray  # y at UPSAMPLE x WAVE_SR: interpolated between samples without HF loss
+    avail: int = 0  # samples from the pre-roll to the end of the sound (a snippet's: its own)
 
     @property
     def nbytes(self) -> int:
@@ -227,6 +229,17 @@ class Timeline:
             _fid, old = self._refs.popitem(last=False)
             self._ref_bytes -= old.nbytes
         return ref
+
+    def _head(self, file_id: int) -> _Ref:
+        """The file's stored snippet as a _Ref (its first 250 ms from the pre-roll, no
+        decoding); ``avail`` ends at its last non-zero sample (a shorter file is padded)."""
+        import soxr
+
+        y = self.index.snippet(self._row[file_id])
+        up = np.asarray(soxr.resample(y, WAVE_SR, UPSAMPLE * WAVE_SR, quality="HQ"), np.float32)
+        nz = np.flatnonzero(y)
+        end = int(nz[-1]) + 1 if len(nz) else len(y)
+        return _Ref(y, PRE_ROLL_SAMPLES, up, max(end - (PRE_ROLL_SAMPLES - PRE_SAMPLES), 1))
 
     # -- streaming ----------------------------------------------------------------------
 
@@ -452,7 +465,7 @@ class _Stream:
             # The template's first sample sat at win[lag]: the file's sample
             # (onset - PRE_SAMPLES) plays there.
             pos = onset - PRE_SAMPLES - LAG_SAMPLES + float(best_lag[i])
-            fit = self._refine(ids[i], tl._ref(ids[i]), speed, pos)
+            fit = self._refine(ids[i], speed, pos)
             if fit is not None and fit[1].rho >= SIMILAR_RHO:
                 found.append((fit[0], fit[1].rho, fit[1]))
         if not found:
@@ -465,14 +478,57 @@ class _Stream:
         return (most if most[0] > LONGER_EXPLAINS * best[0] else best)[2]
 
     def _refine(
-        self, file_id: int, ref: _Ref, speed: float, pos: float
+        self, file_id: int, speed: float, pos: float
     ) -> tuple[float, Entry] | None:
         """Refine the speed and place (``pos``: track sample where the file's sample
-        ``onset - PRE_SAMPLES`` plays) of one candidate; its explained energy and entry."""
-        avail = len(ref.y) - (ref.onset - PRE_SAMPLES)
+        ``onset - PRE_SAMPLES`` plays) of one candidate; its explained energy and entry.
+
+        A file that is not decoded yet is refined on its stored snippet first (its first
+        250 ms): one whose attack correlates under ABANDON_RHO there is dropped undecoded,
+        and so is a file shorter than LONG_FILE_SAMPLES (judged on its first 250 ms at
+        most) whose judged correlation there is under SIMILAR_RHO - HEAD_MARGIN_RHO
+        (decoding was a third of the time; most candidates fail here)."""
+        tl = self.tl
+        ref = tl._refs.get(file_id)
         step = FINE_START_STEP
-        n = min(FINE_START_WINDOW, avail)
-        rho, pos = self._fit(ref, speed, pos, n)
+        if ref is None:
+            head = tl._head(file_id)
+            avail = head.avail
+            n = min(FINE_START_WINDOW, avail)
+            rho, pos = self._fit(head, speed, pos, n)
+            # The windows the attack may rule a candidate out on (the same steps as on
+            # the decoded file), then the window a one-shot is judged on.
+            rho, speed, pos, n, step = self._climb(head, rho, speed, pos, n, step, avail,
+                                                   stop=SNIPPET_WINDOW)
+            if rho < ABANDON_RHO and n <= SNIPPET_WINDOW:
+                return None
+            n_judge = min(self._judge_window(pos, speed), avail)
+            if (tl.files[file_id].duration_s * WAVE_SR < LONG_FILE_SAMPLES and self._fit(
+                    head, speed, pos, n_judge)[0] < SIMILAR_RHO - HEAD_MARGIN_RHO):
+                return None
+            ref = tl._ref(file_id)
+            avail = len(ref.y) - (ref.onset - PRE_SAMPLES)
+            if n < avail:  # on as the climb would have gone on: the next window
+                step /= 2
+                n = min(2 * n, avail)
+                rho, pos = self._fit(ref, speed, pos, n, n >= avail)
+        else:
+            ref = tl._ref(file_id)
+            avail = len(ref.y) - (ref.onset - PRE_SAMPLES)
+            n = min(FINE_START_WINDOW, avail)
+            rho, pos = self._fit(ref, speed, pos, n)
+        rho, speed, pos, n, _ = self._climb(ref, rho, speed, pos, n, step, avail)
+        return self._judge(file_id, ref, rho, speed, pos, n, avail)
+
+    def _climb(
+        self, ref: _Ref, rho: float, speed: float, pos: float, n: int, step: float, avail: int,
+        stop: int | None = None,
+    ) -> tuple[float, float, float, int, float]:
+        """The fine search from (``rho``, ``speed``, ``pos``) on ``n`` samples: the step
+        halves and the window doubles (up to ``avail``) until the step drifts the file's end
+        by under MIN_STEP_SAMPLES, or the attack correlates under ABANDON_RHO, or (with
+        ``stop``) after the step on the last window under ``stop`` samples. Returns rho,
+        speed, pos, the last window and the last step."""
         while True:
             best = (rho, speed, pos)
             for s in (speed * (1 - step), speed * (1 + step)):
@@ -486,10 +542,19 @@ class _Stream:
             done = n >= avail and step < max(MIN_STEP_SAMPLES / avail, MIN_STEP)
             if (rho < ABANDON_RHO and n <= SNIPPET_WINDOW) or done:
                 break
+            if stop is not None and n < avail and 2 * n > stop:
+                break
             step /= 2
             if n < avail:  # a longer window (at last the whole file): the best on it first
                 n = min(2 * n, avail)
                 rho, pos = self._fit(ref, speed, pos, n, n >= avail)
+        return rho, speed, pos, n, step
+
+    def _judge(
+        self, file_id: int, ref: _Ref, rho: float, speed: float, pos: float, n: int, avail: int
+    ) -> tuple[float, Entry] | None:
+        """The entry of a refined candidate (None when it is ruled out) and the energy it
+        explains."""
         if rho < ABANDON_RHO and n <= SNIPPET_WINDOW:
             return None
         if avail >= LONG_FILE_SAMPLES:
