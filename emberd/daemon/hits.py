@@ -34,7 +34,9 @@ EXACT_MIN_PROBABILITY, its correlation EXACT_MIN_RHO and its margin EXACT_MIN_MA
 claim, once made, holds while nothing else is sure); otherwise the answer is ``similar``:
 the best-correlated file when it correlates SIMILAR_TRUST_RHO or is of the voted
 instrument class, else the best-correlated file of the voted class (the vote: the
-best-correlated candidates, or at the final stage the class model). Both
+best-correlated candidates, or at the final stage the class model; where the final
+waveform evidence is weaker than SIMILAR_TRUST_RHO, the file a refined stage correlated
+STAGE_TRUST_RHO with stays the answer: more sound under an unexplained tail lowered it). Both
 ``confidence`` values come from logistic models (:data:`EXACT_WEIGHTS`,
 :data:`CLASS_WEIGHTS`) fitted by ``bench/fit_hit_confidence.py`` on tuning kits and
 measured there on held-out kits.
@@ -75,6 +77,8 @@ REFINED_CANDIDATES = 32  # early-descriptor neighbours correlated at later stage
 CARRIED_CANDIDATES = 8  # best of the previous stage kept as candidates
 VOTE_CANDIDATES = 8  # best-correlated candidates voting for the instrument class (early)
 SIMILAR_TRUST_RHO = 0.5  # a near answer correlating this well is the answer, not the vote
+STAGE_TRUST_RHO = 0.6  # a refined stage's file correlating this well stays the final answer
+# when the final waveform evidence falls under SIMILAR_TRUST_RHO (chosen on the tuning split)
 AUDIBLE_FRAME_S = 0.0116  # frames (256 samples) in which a hit is heard above the floor
 AUDIBLE_MARGIN_DB = 10.0  # ... by this much (the floor is the low end of the noise's frames)
 ANCHOR_BEFORE_S = 0.002  # later stages look for the library's onset from this before the
@@ -403,6 +407,7 @@ class _Hit:
     carried: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     sounding: _Sounding | None = None
     exact: tuple[int, float] | None = None  # (row, P) of an exact claim made at a stage
+    trusted: int | None = None  # row a refined stage's waveform named (STAGE_TRUST_RHO)
 
 
 @dataclass
@@ -743,6 +748,13 @@ class HitLadder:
             known_class = index.classes[int(rows[best])] is not None
             trust = float(rho[best]) >= (SIMILAR_TRUST_RHO if known_class else SUBTRACT_MIN_RHO)
             answer, kind = (best if same or trust else voted), "similar"
+            if stage == "refined" and known_class and float(rho[best]) >= STAGE_TRUST_RHO:
+                hit.trusted = int(rows[best])
+            elif stage == "final" and not (same or trust) and hit.trusted in rows.tolist():
+                # More sound made the waveform evidence weaker (a quiet hit under an
+                # unexplained tail): the file an earlier stage's waveform named stays the
+                # answer rather than the instrument model's pick of a poorly fitting file.
+                answer = int(np.nonzero(rows == hit.trusted)[0][0])
             confidence = _logistic(CLASS_WEIGHTS, share=share, rho=float(rho[answer]),
                                    log_window=log_window)  # fmt: skip
         if kind == "exact" and rho[answer] >= SUBTRACT_MIN_RHO:  # known: subtract its tail
