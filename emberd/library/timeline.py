@@ -108,6 +108,9 @@ PART_SAMPLES = 5512  # 250 ms: a long file is also aligned part by part (speed t
 PART_LAGS = (24, 6)  # ... within these lags (samples), a pass each
 PART_MIN_RHO = 0.5  # ... from the parts correlating at least this well
 MERGE_S = 0.03  # s: the same file this close is the same occurrence
+# Fitted on half A (bench/timeline.py --half A, 4 beats): the quietest right claim was 17.5 dB
+# below the track over its judged window, the loudest claim of a subtraction's leftovers 25.6.
+QUIET_DB = -20.0  # a sound this far below the track where it plays is not claimed
 RESIDUE_DB = -30.0  # a candidate this far below the explained sounds under it is their residue
 CONFIDENCE_SLOPE = 18.0  # logistic of rho (set by hand on kits A; not calibrated)
 CONFIDENCE_MID = 0.70
@@ -627,11 +630,24 @@ class _Stream:
         start = pos - (ref.onset - PRE_SAMPLES) / speed
         # Over a whole loop (seconds at one exact speed) a lower correlation is as telling.
         exact_rho = LONG_EXACT_RHO if avail >= LONG_FILE_SAMPLES else EXACT_RHO
-        kind = "exact" if rho_j >= exact_rho else "similar"
+        kind = "exact" if rho_j >= exact_rho and not self._quiet(
+            ref, speed, pos, n_judge, gain) else "similar"
         entry = Entry(file_id, self.tl.files[file_id].path, start / WAVE_SR,
                       (start + len(ref.y) / speed) / WAVE_SR, 20 * math.log10(gain), speed,
                       rho_j, confidence(rho_j), kind)
         return explained, entry
+
+    def _quiet(self, ref: _Ref, speed: float, pos: float, n: int, gain: float) -> bool:
+        """Whether the sound, placed at ``gain``, is over QUIET_DB below the track over its
+        first ``n`` samples: what correlates there is what subtractions and tails left in
+        a near-silent residual, not a sound anyone hears (listed as similar, not claimed)."""
+        a = max(math.floor(pos), self.base)
+        b = min(math.ceil(pos + n / speed) + 1, self.end)
+        if b <= a:
+            return False
+        p = self._placed(ref, speed, pos, a, b).astype(np.float64) * gain
+        x = self.x[self._i(a) : self._i(b)].astype(np.float64)
+        return float(p @ p) < float(x @ x) * 10 ** (QUIET_DB / 10)
 
     def _residue(self, ref: _Ref, speed: float, pos: float, n: int, gain: float) -> bool:
         """Whether a candidate is only what subtracting an explained sound left behind:
