@@ -81,7 +81,7 @@ SPEED_GRID = tuple(float(s) for s in np.round(np.geomspace(0.86, 1.17, 31), 5)) 
 COARSE_SAMPLES = 224  # 10 ms after the onset: 0.5 % speed error drifts it by 1 sample
 PRE_SAMPLES = 32  # compared before the onset too (1.5 ms)
 LAG_SAMPLES = 128  # +-5.8 ms: the detected onset vs the file's own onset
-ANCHOR_SHIFTS = (256, -256)  # samples (+-11.6 ms): where else an onset's sound is looked for
+ANCHOR_SHIFTS = (256, -256, 512, -512)  # samples (11.6, 23 ms): where else a sound is looked for
 REFINE_TOP = 3  # candidates refined after the coarse grid
 COARSE_TIE_RHO = 0.02  # candidates this close to the best attack are all refined ...
 REFINE_TIES = 8  # ... up to this many
@@ -441,7 +441,7 @@ class _Stream:
         claimed: set[int] = set()
         for k in range(SOUNDS_PER_ONSET):
             entry = self._best(onset, claimed)
-            # Nothing at the detected onset: the sound may start up to 20 ms off it (a
+            # Nothing at the detected onset: the sound may start up to 25 ms off it (a
             # slow-rising cymbal, a hit under another's tail) where the attack search
             # (+-LAG_SAMPLES) does not reach: looked for again from shifted anchors.
             for shift in ANCHOR_SHIFTS if entry is None and k == 0 else ():
