@@ -21,8 +21,9 @@ are not counted; their number is printed). Start and speed errors over the right
 entries; speed in x real time = beat seconds / wall seconds of ``timeline`` (the
 library loaded once, outside the timing), with the load average.
 
-Usage: ``python bench/timeline.py [--half A|B] [--beats N]``; timing figures only under
-``flock /tmp/emberd-bench.lock``.
+Usage: ``python bench/timeline.py [--half A|B] [--beats N] [--set NAME=VALUE ...]``
+(``--set`` overrides an engine constant: how the constants are fitted, on half A only);
+timing figures only under ``flock /tmp/emberd-bench.lock``.
 """
 
 from __future__ import annotations
@@ -227,7 +228,20 @@ def main() -> None:
     ap.add_argument("--half", choices=("A", "B"), default="B")
     ap.add_argument("--beats", type=int, default=4, help="beats to run (at most 4)")
     ap.add_argument("--verbose", action="store_true", help="list missed events and wrong entries")
+    ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                    help="override a constant of emberd.library.timeline (fitting on --half A"
+                         " only), e.g. --set LONG_EXACT_RHO=0.7 --set 'ANCHOR_SHIFTS=(256,)'")
     args = ap.parse_args()
+    import ast
+
+    from emberd.library import timeline as engine
+
+    for item in args.set:
+        name, _, value = item.partition("=")
+        if not hasattr(engine, name):
+            ap.error(f"--set: emberd.library.timeline has no {name}")
+        setattr(engine, name, ast.literal_eval(value))
+        print(f"set {name} = {getattr(engine, name)!r}")
     print(f"bench/timeline.py, {machine()}")
     lib_path, pools = build_library()
     h = args.half
