@@ -609,7 +609,7 @@ class _Stream:
         explains."""
         if rho < ABANDON_RHO and n <= self._judge_window(pos, speed):
             return None
-        if avail >= LONG_FILE_SAMPLES:
+        if avail >= 2 * PART_SAMPLES:
             # A loop's speed to ~1e-5: the hill-climb above stops in a local maximum of
             # the whole-length correlation, off by 2e-4 (8 samples at the end of a 2-s
             # loop: its hats are then left in the residual and claimed as one-shots).
