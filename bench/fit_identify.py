@@ -28,9 +28,13 @@ files) with another seed; only those held-out figures are reported.
   gives (the stronger of the query's own and its speed/direction variant's); and
   ``exact_confidence``, the smallest confidence at which those answers are at
   least TARGET_PRECISION right on kits A and no sound in no library is claimed, judged on
-  out-of-fold confidences (CONF_FOLDS folds by sample).
+  out-of-fold confidences (CONF_FOLDS folds by sample). Before that, ``wave_prob_weight``
+  (:data:`emberd.library.query.WAVE_PROB_WEIGHT`: how much the re-ranker's probability adds
+  to a waveform answer's rho when the query's own answer and its variant's are weighed) is
+  chosen on the same answers: the value of WAVE_PROB_GRID under which the most kits-A
+  queries are answered right.
   ``--confidence`` keeps the re-ranker and waveform parameters of the current file and
-  refits only this; ``--answers FILE`` saves its queries' answers (or refits on them).
+  refits only these two; ``--answers FILE`` saves its queries' answers (or refits on them).
 
 Deterministic: the same library and code give the same file.
 
@@ -75,13 +79,16 @@ CONF_EXACT_GRID = np.round(np.arange(0.50, 0.9951, 0.005), 3)
 NON_LIBRARY = 48  # sounds in no library among the confidence fit's queries
 CONF_FOLDS = 2  # folds (by query index) of the exact threshold's out-of-fold confidences
 WINDOWS = 12  # 1.5-s windows from 1 s into the longest files of half A (landmark answers)
+WAVE_PROB_GRID = (0.0, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5)  # query.WAVE_PROB_WEIGHT
+ANSWER_KEYS = ("stage", "rho", "semitones", "reversed")  # what strength() reads of a match
 
 
 def confidence_answers(
     lib: Library, paths: list[str], model: str, non_library: int = NON_LIBRARY
 ) -> list[dict[str, Any]]:
-    """The answer ``Library.identify`` gives to each confidence-fit query on kits A (see the
-    module docstring): ``{"edit", "feats", "right"}`` per query that got an answer."""
+    """The answers ``Library.identify`` weighs for each confidence-fit query on kits A (see
+    the module docstring): ``{"edit", "i", "all": [{"match", "feats", "right"}, ...]}`` per
+    query that got an answer (the query's own, then its variant's; :func:`choose` picks)."""
     by_path = {r.path: r.id for r in lib.files().values()}
     copies = dk.level_copies(lib)
     group = lambda f: copies.get(f, f)  # noqa: E731
@@ -108,13 +115,34 @@ def confidence_answers(
             vec = query_vector(yq, dk.SR, model)[None, :]
             similar = lib.search(vec, IDENTIFY_CANDIDATES + 1, model=model)[0]
             got = [a for a in lib.answers(yq, dk.SR, similar) if a[0] is not None]
-            if got:  # the answer identify() gives
-                match, _probs, feats = max(got, key=lambda a: strength(a[0], a[2]))
-                assert match is not None
-                right = truth is not None and group(by_path[match["path"]]) == truth
-                out.append({"edit": name, "i": i, "feats": feats, "right": bool(right)})
+            if got:  # every answer identify() weighs (choose() picks one)
+                out.append({"edit": name, "i": i, "all": [
+                    {"match": {k: m[k] for k in ANSWER_KEYS if k in m}, "feats": feats,
+                     "right": truth is not None and group(by_path[m["path"]]) == truth}
+                    for m, _probs, feats in got if m is not None]})
         print(f"  confidence answers {name}: {time.monotonic() - t0:.0f} s", flush=True)
     return out
+
+
+def choose(queries: list[dict[str, Any]], prob_weight: float) -> list[dict[str, Any]]:
+    """The answer ``Library.identify`` gives to each query of :func:`confidence_answers`
+    under a WAVE_PROB_WEIGHT: ``{"edit", "i", "feats", "right"}`` each."""
+    out = []
+    for q in queries:
+        a = max(q["all"], key=lambda a: strength(a["match"], a["feats"], prob_weight=prob_weight))
+        out.append({"edit": q["edit"], "i": q["i"], "feats": a["feats"], "right": a["right"]})
+    return out
+
+
+def wave_prob_weight(queries: list[dict[str, Any]]) -> float:
+    """The WAVE_PROB_GRID value under which the most kits-A queries are answered right
+    (ties: the smallest, i.e. the least change)."""
+    scores = [(sum(a["right"] for a in choose(queries, float(h))), -float(h))
+              for h in WAVE_PROB_GRID]
+    best = max(scores)
+    print("wave_prob_weight: right answers per value: "
+          + ", ".join(f"{-h:g} {n}" for n, h in scores) + f"; chosen {-best[1]:g}")
+    return -best[1]
 
 
 def exact_threshold(scored: list[tuple[float, bool, bool]]) -> float:
@@ -257,14 +285,16 @@ def main() -> None:
     if args.confidence:
         if args.answers and Path(args.answers).exists():  # refit on the saved answers
             saved = json.loads(Path(args.answers).read_text())
-            answers, n_paths, n_out = saved["answers"], saved["paths"], saved["non_library"]
+            queries, n_paths, n_out = saved["queries"], saved["paths"], saved["non_library"]
         else:
-            answers = confidence_answers(lib, paths, args.model, args.non_library)
+            queries = confidence_answers(lib, paths, args.model, args.non_library)
             n_paths, n_out = len(paths), args.non_library
             if args.answers:
                 Path(args.answers).write_text(json.dumps(
-                    {"paths": n_paths, "non_library": n_out, "answers": answers}))
+                    {"paths": n_paths, "non_library": n_out, "queries": queries}))
         result = dict(fitted.params())
+        result["wave_prob_weight"] = wave_prob_weight(queries)
+        answers = choose(queries, result["wave_prob_weight"])
         result["confidence"] = fit_confidence(answers, n_paths, args.model, n_out)
         emit(result, write=args.write)
         lib.close()

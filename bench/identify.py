@@ -113,12 +113,22 @@ def calibration(conf: list[float], right: list[bool], bins: int = ECE_BINS) -> t
     return float(ece), rows
 
 
+def chosen(alts: list[dict[str, Any]]) -> dict[str, Any]:
+    """The scored answer :meth:`Library.identify` gives among a query's ``alts`` (by
+    :func:`strength` under the current fit), as the record's fields."""
+    best = max(alts, key=lambda a: strength(a["match"], a["feats"] or {}))
+    return {k: v for k, v in best.items() if k != "match"}
+
+
 def report(records: list[dict[str, Any]], edits: list[str]) -> None:
-    """Print the identification figures of ``records`` under the current fitted confidence
-    (``--rescore`` reprints a dump after a refit: the answers do not depend on it)."""
+    """Print the identification figures of ``records`` under the current fit (``--rescore``
+    reprints a dump after a refit: the answers do not depend on it, the pick among a query's
+    own and its variant's answer and their confidences do)."""
     from emberd.library import rerank
 
     for r in records:
+        if "alts" in r:
+            r.update(chosen(r["alts"]))
         r["conf"] = rerank.confidence(r["feats"]) if r["feats"] else 0.0
         r["exact"] = bool(r["feats"]) and r["conf"] >= rerank.EXACT_CONFIDENCE
     models = sorted({r["model"] for r in records})
@@ -250,6 +260,29 @@ def main() -> None:
         return ev
 
     waveform.explain = timed_explain  # type: ignore[assignment]
+
+    def score(match: dict[str, Any] | None, probs: dict[int, float], feats: dict[str, float],
+              similar: list[dict[str, Any]], i: int, name: str) -> dict[str, Any]:
+        """One answer as the query's first match: right or not (see the module docstring)."""
+        full = ranked([match] if match else [], similar, probs, lib.files(), K)
+        out: dict[str, Any] = {
+            "match": {k: match[k] for k in ("stage", "rho", "semitones", "reversed")
+                      if k in match} if match else None,
+            "feats": feats if match else None, "stage": match.get("stage") if match else None}
+        if name == "non-library":
+            return {**out, "ok": False}
+        paths = [m["path"] for m in full]
+        groups = [group(by_path[p].id) for p in paths]
+        right = group(truth[i])
+        out.update(ok=groups[:1] == [right], top5=right in groups,
+                   strict=paths[:1] == [queries[i]])
+        if name == "mix":
+            named = set(groups[:1])
+            if match is not None and "mixed_with" in match:
+                named.add(group(by_path[match["mixed_with"]].id))
+            out.update(main=right in named, other=group(truth[mixed_in[-1]]) in named)
+        return out
+
     lib.evidence = kept_evidence  # type: ignore[method-assign]
 
     records: list[dict[str, Any]] = []
@@ -269,33 +302,23 @@ def main() -> None:
                 similar = lib.search(vec, max(K, IDENTIFY_CANDIDATES) + 1, model=model)[0]
                 t1 = time.perf_counter()
                 got = lib.answers(yq, dk.SR, similar)  # what query_audio does, step by step
-                match, probs, feats = (max(got, key=lambda a: strength(a[0], a[2])) if got
-                                       else (None, {}, {}))
-                full = ranked([match] if match else [], similar, probs, lib.files(), K)
+                match, probs, _feats = (max(got, key=lambda a: strength(a[0], a[2])) if got
+                                        else (None, {}, {}))
+                ranked([match] if match else [], similar, probs, lib.files(), K)  # timed too
                 t2 = time.perf_counter()
                 ev = seen.get("ev")
                 rec: dict[str, Any] = {
-                    "model": model, "edit": name, "feats": feats if match else None,
+                    "model": model, "edit": name,
                     "cost": {"embedding": t1 - t0, "candidates": clock["candidates"],
                              "waveform": clock["waveform"], "total": t2 - t0},
-                    "stage": match.get("stage") if match else None,
+                    "cand": name != "non-library" and ev is not None and (
+                        ev.inside_file or group(truth[i]) in {group(f) for f in ev.candidates}),
+                    # Every answer identify() weighs, scored: report() takes one by strength()
+                    # (the fit's wave_prob_weight moves the pick; --rescore re-picks).
+                    "alts": [score(m, p, f, similar, i, name) for m, p, f in got] or [
+                        score(None, {}, {}, similar, i, name)],
                 }
-                if name != "non-library":
-                    paths = [m["path"] for m in full]
-                    groups = [group(by_path[p].id) for p in paths]
-                    right = group(truth[i])
-                    rec.update(ok=groups[:1] == [right], top5=right in groups,
-                               strict=paths[:1] == [queries[i]],
-                               cand=ev is not None and (ev.inside_file or right in {
-                                   group(f) for f in ev.candidates}))
-                    if name == "mix":
-                        named = set(groups[:1])
-                        if match is not None and "mixed_with" in match:
-                            named.add(group(by_path[match["mixed_with"]].id))
-                        other = group(truth[mixed_in[-1]])
-                        rec.update(main=right in named, other=other in named)
-                else:
-                    rec["ok"] = False
+                rec.update(chosen(rec["alts"]))
                 records.append(rec)
             done = [r["ok"] for r in records if r["edit"] == name and r["model"] == model]
             print(f"  {model} {name}: top-1 {np.mean(done):.3f} "

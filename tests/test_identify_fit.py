@@ -41,3 +41,26 @@ def test_exact_threshold_reaches_the_target_precision() -> None:
     assert np.mean(ok[conf >= t]) >= fit.TARGET_PRECISION
     below = t - 0.05
     assert np.mean(ok[conf >= below]) < fit.TARGET_PRECISION  # and no higher than needed
+
+
+
+def _answer(stage: str, rho: float, right: bool, variant: bool, prob: float) -> dict:
+    match = {"stage": stage, "rho": rho, **({"semitones": 3.0} if variant else {})}
+    return {"match": match, "feats": {"logit": float(np.log(prob / (1 - prob)))}, "right": right}
+
+
+def test_wave_prob_weight_settles_near_ties_by_the_re_ranker() -> None:
+    fit = _fit_module()
+    # A short click: its own waveform answer (right, re-ranker 0.55) at 0.617, a resampled
+    # variant's chance match (wrong, re-ranker 0.001) at 0.630; a pitched sample: its own
+    # answer (wrong, 0.05) at 0.40, the variant's (right, 0.9) at 0.95. By rho alone the click
+    # goes wrong; a weight of 0.05 (0.617 + 0.0275 > 0.630) gets both right.
+    queries = [
+        {"edit": "e", "i": 0, "all": [_answer("waveform", 0.617, True, False, 0.55),
+                                      _answer("waveform", 0.630, False, True, 0.001)]},
+        {"edit": "e", "i": 1, "all": [_answer("waveform", 0.40, False, False, 0.05),
+                                      _answer("waveform", 0.95, True, True, 0.9)]},
+    ]
+    assert [a["right"] for a in fit.choose(queries, 0.0)] == [False, True]
+    assert [a["right"] for a in fit.choose(queries, 0.05)] == [True, True]
+    assert fit.wave_prob_weight(queries) == 0.05  # the smallest grid value that does

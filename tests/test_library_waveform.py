@@ -160,3 +160,21 @@ def test_runner_up_leaves_out_level_copies(library: dict, snippets: dict) -> Non
     ans = explain(library[1], snippets)  # a snare, its round robin 2 a different recording
     assert ans is not None and ans.file_id == 1
     assert 0.0 < ans.runner_up_rho < ans.rho - 0.3
+
+
+def test_attack_cut_off_a_fast_decaying_hit_still_correlates() -> None:
+    # A hit that has lost 99 % of its snippet's energy 55 ms in: the query is only what is
+    # left after the first 55 ms (a sampler's chopped attack). The rest of the snippet still
+    # holds ~0.5 % of its energy and correlates sample for sample with the query.
+    y = hit(12, decay_s=0.022)
+    y22 = np.asarray(soxr.resample(y, SR, wf.WAVE_SR), np.float32)
+    s = wf.snippet(y, SR)
+    cut = wf.onset_sample(y22) + int(0.055 * wf.WAVE_SR)
+    query = y22[cut:]
+    power = s.samples().astype(np.float64) ** 2
+    left = power[cut - (wf.onset_sample(y22) - wf.PRE_ROLL_SAMPLES) :].sum() / power.sum()
+    assert wf.MIN_OVERLAP_ENERGY < left < 0.02  # refused by the old 2 % floor
+    seg, start = wf._segment(query)
+    other = wf.snippet(hit(13, decay_s=0.022), SR).samples()
+    rho, _gain, _lag = wf.correlate(seg, np.stack([s.samples(), other]), None, start)
+    assert rho[0] > 0.95 and rho[1] < 0.5

@@ -44,7 +44,7 @@ import numpy as np
 from emberd.dsp.resample import mono_at
 from emberd.dsp.silence import QUERY_FLOOR_DBFS, no_sound_reason
 from emberd.errors import EmberdError
-from emberd.library import fingerprint, rerank, waveform
+from emberd.library import fingerprint, fitted, rerank, waveform
 from emberd.library.classes import cached_class_of_path
 from emberd.library.indexer import frame_energy, window_weights
 from emberd.library.search import AnnoySearch, ExactSearch, normalize
@@ -68,7 +68,10 @@ REVERSED_VARIANT = True  # the query's end, reversed, is tried too
 VARIANT_MAX_S = 2.0  # seconds of the query (from its start, or its end reversed) compared
 VARIANT_SKIP_RHO = 0.97  # a waveform answer this correlated is the sample as it is: no variant
 TEMPLATE_RHO_EQUIVALENT = 0.8  # a template answer of probability p weighs as a waveform rho 0.8 p
-
+# A waveform answer weighs as its rho plus this times the re-ranker's probability of its file
+# in :func:`strength` (chosen on kits A by ``bench/fit_identify.py --confidence``; 0 in a fit
+# file without it): a near tie of correlations goes to the file the templates believe too.
+WAVE_PROB_WEIGHT = float(fitted.params().get("wave_prob_weight", 0.0))
 
 @dataclass
 class Evidence:
@@ -700,21 +703,30 @@ def ranked(
     return out[:k]
 
 
-def strength(match: dict[str, Any] | None, feats: dict[str, float]) -> float:
+def strength(
+    match: dict[str, Any] | None, feats: dict[str, float], *, prob_weight: float | None = None
+) -> float:
     """How :meth:`Library.identify` weighs one answer against another (the query's own and
-    its variant's): a waveform answer by its correlation, a template answer by the
-    re-ranker's probability times TEMPLATE_RHO_EQUIVALENT, a landmark answer above both.
+    its variant's): a waveform answer by its correlation plus ``prob_weight`` (default
+    WAVE_PROB_WEIGHT) times the re-ranker's probability of its file, a template answer by
+    that probability times TEMPLATE_RHO_EQUIVALENT, a landmark answer above both.
+
+    The probability settles near ties of correlation: the best of several resamplings
+    of a short click correlates a little better with *some* file by chance than the query
+    itself does with its source, which the templates also rank first.
 
     A fixed rule, not the fitted confidence, so that the confidence can be fitted on
     the answers this rule gives.
     """
     if match is None:
         return -1.0
+    prob = 1.0 / (1.0 + math.exp(-feats["logit"])) if "logit" in feats else 0.0
     if match["stage"] == "waveform":
-        return float(match["rho"])
+        w = WAVE_PROB_WEIGHT if prob_weight is None else prob_weight
+        return float(match["rho"]) + w * prob
     if match["stage"] == "landmarks":
         return 2.0
-    return TEMPLATE_RHO_EQUIVALENT / (1.0 + math.exp(-feats["logit"]))
+    return TEMPLATE_RHO_EQUIVALENT * prob
 
 
 def _resampled(y: np.ndarray, semitones: float) -> np.ndarray:

@@ -53,11 +53,11 @@ STRETCH_CENTS = (-50.0, -37.5, -25.0, -12.5, 12.5, 25.0, 37.5, 50.0)  # resampli
 STRETCH_BY_RANK = 16  # candidates re-correlated at every stretch: the ranker's best ...
 STRETCH_BY_RHO = 8  # ... and the best-correlated at the original speed
 STRETCH_MIN_GAIN = 0.01  # rho a stretch must add over none to be believed
-REFINE_TOP = 4  # the best few after the grid are refined between grid points ...
+REFINE_TOP = 8  # the best few after the grid are refined between grid points ...
 REFINE_STEPS = 3  # ... halving the step each time (12.5 -> 6.25, 3.1, 1.6 cents)
 TRIM_SAMPLES = 661  # 30 ms: a query that starts loud is searched this much earlier ...
 MAX_TRIM_SAMPLES = 1500  # ... for a cut attack: up to 68 ms of a snippet's start may be missing
-MIN_OVERLAP_ENERGY = 0.02  # the compared rest of a snippet must hold this share of its energy
+MIN_OVERLAP_ENERGY = 0.002  # the compared rest of a snippet must hold this share of its energy
 SAME_RECORDING_RHO = 0.002  # candidates within this of the best rho may be level copies of it
 INT16_FULL_SCALE = 32767.0
 
