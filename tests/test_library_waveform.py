@@ -117,6 +117,18 @@ def test_mix_of_two_library_sounds_is_explained_as_a_pair(library: dict, snippet
     assert ans is not None and ans.file_id == 4 and ans.mixed_with == 1
 
 
+def test_mix_whose_louder_sound_starts_later_is_explained_as_a_pair(
+    library: dict, snippets: dict
+) -> None:
+    # The cymbal 6 dB down (by peak) from the start, the snare (louder) 80 ms later: beyond the
+    # +-46 ms the first sound is searched over, so only the residual's own onset finds it.
+    late = int(0.08 * SR)
+    y = library[4] * 0.5
+    y[late:] += library[1][: N - late]
+    ans = explain(y, snippets)
+    assert ans is not None and ans.file_id == 1 and ans.mixed_with == 4
+
+
 def test_slightly_detuned_query_is_found(library: dict, snippets: dict) -> None:
     # Broadband noise decorrelates within a few samples of drift: only the stretch search finds it.
     for f in (1, 2):

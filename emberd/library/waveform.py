@@ -19,7 +19,8 @@ For a query, :func:`explain`
    (``rho >= alone_rho``) that is the answer;
 3. otherwise subtracts it (least-squares gain at its lag) and looks for a
    second library sound in the residual (its own attack-vector neighbours
-   too): a mix of two library sounds is explained as A + B, both gains fitted
+   too; aligned at the residual's own onset when that is later than the
+   query's): a mix of two library sounds is explained as A + B, both gains fitted
    jointly, and the answer is the one with the louder peak in the mix;
 4. abstains (returns None) when nothing correlates above ``wave_min_rho``, e.g.
    a sound pitched by more than STRETCH_CENTS: the template ranker answers.
@@ -65,6 +66,7 @@ _SEGMENT = SNIPPET_SAMPLES + 2 * LAG_SAMPLES  # query samples around the onset
 # Circular correlation of length >= _SEGMENT equals the linear one at the lags used (0 ..
 # 2 * LAG_SAMPLES): a snippet shifted by at most that never wraps onto the segment's start.
 _NFFT = next_fast_len(_SEGMENT, real=True)
+_EXTENDED = _SEGMENT + SNIPPET_SAMPLES  # the query span a mix's second sound is sought in
 
 
 @dataclass(frozen=True)
@@ -203,13 +205,19 @@ def onset_segment(y: np.ndarray) -> np.ndarray:
     return padded(y, onset_sample(y) - PRE_ROLL_SAMPLES - LAG_SAMPLES, _SEGMENT)
 
 
-def _segment(y: np.ndarray) -> tuple[np.ndarray, int]:
-    """:func:`onset_segment`, TRIM_SAMPLES earlier for a query that starts loud (its attack
-    may have been cut off), and where the query's first sample lies in it."""
+def _segment_first(y: np.ndarray) -> int:
+    """Where :func:`_segment` starts in ``y`` (negative: before its first sample)."""
     on = onset_sample(y)
     first = on - PRE_ROLL_SAMPLES - LAG_SAMPLES
     if on < PRE_ROLL_SAMPLES:
         first -= TRIM_SAMPLES
+    return first
+
+
+def _segment(y: np.ndarray) -> tuple[np.ndarray, int]:
+    """:func:`onset_segment`, TRIM_SAMPLES earlier for a query that starts loud (its attack
+    may have been cut off), and where the query's first sample lies in it."""
+    first = _segment_first(y)
     return padded(y, first, _SEGMENT), max(0, -first)
 
 
@@ -228,9 +236,12 @@ def _at(
     return seg_start[0], mat, spec, seg_start[1]
 
 
-def _placed(s: np.ndarray, lag: int) -> np.ndarray:
-    out = np.zeros(_SEGMENT, np.float32)
-    out[lag : lag + SNIPPET_SAMPLES] = s
+def _placed(s: np.ndarray, lag: int, n: int = _SEGMENT) -> np.ndarray:
+    """Snippet ``s`` starting at sample ``lag`` of ``n`` zeros (clipped to them)."""
+    out = np.zeros(n, np.float32)
+    a, b = max(lag, 0), min(lag + SNIPPET_SAMPLES, n)
+    if b > a:
+        out[a:b] = s[a - lag : b - lag]
     return out
 
 
@@ -342,8 +353,15 @@ def analyse(
     pos = {f: i for i, f in enumerate(candidates)}
     by_rank = np.argsort(-np.asarray([rank[pos[f]] for f in ids]))[:STRETCH_BY_RANK]
     top = np.unique(np.concatenate([by_rank, np.argsort(-rho)[:STRETCH_BY_RHO]]))
+    at_cents: dict[float, tuple[np.ndarray, int]] = {}  # the query's segment per stretch
+
+    def segment_at(c: float) -> tuple[np.ndarray, int]:
+        if c not in at_cents:  # refinements of neighbouring files often share a stretch
+            at_cents[c] = _segment(_stretched(y, c))
+        return at_cents[c]
+
     for c in STRETCH_CENTS:
-        r, g, lg = correlate(*_at(_segment(_stretched(y, c)), mat[top], spec[top]))
+        r, g, lg = correlate(*_at(segment_at(c), mat[top], spec[top]))
         up = r > rho[top]
         rho[top] = np.where(up, r, rho[top])
         gain[top] = np.where(up, g, gain[top])
@@ -355,9 +373,7 @@ def analyse(
         h = step / 2
         for _ in range(REFINE_STEPS):
             for c in (cents[i] - h, cents[i] + h):
-                r, g, lg = correlate(
-                    *_at(_segment(_stretched(y, c)), mat[i : i + 1], spec[i : i + 1])
-                )
+                r, g, lg = correlate(*_at(segment_at(c), mat[i : i + 1], spec[i : i + 1]))
                 if r[0] > rho[i]:
                     rho[i], gain[i], lag[i], cents[i] = r[0], g[0], lg[0], c
             h /= 2
@@ -372,13 +388,21 @@ def analyse(
     alone = Analysis(float(rho[best]), one, None, 0.0)
     if stop is not None and (rho[best] < stop.wave_min_rho or rho[best] >= stop.alone_rho):
         return alone
-    # Residual after the best file: is a second library sound there?
+    # Residual after the best file: is a second library sound there? When the residual's
+    # onset is later than the query's (in a mix the other sound may start later than the
+    # +-LAG_SAMPLES the first was searched over), it is searched from there, up to a
+    # snippet's length further into the query.
     ys = y if cents[best] == 0 else _stretched(y, float(cents[best]))
     seg, start = _segment(ys)
     _r1, g1, l1 = correlate(seg, mat[best : best + 1], spec[best : best + 1], start)
-    first = _placed(mat[best], int(l1[0]))
-    resid = seg - g1[0] * first
-    resid[:start] = 0.0  # the query is silent before its start: so is what is left of it
+    first = _placed(mat[best], int(l1[0]), _EXTENDED)
+    seg_first = _segment_first(ys)
+    whole = padded(ys, seg_first, _EXTENDED)  # seg, and a snippet's length more
+    rest = whole - g1[0] * first
+    rest[:start] = 0.0  # the query is silent before its start: so is what is left of it
+    shift = max(0, onset_sample(rest) - (onset_sample(ys) - seg_first))
+    resid = padded(rest, shift, _SEGMENT)
+    start = max(0, start - shift)
     same = {f for f, r in zip(ids, rho, strict=True) if r >= rho[best] - SAME_RECORDING_RHO}
     pool = [f for f in dict.fromkeys([*ids, *neighbours(resid, WAVE_SR)]) if f not in same]
     snips.update(load([f for f in pool if f not in snips]))
@@ -396,8 +420,9 @@ def analyse(
     second = int(np.argmax(r2))
     if stop is not None and r2[second] < stop.pair_min_rho:
         return Analysis(alone.rho, one, None, float(r2[second]))
-    basis = np.stack([first, _placed(pmat[second], int(l2[second]))], axis=1).astype(np.float64)
-    coef = np.linalg.lstsq(basis, seg.astype(np.float64), rcond=None)[0]
+    basis = np.stack([first, _placed(pmat[second], shift + int(l2[second]), _EXTENDED)],
+                     axis=1).astype(np.float64)
+    coef = np.linalg.lstsq(basis, whole.astype(np.float64), rcond=None)[0]
     # Level copies of either sound correlate as well as it does: keep the one nearest 0 dB.
     two = _single(pool, r2, g2, second)
     # The answer is the sound with the louder peak in the mix, whichever explains more energy.
