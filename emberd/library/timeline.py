@@ -581,11 +581,15 @@ class _Stream:
             # correlation peaks within 0.1 % of speed even over 17 ms (a hat at +0.6 %
             # correlated 0.70 at +-0.4 % and 0.91 at its speed), so +-step alone missed it.
             k = FIRST_PROBES if n == FINE_START_WINDOW else 1
-            for s in (speed * (1 + step * j / k) for j in range(-k, k + 1) if j):
-                if MIN_SPEED <= s <= MAX_SPEED:
-                    r, p = self._fit(ref, s, pos, n, n >= avail)
-                    if r > best[0]:
-                        best = (r, s, p)
+            probes = [s for s in (speed * (1 + step * j / k) for j in range(-k, k + 1) if j)
+                      if MIN_SPEED <= s <= MAX_SPEED]
+            if k > 1 and n < avail:  # the probes in one product (as _fit does each)
+                fits = self._fit_many(ref, probes, pos, n)
+            else:
+                fits = [self._fit(ref, s, pos, n, n >= avail) for s in probes]
+            for s, (r, p) in zip(probes, fits, strict=True):
+                if r > best[0]:
+                    best = (r, s, p)
             rho, speed, pos = best
             # Over long windows other sounds lower rho: only the attack may rule one out.
             # Done when the step drifts the whole file by under a sample.
@@ -707,6 +711,48 @@ class _Stream:
         placed = self._placed(ref, speed, pos, lo, lo + span, n)
         r, off = self._lag(placed, lo, FINE_LAGS)
         return r, pos + off
+
+    def _fit_many(
+        self, ref: _Ref, speeds: list[float], pos: float, n: int
+    ) -> list[tuple[float, float]]:
+        """:meth:`_fit` (from the pre-roll, not ``whole``) at several speeds in one pass: the
+        placed files as rows of one matrix, correlated with the residual's windows at the
+        2 * FINE_LAGS + 1 lags in one product."""
+        if not speeds:
+            return []
+        lags = FINE_LAGS
+        lo = math.floor(pos)
+        sp = np.asarray(speeds, np.float64)
+        spans = np.ceil(n / sp).astype(np.intp) + 1
+        width = int(spans.max())
+        first = ref.onset - PRE_SAMPLES
+        m = min(len(ref.up), UPSAMPLE * (first + n))
+        t = ((lo - pos) * sp[:, None] + first) * UPSAMPLE + (sp * UPSAMPLE)[:, None] * np.arange(
+            width, dtype=np.float64)
+        ok = (t >= 0) & (t <= m - 1) & (np.arange(width) < spans[:, None])
+        i = np.clip(t.astype(np.intp), 0, m - 1)
+        frac = (t - i).astype(np.float32)
+        here = ref.up[i]
+        placed = np.where(ok, here + (ref.up[np.minimum(i + 1, m - 1)] - here) * frac,
+                          np.float32(0))
+        seg = self._residual(lo - lags, lo + width + lags)
+        windows = np.lib.stride_tricks.sliding_window_view(seg, width)  # [2 lags + 1, width]
+        num = (placed @ windows.T).astype(np.float64)  # [speeds, 2 lags + 1]
+        cum = np.concatenate([[0.0], np.cumsum(seg.astype(np.float64) ** 2)])
+        k = np.arange(2 * lags + 1)
+        w_energy = cum[k[None] + spans[:, None]] - cum[k][None]
+        pp = np.einsum("ij,ij->i", placed, placed, dtype=np.float64)
+        r = num / np.sqrt(w_energy * pp[:, None] + 1e-20)
+        out = []
+        for row in r:
+            j = int(np.argmax(row))
+            off = 0.0
+            if 0 < j < len(row) - 1:  # parabolic sub-sample refinement, as in _lag
+                d = row[j - 1] - 2 * row[j] + row[j + 1]
+                off = float(np.clip(0.5 * (row[j - 1] - row[j + 1]) / d, -0.5, 0.5)) \
+                    if d < 0 else 0.0
+            out.append((float(row[j]), pos + (j - lags) + off))
+        return out
 
     def _lag(self, placed: np.ndarray, lo: int, lags: int) -> tuple[float, float]:
         """Best normalised correlation of ``placed`` (samples from absolute ``lo``) with
