@@ -22,15 +22,19 @@ memory holds BUFFER_S of audio whatever the file's length. For each block:
    (short enough that half a grid step does not decorrelate it) and +-LAG_SAMPLES.
 4. **Fine speed** -- the best REFINE_TOP are refined around their coarse factor with
    the step halved and the window doubled each time, up to the sound's length (at most
-   MAX_SOUND_S): a long loop pins its speed to a small fraction of a percent.
+   MAX_SOUND_S); the first window probes FIRST_PROBES speeds per side, the first windows
+   run on the stored snippet (decoded only when the attack holds), and a file of two
+   PART_SAMPLES or more is aligned part by part (a line through the parts' lags): a loop
+   pins its speed to ~1e-6. A long candidate is also tried from the best attack's speed.
 5. **Decision** -- of the candidates that correlate at least SIMILAR_RHO over the
    fine window, the one that explains the most energy of the residual (least
    squares over its whole length) wins: a loop beats its own first hit because it
    also explains the hits after it. At or above EXACT_RHO the entry is ``exact``,
    is subtracted from the residual (the sample, resampled and scaled, placed at its
    start), and the onset is examined again for a second sound starting with it (up to
-   SOUNDS_PER_ONSET). Between SIMILAR_RHO and EXACT_RHO the entry is ``similar``: a
-   lead, not a claim; it is not subtracted.
+   SOUNDS_PER_ONSET). Between SIMILAR_RHO and EXACT_RHO (or over QUIET_DB below the
+   track) the entry is ``similar``: a lead, not a claim; it is not subtracted. An onset
+   where nothing is found is examined again from the anchors ANCHOR_SHIFTS away.
 6. **Merge** -- an entry for the same file within MERGE_S of an earlier one is the
    same occurrence: the better-correlated one is kept.
 
