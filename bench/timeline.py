@@ -236,6 +236,8 @@ def main() -> None:
 
     from emberd.library import timeline as engine
 
+    if args.set and args.half != "A":
+        ap.error("--set fits engine constants: on the tuning half only (--half A)")
     for item in args.set:
         name, _, value = item.partition("=")
         if not hasattr(engine, name):

@@ -401,9 +401,10 @@ class _Stream:
 
         Block by block (DETECT_BLOCK), so that an explanation is subtracted before the
         detector reads on; but as most blocks hold no onset, up to SPECULATE_BLOCKS are
-        pushed at once to a copy of the detector first, and only when that finds an onset
-        are they pushed again, up to the onset's block (a push per block cost 1.7 of the
-        9 CPU s of half A's beats)."""
+        pushed at once (the detector saved first), and only when that finds an onset is
+        the saved detector put back and pushed again: the blocks before the onset's in one
+        push, then the onset's block on its own (a push per block cost 1.7 of the 9 CPU s
+        of half A's beats)."""
         while self.det_pos + DETECT_BLOCK <= until:
             n = min((until - self.det_pos) // DETECT_BLOCK, SPECULATE_BLOCKS)
             if n > 1:
@@ -414,8 +415,12 @@ class _Stream:
                     continue
                 self.det = saved
                 # The blocks before the first onset's in one push (none of them completes
-                # an onset), then the onset's block on its own.
-                n = max((found[0] - self.det_pos) // DETECT_BLOCK, 1)
+                # an onset: the same pushes found none there), then the onset's block.
+                before = (found[0] - self.det_pos) // DETECT_BLOCK
+                if before > 0:
+                    self._push(before)
+                    self.det_pos += before * DETECT_BLOCK
+                n = 1
             for o in self._push(n):
                 while self.upcoming and self.upcoming[0] < self.det_pos - EARLY_SAMPLES:
                     self.upcoming.pop(0)
@@ -533,40 +538,36 @@ class _Stream:
         """Refine the speed and place (``pos``: track sample where the file's sample
         ``onset - PRE_SAMPLES`` plays) of one candidate; its explained energy and entry.
 
-        A file that is not decoded yet is refined on its stored snippet first (its first
-        250 ms): one whose attack correlates under ABANDON_RHO there is dropped undecoded,
-        and so is a file shorter than LONG_FILE_SAMPLES (judged on its first 250 ms at
-        most) whose judged correlation there is under SIMILAR_RHO - HEAD_MARGIN_RHO
-        (decoding was a third of the time; most candidates fail here)."""
+        Every candidate is refined on its stored snippet first (its first 250 ms): one
+        whose attack correlates under ABANDON_RHO there is dropped undecoded, and so is a
+        file shorter than two PART_SAMPLES (the length from which files are aligned part
+        by part) whose judged correlation there, on its first 250 ms at most, is under
+        SIMILAR_RHO - HEAD_MARGIN_RHO (decoding was a third of the time; most candidates
+        fail here)."""
         tl = self.tl
-        ref = tl._refs.get(file_id)
         step = FINE_START_STEP
-        if ref is None:
-            head = tl._head(file_id)
-            avail = head.avail
-            n = min(FINE_START_WINDOW, avail)
-            rho, pos = self._fit(head, speed, pos, n)
-            # The windows the attack may rule a candidate out on (the same steps as on
-            # the decoded file), then the window a one-shot is judged on.
-            rho, speed, pos, n, step = self._climb(head, rho, speed, pos, n, step, avail,
-                                                   stop=SNIPPET_WINDOW)
-            if rho < ABANDON_RHO and n <= self._judge_window(pos, speed):
-                return None
-            n_judge = min(self._judge_window(pos, speed), avail)
-            if (tl.files[file_id].duration_s * WAVE_SR < LONG_FILE_SAMPLES and self._fit(
-                    head, speed, pos, n_judge)[0] < SIMILAR_RHO - HEAD_MARGIN_RHO):
-                return None
-            ref = tl._ref(file_id)
-            avail = len(ref.y) - (ref.onset - PRE_SAMPLES)
-            if n < avail:  # on as the climb would have gone on: the next window
-                step /= 2
-                n = min(2 * n, avail)
-                rho, pos = self._fit(ref, speed, pos, n, n >= avail)
-        else:
-            ref = tl._ref(file_id)
-            avail = len(ref.y) - (ref.onset - PRE_SAMPLES)
-            n = min(FINE_START_WINDOW, avail)
-            rho, pos = self._fit(ref, speed, pos, n)
+        head = tl._head(file_id)
+        avail = head.avail
+        n = min(FINE_START_WINDOW, avail)
+        rho, pos = self._fit(head, speed, pos, n)
+        # The windows the attack may rule a candidate out on (the same steps as on the
+        # decoded file), then the window a one-shot is judged on. Decoded or not, every
+        # candidate passes here first, so the entries do not depend on the decode cache.
+        rho, speed, pos, n, step = self._climb(head, rho, speed, pos, n, step, avail,
+                                               stop=SNIPPET_WINDOW)
+        if rho < ABANDON_RHO and n <= self._judge_window(pos, speed):
+            return None
+        n_judge = min(self._judge_window(pos, speed), avail)
+        if (tl.files[file_id].duration_s * WAVE_SR < 2 * PART_SAMPLES and self._fit(
+                head, speed, pos, n_judge)[0] < SIMILAR_RHO - HEAD_MARGIN_RHO):
+            return None  # (longer files are aligned part by part before they are judged)
+        ref = tl._ref(file_id)
+        avail = len(ref.y) - (ref.onset - PRE_SAMPLES)
+        if n < avail:  # on as the climb would have gone on: the next window
+            step /= 2
+            n = min(2 * n, avail)
+        n = min(n, avail)
+        rho, pos = self._fit(ref, speed, pos, n, n >= avail)  # the decoded file's own rho
         rho, speed, pos, n, _ = self._climb(ref, rho, speed, pos, n, step, avail)
         return self._judge(file_id, ref, rho, speed, pos, n, avail)
 
