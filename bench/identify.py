@@ -29,8 +29,8 @@ the expected calibration error (ECE, 10 equal-width bins) of the first match's
 ``confidence`` over every query (edits and non-library sounds) with its
 reliability table; silence, DC and the noise floor (no match expected); query
 cost per stage (embedding + search, landmarks + candidates + features,
-waveform), p50 per query; similarity category precision@5 (stored file
-vectors as queries, self excluded).
+waveform), p50 per query, and its process CPU time (all threads); similarity category
+precision@5 (stored file vectors as queries, self excluded).
 
 Usage: ``python bench/identify.py [--library PATH] [--limit N] [--edits NAME ...]
 [--non-library N] [--models aisfx dsp-baseline]`` (the library is kept in a temporary
@@ -184,6 +184,10 @@ def report(records: list[dict[str, Any]], edits: list[str]) -> None:
               f"embedding + search {parts['embedding'] * 1e3:.0f} ms, landmarks + candidates + "
               f"features {parts['candidates'] * 1e3:.0f} ms, waveform "
               f"{parts['waveform'] * 1e3:.0f} ms)")
+        cpu = [r["cost"]["cpu"] for r in lib_q if "cpu" in r["cost"]]
+        if cpu:
+            print(f"  query CPU time (process, all threads) p50: {np.median(cpu) * 1e3:.0f} ms "
+                  f"(p90 {np.percentile(cpu, 90) * 1e3:.0f} ms)")
 
 
 def main() -> None:
@@ -297,7 +301,7 @@ def main() -> None:
                 yq = y if name == "non-library" else tfs[name](y, i)
                 clock.clear()
                 seen.clear()
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 vec = query_vector(yq, dk.SR, model)[None, :]
                 similar = lib.search(vec, max(K, IDENTIFY_CANDIDATES) + 1, model=model)[0]
                 t1 = time.perf_counter()
@@ -305,12 +309,13 @@ def main() -> None:
                 match, probs, _feats = (max(got, key=lambda a: strength(a[0], a[2])) if got
                                         else (None, {}, {}))
                 ranked([match] if match else [], similar, probs, lib.files(), K)  # timed too
-                t2 = time.perf_counter()
+                t2, c2 = time.perf_counter(), time.process_time()
                 ev = seen.get("ev")
                 rec: dict[str, Any] = {
                     "model": model, "edit": name,
                     "cost": {"embedding": t1 - t0, "candidates": clock["candidates"],
-                             "waveform": clock["waveform"], "total": t2 - t0},
+                             "waveform": clock["waveform"], "total": t2 - t0,
+                             "cpu": c2 - c0},
                     "cand": name != "non-library" and ev is not None and (
                         ev.inside_file or group(truth[i]) in {group(f) for f in ev.candidates}),
                     # Every answer identify() weighs, scored: report() takes one by strength()

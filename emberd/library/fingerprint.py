@@ -19,8 +19,6 @@ histogram, cheap enough for every hop of the live daemon.
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 
 from emberd.dsp.resample import mono_at
@@ -231,6 +229,24 @@ def template(y: np.ndarray, sr: int) -> np.ndarray:
     return np.round(rel / TEMPLATE_DB_STEP).astype(np.uint8)
 
 
+def column_nanpercentile(x: np.ndarray, percentile: float) -> np.ndarray:
+    """``np.nanpercentile(x, percentile, axis=0)`` of a 2-D array, the same values (NaN for
+    an all-NaN column, without the warning).
+
+    Columns with as many numbers are taken together: numpy's nanpercentile loops over the
+    columns in Python (~3x slower here).
+    """
+    s = np.sort(x, axis=0)  # NaN last
+    count = np.count_nonzero(~np.isnan(x), axis=0)
+    parts = [(cols, np.percentile(s[:k, cols], percentile, axis=0))
+             for k in np.unique(count[count > 0]).tolist()
+             for cols in [np.nonzero(count == k)[0]]]
+    out = np.full(x.shape[1], np.nan, parts[0][1].dtype if parts else x.dtype)
+    for cols, values in parts:
+        out[cols] = values
+    return out
+
+
 def template_scores(query: np.ndarray, library: np.ndarray) -> np.ndarray:
     """Correlation of a query template with library templates, noise floor aware.
 
@@ -257,9 +273,7 @@ def template_scores(query: np.ndarray, library: np.ndarray) -> np.ndarray:
     lib = library[:, frames].astype(np.float32) * TEMPLATE_DB_STEP
     # Cells at 0 are padding past the end of a short query or digital silence: not noise.
     present = np.where(q > 0, q, np.nan)
-    with np.errstate(all="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN band: no floor there
-        floor = np.nan_to_num(np.nanpercentile(present, NOISE_FLOOR_PERCENTILE, axis=0))
+    floor = np.nan_to_num(column_nanpercentile(present, NOISE_FLOOR_PERCENTILE))
     lib = np.maximum(lib, floor[None, None, :])
     qc = q - q.mean()
     lc = lib - lib.mean(axis=(1, 2), keepdims=True)

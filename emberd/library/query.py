@@ -36,6 +36,7 @@ import math
 import os
 import sqlite3
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -98,6 +99,27 @@ class Evidence:
 class _ModelIndex:
     backend: ExactSearch | AnnoySearch
     dim: int
+
+
+def one_blas_thread() -> AbstractContextManager[Any]:
+    """A context with one BLAS thread: a query's matrix products are small (candidate
+    templates, attack vectors, one query against the library's vectors), and OpenBLAS's
+    second thread spinning for its share cost more CPU than the products themselves (a
+    query's band powers: 8.7 -> 2.6 CPU-ms on the shared 2-core box). Answers are those of a
+    one-thread run (two threads split some float32 sums: re-ranker logits moved by <= 2e-6,
+    confidences by <= 1.1e-7 on bench/identify.py, no answer changed). The libraries are
+    looked up once per process (a fresh ``threadpool_limits`` looks them up every time:
+    3 CPU-ms a query)."""
+    global _BLAS_CONTROLLER
+    if _BLAS_CONTROLLER is None:
+        from threadpoolctl import ThreadpoolController
+
+        _BLAS_CONTROLLER = ThreadpoolController()
+    limited: AbstractContextManager[Any] = _BLAS_CONTROLLER.limit(limits=1, user_api="blas")
+    return limited
+
+
+_BLAS_CONTROLLER: Any = None
 
 
 def _distance(score: float) -> float:
@@ -257,7 +279,8 @@ class Library:
             raise EmberdError(f"query vectors have dim {q.shape[1]}, model {model} gives {idx.dim}")
         if not np.all(np.isfinite(q)):
             raise EmberdError("query vectors contain NaN or infinite values")
-        ids, scores = idx.backend.search(q, k * DEDUP_FACTOR + 4)
+        with one_blas_thread():
+            ids, scores = idx.backend.search(q, k * DEDUP_FACTOR + 4)
         rows = self._db(self.store.vector_rows, [i for i in ids.ravel().tolist() if i >= 0])
         files = self.files()
         missing = {fid for fid, _ in rows.values() if fid not in files}
@@ -428,6 +451,13 @@ class Library:
 
         ``bench/fit_identify.py`` fits the confidence on these; empty for no sound.
         """
+        with one_blas_thread():
+            return self._answers(audio, sr, similar)
+
+    def _answers(
+        self, audio: np.ndarray, sr: int, similar: list[dict[str, Any]] | None
+    ) -> list[tuple[dict[str, Any] | None, dict[int, float], dict[str, float]]]:
+        """:meth:`answers`, BLAS threads already limited."""
         ev = self.evidence(audio, sr, similar=similar)
         if ev is None:
             return []

@@ -180,10 +180,15 @@ def attack_vectors(templates: np.ndarray) -> np.ndarray:
     return _unit(template_db(templates)[:, :ATTACK_FRAMES])
 
 
-def _pearson(a: np.ndarray, b: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
-    """Correlation of centred candidate patches ``a`` [n, ...] with the centred query ``b``."""
+def _pearson(
+    a: np.ndarray, b: np.ndarray, axes: tuple[int, ...], a_power: np.ndarray | None = None
+) -> np.ndarray:
+    """Correlation of centred candidate patches ``a`` [n, ...] with the centred query ``b``
+    (``a_power``: ``(a ** 2).sum(axis=axes)``, when ``a`` is compared again)."""
     num = (a * b[None]).sum(axis=axes)
-    return np.asarray(num / (np.sqrt((a**2).sum(axis=axes) * (b**2).sum()) + 1e-9))
+    if a_power is None:
+        a_power = (a**2).sum(axis=axes)
+    return np.asarray(num / (np.sqrt(a_power * (b**2).sum()) + 1e-9))
 
 
 def row_nanmedian(cells: np.ndarray) -> np.ndarray:
@@ -225,17 +230,20 @@ def features(query: QueryPatch, templates: np.ndarray) -> dict[str, np.ndarray]:
     n_strong = strong.sum(axis=(1, 2)) + 1e-9
     out = {k: np.full(n, -2.0) for k in ("ncc", "nccb", "ncca")}
     out["cont"], out["expl"], out["gain"] = np.zeros(n), np.zeros(n), np.zeros(n)
+    # What does not depend on the lag, once: the candidates' own powers, which have cells.
+    pc, pb, pa = ((x**2).sum(axis=(1, 2)) for x in (lc, lb, la))
+    has = strong.any(axis=(1, 2))
+    strong_has = strong[has]
     for lag in range(-LAG_HOPS, LAG_HOPS + 1):
         q = query.window[LAG_HOPS + lag : LAG_HOPS + lag + nq]
-        r = _pearson(lc, q - q.mean(), (1, 2))
-        rb = _pearson(lb, q - q.mean(axis=0, keepdims=True), (1, 2))
-        ra = _pearson(la, q[:na] - q[:na].mean(), (1, 2))
+        r = _pearson(lc, q - q.mean(), (1, 2), pc)
+        rb = _pearson(lb, q - q.mean(axis=0, keepdims=True), (1, 2), pb)
+        ra = _pearson(la, q[:na] - q[:na].mean(), (1, 2), pa)
         # Gain fit: the median query-minus-template over the template's strong cells.
         d = q[None] - t
         gain = np.zeros(n)
-        has = strong.any(axis=(1, 2))
         if has.any():  # one vectorised median over each candidate's strong cells
-            cells = np.where(strong[has], d[has], np.nan).reshape(int(has.sum()), -1)
+            cells = np.where(strong_has, d[has], np.nan).reshape(int(has.sum()), -1)
             gain[has] = row_nanmedian(cells)
         g = gain[:, None, None]
         cont = ((d >= g - CONTAIN_TOL_DB) & strong).sum(axis=(1, 2)) / n_strong

@@ -102,11 +102,13 @@ def onset_sample(y: np.ndarray) -> int:
     if len(y) == 0:
         return 0
     # Moving average (as np.convolve(..., mode="same") centres it), by cumulative sums: O(n).
-    half = ENVELOPE_SAMPLES // 2
+    # c[min(i + ENVELOPE_SAMPLES - half, n)] - c[max(i - half, 0)] for every i, by slices.
+    n, half = len(y), ENVELOPE_SAMPLES // 2
     c = np.concatenate([[0.0], np.cumsum(np.abs(y), dtype=np.float64)])
-    hi = np.minimum(np.arange(len(y)) + ENVELOPE_SAMPLES - half, len(y))
-    lo = np.maximum(np.arange(len(y)) - half, 0)
-    env = (c[hi] - c[lo]) / ENVELOPE_SAMPLES
+    hi = c[min(ENVELOPE_SAMPLES - half, n) :]
+    hi = np.concatenate([hi, np.full(n - len(hi), c[n])])
+    lo = np.concatenate([np.full(min(half, n), c[0]), c[: max(n - half, 0)]])
+    env = (hi - lo) / ENVELOPE_SAMPLES
     return int(np.argmax(env > env.max() * 10 ** (-ONSET_DB / 20)))
 
 
@@ -174,30 +176,73 @@ def correlate(
     """
     if conj_spectra is None:
         conj_spectra = spectra(snippets)
-    seg_spec = rfft(np.asarray(segment, np.float32), _NFFT)
-    x = irfft(seg_spec[None] * conj_spectra, _NFFT, axis=1)[:, : 2 * LAG_SAMPLES + 1]
-    cum = np.concatenate([[0.0], np.cumsum(segment.astype(np.float64) ** 2)])
-    seg_energy = cum[SNIPPET_SAMPLES:] - cum[: 2 * LAG_SAMPLES + 1]
-    # Lags where the query is (nearly) silent would divide by ~0: floor their energy.
-    seg_energy = np.maximum(seg_energy, 1e-3 * seg_energy.max() + 1e-12)
-    power = snippets.astype(np.float64) ** 2
-    full = power.sum(axis=1) + 1e-20
-    energy = np.broadcast_to(full[:, None], x.shape)
-    if start > 0:
+    return _correlate(_Segment.of(segment, start), _Candidates(snippets, conj_spectra))
+
+
+class _Segment:
+    """A query segment as :func:`correlate` uses it, computed once however many candidate
+    sets it is correlated with: its spectrum and its energy under a snippet at each lag."""
+
+    def __init__(self, segment: np.ndarray, start: int, spec: np.ndarray,
+                 energy: np.ndarray) -> None:
+        self.segment, self.start, self.spec, self.energy = segment, start, spec, energy
+
+    @classmethod
+    def of(cls, segment: np.ndarray, start: int = 0) -> _Segment:
+        spec = rfft(np.asarray(segment, np.float32), _NFFT)
+        cum = np.concatenate([[0.0], np.cumsum(segment.astype(np.float64) ** 2)])
+        energy = cum[SNIPPET_SAMPLES:] - cum[: 2 * LAG_SAMPLES + 1]
+        # Lags where the query is (nearly) silent would divide by ~0: floor their energy.
+        energy = np.maximum(energy, 1e-3 * energy.max() + 1e-12)
+        return cls(segment, start, spec, energy)
+
+
+class _Candidates:
+    """Candidate snippets [n, SNIPPET_SAMPLES] with their conjugate spectra and energies
+    (computed once; rows taken with :meth:`rows` keep them)."""
+
+    def __init__(self, mat: np.ndarray, spec: np.ndarray, power: np.ndarray | None = None,
+                 full: np.ndarray | None = None) -> None:
+        self.mat, self.spec = mat, spec
+        self.power = mat.astype(np.float64) ** 2 if power is None else power
+        self.full = self.power.sum(axis=1) + 1e-20 if full is None else full
+
+    def rows(self, take: np.ndarray | slice) -> _Candidates:
+        return _Candidates(self.mat[take], self.spec[take], self.power[take], self.full[take])
+
+
+def _correlate(seg: _Segment | list[_Segment], cand: _Candidates) -> tuple[np.ndarray, ...]:
+    """:func:`correlate` of a prepared segment with prepared candidates, or of a list of
+    segments (one per candidate row) with them, all at once."""
+    if isinstance(seg, list):
+        seg_spec = np.stack([s.spec for s in seg])
+        seg_energy = np.stack([s.energy for s in seg])
+        starts = np.array([s.start for s in seg])
+    else:
+        seg_spec, seg_energy = seg.spec[None], seg.energy[None]
+        starts = np.full(len(cand.mat), seg.start)
+    x = irfft(seg_spec * cand.spec, _NFFT, axis=1)[:, : 2 * LAG_SAMPLES + 1]
+    power, full = cand.power, cand.full
+    # The snippets' energy at each lag: the whole snippet's (one column serves every lag)
+    # unless an attack is cut off.
+    energy = full[:, None]
+    if starts.max(initial=0) > 0:
+        energy = np.array(np.broadcast_to(energy, x.shape))
+    for start in np.unique(starts[starts > 0]).tolist():
+        rows = np.nonzero(starts == start)[0]
         # Only lags below ``start`` place the snippet's first j0 = start - lag samples before
         # the query's first sample; at the others the whole snippet counts.
         n_lags = min(start, 2 * LAG_SAMPLES + 1)
         j0 = np.minimum(start - np.arange(n_lags), SNIPPET_SAMPLES)  # >= 1
-        before = np.cumsum(power[:, : int(j0.max())], axis=1)[:, j0 - 1]  # energy cut off
-        part = full[:, None] - before
-        use = (j0 <= MAX_TRIM_SAMPLES)[None] & (part >= MIN_OVERLAP_ENERGY * full[:, None])
-        energy = np.array(energy)
-        energy[:, :n_lags] = np.where(use, part, full[:, None])
-    rho = x * (1.0 / np.sqrt(seg_energy)).astype(np.float32)[None]
+        before = np.cumsum(power[rows, : int(j0.max())], axis=1)[:, j0 - 1]  # energy cut off
+        part = full[rows, None] - before
+        use = (j0 <= MAX_TRIM_SAMPLES)[None] & (part >= MIN_OVERLAP_ENERGY * full[rows, None])
+        energy[rows, :n_lags] = np.where(use, part, full[rows, None])
+    rho = x * (1.0 / np.sqrt(seg_energy)).astype(np.float32)
     rho *= (1.0 / np.sqrt(energy)).astype(np.float32)
     lag = np.argmax(rho, axis=1)
-    rows = np.arange(len(snippets))
-    return rho[rows, lag], x[rows, lag] / energy[rows, lag], lag
+    rows = np.arange(len(x))
+    return rho[rows, lag], x[rows, lag] / energy[rows, lag if energy.shape[1] > 1 else 0], lag
 
 
 def onset_segment(y: np.ndarray) -> np.ndarray:
@@ -221,19 +266,14 @@ def _segment(y: np.ndarray) -> tuple[np.ndarray, int]:
     return padded(y, first, _SEGMENT), max(0, -first)
 
 
-def _stretched(y: np.ndarray, cents: float) -> np.ndarray:
-    """``y`` resampled as if played ``cents`` lower (undoes a pitch-up by resampling)."""
+def _stretched(y: np.ndarray, cents: float, onset: int | None = None) -> np.ndarray:
+    """``y`` resampled as if played ``cents`` lower (undoes a pitch-up by resampling);
+    ``onset``: ``onset_sample(y)`` when known."""
     import soxr
 
-    head = y[: onset_sample(y) + 2 * _SEGMENT]  # only the onset region is compared
+    on = onset_sample(y) if onset is None else onset
+    head = y[: on + 2 * _SEGMENT]  # only the onset region is compared
     return np.asarray(soxr.resample(head, WAVE_SR, WAVE_SR * 2 ** (cents / 1200)), np.float32)
-
-
-def _at(
-    seg_start: tuple[np.ndarray, int], mat: np.ndarray, spec: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-    """:func:`correlate`'s arguments for a :func:`_segment` result."""
-    return seg_start[0], mat, spec, seg_start[1]
 
 
 def _placed(s: np.ndarray, lag: int, n: int = _SEGMENT) -> np.ndarray:
@@ -345,23 +385,31 @@ def analyse(
     if not ids or not np.any(y):
         return None
     mat = np.stack([snips[f].samples() for f in ids])
-    seg, start = _segment(y)
     spec = spectra(mat)
-    rho, gain, lag = correlate(seg, mat, spec, start)
+    cand = _Candidates(mat, spec)
+    unstretched_seg = _Segment.of(*_segment(y))
+    rho, gain, lag = _correlate(unstretched_seg, cand)
     unstretched = (rho.copy(), gain.copy(), lag.copy())
     cents = np.zeros(len(ids))
     pos = {f: i for i, f in enumerate(candidates)}
     by_rank = np.argsort(-np.asarray([rank[pos[f]] for f in ids]))[:STRETCH_BY_RANK]
     top = np.unique(np.concatenate([by_rank, np.argsort(-rho)[:STRETCH_BY_RHO]]))
-    at_cents: dict[float, tuple[np.ndarray, int]] = {}  # the query's segment per stretch
+    y_onset = onset_sample(y)
+    at_cents: dict[float, tuple[np.ndarray, _Segment]] = {}  # the query per stretch
 
-    def segment_at(c: float) -> tuple[np.ndarray, int]:
+    def stretched_at(c: float) -> tuple[np.ndarray, _Segment]:
+        """The query stretched by ``c`` cents and its prepared segment."""
         if c not in at_cents:  # refinements of neighbouring files often share a stretch
-            at_cents[c] = _segment(_stretched(y, c))
+            ys = _stretched(y, c, y_onset)
+            at_cents[c] = ys, _Segment.of(*_segment(ys))
         return at_cents[c]
 
+    def segment_at(c: float) -> _Segment:
+        return stretched_at(c)[1]
+
+    top_cand = cand.rows(top)
     for c in STRETCH_CENTS:
-        r, g, lg = correlate(*_at(segment_at(c), mat[top], spec[top]))
+        r, g, lg = _correlate(segment_at(c), top_cand)
         up = r > rho[top]
         rho[top] = np.where(up, r, rho[top])
         gain[top] = np.where(up, g, gain[top])
@@ -369,14 +417,18 @@ def analyse(
         cents[top] = np.where(up, c, cents[top])
     # Noise-like sounds decorrelate within a few cents: refine the best few between grid points.
     step = min(np.diff(sorted({0.0, *STRETCH_CENTS}))) if STRETCH_CENTS else 0.0
-    for i in np.argsort(-rho)[:REFINE_TOP] if step else []:
-        h = step / 2
-        for _ in range(REFINE_STEPS):
-            for c in (cents[i] - h, cents[i] + h):
-                r, g, lg = correlate(*_at(segment_at(c), mat[i : i + 1], spec[i : i + 1]))
-                if r[0] > rho[i]:
-                    rho[i], gain[i], lag[i], cents[i] = r[0], g[0], lg[0], c
-            h /= 2
+    refine = np.argsort(-rho)[:REFINE_TOP] if step else np.zeros(0, int)
+    h = step / 2
+    for _ in range(REFINE_STEPS) if len(refine) else []:
+        # Each file's two tries either side of its best stretch, all files in one batch
+        # (files are refined independently; each file's tries are taken in order).
+        tries = [(i, c) for i in refine.tolist() for c in (cents[i] - h, cents[i] + h)]
+        r, g, lg = _correlate([segment_at(c) for _i, c in tries],
+                              cand.rows(np.array([i for i, _c in tries])))
+        for k, (i, c) in enumerate(tries):
+            if r[k] > rho[i]:
+                rho[i], gain[i], lag[i], cents[i] = r[k], g[k], lg[k], c
+        h /= 2
     # The best of many stretches always beats no stretch a little: keep one only when it
     # clearly does (a spurious stretch would also distort the second sound of a mix).
     keep = rho < unstretched[0] + STRETCH_MIN_GAIN
@@ -392,9 +444,10 @@ def analyse(
     # onset is later than the query's (in a mix the other sound may start later than the
     # +-LAG_SAMPLES the first was searched over), it is searched from there, up to a
     # snippet's length further into the query.
-    ys = y if cents[best] == 0 else _stretched(y, float(cents[best]))
-    seg, start = _segment(ys)
-    _r1, g1, l1 = correlate(seg, mat[best : best + 1], spec[best : best + 1], start)
+    ys, prepared = ((y, unstretched_seg) if cents[best] == 0
+                    else stretched_at(float(cents[best])))
+    start = prepared.start
+    _r1, g1, l1 = _correlate(prepared, cand.rows(slice(best, best + 1)))
     first = _placed(mat[best], int(l1[0]), _EXTENDED)
     seg_first = _segment_first(ys)
     whole = padded(ys, seg_first, _EXTENDED)  # seg, and a snippet's length more
