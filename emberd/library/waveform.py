@@ -181,11 +181,13 @@ def correlate(
 
 class _Segment:
     """A query segment as :func:`correlate` uses it, computed once however many candidate
-    sets it is correlated with: its spectrum and its energy under a snippet at each lag."""
+    sets it is correlated with: its spectrum and its energy under a snippet at each lag
+    (``scale``: one over that energy's root, which normalises a correlation)."""
 
     def __init__(self, segment: np.ndarray, start: int, spec: np.ndarray,
                  energy: np.ndarray) -> None:
         self.segment, self.start, self.spec, self.energy = segment, start, spec, energy
+        self.scale = (1.0 / np.sqrt(energy)).astype(np.float32)
 
     @classmethod
     def of(cls, segment: np.ndarray, start: int = 0) -> _Segment:
@@ -216,10 +218,10 @@ def _correlate(seg: _Segment | list[_Segment], cand: _Candidates) -> tuple[np.nd
     segments (one per candidate row) with them, all at once."""
     if isinstance(seg, list):
         seg_spec = np.stack([s.spec for s in seg])
-        seg_energy = np.stack([s.energy for s in seg])
+        seg_scale = np.stack([s.scale for s in seg])
         starts = np.array([s.start for s in seg])
     else:
-        seg_spec, seg_energy = seg.spec[None], seg.energy[None]
+        seg_spec, seg_scale = seg.spec[None], seg.scale[None]
         starts = np.full(len(cand.mat), seg.start)
     x = irfft(seg_spec * cand.spec, _NFFT, axis=1)[:, : 2 * LAG_SAMPLES + 1]
     power, full = cand.power, cand.full
@@ -238,7 +240,7 @@ def _correlate(seg: _Segment | list[_Segment], cand: _Candidates) -> tuple[np.nd
         part = full[rows, None] - before
         use = (j0 <= MAX_TRIM_SAMPLES)[None] & (part >= MIN_OVERLAP_ENERGY * full[rows, None])
         energy[rows, :n_lags] = np.where(use, part, full[rows, None])
-    rho = x * (1.0 / np.sqrt(seg_energy)).astype(np.float32)
+    rho = x * seg_scale
     rho *= (1.0 / np.sqrt(energy)).astype(np.float32)
     lag = np.argmax(rho, axis=1)
     rows = np.arange(len(x))
