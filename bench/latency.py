@@ -279,9 +279,10 @@ def main(argv: list[str] | None = None) -> int:
         secs = min(60.0, max(10.0, args.duration / 4))
         per_min = status["overflows"] / ((args.duration + args.warmup) / 60.0)
         anchor_per_min = anchor_cap["overflows"] / (secs / 60.0)
+        ratio = f"{per_min / anchor_per_min:.2f}" if anchor_per_min else "n/a, the anchor had none"
         print(f"  anchor, bare capture on the same server for {secs:g} s (no daemon): "
               f"overflows {anchor_cap['overflows']:g} ({anchor_per_min:.1f}/min; daemon "
-              f"{per_min:.1f}/min, ratio {per_min / max(anchor_per_min, 1e-9):.2f}), jitter p99 "
+              f"{per_min:.1f}/min, ratio {ratio}), jitter p99 "
               f"{anchor_cap['jitter_p99_ms']:.3f} ms, max {anchor_cap['jitter_max_ms']:.3f} ms")
     if "input_state" in status:  # device input: the stall watchdog's view
         print(f"  device input: state {status['input_state']}, stalls "

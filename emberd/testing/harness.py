@@ -254,6 +254,9 @@ class Daemon:
         self.pub = self.control_endpoint = ""
         self.pub_port = self.control_port = self.osc_in_port = 0
         self.env = {**os.environ, **(env or {})}
+        # Our own status requests the control rate limit refused (each is counted in the
+        # daemon's rejected_control like any refused request; a fuzzer subtracts them).
+        self.status_refused = 0
         self.proc: subprocess.Popen[bytes] | None = None
         self._log: Any = None
         self._log_offset = 0
@@ -338,6 +341,7 @@ class Daemon:
             # Right after a flood the control rate limit refuses a request or two.
             if str(reply.get("error", "")).startswith("rate limited") \
                     and time.monotonic() < deadline:
+                self.status_refused += 1
                 time.sleep(POLL_INTERVAL_S)
                 continue
             status = reply.get("status")
