@@ -62,7 +62,10 @@ def _track(path: Path, parts: list[tuple[np.ndarray, float, float, float]], dur_
     sf.write(path, y, beats.SR, subtype="FLOAT")
 
 
-def test_a_beat_gives_its_samples_with_start_speed_and_gain(lib: dict, tmp_path: Path) -> None:
+def _beat(lib: dict, track: Path) -> list[tuple[Path, float, float, float]]:
+    """Write a 10.5-s beat of library sounds (a loop, speeds, a quiet hat under a crash)
+    and two non-library sounds to ``track``; return its library events (file, start s,
+    speed, gain dB)."""
     s = lib["sounds"]
     truth = [  # (file, start s, speed, gain dB)
         (s[0], 0.30, 1.0, -3.0),
@@ -76,8 +79,13 @@ def test_a_beat_gives_its_samples_with_start_speed_and_gain(lib: dict, tmp_path:
     rng = np.random.default_rng(0)
     others = [(beats.load_mono(lib["outsider"]), 1.6, 1.0, -3.0),
               (beats.synth_distractor(rng), 2.6, 1.0, -3.0)]
-    track = tmp_path / "beat.wav"
     _track(track, [(beats.load_mono(p), t, v, g) for p, t, v, g in truth] + others, 10.5)
+    return truth
+
+
+def test_a_beat_gives_its_samples_with_start_speed_and_gain(lib: dict, tmp_path: Path) -> None:
+    track = tmp_path / "beat.wav"
+    truth = _beat(lib, track)
     with Library.open(lib["lib"]) as library:
         res = Timeline(library).run(track)
     exact = [e for e in res.entries if e.kind == "exact"]
@@ -89,6 +97,30 @@ def test_a_beat_gives_its_samples_with_start_speed_and_gain(lib: dict, tmp_path:
         assert abs(e.speed / speed - 1) <= SPEED_TOL, got
         assert abs(e.gain_db - gain) <= 1.5, got
         assert 0.5 < e.confidence <= 1.0
+
+
+def test_entries_do_not_depend_on_detector_batching_or_the_decode_cache(
+    lib: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The detector's speculative pushes (SPECULATE_BLOCKS at once, put back when they find
+    an onset) give what a push per block gives, and a second run with every candidate
+    already decoded gives what the first gave."""
+    track = tmp_path / "beat.wav"
+    _beat(lib, track)
+
+    def entries(tl: Timeline) -> list[tuple[object, ...]]:
+        return [(e.path, e.kind, round(e.start_s, 6), round(e.speed, 6), round(e.rho, 6))
+                for e in tl.run(track).entries]
+
+    with Library.open(lib["lib"]) as library:
+        tl = Timeline(library)
+        first = entries(tl)
+        again = entries(tl)  # the same engine: the files it decoded are cached now
+        monkeypatch.setattr(timeline, "SPECULATE_BLOCKS", 1)
+        one_by_one = entries(Timeline(library))
+    assert first, "the beat gave no entries"
+    assert again == first
+    assert one_by_one == first
 
 
 def test_non_library_sounds_give_no_entry(lib: dict, tmp_path: Path) -> None:
