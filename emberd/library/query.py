@@ -31,10 +31,12 @@ in the thread that opened the library.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import sqlite3
+import threading
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -102,14 +104,30 @@ class _ModelIndex:
 
 
 def one_blas_thread() -> AbstractContextManager[Any]:
-    """A context with one BLAS thread: a query's matrix products are small (candidate
-    templates, attack vectors, one query against the library's vectors), and OpenBLAS's
-    second thread spinning for its share cost more CPU than the products themselves (a
-    query's band powers: 8.7 -> 2.6 CPU-ms on the shared 2-core box). Answers are those of a
-    one-thread run (two threads split some float32 sums: re-ranker logits moved by <= 2e-6,
-    confidences by <= 1.1e-7 on bench/identify.py, no answer changed). The libraries are
-    looked up once per process (a fresh ``threadpool_limits`` looks them up every time:
-    3 CPU-ms a query)."""
+    """A context with one BLAS thread for a query on the main thread (``emberd query``).
+
+    A query's matrix products are small (candidate templates, attack vectors, one query
+    against the library's vectors), and OpenBLAS's second thread spinning for its share
+    cost more CPU than the products themselves (a query's band powers: 8.7 -> 2.6 CPU-ms on
+    the shared 2-core box). Answers are those of a one-thread run (two threads split some
+    float32 sums: re-ranker logits moved by <= 2e-6, confidences by <= 1.1e-7 on
+    bench/identify.py, no answer changed). The libraries are looked up once per process (a
+    fresh ``threadpool_limits`` looks them up every time: 3 CPU-ms a query); those loaded
+    later (scipy's own OpenBLAS) are not limited.
+
+    On any other thread it does nothing: the limit is process-wide, and in the daemon the
+    worker (``search`` every hop) and the control thread (a capture's query) would take it
+    at once, the one leaving last putting back the "1" it found (and OpenBLAS did not take
+    back its threads when another thread than the limiting one restored them); the daemon
+    sets its BLAS threads once at start-up (streaming encoder, hit ladder).
+
+    Returns
+    -------
+    contextlib.AbstractContextManager
+        The limit, or a context that does nothing off the main thread.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return contextlib.nullcontext()
     global _BLAS_CONTROLLER
     if _BLAS_CONTROLLER is None:
         from threadpoolctl import ThreadpoolController
