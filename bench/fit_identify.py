@@ -394,7 +394,10 @@ def main() -> None:
         ),
     }
     if "confidence" in fitted.params():  # fitted on the old ranking: rerun with --confidence
-        result["confidence"] = fitted.params()["confidence"]
+        # The weight picks the answers the confidence was fitted on: they stay together.
+        for key in ("confidence", "wave_prob_weight"):
+            if key in fitted.params():
+                result[key] = fitted.params()[key]
         print("kept the old confidence fit: run again with --confidence")
     emit(result, write=args.write)
     lib.close()
