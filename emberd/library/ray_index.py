@@ -5,8 +5,8 @@ Who runs what::
     driver (this process)    scan, decide new/changed/removed (Indexer.plan), submit,
                              then store results in scan order: the library's ONLY writer,
                              one SQLite transaction per BATCH_FILES files, as a local run
-    Ray tasks (any node)     prepare_file on FILES_PER_TASK paths: decode, resample, mel,
-                             landmarks, onset template and snippet (the indexer's own function)
+    Ray tasks (any node)     prepare_file on one path: decode, resample, mel, landmarks,
+                             onset template and snippet (the indexer's own function)
     Ray actors (the pool)    one ONNX Runtime session each (CUDA with num_gpus=1 on GPU
                              nodes; on CPU nodes intra-op threads = the actor's CPUs, inter-op
                              1); each call embeds the windows of GROUP_FILES files
@@ -48,7 +48,6 @@ from emberd.library.scan import Candidate
 log = logging.getLogger(__name__)
 
 GROUP_FILES = 8  # files per actor call: windows of several one-shots fill an encoder batch
-FILES_PER_TASK = 4  # files per feature task: a task's dispatch and transfers, shared
 IN_FLIGHT_GROUPS_PER_ACTOR = 3  # queued calls per actor (bounds driver and object memory)
 TASKS_AHEAD_PER_SLOT = 4  # files in flight per feature-task slot (a 16-CPU GPU node: 64)
 TASK_RETRIES = 4  # Ray re-runs a feature task whose worker process or node died
@@ -193,14 +192,9 @@ def plan_resources(nodes: list[dict[str, Any]], *, actors: int = 0) -> Resources
     )
 
 
-def prepare_on_node(jobs: list[_Job], frontend: Any) -> list[dict[str, Any]]:
-    """:func:`emberd.library.indexer.prepare_file` on a few files, as one Ray task (a task
-    per file cost about as much Ray CPU as a one-shot's decoding): a file this node cannot
+def prepare_on_node(job: _Job, frontend: Any) -> dict[str, Any]:
+    """:func:`emberd.library.indexer.prepare_file` as a Ray task: a file this node cannot
     read is reported with the node's address (the shared-filesystem rule)."""
-    return [_prepare_one(job, frontend) for job in jobs]
-
-
-def _prepare_one(job: _Job, frontend: Any) -> dict[str, Any]:
     if not os.access(job.path, os.R_OK):
         why = "no such file" if not os.path.exists(job.path) else "permission denied"
         return {
@@ -275,23 +269,22 @@ class EmbedActor:
         """The active execution provider (also: the actor is up)."""
         return str(getattr(self.encoder, "provider", "plug-in"))
 
-    def embed(self, refs: list[Any], sizes: list[int]) -> list[dict[str, Any]]:
-        """Wait for a group's feature tasks (``sizes[i]`` files in ``refs[i]``) and embed
-        their windows in one pass.
+    def embed(self, refs: list[Any]) -> list[dict[str, Any]]:
+        """Wait for a group's feature tasks and embed their windows in one pass.
 
-        The files of a task that failed for good (a decoder crashed on every retry, or
-        raised) come back skipped with the reason (the next run tries them again); any
-        other Ray failure fails the call, and the driver submits the group again.
+        A file whose task failed for good (its decoder crashed on every retry, or raised)
+        comes back skipped with the reason; any other Ray failure fails the call, and the
+        driver submits the group again.
         """
         import ray
 
         results: list[dict[str, Any]] = []
-        for ref, n in zip(refs, sizes, strict=True):
+        for ref in refs:
             try:
-                results.extend(ray.get(ref))
+                res = ray.get(ref)
             except (ray.exceptions.RayTaskError, ray.exceptions.WorkerCrashedError) as exc:
-                why = f"decoder failed ({_cause(exc)})"
-                results.extend({"ok": False, "reason": why} for _ in range(n))
+                res = {"ok": False, "reason": f"decoder failed ({_cause(exc)})"}
+            results.append(res)
         todo = [r for r in results if r["ok"] and r["need_embedding"]]
         for res, span in zip(
             todo, embed_files(self.encoder, [r["mel"] for r in todo], self.manifest), strict=True
@@ -402,12 +395,9 @@ class RayIndexer(Indexer):
             slot.attempts += 1
             if slot.tasks is None:  # a resubmitted group reuses its tasks (lineage rebuilds
                 # an output lost with its node)
-                chunks = [slot.jobs[i : i + FILES_PER_TASK]
-                          for i in range(0, len(slot.jobs), FILES_PER_TASK)]
-                slot.tasks = [task.remote(c, frontend_ref) for c in chunks]
-                slot.sizes = [len(c) for c in chunks]
+                slot.tasks = [task.remote(job, frontend_ref) for job in slot.jobs]
             slot.actor = pool.pick()
-            slot.ref = slot.actor.embed.remote(slot.tasks, slot.sizes)
+            slot.ref = slot.actor.embed.remote(slot.tasks)
 
         try:
             while True:
@@ -497,8 +487,7 @@ class _Slot:
     """One group of files in flight, in scan order."""
 
     jobs: list[_Job]
-    tasks: list[Any] | None = None  # its feature tasks, FILES_PER_TASK files each
-    sizes: list[int] = dataclasses.field(default_factory=list)  # files per task
+    tasks: list[Any] | None = None
     actor: Any = None
     ref: Any = None
     attempts: int = 0
