@@ -275,12 +275,14 @@ class Timeline:
         WAVE_SR through a streaming resampler.
         """
         import soxr
-        from threadpoolctl import threadpool_limits
+
+        from emberd.library.query import one_blas_thread
 
         # One BLAS thread: the products here are small (a few hundred rows), and a second
         # BLAS thread spinning for its share cost 3x the wall time on the shared 2-core box
-        # (9.4 s -> 2.9 s per 30-s beat at load 10, same entries).
-        with threadpool_limits(limits=1, user_api="blas"):
+        # (9.4 s -> 2.9 s per 30-s beat at load 10, same entries). The query path's limit:
+        # its controller is looked up once, and it leaves other threads' BLAS alone.
+        with one_blas_thread():
             return self._run_blocks(blocks, sr, soxr)
 
     def _run_blocks(self, blocks: Iterator[np.ndarray], sr: int, soxr: Any) -> Result:

@@ -181,12 +181,12 @@ def correlate(
 
 class _Segment:
     """A query segment as :func:`correlate` uses it, computed once however many candidate
-    sets it is correlated with: its spectrum and its energy under a snippet at each lag
-    (``scale``: one over that energy's root, which normalises a correlation)."""
+    sets it is correlated with: its spectrum and, from its energy under a snippet at each
+    lag, ``scale`` (one over that energy's root, which normalises a correlation)."""
 
     def __init__(self, segment: np.ndarray, start: int, spec: np.ndarray,
                  energy: np.ndarray) -> None:
-        self.segment, self.start, self.spec, self.energy = segment, start, spec, energy
+        self.segment, self.start, self.spec = segment, start, spec
         self.scale = (1.0 / np.sqrt(energy)).astype(np.float32)
 
     @classmethod
