@@ -381,3 +381,62 @@ def test_speed_probes_in_one_product_match_the_fits_one_by_one(lib: dict) -> Non
         for (r1, p1), (r2, p2) in zip(many, one, strict=True):
             assert abs(r1 - r2) < 1e-5
             assert abs(p1 - p2) < 0.05
+
+
+def test_coarse_correlation_by_fft_matches_the_lag_by_lag_one(lib: dict) -> None:
+    """The coarse stage's one-transform correlation over the bank spectra gives, for every
+    candidate and grid speed, the best normalised correlation and lag that
+    :func:`~emberd.library.hitindex.ncc` finds lag by lag over the same attacks; and the
+    sound placed in the window is found at its own speed and lag."""
+    import scipy.fft
+
+    from emberd.library.hitindex import ncc
+
+    speed, at = 1.05, 150  # the file played 5 % fast, its attack's first sample at win[at]
+    with Library.open(lib["lib"]) as library:
+        tl = Timeline(library)
+        rows = np.arange(len(tl.index))
+        bank = timeline._attack_bank(tl.index, rows)  # [files, speeds, n_t] in time
+        k = timeline.SPEED_GRID.index(min(timeline.SPEED_GRID, key=lambda s: abs(s - speed)))
+        n_t = bank.shape[2]
+        rng = np.random.default_rng(3)
+        win = (1e-4 * rng.standard_normal(n_t + 2 * timeline.LAG_SAMPLES)).astype(np.float32)
+        win[at : at + n_t] += 0.5 * bank[5, k]
+        rho, lag = timeline._coarse_ncc(win, tl.bank[rows], tl.bank_energy[rows])
+        # The engine's bank is the spectra of those attacks.
+        spectra = np.conj(scipy.fft.rfft(bank, timeline.COARSE_FFT, axis=2))
+        assert np.allclose(tl.bank, spectra, atol=1e-4)
+    every, _, _ = ncc(win, bank.reshape(-1, n_t), tl.bank_energy.reshape(-1))
+    assert every.shape[1] == 2 * timeline.LAG_SAMPLES + 1
+    want_lag = np.argmax(every, axis=1).reshape(rho.shape)
+    want_rho = np.max(every, axis=1).reshape(rho.shape)
+    assert np.abs(rho - want_rho).max() < 1e-4
+    assert np.mean(lag == want_lag) > 0.999  # float ties aside
+    assert rho[5, k] > 0.99 and lag[5, k] == at
+
+
+def test_snippet_cache_is_bounded_and_gives_the_same_entries(
+    lib: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The upsampled stored snippets are kept up to HEAD_CACHE_BYTES (the newest always),
+    and a track gives the same entries whether they come from the cache or not."""
+    track = tmp_path / "beat.wav"
+    _beat(lib, track)
+
+    def entries(tl: Timeline) -> list[tuple[object, ...]]:
+        return [(e.path, e.kind, round(e.start_s, 6), round(e.speed, 6), round(e.rho, 6))
+                for e in tl.run(track).entries]
+
+    with Library.open(lib["lib"]) as library:
+        cached = Timeline(library)
+        first = entries(cached)
+        assert len(cached._heads) > 1
+        assert cached._head_bytes == sum(h.nbytes for h in cached._heads.values())
+        one = next(iter(cached._heads.values())).nbytes
+        monkeypatch.setattr(timeline, "HEAD_CACHE_BYTES", one)  # room for one snippet
+        small = Timeline(library)
+        for fid in small.files:
+            head = small._head(fid)
+            assert small._head(fid) is head  # served from the cache
+            assert len(small._heads) == 1 and fid in small._heads
+        assert entries(small) == first

@@ -19,7 +19,9 @@ memory holds BUFFER_S of audio whatever the file's length. For each block:
 3. **Coarse speed** -- each candidate's onset waveform (from the library file itself,
    or its stored snippet when the file is gone) is correlated with the residual
    resampled by every factor of SPEED_GRID, over COARSE_SAMPLES after the onset
-   (short enough that half a grid step does not decorrelate it) and +-LAG_SAMPLES.
+   (short enough that half a grid step does not decorrelate it) and +-LAG_SAMPLES:
+   all lags of all candidates at once, by one COARSE_FFT-point transform of the
+   residual against the precomputed spectra of the attacks.
 4. **Fine speed** -- the best REFINE_TOP are refined around their coarse factor with
    the step halved and the window doubled each time, up to the sound's length (at most
    MAX_SOUND_S); the first window probes FIRST_PROBES speeds per side, the first windows
@@ -48,8 +50,9 @@ Known limits: a library file longer than MAX_SOUND_S is matched and subtracted o
 first MAX_SOUND_S only; a loop whose first hits are over 20 dB below its loudest is found
 at that loud hit (its stored snippet starts there), so its first hits may already have
 been listed as one-shots (they are dropped when the loop explains them); the speed bank
-holds 31 x 256 float32 samples per library file in memory (32 MB for 1000 files); decoded
-library waveforms are cached up to REF_CACHE_BYTES. A candidate over RESIDUE_DB below the
+holds 31 spectra of 257 complex64 bins per library file in memory (64 MB for 1000
+files); decoded library waveforms are cached up to REF_CACHE_BYTES, upsampled snippets
+up to HEAD_CACHE_BYTES. A candidate over RESIDUE_DB below the
 explained sounds under it is taken for what their subtraction left behind, not a sound.
 """
 
@@ -68,7 +71,7 @@ import numpy as np
 from emberd.dsp.onset import OnsetDetector
 from emberd.dsp.silence import QUERY_FLOOR_DBFS
 from emberd.errors import EmberdError
-from emberd.library.hitindex import DESC_OFFSET_SAMPLES, EARLY_SAMPLES, HitIndex, ncc
+from emberd.library.hitindex import DESC_OFFSET_SAMPLES, EARLY_SAMPLES, HitIndex
 from emberd.library.waveform import PRE_ROLL_SAMPLES, WAVE_SR, onset_sample
 
 MAX_SOUND_S = 8.0  # s: at most this much of a library file is matched and subtracted
@@ -91,6 +94,8 @@ COARSE_TIE_RHO = 0.02  # candidates this close to the best attack are all refine
 REFINE_TIES = 8  # ... up to this many
 COARSE_MIN_RHO = 0.35  # a candidate's attack must correlate this well to be refined
 BANK_CHUNK = 256  # snippets resampled per soxr call when the speed bank is built
+# The coarse window (the attack and +-LAG_SAMPLES) in one transform, without wrapping.
+COARSE_FFT = 1 << (PRE_SAMPLES + COARSE_SAMPLES + 2 * LAG_SAMPLES - 1).bit_length()
 FINE_LAGS = 6  # +-samples re-searched at each refinement step
 FINE_START_WINDOW = 384  # samples in the first refinement window, doubled every step
 FINE_START_STEP = 0.004  # speed step of the first refinement, halved every step
@@ -120,6 +125,7 @@ RESIDUE_DB = -30.0  # a candidate this far below the explained sounds under it i
 CONFIDENCE_SLOPE = 18.0  # logistic of rho (set by hand on kits A; not calibrated)
 CONFIDENCE_MID = 0.70
 REF_CACHE_BYTES = 64 * 2**20  # library waveforms kept decoded (an 8-s file takes 3.5 MB)
+HEAD_CACHE_BYTES = 16 * 2**20  # stored snippets kept upsampled (~110 kB each: ~150 of them)
 UPSAMPLE = 4  # library waveforms are placed by linear interpolation of a 4x upsampled copy
 MIN_SPEED, MAX_SPEED = SPEED_GRID[0] * 0.98, SPEED_GRID[-1] * 1.02
 # The longest a matched sound plays in the track (MAX_SOUND_S slowed to MIN_SPEED), in
@@ -203,8 +209,13 @@ class Timeline:
         self._ref_bytes = 0  # their total nbytes, at most REF_CACHE_BYTES
         self.decodes = 0  # library files decoded (a cache miss each)
         self._row = {int(f): i for i, f in enumerate(self.index.file_ids.tolist())}
+        self._heads: OrderedDict[int, _Ref] = OrderedDict()  # upsampled snippets, LRU
+        self._head_bytes = 0  # their total nbytes, at most HEAD_CACHE_BYTES
         self.bank, self.bank_energy = _speed_bank(self.index)
         self.same_attack = _same_attack(self.index)
+        # The detector's filters (and scipy.signal's import, ~0.5 s) once, with the engine,
+        # not in the first track's time.
+        OnsetDetector(sr=WAVE_SR)
 
     # -- library waveforms ------------------------------------------------------------
 
@@ -244,14 +255,26 @@ class Timeline:
 
     def _head(self, file_id: int) -> _Ref:
         """The file's stored snippet as a _Ref (its first 250 ms from the pre-roll, no
-        decoding); ``avail`` ends at its last non-zero sample (a shorter file is padded)."""
+        decoding); ``avail`` ends at its last non-zero sample (a shorter file is padded).
+        Cached (least recently used out past HEAD_CACHE_BYTES): a beat repeats its
+        samples, and the same files are candidates at many onsets."""
+        head = self._heads.get(file_id)
+        if head is not None:
+            self._heads.move_to_end(file_id)
+            return head
         import soxr
 
         y = self.index.snippet(self._row[file_id])
         up = np.asarray(soxr.resample(y, WAVE_SR, UPSAMPLE * WAVE_SR, quality="HQ"), np.float32)
         nz = np.flatnonzero(y)
         end = int(nz[-1]) + 1 if len(nz) else len(y)
-        return _Ref(y, PRE_ROLL_SAMPLES, up, max(end - (PRE_ROLL_SAMPLES - PRE_SAMPLES), 1))
+        head = _Ref(y, PRE_ROLL_SAMPLES, up, max(end - (PRE_ROLL_SAMPLES - PRE_SAMPLES), 1))
+        self._heads[file_id] = head
+        self._head_bytes += head.nbytes
+        while self._head_bytes > HEAD_CACHE_BYTES and len(self._heads) > 1:
+            _fid, old = self._heads.popitem(last=False)
+            self._head_bytes -= old.nbytes
+        return head
 
     # -- streaming ----------------------------------------------------------------------
 
@@ -487,17 +510,12 @@ class _Stream:
             return None
         tl = self.tl
         rows = np.array([tl._row[f] for f in ids])
-        # Coarse: every candidate's attack at every grid speed (precomputed bank) against
-        # the residual at the track's own rate, over +-LAG_SAMPLES.
-        n_t = PRE_SAMPLES + COARSE_SAMPLES
+        # Coarse: every candidate's attack at every grid speed (precomputed bank spectra)
+        # against the residual at the track's own rate, over +-LAG_SAMPLES.
         win = self._residual(onset - PRE_SAMPLES - LAG_SAMPLES, onset + COARSE_SAMPLES
                              + LAG_SAMPLES)
-        tpl = tl.bank[:, rows].reshape(-1, n_t)
-        every, _, _ = ncc(win, tpl, tl.bank_energy[:, rows].reshape(-1))
-        lag = np.argmax(every, axis=1)
-        rho = every[np.arange(len(tpl)), lag]
-        rho = rho.reshape(len(SPEED_GRID), len(ids))
-        lag = lag.reshape(len(SPEED_GRID), len(ids))
+        rho, lag = _coarse_ncc(win, tl.bank[rows], tl.bank_energy[rows])
+        rho, lag = rho.T, lag.T  # [speeds, candidates]
         g = np.argmax(rho, axis=0)
         cols = np.arange(len(ids))
         best_rho, best_lag = rho[g, cols], lag[g, cols]
@@ -955,30 +973,73 @@ def _same_attack(index: HitIndex) -> dict[int, list[int]]:
     return out
 
 
-def _speed_bank(index: HitIndex) -> tuple[np.ndarray, np.ndarray]:
-    """Every snippet's attack as it plays at each SPEED_GRID factor: float32
-    [speeds, files, PRE_SAMPLES + COARSE_SAMPLES] from PRE_SAMPLES before the onset, and
-    the energies [speeds, files]."""
+def _attack_bank(index: HitIndex, rows: np.ndarray) -> np.ndarray:
+    """The attacks of snippets ``rows`` as they play at each SPEED_GRID factor: float32
+    [rows, speeds, PRE_SAMPLES + COARSE_SAMPLES] from PRE_SAMPLES before the onset."""
     import soxr
 
     n_t = PRE_SAMPLES + COARSE_SAMPLES
     margin = 64  # resampler context on both sides
     a = PRE_ROLL_SAMPLES - PRE_SAMPLES - margin
     span = int(n_t * MAX_SPEED) + 2 * margin
-    bank = np.zeros((len(SPEED_GRID), len(index), n_t), np.float32)
-    for chunk in range(0, len(index), BANK_CHUNK):
-        rows = np.arange(chunk, min(chunk + BANK_CHUNK, len(index)))
-        heads = np.zeros((len(rows), span), np.float32)
-        got = index.snippet_rows(rows)[:, max(a, 0) : a + span]
-        heads[:, max(-a, 0) : max(-a, 0) + got.shape[1]] = got
-        for k, s in enumerate(SPEED_GRID):
-            # Played s times faster: file sample m lands at m / s.
-            out = np.asarray(soxr.resample(heads.T, WAVE_SR, WAVE_SR / s, quality="HQ")).T
-            first = round(margin / s)
-            piece = out[:, first : first + n_t]
-            bank[k, rows, : piece.shape[1]] = piece
-    energy = (bank.astype(np.float64) ** 2).sum(axis=2) + 1e-20
-    return bank, energy
+    bank = np.zeros((len(rows), len(SPEED_GRID), n_t), np.float32)
+    heads = np.zeros((len(rows), span), np.float32)
+    got = index.snippet_rows(rows)[:, max(a, 0) : a + span]
+    heads[:, max(-a, 0) : max(-a, 0) + got.shape[1]] = got
+    for k, s in enumerate(SPEED_GRID):
+        # Played s times faster: file sample m lands at m / s.
+        out = np.asarray(soxr.resample(heads.T, WAVE_SR, WAVE_SR / s, quality="HQ")).T
+        first = round(margin / s)
+        piece = out[:, first : first + n_t]
+        bank[:, k, : piece.shape[1]] = piece
+    return bank
+
+
+def _speed_bank(index: HitIndex) -> tuple[np.ndarray, np.ndarray]:
+    """The coarse stage's bank: every snippet's attack at every SPEED_GRID factor
+    (:func:`_attack_bank`) as the conjugate spectrum of its COARSE_FFT-point transform,
+    complex64 [files, speeds, COARSE_FFT // 2 + 1], and the attacks' energies
+    [files, speeds] (float64)."""
+    import scipy.fft
+
+    n = len(index)
+    spectra = np.zeros((n, len(SPEED_GRID), COARSE_FFT // 2 + 1), np.complex64)
+    energy = np.zeros((n, len(SPEED_GRID)), np.float64)
+    for chunk in range(0, n, BANK_CHUNK):
+        rows = np.arange(chunk, min(chunk + BANK_CHUNK, n))
+        bank = _attack_bank(index, rows)
+        spectra[rows] = np.conj(scipy.fft.rfft(bank, COARSE_FFT, axis=2))
+        energy[rows] = (bank.astype(np.float64) ** 2).sum(axis=2) + 1e-20
+    return spectra, energy
+
+
+def _coarse_ncc(
+    win: np.ndarray, spectra: np.ndarray, energy: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Best normalised correlation of every bank attack with ``win`` and its lag.
+
+    ``win`` holds COARSE_WINDOW residual samples; ``spectra`` [files, speeds, bins] and
+    ``energy`` [files, speeds] are rows of :func:`_speed_bank`. One forward transform of
+    the window, one product with every attack's spectrum and one batch of inverse
+    transforms give the correlations at all 2 * LAG_SAMPLES + 1 lags (the window and the
+    attacks fit in COARSE_FFT samples without wrapping): what
+    :func:`~emberd.library.hitindex.ncc` computes lag by lag, at about half its cost.
+    Returns rho and lag, [files, speeds] each.
+    """
+    import scipy.fft
+
+    n_t = PRE_SAMPLES + COARSE_SAMPLES
+    n_lags = len(win) - n_t + 1
+    spec = scipy.fft.rfft(np.asarray(win, np.float32), COARSE_FFT)
+    x = scipy.fft.irfft(spectra * spec, COARSE_FFT, axis=-1)[..., :n_lags]
+    cum = np.concatenate([[0.0], np.cumsum(win.astype(np.float64) ** 2)])
+    seg_energy = cum[n_t:] - cum[: len(cum) - n_t]
+    # Lags where the residual is (nearly) silent would divide by ~0: floored as ncc does.
+    seg_energy = np.maximum(seg_energy, 1e-3 * seg_energy.max() + 1e-12)
+    x *= (1.0 / np.sqrt(seg_energy)).astype(np.float32)
+    lag = np.argmax(x, axis=-1)
+    rho = np.take_along_axis(x, lag[..., None], axis=-1)[..., 0] / np.sqrt(energy)
+    return rho, lag
 
 
 def _resampled(y: np.ndarray, speed: float) -> np.ndarray:
