@@ -440,3 +440,35 @@ def test_snippet_cache_is_bounded_and_gives_the_same_entries(
             assert small._head(fid) is head  # served from the cache
             assert len(small._heads) == 1 and fid in small._heads
         assert entries(small) == first
+
+
+def test_a_second_sound_is_looked_for_only_where_the_residual_holds_one(
+    lib: dict, tmp_path: Path
+) -> None:
+    """After a claim the onset is searched again only when the residual there keeps more
+    than SECOND_SOUND_DB of the track's energy: not under a lone explained sound, still
+    under two sounds starting together (and both are found)."""
+    kick, hat = lib["sounds"][0], lib["sounds"][6]  # a kick and an open hat
+    import soxr
+
+    y = np.zeros(2 * beats.SR, np.float32)
+    beats._add(y, beats.load_mono(kick), 0.5, -3.0)
+    x = np.asarray(soxr.resample(y, beats.SR, WAVE_SR, quality="HQ"), np.float32)
+    with Library.open(lib["lib"]) as library:
+        tl = Timeline(library)
+        s = _Stream(tl)
+        s.x[-s.base : -s.base + len(x)] = x
+        s.end = len(x)
+        onset = int(np.argmax(np.abs(x) > 0.05 * np.abs(x).max()))
+        assert not s._explained_at(onset)  # nothing explained yet
+        s.known[:] = s.x  # the sound claimed (placed as it plays)
+        assert s._explained_at(onset)
+        s.known[:] = 0.98 * s.x  # 1/50 of the amplitude left: -34 dB, still explained
+        assert s._explained_at(onset)
+        s.known[:] = 0.7 * s.x  # -10 dB left: a sound may still start there
+        assert not s._explained_at(onset)
+        track = tmp_path / "together.wav"
+        _track(track, [(beats.load_mono(kick), 0.5, 1.0, -3.0),
+                       (beats.load_mono(hat), 0.5, 1.0, -6.0)], 2.0)
+        names = {Path(e.path).name for e in tl.run(track).entries if e.kind == "exact"}
+    assert {Path(kick).name, Path(hat).name} <= names, names

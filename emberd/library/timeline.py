@@ -34,9 +34,10 @@ memory holds BUFFER_S of audio whatever the file's length. For each block:
    also explains the hits after it. At or above EXACT_RHO the entry is ``exact``,
    is subtracted from the residual (the sample, resampled and scaled, placed at its
    start), and the onset is examined again for a second sound starting with it (up to
-   SOUNDS_PER_ONSET). Between SIMILAR_RHO and EXACT_RHO (or over QUIET_DB below the
-   track) the entry is ``similar``: a lead, not a claim; it is not subtracted. An onset
-   where nothing is found is examined again from the anchors ANCHOR_SHIFTS away.
+   SOUNDS_PER_ONSET) unless the residual keeps under SECOND_SOUND_DB of the track
+   there. Between SIMILAR_RHO and EXACT_RHO (or over QUIET_DB below the track) the
+   entry is ``similar``: a lead, not a claim; it is not subtracted. An onset where
+   nothing is found is examined again from the anchors ANCHOR_SHIFTS away.
 6. **Merge** -- an entry for the same file within MERGE_S of an earlier one is the
    same occurrence: the better-correlated one is kept.
 
@@ -121,6 +122,7 @@ MERGE_S = 0.03  # s: the same file this close is the same occurrence
 # Fitted on half A (bench/timeline.py --half A, 4 beats): the quietest right claim was 17.5 dB
 # below the track over its judged window, the loudest claim of a subtraction's leftovers 25.6.
 QUIET_DB = -20.0  # a sound this far below the track where it plays is not claimed
+SECOND_SOUND_DB = QUIET_DB  # a residual this far below the track after a claim: no 2nd sound
 RESIDUE_DB = -30.0  # a candidate this far below the explained sounds under it is their residue
 CONFIDENCE_SLOPE = 18.0  # logistic of rho (set by hand on kits A; not calibrated)
 CONFIDENCE_MID = 0.70
@@ -486,9 +488,21 @@ class _Stream:
             if entry is None:
                 return
             self._add(entry)
-            if entry.kind != "exact":
+            if entry.kind != "exact" or self._explained_at(onset):
                 return
             claimed.add(entry.file_id)
+
+    def _explained_at(self, onset: int) -> bool:
+        """Whether the sounds claimed so far leave less than SECOND_SOUND_DB of the track's
+        energy in the residual over the coarse window at ``onset`` (its attack and
+        +-LAG_SAMPLES): a further sound starting there would be that far below the track
+        at its attack, where QUIET_DB rules out a claim (half A: no second sound was ever
+        claimed under that level, and those searches cost a tenth of the CPU)."""
+        a, b = onset - PRE_SAMPLES - LAG_SAMPLES, onset + COARSE_SAMPLES + LAG_SAMPLES
+        rest = self._residual(a, b).astype(np.float64)
+        lo, hi = max(a, self.base), min(b, self.end)
+        x = self.x[self._i(lo) : self._i(hi)].astype(np.float64)
+        return float(rest @ rest) < float(x @ x) * 10 ** (SECOND_SOUND_DB / 10)
 
     def _candidates(self, onset: int) -> list[int]:
         seg = self._residual(onset - DESC_OFFSET_SAMPLES - 64, onset + 2 * EARLY_SAMPLES)
