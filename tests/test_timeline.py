@@ -472,3 +472,23 @@ def test_a_second_sound_is_looked_for_only_where_the_residual_holds_one(
                        (beats.load_mono(hat), 0.5, 1.0, -6.0)], 2.0)
         names = {Path(e.path).name for e in tl.run(track).entries if e.kind == "exact"}
     assert {Path(kick).name, Path(hat).name} <= names, names
+
+
+def test_candidate_searches_in_one_batch_match_them_one_by_one(lib: dict) -> None:
+    """HitIndex.candidates_many (the residual and its speed-undone copies in one pass)
+    gives each query the rows HitIndex.candidates gives it alone (real attacks: no
+    near-ties for the products' rounding to reorder)."""
+    import soxr
+
+    with Library.open(lib["lib"]) as library:
+        index = Timeline(library).index
+        queries = [index.snippet(i)[off:] for i in range(len(index)) for off in (100, 140)]
+        queries += [np.asarray(soxr.resample(q, WAVE_SR, WAVE_SR * 1.09), np.float32)
+                    for q in queries[:6]]
+        many = index.candidates_many(queries, timeline.EARLY_SAMPLES, 4)
+        one = [index.candidates(q, timeline.EARLY_SAMPLES, 4)[0] for q in queries]
+        silent = index.candidates_many([np.zeros(300, np.float32)], timeline.EARLY_SAMPLES, 4)
+    assert len(many) == len(queries) and len(silent[0]) == 4
+    for a, b in zip(many, one, strict=True):
+        assert a.tolist() == b.tolist()
+    assert all(len(set(a.tolist())) == 4 for a in many)

@@ -409,6 +409,24 @@ class HitIndex:
         order = np.argsort(first)[:k]  # best alignment of each file, in score order
         return rows[order], scores[0][first[order]]
 
+    def candidates_many(
+        self, segments: list[np.ndarray], n_samples: int, k: int
+    ) -> list[np.ndarray]:
+        """:meth:`candidates`' rows for several queries at once (one descriptor pass, one
+        search): the same rows, best first, per segment."""
+        index = self._attack if n_samples == ATTACK_SAMPLES else self._early
+        if index is None or not segments:
+            return [np.zeros(0, np.int64) for _ in segments]
+        q = np.zeros((len(segments), n_samples), np.float32)
+        for i, seg in enumerate(segments):
+            q[i, : min(len(seg), n_samples)] = seg[:n_samples]
+        items, _scores = index.search(descriptors(q, n_samples), k * len(ALIGN_SHIFTS))
+        out = []
+        for row in items:
+            rows, first = np.unique(row, return_index=True)
+            out.append(rows[np.argsort(first)[:k]])
+        return out
+
     def candidates_of_class(
         self, segment: np.ndarray, n_samples: int, k: int, cls: str
     ) -> np.ndarray:

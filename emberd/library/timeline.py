@@ -507,10 +507,13 @@ class _Stream:
     def _candidates(self, onset: int) -> list[int]:
         seg = self._residual(onset - DESC_OFFSET_SAMPLES - 64, onset + 2 * EARLY_SAMPLES)
         files: dict[int, None] = {}
+        queries = []
         for s in CANDIDATE_SPEEDS:
             q = seg if s == 1.0 else _resampled(seg, s)
-            q = q[64 : 64 + EARLY_SAMPLES] if s == 1.0 else q[round(64 * s) :][:EARLY_SAMPLES]
-            rows, _sc = self.tl.index.candidates(q, EARLY_SAMPLES, CANDIDATES)
+            queries.append(q[64 : 64 + EARLY_SAMPLES] if s == 1.0
+                           else q[round(64 * s) :][:EARLY_SAMPLES])
+        # The speeds' queries in one descriptor pass and one search.
+        for rows in self.tl.index.candidates_many(queries, EARLY_SAMPLES, CANDIDATES):
             files.update(dict.fromkeys(int(self.tl.index.file_ids[r]) for r in rows))
         # Files that start with the same attack as a candidate (a loop and its first hit).
         for f in list(files):
