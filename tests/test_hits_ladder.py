@@ -398,3 +398,45 @@ def test_flush_waits_while_the_hit_thread_makes_progress(library: Any) -> None:
     finals = [r for r in sink.items if r.stage == "final"]
     assert len(finals) == len(picks), [(r.onset_s, r.matches[0]["name"]) for r in finals]
     assert thread.flush_stalls == 0
+
+
+def test_a_reload_finishes_open_hits_and_keeps_numbering(library: Any) -> None:
+    """A reload swaps in a new ladder while a hit is still sounding: that hit gets its
+    final answer (from what it has), and the new ladder's hits go on numbering, so
+    ``(channel, hit)`` names one hit for the whole run (with the numbers restarting at 0,
+    the session soak's scoring merged different hits and lost most of them)."""
+    import time
+
+    from emberd.daemon.feed import FeederInput, array_blocks
+    from emberd.daemon.hits import HitThread
+
+    lib_path, files, _ = library
+    picks = [files[0], files[3], files[6], files[1]]
+    starts = [0.3, 0.8, 1.6, 2.1]
+    y, _ = _perform([(p, s, -6.0) for p, s in zip(picks, starts, strict=True)], 3.0)
+    cut = int(0.9 * SR)  # 0.1 s into the second hit: its later stages are not due yet
+    source = FeederInput(array_blocks(y[:, None]), sr=SR, channels=1, pace="fast",
+                         loop=False, description="test")  # fmt: skip
+    sink = _Sink()
+    ladder, lib = _ladder(lib_path)
+    ladder2, lib2 = _ladder(lib_path)
+    with lib, lib2:
+        thread = HitThread(ladder, [sink], source=source, channel_index=[0], realtime=False)
+        thread.start()
+        for i in range(0, cut, BLOCK):
+            source.ring.write(y[i : min(i + BLOCK, cut), None])
+        deadline = time.monotonic() + 30.0
+        while thread._pos < cut and time.monotonic() < deadline:
+            time.sleep(0.01)
+        thread.replace(ladder2)
+        for i in range(cut, len(y), BLOCK):
+            source.ring.write(y[i : i + BLOCK, None])
+        assert thread.flush(stall_s=5.0)
+        thread.stop()
+        thread.join(5)
+    hits = _by_hit(sink.items)
+    assert sorted(hits) == [0, 1, 2, 3], {i: [r.onset_s for r in h] for i, h in hits.items()}
+    for i, stages in hits.items():
+        assert stages[-1].stage == "final", (i, [r.stage for r in stages])
+        assert abs(stages[0].onset_s - starts[i]) < 0.02, (i, stages[0].onset_s)
+    assert ladder2.hits_started == 4

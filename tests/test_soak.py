@@ -18,8 +18,10 @@ hydrogen-drumkits: skipped locally without them, failed in CI.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import numpy as np
 from conftest import require
 
 from emberd.testing import smalllib, soak
@@ -27,6 +29,8 @@ from emberd.testing import smalllib, soak
 DURATION_S = 60.0  # after warm-up; the whole test takes about two minutes
 WINDOW_S = 20.0  # hit accuracy windows at the start and the end
 RSS_GROWTH_BOUND_MIB = 10.0  # the issue's 30-minute goal; a leak per request shows sooner
+SLIP_EVERY_S = 3.0  # the scoring test: one JACK period lost this often (7.7 ms/s; the
+# 150 s aiSFX soak of 2026-12-02 13:00 UTC slipped 0.85 s in 110 s)
 NAMED_SHARE = 0.5  # of the hits paired with a played onset, named as the played file
 
 
@@ -75,7 +79,43 @@ def test_session_soak_short(tmp_path: Path) -> None:
     assert r["zmq_subscriber"]["kinds"].get("hit", 0) > 0, r["zmq_subscriber"]
     assert all(n > 0 for n in r["osc_datagrams_received"]), summary
     assert outs["midi"]["counters"]["notes"] > 0 and r["midi_received"]["notes_on"] > 0, summary
+    # A hit number names one hit for the whole run, reloads (every 6 s here) included:
+    # every stage of (channel, hit) carries the same onset (the numbers restarted with
+    # each reload's ladder, and the soak's scoring merged different hits under one).
+    recorded = json.loads((tmp_path / "hits.json").read_text())["hits"]
+    onsets: dict[tuple[int, int], set[float]] = {}
+    for ch, hit, _stage, _arrival, onset_s, _top in recorded:
+        onsets.setdefault((ch, hit), set()).add(onset_s)
+    assert recorded and all(len(v) == 1 for v in onsets.values()), sorted(
+        (k, v) for k, v in onsets.items() if len(v) > 1)[:5]
     for window in ("accuracy_first", "accuracy_last"):
         acc = r[window]
         assert acc["paired"] > 0, (window, acc, lines[-5:])
         assert acc["final_top1"] >= NAMED_SHARE, (window, acc)
+
+
+def test_scoring_pairs_hits_across_reloads_and_clock_slips() -> None:
+    """The soak's scoring, on a made-up run: every played onset detected once, hit numbers
+    restarting every 9 s (as they did with each reload) and the daemon's stream losing a
+    23 ms JACK period every 3 s against the player's loop (as on a loaded server): every
+    hit is paired and named. Keyed by hit number with one offset per window, 0.21 of the
+    hits were found in a 150 s run whose hits were all published."""
+    loop_s, period_s = 30.0, 1024 / soak.SR
+    rng = np.random.default_rng(3)
+    truth = [(c, float(o), f"f{c}-{i}") for c in range(4)
+             for i, o in enumerate(np.sort(rng.uniform(0.2, loop_s - 0.2, 25)))]  # fmt: skip
+    hits: list[tuple[int, int, str, float, float, str | None]] = []
+    t_start, shift = 1.0e9, 2.6  # Unix time of stream 0; stream minus loop position
+    numbers: dict[tuple[int, int], int] = {}  # (channel, reload) -> hits numbered
+    for loop in range(4):
+        for c, o, path in sorted(truth, key=lambda t: t[1]):
+            t = loop * loop_s + o
+            onset_s = t + shift - period_s * int(t // SLIP_EVERY_S)
+            ident = numbers[c, int(t // 9.0)] = numbers.get((c, int(t // 9.0)), -1) + 1
+            for stage in ("provisional", "refined", "final"):
+                hits.append((c, ident, stage, t_start + onset_s + 0.2, onset_s, path))
+    t0, t1 = t_start + 10.0, t_start + 70.0
+    acc = soak.accuracy(hits, truth, t0, t1, loop_s)
+    assert acc["detected"] >= 0.95 and acc["extra"] == 0, acc
+    assert acc["final_top1"] == 1.0 and acc["provisional_top1"] == 1.0, acc
+    assert 0.4 < acc["drift_s"] < 0.5, acc  # the slip is reported: 19 periods, 0.44 s

@@ -160,8 +160,9 @@ class HitThread(threading.Thread):
     never waits for it (frames it falls a whole ring behind are lost and counted in
     ``lost_frames``); with ``hold`` (fast file input) the ring keeps them for it.
     :meth:`flush` (end of input) returns once everything written is answered;
-    :meth:`replace` swaps in the ladder of a reloaded library; while ``paused()`` the
-    audio is read and not analysed. Each push carries the ring position it starts at,
+    :meth:`replace` swaps in the ladder of a reloaded library (the old one's open hits
+    get their final answers from what they have, and hit numbers go on); while
+    ``paused()`` the audio is read and not analysed. Each push carries the ring position it starts at,
     so hits after a gap (lost, paused, a replaced ladder) keep their true times.
 
     Shared attributes (written by -> read by): ``ladder`` (this thread, on replace ->
@@ -234,7 +235,9 @@ class HitThread(threading.Thread):
                     what, arg = self._queue.get()
                     if what == "stop":
                         return
-                    if what == "ladder":
+                    if what == "ladder":  # a reload: the old ladder's hits end here
+                        self._hand(self.ladder.flush())
+                        arg.follow(self.ladder)
                         self.ladder = arg
                     else:  # flush: everything written is in the ring by now
                         try:
@@ -479,6 +482,19 @@ class HitLadder:
                      ToRate(self.sr_in, sr))
             for n in channels
         ]  # fmt: skip
+
+    def follow(self, old: HitLadder) -> None:
+        """Continue ``old``'s hit numbers and counters (this ladder replaces it on reload).
+
+        Hit numbers stay unique per channel for the whole run: a client merging the
+        stages of a hit by ``(channel, hit)`` (the MIDI output's note-offs, a subscriber)
+        never mixes a new hit with an old one of the same number.
+        """
+        for new_ch, old_ch in zip(self._channels, old._channels, strict=True):
+            new_ch.next_id = max(new_ch.next_id, old_ch.next_id)
+        self.hits_started += old.hits_started
+        self.stage_ms += old.stage_ms
+        self._answers += old._answers
 
     def time_of(self, pos: int) -> float:
         """Unix capture time of ladder sample ``pos`` (input position ``pos * ratio``)."""

@@ -88,6 +88,8 @@ GAP_S = (0.6, 1.6)  # onset-to-onset per channel, log-uniform
 MAX_SAMPLE_S = 1.0  # samples are cut here (30 ms fade)
 FADE_S = 0.03
 MATCH_TOLERANCE_S = 0.025  # a hit this close to a played onset is that onset
+ALIGN_SPAN_S = 2.0  # stream seconds either side whose detections vote a detection's offset
+ONSET_KEY_HZ = 1_000_000  # onset_s rounded to a microsecond: one detection's key
 OSC_TARGETS = 2
 CONTROL_PERIOD_S = 3.0  # one control request (set_k, capture, reload in turn) this often
 WARMUP_S = 20.0  # after the player starts: excluded from windows and baselines
@@ -226,57 +228,78 @@ def accuracy(
 ) -> dict[str, Any]:
     """Hits received in the Unix-time window ``[t0, t1]`` against the played truth.
 
-    A hit's place in the loop is its ``onset_s`` (the daemon's stream clock, in
-    samples) modulo the loop, less the offset between the daemon's stream start and
-    the loop's start: the offset that pairs the most hits with played onsets (within
-    MATCH_TOLERANCE_S), then the median residual of those pairs -- found per window,
-    so that frames a loaded server lost before the window do not misplace its hits.
+    A detection is one ``(channel, onset_s)``: every stage of a hit carries the same
+    onset, while hit numbers restart with each ladder a ``reload`` builds (keyed by
+    number, the stages of different hits merged and most hits vanished: 71 of 322
+    detections left in a minute with a reload every 9 s). Its place in the loop is its
+    ``onset_s`` (the daemon's stream clock, in samples) modulo the loop, less the offset
+    between the daemon's stream and the player's loop. That offset drifts: every JACK
+    cycle the daemon or the player misses moves one clock against the other (0.85 s in
+    110 s at load 5-10), so it is found for each detection from its neighbours on the
+    stream clock (within ALIGN_SPAN_S): the offset that pairs the most of them with
+    played onsets (within MATCH_TOLERANCE_S), then the median residual of those pairs.
+    A played onset pairs with one detection at most (a double trigger is an extra).
     Played onsets in the window: its duration times the hits per loop.
+
+    Returned: ``played``, ``detections``, ``paired``, ``detected`` (paired / played),
+    ``extra`` (detections not paired), ``provisional_top1`` / ``final_top1`` (of the
+    paired hits with that stage, the top match is the played file), ``answered`` and
+    ``drift_s`` (largest minus smallest offset in the window: the clocks' slip).
     """
-    by_hit: dict[tuple[int, int], dict[str, tuple[float, str | None]]] = {}
-    for ch, hit, stage, arrival, onset_s, top in hits:
+    stages_of: dict[tuple[int, int], dict[str, str | None]] = {}
+    for ch, _hit, stage, arrival, onset_s, top in hits:
         if t0 <= arrival <= t1:
-            by_hit.setdefault((ch, hit), {}).setdefault(stage, (onset_s, top))
+            key = (ch, round(onset_s * ONSET_KEY_HZ))
+            stages_of.setdefault(key, {}).setdefault(stage, top)
     onsets = {c: np.array(sorted(o for cc, o, _ in truth if cc == c)) for c, _, _ in truth}
     path_of = {(c, round(o, 6)): p for c, o, p in truth}
-    dets = [(ch, next(iter(st.values()))[0] % loop_s, st) for (ch, _), st in by_hit.items()
-            if ch in onsets]  # fmt: skip
+    dets = sorted((key[1] / ONSET_KEY_HZ, key[0], st) for key, st in stages_of.items()
+                  if key[0] in onsets)  # fmt: skip
+    at = np.array([d[0] for d in dets])
 
     def wrap(x: np.ndarray) -> np.ndarray:
         return (x + loop_s / 2) % loop_s - loop_s / 2
 
-    cand = np.concatenate([(pos - onsets[ch]) % loop_s for ch, pos, _ in dets]) if dets \
-        else np.zeros(0)  # fmt: skip
-    shift = 0.0
-    if cand.size:
+    # every detection's candidate offsets: its loop position minus each played onset
+    cands = [(pos - onsets[ch]) % loop_s for pos, ch, _ in dets]
+    shifts = np.zeros(len(dets))
+    for i in range(len(dets)):
+        lo, hi = np.searchsorted(at, [at[i] - ALIGN_SPAN_S, at[i] + ALIGN_SPAN_S])
+        cand = np.concatenate(cands[lo:hi])
         bins = np.floor(cand / MATCH_TOLERANCE_S).astype(int)
         counts = np.bincount(bins)
         counts = counts + np.roll(counts, -1)  # a cluster straddling two bins
         best = (int(np.argmax(counts)) + 0.5) * MATCH_TOLERANCE_S
         near = wrap(cand - best)
         near = near[np.abs(near) <= 1.5 * MATCH_TOLERANCE_S]
-        shift = best + float(np.median(near))
+        shifts[i] = best + float(np.median(near))
     paired = 0
+    taken: set[tuple[int, int, int]] = set()  # (channel, loop pass, onset index)
     right: Counter[str] = Counter()
     answered: Counter[str] = Counter()
-    for ch, pos, stages in dets:
-        d = wrap(onsets[ch] - (pos - shift))
+    for (pos, ch, stages), shift in zip(dets, shifts, strict=True):
+        d = wrap(onsets[ch] - (pos - shift) % loop_s)
         j = int(np.argmin(np.abs(d)))
-        if abs(d[j]) > MATCH_TOLERANCE_S:
+        onset = (ch, int(np.floor((pos - shift + d[j]) / loop_s + 1e-9)), j)
+        if abs(d[j]) > MATCH_TOLERANCE_S or onset in taken:
             continue
+        taken.add(onset)
         paired += 1
         played = path_of[(ch, round(float(onsets[ch][j]), 6))]
         for stage in ("provisional", "final"):
             if stage in stages:
                 answered[stage] += 1
-                right[stage] += stages[stage][1] == played
+                right[stage] += stages[stage] == played
     expected = (t1 - t0) / loop_s * len(truth)
+    drift = wrap(shifts - shifts[0]) if len(dets) else np.zeros(1)
     return {
         "played": round(expected), "detections": len(dets), "paired": paired,
         "detected": round(paired / expected, 4) if expected else float("nan"),
+        "extra": len(dets) - paired,
         "provisional_top1": round(right["provisional"] / max(answered["provisional"], 1), 4),
         "final_top1": round(right["final"] / max(answered["final"], 1), 4),
         "answered": dict(answered),
+        "drift_s": round(float(drift.max() - drift.min()), 3),
     }  # fmt: skip
 
 
@@ -353,6 +376,14 @@ def start_client(args: list[str], log: Path) -> subprocess.Popen[bytes]:
     with open(log, "wb") as f:
         return subprocess.Popen([sys.executable, "-m", "emberd", *args], stdout=f,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)  # fmt: skip
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` (its threads included)."""
+    import psutil
+
+    t = psutil.Process(pid).cpu_times()
+    return float(t.user + t.system)
 
 
 def proc_sample(pid: int) -> tuple[int, int]:
@@ -522,6 +553,7 @@ def run(cfg: SoakConfig) -> dict[str, Any]:
         procs.start()
         st0 = daemon.status(STATUS_TIMEOUT_S)
         a0 = anchor.overflows()
+        cpu0 = cpu_seconds(daemon.pid)
         end = t0 + cfg.duration
         next_print = t0
         while (now := time.monotonic()) < end:
@@ -556,6 +588,7 @@ def run(cfg: SoakConfig) -> dict[str, Any]:
         fuzzer.stop_event.set()
         control.join(30)
         fuzzer.join(60)
+        cpu1 = cpu_seconds(daemon.pid)
         st1 = daemon.status(STATUS_TIMEOUT_S)
         a1 = anchor.overflows()
         alive = daemon.alive()
@@ -610,8 +643,22 @@ def run(cfg: SoakConfig) -> dict[str, Any]:
             "accuracy_first": accuracy(sub.hits, truth, t0_unix, t0_unix + w, cfg.loop_s),
             "accuracy_last": accuracy(sub.hits, truth, t1_unix - w, t1_unix, cfg.loop_s),
             "window_s": round(w, 1),
+            # capture of a hop's first sample -> its last datagram sent (slowest transport;
+            # the latest STATS_WINDOW_HOPS hops): the catch-up worker's backlog shows here
             "latency_p50_ms": st1.get("latency_p50_ms"),
             "latency_p99_ms": st1.get("latency_p99_ms"),
+            "latency_ms_by_transport": st1.get("latency_ms_by_transport"),
+            "inference_ms": st1.get("inference_ms"),
+            "inference_p99_ms": st1.get("inference_p99_ms"),
+            "hop_work_ms": st1.get("hop_work_ms"),
+            "hop_ms": st1.get("hop_ms"),
+            "hit_stage_ms": st1.get("hit_stage_ms"),
+            "hits_started": int(st1.get("hits", 0)) - int(st0.get("hits", 0)),
+            "hit_lost_frames": int(st1.get("hit_lost_frames", 0))
+            - int(st0.get("hit_lost_frames", 0)),
+            # the daemon process's CPU (every thread) per second of the run: above the
+            # cores the box can give it, it cannot keep up
+            "daemon_cpu_s_per_s": round((cpu1 - cpu0) / max(span, 1e-9), 3),
             "rate_limited_osc": int(st1.get("rate_limited_osc", 0)),
             # input stalls (no audio for 0.5 s: a starved server) and reconnections in the
             # run; each reconnection keeps the old stream open by design (it may be wedged)
