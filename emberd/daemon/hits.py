@@ -162,8 +162,9 @@ class HitThread(threading.Thread):
     :meth:`flush` (end of input) returns once everything written is answered;
     :meth:`replace` swaps in the ladder of a reloaded library (the old one's open hits
     get their final answers from what they have, and hit numbers go on); while
-    ``paused()`` the audio is read and not analysed. Each push carries the ring position it starts at,
-    so hits after a gap (lost, paused, a replaced ladder) keep their true times.
+    ``paused()`` the audio is read and not analysed. Each push carries the ring position
+    it starts at, so hits after a gap (lost, paused, a replaced ladder) keep their true
+    times.
 
     Shared attributes (written by -> read by): ``ladder`` (this thread, on replace ->
     worker: describe, floor_db: plain numbers); ``lost_frames``, ``progress`` (this
