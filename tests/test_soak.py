@@ -22,6 +22,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from conftest import require
 
 from emberd.testing import smalllib, soak
@@ -94,12 +95,15 @@ def test_session_soak_short(tmp_path: Path) -> None:
         assert acc["final_top1"] >= NAMED_SHARE, (window, acc)
 
 
-def test_scoring_pairs_hits_across_reloads_and_clock_slips() -> None:
+@pytest.mark.parametrize("speed", [1.0, 0.7], ids=["real-time", "slow-server"])
+def test_scoring_pairs_hits_across_reloads_and_clock_slips(speed: float) -> None:
     """The soak's scoring, on a made-up run: every played onset detected once, hit numbers
-    restarting every 9 s (as they did with each reload) and the daemon's stream losing a
-    23 ms JACK period every 3 s against the player's loop (as on a loaded server): every
-    hit is paired and named. Keyed by hit number with one offset per window, 0.21 of the
-    hits were found in a 150 s run whose hits were all published."""
+    restarting every 9 s (as they did with each reload), the daemon's stream losing a
+    23 ms JACK period every 3 s against the player's loop (as on a loaded server), and
+    the server at ``speed`` x real time (0.7: 50 s of stream in 73 s at load 15): every
+    hit is paired and named, and the played count is the loop's, not the wall clock's.
+    Keyed by hit number with one offset per window, 0.21 of the hits were found in a
+    150 s run whose hits were all published."""
     loop_s, period_s = 30.0, 1024 / soak.SR
     rng = np.random.default_rng(3)
     truth = [(c, float(o), f"f{c}-{i}") for c in range(4)
@@ -113,9 +117,13 @@ def test_scoring_pairs_hits_across_reloads_and_clock_slips() -> None:
             onset_s = t + shift - period_s * int(t // SLIP_EVERY_S)
             ident = numbers[c, int(t // 9.0)] = numbers.get((c, int(t // 9.0)), -1) + 1
             for stage in ("provisional", "refined", "final"):
-                hits.append((c, ident, stage, t_start + onset_s + 0.2, onset_s, path))
+                hits.append((c, ident, stage, t_start + onset_s / speed + 0.2, onset_s, path))
     t0, t1 = t_start + 10.0, t_start + 70.0
     acc = soak.accuracy(hits, truth, t0, t1, loop_s)
     assert acc["detected"] >= 0.95 and acc["extra"] == 0, acc
+    assert abs(acc["played"] - 200 * speed) <= 4, acc  # 2 loops of 100 hits at real time
     assert acc["final_top1"] == 1.0 and acc["provisional_top1"] == 1.0, acc
-    assert 0.4 < acc["drift_s"] < 0.5, acc  # the slip is reported: 19 periods, 0.44 s
+    # the slip and the speed are reported: a period every 3 s of stream
+    slipped = 60.0 * speed / SLIP_EVERY_S * period_s
+    assert abs(acc["drift_s"] - slipped) <= 2 * period_s, (acc, slipped)
+    assert abs(acc["stream_per_wall_s"] - speed) <= 0.05, acc
