@@ -36,6 +36,7 @@ Usage: ``flock /tmp/emberd-bench.lock python bench/index_scale.py [--model aisfx
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import platform
 import shutil
@@ -72,9 +73,30 @@ def pinned(cores: set[int] | None) -> Iterator[None]:
         os.sched_setaffinity(0, before)
 
 
+ROLES = ("driver", "actor", "feature workers", "other")  # the CPU split's columns
+_ROLE: dict[tuple[int, float], str] = {}  # (pid, start time) -> role, once known
+
+
+def _role(p: Any, me: Any) -> str:
+    """Which part of the run a process is: the driver (this process), the embedding
+    actor, a feature-task worker (Ray workers other than the actor; local decoder
+    processes), or other (Ray's GCS, raylet with its plasma store, agents, monitors)."""
+    if p.pid == me.pid:
+        return "driver"
+    title = " ".join(p.cmdline())
+    if "EmbedActor" in title:
+        return "actor"
+    if title.startswith("ray::") and "Agent" not in title:
+        return "feature workers"  # ray::IDLE or ray::prepare_on_node
+    if "multiprocessing" in title:
+        return "feature workers"  # the local indexer's decoder processes
+    return "other"
+
+
 def tree_cpu() -> dict[tuple[int, float], float]:
     """CPU seconds (user + system) of this process and every live descendant, by
-    (pid, start time)."""
+    (pid, start time); each one's role is noted in ``_ROLE`` the first time it is seen
+    (a process title that says which it is: a new actor reads ray::IDLE at first)."""
     import psutil
 
     me = psutil.Process()
@@ -82,7 +104,10 @@ def tree_cpu() -> dict[tuple[int, float], float]:
     for p in [me, *me.children(recursive=True)]:
         try:
             t = p.cpu_times()
-            out[(p.pid, p.create_time())] = t.user + t.system
+            key = (p.pid, p.create_time())
+            out[key] = t.user + t.system
+            if _ROLE.get(key, "feature workers") == "feature workers":
+                _ROLE[key] = _role(p, me)  # an actor may read ray::IDLE before it starts
         except psutil.Error:
             continue  # exited meanwhile
     return out
@@ -110,10 +135,16 @@ class Clock:
 
     def steady_cpu_s(self) -> float:
         """CPU seconds of the process tree from the warm point to the last file."""
-        if self.warm_cpu is None:
-            return float("nan")
-        warm = self.warm_cpu
-        return sum(t - warm.get(key, 0.0) for key, t in self.last_cpu.items())
+        return sum(self.steady_split_s().values()) if self.warm_cpu is not None else math.nan
+
+    def steady_split_s(self) -> dict[str, float]:
+        """:meth:`steady_cpu_s` by role (see :func:`_role`); processes that started after
+        the warm point (a restarted worker) count whole, start-up included."""
+        split = dict.fromkeys(ROLES, 0.0)
+        warm = self.warm_cpu or {}
+        for key, t in self.last_cpu.items():
+            split[_ROLE.get(key, "other")] += t - warm.get(key, 0.0)
+        return split
 
     def rates(self) -> tuple[float, float]:
         """(steady files/s, whole-run files/s)."""
@@ -153,12 +184,16 @@ def run(name: str, make: Callable[[Path], Any], root: str, work: Path,
         finally:
             ix.close()
     steady, whole = clock.rates()
-    cpu_ms = 1000.0 * clock.steady_cpu_s() / max(summary.indexed - clock.warm_done, 1)
+    files = max(summary.indexed - clock.warm_done, 1)
+    cpu_ms = 1000.0 * clock.steady_cpu_s() / files
+    split = {k: 1000.0 * v / files for k, v in clock.steady_split_s().items()}
     row = {"name": name, "steady": steady, "whole": whole, "indexed": summary.indexed,
            "cpu_ms": cpu_ms, "counts": _counts(lib), "line": getattr(ix, "resources_line", "")}
     print(f"  {name:14s} {steady:7.1f} files/s steady, {whole:6.1f} whole run, "
           f"{cpu_ms:6.1f} CPU ms per file, load {os.getloadavg()[0]:.2f} "
           f"({summary.indexed} indexed; files/vectors/landmarks {row['counts']})", flush=True)
+    print(f"  {'':14s} CPU ms per file: "
+          + ", ".join(f"{k} {v:.1f}" for k, v in split.items()), flush=True)
     return row
 
 

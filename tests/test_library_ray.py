@@ -283,6 +283,65 @@ def test_ctrl_c_leaves_a_consistent_library(cluster: Any, drumkit_dir: Path,
     assert assert_same_library(lib, local) == 30
 
 
+def test_feature_worker_is_not_reaped_between_tasks(cluster: Any, drumkit_dir: Path) -> None:
+    """A worker that ran a run's feature task keeps the run's front end, and with it its
+    process: Ray's idle-worker reaper asks idle workers to exit once a node has more
+    workers than CPUs (the embedding actor + feature workers on a 1-CPU node), and each
+    restart cost ~1 CPU-s.  The control, a worker given the front end by value that went
+    idle later, is reaped on the same node instead.  (Not keeping the reference: the kept
+    worker was reaped and the control lived, checked once.)"""
+    ray = _ray()
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from emberd.library.indexer import _Job
+    from emberd.library.ray_index import connect
+    from emberd.models.registry import resolve
+
+    connect(cluster.address)
+    try:
+        node = next(iter(cluster.worker_nodes)).node_id
+        here = NodeAffinitySchedulingStrategy(node, soft=False)
+
+        @ray.remote(num_cpus=0, scheduling_strategy=here)
+        class Holder:  # stands for the embedding actor: one more worker on the node
+            def ping(self) -> int:
+                return os.getpid()
+
+        def prepare_here(job: Any, frontend: Any, wait_s: float) -> int:  # pickled by
+            # value: the workers cannot import this test module
+            import os
+            import time
+
+            from emberd.library.ray_index import prepare_on_node
+
+            time.sleep(wait_s)  # both test tasks run at once, so in two worker processes
+            assert prepare_on_node(job, frontend)["ok"]
+            return os.getpid()
+
+        holder = Holder.remote()  # type: ignore[attr-defined]
+        ray.get(holder.ping.remote())
+        frontend = resolve(MODEL).frontend()
+        job = _Job(str(next((drumkit_dir / "Audiophob").glob("*.wav"))), True)
+        task = ray.remote(prepare_here).options(num_cpus=0.5, scheduling_strategy=here)
+        ref = ray.put(frontend)
+        # The kept worker goes idle first: the reaper (oldest idle first, until the node
+        # is at its soft limit) would take it, not the control, if nothing kept it.
+        kept_pid, control_pid = ray.get(
+            [task.remote(job, [ref], 1.0), task.remote(job, frontend, 3.0)])
+        assert kept_pid != control_pid
+        import psutil
+
+        deadline = time.monotonic() + 120  # the reaper runs every 0.2 s after 1 s idle
+        while (psutil.pid_exists(control_pid) and psutil.pid_exists(kept_pid)
+               and time.monotonic() < deadline):
+            time.sleep(0.2)
+        assert psutil.pid_exists(kept_pid), "the worker holding the run's front end was reaped"
+        assert not psutil.pid_exists(control_pid), "the reaper never ran: no control"
+        ray.kill(holder)
+    finally:
+        ray.shutdown()
+
+
 def test_node_removed_mid_run(cluster: Any, drumkit_dir: Path, tmp_path: Path,
                               caplog: pytest.LogCaptureFixture) -> None:
     """Runs last in the module: it takes the second node away, then puts one back."""

@@ -192,9 +192,41 @@ def plan_resources(nodes: list[dict[str, Any]], *, actors: int = 0) -> Resources
     )
 
 
+# The run's front end in this worker: [its ObjectRef, the fetched value] (empty until the
+# first task).  Keeping the reference also keeps the worker: Ray's idle-worker reaper asks
+# an idle worker to exit, and a worker that holds an object reference declines.  Without it,
+# on a node where the embedding actor and the task workers outnumber the node's CPUs (Ray's
+# worker soft limit; a 1-CPU node: actor + one task worker), the feature worker was killed
+# after 1 s waiting for the actor, and each restart cost ~1 CPU-s of start-up and imports
+# (7 workers for 300 files on a 1-CPU node at load 8; see README, Scaling out).
+_FRONTEND: list[Any] = []
+
+
+def _run_frontend(frontend: Any) -> Any:
+    """The front end a task was given: ``[ref]`` (a run's tasks: fetched once per worker
+    and kept, see ``_FRONTEND``) or the value itself."""
+    if not isinstance(frontend, list):
+        return frontend
+    ref = frontend[0]
+    if not _FRONTEND or _FRONTEND[0] != ref:
+        import ray
+
+        _FRONTEND[:] = [ref, ray.get(ref)]  # a new run: drop the last run's reference
+    return _FRONTEND[1]
+
+
 def prepare_on_node(job: _Job, frontend: Any) -> dict[str, Any]:
     """:func:`emberd.library.indexer.prepare_file` as a Ray task: a file this node cannot
-    read is reported with the node's address (the shared-filesystem rule)."""
+    read is reported with the node's address (the shared-filesystem rule).
+
+    Parameters
+    ----------
+    job : _Job
+        The file and what to compute for it.
+    frontend : FrontEndConfig or list of ObjectRef
+        The front end, or ``[ref]`` to it in the object store (nested, so the worker
+        fetches it once and keeps the reference between tasks).
+    """
     if not os.access(job.path, os.R_OK):
         why = "no such file" if not os.path.exists(job.path) else "permission denied"
         return {
@@ -202,7 +234,7 @@ def prepare_on_node(job: _Job, frontend: Any) -> dict[str, Any]:
             "reason": f"cannot read it on Ray node {_node_address()}: {why} (every node must "
             "see the indexed folders at the same path)",
         }
-    return prepare_file(job, frontend)
+    return prepare_file(job, _run_frontend(frontend))
 
 
 def _runs_onnx_file(manifest: Any) -> bool:
@@ -395,7 +427,7 @@ class RayIndexer(Indexer):
             slot.attempts += 1
             if slot.tasks is None:  # a resubmitted group reuses its tasks (lineage rebuilds
                 # an output lost with its node)
-                slot.tasks = [task.remote(job, frontend_ref) for job in slot.jobs]
+                slot.tasks = [task.remote(job, [frontend_ref]) for job in slot.jobs]
             slot.actor = pool.pick()
             slot.ref = slot.actor.embed.remote(slot.tasks)
 
