@@ -492,38 +492,3 @@ def test_candidate_searches_in_one_batch_match_them_one_by_one(lib: dict) -> Non
     for a, b in zip(many, one, strict=True):
         assert a.tolist() == b.tolist()
     assert all(len(set(a.tolist())) == 4 for a in many)
-
-
-def test_after_a_sure_claim_only_longer_candidates_are_refined(
-    lib: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Once a candidate is claimed at SURE_RHO or more, a shorter one is not refined at
-    that onset (it could only win as a copy of the same sound), a longer one still is (a
-    loop starting with that sound): the beat's one-shots and its loop are all found."""
-    track = tmp_path / "beat.wav"
-    truth = _beat(lib, track)
-    best, refine = _Stream._best, _Stream._refine
-    sure = [0.0]  # length (s) of the longest sure claim at the onset being searched
-    after: list[tuple[float, float]] = []  # (sure length, refined file's length)
-
-    def spy_best(self: _Stream, onset: int, claimed: set[int]) -> object:
-        sure[0] = 0.0
-        return best(self, onset, claimed)
-
-    def spy_refine(self: _Stream, fid: int, speed: float, pos: float) -> object:
-        length = self.tl.files[fid].duration_s
-        if sure[0] > 0:
-            after.append((sure[0], length))
-        out = refine(self, fid, speed, pos)
-        if out is not None and out[1].kind == "exact" and out[1].rho >= timeline.SURE_RHO:
-            sure[0] = max(sure[0], length)
-        return out
-
-    monkeypatch.setattr(_Stream, "_best", spy_best)
-    monkeypatch.setattr(_Stream, "_refine", spy_refine)
-    with Library.open(lib["lib"]) as library:
-        res = Timeline(library).run(track)
-    assert after, "no candidate came after a sure claim"
-    assert all(length > sure_s for sure_s, length in after), after
-    names = sorted(Path(e.path).name for e in res.entries if e.kind == "exact")
-    assert names == sorted(Path(p).name for p, *_ in truth)

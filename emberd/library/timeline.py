@@ -31,8 +31,7 @@ memory holds BUFFER_S of audio whatever the file's length. For each block:
 5. **Decision** -- of the candidates that correlate at least SIMILAR_RHO over the
    fine window, the one that explains the most energy of the residual (least
    squares over its whole length) wins: a loop beats its own first hit because it
-   also explains the hits after it (once one is claimed at SURE_RHO, only longer
-   candidates are refined after it). At or above EXACT_RHO the entry is ``exact``,
+   also explains the hits after it. At or above EXACT_RHO the entry is ``exact``,
    is subtracted from the residual (the sample, resampled and scaled, placed at its
    start), and the onset is examined again for a second sound starting with it (up to
    SOUNDS_PER_ONSET) unless the residual keeps under SECOND_SOUND_DB of the track
@@ -110,7 +109,6 @@ JUDGE_MIN_SAMPLES = 1024  # ... cut at the next sound's onset, but never shorter
 NEXT_ONSET_MIN_S = 0.03  # s: an onset this close after a sound's own is still its attack
 EXACT_RHO = 0.80  # fine correlation at or above which an occurrence is claimed (and subtracted)
 SIMILAR_RHO = 0.60  # ... between this and EXACT_RHO: listed as similar, not subtracted
-SURE_RHO = 0.98  # a claim this good: shorter candidates after it are not refined
 LONGER_EXPLAINS = 1.5  # explained-energy ratio by which a candidate beats a better-correlated one
 SOUNDS_PER_ONSET = 3  # sounds looked for at one onset (a kick and a hat hit together)
 HEAD_MARGIN_RHO = 0.05  # a one-shot judged this far under SIMILAR_RHO on its snippet is dropped
@@ -542,14 +540,9 @@ class _Stream:
         order = np.argsort(-best_rho)
         # The best few, and every near-tie of the best (a loop starts like its first hit).
         ties = int(np.sum(best_rho >= best_rho[order[0]] - COARSE_TIE_RHO))
-        sure = 0.0  # length (s) of the longest candidate claimed at SURE_RHO or more
         for i in order[: max(REFINE_TOP, min(ties, REFINE_TIES))].tolist():
             if best_rho[i] < COARSE_MIN_RHO:
                 break
-            if tl.files[ids[i]].duration_s <= sure:
-                # No shorter file can beat a claim that sure: it would need a higher rho
-                # (a copy of the same sound) or 1.5x the explained energy (a longer file).
-                continue
             speed = SPEED_GRID[int(g[i])]
             # The template's first sample sat at win[lag]: the file's sample
             # (onset - PRE_SAMPLES) plays there.
@@ -567,8 +560,6 @@ class _Stream:
                     fit = other
             if fit is not None and fit[1].rho >= SIMILAR_RHO:
                 found.append((fit[0], fit[1].rho, fit[1]))
-                if fit[1].kind == "exact" and fit[1].rho >= SURE_RHO:
-                    sure = max(sure, tl.files[ids[i]].duration_s)
         if not found:
             return None
         pool = [f for f in found if f[2].kind == "exact"] or found
