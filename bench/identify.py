@@ -120,6 +120,24 @@ def chosen(alts: list[dict[str, Any]]) -> dict[str, Any]:
     return {k: v for k, v in best.items() if k != "match"}
 
 
+def spaced(n: int, limit: int) -> list[int]:
+    """The ``--limit`` sample: ``limit`` indices evenly spread over ``n`` (all when 0)."""
+    if not limit:
+        return list(range(n))
+    return np.unique(np.linspace(0, n - 1, limit).round().astype(int)).tolist()
+
+
+def drawn(queries: list[str], limit: int, seed: int, exclude_limits: list[int]) -> list[str]:
+    """``limit`` of ``queries`` drawn at random (``seed``), none of those that the evenly
+    spaced ``--limit N`` runs of ``exclude_limits`` queried: a fresh held-out sample."""
+    used = {j for n in exclude_limits for j in spaced(len(queries), n)}
+    rest = [j for j in range(len(queries)) if j not in used]
+    rng = np.random.default_rng(seed)
+    pick = sorted(rng.choice(len(rest), size=min(limit or len(rest), len(rest)),
+                             replace=False).tolist())
+    return [queries[rest[j]] for j in pick]
+
+
 def report(records: list[dict[str, Any]], edits: list[str]) -> None:
     """Print the identification figures of ``records`` under the current fit (``--rescore``
     reprints a dump after a refit: the answers do not depend on it, the pick among a query's
@@ -204,6 +222,14 @@ def main() -> None:
     ap.add_argument("--dump", help="write every query's record (JSON) here")
     ap.add_argument("--rescore", help="reprint a --dump under the current fit; run nothing")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--draw", type=int, default=None, metavar="SEED",
+                    help="a random draw of --limit samples (seeded) instead of the evenly "
+                         "spaced ones: a fresh sample nobody inspected")
+    ap.add_argument("--exclude-limits", type=int, nargs="*", default=[], metavar="N",
+                    help="with --draw: leave out the samples earlier --limit N runs queried")
+    ap.add_argument("--half", choices=("A", "B"), default="B",
+                    help="kits queried (default B, held out; A with the fit's edit seed is "
+                         "for design only and never reported as held out)")
     args = ap.parse_args()
     if args.rescore:
         data = json.loads(Path(args.rescore).read_text())
@@ -227,15 +253,18 @@ def main() -> None:
     cats = dk.kit_files()
     lib = Library.open(lib_path, search="exact")
     by_path = {r.path: r for r in lib.files().values()}
-    queries = sorted(p for p in cats if p in by_path and dk.kit_half(p) == "B")
-    if args.limit:
-        pick = np.unique(np.linspace(0, len(queries) - 1, args.limit).round().astype(int))
-        queries = [queries[j] for j in pick]
+    queries = sorted(p for p in cats if p in by_path and dk.kit_half(p) == args.half)
+    seed = dk.EVAL_SEED if args.half == "B" else dk.FIT_SEED
+    if args.draw is not None:
+        queries = drawn(queries, args.limit, args.draw, args.exclude_limits)
+    elif args.limit:
+        queries = [queries[j] for j in spaced(len(queries), args.limit)]
     audio = [load_audio(p, sr=dk.SR)[0] for p in queries]
     kits_b = sorted({Path(p).relative_to(dk.KITS).parts[0] for p in queries})
-    print(f"{len(by_path)} files in the library; held out: {len(queries)} samples of kits "
-          f"{', '.join(kits_b)}; edit seed {dk.EVAL_SEED}; {args.non_library} non-library "
-          f"sounds")
+    print(f"{len(by_path)} files in the library; {'held out' if args.half == 'B' else 'TUNING'}: "
+          f"{len(queries)} samples of kits {', '.join(kits_b)}; edit seed {seed}; "
+          f"draw {args.draw} (excluding --limit {args.exclude_limits}); {args.non_library} "
+          "non-library sounds")
     print(f"fitted parameters: {fitted.params()['provenance']}")
     copies = dk.level_copies(lib)
     sizes = Counter(copies.values())
@@ -276,6 +305,7 @@ def main() -> None:
         if name == "non-library":
             return {**out, "ok": False}
         paths = [m["path"] for m in full]
+        out["answer"] = paths[0] if paths else None
         groups = [group(by_path[p].id) for p in paths]
         right = group(truth[i])
         out.update(ok=groups[:1] == [right], top5=right in groups,
@@ -291,10 +321,10 @@ def main() -> None:
 
     records: list[dict[str, Any]] = []
     t_start = time.monotonic()
-    outsiders = ed.non_library(args.non_library, dk.EVAL_SEED) if args.non_library else []
+    outsiders = ed.non_library(args.non_library, seed) if args.non_library else []
     for model in args.models:
         mixed_in: list[int] = []
-        tfs = ed.edits(audio, dk.EVAL_SEED, mixed_in)
+        tfs = ed.edits(audio, seed, mixed_in)
         for name in [*args.edits, *(["non-library"] if outsiders else [])]:
             pool = outsiders if name == "non-library" else audio
             for i, y in enumerate(pool):
@@ -313,6 +343,7 @@ def main() -> None:
                 ev = seen.get("ev")
                 rec: dict[str, Any] = {
                     "model": model, "edit": name,
+                    "query": None if name == "non-library" else queries[i],
                     "cost": {"embedding": t1 - t0, "candidates": clock["candidates"],
                              "waveform": clock["waveform"], "total": t2 - t0,
                              "cpu": c2 - c0},
