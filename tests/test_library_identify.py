@@ -82,6 +82,7 @@ def broken(stage: str | None) -> Iterator[None]:
         mp.setattr(waveform, "explain", lambda *a, **kw: None)
     elif stage == "variants":  # no resampled or reversed copy of the query is tried
         mp.setattr(Library, "best_variant", lambda self, audio: None)
+        mp.setattr(Library, "probed_variant", lambda self, audio, floor_rho: None)
     try:
         yield
     finally:

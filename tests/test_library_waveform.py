@@ -190,3 +190,15 @@ def test_attack_cut_off_a_fast_decaying_hit_still_correlates() -> None:
     other = wf.snippet(hit(13, decay_s=0.022), SR).samples()
     rho, _gain, _lag = wf.correlate(seg, np.stack([s.samples(), other]), None, start)
     assert rho[0] > 0.95 and rho[1] < 0.5
+
+
+def test_probe_correlates_a_query_with_a_few_snippets(library: dict, snippets: dict) -> None:
+    """``probe``: the source's snippet correlates (noise on top), a round robin does not,
+    silence gives zeros."""
+    rng = np.random.default_rng(3)
+    y = soxr.resample(library[1] * 0.5, SR, wf.WAVE_SR).astype(np.float32)
+    y = y + rng.standard_normal(len(y)).astype(np.float32) * 0.02 * float(np.std(y))
+    mat = np.stack([snippets[f].samples() for f in (1, 2, 4)])
+    rho = wf.probe(y, mat)
+    assert rho[0] > 0.95 and rho[1] < 0.5 and rho[2] < 0.5
+    assert not np.any(wf.probe(np.zeros(len(y), np.float32), mat))

@@ -67,9 +67,29 @@ INSIDE_FILE_S = 0.5  # a landmark alignment this far into a file: a window over 
 DEDUP_FACTOR = 4  # fetch k x this items: several segments of one file collapse into one match
 # Speed/direction variants of a query (Library.best_variant): producers pitch by resampling.
 VARIANT_SEMITONES = (-3, -2, -1, 1, 2, 3)  # resamplings tried (the waveform stage refines +-50 c)
-REVERSED_VARIANT = True  # the query's end, reversed, is tried too
+REVERSED_VARIANT = True  # the query's end, reversed, is tried too ...
+# ... when it is loud: a reversed one-shot ends with its attack, its loudest part. The last
+# REVERSED_END_S must peak within REVERSED_END_DB of the whole query's peak (a decaying tail
+# lies 40 dB or more below it, and reversed, its low rumble correlates by chance with the
+# snippet of some kick or tom: 0.75-0.87 for three pitch-preserved cymbals of kits A).
+REVERSED_END_S = 0.1
+REVERSED_END_DB = 20.0
 VARIANT_MAX_S = 2.0  # seconds of the query (from its start, or its end reversed) compared
 VARIANT_SKIP_RHO = 0.97  # a waveform answer this correlated is the sample as it is: no variant
+# Each variant's waveform is also correlated with the snippets of its nearest attack vectors
+# (Library.probed_variant): the variant that correlates best is tried too, when it beats the
+# query's own answer. An attack vector (band energies) picks a variant by chance more often
+# than a waveform does (a reversed hit whose -3-semitone copy has a closer attack; a
+# pitch-preserving shift, whose resampled copy is a phase-vocoder stretch of its source).
+VARIANT_PROBE_FILES = 8  # attack neighbours per variant whose snippets are correlated with it
+# When the query's own answer correlates less than WIDE_BELOW_RHO (or no waveform does), the
+# snippets of its next WIDE_CANDIDATES attack neighbours are correlated with it too
+# (Library._widen) and the best WIDE_ADD of those above the answer join the candidates: reverb
+# smears the attack's band energies (its source can rank 200-260th by attack on kits A) but
+# the waveform still correlates sample for sample. Chosen on kits A's reverb misses.
+WIDE_BELOW_RHO = 0.8
+WIDE_CANDIDATES = 300
+WIDE_ADD = 4
 TEMPLATE_RHO_EQUIVALENT = 0.8  # a template answer of probability p weighs as a waveform rho 0.8 p
 # A waveform answer weighs as its rho plus this times the re-ranker's probability of its file
 # in :func:`strength` (chosen on kits A by ``bench/fit_identify.py --confidence``; 0 in a fit
@@ -95,6 +115,10 @@ class Evidence:
     candidates: list[int] = field(default_factory=list)
     features: dict[str, np.ndarray] = field(default_factory=dict)
     variant: tuple[float, bool] = (0.0, False)  # (semitones undone, reversed) of the query
+    # What the candidates' features are computed from (Library._featurize, Library._widen):
+    patch: rerank.QueryPatch | None = None
+    attack_scores: np.ndarray | None = None  # attack cosine with every stored template
+    counts: dict[int, int] = field(default_factory=dict)  # landmark matches per file
 
 
 @dataclass
@@ -156,6 +180,7 @@ class Library:
         self._files: dict[int, FileRecord] | None = None
         self._fp: fingerprint.FingerprintIndex | None = None
         self._tpl: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self._variant_memo: tuple[np.ndarray, list[Any]] | None = None
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], *, search: str = "auto",
@@ -483,13 +508,44 @@ class Library:
         first = out[0][0]
         sure = first is not None and first.get("rho", 0.0) >= VARIANT_SKIP_RHO
         if not ev.inside_file and not sure:
-            var = self.best_variant(ev.audio)
-            if var is not None:
-                semitones, backwards, y = var
+            tried = [v for v in (self.best_variant(ev.audio),) if v is not None]
+            own_rho = float(first.get("rho", 0.0)) if first is not None else 0.0
+            probed = self.probed_variant(ev.audio, own_rho)
+            if probed is not None and all(probed[:2] != v[:2] for v in tried):
+                tried.append(probed)
+            for semitones, backwards, y in tried:
                 ev1 = self.evidence(y, ev.sr, similar=similar)
                 if ev1 is not None:
                     ev1.variant = (semitones, backwards)
                     out.append(self._answer(ev1))
+        self._variant_memo = None
+        return out
+
+    def _variant_scores(
+        self, audio: np.ndarray
+    ) -> list[tuple[float, bool, np.ndarray, np.ndarray]]:
+        """The query (at the fingerprint rate) and its speed/direction variants, each as
+        ``(semitones, reversed, audio, attack cosines with every template)``, the query first.
+
+        The last result is kept: :meth:`best_variant` and :meth:`probed_variant` of one
+        query share it.
+        """
+        cached = self._variant_memo
+        if cached is not None and cached[0] is audio:
+            return cached[1]
+        _ids, _tpl, attack = self._templates()
+        fs = fingerprint.FP_SR
+        head = audio[: int(VARIANT_MAX_S * fs)]
+        tail = audio[-int(VARIANT_MAX_S * fs) :][::-1].copy()
+        tries: list[tuple[float, bool, np.ndarray]] = [(0.0, False, audio)]
+        tries += [(float(s), False, _resampled(head, s)) for s in VARIANT_SEMITONES]
+        if REVERSED_VARIANT and ends_loud(audio, fs):
+            tries.append((0.0, True, tail))
+        # The query's own attack from its first VARIANT_MAX_S, as its variants'.
+        patches = [head if s == 0.0 and not b else y for s, b, y in tries]
+        out = [(s, b, y, attack @ rerank.QueryPatch(p, fs).attack_vector())
+               for (s, b, y), p in zip(tries, patches, strict=True)]
+        self._variant_memo = (audio, out)
         return out
 
     def best_variant(self, audio: np.ndarray) -> tuple[float, bool, np.ndarray] | None:
@@ -502,20 +558,35 @@ class Library:
         _ids, _tpl, attack = self._templates()
         if not len(attack):
             return None
-        fs = fingerprint.FP_SR
-        head = audio[: int(VARIANT_MAX_S * fs)]
-        tail = audio[-int(VARIANT_MAX_S * fs) :][::-1].copy()
+        scored = self._variant_scores(audio)
+        best = max(scored, key=lambda v: float(np.max(v[3])))  # the first of equals: the query
+        if best[0] == 0.0 and not best[1]:
+            return None
+        return best[0], best[1], best[2]
 
-        def nearest(y: np.ndarray) -> float:
-            return float(np.max(attack @ rerank.QueryPatch(y, fs).attack_vector()))
-
-        best: tuple[float, float, bool, np.ndarray] = (nearest(head), 0.0, False, audio)
-        for s in VARIANT_SEMITONES:
-            y = _resampled(head, s)
-            best = max(best, (nearest(y), float(s), False, y), key=lambda b: b[0])
-        if REVERSED_VARIANT:
-            best = max(best, (nearest(tail), 0.0, True, tail), key=lambda b: b[0])
-        if best[1] == 0.0 and not best[2]:
+    def probed_variant(
+        self, audio: np.ndarray, floor_rho: float
+    ) -> tuple[float, bool, np.ndarray] | None:
+        """The variant of a query (at the fingerprint rate) whose waveform correlates best
+        with the snippet of one of its VARIANT_PROBE_FILES nearest attack vectors, when that
+        correlation (at the variant's own speed, :func:`waveform.probe`) exceeds ``floor_rho``
+        (the query's own answer's). Returns ``(semitones, reversed, audio)`` or None.
+        """
+        ids, _tpl, attack = self._templates()
+        if not len(attack):
+            return None
+        scored = self._variant_scores(audio)[1:]
+        near = [ids[np.argsort(-sc)[:VARIANT_PROBE_FILES]].tolist() for *_r, sc in scored]
+        snips = self.snippet_loader(sorted({f for n in near for f in n}))
+        best: tuple[float, float, bool, np.ndarray] | None = None
+        for (semitones, backwards, y, _sc), files in zip(scored, near, strict=True):
+            have = [f for f in files if f in snips]
+            if not have:
+                continue
+            rho = float(np.max(waveform.probe(y, np.stack([snips[f].samples() for f in have]))))
+            if best is None or rho > best[0]:
+                best = (rho, semitones, backwards, y)
+        if best is None or best[0] <= floor_rho:
             return None
         return best[1], best[2], best[3]
 
@@ -546,10 +617,15 @@ class Library:
             feats = rerank.answer_features("landmarks", landmarks=int(count), variant=variant)
             return finish(match, feats), {}, feats
         prob = rerank.probabilities(rerank.feature_matrix(ev.features))
-        probs = dict(zip(ev.candidates, prob.tolist(), strict=True))
         wave = waveform.explain(
             ev.audio, ev.sr, ev.candidates, prob, self.snippet_loader, self.residual_neighbours
         )
+        if not variant and (wave is None or wave.rho < WIDE_BELOW_RHO) and self._widen(
+                ev, waveform.THRESHOLDS.wave_min_rho if wave is None else wave.rho):
+            prob = rerank.probabilities(rerank.feature_matrix(ev.features))
+            wave = waveform.explain(ev.audio, ev.sr, ev.candidates, prob, self.snippet_loader,
+                                    self.residual_neighbours)
+        probs = dict(zip(ev.candidates, prob.tolist(), strict=True))
 
         def runner_up(f: int) -> float:
             return max((p for c, p in probs.items() if c != f), default=0.0)
@@ -598,25 +674,57 @@ class Library:
         ev = Evidence(audio, sr, lm, confirmed, confirmed and lm[0][2] > INSIDE_FILE_S, cosine)
         if ev.inside_file:
             return ev
-        ids, tpl, attack = self._templates()
+        ids, _tpl, attack = self._templates()
         row_of = {f: i for i, f in enumerate(ids.tolist())}
-        query = rerank.QueryPatch(audio, sr)
-        tv = attack @ query.attack_vector() if len(ids) else np.zeros(0, np.float32)
+        ev.patch = rerank.QueryPatch(audio, sr)
+        tv = attack @ ev.patch.attack_vector() if len(ids) else np.zeros(0, np.float32)
+        ev.attack_scores, ev.counts = tv, counts
         nearest = ids[np.argsort(-tv)[:ATTACK_CANDIDATES]].tolist()
         ev.candidates = [
             f for f in dict.fromkeys([*counts, *cosine, *nearest]) if f in files and f in row_of
         ]
-        if not ev.candidates:
-            return ev
+        if ev.candidates:
+            self._featurize(ev)
+        return ev
+
+    def _featurize(self, ev: Evidence) -> None:
+        """The re-ranking features of ``ev.candidates`` (all in the stored templates)."""
+        ids, tpl, _attack = self._templates()
+        assert ev.patch is not None and ev.attack_scores is not None
+        row_of = {f: i for i, f in enumerate(ids.tolist())}
         rows = np.array([row_of[f] for f in ev.candidates])
-        feats = rerank.features(query, tpl[rows])
+        feats = rerank.features(ev.patch, tpl[rows])
+        cosine = ev.cosine
         floor_cos = min(cosine.values()) if cosine else 0.0
         feats["cos"] = np.array([cosine.get(f, floor_cos) for f in ev.candidates])
-        feats["llm"] = np.log1p([counts.get(f, 0) for f in ev.candidates])
-        feats["tv"] = tv[rows]
-        feats["cur"] = fingerprint.template_scores(fingerprint.template(audio, sr), tpl[rows])
+        feats["llm"] = np.log1p([ev.counts.get(f, 0) for f in ev.candidates])
+        feats["tv"] = ev.attack_scores[rows]
+        feats["cur"] = fingerprint.template_scores(fingerprint.template(ev.audio, ev.sr),
+                                                   tpl[rows])
         ev.features = feats
-        return ev
+
+    def _widen(self, ev: Evidence, floor_rho: float) -> bool:
+        """Add to ``ev.candidates`` the best WIDE_ADD of the query's next WIDE_CANDIDATES
+        attack neighbours whose snippets correlate with it above ``floor_rho`` (at its own
+        speed, :func:`waveform.probe`), with their features. True when any was added."""
+        ids, _tpl, _attack = self._templates()
+        if ev.attack_scores is None or not ev.candidates:
+            return False
+        have, files = set(ev.candidates), self.files()
+        order = [f for f in ids[np.argsort(-ev.attack_scores)].tolist()
+                 if f not in have and f in files][:WIDE_CANDIDATES]
+        snips = self.snippet_loader(order)
+        order = [f for f in order if f in snips]
+        if not order:
+            return False
+        rho = waveform.probe(ev.audio, np.stack([snips[f].samples() for f in order]))
+        best = np.argsort(-rho)[:WIDE_ADD]
+        add = [order[j] for j in best.tolist() if rho[j] > floor_rho]
+        if not add:
+            return False
+        ev.candidates = [*ev.candidates, *add]
+        self._featurize(ev)
+        return True
 
     def snippet_loader(self, file_ids: Sequence[int]) -> dict[int, waveform.Snippet]:
         """Stored onset waveforms of ``file_ids`` (for :func:`waveform.explain`)."""
@@ -775,6 +883,16 @@ def strength(
     if match["stage"] == "landmarks":
         return 2.0
     return TEMPLATE_RHO_EQUIVALENT * prob
+
+
+def ends_loud(y: np.ndarray, sr: int) -> bool:
+    """Whether the last REVERSED_END_S of ``y`` peaks within REVERSED_END_DB of its peak, as a
+    reversed one-shot (its attack last) does."""
+    a = np.abs(np.asarray(y, np.float32))
+    if not len(a) or not a.max() > 0:
+        return False
+    end = a[-max(1, int(REVERSED_END_S * sr)) :].max()
+    return bool(end >= a.max() * 10 ** (-REVERSED_END_DB / 20))
 
 
 def _resampled(y: np.ndarray, semitones: float) -> np.ndarray:

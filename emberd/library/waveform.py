@@ -247,6 +247,30 @@ def _correlate(seg: _Segment | list[_Segment], cand: _Candidates) -> tuple[np.nd
     return rho[rows, lag], x[rows, lag] / energy[rows, lag if energy.shape[1] > 1 else 0], lag
 
 
+def probe(y: np.ndarray, snippets: np.ndarray) -> np.ndarray:
+    """Correlation of a query at WAVE_SR with a few snippets [n, SNIPPET_SAMPLES], at its own
+    speed only (no stretch search, no second sound): a cheap check of which version of a
+    query (resampled, reversed) correlates with some file at all.
+
+    Parameters
+    ----------
+    y : float array [n]
+        The query (or a variant of it) at WAVE_SR.
+    snippets : float array [m, SNIPPET_SAMPLES]
+        Candidate waveforms.
+
+    Returns
+    -------
+    float array [m]
+        Each snippet's best normalised correlation over +-LAG_SAMPLES (as :func:`correlate`,
+        with the cut-attack search of :func:`explain`); zeros for a silent ``y``.
+    """
+    if not len(snippets) or not np.any(y):
+        return np.zeros(len(snippets), np.float32)
+    seg, start = _segment(np.asarray(y, np.float32))
+    return correlate(seg, snippets, start=start)[0]
+
+
 def onset_segment(y: np.ndarray) -> np.ndarray:
     """The query around its onset: LAG_SAMPLES of slack on both sides of a snippet's span."""
     return padded(y, onset_sample(y) - PRE_ROLL_SAMPLES - LAG_SAMPLES, _SEGMENT)
