@@ -33,7 +33,11 @@ waveform), p50 per query, and its process CPU time (all threads); similarity cat
 precision@5 (stored file vectors as queries, self excluded).
 
 Usage: ``python bench/identify.py [--library PATH] [--limit N] [--edits NAME ...]
-[--non-library N] [--models aisfx dsp-baseline]`` (the library is kept in a temporary
+[--non-library N] [--models aisfx dsp-baseline] [--draw SEED [--exclude-limits N ...]]
+[--half A]`` (``--limit N`` takes N samples evenly spread over the sorted files of half B;
+``--draw SEED`` draws them at random instead, leaving out those of earlier ``--limit``
+runs: a fresh held-out sample; ``--half A`` queries the tuning kits with the fit's seed, for
+design only) (the library is kept in a temporary
 folder, ``emberd-identify-cache``, and reused: indexing is incremental; the aiSFX index
 takes ~5 min on 2 cores). Timing figures are only meaningful under the bench lock
 (``flock /tmp/emberd-bench.lock``); ``--limit 24`` runs all edits in a few minutes.
