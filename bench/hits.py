@@ -85,8 +85,6 @@ MAX_SAMPLE_S = 2.0  # longer samples are cut (30 ms fade): a performance, not a 
 FADE_S = 0.03
 MATCH_TOLERANCE_S = 0.025  # a detection this close to a true onset is that hit
 SILENCE_AFTER_TAIL_S = 0.1  # a silent stretch starts this long after the last tail ends
-LEVEL_COPY_RHO = 0.999
-LEVEL_COPY_LAGS = 96  # samples (4.4 ms) either way searched for a level copy
 DUPLICATE_RHO = 0.95  # a held-out sample this correlated with a library file is that file
 BASELINE_SR = 44100
 BASELINE_SAMPLES = 256  # SP-Tools' analysis window after the onset (5.8 ms at 44.1 kHz)
@@ -227,40 +225,12 @@ def performance(
 
 
 def level_copies(lib: Any) -> dict[str, str]:
-    """Path -> a representative path of its level-copy group (one recording, several levels).
+    """Path -> a representative path of its level-copy group (one recording, several
+    levels): :func:`emberd.testing.drumkits.level_copies` (any lag within 4.4 ms), by path."""
+    from emberd.testing import drumkits
 
-    Two files of one kit folder are one recording when their onset snippets correlate
-    LEVEL_COPY_RHO at some lag within LEVEL_COPY_LAGS: a file whose first samples were
-    trimmed has its onset rule land a few samples off the other's (hydrogen's
-    PearlTom1-Med and -Hardest: 0.9999997 at a 21-sample offset, 0.95-0.97 at zero lag).
-    """
-    from emberd.library.hitindex import HitIndex
-
-    index = HitIndex.from_library(lib)
     files = lib.files()
-    paths = [files[int(f)].path for f in index.file_ids]
-    mat = index.snippet_rows(np.arange(len(index))).astype(np.float64)
-    unit = mat / (np.linalg.norm(mat, axis=1, keepdims=True) + 1e-12)
-    n_fft = 1 << int(np.ceil(np.log2(2 * unit.shape[1])))
-    spec = np.fft.rfft(unit, n_fft, axis=1)
-    group = list(range(len(paths)))
-
-    def root(i: int) -> int:
-        while group[i] != i:
-            i = group[i]
-        return i
-
-    folders: dict[str, list[int]] = defaultdict(list)
-    for i, p in enumerate(paths):
-        folders[str(Path(p).parent)].append(i)
-    lags = np.r_[0 : LEVEL_COPY_LAGS + 1, n_fft - LEVEL_COPY_LAGS : n_fft]
-    for rows in folders.values():
-        for j, a in enumerate(rows[:-1]):
-            others = rows[j + 1 :]
-            xc = np.fft.irfft(spec[a][None] * np.conj(spec[others]), n_fft, axis=1)[:, lags]
-            for b in np.array(others)[xc.max(axis=1) > LEVEL_COPY_RHO].tolist():
-                group[root(a)] = root(b)
-    return {p: paths[root(i)] for i, p in enumerate(paths)}
+    return {files[f].path: files[g].path for f, g in drumkits.level_copies(lib).items()}
 
 
 # ---------------------------------------------------------------------- scoring

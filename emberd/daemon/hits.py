@@ -54,7 +54,7 @@ import math
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -133,6 +133,57 @@ def _nines(rho: float) -> float:
 def _logistic(weights: dict[str, float], **features: float) -> float:
     z = weights.get("bias", 0.0) + sum(weights.get(k, 0.0) * v for k, v in features.items())
     return 1.0 / (1.0 + math.exp(-max(-50.0, min(50.0, z))))
+
+
+def near_answer(
+    stage: str,
+    rows: np.ndarray,
+    rho: np.ndarray,
+    best: int,
+    voted: int,
+    classes: Sequence[str | None],
+    trusted: int | None,
+) -> tuple[int, int | None]:
+    """The ``similar`` answer of a stage that claims no exact file.
+
+    Parameters
+    ----------
+    stage : str
+        ``provisional``, ``refined`` or ``final``.
+    rows : int array
+        Candidate rows of the hit index.
+    rho : float array
+        Their waveform correlations with the hit.
+    best, voted : int
+        Positions in ``rows`` of the best-correlated candidate and of the vote's (at the
+        final stage: the class model's) candidate.
+    classes : sequence
+        Instrument class (or None) of every index row.
+    trusted : int or None
+        The row an earlier refined stage correlated STAGE_TRUST_RHO with.
+
+    Returns
+    -------
+    answer : int
+        Position in ``rows`` of the answer: the best-correlated file when it is of the
+        voted class or correlates SIMILAR_TRUST_RHO (SUBTRACT_MIN_RHO for a file of no
+        known class), else the vote's; at the final stage, where that would be the vote,
+        ``trusted`` stays the answer (more sound under an unexplained tail made the
+        waveform evidence weaker, not the file wrong).
+    trusted : int or None
+        The row later stages trust from now on.
+    """
+    same = classes[int(rows[best])] == classes[int(rows[voted])]
+    # A near file of no known instrument is the answer only when it correlates as well
+    # as a sound we would subtract (else the instrument vote names one).
+    known_class = classes[int(rows[best])] is not None
+    trust = float(rho[best]) >= (SIMILAR_TRUST_RHO if known_class else SUBTRACT_MIN_RHO)
+    answer = best if same or trust else voted
+    if stage == "refined" and known_class and float(rho[best]) >= STAGE_TRUST_RHO:
+        trusted = int(rows[best])
+    elif stage == "final" and not (same or trust) and trusted in rows.tolist():
+        answer = int(np.nonzero(rows == trusted)[0][0])
+    return answer, trusted
 
 
 class SerialPut:
@@ -759,19 +810,9 @@ class HitLadder:
             # quiet hit sinking into the noise or under the next sound loses evidence).
             answer, kind, confidence = claimed, "exact", hit.exact[1]
         else:  # the best-correlated file when the waveform says enough, else the vote
-            same = index.classes[int(rows[best])] == index.classes[int(rows[voted])]
-            # A near file of no known instrument is the answer only when it correlates
-            # as well as a sound we would subtract (else the instrument vote names one).
-            known_class = index.classes[int(rows[best])] is not None
-            trust = float(rho[best]) >= (SIMILAR_TRUST_RHO if known_class else SUBTRACT_MIN_RHO)
-            answer, kind = (best if same or trust else voted), "similar"
-            if stage == "refined" and known_class and float(rho[best]) >= STAGE_TRUST_RHO:
-                hit.trusted = int(rows[best])
-            elif stage == "final" and not (same or trust) and hit.trusted in rows.tolist():
-                # More sound made the waveform evidence weaker (a quiet hit under an
-                # unexplained tail): the file an earlier stage's waveform named stays the
-                # answer rather than the instrument model's pick of a poorly fitting file.
-                answer = int(np.nonzero(rows == hit.trusted)[0][0])
+            answer, hit.trusted = near_answer(stage, rows, rho, best, voted, index.classes,
+                                              hit.trusted)  # fmt: skip
+            kind = "similar"
             confidence = _logistic(CLASS_WEIGHTS, share=share, rho=float(rho[answer]),
                                    log_window=log_window)  # fmt: skip
         if kind == "exact" and rho[answer] >= SUBTRACT_MIN_RHO:  # known: subtract its tail
