@@ -134,3 +134,25 @@ def test_a_quiet_low_hit_under_a_bright_ringing_tail_is_found() -> None:
     found = _detect(y)
     assert len(found) == 2 and abs(found[0] - int(0.5 * SR)) < 64, found
     assert starts[0] - 2 <= found[1] <= starts[0] + 96, (found, starts)
+
+
+def test_a_hit_under_a_decaying_tail_nobody_subtracts_is_found() -> None:
+    """A kick 6 dB down, 62 ms into a loud low tom's fast decay that was not identified:
+    against the 25-ms mean of the tail it does not rise 10 dB; against the tail's level
+    extrapolated from its own last frames (``decay_credit_db``, off by default) it does."""
+    rng = np.random.default_rng(2)
+    t = np.arange(int(0.6 * SR)) / SR
+    tom = np.sin(2 * np.pi * 110 * t) * np.exp(-t * 25)
+    n = int(1.5 * SR)
+    y = rng.standard_normal(n).astype(np.float32) * np.float32(10 ** (-50 / 20))
+    a, b = int(0.3 * SR), int(0.362 * SR)
+    y[a : a + len(tom)] += (tom / np.max(np.abs(tom))).astype(np.float32)
+    y[b : b + int(0.6 * SR)] += _hit("kick") * np.float32(10 ** (-6 / 20))
+    found = _detect(y, decay_credit_db=4.0)
+    assert len(found) == 2 and abs(found[0] - a) < 64, found
+    assert b - 2 <= found[1] <= b + 96, (found, b)
+    assert len(_detect(y, decay_credit_db=0.0)) == 1  # the mean alone misses it
+    # In the noise floor and in silence the credit finds nothing either.
+    noise, _ = _place(5 * SR, [], noise_db=-50.0)
+    assert _detect(noise, decay_credit_db=4.0) == []
+    assert _detect(np.zeros(3 * SR, np.float32), decay_credit_db=4.0) == []
