@@ -89,7 +89,10 @@ SPEED_GRID = tuple(float(s) for s in np.round(np.geomspace(0.86, 1.17, 31), 5)) 
 COARSE_SAMPLES = 224  # 10 ms after the onset: 0.5 % speed error drifts it by 1 sample
 PRE_SAMPLES = 32  # compared before the onset too (1.5 ms)
 LAG_SAMPLES = 128  # +-5.8 ms: the detected onset vs the file's own onset
-ANCHOR_SHIFTS = (256, -256, 512, -512)  # samples (11.6, 23 ms): where else a sound is looked for
+# Samples (11.6, 23 ms): where else a sound is looked for. Half A (bench/timeline.py --set):
+# (256, -256, 512, -512) and (256, -256, 512) gave 222/226 right/exact entries (9.2-9.9 and
+# 8.4 CPU s for 4 beats), (256, -256) 219/221: an anchor 23 ms before found nothing there.
+ANCHOR_SHIFTS = (256, -256, 512)
 REFINE_TOP = 3  # candidates refined after the coarse grid
 COARSE_TIE_RHO = 0.02  # candidates this close to the best attack are all refined ...
 REFINE_TIES = 8  # ... up to this many
