@@ -63,6 +63,20 @@ FEATURE_SETS = (
     ("whole", "crop245", "crop50"), ("whole", "crop50", "crop245", "crop1000", "attack"),
 )  # fmt: skip
 EMBEDDINGS_ONLY = ("whole", "crop50", "crop245", "crop1000")
+# Representations (2026-12-02, issue 19 item 1: "a different representation, not another
+# head"): statistics of the pretrained aiSFX network's intermediate ReLU outputs over the
+# first LAYER_FRAMES mel frames after the onset (the ONNX graph's intermediate tensors
+# exposed as outputs), and log-mel statistics over a temporal pyramid.
+LAYER_NAMES = tuple(f"b{b}c{c}_relu" for b in range(1, 5) for c in (1, 2))  # the 8 conv layers
+LAYER_FRAMES = 100  # mel frames after the onset fed to the network (2.32 s, one window)
+BAND_SPLITS = {"b2c2_relu": 6, "b3c2_relu": 6, "b4c2_relu": 4}  # mel bands kept per block output
+MEL_PYRAMID = ((0, 3), (3, 11), (11, 43), (0, LAYER_FRAMES))  # frame spans: 0-70, 70-255,
+# 255-1000 ms and the whole 2.32 s (23.2-ms frames)
+REPR_SETS = (
+    ("whole",), ("mel",), ("whole", "mel"), ("layers",), ("b3c1",), ("b4c2",), ("bands",),
+    ("whole", "layers"), ("whole", "b3c1"), ("whole", "bands"), ("whole", "mel", "bands"),
+)  # fmt: skip
+STANDARDISED = ("attack", "mel", "layers", "bands", "b3c1", "b4c2")  # per-cell z-scored blocks
 
 Head = Callable[[np.ndarray, np.ndarray, np.ndarray, int], np.ndarray]
 
@@ -92,11 +106,27 @@ def ridge_scores(
     w = balanced_weights(ytr, k)
     target = -np.ones((n, k))
     target[np.arange(n), ytr] = 1.0
+    if xtr.shape[1] > n:  # wide (layer statistics): the same solution in the n x n dual form
+        return _dual_ridge(xtr, target, w, xte, l2=l2)
     x = np.hstack([xtr, np.ones((n, 1))])
     gram = x.T @ (x * w[:, None]) + l2 * np.eye(x.shape[1])
     gram[-1, -1] -= l2
     coef = np.linalg.solve(gram, x.T @ (target * w[:, None]))
     return np.asarray(np.hstack([xte, np.ones((len(xte), 1))]) @ coef)
+
+
+def _dual_ridge(
+    xtr: np.ndarray, target: np.ndarray, w: np.ndarray, xte: np.ndarray, *, l2: float
+) -> np.ndarray:
+    """Weighted ridge with an unpenalised bias solved through the ``n x n`` Gram matrix:
+    the bias is profiled out (weighted centring), then ``coef = X^T alpha``."""
+    wn = w / w.sum()
+    mu_x = wn @ xtr
+    mu_t = wn @ target
+    xc = xtr - mu_x
+    alpha = np.linalg.solve(w[:, None] * (xc @ xc.T) + l2 * np.eye(len(w)),
+                            w[:, None] * (target - mu_t))  # fmt: skip
+    return np.asarray((xte - mu_x) @ (xc.T @ alpha) + mu_t)
 
 
 def rbf_scores(
@@ -143,7 +173,7 @@ def design(blocks: dict[str, np.ndarray], names: tuple[str, ...], train: np.ndar
         if name in EMBEDDINGS_ONLY:
             x = _unit(x)
         mu = x[train].mean(axis=0)
-        if name == "attack":  # descriptor cells differ in scale: standardise each first
+        if name in STANDARDISED:  # cells differ in scale: standardise each first
             x = (x - mu) / (x[train].std(axis=0) + 1e-6)
             mu = np.zeros_like(mu)
         scale = np.sqrt(max(float(((x[train] - mu) ** 2).mean(axis=0).sum()), 1e-12))
@@ -210,13 +240,86 @@ def features(paths: list[str], encoder: Any) -> dict[str, np.ndarray]:
     return {k: np.array(v) for k, v in out.items()}
 
 
-def candidates(k: int, classes: list[str]) -> list[tuple[str, tuple[str, ...], Head, dict]]:
-    """(head name, feature set, head, settings) for every candidate the tuning half scores."""
+def layer_features(paths: list[str], encoder: Any) -> dict[str, np.ndarray]:
+    """Intermediate-layer and log-mel statistics of every sound (the representations tried).
+
+    The first :data:`LAYER_FRAMES` mel frames from 5 ms before the onset run through the
+    aiSFX graph with every conv layer's ReLU output exposed; over the frames the sound
+    covers: ``layers``, per channel of all 8 layers the mean and standard deviation over
+    time and mel (3840 values); ``b3c1`` / ``b4c2``, the same for one layer; ``bands``,
+    per channel of block 2-4's output the mean and standard deviation over time in
+    :data:`BAND_SPLITS` mel bands (frequency kept, which the embedding's mel mean drops);
+    ``mel``, per mel band the mean and standard deviation of the scaled log-mel frames in
+    each span of :data:`MEL_PYRAMID`.  Also ``ms``: the wall time per file (load, onset,
+    mel, network, statistics).
+    """
+    import onnx
+    from onnx import TensorProto, helper
+
+    from emberd.dsp.frontend import melspectrogram
+    from emberd.dsp.sources import load_audio
+    from emberd.library import waveform
+    from emberd.models.onnxrt import onnxruntime
+
+    ort = onnxruntime()
+    graph = onnx.load(encoder.manifest.path)
+    for name in LAYER_NAMES:
+        graph.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    sess = ort.InferenceSession(graph.SerializeToString(), opts,
+                                providers=["CPUExecutionProvider"])  # fmt: skip
+    config = encoder.manifest.frontend()
+    stride = 8  # frames per block-4 column (three 2x time pools)
+    out: dict[str, list[np.ndarray]] = {n: [] for n in ("layers", "b3c1", "b4c2", "bands",
+                                                          "mel", "ms")}  # fmt: skip
+    for path in paths:
+        t0 = time.perf_counter()
+        y, _ = load_audio(path, sr=config.sr, mono=True)
+        y = np.asarray(y, np.float32)
+        y = y[max(waveform.onset_sample(y) - round(PRE_ONSET_S * config.sr), 0) :]
+        mel = melspectrogram(y, config).astype(np.float32)[:LAYER_FRAMES]
+        used = mel.shape[0]
+        frames = max(2 * stride, -(-used // stride) * stride)
+        padded = np.zeros((1, frames, mel.shape[1]), np.float32)
+        padded[0, :used] = mel
+        acts = sess.run(list(LAYER_NAMES), {encoder.manifest.input_name: padded})
+        layers, bands = [], []
+        for name, a in zip(LAYER_NAMES, acts, strict=True):
+            a = a[0]  # [channels, time, mel]
+            a = a[:, : max(1, -(-used // (frames // a.shape[1])))]  # the columns the sound covers
+            stats = np.concatenate([a.mean(axis=(1, 2)), a.std(axis=(1, 2))])
+            layers.append(stats)
+            if name == "b3c1_relu":
+                out["b3c1"].append(stats)
+            if name == "b4c2_relu":
+                out["b4c2"].append(stats)
+            if name in BAND_SPLITS:
+                nb = BAND_SPLITS[name]
+                width = a.shape[2] // nb
+                q = a[:, :, : nb * width].reshape(a.shape[0], a.shape[1], nb, width).mean(axis=3)
+                bands.append(np.concatenate([q.mean(axis=1).ravel(), q.std(axis=1).ravel()]))
+        out["layers"].append(np.concatenate(layers))
+        out["bands"].append(np.concatenate(bands))
+        pyramid = []
+        for lo, hi in MEL_PYRAMID:
+            span = mel[lo : min(hi, used)] if lo < used else np.zeros((1, mel.shape[1]), np.float32)
+            pyramid += [span.mean(axis=0), span.std(axis=0)]
+        out["mel"].append(np.concatenate(pyramid))
+        out["ms"].append(np.array([1000.0 * (time.perf_counter() - t0)]))
+    return {k: np.array(v) for k, v in out.items()}
+
+
+def candidates(
+    k: int, classes: list[str], *, representations: bool = False
+) -> list[tuple[str, tuple[str, ...], Head, dict]]:
+    """(head name, feature set, head, settings) for every candidate the tuning half scores;
+    ``representations``: the representation sets (:data:`REPR_SETS`) instead of the crops."""
     out: list[tuple[str, tuple[str, ...], Head, dict]] = []
     for l2 in LOGISTIC_GRID:
         out.append(("logistic (shipped)", ("raw",), logistic_scores,
                     {"l2": l2, "classes": classes}))  # fmt: skip
-    for names in FEATURE_SETS:
+    for names in REPR_SETS if representations else FEATURE_SETS:
         for l2 in RIDGE_GRID:
             out.append(("ridge", names, ridge_scores, {"l2": l2}))
         for gamma in KRR_GAMMA:
@@ -228,9 +331,16 @@ def candidates(k: int, classes: list[str]) -> list[tuple[str, tuple[str, ...], H
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--root", type=Path, default=cache_dir() / "bench-mixdown",
-                    help="the mix-down bench's library folder (built by it when missing)")
+    ap.add_argument(
+        "--root",
+        type=Path,
+        default=cache_dir() / "bench-mixdown",
+        help="the mix-down bench's library folder (built by it when missing)",
+    )
     ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument("--representations", action="store_true",
+                    help="score the intermediate-layer / log-mel representations "
+                         "(layer_features) instead of the onset crops")  # fmt: skip
     args = ap.parse_args()
     md = _mixdown()
     from emberd.library.query import encoder_for
@@ -241,12 +351,16 @@ def main() -> None:
     classes = sorted(set(labels))
     y = np.array([classes.index(c) for c in labels])
     halves = [md.half(g) for g in groups]
-    blocks = {"whole": x, **features(paths, encoder_for(md.MODEL))}
+    encoder = encoder_for(md.MODEL)
+    if args.representations:
+        blocks = {"whole": x, **layer_features(paths, encoder)}
+    else:
+        blocks = {"whole": x, **features(paths, encoder)}
     blocks["_nameless"] = md.within_kit_split(paths).astype(np.float64)
     k = len(classes)
     tuned: dict[tuple[str, tuple[str, ...]], tuple[float, dict]] = {}
     heads: dict[str, Head] = {}
-    for name, names, head, kw in candidates(k, classes):
+    for name, names, head, kw in candidates(k, classes, representations=args.representations):
         a = grouped_accuracy(blocks, names, y, groups, halves, head, k, split="A", **kw)
         key = (name, names)
         heads[name] = head
@@ -274,6 +388,8 @@ def main() -> None:
         "table": rows,
         "seconds": round(time.time() - t0),
     }
+    if "ms" in blocks:
+        results["feature_ms_per_file_median"] = round(float(np.median(blocks["ms"])), 1)
     report(results, args.json, width=28)
     print(f"{'head':18s} {'features':42s} {'A (tune)':>8s} {'B (held out)':>12s} "
           f"{'within-kit':>10s}")  # fmt: skip

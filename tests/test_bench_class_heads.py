@@ -82,3 +82,22 @@ def test_within_kit_split_is_a_fixed_half_by_file_name() -> None:
     # the same file name in another folder falls on the same side (a copied kit, not new data)
     moved = [n.replace("/kits/", "/copy/") for n in names]
     assert np.array_equal(split, mixdown.within_kit_split(moved))
+
+
+def test_wide_ridge_dual_form_is_the_primal_solution() -> None:
+    heads = _load("class_heads")
+    rng = np.random.default_rng(3)
+    x = rng.normal(0.0, 1.0, (80, 5)) + 3.0  # off-centre: the unpenalised bias matters
+    y = rng.integers(0, 3, 80)
+    x[y == 1] += 1.0
+    t = rng.normal(0.0, 1.0, (20, 5)) + 3.0
+    target = -np.ones((80, 3))
+    target[np.arange(80), y] = 1.0
+    w = heads.balanced_weights(y, 3)
+    primal = heads.ridge_scores(x, y, t, 3, l2=0.5)  # 80 > 5: the primal solve
+    dual = heads._dual_ridge(x, target, w, t, l2=0.5)
+    assert np.allclose(primal, dual, atol=1e-8)
+    # wider than the training set: ridge_scores takes the dual path and still fits
+    wide = np.hstack([x, rng.normal(0.0, 0.01, (80, 200))])
+    pred = heads.ridge_scores(wide, y, wide, 3, l2=0.01).argmax(axis=1)
+    assert float(np.mean(pred == y)) > 0.9
