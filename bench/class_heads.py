@@ -26,9 +26,13 @@ tries what might lift it, with one protocol for every candidate:
   by a head fitted on every other labelled file, their kit's named files included: a
   library that is half named.
 
+* **Representations** (``--representations``, :func:`layer_features`): statistics of the
+  aiSFX network's intermediate ReLU outputs (exposed as ONNX outputs) and a log-mel
+  temporal pyramid instead of the onset crops, the same heads and protocol.
+
 Usage::
 
-    nice python bench/class_heads.py [--json out.json]
+    nice python bench/class_heads.py [--representations] [--json out.json]
 
 Accuracy only: no timing, no bench lock needed.
 """
