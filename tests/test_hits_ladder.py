@@ -440,3 +440,19 @@ def test_a_reload_finishes_open_hits_and_keeps_numbering(library: Any) -> None:
         assert stages[-1].stage == "final", (i, [r.stage for r in stages])
         assert abs(stages[0].onset_s - starts[i]) < 0.02, (i, stages[0].onset_s)
     assert ladder2.hits_started == 4
+
+
+def test_annoy_search_of_several_queries_is_rectangular() -> None:
+    """The Annoy back end (libraries beyond EXACT_MAX_ITEMS) answers several queries at once
+    with one [queries, k] array of real ids, best first, even when k exceeds the items."""
+    from emberd.library.hitindex import _AnnoyVectors
+
+    rng = np.random.default_rng(3)
+    vectors = rng.normal(size=(40, 8)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    index = _AnnoyVectors(np.arange(40) + 1000, vectors)
+    rows, scores = index.search(vectors[:3], 60)
+    assert rows.shape == scores.shape == (3, 40)
+    assert set(rows.ravel().tolist()) <= set(range(1000, 1040))
+    assert rows[:, 0].tolist() == [1000, 1001, 1002]
+    assert np.all(np.diff(scores, axis=1) <= 1e-6)

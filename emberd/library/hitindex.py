@@ -272,12 +272,22 @@ class _AnnoyVectors:
         self.index.build(ANNOY_TREES)
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        rows, scores = [], []
-        for q in np.atleast_2d(queries):
+        queries = np.atleast_2d(queries)
+        # Annoy is approximate and may return fewer than k items for one query: pad each row
+        # with its own last item (a repeat, which the callers' unique() drops) and a score
+        # below any real one, so several queries still make one rectangular array.
+        width = min(k, len(self.ids))
+        rows = np.zeros((len(queries), width), np.int64)
+        scores = np.full((len(queries), width), -1.0, np.float32)
+        for i, q in enumerate(queries):
             items, dist = self.index.get_nns_by_vector(q.tolist(), k, include_distances=True)
-            rows.append(self.ids[items])
-            scores.append(1.0 - np.square(dist) / 2.0)
-        return np.array(rows), np.array(scores, np.float32)
+            n = min(len(items), width)
+            if n == 0:
+                return rows[:, :0], scores[:, :0]
+            rows[i, :n] = self.ids[items[:n]]
+            rows[i, n:] = rows[i, n - 1]
+            scores[i, :n] = 1.0 - np.square(dist[:n]) / 2.0
+        return rows, scores
 
 
 def _vector_index(ids: np.ndarray, vectors: np.ndarray) -> Any:
