@@ -233,7 +233,7 @@ class HitThread(threading.Thread):
         paused: Callable[[], bool] = lambda: False,
     ) -> None:
         super().__init__(name="emberd-hits", daemon=True)
-        self.ladder = ladder
+        self.ladder = ladder  # swapped by this thread on reload; read by the worker (status)
         self.outputs = outputs
         self.error: BaseException | None = None
         self.lost_frames = 0

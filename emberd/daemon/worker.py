@@ -433,8 +433,9 @@ class Worker(threading.Thread):
             self._searched = (key, self.k, [[dict(m) for m in ms] for ms in matches])
             self.mixdown.on_hop(emb)
         window = self.engine.encoder.window_frames * cfg.hop_length
+        ladder = self._answering_ladder()
         for c in range(len(self.channels)):  # a silent window names nothing
-            floor = self.hits.floor_db(c) if self.hits is not None else -120.0
+            floor = ladder.floor_db(c) if ladder is not None else -120.0
             if not self._gate.heard(c, sample_end - window, sample_end, floor):
                 matches[c] = []
         top = next((m[0] for m in matches if m), None)
@@ -515,7 +516,7 @@ class Worker(threading.Thread):
             "window_ms": round(enc.window_frames * cfg.hop_length / cfg.sr * 1000.0, 3),
             "k": self.k,
             "paused": self.paused,
-            **(self.hits.describe() if self.hits is not None else {}),
+            **(ladder.describe() if (ladder := self._answering_ladder()) is not None else {}),
             **(self._hit_thread.describe() if self._hit_thread is not None else {}),
             **(self.source.watchdog.describe() if hasattr(self.source, "watchdog") else {}),
         }
@@ -534,6 +535,14 @@ class Worker(threading.Thread):
                 reply = {"ok": False, "error": str(exc)}
             if reply is not None:
                 command.answer(reply)
+
+    def _answering_ladder(self) -> HitLadder | None:
+        """The ladder answering hits now: after a reload the hit thread keeps the old one
+        until it has finished its open hits and handed its counters on (``follow``), so
+        status and the silence gate read the thread's, not the one just built."""
+        if self._hit_thread is not None:
+            return self._hit_thread.ladder
+        return self.hits
 
     def _run_command(self, command: Command) -> dict[str, Any] | None:
         args = command.args
