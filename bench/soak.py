@@ -40,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--period", type=int, default=soak.PERIOD_FRAMES,
                     help="JACK period (frames)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="the daemon's --threads (ONNX Runtime intra-op; default: its own)")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = ap.parse_args(argv)
 
@@ -50,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     results = soak.run(soak.SoakConfig(
         duration=args.duration, model=args.model, channels=args.channels, loop_s=args.loop_s,
         window_s=args.window_s, sample_s=args.sample_s, fuzz_rate=args.fuzz_rate,
-        control_s=args.control_s, period=args.period, seed=args.seed,
+        control_s=args.control_s, period=args.period, seed=args.seed, threads=args.threads,
         progress=lambda line: print(line, flush=True)))  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps(results, indent=1, default=str))

@@ -480,6 +480,7 @@ class SoakConfig:
     period: int = PERIOD_FRAMES
     warmup_s: float = WARMUP_S
     seed: int = 0
+    threads: int | None = None  # the daemon's --threads (None: its default)
     work: Path | None = None
     progress: Callable[[str], None] | None = None
 
@@ -519,6 +520,7 @@ def run(cfg: SoakConfig) -> dict[str, Any]:
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
         "model": cfg.model, "channels": cfg.channels, "loop_s": cfg.loop_s,
         "hits_per_loop": len(truth), "fuzz_rate": cfg.fuzz_rate, "period": cfg.period,
+        "threads": cfg.threads,
     }  # fmt: skip
     ok = True
     try:
@@ -528,7 +530,8 @@ def run(cfg: SoakConfig) -> dict[str, Any]:
         osc = [a for t in targets for a in ("--osc", f"127.0.0.1:{t.port}")]
         daemon = Daemon(["--library", str(lib), "--model", cfg.model, "--input", "default",
                          "--channels", "all", "--device", "cpu", "--k", "5",
-                         "--midi", player.midi_port, *osc],
+                         "--midi", player.midi_port, *osc,
+                         *(["--threads", str(cfg.threads)] if cfg.threads else [])],
                         work / "daemon.log", env=env)  # fmt: skip
         daemon.start(ready_timeout=300)
         d = daemon
