@@ -32,6 +32,7 @@ WINDOW_S = 20.0  # hit accuracy windows at the start and the end
 RSS_GROWTH_BOUND_MIB = 10.0  # the 30-minute goal; a leak per request shows sooner
 SLIP_EVERY_S = 3.0  # the scoring test: one JACK period lost this often (7.7 ms/s; the
 # 150 s aiSFX soak of 2026-12-02 13:00 UTC slipped 0.85 s in 110 s)
+EXTRA_SHARE = 0.5  # the scoring test: detections that pair with no played onset, per hit
 NAMED_SHARE = 0.5  # of the hits paired with a played onset, named as the played file
 
 
@@ -109,7 +110,8 @@ def test_scoring_pairs_hits_across_reloads_and_clock_slips(speed: float) -> None
     truth = [(c, float(o), f"f{c}-{i}") for c in range(4)
              for i, o in enumerate(np.sort(rng.uniform(0.2, loop_s - 0.2, 25)))]  # fmt: skip
     hits: list[tuple[int, int, str, float, float, str | None]] = []
-    t_start, shift = 1.0e9, 2.6  # Unix time of stream 0; stream minus loop position
+    t_start, shift = 1.0e9, 0.3  # Unix time of stream 0; stream minus loop position (slips
+    # past 0 in the window: the offset must stay continuous)
     numbers: dict[tuple[int, int], int] = {}  # (channel, reload) -> hits numbered
     for loop in range(4):
         for c, o, path in sorted(truth, key=lambda t: t[1]):
@@ -118,11 +120,16 @@ def test_scoring_pairs_hits_across_reloads_and_clock_slips(speed: float) -> None
             ident = numbers[c, int(t // 9.0)] = numbers.get((c, int(t // 9.0)), -1) + 1
             for stage in ("provisional", "refined", "final"):
                 hits.append((c, ident, stage, t_start + onset_s / speed + 0.2, onset_s, path))
+            # an extra detection (half the soak's: 101 a minute against 223 played)
+            if rng.random() < EXTRA_SHARE:
+                x = onset_s + float(rng.uniform(0.05, 0.6))
+                hits.append((c, -1 - len(hits), "final", t_start + x / speed + 0.2, x, None))
     t0, t1 = t_start + 10.0, t_start + 70.0
     acc = soak.accuracy(hits, truth, t0, t1, loop_s)
-    assert acc["detected"] >= 0.95 and acc["extra"] == 0, acc
+    assert acc["detected"] >= 0.95, acc
     assert abs(acc["played"] - 200 * speed) <= 4, acc  # 2 loops of 100 hits at real time
-    assert acc["final_top1"] == 1.0 and acc["provisional_top1"] == 1.0, acc
+    assert acc["final_top1"] >= 0.95 and acc["provisional_top1"] >= 0.95, acc  # an extra
+    # may land within the tolerance of a played onset first
     # the slip and the speed are reported: a period every 3 s of stream
     slipped = 60.0 * speed / SLIP_EVERY_S * period_s
     assert abs(acc["drift_s"] - slipped) <= 2 * period_s, (acc, slipped)

@@ -237,7 +237,9 @@ def accuracy(
     cycle the daemon or the player misses moves one clock against the other (0.85 s in
     110 s at load 5-10), so it is found for each detection from its neighbours on the
     stream clock (within ALIGN_SPAN_S): the offset that pairs the most of them with
-    played onsets (within MATCH_TOLERANCE_S), then the median residual of those pairs.
+    played onsets (within MATCH_TOLERANCE_S), then the median residual of those pairs,
+    then the median of the neighbours' offsets (a vote the extra detections won), kept
+    continuous along the stream.
     A played onset pairs with one detection at most (a double trigger is an extra).
     Played onsets in the window: those of the loop between its first and its last
     detection, on the loop's clock (the window's wall time would overstate them when the
@@ -277,6 +279,14 @@ def accuracy(
         near = wrap(cand - best)
         near = near[np.abs(near) <= 1.5 * MATCH_TOLERANCE_S]
         shifts[i] = best + float(np.median(near))
+    # a neighbourhood the extra detections outvoted: the median of its neighbours' offsets
+    voted = shifts.copy()
+    for i in range(len(dets)):
+        lo, hi = np.searchsorted(at, [at[i] - ALIGN_SPAN_S, at[i] + ALIGN_SPAN_S])
+        shifts[i] = voted[i] + float(np.median(wrap(voted[lo:hi] - voted[i])))
+    # continuous along the stream: an offset slipping past 0 must not renumber the loop
+    # passes (the played onsets of one pass were taken twice, the next pass's never)
+    shifts = np.unwrap(shifts, period=loop_s) if len(dets) else shifts
     paired = 0
     taken: set[tuple[int, int, int]] = set()  # (channel, loop pass, onset index)
     right: Counter[str] = Counter()
@@ -298,11 +308,12 @@ def accuracy(
     stream_s = float(at[-1] - at[0]) if len(dets) > 1 else float("nan")
     if len(dets) > 1:  # the played onsets between the first and the last detection
         lo = float(at[0] - shifts[0])
-        hi = lo + stream_s - float(wrap(shifts[-1:] - shifts[:1])[0]) + MATCH_TOLERANCE_S
+        hi = lo + stream_s - float(shifts[-1] - shifts[0]) + MATCH_TOLERANCE_S
         lo -= MATCH_TOLERANCE_S  # the first and last detections' own onsets are in
         o = np.concatenate(list(onsets.values()))
-        expected = float(np.sum(np.floor((hi - o) / loop_s) - np.ceil((lo - o) / loop_s) + 1))
-    drift = wrap(shifts - shifts[0]) if len(dets) else np.zeros(1)
+        counted = float(np.sum(np.floor((hi - o) / loop_s) - np.ceil((lo - o) / loop_s) + 1))
+        expected = counted if counted > 0 else expected  # no offset fits: drift_s says so
+    drift = shifts if len(dets) else np.zeros(1)
     return {
         "played": round(expected), "detections": len(dets), "paired": paired,
         "detected": round(paired / expected, 4) if expected else float("nan"),
