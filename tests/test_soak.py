@@ -96,15 +96,14 @@ def test_session_soak_short(tmp_path: Path) -> None:
         assert acc["final_top1"] >= NAMED_SHARE, (window, acc)
 
 
-@pytest.mark.parametrize("speed", [1.0, 0.7], ids=["real-time", "slow-server"])
-def test_scoring_pairs_hits_across_reloads_and_clock_slips(speed: float) -> None:
-    """The soak's scoring, on a made-up run: every played onset detected once, hit numbers
-    restarting every 9 s (as they did with each reload), the daemon's stream losing a
-    23 ms JACK period every 3 s against the player's loop (as on a loaded server), and
-    the server at ``speed`` x real time (0.7: 50 s of stream in 73 s at load 15): every
-    hit is paired and named, and the played count is the loop's, not the wall clock's.
-    Keyed by hit number with one offset per window, 0.21 of the hits were found in a
-    150 s run whose hits were all published."""
+def made_up_run(speed: float) -> tuple[list[tuple[int, int, str, float, float, str | None]],
+                                        list[tuple[int, float, str]], list[tuple[float, float]],
+                                        float, float]:
+    """A made-up soak run: every played onset detected once, hit numbers restarting every
+    9 s (as they did with each reload), the daemon's stream losing a 23 ms JACK period
+    every 3 s against the player's loop (as on a loaded server), extra detections, and
+    the server at ``speed`` x real time. Returns hits, truth, the player's clock samples,
+    the Unix time of stream 0 and the loop length."""
     loop_s, period_s = 30.0, 1024 / soak.SR
     rng = np.random.default_rng(3)
     truth = [(c, float(o), f"f{c}-{i}") for c in range(4)
@@ -112,11 +111,15 @@ def test_scoring_pairs_hits_across_reloads_and_clock_slips(speed: float) -> None
     hits: list[tuple[int, int, str, float, float, str | None]] = []
     t_start, shift = 1.0e9, 0.3  # Unix time of stream 0; stream minus loop position (slips
     # past 0 in the window: the offset must stay continuous)
+
+    def stream_of(t: float) -> float:  # the daemon's stream clock when the loop is at t
+        return t + shift - period_s * int(t // SLIP_EVERY_S)
+
     numbers: dict[tuple[int, int], int] = {}  # (channel, reload) -> hits numbered
     for loop in range(4):
         for c, o, path in sorted(truth, key=lambda t: t[1]):
             t = loop * loop_s + o
-            onset_s = t + shift - period_s * int(t // SLIP_EVERY_S)
+            onset_s = stream_of(t)
             ident = numbers[c, int(t // 9.0)] = numbers.get((c, int(t // 9.0)), -1) + 1
             for stage in ("provisional", "refined", "final"):
                 hits.append((c, ident, stage, t_start + onset_s / speed + 0.2, onset_s, path))
@@ -124,13 +127,45 @@ def test_scoring_pairs_hits_across_reloads_and_clock_slips(speed: float) -> None
             if rng.random() < EXTRA_SHARE:
                 x = onset_s + float(rng.uniform(0.05, 0.6))
                 hits.append((c, -1 - len(hits), "final", t_start + x / speed + 0.2, x, None))
+    clock = [(t_start + stream_of(t) / speed, float(t)) for t in np.arange(0.0, 4 * loop_s, 2.0)]
+    return hits, truth, clock, t_start, loop_s
+
+
+@pytest.mark.parametrize("with_clock", [True, False], ids=["player-clock", "no-clock"])
+@pytest.mark.parametrize("speed", [1.0, 0.7], ids=["real-time", "slow-server"])
+def test_scoring_pairs_hits_across_reloads_and_clock_slips(speed: float, with_clock: bool) -> None:
+    """The soak's scoring, on a made-up run (:func:`made_up_run`, the server at ``speed``
+    x real time; 0.7: 50 s of stream in 73 s at load 15): every hit is paired and named,
+    and the played count is the loop's, not the wall clock's, with the player's clock
+    and without it. Keyed by hit number with one offset per window, 0.21 of the hits
+    were found in a 150 s run whose hits were all published."""
+    hits, truth, clock, t_start, loop_s = made_up_run(speed)
     t0, t1 = t_start + 10.0, t_start + 70.0
-    acc = soak.accuracy(hits, truth, t0, t1, loop_s)
+    acc = soak.accuracy(hits, truth, t0, t1, loop_s, clock if with_clock else None)
     assert acc["detected"] >= 0.95, acc
     assert abs(acc["played"] - 200 * speed) <= 4, acc  # 2 loops of 100 hits at real time
     assert acc["final_top1"] >= 0.95 and acc["provisional_top1"] >= 0.95, acc  # an extra
     # may land within the tolerance of a played onset first
     # the slip and the speed are reported: a period every 3 s of stream
+    period_s = 1024 / soak.SR
     slipped = 60.0 * speed / SLIP_EVERY_S * period_s
     assert abs(acc["drift_s"] - slipped) <= 2 * period_s, (acc, slipped)
     assert abs(acc["stream_per_wall_s"] - speed) <= 0.05, acc
+
+
+def test_scoring_sees_detection_stop_and_lone_false_hits() -> None:
+    """A daemon that stops detecting half-way through a window scores about half with the
+    player's clock (counted between the first and the last detection it scored 1.0), and
+    lone detections with no neighbours to agree on an offset are extras (each voting for
+    itself, they paired with whatever onset their own offset named)."""
+    hits, truth, clock, t_start, loop_s = made_up_run(1.0)
+    t0, t1 = t_start + 10.0, t_start + 70.0
+    cut = t_start + 40.0
+    kept = [h for h in hits if h[3] <= cut]
+    lone = [(0, 10_000 + i, "final", t_start + x + 0.2, x, None) for i, x in
+            enumerate((50.0, 55.3, 61.7))]  # fmt: skip
+    stopped = soak.accuracy(kept, truth, t0, t1, loop_s, clock)
+    assert 0.4 <= stopped["detected"] <= 0.6, stopped
+    acc = soak.accuracy(kept + lone, truth, t0, t1, loop_s, clock)
+    assert acc["paired"] == stopped["paired"], (acc, stopped)
+    assert acc["extra"] == stopped["extra"] + len(lone), (acc, stopped)

@@ -516,6 +516,12 @@ class JackPlayer:
     def _xrun(self, delay_us: float) -> None:
         self.xruns += 1
 
+    def played_s(self) -> float:
+        """Seconds of the data played since :meth:`play` (whole loops included): the
+        player's own clock, read from another thread (off by one period at a wrap)."""
+        pos, loops = self.pos, self.loops
+        return (loops * len(self.data) + max(pos, 0)) / self.client.samplerate
+
     def _process(self, frames: int) -> None:
         outs = [p.get_array() for p in self.ports]
         for o in outs:
@@ -639,6 +645,7 @@ def _player_main(argv: list[str]) -> int:
                               "ports": ports}), flush=True)  # fmt: skip
         elif cmd == "report" or cmd == "stop":
             print(json.dumps({"loops": player.loops, "xruns": player.xruns,
+                              "played_s": player.played_s(), "unix": time.time(),
                               "notes_on": len(rec.notes_on()),
                               "notes_off": len(rec.notes_off())}), flush=True)  # fmt: skip
             if cmd == "stop":

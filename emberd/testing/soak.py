@@ -90,6 +90,7 @@ FADE_S = 0.03
 MATCH_TOLERANCE_S = 0.025  # a hit this close to a played onset is that onset
 ALIGN_SPAN_S = 2.0  # stream seconds either side whose detections vote a detection's offset
 ONSET_KEY_HZ = 1_000_000  # onset_s rounded to a microsecond: one detection's key
+MIN_VOTES = 3  # other detections that must agree on an offset before one is paired
 OSC_TARGETS = 2
 CONTROL_PERIOD_S = 3.0  # one control request (set_k, capture, reload in turn) this often
 WARMUP_S = 20.0  # after the player starts: excluded from windows and baselines
@@ -225,6 +226,7 @@ def performance(
 def accuracy(
     hits: list[tuple[int, int, str, float, float, str | None]],
     truth: list[tuple[int, float, str]], t0: float, t1: float, loop_s: float,
+    clock: list[tuple[float, float]] | None = None,
 ) -> dict[str, Any]:
     """Hits received in the Unix-time window ``[t0, t1]`` against the played truth.
 
@@ -236,14 +238,19 @@ def accuracy(
     between the daemon's stream and the player's loop. That offset drifts: every JACK
     cycle the daemon or the player misses moves one clock against the other (0.85 s in
     110 s at load 5-10), so it is found for each detection from its neighbours on the
-    stream clock (within ALIGN_SPAN_S): the offset that pairs the most of them with
+    stream clock (within ALIGN_SPAN_S, itself left out: alone, any detection would pair
+    with the onset its own offset names): the offset that pairs the most of them with
     played onsets (within MATCH_TOLERANCE_S), then the median residual of those pairs,
     then the median of the neighbours' offsets (a vote the extra detections won), kept
-    continuous along the stream.
+    continuous along the stream. A detection whose neighbours agree on no offset (fewer
+    than MIN_VOTES) is an extra.
     A played onset pairs with one detection at most (a double trigger is an extra).
-    Played onsets in the window: those of the loop between its first and its last
-    detection, on the loop's clock (the window's wall time would overstate them when the
-    server runs slow: 50 s of stream in 73 s at load 15).
+    Played onsets in the window: with ``clock`` (the player's ``(unix, played_s)``
+    samples), those the player played in the window, moved back by the median delay from
+    a paired onset's playing to its detection's arrival; a daemon that stops detecting
+    half-way through is then seen. Without it, those of the loop between the window's
+    first and its last detection, on the loop's clock (the window's wall time would
+    overstate them when the server runs slow: 50 s of stream in 73 s at load 15).
 
     Returned: ``played``, ``detections``, ``paired``, ``detected`` (paired / played),
     ``extra`` (detections not paired), ``provisional_top1`` / ``final_top1`` (of the
@@ -253,14 +260,22 @@ def accuracy(
     below 1, the JACK server ran slow or the daemon lost cycles).
     """
     stages_of: dict[tuple[int, int], dict[str, str | None]] = {}
+    first_arrival: dict[tuple[int, int], float] = {}
     for ch, _hit, stage, arrival, onset_s, top in hits:
         if t0 <= arrival <= t1:
             key = (ch, round(onset_s * ONSET_KEY_HZ))
             stages_of.setdefault(key, {}).setdefault(stage, top)
+            first_arrival[key] = min(arrival, first_arrival.get(key, arrival))
+    clock_t = np.array([c[0] for c in clock or []])
+    clock_p = np.array([c[1] for c in clock or []])
+
+    def played_at(unix: float) -> float:  # the player's clock at a Unix time
+        return float(np.interp(unix, clock_t, clock_p))
     onsets = {c: np.array(sorted(o for cc, o, _ in truth if cc == c)) for c, _, _ in truth}
     path_of = {(c, round(o, 6)): p for c, o, p in truth}
-    dets = sorted((key[1] / ONSET_KEY_HZ, key[0], st) for key, st in stages_of.items()
-                  if key[0] in onsets)  # fmt: skip
+    keys = sorted((k for k in stages_of if k[0] in onsets), key=lambda k: (k[1], k[0]))
+    dets = [(k[1] / ONSET_KEY_HZ, k[0], stages_of[k]) for k in keys]
+    arrivals = [first_arrival[k] for k in keys]
     at = np.array([d[0] for d in dets])
 
     def wrap(x: np.ndarray) -> np.ndarray:
@@ -269,29 +284,41 @@ def accuracy(
     # every detection's candidate offsets: its loop position minus each played onset
     cands = [(pos - onsets[ch]) % loop_s for pos, ch, _ in dets]
     shifts = np.zeros(len(dets))
+    aligned = np.zeros(len(dets), bool)
     for i in range(len(dets)):
         lo, hi = np.searchsorted(at, [at[i] - ALIGN_SPAN_S, at[i] + ALIGN_SPAN_S])
-        cand = np.concatenate(cands[lo:hi])
+        others = [cands[j] for j in range(lo, hi) if j != i]
+        if not others:
+            continue
+        cand = np.concatenate(others)
         bins = np.floor(cand / MATCH_TOLERANCE_S).astype(int)
         counts = np.bincount(bins)
         counts = counts + np.roll(counts, -1)  # a cluster straddling two bins
+        if counts.max() < MIN_VOTES:
+            continue
         best = (int(np.argmax(counts)) + 0.5) * MATCH_TOLERANCE_S
         near = wrap(cand - best)
         near = near[np.abs(near) <= 1.5 * MATCH_TOLERANCE_S]
-        shifts[i] = best + float(np.median(near))
+        shifts[i], aligned[i] = best + float(np.median(near)), True
     # a neighbourhood the extra detections outvoted: the median of its neighbours' offsets
     voted = shifts.copy()
-    for i in range(len(dets)):
+    for i in np.flatnonzero(aligned).tolist():
         lo, hi = np.searchsorted(at, [at[i] - ALIGN_SPAN_S, at[i] + ALIGN_SPAN_S])
-        shifts[i] = voted[i] + float(np.median(wrap(voted[lo:hi] - voted[i])))
+        near = voted[lo:hi][aligned[lo:hi]]
+        shifts[i] = voted[i] + float(np.median(wrap(near - voted[i])))
     # continuous along the stream: an offset slipping past 0 must not renumber the loop
     # passes (the played onsets of one pass were taken twice, the next pass's never)
-    shifts = np.unwrap(shifts, period=loop_s) if len(dets) else shifts
+    if aligned.any():
+        shifts[aligned] = np.unwrap(shifts[aligned], period=loop_s)
     paired = 0
     taken: set[tuple[int, int, int]] = set()  # (channel, loop pass, onset index)
     right: Counter[str] = Counter()
     answered: Counter[str] = Counter()
-    for (pos, ch, stages), shift in zip(dets, shifts, strict=True):
+    delays: list[float] = []  # player's clock at arrival minus the paired onset's playing
+    for (pos, ch, stages), shift, ok, arrival in zip(dets, shifts, aligned, arrivals,
+                                                      strict=True):  # fmt: skip
+        if not ok:
+            continue
         d = wrap(onsets[ch] - (pos - shift) % loop_s)
         j = int(np.argmin(np.abs(d)))
         onset = (ch, int(np.floor((pos - shift + d[j]) / loop_s + 1e-9)), j)
@@ -299,6 +326,8 @@ def accuracy(
             continue
         taken.add(onset)
         paired += 1
+        if clock:
+            delays.append(float(wrap(np.asarray(played_at(arrival) - onsets[ch][j]))))
         played = path_of[(ch, round(float(onsets[ch][j]), 6))]
         for stage in ("provisional", "final"):
             if stage in stages:
@@ -306,11 +335,15 @@ def accuracy(
                 right[stage] += stages[stage] == played
     expected = (t1 - t0) / loop_s * len(truth)  # no detection: the window's wall time
     stream_s = float(at[-1] - at[0]) if len(dets) > 1 else float("nan")
-    if len(dets) > 1:  # the played onsets between the first and the last detection
+    o = np.concatenate(list(onsets.values()))
+    if clock:  # the onsets the player played in the window (less the detection delay)
+        delay = float(np.median(delays)) if delays else 0.0
+        lo, hi = played_at(t0) - delay, played_at(t1) - delay
+        expected = float(np.sum(np.floor((hi - o) / loop_s) - np.ceil((lo - o) / loop_s) + 1))
+    elif len(dets) > 1:  # the played onsets between the first and the last detection
         lo = float(at[0] - shifts[0])
         hi = lo + stream_s - float(shifts[-1] - shifts[0]) + MATCH_TOLERANCE_S
         lo -= MATCH_TOLERANCE_S  # the first and last detections' own onsets are in
-        o = np.concatenate(list(onsets.values()))
         counted = float(np.sum(np.floor((hi - o) / loop_s) - np.ceil((lo - o) / loop_s) + 1))
         expected = counted if counted > 0 else expected  # no offset fits: drift_s says so
     drift = shifts if len(dets) else np.zeros(1)
@@ -580,12 +613,21 @@ def run(cfg: SoakConfig) -> dict[str, Any]:
         st0 = daemon.status(STATUS_TIMEOUT_S)
         a0 = anchor.overflows()
         cpu0 = cpu_seconds(daemon.pid)
+        clock: list[tuple[float, float]] = []  # (Unix time, player's played_s): its clock
+
+        def read_clock() -> dict[str, Any]:
+            rep = player.report()
+            clock.append((float(rep["unix"]), float(rep["played_s"])))
+            return rep
+
+        read_clock()
         end = t0 + cfg.duration
         next_print = t0
         while (now := time.monotonic()) < end:
             if not daemon.alive():
                 break
             rss, fds = proc_sample(daemon.pid)
+            read_clock()
             st = daemon.try_status(timeout=STATUS_TIMEOUT_S) or {}
             page = None
             with contextlib.suppress(Exception):
@@ -618,7 +660,7 @@ def run(cfg: SoakConfig) -> dict[str, Any]:
         st1 = daemon.status(STATUS_TIMEOUT_S)
         a1 = anchor.overflows()
         alive = daemon.alive()
-        midi = player.report()
+        midi = read_clock()
         page_final = None
         with contextlib.suppress(Exception):
             page_final = driver.execute_script(
@@ -666,8 +708,10 @@ def run(cfg: SoakConfig) -> dict[str, Any]:
             "clients_fd_growth": {
                 name: growth(procs.series(name, 2), 0.0, span, floor=True) for name in clients},
             "proc_samples": procs.samples,
-            "accuracy_first": accuracy(sub.hits, truth, t0_unix, t0_unix + w, cfg.loop_s),
-            "accuracy_last": accuracy(sub.hits, truth, t1_unix - w, t1_unix, cfg.loop_s),
+            "accuracy_first": accuracy(sub.hits, truth, t0_unix, t0_unix + w, cfg.loop_s,
+                                       clock),
+            "accuracy_last": accuracy(sub.hits, truth, t1_unix - w, t1_unix, cfg.loop_s, clock),
+            "player_clock": clock,
             "window_s": round(w, 1),
             # capture of a hop's first sample -> its last datagram sent (slowest transport;
             # the latest STATS_WINDOW_HOPS hops): the catch-up worker's backlog shows here
@@ -715,8 +759,9 @@ def run(cfg: SoakConfig) -> dict[str, Any]:
         stop_process(jackd, signal.SIGTERM)
     results["daemon_exit"] = rc
     if sub is not None:  # for a second look at the scoring
-        (work / "hits.json").write_text(json.dumps({"hits": sub.hits, "truth": truth,
-                                                    "loop_s": cfg.loop_s}))  # fmt: skip
+        (work / "hits.json").write_text(json.dumps({
+            "hits": sub.hits, "truth": truth, "loop_s": cfg.loop_s,
+            "clock": results.get("player_clock")}))  # fmt: skip
     results["samples"] = samples
     results["ok"] = ok and rc == 0
     return results
