@@ -272,22 +272,30 @@ class _AnnoyVectors:
         self.index.build(ANNOY_TREES)
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        queries = np.atleast_2d(queries)
-        # Annoy is approximate and may return fewer than k items for one query: pad each row
-        # with its own last item (a repeat, which the callers' unique() drops) and a score
-        # below any real one, so several queries still make one rectangular array.
-        width = min(k, len(self.ids))
-        rows = np.zeros((len(queries), width), np.int64)
-        scores = np.full((len(queries), width), -1.0, np.float32)
-        for i, q in enumerate(queries):
-            items, dist = self.index.get_nns_by_vector(q.tolist(), k, include_distances=True)
-            n = min(len(items), width)
-            if n == 0:
-                return rows[:, :0], scores[:, :0]
-            rows[i, :n] = self.ids[items[:n]]
+        answers = [self.index.get_nns_by_vector(q.tolist(), k, include_distances=True)
+                   for q in np.atleast_2d(queries)]  # fmt: skip
+        return rectangular(answers, self.ids, min(k, len(self.ids)))
+
+
+def rectangular(
+    answers: list[tuple[list[int], list[float]]], ids: np.ndarray, width: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Annoy's answers to several queries as one ``[queries, width]`` pair of arrays.
+
+    Annoy is approximate and may return fewer than k items for one query: a short row is
+    padded with its own last id (a repeat, which the callers' ``unique`` drops) and an
+    empty one with -1 (no item: the callers drop ids below 0), with the score -1, below
+    any real cosine.
+    """
+    rows = np.full((len(answers), width), -1, np.int64)
+    scores = np.full((len(answers), width), -1.0, np.float32)
+    for i, (items, dist) in enumerate(answers):
+        n = min(len(items), width)
+        if n:
+            rows[i, :n] = ids[items[:n]]
             rows[i, n:] = rows[i, n - 1]
-            scores[i, :n] = 1.0 - np.square(dist[:n]) / 2.0
-        return rows, scores
+            scores[i, :n] = 1.0 - np.square(np.asarray(dist[:n])) / 2.0
+    return rows, scores
 
 
 def _vector_index(ids: np.ndarray, vectors: np.ndarray) -> Any:
@@ -416,6 +424,8 @@ class HitIndex:
         q[: min(len(segment), n_samples)] = segment[:n_samples]
         items, scores = index.search(descriptors(q[None], n_samples), k * len(ALIGN_SHIFTS))
         rows, first = np.unique(items[0], return_index=True)
+        keep = rows >= 0  # -1: an empty Annoy answer (rectangular)
+        rows, first = rows[keep], first[keep]
         order = np.argsort(first)[:k]  # best alignment of each file, in score order
         return rows[order], scores[0][first[order]]
 
@@ -434,7 +444,8 @@ class HitIndex:
         out = []
         for row in items:
             rows, first = np.unique(row, return_index=True)
-            out.append(rows[np.argsort(first)[:k]])
+            keep = rows >= 0  # -1: an empty Annoy answer (rectangular)
+            out.append(rows[keep][np.argsort(first[keep])[:k]])
         return out
 
     def candidates_of_class(
