@@ -81,8 +81,8 @@ def broken(stage: str | None) -> Iterator[None]:
     elif stage == "waveform":
         mp.setattr(waveform, "explain", lambda *a, **kw: None)
     elif stage == "variants":  # no resampled or reversed copy of the query is tried
-        mp.setattr(Library, "best_variant", lambda self, audio: None)
-        mp.setattr(Library, "probed_variant", lambda self, audio, floor_rho: None)
+        mp.setattr(Library, "best_variant", lambda self, audio, scores=None: None)
+        mp.setattr(Library, "probed_variant", lambda self, audio, floor_rho, scores=None: None)
     try:
         yield
     finally:

@@ -74,6 +74,17 @@ REVERSED_VARIANT = True  # the query's end, reversed, is tried too ...
 # snippet of some kick or tom: 0.75-0.87 for three pitch-preserved cymbals of kits A).
 REVERSED_END_S = 0.1
 REVERSED_END_DB = 20.0
+# ... of its sounding part: a query shorter than 2 x REVERSED_END_S compares its last half
+# (else every sound under 0.1 s would "end loud"), and what follows the sound's end is
+# trimmed first (:func:`sounding_end`: a reversed one-shot exported with a silent tail, or
+# a live window that runs on into the room's noise, still ends with its attack).
+REVERSED_END_FRACTION = 0.5  # at most this share of the sounding part is its "end"
+END_FRAME_S = 0.01  # frames (from the query's end) whose RMS is compared with the floor
+END_NOISE_PERCENTILE = 10.0  # the query's noise floor: this percentile of its frames' RMS ...
+END_NOISE_MARGIN_DB = 6.0  # ... plus this; frames at or under it after the sound are no sound,
+END_FLOOR_MIN_DB = 60.0  # and always those this far under the loudest frame (digital silence);
+END_FLOOR_MAX_DB = 45.0  # the floor is never nearer the loudest frame than this (a sound with
+# no silence at all: its quietest frames are its own decay, not noise)
 VARIANT_MAX_S = 2.0  # seconds of the query (from its start, or its end reversed) compared
 VARIANT_SKIP_RHO = 0.97  # a waveform answer this correlated is the sample as it is: no variant
 # Each variant's waveform is also correlated with the snippets of its nearest attack vectors
@@ -95,6 +106,9 @@ TEMPLATE_RHO_EQUIVALENT = 0.8  # a template answer of probability p weighs as a 
 # in :func:`strength` (chosen on kits A by ``bench/fit_identify.py --confidence``; 0 in a fit
 # file without it): a near tie of correlations goes to the file the templates believe too.
 WAVE_PROB_WEIGHT = float(fitted.params().get("wave_prob_weight", 0.0))
+
+# A query and its speed/direction variants: (semitones, reversed, audio, attack cosines).
+VariantScores = list[tuple[float, bool, np.ndarray, np.ndarray]]
 
 @dataclass
 class Evidence:
@@ -180,7 +194,7 @@ class Library:
         self._files: dict[int, FileRecord] | None = None
         self._fp: fingerprint.FingerprintIndex | None = None
         self._tpl: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
-        self._variant_memo: tuple[np.ndarray, list[Any]] | None = None
+        self._row_of: dict[int, int] | None = None  # file id -> its row in _templates()
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], *, search: str = "auto",
@@ -416,7 +430,14 @@ class Library:
             for i, f in enumerate(ids.tolist()):
                 tpl[i] = np.frombuffer(raw[f], np.uint8).reshape(shape)
             self._tpl = (ids, tpl, rerank.attack_vectors(tpl))
+            self._row_of = {f: i for i, f in enumerate(ids.tolist())}
         return self._tpl
+
+    def _template_rows(self) -> dict[int, int]:
+        """File id -> its row in :meth:`_templates` (built once per open generation)."""
+        self._templates()
+        assert self._row_of is not None
+        return self._row_of
 
     def identify(
         self,
@@ -440,12 +461,24 @@ class Library:
         file (a live window over a loop) is answered by the landmarks alone when
         they clearly confirm one file: templates only cover a file's start.
 
-        Producers pitch samples by resampling and reverse them: the query is
-        also tried as VARIANT_SEMITONES resamplings and reversed
-        (:meth:`best_variant`, one attack-vector product each); when one of
-        them matches some file's attack better than the query itself, the whole
-        pipeline runs on it too (unless the query's own waveform already
-        correlates VARIANT_SKIP_RHO) and the stronger answer wins (:func:`strength`).
+        Producers pitch samples by resampling and reverse them. Unless the
+        query's own waveform already correlates VARIANT_SKIP_RHO, its first
+        VARIANT_MAX_S is scored as VARIANT_SEMITONES resamplings and, only when
+        the query ends loud (:func:`ends_loud`: the last REVERSED_END_S of its
+        sounding part, :func:`sounding_end`, peaks within REVERSED_END_DB of its
+        peak, as a reversed one-shot's attack does), the end of its sound
+        reversed: each variant's attack vector against every template (one
+        matrix product). Up to two variants then run the whole pipeline: the one
+        whose attack is nearest a file's, when nearer than the query's own
+        (:meth:`best_variant`), and the *probed* one (:meth:`probed_variant`):
+        each variant's waveform is correlated at its own speed with the snippets
+        of its VARIANT_PROBE_FILES nearest attack vectors, and the best is tried
+        when it beats the query's own answer's rho. The strongest answer wins
+        (:func:`strength`). When the query's own answer correlates below
+        WIDE_BELOW_RHO (or no waveform does), the snippets of its next
+        WIDE_CANDIDATES attack neighbours are correlated with it too
+        (:meth:`_widen`): the best WIDE_ADD above the answer join the
+        candidates, and the re-ranking and the waveform stage run a second time.
 
         Parameters
         ----------
@@ -508,9 +541,11 @@ class Library:
         first = out[0][0]
         sure = first is not None and first.get("rho", 0.0) >= VARIANT_SKIP_RHO
         if not ev.inside_file and not sure:
-            tried = [v for v in (self.best_variant(ev.audio),) if v is not None]
+            # Scored once, handed to both choices (no state kept between queries).
+            scores = self._variant_scores(ev.audio)
+            tried = [v for v in (self.best_variant(ev.audio, scores=scores),) if v is not None]
             own_rho = float(first.get("rho", 0.0)) if first is not None else 0.0
-            probed = self.probed_variant(ev.audio, own_rho)
+            probed = self.probed_variant(ev.audio, own_rho, scores=scores)
             if probed is not None and all(probed[:2] != v[:2] for v in tried):
                 tried.append(probed)
             for semitones, backwards, y in tried:
@@ -518,65 +553,62 @@ class Library:
                 if ev1 is not None:
                     ev1.variant = (semitones, backwards)
                     out.append(self._answer(ev1))
-        self._variant_memo = None
         return out
 
-    def _variant_scores(
-        self, audio: np.ndarray
-    ) -> list[tuple[float, bool, np.ndarray, np.ndarray]]:
+    def _variant_scores(self, audio: np.ndarray) -> VariantScores:
         """The query (at the fingerprint rate) and its speed/direction variants, each as
         ``(semitones, reversed, audio, attack cosines with every template)``, the query first.
 
-        The last result is kept: :meth:`best_variant` and :meth:`probed_variant` of one
-        query share it.
+        The reversal (of the last VARIANT_MAX_S of the sound, what follows its end left out:
+        :func:`sounding_end`) is among them only when the query :func:`ends_loud`.
         """
-        cached = self._variant_memo
-        if cached is not None and cached[0] is audio:
-            return cached[1]
         _ids, _tpl, attack = self._templates()
         fs = fingerprint.FP_SR
         head = audio[: int(VARIANT_MAX_S * fs)]
-        tail = audio[-int(VARIANT_MAX_S * fs) :][::-1].copy()
         tries: list[tuple[float, bool, np.ndarray]] = [(0.0, False, audio)]
         tries += [(float(s), False, _resampled(head, s)) for s in VARIANT_SEMITONES]
         if REVERSED_VARIANT and ends_loud(audio, fs):
-            tries.append((0.0, True, tail))
+            sound = audio[: sounding_end(audio, fs)]
+            tries.append((0.0, True, sound[-int(VARIANT_MAX_S * fs) :][::-1].copy()))
         # The query's own attack from its first VARIANT_MAX_S, as its variants'.
         patches = [head if s == 0.0 and not b else y for s, b, y in tries]
-        out = [(s, b, y, attack @ rerank.QueryPatch(p, fs).attack_vector())
-               for (s, b, y), p in zip(tries, patches, strict=True)]
-        self._variant_memo = (audio, out)
-        return out
+        return [(s, b, y, attack @ rerank.QueryPatch(p, fs).attack_vector())
+                for (s, b, y), p in zip(tries, patches, strict=True)]
 
-    def best_variant(self, audio: np.ndarray) -> tuple[float, bool, np.ndarray] | None:
+    def best_variant(
+        self, audio: np.ndarray, *, scores: VariantScores | None = None
+    ) -> tuple[float, bool, np.ndarray] | None:
         """The speed/direction variant of a query (at the fingerprint rate) whose attack is
         nearest a library file's, when it is nearer than the query's own.
 
         Variants: the query resampled as played VARIANT_SEMITONES lower (undoing a
-        pitch by resampling) and reversed. Returns ``(semitones, reversed, audio)`` or None.
+        pitch by resampling) and, when it :func:`ends_loud`, reversed. ``scores``: the
+        query's :meth:`_variant_scores`, when the caller has them already. Returns
+        ``(semitones, reversed, audio)`` or None.
         """
         _ids, _tpl, attack = self._templates()
         if not len(attack):
             return None
-        scored = self._variant_scores(audio)
+        scored = scores if scores is not None else self._variant_scores(audio)
         best = max(scored, key=lambda v: float(np.max(v[3])))  # the first of equals: the query
         if best[0] == 0.0 and not best[1]:
             return None
         return best[0], best[1], best[2]
 
     def probed_variant(
-        self, audio: np.ndarray, floor_rho: float
+        self, audio: np.ndarray, floor_rho: float, *, scores: VariantScores | None = None
     ) -> tuple[float, bool, np.ndarray] | None:
         """The variant of a query (at the fingerprint rate) whose waveform correlates best
         with the snippet of one of its VARIANT_PROBE_FILES nearest attack vectors, when that
         correlation (at the variant's own speed, :func:`waveform.probe`) exceeds ``floor_rho``
-        (the query's own answer's). Returns ``(semitones, reversed, audio)`` or None.
+        (the query's own answer's). ``scores``: the query's :meth:`_variant_scores`, when
+        the caller has them already. Returns ``(semitones, reversed, audio)`` or None.
         """
         ids, _tpl, attack = self._templates()
         if not len(attack):
             return None
-        scored = self._variant_scores(audio)[1:]
-        near = [ids[np.argsort(-sc)[:VARIANT_PROBE_FILES]].tolist() for *_r, sc in scored]
+        scored = (scores if scores is not None else self._variant_scores(audio))[1:]
+        near = [ids[top_indices(sc, VARIANT_PROBE_FILES)].tolist() for *_r, sc in scored]
         snips = self.snippet_loader(sorted({f for n in near for f in n}))
         best: tuple[float, float, bool, np.ndarray] | None = None
         for (semitones, backwards, y, _sc), files in zip(scored, near, strict=True):
@@ -675,11 +707,11 @@ class Library:
         if ev.inside_file:
             return ev
         ids, _tpl, attack = self._templates()
-        row_of = {f: i for i, f in enumerate(ids.tolist())}
+        row_of = self._template_rows()
         ev.patch = rerank.QueryPatch(audio, sr)
         tv = attack @ ev.patch.attack_vector() if len(ids) else np.zeros(0, np.float32)
         ev.attack_scores, ev.counts = tv, counts
-        nearest = ids[np.argsort(-tv)[:ATTACK_CANDIDATES]].tolist()
+        nearest = ids[top_indices(tv, ATTACK_CANDIDATES)].tolist()
         ev.candidates = [
             f for f in dict.fromkeys([*counts, *cosine, *nearest]) if f in files and f in row_of
         ]
@@ -689,9 +721,9 @@ class Library:
 
     def _featurize(self, ev: Evidence) -> None:
         """The re-ranking features of ``ev.candidates`` (all in the stored templates)."""
-        ids, tpl, _attack = self._templates()
+        _ids, tpl, _attack = self._templates()
         assert ev.patch is not None and ev.attack_scores is not None
-        row_of = {f: i for i, f in enumerate(ids.tolist())}
+        row_of = self._template_rows()
         rows = np.array([row_of[f] for f in ev.candidates])
         feats = rerank.features(ev.patch, tpl[rows])
         cosine = ev.cosine
@@ -711,8 +743,15 @@ class Library:
         if ev.attack_scores is None or not ev.candidates:
             return False
         have, files = set(ev.candidates), self.files()
-        order = [f for f in ids[np.argsort(-ev.attack_scores)].tolist()
-                 if f not in have and f in files][:WIDE_CANDIDATES]
+        # The best WIDE_CANDIDATES by attack outside the candidates: among the best
+        # WIDE_CANDIDATES + len(have) (more only when some are not in the file table).
+        want = WIDE_CANDIDATES + len(have)
+        while True:
+            order = [f for f in ids[top_indices(ev.attack_scores, want)].tolist()
+                     if f not in have and f in files][:WIDE_CANDIDATES]
+            if len(order) >= WIDE_CANDIDATES or want >= len(ids):
+                break
+            want = min(len(ids), 2 * want)
         snips = self.snippet_loader(order)
         order = [f for f in order if f in snips]
         if not order:
@@ -735,7 +774,7 @@ class Library:
         """The RESIDUAL_CANDIDATES files whose attack is nearest a mix's residual."""
         ids, _tpl, attack = self._templates()
         patch = rerank.QueryPatch(residual, sr)
-        near = np.argsort(-(attack @ patch.attack_vector()))[:RESIDUAL_CANDIDATES]
+        near = top_indices(attack @ patch.attack_vector(), RESIDUAL_CANDIDATES)
         files = self.files()
         return [f for f in ids[near].tolist() if f in files]
 
@@ -885,14 +924,99 @@ def strength(
     return TEMPLATE_RHO_EQUIVALENT * prob
 
 
+def top_indices(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the ``k`` highest ``scores``, highest first, equal scores in index order:
+    ``np.argsort(-scores, kind="stable")[:k]`` without sorting every score (a partition,
+    then a sort of the k, and of any ties with the k-th).
+
+    Parameters
+    ----------
+    scores : float array [n]
+        One score per item (NaN ranks last, as in argsort).
+    k : int
+        How many.
+
+    Returns
+    -------
+    int array [min(k, n)]
+    """
+    x = np.asarray(scores)
+    n = len(x)
+    if k <= 0:
+        return np.zeros(0, np.intp)
+    if k >= n:
+        return np.argsort(-x, kind="stable")
+    neg = -x
+    kth = neg[np.argpartition(neg, k - 1)[k - 1]]  # the k-th highest score, negated
+    if not np.isfinite(kth):  # NaN or infinite scores at the cut: rank them all
+        return np.argsort(neg, kind="stable")[:k]
+    pool = np.flatnonzero(neg <= kth)  # the k best and every tie with the k-th, index order
+    return pool[np.argsort(neg[pool], kind="stable")[:k]]
+
+
+def sounding_end(y: np.ndarray, sr: int) -> int:
+    """Where the sound in ``y`` ends: the number of samples up to the end of its last
+    END_FRAME_S frame (frames counted from the end) above the noise floor.
+
+    The floor is the END_NOISE_PERCENTILE-th percentile of the frames' RMS plus
+    END_NOISE_MARGIN_DB, kept between END_FLOOR_MIN_DB and END_FLOOR_MAX_DB under the loudest
+    frame (after removing the mean). 0 for silence; ``len(y)`` when the last frame sounds.
+
+    Parameters
+    ----------
+    y : float array [n]
+        Mono audio.
+    sr : int
+        Its sample rate in Hz.
+
+    Returns
+    -------
+    int
+        Samples of ``y`` up to the end of its sound.
+    """
+    x = np.asarray(y, np.float64)
+    if not len(x):
+        return 0
+    hop = max(1, int(END_FRAME_S * sr))
+    n_frames = -(-len(x) // hop)
+    back = np.zeros(n_frames * hop)
+    back[: len(x)] = (x - x.mean())[::-1]  # frame 0 ends at the last sample
+    rms = np.sqrt(np.mean(back.reshape(n_frames, hop) ** 2, axis=1))
+    loudest = float(rms.max())
+    if not loudest > 0:
+        return 0
+    floor = float(np.percentile(rms, END_NOISE_PERCENTILE)) * 10 ** (END_NOISE_MARGIN_DB / 20)
+    floor = min(max(floor, loudest * 10 ** (-END_FLOOR_MIN_DB / 20)),
+                loudest * 10 ** (-END_FLOOR_MAX_DB / 20))
+    last = int(np.argmax(rms > floor))  # frames counted from the end
+    return len(x) - last * hop
+
+
 def ends_loud(y: np.ndarray, sr: int) -> bool:
-    """Whether the last REVERSED_END_S of ``y`` peaks within REVERSED_END_DB of its peak, as a
-    reversed one-shot (its attack last) does."""
-    a = np.abs(np.asarray(y, np.float32))
+    """Whether ``y``'s sound ends loud, as a reversed one-shot (its attack last) does.
+
+    The end is the last REVERSED_END_S (at most REVERSED_END_FRACTION) of the sounding part
+    (:func:`sounding_end`: what follows the sound is left out), and it must peak within
+    REVERSED_END_DB of the whole query's peak.
+
+    Parameters
+    ----------
+    y : float array [n]
+        Mono audio.
+    sr : int
+        Its sample rate in Hz.
+
+    Returns
+    -------
+    bool
+        True when the reversal is worth trying; False for silence.
+    """
+    x = np.asarray(y, np.float32)
+    a = np.abs(x[: sounding_end(x, sr)])
     if not len(a) or not a.max() > 0:
         return False
-    end = a[-max(1, int(REVERSED_END_S * sr)) :].max()
-    return bool(end >= a.max() * 10 ** (-REVERSED_END_DB / 20))
+    n_end = max(1, min(int(REVERSED_END_S * sr), int(REVERSED_END_FRACTION * len(a))))
+    return bool(a[-n_end:].max() >= a.max() * 10 ** (-REVERSED_END_DB / 20))
 
 
 def _resampled(y: np.ndarray, semitones: float) -> np.ndarray:
