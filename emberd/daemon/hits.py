@@ -542,11 +542,18 @@ class HitLadder:
         stages of a hit by ``(channel, hit)`` (the MIDI output's note-offs, a subscriber)
         never mixes a new hit with an old one of the same number.
         """
-        for new_ch, old_ch in zip(self._channels, old._channels, strict=True):
-            new_ch.next_id = max(new_ch.next_id, old_ch.next_id)
-        self.hits_started += old.hits_started
-        self.stage_ms += old.stage_ms
-        self._answers += old._answers
+        next_ids, started, stage_ms, answers = old.handover()
+        for ch, next_id in zip(self._channels, next_ids, strict=True):
+            ch.next_id = max(ch.next_id, next_id)
+        self.hits_started += started
+        self.stage_ms += stage_ms
+        self._answers += answers
+
+    def handover(self) -> tuple[list[int], int, float, int]:
+        """What a ladder replacing this one carries on (:meth:`follow`): each channel's next
+        hit number, hits started, stage milliseconds and answers given."""
+        return ([ch.next_id for ch in self._channels], self.hits_started, self.stage_ms,
+                self._answers)  # fmt: skip
 
     def time_of(self, pos: int) -> float:
         """Unix capture time of ladder sample ``pos`` (input position ``pos * ratio``)."""
