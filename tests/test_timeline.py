@@ -252,9 +252,9 @@ def test_reference_cache_is_bounded_in_bytes(lib: dict, monkeypatch: pytest.Monk
         total = 0
         for fid in tl.files:
             total += tl._ref(fid).y.nbytes + tl._ref(fid).up.nbytes
-            held = sum(r.y.nbytes + r.up.nbytes for r in tl._refs.values())
-            assert held <= bound or len(tl._refs) == 1, (held, len(tl._refs))
-            assert fid in tl._refs  # the newest is always kept
+            held = sum(r.y.nbytes + r.up.nbytes for r in tl._refs.refs.values())
+            assert held <= bound or len(tl._refs.refs) == 1, (held, len(tl._refs.refs))
+            assert fid in tl._refs.refs  # the newest is always kept
     assert total > 4 * bound  # the files would not have fitted
 
 
@@ -275,7 +275,7 @@ def test_an_entry_is_compared_only_with_sounds_still_playing(lib: dict) -> None:
             f = fids[k]
             s.entries.append(timeline.Entry(f, tl.files[f].path, 98.0 + k * 0.5,
                                             98.3 + k * 0.5, -3.0, 1.0, 0.95, 0.9, "exact"))
-        tl._refs.clear()
+        tl._refs.refs.clear()
         before = tl.decodes if hasattr(tl, "decodes") else 0
         decoded: list[int] = []
         real = tl._ref
@@ -430,15 +430,15 @@ def test_snippet_cache_is_bounded_and_gives_the_same_entries(
     with Library.open(lib["lib"]) as library:
         cached = Timeline(library)
         first = entries(cached)
-        assert len(cached._heads) > 1
-        assert cached._head_bytes == sum(h.nbytes for h in cached._heads.values())
-        one = next(iter(cached._heads.values())).nbytes
+        assert len(cached._heads.refs) > 1
+        assert cached._heads.nbytes == sum(h.nbytes for h in cached._heads.refs.values())
+        one = next(iter(cached._heads.refs.values())).nbytes
         monkeypatch.setattr(timeline, "HEAD_CACHE_BYTES", one)  # room for one snippet
         small = Timeline(library)
         for fid in small.files:
             head = small._head(fid)
             assert small._head(fid) is head  # served from the cache
-            assert len(small._heads) == 1 and fid in small._heads
+            assert len(small._heads.refs) == 1 and fid in small._heads.refs
         assert entries(small) == first
 
 

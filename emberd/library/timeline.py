@@ -190,6 +190,31 @@ class _Ref:
         return int(self.y.nbytes + self.up.nbytes)
 
 
+class _RefCache:
+    """Waveforms by file id, least recently used dropped first once they hold more than
+    ``bound`` bytes (bounded in bytes, not files: 128 long files would hold ~450 MB). The
+    newest stays even when it alone is over the bound."""
+
+    def __init__(self, bound: int) -> None:
+        self.bound = bound
+        self.refs: OrderedDict[int, _Ref] = OrderedDict()  # least recently used first
+        self.nbytes = 0  # their total nbytes
+
+    def get(self, file_id: int) -> _Ref | None:
+        ref = self.refs.get(file_id)
+        if ref is not None:
+            self.refs.move_to_end(file_id)
+        return ref
+
+    def put(self, file_id: int, ref: _Ref) -> _Ref:
+        self.refs[file_id] = ref
+        self.nbytes += ref.nbytes
+        while self.nbytes > self.bound and len(self.refs) > 1:
+            _fid, old = self.refs.popitem(last=False)
+            self.nbytes -= old.nbytes
+        return ref
+
+
 def confidence(rho: float) -> float:
     """Confidence (0..1) of an entry with fine correlation ``rho``."""
     return float(1.0 / (1.0 + math.exp(-CONFIDENCE_SLOPE * (rho - CONFIDENCE_MID))))
@@ -210,12 +235,10 @@ class Timeline:
         self.index = HitIndex.from_library(library)
         if len(self.index) == 0:
             raise EmberdError("the library holds no onset snippets (run 'emberd index' again)")
-        self._refs: OrderedDict[int, _Ref] = OrderedDict()  # least recently used first
-        self._ref_bytes = 0  # their total nbytes, at most REF_CACHE_BYTES
+        self._refs = _RefCache(REF_CACHE_BYTES)  # decoded library files
         self.decodes = 0  # library files decoded (a cache miss each)
         self._row = {int(f): i for i, f in enumerate(self.index.file_ids.tolist())}
-        self._heads: OrderedDict[int, _Ref] = OrderedDict()  # upsampled snippets, LRU
-        self._head_bytes = 0  # their total nbytes, at most HEAD_CACHE_BYTES
+        self._heads = _RefCache(HEAD_CACHE_BYTES)  # upsampled stored snippets
         self.bank, self.bank_energy = _speed_bank(self.index)
         self.same_attack = _same_attack(self.index)
         # The detector's filters (and scipy.signal's import, ~0.5 s) once, with the engine,
@@ -228,7 +251,6 @@ class Timeline:
         """The file's waveform (cached); its stored snippet when the file cannot be read."""
         ref = self._refs.get(file_id)
         if ref is not None:
-            self._refs.move_to_end(file_id)
             return ref
         from emberd.dsp.sources import load_audio
 
@@ -248,15 +270,7 @@ class Timeline:
 
         y = np.ascontiguousarray(y, np.float32)
         up = np.asarray(soxr.resample(y, WAVE_SR, UPSAMPLE * WAVE_SR, quality="HQ"), np.float32)
-        ref = _Ref(y, onset, up)
-        self._refs[file_id] = ref
-        self._ref_bytes += ref.nbytes
-        # Bounded in bytes, not files: 128 long files would hold ~450 MB. The newest stays
-        # even when it alone is over the bound.
-        while self._ref_bytes > REF_CACHE_BYTES and len(self._refs) > 1:
-            _fid, old = self._refs.popitem(last=False)
-            self._ref_bytes -= old.nbytes
-        return ref
+        return self._refs.put(file_id, _Ref(y, onset, up))
 
     def _head(self, file_id: int) -> _Ref:
         """The file's stored snippet as a _Ref (its first 250 ms from the pre-roll, no
@@ -265,7 +279,6 @@ class Timeline:
         samples, and the same files are candidates at many onsets."""
         head = self._heads.get(file_id)
         if head is not None:
-            self._heads.move_to_end(file_id)
             return head
         import soxr
 
@@ -273,13 +286,8 @@ class Timeline:
         up = np.asarray(soxr.resample(y, WAVE_SR, UPSAMPLE * WAVE_SR, quality="HQ"), np.float32)
         nz = np.flatnonzero(y)
         end = int(nz[-1]) + 1 if len(nz) else len(y)
-        head = _Ref(y, PRE_ROLL_SAMPLES, up, max(end - (PRE_ROLL_SAMPLES - PRE_SAMPLES), 1))
-        self._heads[file_id] = head
-        self._head_bytes += head.nbytes
-        while self._head_bytes > HEAD_CACHE_BYTES and len(self._heads) > 1:
-            _fid, old = self._heads.popitem(last=False)
-            self._head_bytes -= old.nbytes
-        return head
+        avail = max(end - (PRE_ROLL_SAMPLES - PRE_SAMPLES), 1)
+        return self._heads.put(file_id, _Ref(y, PRE_ROLL_SAMPLES, up, avail))
 
     # -- streaming ----------------------------------------------------------------------
 
@@ -1038,7 +1046,8 @@ def _coarse_ncc(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Best normalised correlation of every bank attack with ``win`` and its lag.
 
-    ``win`` holds COARSE_WINDOW residual samples; ``spectra`` [files, speeds, bins] and
+    ``win`` holds the coarse window's residual samples (PRE_SAMPLES + COARSE_SAMPLES +
+    2 * LAG_SAMPLES); ``spectra`` [files, speeds, bins] and
     ``energy`` [files, speeds] are rows of :func:`_speed_bank`. One forward transform of
     the window, one product with every attack's spectrum and one batch of inverse
     transforms give the correlations at all 2 * LAG_SAMPLES + 1 lags (the window and the
