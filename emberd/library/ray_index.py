@@ -59,6 +59,7 @@ EMBED_CPU_SHARE = 0.5  # of a CPU node's CPUs reserved by its embedding actor
 MIN_ACTOR_CPUS = 0.5  # a 1-CPU node: half for the actor, half for feature tasks
 CONNECT_TIMEOUT_S = 5.0  # TCP probe of a head address before ray.init (which retries forever)
 LOCAL = "local"  # --ray without an address: start Ray on this machine
+MODEL_DIGEST_CHARS = 16  # hex digits of the model's SHA-256 naming its node copy
 
 
 def ray_module() -> Any:
@@ -256,6 +257,41 @@ def _node_address() -> str:
         return socket.gethostname()
 
 
+def _node_copy(model_bytes: bytes, name: str) -> str:
+    """The node's one copy of a shipped model file, written once, named by its content.
+
+    Actors are killed (``ray.kill``, a lost node, a pool that shrinks while one still
+    starts), never finalised, so a folder per actor was left behind in the node's temp
+    folder on every run. One folder per model content and user instead: the next actor
+    reuses it, a concurrent writer replaces the file atomically with the same bytes, and
+    a folder another user owns, or a file whose bytes differ, is never trusted.
+    """
+    import hashlib
+
+    digest = hashlib.sha256(model_bytes).hexdigest()[:MODEL_DIGEST_CHARS]
+    folder = os.path.join(tempfile.gettempdir(), f"emberd-ray-model-{os.getuid()}-{digest}")
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    st = os.lstat(folder)
+    if st.st_uid != os.getuid() or st.st_mode & 0o077 or not os.path.isdir(folder):
+        raise EmberdError(f"{folder}: not a private folder of this user; remove it")
+    path = os.path.join(folder, name)
+    try:
+        with open(path, "rb") as fh:
+            if fh.read() == model_bytes:
+                return path
+    except OSError:
+        pass  # not there yet (or unreadable): write it
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".part-")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(model_bytes)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return path
+
+
 class EmbedActor:
     """One ONNX Runtime session; embeds the windows of a group of prepared files.
 
@@ -287,11 +323,7 @@ class EmbedActor:
             self.encoder = load_encoder(manifest, device=device, threads=threads,
                                         skip_silence=skip_silence)
             return
-        model_bytes = ray.get(model[0])
-        self._dir = tempfile.TemporaryDirectory(prefix="emberd-ray-model-")
-        path = os.path.join(self._dir.name, os.path.basename(str(manifest.path)))
-        with open(path, "wb") as fh:
-            fh.write(model_bytes)
+        path = _node_copy(ray.get(model[0]), os.path.basename(str(manifest.path)))
         # The same Encoder the built-in entry points build, on the shipped copy.
         self.manifest = dataclasses.replace(manifest, path=type(manifest.path)(path))
         self.encoder = Encoder(self.manifest, device=device, threads=threads,
