@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps(results, indent=1, default=str))
     for k, v in results.items():
-        if k not in ("samples", "player_clock", "proc_samples"):
+        if k not in ("samples", "player_clock", "proc_samples", "control_timeline"):
             print(f"{k:24s} {v}")
     return 0 if results["ok"] else 1
 

@@ -24,12 +24,15 @@ a late worker plus hops dropped by full publisher queues), ``rejected`` (malform
 control requests and OSC datagrams), ``rejected_control``, ``rejected_osc``,
 ``rate_limited`` / ``rate_limited_control`` / ``rate_limited_osc`` (refused unparsed by
 :mod:`emberd.daemon.ratelimit`, also counted in ``rejected``),
+``reload_ms`` (the latest ``reload``'s time on the analysis thread; hops wait meanwhile),
 ``nonfinite_samples``, ``osc_targets``, ``zmq_pub``, ``control``, ``osc_in``,
 ``publisher_drops`` (hops dropped by each output's full handoff), ``outputs`` (per output:
 messages ``published``, ``dropped`` = ``queue_dropped`` + ``transport_dropped``, ``errors``,
 ``disabled``, ``queued``; see :mod:`emberd.daemon.outputs`), ``analyzers`` (per analyser:
 ``calls``, ``errors``, ``disabled``), with hits on: ``hits`` (hits started),
-``hit_index_files``, ``hit_stage_ms`` (compute per ladder answer), ``hit_lost_frames``
+``hit_index_files``, ``hit_index_builds`` (hit indexes built: one at start and one per
+``reload`` that found the library's files or snippets changed; an unchanged library
+keeps its index), ``hit_stage_ms`` (compute per ladder answer), ``hit_lost_frames``
 (input frames the hit thread's tap lost: it fell a whole ring behind),
 ``hit_flush_stalls`` (end-of-input flushes that gave up without progress),
 ``subscriber_lost`` (messages ZeroMQ subscribers reported missing: the PUB socket drops

@@ -191,6 +191,9 @@ class Worker(threading.Thread):
         self._capture: _Capture | None = None
         self._audio_end = sys.maxsize  # ring position where the input ended (end of input)
         self.hits: HitLadder | None = None  # built in run(), with the library
+        self._hit_index: Any = None  # the HitIndex of the latest ladder (reused on reload)
+        self._hit_index_builds = 0  # hit indexes built (status: a reload that reused none)
+        self._reload_ms = 0.0  # the latest reload's time on this thread (status)
         self._hit_thread: HitThread | None = None  # runs self.hits beside this thread
         self.hit_detection = hit_detection
         self._gate = LevelGate(n, source.sr)
@@ -349,7 +352,11 @@ class Worker(threading.Thread):
             return None
         from emberd.library.hitindex import HitIndex
 
-        index = HitIndex.from_library(library)
+        # An unchanged library keeps the index built before (see HitIndex.from_library).
+        index = HitIndex.from_library(library, reuse=self._hit_index)
+        if index is not self._hit_index:
+            self._hit_index_builds += 1
+        self._hit_index = index
         log.info("hits: %d library sounds in the hit index", len(index))
         return HitLadder(index, library.files(), sr=self.source.sr, channels=self.channels,
                          model=self.engine.encoder.model,
@@ -516,6 +523,8 @@ class Worker(threading.Thread):
             "window_ms": round(enc.window_frames * cfg.hop_length / cfg.sr * 1000.0, 3),
             "k": self.k,
             "paused": self.paused,
+            "reload_ms": round(self._reload_ms, 1),
+            **({"hit_index_builds": self._hit_index_builds} if self.hit_detection else {}),
             **(ladder.describe() if (ladder := self._answering_ladder()) is not None else {}),
             **(self._hit_thread.describe() if self._hit_thread is not None else {}),
             **(self.source.watchdog.describe() if hasattr(self.source, "watchdog") else {}),
@@ -553,6 +562,7 @@ class Worker(threading.Thread):
             self.k = int(args["k"])
             return {"ok": True, "k": self.k}
         if command.cmd == "reload":
+            t0 = time.perf_counter()
             library = self._open_library()
             self.hits = self._hit_ladder(library)
             if self.hits is not None and self._hit_thread is not None:
@@ -563,6 +573,7 @@ class Worker(threading.Thread):
             self._search_warned = False
             self._load_class_data()
             files = len(library.files()) if hasattr(library, "files") else None
+            self._reload_ms = (time.perf_counter() - t0) * 1000.0
             return {"ok": True, "library": str(getattr(library, "path", "")), "files": files}
         if command.cmd == "set_model":
             return self._swap_engine(args["engine"])

@@ -370,7 +370,18 @@ class ControlClient(threading.Thread):
         self.d = daemon
         self.period = period
         self.replies: Counter[str] = Counter()  # "<cmd> ok" / "<cmd> error: ..."
+        # (monotonic s at the request, command, ms to its reply): a reload answered by
+        # the analysis thread shows how long it held the hops back
+        self.timeline: list[tuple[float, str, float]] = []
         self.stop_event = threading.Event()
+
+    def reply_ms(self) -> dict[str, dict[str, float]]:
+        """Per command: p50 and max milliseconds from request to reply."""
+        by: dict[str, list[float]] = {}
+        for _t, cmd, ms in self.timeline:
+            by.setdefault(cmd, []).append(ms)
+        return {cmd: {"p50": round(float(np.median(v)), 1), "max": round(max(v), 1)}
+                for cmd, v in by.items()}  # fmt: skip
 
     def run(self) -> None:
         cmds: list[tuple[str, dict[str, Any]]] = [
@@ -381,12 +392,14 @@ class ControlClient(threading.Thread):
         while not self.stop_event.wait(self.period):
             cmd, args = cmds[i % len(cmds)]
             i += 1
+            t0 = time.monotonic()
             try:
                 reply = self.d.request(cmd, timeout=20.0, **args)
                 err = reply.get("error")
                 key = f"{cmd} ok" if reply.get("ok") else f"{cmd} error: {str(err)[:40]}"
             except TimeoutError:
                 key = f"{cmd} no reply"
+            self.timeline.append((t0, cmd, round((time.monotonic() - t0) * 1000.0, 1)))
             self.replies[key] += 1
 
 
@@ -637,6 +650,7 @@ def run(cfg: SoakConfig) -> dict[str, Any]:
                 "t": round(now - t0, 1), "rss": rss, "fds": fds, "load1": os.getloadavg()[0],
                 "hops": st.get("hops"), "overflows": st.get("overflows"),
                 "dropped_hops": st.get("dropped_hops"), "skipped_hops": st.get("skipped_hops"),
+                "reload_ms": st.get("reload_ms"), "hit_index_builds": st.get("hit_index_builds"),
                 "anchor_overflows": anchor.overflows(),
                 "outputs_dropped": {k: v.get("dropped") for k, v in
                                     (st.get("outputs") or {}).items()},
@@ -695,6 +709,10 @@ def run(cfg: SoakConfig) -> dict[str, Any]:
             "midi_received": midi,
             "panel_final": page_final,
             "control_replies": dict(control.replies),
+            "control_reply_ms": control.reply_ms(),
+            # (s after the start of the run, command, ms to its reply)
+            "control_timeline": [(round(t - t0, 2), c, ms) for t, c, ms in control.timeline],
+            "hit_index_builds": st1.get("hit_index_builds"),
             "rss_start_mib": round(float(np.median([r for t, r in rss_s if t <= BASELINE_S]))
                                    / MIB, 1) if rss_s else None,
             "rss_growth_mib": round(growth(rss_s, 0.0, span) / MIB, 2),
