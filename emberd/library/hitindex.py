@@ -414,8 +414,8 @@ class HitIndex:
             when it was built from the same files, paths and snippets (:attr:`content_key`),
             with its fitted :class:`ClassModel` and its decoded sounds. Building one costs
             0.4-0.8 CPU-s for 62 files (3.3 s for 663), nearly all of it the class model's
-            fit; the daemon's reload every 9 s in the session soak paid it on the analysis
-            thread each time, and its one burst of dropped hops came from that stall.
+            fit; the daemon's ``reload`` (every 9 s in the session soak) paid it on the
+            analysis thread each time while the hops waited.
         """
         files = library.files()
         ids = sorted(files)
