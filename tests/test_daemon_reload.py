@@ -69,3 +69,48 @@ def test_daemon_reload_builds_the_hit_index_only_when_the_library_changed(
         # the hit thread answers from the new index once the old ladder's hits are done
         wait_for(lambda: d.status()["hit_index_files"] > files, WAIT_S, what="the new index")
         assert d.alive(), d.log_tail()
+
+
+def test_whole_sounds_are_kept_without_their_trailing_zeros(
+    sounds: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The whole-sound cache keeps a file up to its last non-zero sample, answers exactly
+    as the whole 2-s window did, and never holds more than SOUND_CACHE_BYTES."""
+    import numpy as np
+
+    from emberd.dsp.sources import load_audio
+    from emberd.library import hitindex as hx
+
+    lib, _ = sounds
+    with Library.open(lib) as library:
+        index = HitIndex.from_library(library)
+        files = library.files()
+    n = round(hx.SOUND_MAX_S * hx.WAVE_SR)
+    loaded = []
+    for row, fid in enumerate(index.file_ids.tolist()):
+        path = files[fid].path
+        if index.load_sound(row, path) != n:
+            continue  # did not match its snippet: the snippet is used
+        loaded.append(row)
+        y, _ = load_audio(path, sr=hx.WAVE_SR)
+        assert len(y) < n  # the test sounds are shorter than SOUND_MAX_S
+        whole = index.placed(row, 0.5, 0, n)
+        tail = int(np.flatnonzero(whole)[-1]) + 1
+        for start, length in ((0, n), (tail - 300, 600), (tail, 400), (-50, 100)):
+            got = index.placed(row, 0.5, start, length)
+            want = np.zeros(length, np.float32)
+            a, b = max(start, 0), min(start + length, n)
+            want[a - start : b - start] = whole[a:b]
+            np.testing.assert_array_equal(got, want)
+    assert loaded, "no library sound matched its snippet"
+    held = index.sound_bytes()
+    assert held == sum(s[0].nbytes for s in index._sounds.values() if s is not None)
+    assert held < len(loaded) * n * 4 // 2, "the zeros after the files' ends were kept"
+    # the byte bound: a cache of half of what was held keeps the newest sounds under it
+    monkeypatch.setattr(hx, "SOUND_CACHE_BYTES", held // 2)
+    with Library.open(lib) as library:
+        small = HitIndex.from_library(library)
+    for row in loaded:
+        small.load_sound(row, files[int(small.file_ids[row])].path)
+        assert small.sound_bytes() <= held // 2 or len(small._sounds) == 1
+    assert 0 < small.sound_bytes() <= held // 2

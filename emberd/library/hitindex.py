@@ -78,7 +78,11 @@ CLASS_CUT_SHARE = 0.5  # ... this share of them cut short, after a log-uniform C
 CLASS_CUT_S = (0.03, 0.245)
 CLASS_POOL = 256  # nearest attacks searched for the files of one class
 SOUND_MAX_S = 2.0  # a ringing sound's prediction: the file's first seconds after its onset
-SOUND_CACHE_FILES = 64  # whole sounds kept in memory (LRU; ~180 KB each)
+SOUND_CACHE_FILES = 64  # whole sounds kept in memory (LRU) ...
+SOUND_CACHE_BYTES = 8 * 1024 * 1024  # ... holding at most this many bytes of samples: a
+# sound is kept up to its last non-zero sample (SOUND_MAX_S is 176 KB; the session soak's
+# 62 hydrogen files, 0.26 s on average, hold 1.4 MB). The bound on the daemon's memory this
+# cache adds as it fills, and a reload that finds the library unchanged keeps it.
 SOUND_ALIGN_SAMPLES = 8  # the decoded file is aligned on its snippet within +-this ...
 SOUND_MATCH_RHO = 0.9  # ... and used only when it correlates this well with it (a file
 # changed since it was indexed does not; a library indexed through a lower rate still does)
@@ -372,10 +376,12 @@ class HitIndex:
         self.class_model = ClassModel.from_snippets(snips, self.classes) if n else None
         # What it was built from (from_library): an unchanged library reuses the index.
         self.content_key: bytes | None = None
-        # Whole sounds of files heard ringing (load_sound): row -> samples, or None.
-        self._sounds: collections.OrderedDict[int, np.ndarray | None] = (
+        # Whole sounds of files heard ringing (load_sound): row -> (samples up to the last
+        # non-zero one, length in samples), or None (the snippet is used).
+        self._sounds: collections.OrderedDict[int, tuple[np.ndarray, int] | None] = (
             collections.OrderedDict()
         )
+        self._sound_bytes = 0  # bytes of samples in _sounds (at most SOUND_CACHE_BYTES)
 
     def _build(self, rows: np.ndarray, n_samples: int) -> Any:
         if not len(rows):
@@ -554,18 +560,27 @@ class HitIndex:
 
         A snippet ends 245 ms after the onset; a cymbal rings on for seconds, and a quiet
         hit under that tail is found and named only when the tail is subtracted. Files
-        are decoded once (LRU of SOUND_CACHE_FILES); one that cannot be read, or does not
-        match its snippet (changed since it was indexed), keeps the snippet.
+        are decoded once (LRU of SOUND_CACHE_FILES and SOUND_CACHE_BYTES); one that cannot
+        be read, or does not match its snippet (changed since it was indexed), keeps the
+        snippet.
         """
         if row in self._sounds:
             self._sounds.move_to_end(row)
         else:
-            self._sounds[row] = self._decode(row, path)
-            while len(self._sounds) > SOUND_CACHE_FILES:
-                self._sounds.popitem(last=False)
+            sound = self._decode(row, path)
+            self._sounds[row] = sound
+            self._sound_bytes += 0 if sound is None else sound[0].nbytes
+            while len(self._sounds) > 1 and (len(self._sounds) > SOUND_CACHE_FILES
+                                             or self._sound_bytes > SOUND_CACHE_BYTES):
+                _, old = self._sounds.popitem(last=False)
+                self._sound_bytes -= 0 if old is None else old[0].nbytes
         return self.sound_length(row)
 
-    def _decode(self, row: int, path: str) -> np.ndarray | None:
+    def sound_bytes(self) -> int:
+        """Bytes of samples the whole-sound cache holds (at most SOUND_CACHE_BYTES)."""
+        return self._sound_bytes
+
+    def _decode(self, row: int, path: str) -> tuple[np.ndarray, int] | None:
         from emberd.dsp.sources import load_audio
         from emberd.library.waveform import onset_sample, padded
 
@@ -583,21 +598,25 @@ class HitIndex:
         k = int(np.argmax(rho[0]))
         if float(rho[0, k]) < SOUND_MATCH_RHO:
             return None
-        return w[k : k + n].copy()
+        w = w[k : k + n]
+        nonzero = np.flatnonzero(w)
+        end = int(nonzero[-1]) + 1 if len(nonzero) else 0
+        return w[:end].copy(), n  # the zeros after the file's end are not kept
 
     def sound_length(self, row: int) -> int:
         """Samples :meth:`placed` can give for ``row`` (its whole sound when loaded)."""
         sound = self._sounds.get(row)
-        return SNIPPET_SAMPLES if sound is None else len(sound)
+        return SNIPPET_SAMPLES if sound is None else sound[1]
 
     def placed(self, row: int, gain: float, start: int, length: int) -> np.ndarray:
         """``gain`` times a file's samples ``start .. start + length`` (zeros outside): its
         snippet, or its whole sound once :meth:`load_sound` has it."""
         out = np.zeros(length, np.float32)
         sound = self._sounds.get(row)
-        n = SNIPPET_SAMPLES if sound is None else len(sound)
+        # a whole sound is kept up to its last non-zero sample: zeros after it
+        n = SNIPPET_SAMPLES if sound is None else len(sound[0])
         a, b = max(start, 0), min(start + length, n)
         if b > a:  # only the samples wanted (an int16 snippet is scaled piece by piece)
-            piece = self._int16[row, a:b] * self.scale[row] if sound is None else sound[a:b]
+            piece = self._int16[row, a:b] * self.scale[row] if sound is None else sound[0][a:b]
             out[a - start : b - start] = gain * piece
         return out
