@@ -605,10 +605,24 @@ STRESS_S = 30.0
 HOP_MS = 1000.0 * 1024 / DAEMON_SR  # the daemon's hop (aiSFX: 4 mel frames of 256 samples)
 
 
-def stress_audio(samples: list[tuple[str, str]]) -> tuple[np.ndarray, list[list[float]]]:
+@dataclass
+class StressHit:
+    """One hit of the stress performance: where it starts and what plays."""
+
+    channel: int
+    start: int  # first sample of the (gained) one-shot in the performance, at SR
+    onset_s: float  # its true onset (the sample's onset_sample after ``start``)
+    path: str
+    cls: str
+    gain_db: float
+
+
+def stress_audio(
+    samples: list[tuple[str, str]], plan: list[StressHit] | None = None
+) -> tuple[np.ndarray, list[list[float]]]:
     """The stress performance: STRESS_CHANNELS channels [n, channels] at SR, and per channel
     the true onsets (s) of its hits (each sample's :func:`~emberd.library.waveform.onset_sample`
-    after its start)."""
+    after its start). Each hit's placement is appended to ``plan`` when given (analysis)."""
     rng = np.random.default_rng(7)
     n = int(STRESS_S * SR)
     audio = rng.standard_normal((n, STRESS_CHANNELS)).astype(np.float32) * np.float32(
@@ -618,14 +632,17 @@ def stress_audio(samples: list[tuple[str, str]]) -> tuple[np.ndarray, list[list[
     for c in range(STRESS_CHANNELS):
         t = LEAD_IN_S + c * 0.013  # channels offset: onsets do not all share a block
         while t < STRESS_S - 1.0:
-            p = samples[int(rng.integers(len(samples)))][0]
+            p, cls = samples[int(rng.integers(len(samples)))]
             if p not in cache:
                 y = load(p)[: int(0.5 * SR)]
                 cache[p] = y / max(float(np.max(np.abs(y))), 1e-9) * np.float32(0.5)
-            y = cache[p] * np.float32(10 ** (rng.uniform(*GAIN_DB) / 20))
+            g = rng.uniform(*GAIN_DB)
+            y = cache[p] * np.float32(10 ** (g / 20))
             a = int(t * SR)
             audio[a : a + len(y), c] += y[: n - a]
             onsets[c].append((a + waveform.onset_sample(cache[p])) / SR)
+            if plan is not None:
+                plan.append(StressHit(c, a, onsets[c][-1], p, cls, float(g)))
             t += 1.0 / STRESS_RATE_HZ
     return audio, onsets
 

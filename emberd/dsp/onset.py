@@ -12,7 +12,13 @@ detection functions per frame, both in dB:
   crack rises clearly here even over a tom's loud ring 20 dB above it), and
 * where no prediction is subtracted (below), the energy of the input under 300 Hz and
   in 300-1500 Hz (BAND_EDGES_HZ, over BAND_WINDOW_S): a tom's or a kick's body under a
-  cymbal's bright tail that was not identified.
+  cymbal's bright tail that was not identified; and in SPLIT_BANDS narrower bands
+  (150-300, 300-700, 1500-3000 Hz): a new hit whose energy lies where the ringing sounds
+  are quiet, while the wide band around it is full of their tails (4 channels x 16
+  hits/s: half the hits start under the sum of the earlier ones, and many of those stand
+  10 dB over it in a narrow band; ``bench/stress_misses.py``, chosen on the tuning split by
+  ``bench/fit_onset_bands.py``). The 150-300 Hz band's 5.8-ms level has under one degree
+  of freedom, so its floor margin is BAND_FLOOR_MARGIN_DB higher.
 
 A frame is an onset when, in either function, the level rises at least RISE_DB above
 its mean energy over LOOKBACK_S before the last RISE_SPAN_S (a rise, not a level: gain
@@ -61,13 +67,25 @@ REFRACTORY_S = 0.04  # after an onset no other for this long (hits come >= 62 ms
 WARMUP_S = 0.05  # no onset before the floor has been seen this long
 ONSET_FRACTION = 0.3  # the onset sample: first in the frame reaching this share of its peak
 SILENCE_DB = -120.0  # dB given to digital silence
-BAND_EDGES_HZ = ((0.0, 300.0), (300.0, 1500.0))  # band functions: a low body under a bright tail
+BAND_EDGES_HZ = (
+    (0.0, 300.0), (300.0, 1500.0),  # a low body under a bright tail
+    (150.0, 300.0), (300.0, 700.0), (1500.0, 3000.0),  # split bands (SPLIT_BANDS)
+)  # fmt: skip
+SPLIT_BANDS = 3  # the last bands of BAND_EDGES_HZ, narrower: where a new hit's energy lies in
+# a part of the spectrum the ringing sounds leave quieter than the two wide bands show (4 ch x
+# 16 hits/s, tuning kits: 850 -> 1030 of 1728 hits without subtraction; bench/fit_onset_bands.py)
+BAND_FLOOR_MARGIN_DB = (0.0, 0.0, 12.0, 0.0, 0.0)  # dB added to FLOOR_MARGIN_DB per band: a
+# 150-Hz-wide band over 5.8 ms has under one degree of freedom, and its noise swings far above
+# the tracked floor (a running minimum): +6 dB still fired 27 times in 8 minutes of -50 dBFS
+# white noise at 22.05 / 44.1 kHz, +12 dB never (the wide bands alone: once)
+WIDE_BANDS = 2  # the first bands of BAND_EDGES_HZ, always on
 BAND_ORDER = 2  # Butterworth order of the band filters (a few samples of delay)
 DECAY_CREDIT_DB = 0.0  # dB a decaying reference may be lowered below the recent mean (off:
 # the tuning split's 4 dB tripled extra onsets in sound on held-out performances)
-DECAY_FLOOR_MARGIN_DB = (12.0, 12.0, 24.0, 12.0)  # ... nor under the noise floor plus this,
-# per function (broadband, second difference, the bands): under 300 Hz a 5.8-ms level has a
-# few degrees of freedom, and the thirds of steady noise there "decay" by chance
+DECAY_FLOOR_MARGIN_DB = (12.0, 12.0, 24.0, 12.0, 24.0, 12.0, 12.0)  # ... nor under the noise
+# floor plus this, per function (broadband, second difference, the bands): under 300 Hz a
+# 5.8-ms level has a few degrees of freedom, and the thirds of steady noise there "decay" by
+# chance
 BAND_WINDOW_S = 0.0058  # band energy over this much (noise under 300 Hz in one 1.45-ms
 # frame has about one degree of freedom: its frames swing by 10 dB in steady noise)
 
@@ -108,6 +126,10 @@ class OnsetDetector:
         Override the module defaults (tests, tuning).
     decay_credit_db : float, optional
         Override DECAY_CREDIT_DB (0: the reference is the recent mean alone).
+    split_bands : int, optional
+        How many of the narrow band functions after the WIDE_BANDS run (default
+        SPLIT_BANDS, all of them; 0: only the two wide bands, the detector before them,
+        for A/B runs and tests).
 
     Attributes
     ----------
@@ -126,6 +148,7 @@ class OnsetDetector:
         floor_margin_db: float = FLOOR_MARGIN_DB,
         refractory_s: float = REFRACTORY_S,
         decay_credit_db: float | None = None,
+        split_bands: int | None = None,
     ) -> None:
         self.sr = int(sr)
         self.frame = max(8, round(FRAME_S * sr))
@@ -139,14 +162,18 @@ class OnsetDetector:
         self._warmup = max(1, round(WARMUP_S * sr / self.frame))
         self._floor_step = FLOOR_RISE_DB_PER_S * self.frame / sr
         # Levels of the last frames (every function); -inf: nothing before the stream.
-        n_fn = 2 + len(BAND_EDGES_HZ)
+        split = SPLIT_BANDS if split_bands is None else split_bands  # read at construction
+        n_bands = WIDE_BANDS + min(max(split, 0), len(BAND_EDGES_HZ) - WIDE_BANDS)
+        n_fn = 2 + n_bands
         self._hist = np.full((n_fn, self._lookback + self._span), -np.inf)
         self._hist_raw = self._hist[:2].copy()
         self._floor = np.full(n_fn, np.inf)
         from scipy.signal import lfilter
 
         self._lfilter = lfilter
-        self._ba = _band_filters(self.sr)
+        self._ba = _band_filters(self.sr)[:n_bands]
+        margins = np.concatenate([[0.0, 0.0], BAND_FLOOR_MARGIN_DB[:n_bands]])
+        self._margin = (self.floor_margin_db + margins)[:, None]  # per function, dB
         self._zi = [np.zeros(max(len(b), len(a)) - 1) for b, a in self._ba]  # filter states
         self._band_span = max(1, round(BAND_WINDOW_S * sr / self.frame))  # frames
         self._band_tail = np.zeros((len(self._ba), self._band_span - 1))  # linear energies
@@ -307,11 +334,11 @@ class OnsetDetector:
             pred = np.concatenate([
                 np.where(cov[None], pred_det[:2], self._decay_pred_db(past_raw, n)), pred_det[2:]
             ])  # fmt: skip
-            margin = np.array(DECAY_FLOOR_MARGIN_DB)[:, None]
+            margin = np.array(DECAY_FLOOR_MARGIN_DB)[: len(levels), None]
             low = np.maximum(ref - self.decay_credit_db, floor_before + margin)
             ref = np.minimum(ref, np.maximum(pred, low))
         rise = levels - ref
-        ok = (rise >= self.rise_db) & (levels - floor_before >= self.floor_margin_db)
+        ok = (rise >= self.rise_db) & (levels - floor_before >= self._margin)
         ok[2:] &= ~cov[None]  # where a prediction is subtracted, the residual functions decide
         frame_no = self._frames + np.arange(1, n + 1)
         ok &= (levels[0] >= ABSOLUTE_FLOOR_DB) & (frame_no > self._quiet_until)
