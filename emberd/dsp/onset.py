@@ -73,7 +73,8 @@ BAND_EDGES_HZ = (
 )  # fmt: skip
 SPLIT_BANDS = 3  # the last bands of BAND_EDGES_HZ, narrower: where a new hit's energy lies in
 # a part of the spectrum the ringing sounds leave quieter than the two wide bands show (4 ch x
-# 16 hits/s, tuning kits: 850 -> 1030 of 1728 hits without subtraction; bench/fit_onset_bands.py)
+# 16 hits/s, tuning kits: 850 -> 1008 of 1728 hits by the detector alone, 951 -> 1031 by the
+# hit ladder; chosen by bench/fit_onset_bands.py, adding 700-1500 Hz doubled extra onsets)
 BAND_FLOOR_MARGIN_DB = (0.0, 0.0, 12.0, 0.0, 0.0)  # dB added to FLOOR_MARGIN_DB per band: a
 # 150-Hz-wide band over 5.8 ms has under one degree of freedom, and its noise swings far above
 # the tracked floor (a running minimum): +6 dB still fired 27 times in 8 minutes of -50 dBFS
