@@ -21,8 +21,9 @@ are not counted; their number is printed). Start and speed errors over the right
 entries; speed in x real time = beat seconds / wall seconds of ``timeline`` (the
 library loaded once, outside the timing), with the load average.
 
-Usage: ``python bench/timeline.py [--half A|B] [--beats N] [--set NAME=VALUE ...]``
-(``--set`` overrides an engine constant: how the constants are fitted, on half A only);
+Usage: ``python bench/timeline.py [--half A|B] [--beats N] [--set NAME=VALUE ...]
+[--seeds S,S,...]`` (``--set`` overrides an engine constant: how the constants are fitted,
+on half A only; ``--seeds`` runs other beats of half A, e.g. 105-112, to inspect more errors);
 timing figures only under ``flock /tmp/emberd-bench.lock``.
 """
 
@@ -227,6 +228,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--half", choices=("A", "B"), default="B")
     ap.add_argument("--beats", type=int, default=4, help="beats to run (at most 4)")
+    ap.add_argument("--seeds", default="", metavar="S,S,...",
+                    help="other beat seeds (tuning half A only: more material to inspect)")
     ap.add_argument("--verbose", action="store_true", help="list missed events and wrong entries")
     ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                     help="override a constant of emberd.library.timeline (fitting on --half A"
@@ -238,6 +241,8 @@ def main() -> None:
 
     if args.set and args.half != "A":
         ap.error("--set fits engine constants: on the tuning half only (--half A)")
+    if args.seeds and args.half != "A":
+        ap.error("--seeds: other beats of the tuning half only (--half A)")
     for item in args.set:
         name, _, value = item.partition("=")
         if not hasattr(engine, name):
@@ -247,7 +252,8 @@ def main() -> None:
     print(f"bench/timeline.py, {machine()}")
     lib_path, pools = build_library()
     h = args.half
-    seeds = (TUNE_SEEDS if h == "A" else EVAL_SEEDS)[: args.beats]
+    seeds = tuple(int(v) for v in args.seeds.split(",")) if args.seeds else (
+        TUNE_SEEDS if h == "A" else EVAL_SEEDS)[: args.beats]
     lib = Library.open(lib_path, search="exact")
     path_id = {r.path: r.id for r in lib.files().values()}
     group = dk.level_copies(lib)

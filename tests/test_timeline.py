@@ -492,3 +492,66 @@ def test_candidate_searches_in_one_batch_match_them_one_by_one(lib: dict) -> Non
     for a, b in zip(many, one, strict=True):
         assert a.tolist() == b.tolist()
     assert all(len(set(a.tolist())) == 4 for a in many)
+
+
+def test_placed_interpolates_the_upsampled_file_to_its_last_sample(lib: dict) -> None:
+    """_placed (in place, reading the sample after each position without clipping: ``up``
+    ends in a padding zero) is the linear interpolation of the upsampled file, up to and
+    including its last sample, and zero outside it."""
+    with Library.open(lib["lib"]) as library:
+        tl = Timeline(library)
+        s = _Stream(tl)
+        fid = next(f for f, r in tl.files.items() if Path(r.path).name == lib["sounds"][5].name)
+        ref = tl._ref(fid)
+        assert ref.up[-1] == 0.0 and ref.n_up == len(ref.up) - 1
+        up = ref.up[: ref.n_up].astype(np.float64)
+        first = ref.onset - timeline.PRE_SAMPLES
+        for speed, pos in ((1.0, 1000.0), (1.0371, 1000.25), (0.9123, 999.6)):
+            a = 900
+            b = int(pos + (len(ref.y) - first) / speed) + 50  # past the file's end
+            got = s._placed(ref, speed, pos, a, b)
+            t = ((np.arange(a, b) - pos) * speed + first) * timeline.UPSAMPLE
+            want = np.interp(t, np.arange(ref.n_up), up, left=0.0, right=0.0)
+            inside = (t >= 0) & (t <= ref.n_up - 1)
+            assert inside.sum() > 1000 and not inside[-1]
+            np.testing.assert_allclose(got[inside], want[inside], atol=2e-6)
+            assert not got[~inside].any()
+            # Only the first n samples (from the pre-roll): the same values, zero after.
+            n = 2000
+            part = s._placed(ref, speed, pos, a, b, n)
+            keep = t <= timeline.UPSAMPLE * (first + n) - 1
+            np.testing.assert_array_equal(part[keep & inside], got[keep & inside])
+            assert not part[~keep].any()
+
+
+def test_a_sound_off_its_onset_is_found_from_an_anchor_that_its_attack_passes(
+    lib: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sound starting 14 ms after the detected onset (beyond the attack search's
+    +-LAG_SAMPLES) is found from the anchor ANCHOR_SHIFTS[0] later; the searches after an
+    onset's first refine only attacks correlating RETRY_MIN_RHO or more, and the sound's own
+    passes that gate (a gate above any correlation loses it)."""
+    hat = lib["sounds"][6]
+    import soxr
+
+    y = np.zeros(2 * beats.SR, np.float32)
+    beats._add(y, beats.at_speed(beats.load_mono(hat), 1.04), 0.5, -3.0)
+    x = np.asarray(soxr.resample(y, beats.SR, WAVE_SR, quality="HQ"), np.float32)
+    sound = int(np.argmax(np.abs(x) > 0.05 * np.abs(x).max()))
+    onset = sound - 300  # 13.6 ms early
+
+    def found(tl: Timeline) -> list[str]:
+        s = _Stream(tl)
+        s.x[-s.base : -s.base + len(x)] = x
+        s.end = len(x)
+        s._explain(onset)
+        return [Path(e.path).name for e in s.entries if e.kind == "exact"]
+
+    with Library.open(lib["lib"]) as library:
+        tl = Timeline(library)
+        assert found(tl) == [hat.name]
+        monkeypatch.setattr(timeline, "RETRY_MIN_RHO", 1.01)  # no retry refines anything
+        assert found(tl) == []
+        monkeypatch.setattr(timeline, "RETRY_MIN_RHO", 0.7)
+        monkeypatch.setattr(timeline, "ANCHOR_SHIFTS", ())  # no anchors
+        assert found(tl) == []

@@ -97,6 +97,12 @@ REFINE_TOP = 3  # candidates refined after the coarse grid
 COARSE_TIE_RHO = 0.02  # candidates this close to the best attack are all refined ...
 REFINE_TIES = 8  # ... up to this many
 COARSE_MIN_RHO = 0.35  # a candidate's attack must correlate this well to be refined
+# ... and this well in a search that is not an onset's first (at an anchor, ANCHOR_SHIFTS, or
+# for a second sound): half A had 498 anchor searches for 13 exact claims, whose best attacks
+# correlated 0.78 or more, and 80 second-sound searches for none. Half A (bench/timeline.py
+# --set RETRY_MIN_RHO=...): 0.35 (as the first search), 0.6, 0.7 gave the same 222/226
+# right/exact entries, 0.8 220/224.
+RETRY_MIN_RHO = 0.7
 BANK_CHUNK = 256  # snippets resampled per soxr call when the speed bank is built
 # The coarse window (the attack and +-LAG_SAMPLES) in one transform, without wrapping.
 COARSE_FFT = 1 << (PRE_SAMPLES + COARSE_SAMPLES + 2 * LAG_SAMPLES - 1).bit_length()
@@ -129,8 +135,11 @@ SECOND_SOUND_DB = QUIET_DB  # a residual this far below the track after a claim:
 RESIDUE_DB = -30.0  # a candidate this far below the explained sounds under it is their residue
 CONFIDENCE_SLOPE = 18.0  # logistic of rho (set by hand on kits A; not calibrated)
 CONFIDENCE_MID = 0.70
-REF_CACHE_BYTES = 64 * 2**20  # library waveforms kept decoded (an 8-s file takes 3.5 MB)
-HEAD_CACHE_BYTES = 16 * 2**20  # stored snippets kept upsampled (~110 kB each: ~150 of them)
+# Library waveforms kept decoded (an 8-s file takes 3.5 MB). Half A's 4 beats decoded 300
+# distinct files 465 times with 64 MB (1.3 of ~7.5 CPU s), and the snippets were upsampled
+# 869 times with 16 MB: 192 MB and 96 MB took 7.0-7.4 to 6.5-6.8 CPU s, the same entries.
+REF_CACHE_BYTES = 160 * 2**20
+HEAD_CACHE_BYTES = 64 * 2**20  # stored snippets kept upsampled (~110 kB each: ~600 of them)
 UPSAMPLE = 4  # library waveforms are placed by linear interpolation of a 4x upsampled copy
 MIN_SPEED, MAX_SPEED = SPEED_GRID[0] * 0.98, SPEED_GRID[-1] * 1.02
 # The longest a matched sound plays in the track (MAX_SOUND_S slowed to MIN_SPEED), in
@@ -181,8 +190,15 @@ class _Ref:
 
     y: np.ndarray
     onset: int
-    up: np.ndarray  # y at UPSAMPLE x WAVE_SR: interpolated between samples without HF loss
+    # y at UPSAMPLE x WAVE_SR (interpolated between samples without HF loss), then one zero:
+    # the interpolation reads the sample after each position without clipping its index.
+    up: np.ndarray
     avail: int = 0  # samples from the pre-roll to the end of the sound (a snippet's: its own)
+
+    @property
+    def n_up(self) -> int:
+        """Samples of the upsampled waveform (``up`` without its padding zero)."""
+        return len(self.up) - 1
 
     @property
     def nbytes(self) -> int:
@@ -269,8 +285,7 @@ class Timeline:
         import soxr
 
         y = np.ascontiguousarray(y, np.float32)
-        up = np.asarray(soxr.resample(y, WAVE_SR, UPSAMPLE * WAVE_SR, quality="HQ"), np.float32)
-        return self._refs.put(file_id, _Ref(y, onset, up))
+        return self._refs.put(file_id, _Ref(y, onset, _upsampled(y, soxr)))
 
     def _head(self, file_id: int) -> _Ref:
         """The file's stored snippet as a _Ref (its first 250 ms from the pre-roll, no
@@ -283,7 +298,7 @@ class Timeline:
         import soxr
 
         y = self.index.snippet(self._row[file_id])
-        up = np.asarray(soxr.resample(y, WAVE_SR, UPSAMPLE * WAVE_SR, quality="HQ"), np.float32)
+        up = _upsampled(y, soxr)
         nz = np.flatnonzero(y)
         end = int(nz[-1]) + 1 if len(nz) else len(y)
         avail = max(end - (PRE_ROLL_SAMPLES - PRE_SAMPLES), 1)
@@ -488,12 +503,12 @@ class _Stream:
         self.onset_s.append(onset / WAVE_SR)
         claimed: set[int] = set()
         for k in range(SOUNDS_PER_ONSET):
-            entry = self._best(onset, claimed)
+            entry = self._best(onset, claimed, None if k == 0 else RETRY_MIN_RHO)
             # Nothing at the detected onset: the sound may start up to 25 ms off it (a
             # slow-rising cymbal, a hit under another's tail) where the attack search
             # (+-LAG_SAMPLES) does not reach: looked for again from shifted anchors.
             for shift in ANCHOR_SHIFTS if entry is None and k == 0 else ():
-                entry = self._best(onset + shift, claimed)
+                entry = self._best(onset + shift, claimed, RETRY_MIN_RHO)
                 if entry is not None:
                     break
             if entry is None:
@@ -532,7 +547,12 @@ class _Stream:
         files.update(dict.fromkeys(reversed(self.recent)))
         return list(files)
 
-    def _best(self, onset: int, claimed: set[int]) -> Entry | None:
+    def _best(self, onset: int, claimed: set[int], min_rho: float | None = None
+              ) -> Entry | None:
+        """The entry of the sound starting at ``onset`` (None when nothing is found): the
+        candidates' attacks correlated at every grid speed, those at ``min_rho`` or more
+        refined (COARSE_MIN_RHO when None), the best kept (see the module docstring)."""
+        min_rho = COARSE_MIN_RHO if min_rho is None else min_rho
         ids = [f for f in self._candidates(onset) if f not in claimed]
         if not ids:
             return None
@@ -552,7 +572,7 @@ class _Stream:
         # The best few, and every near-tie of the best (a loop starts like its first hit).
         ties = int(np.sum(best_rho >= best_rho[order[0]] - COARSE_TIE_RHO))
         for i in order[: max(REFINE_TOP, min(ties, REFINE_TIES))].tolist():
-            if best_rho[i] < COARSE_MIN_RHO:
+            if best_rho[i] < min_rho:
                 break
             speed = SPEED_GRID[int(g[i])]
             # The template's first sample sat at win[lag]: the file's sample
@@ -736,19 +756,30 @@ class _Stream:
         over absolute samples ``a .. b`` (linear interpolation of the file); only its first
         ``n`` samples from there when given."""
         first = ref.onset - PRE_SAMPLES
-        m = len(ref.up) if n is None else min(len(ref.up), UPSAMPLE * (first + n))
+        m = ref.n_up if n is None else min(ref.n_up, UPSAMPLE * (first + n))
         # Positions in ``up`` step evenly: index and fraction directly (np.interp's search
-        # per point cost 15x more); zero outside the file.
+        # per point cost 15x more); zero outside the file. In place, without clipping the
+        # next index (``up`` ends in a padding zero; a position is at most m - 1): a
+        # third of the time the temporaries took on long windows.
         t0, dt = ((a - pos) * speed + first) * UPSAMPLE, speed * UPSAMPLE
         lo = max(0, math.ceil(-t0 / dt)) if t0 < 0 else 0
         hi = min(b - a, math.floor((m - 1 - t0) / dt) + 1)
         out = np.zeros(max(b - a, 0), np.float32)
         if hi > lo:
-            t = t0 + dt * np.arange(lo, hi, dtype=np.float64)
-            i = np.maximum(t.astype(np.intp), 0)
-            frac = (t - i).astype(np.float32)
+            t = np.arange(lo, hi, dtype=np.float64)
+            t *= dt
+            t += t0
+            i = t.astype(np.intp)
+            np.maximum(i, 0, out=i)
+            t -= i
+            frac = t.astype(np.float32)
             here = ref.up[i]
-            out[lo:hi] = here + (ref.up[np.minimum(i + 1, m - 1)] - here) * frac
+            i += 1
+            nxt = ref.up[i]
+            nxt -= here
+            nxt *= frac
+            nxt += here
+            out[lo:hi] = nxt
         return out
 
     def _fit(
@@ -779,14 +810,14 @@ class _Stream:
         spans = np.ceil(n / sp).astype(np.intp) + 1
         width = int(spans.max())
         first = ref.onset - PRE_SAMPLES
-        m = min(len(ref.up), UPSAMPLE * (first + n))
+        m = min(ref.n_up, UPSAMPLE * (first + n))
         t = ((lo - pos) * sp[:, None] + first) * UPSAMPLE + (sp * UPSAMPLE)[:, None] * np.arange(
             width, dtype=np.float64)
         ok = (t >= 0) & (t <= m - 1) & (np.arange(width) < spans[:, None])
         i = np.clip(t.astype(np.intp), 0, m - 1)
         frac = (t - i).astype(np.float32)
         here = ref.up[i]
-        placed = np.where(ok, here + (ref.up[np.minimum(i + 1, m - 1)] - here) * frac,
+        placed = np.where(ok, here + (ref.up[i + 1] - here) * frac,
                           np.float32(0))
         seg = self._residual(lo - lags, lo + width + lags)
         windows = np.lib.stride_tricks.sliding_window_view(seg, width)  # [2 lags + 1, width]
@@ -1069,6 +1100,12 @@ def _coarse_ncc(
     lag = np.argmax(x, axis=-1)
     rho = np.take_along_axis(x, lag[..., None], axis=-1)[..., 0] / np.sqrt(energy)
     return rho, lag
+
+
+def _upsampled(y: np.ndarray, soxr: Any) -> np.ndarray:
+    """``y`` at UPSAMPLE x WAVE_SR and one padding zero (see :class:`_Ref`)."""
+    up = np.asarray(soxr.resample(y, WAVE_SR, UPSAMPLE * WAVE_SR, quality="HQ"), np.float32)
+    return np.concatenate([up, np.zeros(1, np.float32)])
 
 
 def _resampled(y: np.ndarray, speed: float) -> np.ndarray:
