@@ -31,6 +31,7 @@ The index keeps 11 KB per file (int16 snippets) plus 4 descriptor pairs of 180 f
 from __future__ import annotations
 
 import collections
+import dataclasses
 import functools
 import hashlib
 import itertools
@@ -342,6 +343,42 @@ def content_key(file_ids: Sequence[int], paths: Sequence[str], snippets: Sequenc
     return h.digest()
 
 
+@dataclasses.dataclass(frozen=True)
+class IndexSource:
+    """What a :class:`HitIndex` is built from, as read from a library.
+
+    Attributes
+    ----------
+    file_ids : list of int
+        Library files with a stored snippet, ascending.
+    paths : list of str
+        Their paths.
+    snippets : float array [len(file_ids), SNIPPET_SAMPLES]
+        Their onset snippets.
+    key : bytes
+        :func:`content_key` of them: equal keys build equal indexes.
+    """
+
+    file_ids: list[int]
+    paths: list[str]
+    snippets: np.ndarray
+    key: bytes
+
+    @classmethod
+    def read(cls, library: Any) -> IndexSource:
+        """Read the stored snippets of ``library`` (a :class:`~emberd.library.query.Library`,
+        in the thread that opened it); cheap next to :meth:`HitIndex.build`."""
+        files = library.files()
+        ids = sorted(files)
+        snips = library._db(library.store.snippets, ids)
+        ids = [f for f in ids if f in snips]
+        paths = [str(files[f].path) for f in ids]
+        mat = np.zeros((len(ids), SNIPPET_SAMPLES), np.float32)
+        for i, f in enumerate(ids):
+            mat[i] = snips[f].samples()
+        return cls(ids, paths, mat, content_key(ids, paths, [snips[f] for f in ids]))
+
+
 class HitIndex:
     """Onset snippets, attack descriptors and classes of every library file (see module doc).
 
@@ -423,23 +460,23 @@ class HitIndex:
             fit; the daemon's ``reload`` (every 9 s in the session soak) paid it on the
             analysis thread each time while the hops waited.
         """
-        files = library.files()
-        ids = sorted(files)
-        snips = library._db(library.store.snippets, ids)
-        ids = [f for f in ids if f in snips]
-        key = content_key(ids, [files[f].path for f in ids], [snips[f] for f in ids])
-        if reuse is not None and reuse.content_key == key:
+        source = IndexSource.read(library)
+        if reuse is not None and reuse.content_key == source.key:
             return reuse
-        mat = np.zeros((len(ids), SNIPPET_SAMPLES), np.float32)
-        for i, f in enumerate(ids):
-            mat[i] = snips[f].samples()
-        keep = np.abs(mat).max(axis=1) > 0 if len(ids) else np.zeros(0, bool)
-        if len(ids) and not keep.all():  # a silent file is never an answer
+        return cls.build(source)
+
+    @classmethod
+    def build(cls, source: IndexSource) -> HitIndex:
+        """The index of what :meth:`IndexSource.read` took from a library (the costly part:
+        descriptors and the class model's fit; touches no library, so any thread may)."""
+        mat = source.snippets
+        keep = np.abs(mat).max(axis=1) > 0 if len(mat) else np.zeros(0, bool)
+        if len(mat) and not keep.all():  # a silent file is never an answer
             log.info("hit index: %d silent snippets left out", int((~keep).sum()))
-        ids = [f for f, k in zip(ids, keep.tolist(), strict=True) if k]
-        labels = [file_class(files[f].path) for f in ids]
-        index = cls(ids, mat[keep], labels)
-        index.content_key = key
+        rows = np.flatnonzero(keep).tolist()
+        labels = [file_class(source.paths[i]) for i in rows]
+        index = cls([source.file_ids[i] for i in rows], mat[keep], labels)
+        index.content_key = source.key
         return index
 
     def candidates(
