@@ -216,3 +216,33 @@ def test_widened_search_finds_a_source_the_candidates_missed(
     # Measured (dsp-baseline, these 8 samples): 6/8 with, 1/8 without (a sibling recording
     # that correlates above WIDE_BELOW_RHO keeps the widening off for the others).
     assert sum(wide) >= MIN_WIDE_RIGHT > MAX_NARROW_RIGHT >= sum(narrow)
+
+
+def test_probed_variant_needs_the_waveform_floor(
+    kit: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Sounds in no library get a template answer (no rho): their probed variant is run only
+    when it correlates at least the waveform stage's floor, not whenever it correlates at all
+    (a second pipeline for nothing); a reversed sample's reversal still is run."""
+    from emberd.library import waveform
+    from emberd.testing import edits as ed
+
+    lib: Library = kit["lib"]
+    floors: list[float] = []
+    real = lib.probed_variant
+
+    def spy(audio: np.ndarray, floor_rho: float, **kw: Any) -> Any:
+        floors.append(floor_rho)
+        return real(audio, floor_rho, **kw)
+
+    monkeypatch.setattr(lib, "probed_variant", spy)
+    for y in ed.non_library(4, dk.EVAL_SEED):
+        lib.answers(y, dk.SR)
+    assert floors and min(floors) >= waveform.THRESHOLDS.wave_min_rho
+    reversed_right = 0
+    for path, y in zip(kit["paths"], kit["audio"], strict=True):
+        got = lib.identify(y[::-1].copy(), FS)
+        group = kit["group"]
+        truth = group(kit["id"][path])
+        reversed_right += int(bool(got) and group(kit["id"][got[0]["path"]]) == truth)
+    assert reversed_right >= len(kit["paths"]) - 1

@@ -95,6 +95,11 @@ VARIANT_SKIP_RHO = 0.97  # a waveform answer this correlated is the sample as it
 # than a waveform does (a reversed hit whose -3-semitone copy has a closer attack; a
 # pitch-preserving shift, whose resampled copy is a phase-vocoder stretch of its source).
 VARIANT_PROBE_FILES = 8  # attack neighbours per variant whose snippets are correlated with it
+# The probed variant must also correlate at least the waveform stage's
+# wave_min_rho (was: only more than the own answer's rho, 0 for a template answer). Kits A
+# (24 samples x 21 edits + 48 sounds in no library, fit seed): 19 of the 25 second pipelines
+# that sounds in no library ran are skipped, 2 of 15 for library queries, no answer changed
+# (499/504 right either way).
 # When the query's own answer correlates less than WIDE_BELOW_RHO (or no waveform does), the
 # snippets of its next WIDE_CANDIDATES attack neighbours are correlated with it too
 # (Library._widen) and the best WIDE_ADD of those above the answer join the candidates: reverb
@@ -103,7 +108,8 @@ VARIANT_PROBE_FILES = 8  # attack neighbours per variant whose snippets are corr
 WIDE_BELOW_RHO = 0.8
 WIDE_CANDIDATES = 300
 WIDE_ADD = 4
-TEMPLATE_RHO_EQUIVALENT = 0.8  # a template answer of probability p weighs as a waveform rho 0.8 p
+TEMPLATE_RHO_EQUIVALENT = 0.8  # a template answer whose probability leads the runner-up's by
+# d weighs as a waveform rho 0.8 d
 # A waveform answer weighs as its rho plus this times the re-ranker's probability of its file
 # in :func:`strength` (chosen on kits A by ``bench/fit_identify.py --confidence``; 0 in a fit
 # file without it): a near tie of correlations goes to the file the templates believe too.
@@ -475,7 +481,8 @@ class Library:
         (:meth:`best_variant`), and the *probed* one (:meth:`probed_variant`):
         each variant's waveform is correlated at its own speed with the snippets
         of its VARIANT_PROBE_FILES nearest attack vectors, and the best is tried
-        when it beats the query's own answer's rho. The strongest answer wins
+        when it beats the query's own answer's rho and the waveform stage's
+        wave_min_rho. The strongest answer wins
         (:func:`strength`). When the query's own answer correlates below
         WIDE_BELOW_RHO (or no waveform does), the snippets of its next
         WIDE_CANDIDATES attack neighbours are correlated with it too
@@ -547,7 +554,11 @@ class Library:
             scores = self._variant_scores(ev.audio)
             tried = [v for v in (self.best_variant(ev.audio, scores=scores),) if v is not None]
             own_rho = float(first.get("rho", 0.0)) if first is not None else 0.0
-            probed = self.probed_variant(ev.audio, own_rho, scores=scores)
+            # Tried when it beats the own answer's rho and the waveform stage's floor: below
+            # that its rerun rarely answers by waveform, and a sound in no library (whose own
+            # answer is weak) would pay a second pipeline for nothing (see VARIANT_PROBE_FILES).
+            floor = max(own_rho, waveform.THRESHOLDS.wave_min_rho)
+            probed = self.probed_variant(ev.audio, floor, scores=scores)
             if probed is not None and all(probed[:2] != v[:2] for v in tried):
                 tried.append(probed)
             for semitones, backwards, y in tried:
@@ -906,11 +917,18 @@ def strength(
     """How :meth:`Library.identify` weighs one answer against another (the query's own and
     its variant's): a waveform answer by its correlation plus ``prob_weight`` (default
     WAVE_PROB_WEIGHT) times the re-ranker's probability of its file, a template answer by
-    that probability times TEMPLATE_RHO_EQUIVALENT, a landmark answer above both.
+    that probability's lead over the runner-up candidate's times TEMPLATE_RHO_EQUIVALENT, a
+    landmark answer above both.
 
     The probability settles near ties of correlation: the best of several resamplings
     of a short click correlates a little better with *some* file by chance than the query
     itself does with its source, which the templates also rank first.
+
+    A template answer counts only by its lead: a pitch-preserving shift of a cymbal has
+    every crash and ride of the library near 0.9 by the templates of its own (shifted)
+    spectrum (lead 0.01-0.1), while its resampled variant ranks the source alone
+    (lead 0.5-0.6) or its waveform correlates (kits A, keep+2: 4 of the 9 misses, all
+    four right with the lead, no other pick changed wrongly; ``bench/identify.py --half A``).
 
     A fixed rule, not the fitted confidence, so that the confidence can be fitted on
     the answers this rule gives.
@@ -923,7 +941,10 @@ def strength(
         return float(match["rho"]) + w * prob
     if match["stage"] == "landmarks":
         return 2.0
-    return TEMPLATE_RHO_EQUIVALENT * prob
+    # The runner-up's logit is the answer's less its margin (rerank.answer_features).
+    lead = prob - (1.0 / (1.0 + math.exp(-(feats["logit"] - feats["tmpl_margin"])))
+                   if "logit" in feats and "tmpl_margin" in feats else 0.0)
+    return TEMPLATE_RHO_EQUIVALENT * lead
 
 
 def top_indices(scores: np.ndarray, k: int) -> np.ndarray:
