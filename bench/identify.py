@@ -69,6 +69,12 @@ from emberd.testing import edits as ed
 K = 5
 ECE_BINS = 10
 NON_LIBRARY = 48  # sounds in no library, evaluated like every edit
+# Held-out draws already measured (and so inspected): seed -> (--limit, --exclude-limits) they
+# were drawn with. ``--exclude-used`` leaves their samples out of a new draw.
+USED_DRAWS: dict[int, tuple[int, tuple[int, ...]]] = {
+    7: (48, (24, 48)),  # 2026-12-02 13:03-13:47 UTC (README, issue 13 part 1)
+    8: (48, (4, 24, 48, 60)),  # 2026-12-02 16:2x UTC, with --exclude-used (issue 13, edits)
+}
 
 
 def machine() -> str:
@@ -132,10 +138,16 @@ def spaced(n: int, limit: int) -> list[int]:
     return np.unique(np.linspace(0, n - 1, limit).round().astype(int)).tolist()
 
 
-def drawn(queries: list[str], limit: int, seed: int, exclude_limits: list[int]) -> list[str]:
+def drawn(queries: list[str], limit: int, seed: int, exclude_limits: list[int],
+          exclude_draws: list[int] | None = None) -> list[str]:
     """``limit`` of ``queries`` drawn at random (``seed``), none of those that the evenly
-    spaced ``--limit N`` runs of ``exclude_limits`` queried: a fresh held-out sample."""
+    spaced ``--limit N`` runs of ``exclude_limits`` queried, nor those of the USED_DRAWS
+    seeds ``exclude_draws`` (each redrawn as it was): a fresh held-out sample."""
     used = {j for n in exclude_limits for j in spaced(len(queries), n)}
+    index = {q: j for j, q in enumerate(queries)}
+    for d in exclude_draws or []:
+        n, excl = USED_DRAWS[d]
+        used |= {index[q] for q in drawn(queries, n, d, list(excl))}
     rest = [j for j in range(len(queries)) if j not in used]
     rng = np.random.default_rng(seed)
     pick = sorted(rng.choice(len(rest), size=min(limit or len(rest), len(rest)),
@@ -239,6 +251,9 @@ def main() -> None:
                          "spaced ones: a fresh sample nobody inspected")
     ap.add_argument("--exclude-limits", type=int, nargs="*", default=[], metavar="N",
                     help="with --draw: leave out the samples earlier --limit N runs queried")
+    ap.add_argument("--exclude-used", action="store_true",
+                    help="with --draw: leave out the samples of every earlier draw in "
+                         "USED_DRAWS (other than this one)")
     ap.add_argument("--half", choices=("A", "B"), default="B",
                     help="kits queried (default B, held out; A with the fit's edit seed is "
                          "for design only and never reported as held out)")
@@ -268,14 +283,16 @@ def main() -> None:
     queries = sorted(p for p in cats if p in by_path and dk.kit_half(p) == args.half)
     seed = dk.EVAL_SEED if args.half == "B" else dk.FIT_SEED
     if args.draw is not None:
-        queries = drawn(queries, args.limit, args.draw, args.exclude_limits)
+        earlier = [d for d in USED_DRAWS if d != args.draw] if args.exclude_used else []
+        queries = drawn(queries, args.limit, args.draw, args.exclude_limits, earlier)
     elif args.limit:
         queries = [queries[j] for j in spaced(len(queries), args.limit)]
     audio = [load_audio(p, sr=dk.SR)[0] for p in queries]
     kits_b = sorted({Path(p).relative_to(dk.KITS).parts[0] for p in queries})
     print(f"{len(by_path)} files in the library; {'held out' if args.half == 'B' else 'TUNING'}: "
           f"{len(queries)} samples of kits {', '.join(kits_b)}; edit seed {seed}; "
-          f"draw {args.draw} (excluding --limit {args.exclude_limits}); {args.non_library} "
+          f"draw {args.draw} (excluding --limit {args.exclude_limits}"
+          f"{' and earlier draws' if args.exclude_used else ''}); {args.non_library} "
           "non-library sounds")
     print(f"fitted parameters: {fitted.params()['provenance']}")
     copies = dk.level_copies(lib)
