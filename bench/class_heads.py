@@ -29,10 +29,23 @@ tries what might lift it, with one protocol for every candidate:
 * **Representations** (``--representations``, :func:`layer_features`): statistics of the
   aiSFX network's intermediate ReLU outputs (exposed as ONNX outputs) and a log-mel
   temporal pyramid instead of the onset crops, the same heads and protocol.
+* **Envelopes** (``--envelopes``): recording-chain-invariant descriptors
+  (:func:`envelope_features`: per-band decay times from each band's own peak, attack
+  time, centroid / flatness / roll-off / tonality per time span, centroid glide, f0 and
+  its glide, zero crossings, crest), covariance pooling of block 3's frame activations
+  (:func:`covariance_pool`), histogram gradient boosting, a stack of the shipped head
+  with a descriptor head (:func:`stacked_accuracy`) and within-kit smoothing over
+  velocity layers (:func:`kit_smoothed_accuracy`); settings chosen on A, B measured once.
+* **Hit model** (``--hit-model``): the live hit ladder's instrument model
+  (:class:`emberd.library.hitindex.ClassModel` on 245-ms onset snippets) against
+  alternatives with :func:`envelope_features`, on ``bench/hits.py``'s kits: tuning =
+  leave-one-kit-out over its library kits plus its tuning held-out kits; measured once on
+  its test held-out kits (clean snippets and the model's noisy / cut copies).
 
 Usage::
 
-    nice python bench/class_heads.py [--representations] [--json out.json]
+    nice python bench/class_heads.py [--representations | --envelopes | --hit-model]
+        [--json out.json]
 
 Accuracy only: no timing, no bench lock needed.
 """
@@ -42,6 +55,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import importlib.util
+import itertools
 import os
 import platform
 import sys
@@ -80,7 +94,33 @@ REPR_SETS = (
     ("whole",), ("mel",), ("whole", "mel"), ("layers",), ("b3c1",), ("b4c2",), ("bands",),
     ("whole", "layers"), ("whole", "b3c1"), ("whole", "bands"), ("whole", "mel", "bands"),
 )  # fmt: skip
-STANDARDISED = ("attack", "mel", "layers", "bands", "b3c1", "b4c2")  # per-cell z-scored blocks
+STANDARDISED = ("attack", "mel", "layers", "bands", "b3c1", "b4c2", "env", "cov3")
+# ... blocks whose cells are z-scored first
+# Envelopes (2026-12-02, issues 19 and 12): descriptors meant to survive a kit's recording
+# chain (gain, EQ, room) -- times and shapes relative to each sound's own peaks.
+ENV_SR = 22050  # Hz (the hit index's rate)
+ENV_NFFT = 512  # frame of the envelope STFT (23 ms) ...
+ENV_HOP = 128  # ... hopped by 5.8 ms
+ENV_S = 2.0  # seconds after the onset described (zeros past the sound's end)
+ENV_EDGES_HZ = tuple(float(f) for f in np.geomspace(40.0, 10000.0, 11))  # 10 log bands
+ENV_BAND_DROPS_DB = (10.0, 20.0, 30.0)  # per band: time from its peak until it stays below
+ENV_DROPS_DB = (6.0, 12.0, 20.0, 30.0, 40.0)  # ... and the same for the broadband envelope
+ENV_SPANS_MS = ((0, 12), (12, 50), (50, 150), (150, 500), (500, 2000))  # spectral-shape spans
+ENV_FLOOR_DB = -80.0  # a span's level under the peak frame is clipped here (silence)
+ENV_F0_HZ = (40.0, 600.0)  # autocorrelation search range of the pitch ...
+ENV_F0_SPANS_MS = ((5, 60), (60, 250))  # ... in an early and a later window (the glide)
+ENV_GLIDE_MS = 300.0  # the centroid trajectory's slope is fitted over this
+COV_DIMS = 16  # block-3 channels projected on this many principal axes (fitted on A) ...
+COV_POWER = 0.5  # ... and the covariance's eigenvalues raised to this (matrix square root)
+ENVELOPE_SETS = (
+    ("env",), ("whole", "env"), ("whole", "env", "attack"), ("crop1000", "env", "attack"),
+    ("cov3",), ("whole", "cov3"), ("whole", "env", "cov3"),
+)  # fmt: skip
+STACK_WEIGHTS = (0.0, 0.2, 0.35, 0.5, 0.65, 0.8, 1.0)  # the shipped head's share of the log-prob
+STACK_TEMPERATURES = (1.0, 3.0, 10.0)  # descriptor head's scores -> log-softmax(T * score)
+SMOOTH_COSINE = (0.8, 0.85, 0.9, 0.95)  # within-kit neighbours: whole-vector cosine at least
+SMOOTH_WEIGHT = (0.0, 0.5, 1.0, 2.0)  # weight of the neighbours' mean log-probability
+BOOST = {"learning_rate": 0.1, "max_iter": 100, "max_leaf_nodes": 15, "l2_regularization": 1.0}
 
 Head = Callable[[np.ndarray, np.ndarray, np.ndarray, int], np.ndarray]
 
@@ -314,6 +354,420 @@ def layer_features(paths: list[str], encoder: Any) -> dict[str, np.ndarray]:
     return {k: np.array(v) for k, v in out.items()}
 
 
+def _drop_times(env_db: np.ndarray, drops: tuple[float, ...], hop_s: float) -> list[float]:
+    """log10 seconds from the envelope's peak until it stays ``drop`` dB under it, per drop."""
+    peak = int(np.argmax(env_db))
+    out = []
+    for drop in drops:
+        above = np.nonzero(env_db[peak:] >= env_db[peak] - drop)[0]
+        out.append(float(np.log10(max((above[-1] + 1) * hop_s if len(above) else hop_s, hop_s))))
+    return out
+
+
+def envelope_features(x: np.ndarray) -> np.ndarray:
+    """Recording-chain-invariant attack / decay / shape descriptors of one sound.
+
+    Parameters
+    ----------
+    x : float array
+        Mono samples at :data:`ENV_SR` from the onset (any gain: peak-normalised here).
+
+    Returns
+    -------
+    float array
+        139 values: the broadband attack time and :data:`ENV_DROPS_DB` decay times; per
+        band of :data:`ENV_EDGES_HZ` the :data:`ENV_BAND_DROPS_DB` decay times from the
+        band's own peak and the time of that peak; per span of :data:`ENV_SPANS_MS` the
+        level under the peak frame, log-frequency centroid, spread, flatness, 15 % / 85 %
+        roll-off, tonality (peak bin over the mean) and each band's share; the centroid's
+        slope over :data:`ENV_GLIDE_MS`; the autocorrelation pitch and its strength in two
+        windows (a tom's glide); zero-crossing rates early and late; the crest factor of
+        the first 100 ms.  Times are log10 seconds.
+    """
+    n = int(ENV_S * ENV_SR)
+    y = np.zeros(n + ENV_NFFT)
+    seg = np.asarray(x, np.float64)[:n]
+    y[: len(seg)] = seg / (float(np.max(np.abs(seg))) + 1e-12) if len(seg) else 0.0
+    freqs = np.fft.rfftfreq(ENV_NFFT, 1.0 / ENV_SR)
+    edges = np.asarray(ENV_EDGES_HZ)
+    bands = np.array([(freqs >= lo) & (freqs < hi) for lo, hi in itertools.pairwise(edges)], float)
+    frames = np.lib.stride_tricks.sliding_window_view(y, ENV_NFFT)[::ENV_HOP]
+    spec = np.abs(np.fft.rfft(frames * np.hanning(ENV_NFFT), axis=1)) ** 2 + 1e-12
+    hop_s = ENV_HOP / ENV_SR
+    total = spec.sum(axis=1)
+    total_db = 10.0 * np.log10(total)
+    feats = [float(np.log10((int(np.argmax(total_db)) + 1) * hop_s))]
+    feats += _drop_times(total_db, ENV_DROPS_DB, hop_s)
+    band_db = 10.0 * np.log10(spec @ bands.T + 1e-12)
+    for b in range(band_db.shape[1]):
+        feats += _drop_times(band_db[:, b], ENV_BAND_DROPS_DB, hop_s)
+        feats.append(float(np.log10((int(np.argmax(band_db[:, b])) + 1) * hop_s)))
+    logf = np.log2(np.maximum(freqs, 20.0))
+    for lo_ms, hi_ms in ENV_SPANS_MS:
+        a = int(lo_ms / 1000.0 * ENV_SR / ENV_HOP)
+        s = spec[a : max(int(hi_ms / 1000.0 * ENV_SR / ENV_HOP), a + 1)]
+        energy = float(s.sum())
+        p = s.sum(axis=0) / energy
+        centroid = float(p @ logf)
+        cum = np.cumsum(p)
+        feats += [
+            max(10.0 * np.log10(energy / len(s)) - float(total_db.max()), ENV_FLOOR_DB),
+            centroid,
+            float(np.sqrt(max(float(p @ (logf - centroid) ** 2), 0.0))),
+            float(np.log10(np.mean(np.exp(np.log(s).mean(axis=1)) / s.mean(axis=1)) + 1e-9)),
+            float(logf[min(int(np.searchsorted(cum, 0.85)), len(logf) - 1)]),
+            float(logf[min(int(np.searchsorted(cum, 0.15)), len(logf) - 1)]),
+            float(np.log10(float(p.max()) * len(p))),
+            *np.log10(s.sum(axis=0) @ bands.T / energy + 1e-6),
+        ]
+    m = int(ENV_GLIDE_MS / 1000.0 * ENV_SR / ENV_HOP)
+    cen = (spec[:m] / spec[:m].sum(axis=1, keepdims=True)) @ logf
+    w = total[:m] / total[:m].sum()
+    t = np.arange(m) * hop_s
+    tc = t - w @ t
+    feats.append(float(w @ (tc * (cen - w @ cen)) / (w @ tc**2 + 1e-9)))
+    lag_lo, lag_hi = int(ENV_SR / ENV_F0_HZ[1]), int(ENV_SR / ENV_F0_HZ[0])
+    for a_ms, b_ms in ENV_F0_SPANS_MS:
+        win = y[int(a_ms / 1000.0 * ENV_SR) : int(b_ms / 1000.0 * ENV_SR)]
+        win = win - win.mean()
+        ac = np.correlate(win, win, "full")[len(win) - 1 :]
+        ac = ac / (ac[0] + 1e-12)
+        lag = lag_lo + int(np.argmax(ac[lag_lo:lag_hi]))
+        feats += [float(ac[lag]), float(np.log2(ENV_SR / lag))]
+    for a_ms, b_ms in ((0, 50), (50, 300)):
+        win = y[int(a_ms / 1000.0 * ENV_SR) : int(b_ms / 1000.0 * ENV_SR)]
+        feats.append(float(np.mean(np.abs(np.diff(np.sign(win))) > 0)))
+    first = y[: int(0.1 * ENV_SR)]
+    feats.append(float(np.log10(np.max(np.abs(first)) / (np.sqrt(np.mean(first**2)) + 1e-12)
+                                + 1e-9)))  # fmt: skip
+    return np.nan_to_num(np.array(feats, np.float64))
+
+
+def envelope_block(paths: list[str]) -> np.ndarray:
+    """:func:`envelope_features` of every file from its onset (the library's onset rule)."""
+    from emberd.dsp.sources import load_audio
+    from emberd.library import waveform
+
+    out = []
+    for path in paths:
+        y, _ = load_audio(path, sr=ENV_SR, mono=True)
+        y = np.asarray(y, np.float32)
+        out.append(envelope_features(y[waveform.onset_sample(y) :]))
+    return np.array(out)
+
+
+def block_maps(paths: list[str], encoder: Any, layer: str = "b3c2_relu") -> list[np.ndarray]:
+    """One aiSFX layer's ReLU output per file, ``[positions, channels]`` (time x mel cells
+    the sound covers), from the first :data:`LAYER_FRAMES` mel frames after the onset."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from emberd.dsp.frontend import melspectrogram
+    from emberd.dsp.sources import load_audio
+    from emberd.library import waveform
+    from emberd.models.onnxrt import onnxruntime
+
+    ort = onnxruntime()
+    graph = onnx.load(encoder.manifest.path)
+    graph.graph.output.append(helper.make_tensor_value_info(layer, TensorProto.FLOAT, None))
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    sess = ort.InferenceSession(graph.SerializeToString(), opts,
+                                providers=["CPUExecutionProvider"])  # fmt: skip
+    config = encoder.manifest.frontend()
+    stride = 8  # frames per block-4 column (three 2x time pools)
+    out = []
+    for path in paths:
+        y, _ = load_audio(path, sr=config.sr, mono=True)
+        y = np.asarray(y, np.float32)
+        y = y[max(waveform.onset_sample(y) - round(PRE_ONSET_S * config.sr), 0) :]
+        mel = melspectrogram(y, config).astype(np.float32)[:LAYER_FRAMES]
+        used = mel.shape[0]
+        frames = max(2 * stride, -(-used // stride) * stride)
+        padded = np.zeros((1, frames, mel.shape[1]), np.float32)
+        padded[0, :used] = mel
+        a = sess.run([layer], {encoder.manifest.input_name: padded})[0][0]
+        a = a[:, : max(1, -(-used // (frames // a.shape[1])))]
+        out.append(a.reshape(a.shape[0], -1).T.astype(np.float32))
+    return out
+
+
+def covariance_pool(
+    maps: list[np.ndarray], fit: np.ndarray, *, dims: int = COV_DIMS, power: float = COV_POWER
+) -> np.ndarray:
+    """Second-order pooling of frame activations: per file the mean and the upper triangle
+    of the covariance (eigenvalues raised to ``power``) of its positions' channel vectors,
+    square-rooted and projected on ``dims`` principal axes fitted on the ``fit`` files only."""
+    rows = [np.sqrt(np.maximum(m, 0.0)) for m in maps]
+    pool = np.concatenate([rows[i] for i in np.nonzero(fit)[0]])
+    mu = pool.mean(axis=0)
+    _, _, vt = np.linalg.svd(pool[:: max(1, len(pool) // 20000)] - mu, full_matrices=False)
+    basis = vt[:dims].T
+    upper = np.triu_indices(dims)
+    out = []
+    for r in rows:
+        z = (r - mu) @ basis
+        mean = z.mean(axis=0)
+        cov = (z - mean).T @ (z - mean) / max(len(z) - 1, 1) + 1e-4 * np.eye(dims)
+        w, v = np.linalg.eigh(cov)
+        out.append(np.concatenate([mean, ((v * np.maximum(w, 1e-8) ** power) @ v.T)[upper]]))
+    return np.array(out)
+
+
+def boost_scores(xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray, k: int) -> np.ndarray:
+    """Class-balanced histogram gradient boosting (scikit-learn, :data:`BOOST`): ``[n, k]``."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    model = HistGradientBoostingClassifier(class_weight="balanced", random_state=0,
+                                           early_stopping=False, **BOOST)  # fmt: skip
+    model.fit(xtr, ytr)
+    out = np.zeros((len(xte), k))
+    out[:, model.classes_] = model.predict_proba(xte)
+    return out
+
+
+def _folds(groups: list[str], halves: list[str], split: str) -> list[tuple[np.ndarray, np.ndarray]]:
+    g, h = np.array(groups), np.array(halves)
+    return [((g != grp) & ((h == "A") if split == "A" else True), g == grp)
+            for grp in sorted(set(groups)) if h[g == grp][0] == split]  # fmt: skip
+
+
+def fold_scores(
+    blocks: dict[str, np.ndarray], names: tuple[str, ...], y: np.ndarray, groups: list[str],
+    halves: list[str], head: Callable[..., np.ndarray], k: int, *, split: str, **kw: Any,
+) -> list[np.ndarray]:  # fmt: skip
+    """Per fold of :func:`grouped_accuracy`'s ``split`` (A or B) the head's test scores."""
+    out = []
+    for train, test in _folds(groups, halves, split):
+        x = blocks["whole"] if names == ("raw",) else design(blocks, names, train)
+        out.append(head(x[train], y[train], x[test], k, **kw))
+    return out
+
+
+def _log_softmax(s: np.ndarray, t: float) -> np.ndarray:
+    z = t * s - (t * s).max(axis=1, keepdims=True)
+    return np.asarray(z - np.log(np.exp(z).sum(axis=1, keepdims=True)))
+
+
+def stacked_accuracy(
+    shipped: list[np.ndarray], other: list[np.ndarray], y: np.ndarray, groups: list[str],
+    halves: list[str], *, split: str, weight: float, temperature: float,
+) -> float:  # fmt: skip
+    """Accuracy of ``weight * log p_shipped + (1 - weight) * log softmax(T * other)`` (the
+    shipped head's probabilities stacked with a descriptor head's scores), per fold."""
+    right = total = 0
+    for (_, test), p, s in zip(_folds(groups, halves, split), shipped, other, strict=True):
+        comb = weight * np.log(np.maximum(p, 1e-9)) + (1.0 - weight) * _log_softmax(s, temperature)
+        right += int((comb.argmax(axis=1) == y[test]).sum())
+        total += int(test.sum())
+    return right / max(total, 1)
+
+
+def kit_smoothed_accuracy(
+    scores: list[np.ndarray], whole: np.ndarray, y: np.ndarray, groups: list[str],
+    halves: list[str], *, split: str, cosine: float, weight: float, temperature: float = 3.0,
+) -> float:  # fmt: skip
+    """Accuracy when each sound's log-probabilities gain ``weight`` times the mean of those
+    of the sounds of its own kit whose whole vectors are at least ``cosine`` alike (its
+    velocity layers: a library indexes a kit's folder at once); no labels are used."""
+    unit = _unit(whole.astype(np.float64))
+    right = total = 0
+    for (_, test), s in zip(_folds(groups, halves, split), scores, strict=True):
+        idx = np.nonzero(test)[0]
+        s = np.nan_to_num(s, neginf=0.0)  # the logistic head's classes absent from training
+        probs = s.min() >= 0.0 and np.allclose(s.sum(axis=1), 1.0)
+        lp = np.log(np.maximum(s, 1e-9)) if probs else _log_softmax(s, temperature)
+        near = (unit[idx] @ unit[idx].T >= cosine).astype(np.float64)
+        np.fill_diagonal(near, 0.0)
+        smooth = lp + weight * (near @ lp) / np.maximum(near.sum(axis=1, keepdims=True), 1.0)
+        right += int((smooth.argmax(axis=1) == y[idx]).sum())
+        total += len(idx)
+    return right / max(total, 1)
+
+
+def envelopes(
+    blocks: dict[str, np.ndarray], y: np.ndarray, groups: list[str], halves: list[str],
+    classes: list[str], *, boosting: bool,
+) -> dict[str, Any]:  # fmt: skip
+    """The ``--envelopes`` candidates: every setting chosen on A, B measured once."""
+    k = len(classes)
+    rows: list[dict[str, Any]] = []
+
+    def pick(name: str, names: tuple[str, ...], head: Callable[..., np.ndarray],
+             grid: list[dict[str, Any]]) -> dict[str, Any]:  # fmt: skip
+        best = max(grid, key=lambda kw: grouped_accuracy(blocks, names, y, groups, halves, head,
+                                                          k, split="A", **kw))  # fmt: skip
+        a = grouped_accuracy(blocks, names, y, groups, halves, head, k, split="A", **best)
+        b = grouped_accuracy(blocks, names, y, groups, halves, head, k, split="B", **best)
+        row = {"head": name, "features": "+".join(names), "setting": {
+            kk: round(v, 4) for kk, v in best.items() if isinstance(v, float)},
+            "tuning_A_loko": round(a, 3), "held_out_B": round(b, 3)}  # fmt: skip
+        rows.append(row)
+        print(row, flush=True)
+        return best
+
+    ship = {"l2": 1e-4, "classes": classes}
+    pick("logistic (shipped)", ("raw",), logistic_scores,
+         [{"l2": v, "classes": classes} for v in LOGISTIC_GRID])  # fmt: skip
+    rbf_kw: dict[tuple[str, ...], dict[str, Any]] = {}
+    for names in ENVELOPE_SETS:
+        pick("ridge", names, ridge_scores, [{"l2": v} for v in RIDGE_GRID])
+        rbf_kw[names] = pick("rbf kernel ridge", names, rbf_scores, [
+            {"l2": l2, "gamma": g / len(names)} for g in KRR_GAMMA for l2 in KRR_L2])  # fmt: skip
+    if boosting:
+        pick("gradient boosting", ("env", "attack"), boost_scores, [{}])
+    # The stack (shipped head + RBF on env) and within-kit smoothing (of the shipped head and
+    # of RBF on whole+env), each RBF head at the setting A chose for it above.
+    other = {sp: fold_scores(blocks, ("env",), y, groups, halves, rbf_scores, k, split=sp,
+                             **rbf_kw[("env",)]) for sp in ("A", "B")}  # fmt: skip
+    shipped = {sp: fold_scores(blocks, ("raw",), y, groups, halves, logistic_scores, k,
+                               split=sp, **ship) for sp in ("A", "B")}  # fmt: skip
+    best = max(
+        ((w, t) for w in STACK_WEIGHTS for t in STACK_TEMPERATURES),
+        key=lambda wt: stacked_accuracy(
+            shipped["A"], other["A"], y, groups, halves, split="A", weight=wt[0], temperature=wt[1]
+        ),
+    )
+    stack = {
+        sp: stacked_accuracy(
+            shipped[sp], other[sp], y, groups, halves, split=sp, weight=best[0], temperature=best[1]
+        )
+        for sp in ("A", "B")
+    }
+    rows.append(
+        {
+            "head": "stack: shipped + rbf(env)",
+            "features": "raw | env",
+            "setting": {"weight": best[0], "temperature": best[1]},
+            "tuning_A_loko": round(stack["A"], 3),
+            "held_out_B": round(stack["B"], 3),
+        }
+    )
+    print(rows[-1], flush=True)
+    whole_env = {
+        sp: fold_scores(
+            blocks,
+            ("whole", "env"),
+            y,
+            groups,
+            halves,
+            rbf_scores,
+            k,
+            split=sp,
+            **rbf_kw[("whole", "env")],
+        )
+        for sp in ("A", "B")
+    }
+    for label, sc in (("logistic (shipped)", shipped), ("rbf kernel ridge whole+env", whole_env)):
+        cw = max(((c, w) for c in SMOOTH_COSINE for w in SMOOTH_WEIGHT),
+                 key=lambda c_w: kit_smoothed_accuracy(sc["A"], blocks["whole"], y, groups,
+                                                       halves, split="A", cosine=c_w[0],
+                                                       weight=c_w[1]))  # fmt: skip
+        sm = {
+            sp: kit_smoothed_accuracy(
+                sc[sp], blocks["whole"], y, groups, halves, split=sp, cosine=cw[0], weight=cw[1]
+            )
+            for sp in ("A", "B")
+        }
+        rows.append(
+            {
+                "head": f"{label}, kit-smoothed",
+                "features": "",
+                "setting": {"cosine": cw[0], "weight": cw[1]},
+                "tuning_A_loko": round(sm["A"], 3),
+                "held_out_B": round(sm["B"], 3),
+            }
+        )
+        print(rows[-1], flush=True)
+    return {"table": sorted(rows, key=lambda r: -r["tuning_A_loko"])}
+
+
+HIT_HEADS: tuple[tuple[str, tuple[str, ...], Any], ...] = (
+    ("logistic (shipped)", ("cf",), None),
+    ("logistic", ("env",), None),
+    ("logistic", ("cf", "env"), None),
+    ("rbf kernel ridge", ("cf",), (1.0, 0.1)),
+    ("rbf kernel ridge", ("env",), (1.0, 0.1)),
+    ("rbf kernel ridge", ("cf", "env"), (1.0, 0.1)),
+    ("rbf kernel ridge", ("cf", "env"), (0.3, 0.1)),
+)  # (name, blocks, (gamma, l2) or None for ClassModel's logistic regression)
+
+
+def hit_model() -> dict[str, Any]:
+    """``--hit-model``: the hit ladder's instrument model against envelope alternatives on
+    onset snippets of ``bench/hits.py``'s kits (see the module docstring)."""
+    from emberd.library import hitindex as hx
+    from emberd.library import waveform
+
+    hb_path = Path(__file__).resolve().parent / "hits.py"
+    spec = importlib.util.spec_from_file_location("bench_hits", hb_path)
+    assert spec is not None and spec.loader is not None
+    hb = importlib.util.module_from_spec(spec)
+    sys.modules["bench_hits"] = hb
+    spec.loader.exec_module(hb)
+    items = [(p, c, kit, part)
+             for kits, part in ((hb.LIBRARY_KITS, "lib"), (hb.HELD_OUT_TUNE, "tune"),
+                                (hb.HELD_OUT_TEST, "test"))
+             for kit in kits for p, c in hb.labelled((kit,))]  # fmt: skip
+    classes = sorted({c for _, c, _, _ in items})
+    y = np.array([classes.index(c) for _, c, _, _ in items])
+    kits = np.array([kit for _, _, kit, _ in items])
+    parts = np.array([part for _, _, _, part in items])
+    rng = np.random.default_rng(0)
+    n = waveform.SNIPPET_SAMPLES - waveform.PRE_ROLL_SAMPLES
+    cf, env = [], []
+    for path, _, _, _ in items:  # the clean snippet and ClassModel's noisy / cut copies
+        yy = hb.load(path)
+        x = np.asarray(hb.window(yy, waveform.onset_sample(yy), n), np.float64)
+        peak = float(np.max(np.abs(x))) + 1e-12
+        copies = [x]
+        for _ in range(hx.CLASS_COPIES):
+            z = x + rng.standard_normal(n) * peak * 10 ** (-rng.uniform(*hx.CLASS_NOISE_DB) / 20)
+            cut = round(np.exp(rng.uniform(*np.log(hx.CLASS_CUT_S))) * waveform.WAVE_SR)
+            if rng.random() < hx.CLASS_CUT_SHARE:
+                z[cut:] = 0.0
+            copies.append(z)
+        cf.append([hx.class_features(c) for c in copies])
+        env.append([envelope_features(c) for c in copies])
+    feats = {"cf": np.array(cf), "env": np.array(env)}
+    ncopy = feats["cf"].shape[1]
+
+    def design_of(idx: np.ndarray, which: tuple[str, ...], copies: int) -> np.ndarray:
+        x = np.concatenate([feats[w][idx][:, :copies] for w in which], axis=2)
+        return x.transpose(1, 0, 2).reshape(-1, x.shape[2])  # copy-major rows
+
+    def right(tr: np.ndarray, te: np.ndarray, which: tuple[str, ...], rbf: Any) -> np.ndarray:
+        xtr, ytr = design_of(tr, which, ncopy), np.tile(y[tr], ncopy)
+        xte = design_of(te, which, ncopy)
+        if rbf is None:
+            m = hx.ClassModel(xtr, [classes[i] for i in ytr])
+            logits = ((xte - m.mean) / m.std) @ m.weights + m.bias
+            pred = np.array([classes.index(m.classes[j]) for j in logits.argmax(axis=1)])
+        else:
+            mu, sd = xtr.mean(axis=0), xtr.std(axis=0) * np.sqrt(xtr.shape[1]) + 1e-6
+            pred = rbf_scores((xtr - mu) / sd, ytr, (xte - mu) / sd, len(classes),
+                              l2=rbf[1], gamma=rbf[0]).argmax(axis=1)  # fmt: skip
+        return np.asarray(pred == np.tile(y[te], ncopy)).reshape(ncopy, -1)  # [copy, item]
+
+    lib = np.nonzero(parts == "lib")[0]
+    tune_folds = [(lib[kits[lib] != kt], lib[kits[lib] == kt]) for kt in sorted(set(kits[lib]))]
+    tune_folds.append((lib, np.nonzero(parts == "tune")[0]))
+    rows = []
+    for name, which, rbf in HIT_HEADS:
+        tune = np.concatenate([right(tr, te, which, rbf) for tr, te in tune_folds], axis=1)
+        test = right(lib, np.nonzero(parts == "test")[0], which, rbf)
+        rows.append({"head": name, "features": "+".join(which),
+                     "tuning_clean": round(float(tune[0].mean()), 3),
+                     "tuning_all": round(float(tune.mean()), 3),
+                     "test_clean": round(float(test[0].mean()), 3),
+                     "test_all": round(float(test.mean()), 3)})  # fmt: skip
+        print(rows[-1], flush=True)
+    return {
+        "labelled": {p: int((parts == p).sum()) for p in ("lib", "tune", "test")},
+        "table": rows,
+    }
+
+
 def candidates(
     k: int, classes: list[str], *, representations: bool = False
 ) -> list[tuple[str, tuple[str, ...], Head, dict]]:
@@ -345,7 +799,28 @@ def main() -> None:
     ap.add_argument("--representations", action="store_true",
                     help="score the intermediate-layer / log-mel representations "
                          "(layer_features) instead of the onset crops")  # fmt: skip
+    ap.add_argument("--envelopes", action="store_true",
+                    help="score envelope descriptors, covariance pooling, stacking and "
+                         "within-kit smoothing (see the module docstring)")  # fmt: skip
+    ap.add_argument(
+        "--boosting",
+        action="store_true",
+        help="with --envelopes: also gradient boosting (slow on 2 cores)",
+    )
+    ap.add_argument(
+        "--hit-model",
+        action="store_true",
+        help="compare the hit ladder's instrument model on bench/hits.py's kits",
+    )
     args = ap.parse_args()
+    stamp = {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": f"{platform.machine()} {os.cpu_count()} cores",
+        "load": os.getloadavg()[0],
+    }
+    if args.hit_model:
+        report({**stamp, **hit_model(), "load_end": os.getloadavg()[0]}, args.json, width=28)
+        return
     md = _mixdown()
     from emberd.library.query import encoder_for
 
@@ -361,6 +836,14 @@ def main() -> None:
     else:
         blocks = {"whole": x, **features(paths, encoder)}
     blocks["_nameless"] = md.within_kit_split(paths).astype(np.float64)
+    if args.envelopes:
+        blocks["env"] = envelope_block(paths)
+        blocks["cov3"] = covariance_pool(block_maps(paths, encoder),
+                                         np.array([h == "A" for h in halves]))  # fmt: skip
+        out = envelopes(blocks, y, groups, halves, classes, boosting=args.boosting)
+        report({**stamp, "labelled_sounds": len(labels), **out, "seconds": round(time.time() - t0),
+                "load_end": os.getloadavg()[0]}, args.json, width=28)  # fmt: skip
+        return
     k = len(classes)
     tuned: dict[tuple[str, tuple[str, ...]], tuple[float, dict]] = {}
     heads: dict[str, Head] = {}

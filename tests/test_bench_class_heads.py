@@ -101,3 +101,61 @@ def test_wide_ridge_dual_form_is_the_primal_solution() -> None:
     wide = np.hstack([x, rng.normal(0.0, 0.01, (80, 200))])
     pred = heads.ridge_scores(wide, y, wide, 3, l2=0.01).argmax(axis=1)
     assert float(np.mean(pred == y)) > 0.9
+
+
+def _decaying(rng: np.random.Generator, tau_s: float, *, f0: float | None = None) -> np.ndarray:
+    sr = 22050
+    t = np.arange(int(1.5 * sr)) / sr
+    src = np.sin(2 * np.pi * f0 * t) if f0 else rng.normal(0.0, 1.0, len(t))
+    return src * np.exp(-t / tau_s)
+
+
+def test_envelope_features_read_decay_and_pitch_whatever_the_gain() -> None:
+    heads = _load("class_heads")
+    rng = np.random.default_rng(4)
+    short, long = _decaying(rng, 0.02), _decaying(rng, 0.2)
+    fs, fl = heads.envelope_features(short), heads.envelope_features(long)
+    assert fs.shape == fl.shape == (139,)
+    assert np.allclose(fs, heads.envelope_features(0.05 * short), atol=1e-6)  # gain-free
+    # broadband time to fall 20 / 40 dB under the peak (log10 s): about 10x apart (tau ratio)
+    for drop in (3, 5):
+        assert 0.7 < fl[drop] - fs[drop] < 1.3, drop
+    tone = heads.envelope_features(_decaying(rng, 0.3, f0=110.0))
+    assert abs(tone[133] - np.log2(110.0)) < 0.1  # early pitch (log2 Hz) ...
+    assert tone[132] > 0.7  # ... clearly periodic (a biased autocorrelation); noise is not
+    assert heads.envelope_features(long)[132] < 0.3
+
+
+def test_covariance_pool_tells_apart_what_a_mean_cannot() -> None:
+    heads = _load("class_heads")
+    rng = np.random.default_rng(5)
+    # Two channels with the same means per file; correlated in one kind, anti-correlated in
+    # the other: mean pooling sees the same file, second-order pooling does not.
+    maps = []
+    for kind in (1.0, -1.0) * 10:
+        a = rng.uniform(0.0, 2.0, 200)
+        maps.append(np.stack([a, 2.0 - a if kind < 0 else a.copy()], axis=1) ** 2)
+    pooled = heads.covariance_pool(maps, np.ones(20, bool), dims=2)
+    assert pooled.shape == (20, 2 + 3)
+    assert np.abs(pooled[0::2, :2].mean(0) - pooled[1::2, :2].mean(0)).max() < 0.2
+    cov = pooled[:, 2:]
+    assert np.abs(cov[0::2].mean(0) - cov[1::2].mean(0)).max() > 0.3
+
+
+def test_kit_smoothing_and_stacking_do_what_they_say() -> None:
+    heads = _load("class_heads")
+    # One B kit of three velocity layers of one sound (class 0): the third is called 1 by a
+    # small margin; a far sound of class 1 in the same kit stays itself.
+    whole = np.array([[1.0, 0.0], [0.99, 0.01], [0.98, 0.02], [0.0, 1.0], [0.5, 0.5]])
+    y = np.array([0, 0, 0, 1, 1])
+    groups = ["kb"] * 4 + ["ka"]
+    halves = ["B"] * 4 + ["A"]
+    p = np.array([[0.9, 0.1], [0.8, 0.2], [0.45, 0.55], [0.2, 0.8]])
+    kw = {"split": "B", "cosine": 0.95}
+    assert heads.kit_smoothed_accuracy([p], whole, y, groups, halves, weight=0.0, **kw) == 0.75
+    assert heads.kit_smoothed_accuracy([p], whole, y, groups, halves, weight=1.0, **kw) == 1.0
+    # the stack's ends are its two heads
+    other = np.array([[-1.0, 1.0]] * 4)  # always class 1
+    st = {"split": "B", "temperature": 1.0}
+    assert heads.stacked_accuracy([p], [other], y, groups, halves, weight=1.0, **st) == 0.75
+    assert heads.stacked_accuracy([p], [other], y, groups, halves, weight=0.0, **st) == 0.25
