@@ -41,11 +41,14 @@ tries what might lift it, with one protocol for every candidate:
   alternatives with :func:`envelope_features`, on ``bench/hits.py``'s kits: tuning =
   leave-one-kit-out over its library kits plus its tuning held-out kits; measured once on
   its test held-out kits (clean snippets and the model's noisy / cut copies).
+  ``--hit-ladder ARGS`` runs ``bench/hits.py ARGS`` with the tuning pick
+  (:class:`EnvelopeClassModel`) as the ladder's model (``--offline --tune --seed N``).
 
 Usage::
 
     nice python bench/class_heads.py [--representations | --envelopes | --hit-model]
         [--json out.json]
+    nice python bench/class_heads.py --hit-ladder --offline --tune --seed 0
 
 Accuracy only: no timing, no bench lock needed.
 """
@@ -768,6 +771,104 @@ def hit_model() -> dict[str, Any]:
     }
 
 
+HIT_RBF = (1.0, 0.1)  # (gamma, l2) of the --hit-model tuning pick on bands + envelopes
+HIT_RBF_TEMPERATURE = 3.0  # its scores -> a probability for the ladder's confidence
+
+
+class EnvelopeClassModel:
+    """The ``--hit-model`` tuning pick in :class:`~emberd.library.hitindex.ClassModel`'s
+    place: class-balanced RBF kernel ridge on ``class_features`` + :func:`envelope_features`,
+    fitted on the same labelled snippets and noisy / cut copies (``--hit-ladder``)."""
+
+    def __init__(self, features: np.ndarray, labels: list[str]) -> None:
+        self.classes = sorted(set(labels))
+        y = np.array([self.classes.index(c) for c in labels])
+        self.mu = features.mean(axis=0)
+        self.sd = features.std(axis=0) * np.sqrt(features.shape[1]) + 1e-6
+        self.z = (features - self.mu) / self.sd
+        k, n = len(self.classes), len(y)
+        w = balanced_weights(y, k)
+        target = -np.ones((n, k))
+        target[np.arange(n), y] = 1.0
+        sq = (self.z**2).sum(axis=1)
+        kern = np.exp(-HIT_RBF[0] * np.maximum(sq[:, None] + sq[None] - 2 * self.z @ self.z.T, 0))
+        self.alpha = np.linalg.solve(
+            w[:, None] * kern + HIT_RBF[1] * np.eye(n), w[:, None] * target
+        )
+
+    @staticmethod
+    def features(x: np.ndarray) -> np.ndarray:
+        from emberd.library.hitindex import class_features
+
+        return np.concatenate([class_features(x), envelope_features(x)])
+
+    @classmethod
+    def from_snippets(
+        cls, snippets: np.ndarray, labels: list[str | None]
+    ) -> EnvelopeClassModel | None:
+        """As :meth:`~emberd.library.hitindex.ClassModel.from_snippets` (same sampling)."""
+        from emberd.library import hitindex as hx
+        from emberd.library.waveform import PRE_ROLL_SAMPLES, WAVE_SR
+
+        keep = [i for i, c in enumerate(labels) if c is not None]
+        if len({labels[i] for i in keep}) < 2:
+            return None
+        rng = np.random.default_rng(0)
+        by_class: dict[str, list[int]] = {}
+        for i in keep:
+            by_class.setdefault(str(labels[i]), []).append(i)
+        keep = sorted(
+            j
+            for rows in by_class.values()
+            for j in (
+                rows
+                if len(rows) <= hx.CLASS_MAX_PER_CLASS
+                else rng.choice(rows, hx.CLASS_MAX_PER_CLASS, replace=False).tolist()
+            )
+        )
+        feats, ys = [], []
+        for i in keep:
+            x = np.asarray(snippets[i, PRE_ROLL_SAMPLES:], np.float64)
+            peak = float(np.max(np.abs(x))) + 1e-12
+            feats.append(cls.features(x))
+            ys.append(str(labels[i]))
+            for _ in range(hx.CLASS_COPIES):
+                noise_db = rng.uniform(*hx.CLASS_NOISE_DB)
+                z = x + rng.standard_normal(len(x)) * peak * 10 ** (-noise_db / 20)
+                cut = round(np.exp(rng.uniform(*np.log(hx.CLASS_CUT_S))) * WAVE_SR)
+                if rng.random() < hx.CLASS_CUT_SHARE:
+                    z[cut:] = 0.0
+                feats.append(cls.features(z))
+                ys.append(str(labels[i]))
+        return cls(np.array(feats), ys)  # fmt: skip
+
+    def predict(self, x: np.ndarray) -> tuple[str, float]:
+        """(class, probability) of a sound given from its onset at the hit index's rate."""
+        q = (self.features(np.asarray(x, np.float64)) - self.mu) / self.sd
+        d2 = (self.z**2).sum(axis=1) + q @ q - 2 * self.z @ q
+        s = np.exp(-HIT_RBF[0] * np.maximum(d2, 0.0)) @ self.alpha
+        p = np.exp(HIT_RBF_TEMPERATURE * (s - s.max()))
+        p /= p.sum()
+        best = int(np.argmax(p))
+        return self.classes[best], float(p[best])
+
+
+def hit_ladder(argv: list[str]) -> int:
+    """``--hit-ladder ARGS``: ``bench/hits.py ARGS`` (e.g. ``--offline --tune --seed 0``)
+    with :class:`EnvelopeClassModel` as the hit index's instrument model."""
+    from emberd.library import hitindex as hx
+
+    hx.ClassModel = EnvelopeClassModel  # type: ignore[misc,assignment]  # the swap measured
+    spec = importlib.util.spec_from_file_location(
+        "bench_hits", Path(__file__).resolve().parent / "hits.py"
+    )
+    assert spec is not None and spec.loader is not None
+    hb = importlib.util.module_from_spec(spec)
+    sys.modules["bench_hits"] = hb
+    spec.loader.exec_module(hb)
+    return int(hb.main(argv))
+
+
 def candidates(
     k: int, classes: list[str], *, representations: bool = False
 ) -> list[tuple[str, tuple[str, ...], Head, dict]]:
@@ -812,7 +913,12 @@ def main() -> None:
         action="store_true",
         help="compare the hit ladder's instrument model on bench/hits.py's kits",
     )
+    ap.add_argument("--hit-ladder", nargs=argparse.REMAINDER,
+                    help="the rest of the line goes to bench/hits.py, run with "
+                         "EnvelopeClassModel as the ladder's instrument model")  # fmt: skip
     args = ap.parse_args()
+    if args.hit_ladder is not None:
+        raise SystemExit(hit_ladder(args.hit_ladder))
     stamp = {
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{platform.machine()} {os.cpu_count()} cores",

@@ -159,3 +159,28 @@ def test_kit_smoothing_and_stacking_do_what_they_say() -> None:
     st = {"split": "B", "temperature": 1.0}
     assert heads.stacked_accuracy([p], [other], y, groups, halves, weight=1.0, **st) == 0.75
     assert heads.stacked_accuracy([p], [other], y, groups, halves, weight=0.0, **st) == 0.25
+
+
+def test_envelope_class_model_names_what_it_was_fitted_on() -> None:
+    heads = _load("class_heads")
+    from emberd.library.waveform import PRE_ROLL_SAMPLES, SNIPPET_SAMPLES
+
+    rng = np.random.default_rng(6)
+
+    def snip(kind: str, gain: float) -> np.ndarray:
+        t = np.arange(SNIPPET_SAMPLES - PRE_ROLL_SAMPLES) / 22050
+        if kind == "closed_hat":  # a short noise burst
+            body = rng.normal(0.0, 1.0, len(t)) * np.exp(-t / rng.uniform(0.01, 0.02))
+        else:  # a low, long tone
+            body = np.sin(2 * np.pi * rng.uniform(50, 70) * t) * np.exp(-t / 0.3)
+        return np.concatenate([np.zeros(PRE_ROLL_SAMPLES), gain * body])
+
+    kinds = ["closed_hat", "kick"] * 8
+    model = heads.EnvelopeClassModel.from_snippets(np.array([snip(k, 1.0) for k in kinds]), kinds)
+    assert model is not None
+    for kind in ("closed_hat", "kick"):
+        cls, p = model.predict(snip(kind, 0.1)[PRE_ROLL_SAMPLES:])
+        assert cls == kind and 0.5 < p <= 1.0
+    silent = np.zeros((2, SNIPPET_SAMPLES))
+    one_class = heads.EnvelopeClassModel.from_snippets(silent, ["kick", None])
+    assert one_class is None
