@@ -217,6 +217,7 @@ class Worker(threading.Thread):
         self._hit_index_builds = 0  # hit indexes built (status: a reload that reused none)
         self._builder: _IndexBuilder | None = None  # builds a reloaded library's hit index
         self._pending_key: bytes | None = None  # content key of the index being built
+        self._hits_lock = threading.Lock()  # the two above, and handing ladders over
         self._reload_ms = 0.0  # the latest reload's time on this thread (status)
         self._hit_thread: HitThread | None = None  # runs self.hits beside this thread
         self.hit_detection = hit_detection
@@ -408,24 +409,27 @@ class Worker(threading.Thread):
 
         source = IndexSource.read(library)
         files = library.files()
-        if self._hit_index is not None and source.key == self._hit_index.content_key:
-            self._pending_key = None
-            self._hand_ladder(self._ladder(self._hit_index, files))
-            return "kept"
-        if source.key != self._pending_key:
-            self._pending_key = source.key
-            if self._builder is None:
-                self._builder = _IndexBuilder()
-                self._builder.start()
 
-            def build() -> None:
-                if self._pending_key != source.key:  # a later reload wants another library
-                    return
-                ladder = self._built_ladder(HitIndex.build(source), files)
-                if self._pending_key == source.key:
-                    self._hand_ladder(ladder)
+        def build() -> None:
+            if self._pending_key != source.key:  # a later reload wants another library
+                return
+            index = HitIndex.build(source)
+            with self._hits_lock:
+                if self._pending_key == source.key:  # still wanted: the hit thread takes it
+                    self._pending_key = None
+                    self._hand_ladder(self._built_ladder(index, files))
 
-            self._builder.submit(build)
+        with self._hits_lock:  # _hit_index and _pending_key: this thread and the builder's
+            if self._hit_index is not None and source.key == self._hit_index.content_key:
+                self._pending_key = None
+                self._hand_ladder(self._ladder(self._hit_index, files))
+                return "kept"
+            if source.key != self._pending_key:
+                self._pending_key = source.key
+                if self._builder is None:
+                    self._builder = _IndexBuilder()
+                    self._builder.start()
+                self._builder.submit(build)
         return "building"
 
     def _hand_ladder(self, ladder: HitLadder) -> None:
