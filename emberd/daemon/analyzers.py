@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 MAX_CONSECUTIVE_ERRORS = 20  # failed calls in a row before an analyser is disabled
 RESERVED_FIELDS = frozenset(
     {"v", "kind", "seq", "capture_time", "publish_time", "model", "channel", "hop", "stream_s",
-     "shape", "dtype"}
+     "window_end_s", "shape", "dtype"}
 )  # fmt: skip
 HOP_KINDS = ("match", "tag", "level", "emb", "similarity")
 # What a third-party analyser may not set, per kind, besides RESERVED_FIELDS: emberd's own.

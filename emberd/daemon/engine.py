@@ -22,6 +22,9 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
+import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -36,6 +39,8 @@ STREAMING_MODELS = ("aisfx",)  # models with a streaming implementation; others 
 FRAME_CAPACITY_MIN = 512  # mel frames kept per channel (12 s at 23 ms), more than any window
 STREAMING_STEP_FRAMES = 8  # frames per streaming aiSFX step (three 2x pools)
 RESTART_STEPS = 3  # a streaming encoder this many steps behind jumps (a full window costs ~2)
+STEP_TIMES_KEPT = 256  # background step times kept until the worker drains them
+SETTLE_POLL_S = 0.05  # s between checks while waiting for the encoder thread
 SILENCE_PRIME_S = 0.2  # s of zeros pushed through a scratch front end to learn the silence frame
 
 
@@ -125,13 +130,46 @@ class WindowedEncoder:
             return self._last
         return self._embed(fronts, end_frame)
 
+    @property
+    def embedding_end(self) -> int | None:
+        """Frame (exclusive) where the latest grid window ends (None: every hop's own)."""
+        return self._last_end if self.step_frames > 1 and self._last is not None else None
+
     def _embed(self, fronts: list[Any], end_frame: int) -> np.ndarray:
         fill_window(fronts, end_frame, self._window, self._silence)
         return np.asarray(self.encoder.embed(self._window), dtype=np.float32)
 
 
+@dataclass
+class StepJob:
+    """Mel frames handed to a streaming encoder (built by the worker, read by the stepper).
+
+    ``window`` (a restart) is the full window ending at input frame ``start``; ``frames``
+    are the input frames ``start .. start + n`` to push after it (or after the frames
+    handed before, when ``window`` is None).
+    """
+
+    window: np.ndarray | None
+    start: int
+    frames: np.ndarray  # [C, n, n_mels], a copy
+
+
 class StreamingHopEncoder:
-    """:class:`StreamingEncoder` fed with each hop's new frames (aiSFX only)."""
+    """:class:`StreamingEncoder` fed with each hop's new frames (aiSFX only).
+
+    By default the steps run in the caller's thread inside :meth:`embed_hop`. After
+    :meth:`start_background` they run on their own thread (``emberd-encoder``): the
+    caller (the worker) only copies the new mel frames into a :class:`StepJob` and gets
+    the newest *finished* embedding back at once, so a hop is never held up by a step.
+
+    Shared attributes in background mode (written by -> read by):
+
+    * ``_jobs`` deque of StepJob, under ``_cond`` (worker appends, restarts clear it ->
+      stepper pops)
+    * ``_newest`` ``(end_frame, embedding)`` tuple, replaced whole, never mutated (stepper
+      -> worker); ``end_frame`` is the input frame (exclusive) the embedding's window ends at
+    * ``restarts`` (worker -> status), ``step_ms`` deque (stepper appends -> worker drains)
+    """
 
     kind = "streaming"
     incremental = True  # every frame is pushed once, whichever hops are analysed
@@ -143,13 +181,23 @@ class StreamingHopEncoder:
         self.provider = str(streaming.provider)  # numpy (exact edges, default) or ONNX step graph
         self.dim = int(streaming.dim)
         self.window_frames = int(streaming.window_frames)
-        self._fed = 0
+        self._channels = channels
+        self._n_mels = n_mels
+        self._taken = 0  # input frames handed to the steps (worker)
+        self._fed = 0  # input frames pushed through the encoder (stepper)
         self._buf = np.empty((channels, streaming.chunk_frames * 4, n_mels), np.float32)
         self._window = np.empty((channels, self.window_frames, n_mels), np.float32)
         self._silence = silence
-        self._last: np.ndarray | None = None
+        self._newest: tuple[int, np.ndarray] | None = None
         self.restarts = 0  # jumps over frames never stepped through (see embed_hop)
         self.step_frames = STREAMING_STEP_FRAMES  # a new embedding every this many frames
+        self.step_ms: deque[float] = deque(maxlen=STEP_TIMES_KEPT)  # background step times
+        self._jobs: deque[StepJob] = deque()
+        self._cond = threading.Condition()
+        self._busy = False  # the stepper holds a job (under _cond)
+        self._closing = False
+        self._thread: threading.Thread | None = None
+        self.error: BaseException | None = None  # the stepper's failure, raised by embed_hop
         # Embeddings come every chunk_frames frames, ending on multiples of it. Leading
         # silence frames (what the window holds before the stream anyway) shift that
         # grid so one window starts exactly on the input's first frame: a one-shot file
@@ -160,28 +208,126 @@ class StreamingHopEncoder:
             lead = np.broadcast_to(silence, (channels, align, n_mels))
             list(streaming.push(np.ascontiguousarray(lead, dtype=np.float32)))
 
-    def embed_hop(self, fronts: list[Any], end_frame: int) -> np.ndarray | None:
-        step = self.step_frames
-        if end_frame - self._fed > RESTART_STEPS * step:
-            # Far behind (the worker skipped hops: overload): jump to the newest window
-            # instead of stepping through every frame in between.
-            start = (end_frame + self._align) // step * step - self._align  # newest step end
-            self._restart(fronts, start)
-        while self._fed < end_frame:
-            n = min(end_frame - self._fed, self._buf.shape[1])
-            for c, fe in enumerate(fronts):
-                fe.frames.copy_range(self._fed, self._buf[c, :n])
-            for _end, emb in self.streaming.push(self._buf[:, :n]):
-                self._last = emb.copy()
-            self._fed += n
-        return self._last
+    @property
+    def background(self) -> bool:
+        """Whether steps run on the encoder's own thread."""
+        return self._thread is not None
 
-    def _restart(self, fronts: list[Any], end: int) -> None:
-        """Restart the encoder on the window of input frames ending at ``end``."""
-        fill_window(fronts, end, self._window, self._silence)
-        self._last = self.streaming.restart(self._window, end + self._align).copy()
-        self._fed = end
-        self.restarts += 1
+    @property
+    def embedding_end(self) -> int | None:
+        """Input frame (exclusive) where the newest finished embedding's window ends."""
+        newest = self._newest
+        return None if newest is None else newest[0]
+
+    def embed_hop(self, fronts: list[Any], end_frame: int) -> np.ndarray | None:
+        job = self._take(fronts, end_frame)
+        if self._thread is None:
+            if job is not None:
+                self._run(job)
+        elif job is not None:
+            if self.error is not None:
+                raise EmberdError(f"streaming encoder failed: {self.error}") from self.error
+            with self._cond:
+                if job.window is not None:
+                    self._jobs.clear()  # a restart replaces every frame not yet stepped
+                self._jobs.append(job)
+                self._cond.notify()
+        newest = self._newest
+        return None if newest is None else newest[1]
+
+    def _take(self, fronts: list[Any], end_frame: int) -> StepJob | None:
+        """Copy the input frames up to ``end_frame`` not handed yet (worker thread).
+
+        Far behind, a restart: the worker skipped hops (overload), or in background mode
+        the steps have that many frames queued and not started. Then the job is the
+        newest window, one full window's work instead of a step for every 8 frames.
+        """
+        step = self.step_frames
+        with self._cond:
+            queued = sum(j.frames.shape[1] for j in self._jobs)
+        if end_frame - self._taken + queued > RESTART_STEPS * step:
+            start = (end_frame + self._align) // step * step - self._align  # newest step end
+            window = np.empty_like(self._window)
+            fill_window(fronts, start, window, self._silence)
+            self.restarts += 1
+        elif end_frame > self._taken:
+            window, start = None, self._taken
+        else:
+            return None
+        frames = np.empty((self._channels, end_frame - start, self._n_mels), np.float32)
+        for c, fe in enumerate(fronts):
+            fe.frames.copy_range(start, frames[c])
+        self._taken = end_frame
+        return StepJob(window, start, frames)
+
+    def _run(self, job: StepJob) -> None:
+        """Push one job through the encoder (its only caller thread at a time)."""
+        if job.window is not None:
+            emb = self.streaming.restart(job.window, job.start + self._align)
+            self._newest = (job.start, emb.copy())
+            self._fed = job.start
+        done = 0
+        total = job.frames.shape[1]
+        while done < total:
+            n = min(total - done, self._buf.shape[1])
+            self._buf[:, :n] = job.frames[:, done : done + n]
+            for end, emb in self.streaming.push(self._buf[:, :n]):
+                self._newest = (int(end) - self._align, emb.copy())
+            done += n
+        self._fed = job.start + total
+
+    # ---------------------------------------------------------------- background steps
+
+    def start_background(self) -> None:
+        """Run the steps on their own thread from now on (idempotent)."""
+        if self._thread is None:
+            self._closing = False
+            self._thread = threading.Thread(target=self._steps, name="emberd-encoder",
+                                            daemon=True)  # fmt: skip
+            self._thread.start()
+
+    def stop_background(self) -> None:
+        """Finish every frame handed so far, then run steps in the caller's thread again."""
+        thread = self._thread
+        if thread is None:
+            return
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        thread.join()
+        self._thread = None
+        if self.error is not None:
+            raise EmberdError(f"streaming encoder failed: {self.error}") from self.error
+
+    def settle(self) -> None:
+        """Wait until every frame handed so far has been stepped (background mode)."""
+        with self._cond:
+            while (self._jobs or self._busy) and self._thread is not None and not self.error:
+                self._cond.wait(SETTLE_POLL_S)
+
+    def _steps(self) -> None:
+        """The encoder thread: run queued jobs in order until closed and drained."""
+        while True:
+            with self._cond:
+                while not self._jobs and not self._closing:
+                    self._cond.wait()
+                if not self._jobs:
+                    return  # closing and drained
+                job = self._jobs.popleft()
+                self._busy = True
+            try:
+                t0 = time.perf_counter()
+                self._run(job)
+                self.step_ms.append((time.perf_counter() - t0) * 1000.0)
+            except BaseException as exc:  # reported by the worker's next embed_hop
+                log.exception("streaming encoder failed")
+                self.error = exc
+            finally:
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
+            if self.error is not None:
+                return
 
 
 @dataclass

@@ -314,26 +314,32 @@ class Outputs:
     def _hop(self, hop: HopResult) -> tuple[Message, ...]:
         t, model = hop.capture_time, hop.model
         common: dict[str, Any] = {"hop": hop.seq, "stream_s": round(hop.stream_s, 6)}
+        # What the embedding describes: its window ends here (stream s), at or before the
+        # hop's audio (the streaming encoder's newest finished step).
+        window = dict(common)
+        if hop.window_end_s is not None:
+            window["window_end_s"] = round(hop.window_end_s, 6)
         extra = self.analyzers.hop_fields(hop)
         out: list[Message] = []
         for c, channel in enumerate(hop.channels):
             # Analyser fields first, then emberd's own: a plug-in adds, it never replaces.
             more = extra.get(wire.KIND_MATCH, [])
-            fields = {**(more[c] if more else {}), **common, "matches": hop.matches[c]}
+            fields = {**(more[c] if more else {}), **window, "matches": hop.matches[c]}
             out.append(self._message(wire.KIND_MATCH, channel, t, model, **fields))
             for kind in (wire.KIND_TAG, wire.KIND_LEVEL):
                 rows = extra.get(kind)
                 if rows:
-                    out.append(self._message(kind, channel, t, model, **{**rows[c], **common}))
+                    own = common if kind == wire.KIND_LEVEL else window
+                    out.append(self._message(kind, channel, t, model, **{**rows[c], **own}))
             more = extra.get(wire.KIND_EMB, [])
             out.append(self._message(wire.KIND_EMB, channel, t, model, array=hop.embeddings[c],
-                                     **{**(more[c] if more else {}), **common}))  # fmt: skip
+                                     **{**(more[c] if more else {}), **window}))  # fmt: skip
         sim = extra.get(wire.KIND_SIMILARITY)
         if sim:
             fields = dict(sim[0])
             array = fields.pop("array", None)
             out.append(self._message(wire.KIND_SIMILARITY, None, t, model, array=array,
-                                     **{**fields, **common}))  # fmt: skip
+                                     **{**fields, **window}))  # fmt: skip
         return tuple(out)
 
     # --------------------------------------------------------- status

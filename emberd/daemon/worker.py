@@ -24,6 +24,15 @@ Shared attributes (written by -> read by):
   which reads the ring itself as its second reader; it puts HitResult items into the same
   handoffs, every put serialised by one lock); the worker reads its level gate and counters
 * ``engine`` (worker, on ``set_model`` -> control thread for status)
+* the streaming encoder's steps: live (``realtime``), they run on the encoder's own thread
+  (``emberd-encoder``, :meth:`~emberd.daemon.engine.StreamingHopEncoder.start_background`).
+  The worker hands each hop's new mel frames to it (copies, in a queue that a restart
+  replaces: bounded by RESTART_STEPS steps of frames) and publishes every hop at once with
+  the newest *finished* embedding, whose window end each hop message carries
+  (``window_end_s``); a hop never waits for a step. The worker alone reads the front ends;
+  the encoder thread alone runs the network. At the end of input the worker stops that
+  thread (it finishes what was handed) and steps the flush itself, so a file played once
+  gives the same windows as stepping in one thread.
 * ``done`` event (worker at end of input -> app)
 * ``stats`` counters (see :class:`~emberd.daemon.status.DaemonStats`)
 """
@@ -81,6 +90,8 @@ class HopResult:
     matches: list[list[dict[str, Any]]]
     levels: list[tuple[float, float, bool]]  # (rms_db, peak_db, onset) per channel
     centre: np.ndarray | None = None  # library mean vector (the similarity matrix's centre)
+    # Where the embeddings' window ends (stream s, at or before the hop's newest audio).
+    window_end_s: float | None = None
 
 
 @dataclass
@@ -255,6 +266,8 @@ class Worker(threading.Thread):
                     paused=lambda: self.paused,
                 )  # fmt: skip
                 self._hit_thread.start()
+            if self.realtime:
+                self._encoder_thread(True)
         except BaseException as exc:  # reported by the app as a one-line error
             self.error = exc
             self.ready.set()
@@ -268,6 +281,10 @@ class Worker(threading.Thread):
             log.exception("worker failed")
             self.error = exc
         finally:
+            try:
+                self._encoder_thread(False)
+            except EmberdError as exc:
+                log.warning("%s", exc)
             if self._builder is not None:
                 self._builder.stop()
                 self._builder.join(JOIN_HITS_S)
@@ -463,6 +480,7 @@ class Worker(threading.Thread):
         if self._capture is not None:  # the recording ends with the real audio
             self._finish_capture()
         self._audio_end = self._read_pos
+        self._encoder_thread(False)  # the flush is stepped here: every window, in order
         pad = self.engine.encoder.window_frames * self.engine.config.hop_length
         self._scratch[:] = 0.0
         while pad > 0:
@@ -485,6 +503,14 @@ class Worker(threading.Thread):
         # Ring position of the engine's frame 0: fresh front ends start at the next read.
         self._origin = getattr(self, "_read_pos", 0) - self.engine.fronts[0].samples_in
 
+    def _encoder_thread(self, on: bool) -> None:
+        """Run the encoder's steps on its own thread (live) or, off, finish them and step
+        in this thread again; encoders without one (windowed) always run here."""
+        name = "start_background" if on else "stop_background"
+        method = getattr(self.engine.encoder, name, None)
+        if method is not None:
+            method()
+
     def _hop_sample_end(self, end_frame: int) -> int:
         """Sample position (exclusive) of the newest sample frame ``end_frame - 1`` needs."""
         cfg = self.engine.config
@@ -501,11 +527,19 @@ class Worker(threading.Thread):
         if self.paused:
             return
         t0 = time.perf_counter()
-        emb = self.engine.encoder.embed_hop(self.engine.fronts, end_frame)
+        enc = self.engine.encoder
+        emb = enc.embed_hop(self.engine.fronts, end_frame)
         t1 = time.perf_counter()
         if emb is None:  # a streaming encoder still filling its context
             return
-        self.stats.inference_ms.add((t1 - t0) * 1000.0)
+        steps = getattr(enc, "step_ms", None)
+        if getattr(enc, "background", False) and steps is not None:
+            while steps:  # the encoder thread's step times (this hop only handed frames)
+                self.stats.inference_ms.add(steps.popleft())
+        else:
+            self.stats.inference_ms.add((t1 - t0) * 1000.0)
+        emb_end = getattr(enc, "embedding_end", None)
+        window_end = sample_end if emb_end is None else self._hop_sample_end(emb_end)
         key = (emb, self.library, self.engine)
         last = self._searched
         if last is not None and last[1] == self.k and all(map(operator.is_, key, last[0])):
@@ -532,6 +566,7 @@ class Worker(threading.Thread):
             model=self.engine.encoder.model,
             channels=self.channels,
             embeddings=np.array(emb, dtype=np.float32, copy=True),
+            window_end_s=min(window_end, sample_end) / cfg.sr,
             matches=matches,
             levels=levels,
             centre=self._centre,
@@ -667,7 +702,10 @@ class Worker(threading.Thread):
         if self._capture is not None:
             self._capture.command.answer({"ok": False, "error": "capture: model changed"})
             self._capture = None
+        self._encoder_thread(False)
         self.engine = engine
+        if self.realtime:
+            self._encoder_thread(True)
         self._load_class_data()
         self._reset_schedule()
         self._search_warned = False
