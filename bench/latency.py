@@ -268,7 +268,9 @@ def main(argv: list[str] | None = None) -> int:
           f"loopback UDP anchor {anchor_udp:.3f} ms")
     print(f"  daemon status: hop latency (last datagram) p50 {status['latency_p50_ms']:.2f} / "
           f"p99 {status['latency_p99_ms']:.2f} ms, inference p50 {status['inference_ms']:.2f} / "
-          f"p99 {status['inference_p99_ms']:.2f} ms, hops {status['hops']}")
+          f"p99 {status['inference_p99_ms']:.2f} ms, worker per hop p50 "
+          f"{status['hop_work_ms']:.2f} / p99 {status.get('hop_work_p99_ms', float('nan')):.2f} "
+          f"ms, hops {status['hops']}")
     print(f"  callback interval p50 {status['callback_interval_ms']:.3f} ms, jitter p99 "
           f"{status['callback_jitter_ms']:.3f} ms (last 47 s), max over the run "
           f"{status['callback_jitter_max_run_ms']:.3f} ms; "

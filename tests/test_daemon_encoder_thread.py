@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import soundfile as sf
+from test_daemon_e2e import aisfx_library  # noqa: F401 - a fixture
 
 GATE_TIMEOUT_S = 60.0  # longest wait for the encoder thread to enter a step
 ENCODER_THREAD = "emberd-encoder"
@@ -142,3 +143,71 @@ def test_hops_are_answered_while_a_step_runs_and_give_the_one_thread_embeddings(
     final = enc.embed_hop(live.fronts, total)
     assert final is not None and np.abs(final - want[total]).max() <= EMB_TOL
     assert set(gated.threads) == {threading.current_thread().name}
+
+
+class StepThreads:
+    """The real :class:`StreamingEncoder`, recording which thread runs each network call."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+        self.threads: list[str] = []
+
+    def push(self, frames: np.ndarray) -> Any:
+        self.threads.append(threading.current_thread().name)
+        return self.real.push(frames)
+
+    def restart(self, window: np.ndarray, end_frame: int) -> Any:
+        self.threads.append(threading.current_thread().name)
+        return self.real.restart(window, end_frame)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
+def test_live_worker_never_steps_itself_until_the_flush(
+    aisfx_library: tuple[Path, list[Path]],  # noqa: F811 - the fixture imported above
+) -> None:
+    # A file played once in real time: live, every step on the encoder's thread; the
+    # end-of-input flush stepped by the worker (in order, so the one-shot's window comes).
+    import zmq
+    from test_daemon_e2e import _config, _sub
+
+    from emberd.clients import wire
+    from emberd.daemon.app import Daemon
+
+    lib, files = aisfx_library
+    played = files[0]
+    ctx = zmq.Context()
+    daemon = Daemon(_config(lib, played, model="aisfx", pace="realtime")).start(start_input=False)
+    msgs: list[wire.Message] = []
+    try:
+        assert daemon.worker is not None and daemon.pub_endpoint is not None
+        enc = daemon.worker.engine.encoder
+        steps = StepThreads(enc.streaming)
+        enc.streaming = steps
+        sub = _sub(ctx, daemon.pub_endpoint)
+        while wire.decode(sub.recv_multipart()).kind != wire.KIND_STATUS:
+            pass  # the subscription is live
+        daemon.start_input()
+        while True:
+            msg = wire.decode(sub.recv_multipart())
+            if msg.kind == wire.KIND_STATUS and msg.header["status"].get("final"):
+                status = msg.header["status"]
+                break
+            msgs.append(msg)
+    finally:
+        daemon.close()
+        sub.close(0)
+        ctx.term()
+    assert status["encoder"] == "streaming"
+    live = [i for i, name in enumerate(steps.threads) if name == ENCODER_THREAD]
+    flush = [i for i, name in enumerate(steps.threads) if name == "emberd-worker"]
+    assert live and flush and len(live) + len(flush) == len(steps.threads), set(steps.threads)
+    assert max(live) < min(flush)  # the worker stepped only after the encoder thread stopped
+    matches = [m for m in msgs if m.kind == wire.KIND_MATCH]
+    hop_s = status["hop_ms"] / 1000.0
+    assert matches
+    for m in matches:  # an embedding never describes audio after its hop's
+        assert m.header["window_end_s"] <= m.header["stream_s"] + hop_s + 1e-6, m.header
+    tops = [Path(m.header["matches"][0]["path"]).name for m in matches if m.header["matches"]]
+    assert played.name in tops

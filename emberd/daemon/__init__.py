@@ -15,6 +15,9 @@ Thread map
                   every hop: encoder (all channels one batch) -> library search ->
                   level/onset -> HopResult -> outputs.Outputs: analysers (tags,
                   similarity, plug-ins) add fields, messages built once
+                  encoder thread (engine.StreamingHopEncoder, live streaming aiSFX):
+                  runs the encoder's steps on the mel frames the worker hands it; the
+                  worker publishes every hop with the newest finished embedding
                         │  Handoff per sink (bounded, drop-oldest, counted in messages)
               ┌─────────┼──────────────────┬─────────────────┐
        sink thread: osc   sink thread: zmq    sink thread: midi   sink thread per --sink
@@ -28,9 +31,13 @@ Thread map
 
 * **callback**: only ``SampleRing.write`` + counters + ``BlockClock.mark``: no
   allocation, logging, locks or Python-heavy work. Everything else is elsewhere.
-* **worker**: the only thread touching front ends, the encoder, the library (SQLite
-  connections stay in their thread) and per-channel state. It never waits for a
-  transport: handoffs drop the oldest hop when a publisher lags.
+* **worker**: the only thread touching front ends, the library (SQLite connections
+  stay in their thread) and per-channel state. It never waits for a transport: handoffs
+  drop the oldest hop when a publisher lags; nor, live, for a streaming encoder step.
+* **encoder** (live streaming aiSFX only, ``emberd-encoder``): the only thread running
+  the streaming network while it exists; gets copies of mel frames from the worker
+  (:class:`~engine.StepJob`), never reads the front ends. The worker stops it at the
+  end of input and steps the flush itself.
 * **sinks** (:mod:`outputs`): every output is an ``emberd.sinks`` entry point constructed
   and run on its own thread; each owns its socket(s) (a ZeroMQ socket is used by one
   thread); exceptions are counted per sink and a sink failing in a row is disabled.

@@ -15,8 +15,10 @@ in part, ``/emberd/status``):
 (hops with a match on any channel),
 ``latency_p50_ms`` / ``latency_p99_ms`` (capture of the first sample of a hop ->
 its last datagram sent; the slowest transport), ``latency_ms_by_transport``,
-``inference_ms`` / ``inference_p99_ms`` (encoder call per hop, all channels),
-``hop_work_ms`` (whole hop: encoder + search + votes), ``callback_interval_ms``,
+``inference_ms`` / ``inference_p99_ms`` (encoder call per hop, all channels; live with
+the streaming encoder, each step on the encoder's own thread),
+``hop_work_ms`` / ``hop_work_p99_ms`` (the worker's whole hop: encoder call or hand-off +
+search + votes), ``callback_interval_ms``,
 ``callback_jitter_ms`` (p99 of |block interval - nominal| over the latest 8192 blocks),
 ``callback_jitter_max_ms`` (same window), ``callback_jitter_max_run_ms`` (whole run),
 ``overflows`` (frames the callback could not store), ``dropped_hops`` (hops skipped by
@@ -184,6 +186,7 @@ class DaemonStats:
             inference_ms=round(self.inference_ms.percentile(50), 3),
             inference_p99_ms=round(self.inference_ms.percentile(99), 3),
             hop_work_ms=round(self.hop_work_ms.percentile(50), 3),
+            hop_work_p99_ms=round(self.hop_work_ms.percentile(99), 3),
             callback_interval_ms=round(float(np.median(intervals)), 3) if intervals.size else 0.0,
             callback_jitter_ms=round(float(np.percentile(jitter, 99)), 3),
             callback_jitter_max_ms=round(float(jitter.max()), 3),
