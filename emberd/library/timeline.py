@@ -491,6 +491,8 @@ class _Stream:
 
     def _residual(self, a: int, b: int) -> np.ndarray:
         """Track minus explained samples, absolute ``a .. b`` (zeros outside the buffer)."""
+        if a >= self.base and b <= self.end:  # (most windows: no zero-filled copy first)
+            return self.x[self._i(a) : self._i(b)] - self.known[self._i(a) : self._i(b)]
         out = np.zeros(b - a, np.float32)
         lo, hi = max(a, self.base), min(b, self.end)
         if hi > lo:
