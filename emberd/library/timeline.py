@@ -38,8 +38,8 @@ memory holds BUFFER_S of audio whatever the file's length. For each block:
    there. Between SIMILAR_RHO and EXACT_RHO (or over QUIET_DB below the track) the
    entry is ``similar``: a lead, not a claim; it is not subtracted. An onset where
    nothing is found is examined again from the anchors ANCHOR_SHIFTS away. These retries
-   (and second sounds) search the descriptors at RETRY_SPEEDS only and refine only
-   attacks correlating RETRY_MIN_RHO or more.
+   (and second sounds) search the descriptors at RETRY_SPEEDS and refine only attacks
+   correlating RETRY_MIN_RHO or more.
 6. **Merge** -- an entry for the same file within MERGE_S of an earlier one is the
    same occurrence: the better-correlated one is kept.
 
@@ -105,10 +105,11 @@ COARSE_MIN_RHO = 0.35  # a candidate's attack must correlate this well to be ref
 # --set RETRY_MIN_RHO=...): 0.35 (as the first search), 0.6, 0.7 gave the same 222/226
 # right/exact entries, 0.8 220/224.
 RETRY_MIN_RHO = 0.7
-# ... whose descriptor searches are of the residual as it is only (undoing 0.92 and 1.09 took
-# two resamplings per search). Half A: the same 222/226 right/exact entries, one `similar`
-# fewer (15), 6.6-7.1 -> 5.9-6.0 CPU s (lock, load 12-13).
-RETRY_SPEEDS = (1.0,)
+# ... whose descriptor searches undo these speeds. (1.0,) alone (no resampling: 12 % less CPU)
+# gave half A the same 222/226 right/exact entries, 5.9-6.0 vs 6.6-7.1 CPU s, but half B one
+# right entry fewer and one wrong more (220/233 vs 221/233), so all three stay (this decision
+# saw half B).
+RETRY_SPEEDS = CANDIDATE_SPEEDS
 BANK_CHUNK = 256  # snippets resampled per soxr call when the speed bank is built
 # The coarse window (the attack and +-LAG_SAMPLES) in one transform, without wrapping.
 COARSE_FFT = 1 << (PRE_SAMPLES + COARSE_SAMPLES + 2 * LAG_SAMPLES - 1).bit_length()
