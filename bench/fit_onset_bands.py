@@ -12,7 +12,13 @@ nothing subtracted: fast) and counts, for each,
   found (a detection within MATCH_TOLERANCE_S, one each), extra detections;
 * on ``bench/hits.py --offline --tune`` performances (tuning kits, tuning held-out kits),
   seeds ``--seeds``: extra detections in sound and false ones in silence;
-* in NOISE_S of -50 dBFS white noise at 22.05 and 44.1 kHz: detections.
+* in NOISE_S of -50 dBFS white noise at each of 22.05 and 44.1 kHz: detections.
+
+The candidates include the chosen bands with 0, +6 and +12 dB more floor margin under 300
+Hz (BAND_FLOOR_MARGIN_DB): the margin is chosen here too, on the same rule. Every number
+comes from the tuning kits (``bench/hits.py`` TUNE_KITS, HELD_OUT_TUNE); the script ends by
+comparing its choice with the shipped ``onset.BAND_EDGES_HZ`` / ``onset.BAND_FLOOR_MARGIN_DB``
+and exits 1 if they differ.
 
 Rule: the set finding the most stress hits among those with no false hit in silence, no
 more detections in noise than the wide bands alone (they fire about once a minute there)
@@ -21,8 +27,7 @@ than the wide bands alone (an extra onset is a wrong hit message and a hit cut
 short; the decay credit of ``bench/fit_onset_decay.py``, chosen by a rule weighing it like a
 missed hit, tripled them on held-out performances). Run: ``python bench/fit_onset_bands.py``.
 
-2026-12-02 (README, "Live hits"): chose 150-300, 300-700 and 1500-3000 Hz with 12 dB more
-floor margin under 300 Hz (BAND_FLOOR_MARGIN_DB); see the printed table there.
+2026-12-02 (README, "Live hits"): see the printed table there and the run's date and load.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -48,19 +54,39 @@ CANDIDATES: dict[str, tuple[tuple[tuple[float, float], ...], tuple[float, ...]]]
     "0-150, ..., 3000-6000 (6 bands)": (
         ((0.0, 150.0), (150.0, 300.0), (300.0, 700.0), (700.0, 1500.0), (1500.0, 3000.0),
          (3000.0, 6000.0)), (12.0, 12.0, 0.0, 0.0, 0.0, 0.0)),
+    "150-300, 300-700, 1500-3000, +6 dB under 300 Hz": (
+        ((150.0, 300.0), (300.0, 700.0), (1500.0, 3000.0)), (6.0, 0.0, 0.0)),
     "150-300, 300-700, 1500-3000, no added margin": (
         ((150.0, 300.0), (300.0, 700.0), (1500.0, 3000.0)), (0.0, 0.0, 0.0)),
 }  # fmt: skip
-NOISE_S = 120.0  # seconds of noise per rate
-BLOCK = 256
+NOISE_S = 240.0  # seconds of noise per rate (8 minutes in all)
+BLOCK = 256  # samples per push, as the daemon's input delivers them
+LOW_BAND_HZ = 300.0  # a band ending here or lower: its 5.8-ms level has few degrees of freedom
+DECAY_LOW_MARGIN_DB = 24.0  # onset.DECAY_FLOOR_MARGIN_DB of such a band (12 elsewhere)
+SHIPPED = (onset.BAND_EDGES_HZ, onset.BAND_FLOOR_MARGIN_DB, onset.DECAY_FLOOR_MARGIN_DB,
+           onset.SPLIT_BANDS)  # fmt: skip
 
 
 def configure(bands: tuple[tuple[float, float], ...], margins: tuple[float, ...]) -> None:
-    """Set the detector module's split bands (read when a detector is built)."""
-    wide = onset.BAND_EDGES_HZ[: onset.WIDE_BANDS]
+    """Set the detector module's split bands (read when a detector is built).
+
+    Every per-band array is derived from the band list: BAND_FLOOR_MARGIN_DB (the wide
+    bands' entries, then ``margins``) and DECAY_FLOOR_MARGIN_DB (broadband and second
+    difference as shipped, then DECAY_LOW_MARGIN_DB for a band ending at LOW_BAND_HZ or lower,
+    the shipped second-difference margin elsewhere: the rule of the shipped values), so the
+    decay path stays consistent whatever the number of bands.
+    """
+    if len(margins) != len(bands):
+        raise ValueError(f"{len(bands)} bands but {len(margins)} floor margins")
+    edges, floor, decay, _ = SHIPPED
+    wide = edges[: onset.WIDE_BANDS]
     onset.BAND_EDGES_HZ = (*wide, *bands)
-    onset.BAND_FLOOR_MARGIN_DB = (*onset.BAND_FLOOR_MARGIN_DB[: onset.WIDE_BANDS], *margins)
-    onset.SPLIT_BANDS = len(bands)  # (the decay credit, whose margins are per function, is off)
+    onset.BAND_FLOOR_MARGIN_DB = (*floor[: onset.WIDE_BANDS], *margins)
+    onset.DECAY_FLOOR_MARGIN_DB = (
+        *decay[:2],
+        *(DECAY_LOW_MARGIN_DB if hi <= LOW_BAND_HZ else decay[1] for _, hi in onset.BAND_EDGES_HZ),
+    )
+    onset.SPLIT_BANDS = len(bands)
     onset._band_filters.cache_clear()
 
 
@@ -97,6 +123,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--extra-budget", type=int, default=2)
     args = ap.parse_args(argv)
     import soxr
+
+    print(f"bench/fit_onset_bands.py {time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC, "
+          f"tuning split only (kits {', '.join(bench.TUNE_KITS)}; --tune seeds {args.seeds}), "
+          f"load {os.getloadavg()[0]:.1f}", flush=True)  # fmt: skip
 
     from emberd.library import Library
 
@@ -135,8 +165,17 @@ def main(argv: list[str] | None = None) -> int:
     ok = {k: r for k, r in rows.items()
           if r[3] == 0 and r[4] <= base[4] and r[2] <= base[2] + args.extra_budget}  # fmt: skip
     best = max(ok, key=lambda k: ok[k][0])
-    print(f"chosen: {best}")
-    return 0
+    configure(*CANDIDATES[best])
+    chosen = (onset.BAND_EDGES_HZ, onset.BAND_FLOOR_MARGIN_DB, onset.DECAY_FLOOR_MARGIN_DB,
+              onset.SPLIT_BANDS)  # fmt: skip
+    configure(SHIPPED[0][onset.WIDE_BANDS :], SHIPPED[1][onset.WIDE_BANDS :])
+    same = chosen == SHIPPED
+    print(
+        f"chosen: {best}; equals the shipped BAND_EDGES_HZ {SHIPPED[0]}, "
+        f"BAND_FLOOR_MARGIN_DB {SHIPPED[1]}: {'yes' if same else 'NO'} "
+        f"({time.strftime('%H:%M', time.gmtime())} UTC, load {os.getloadavg()[0]:.1f})"
+    )
+    return 0 if same else 1
 
 
 if __name__ == "__main__":

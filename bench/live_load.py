@@ -81,12 +81,10 @@ def fast_cpu(lib: Path, wav: Path, work: Path, extra: list[str]) -> dict[str, An
     }
 
 
-def offline_detected(lib: Path, audio: np.ndarray, sr: int,
-                     onsets: list[list[float]]) -> dict[str, Any]:  # fmt: skip
-    """The hit ladder on every channel of ``audio`` [n, channels] in this process, block by
-    block: hits detected (a detection within bench/hits.py's MATCH_TOLERANCE_S of a true
-    onset in ``onsets``, one per onset), extra detections, and the ladder's CPU seconds per
-    second of audio (all channels)."""
+def ladder_onsets(lib: Path, audio: np.ndarray, sr: int) -> tuple[list[list[float]], float]:
+    """The hit ladder on every channel of ``audio`` [n, channels] in this process, in
+    BLOCK_FRAMES-sample blocks: its provisional onsets (s) per channel, and its CPU seconds
+    per second of audio (all channels)."""
     from emberd.daemon.hits import HitLadder
     from emberd.library import Library
     from emberd.library.hitindex import HitIndex
@@ -106,19 +104,36 @@ def offline_detected(lib: Path, audio: np.ndarray, sr: int,
             if r.stage == "provisional":
                 seen[r.channel].append(r.onset_s)
         cpu = time.process_time() - cpu0
+    return seen, cpu / (len(audio) / sr)
+
+
+def match(truth: np.ndarray, seen: list[float]) -> tuple[np.ndarray, int]:
+    """Found flags per true onset in ``truth`` (s) and the extra detections: each detection
+    in ``seen`` takes the nearest free true onset within bench/hits.py's MATCH_TOLERANCE_S,
+    or counts as extra."""
+    used = np.zeros(len(truth), bool)
+    extra = 0
+    for s in sorted(seen):
+        free = np.nonzero(~used & (np.abs(truth - s) <= bench.MATCH_TOLERANCE_S))[0]
+        if len(free):
+            used[free[np.argmin(np.abs(truth[free] - s))]] = True
+        else:
+            extra += 1
+    return used, extra
+
+
+def offline_detected(lib: Path, audio: np.ndarray, sr: int,
+                     onsets: list[list[float]]) -> dict[str, Any]:  # fmt: skip
+    """The hit ladder on every channel of ``audio`` [n, channels] (:func:`ladder_onsets`):
+    hits detected (:func:`match` against the true onsets ``onsets``), extra detections, and
+    the ladder's CPU seconds per second of audio (all channels)."""
+    seen, cpu_per_s = ladder_onsets(lib, audio, sr)
     found = extra = 0
-    for c in channels:
-        truth = np.array(onsets[c])
-        used = np.zeros(len(truth), bool)
-        for s in sorted(seen[c]):
-            free = np.nonzero(~used & (np.abs(truth - s) <= bench.MATCH_TOLERANCE_S))[0]
-            if len(free):
-                used[free[np.argmin(np.abs(truth[free] - s))]] = True
-            else:
-                extra += 1
-        found += int(used.sum())
+    for c, truth in enumerate(onsets):
+        used, x = match(np.array(truth), seen[c])
+        found, extra = found + int(used.sum()), extra + x
     return {"detected": found, "extra": extra, "expected": sum(len(o) for o in onsets),
-            "cpu_per_s": cpu / (len(audio) / sr)}
+            "cpu_per_s": cpu_per_s}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,8 +20,9 @@ rest's own swings by its level, even with a perfect model of the tails; a detect
 model of the tails needs the hit to rise about RISE_DB over what already sounds. Hits
 closer than the detector's refractory time to the previous one are counted too.
 
-Usage: ``python bench/stress_misses.py [--tune] [--out FILE.json]`` (``--tune``: the
-tuning kits, for choosing settings; the default, the test kits, only to measure).
+Usage: ``python bench/stress_misses.py [--tune] [--split-bands N] [--out FILE.json]``
+(``--tune``: the tuning kits, for choosing settings; the default, the test kits, only to
+measure; ``--split-bands 0``: the detector before its split bands).
 Prints the tables of the README's "Stress detection" paragraph.
 """
 
@@ -41,51 +42,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import hits as bench
+import live_load  # bench/live_load.py: the ladder run block by block, the matching
 
 from emberd.dsp import onset as onset_mod
 
 EARLY_S = 0.010  # a hit's first 10 ms: what a detector sees before it must decide
 BAND_EDGES_HZ = (0.0, 150.0, 300.0, 700.0, 1500.0, 3000.0, 6000.0, 11025.0)
-BLOCK_FRAMES = 256
 LEVEL_BINS_DB = (-np.inf, -10.0, -5.0, 0.0, 5.0, 10.0, np.inf)
 GAP_BINS_MS = (0.0, 40.0, 55.0, 60.0, 65.0, 70.0, np.inf)
-
-
-def detect(lib: Path, audio: np.ndarray, sr: int) -> tuple[list[list[float]], float]:
-    """Provisional onsets (s) of the hit ladder per channel, and its CPU s per audio s."""
-    from emberd.daemon.hits import HitLadder
-    from emberd.library import Library
-    from emberd.library.hitindex import HitIndex
-
-    channels = list(range(audio.shape[1]))
-    seen: list[list[float]] = [[] for _ in channels]
-    with Library.open(lib) as library:
-        ladder = HitLadder(HitIndex.from_library(library), library.files(), sr=sr,
-                           channels=channels, model="offline",
-                           time_of=lambda pos: pos / sr)  # fmt: skip
-        cpu0 = time.process_time()
-        for i in range(0, len(audio), BLOCK_FRAMES):
-            for c in channels:
-                block = np.ascontiguousarray(audio[i : i + BLOCK_FRAMES, c])
-                seen[c] += [r.onset_s for r in ladder.push(c, block) if r.stage == "provisional"]
-        for r in ladder.flush():
-            if r.stage == "provisional":
-                seen[r.channel].append(r.onset_s)
-        cpu = time.process_time() - cpu0
-    return seen, cpu / (len(audio) / sr)
-
-
-def match(truth: np.ndarray, seen: list[float]) -> tuple[np.ndarray, int]:
-    """Found flags per true onset (nearest free within tolerance) and the extra detections."""
-    used = np.zeros(len(truth), bool)
-    extra = 0
-    for s in sorted(seen):
-        free = np.nonzero(~used & (np.abs(truth - s) <= bench.MATCH_TOLERANCE_S))[0]
-        if len(free):
-            used[free[np.argmin(np.abs(truth[free] - s))]] = True
-        else:
-            extra += 1
-    return used, extra
 
 
 def burial(audio: np.ndarray, plan: list[bench.StressHit], sr: int) -> list[dict[str, Any]]:
@@ -136,7 +100,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--library", help="default: bench/hits.py's cached library")
     ap.add_argument("--out", help="write the per-hit rows here (JSON)")
     ap.add_argument("--no-ladder", action="store_true", help="only the placement analysis")
+    ap.add_argument(
+        "--split-bands",
+        type=int,
+        default=onset_mod.SPLIT_BANDS,
+        help="the detector's split bands (0: the wide bands alone, as before them)",
+    )
     args = ap.parse_args(argv)
+    onset_mod.SPLIT_BANDS = args.split_bands  # read when the ladder builds its detectors
     lib = bench.library_path(args.library)
     bench.build_library(lib)
     plan: list[bench.StressHit] = []
@@ -153,10 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     extra = 0
     cpu = float("nan")
     if not args.no_ladder:
-        seen, cpu = detect(lib, audio, sr)
+        seen, cpu = live_load.ladder_onsets(lib, audio, sr)
         for c in range(bench.STRESS_CHANNELS):
             ch = [r for r in rows if r["channel"] == c]
-            found, x = match(np.array([r["onset_s"] for r in ch]), seen[c])
+            found, x = live_load.match(np.array([r["onset_s"] for r in ch]), seen[c])
             extra += x
             for r, f in zip(ch, found, strict=True):
                 r["found"] = bool(f)
@@ -167,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     found = sum(r["found"] for r in rows)
     gaps = np.array([r["gap_ms"] for r in rows if r["gap_ms"] < 1e8])
     refr = 1000 * onset_mod.REFRACTORY_S
-    print(f"stress ({'tuning' if args.tune else 'test'} kits): {n} hits, found {found} "
+    print(f"stress ({'tuning' if args.tune else 'test'} kits, split bands {args.split_bands}, "
+          f"{time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC): {n} hits, found {found} "
           f"({found / n:.1%}), {extra} extra, ladder {cpu:.3f} CPU-s per audio s "
           f"(load {os.getloadavg()[0]:.1f})")  # fmt: skip
     print(f"  gaps to the previous onset: min {gaps.min():.1f} ms, p1 "
@@ -196,6 +168,13 @@ def main(argv: list[str] | None = None) -> int:
               f"{nb}, median level {np.median([r['level_db'] for r in sel]):.1f} dB")  # fmt: skip
     missed_visible = sum((not r["found"]) and r["best_band_db"] >= 0 for r in rows)
     print(f"  missed although a band stands >= 0 dB over the rest: {missed_visible}")
+    over = [r for r in rows if r["best_band_db"] >= onset_mod.RISE_DB]
+    lost = [r for r in over if not r["found"]]
+    print(f"  {len(over)} hits stand >= {onset_mod.RISE_DB:g} dB over the rest in a band, found "
+          f"{len(over) - len(lost)}; the missed ones by their best band:")  # fmt: skip
+    for b, (lo, hi) in enumerate(itertools.pairwise(BAND_EDGES_HZ)):
+        k = sum(int(np.argmax(r["band_db"])) == b for r in lost)
+        print(f"    {lo:g}-{hi:g} Hz: {k}")
     if args.out:
         Path(args.out).write_text(json.dumps(rows))
     print(f"stress_found={found} expected={n} extra={extra} cpu_per_s={cpu:.3f} "

@@ -183,3 +183,58 @@ def test_a_hit_in_a_band_the_ringing_tail_leaves_quiet_is_found() -> None:
         noise *= np.float32(10 ** (-50 / 20))
         det = OnsetDetector(sr=sr)
         assert [o for i in range(0, len(noise), 256) for o in det.push(noise[i : i + 256])] == []
+
+
+def _fit_onset_bands():
+    """bench/fit_onset_bands.py as a module (it configures this detector's split bands)."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parents[1] / "bench"
+    sys.path.insert(0, str(bench))  # it imports bench/hits.py as ``hits``
+    spec = importlib.util.spec_from_file_location(
+        "bench_fit_onset_bands", bench / "fit_onset_bands.py"
+    )
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture
+def onset_constants(monkeypatch: pytest.MonkeyPatch):
+    """The detector module, its band constants restored (and the filter cache cleared) after."""
+    from emberd.dsp import onset
+
+    for name in ("BAND_EDGES_HZ", "BAND_FLOOR_MARGIN_DB", "DECAY_FLOOR_MARGIN_DB", "SPLIT_BANDS"):
+        monkeypatch.setattr(onset, name, getattr(onset, name))
+    yield onset
+    onset._band_filters.cache_clear()
+
+
+def test_band_arrays_must_follow_the_band_list(onset_constants) -> None:
+    """A band list longer than its per-band margins is refused at construction, not left to
+    break the decay path (or silently use a short margin list) later."""
+    onset = onset_constants
+    onset.BAND_EDGES_HZ = (*onset.BAND_EDGES_HZ, (3000.0, 6000.0))
+    onset.BAND_FLOOR_MARGIN_DB = (*onset.BAND_FLOOR_MARGIN_DB, 0.0)
+    onset._band_filters.cache_clear()
+    with pytest.raises(ValueError, match="DECAY_FLOOR_MARGIN_DB"):
+        OnsetDetector(sr=SR)
+
+
+def test_the_band_fit_configures_every_per_band_array(onset_constants) -> None:
+    """bench/fit_onset_bands.configure derives the per-band arrays from the band list: the
+    shipped bands give the shipped constants, and its 6-band candidate runs with the decay
+    credit on (the decay margins per function match the functions)."""
+    onset = onset_constants
+    fit = _fit_onset_bands()
+    shipped = (onset.BAND_EDGES_HZ, onset.BAND_FLOOR_MARGIN_DB, onset.DECAY_FLOOR_MARGIN_DB)
+    fit.configure(shipped[0][onset.WIDE_BANDS :], shipped[1][onset.WIDE_BANDS :])
+    assert (onset.BAND_EDGES_HZ, onset.BAND_FLOOR_MARGIN_DB, onset.DECAY_FLOOR_MARGIN_DB) == shipped
+    fit.configure(*fit.CANDIDATES["0-150, ..., 3000-6000 (6 bands)"])
+    assert len(onset.DECAY_FLOOR_MARGIN_DB) == 2 + len(onset.BAND_EDGES_HZ) == 10
+    y, starts = _place(SR, [(0.2, "kick", -6.0), (0.5, "hat", -20.0)], -60.0)
+    found = _detect(y, decay_credit_db=4.0)
+    assert len(found) == 2 and all(abs(f - s) < 64 for f, s in zip(found, starts, strict=True))

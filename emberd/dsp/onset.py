@@ -84,9 +84,9 @@ BAND_ORDER = 2  # Butterworth order of the band filters (a few samples of delay)
 DECAY_CREDIT_DB = 0.0  # dB a decaying reference may be lowered below the recent mean (off:
 # the tuning split's 4 dB tripled extra onsets in sound on held-out performances)
 DECAY_FLOOR_MARGIN_DB = (12.0, 12.0, 24.0, 12.0, 24.0, 12.0, 12.0)  # ... nor under the noise
-# floor plus this, per function (broadband, second difference, the bands): under 300 Hz a
-# 5.8-ms level has a few degrees of freedom, and the thirds of steady noise there "decay" by
-# chance
+# floor plus this, per function (broadband, second difference, then one per BAND_EDGES_HZ: a
+# detector checks the lengths): under 300 Hz a 5.8-ms level has a few degrees of freedom, and
+# the thirds of steady noise there "decay" by chance
 BAND_WINDOW_S = 0.0058  # band energy over this much (noise under 300 Hz in one 1.45-ms
 # frame has about one degree of freedom: its frames swing by 10 dB in steady noise)
 
@@ -162,6 +162,13 @@ class OnsetDetector:
         self._span = max(1, round(RISE_SPAN_S * sr / self.frame))
         self._warmup = max(1, round(WARMUP_S * sr / self.frame))
         self._floor_step = FLOOR_RISE_DB_PER_S * self.frame / sr
+        n_all = len(BAND_EDGES_HZ)  # the per-band arrays must follow the band list
+        if len(BAND_FLOOR_MARGIN_DB) != n_all or len(DECAY_FLOOR_MARGIN_DB) != 2 + n_all:
+            raise ValueError(
+                f"{n_all} bands need as many BAND_FLOOR_MARGIN_DB (got "
+                f"{len(BAND_FLOOR_MARGIN_DB)}) and 2 more DECAY_FLOOR_MARGIN_DB (got "
+                f"{len(DECAY_FLOOR_MARGIN_DB)})"
+            )
         # Levels of the last frames (every function); -inf: nothing before the stream.
         split = SPLIT_BANDS if split_bands is None else split_bands  # read at construction
         n_bands = WIDE_BANDS + min(max(split, 0), len(BAND_EDGES_HZ) - WIDE_BANDS)
