@@ -28,12 +28,14 @@ a local run); the next run, with or without Ray, does the rest.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
 import os
 import socket
 import tempfile
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -60,6 +62,7 @@ MIN_ACTOR_CPUS = 0.5  # a 1-CPU node: half for the actor, half for feature tasks
 CONNECT_TIMEOUT_S = 5.0  # TCP probe of a head address before ray.init (which retries forever)
 LOCAL = "local"  # --ray without an address: start Ray on this machine
 MODEL_DIGEST_CHARS = 16  # hex digits of the model's SHA-256 naming its node copy
+PART_STALE_S = 600.0  # a half-written node copy this old belongs to a killed actor
 
 
 def ray_module() -> Any:
@@ -257,39 +260,61 @@ def _node_address() -> str:
         return socket.gethostname()
 
 
-def _node_copy(model_bytes: bytes, name: str) -> str:
-    """The node's one copy of a shipped model file, written once, named by its content.
+@contextlib.contextmanager
+def _node_copy(model_bytes: bytes, name: str) -> Iterator[str]:
+    """The node's copy of a shipped model file while an actor builds its session.
 
     Actors are killed (``ray.kill``, a lost node, a pool that shrinks while one still
-    starts), never finalised, so a folder per actor was left behind in the node's temp
-    folder on every run. One folder per model content and user instead: the next actor
-    reuses it, a concurrent writer replaces the file atomically with the same bytes, and
-    a folder another user owns, or a file whose bytes differ, is never trusted.
+    starts), never finalised, so a temporary folder per actor was left behind on every
+    run. The copy lives in the user's cache instead (``ray-models/<sha256>/``), written
+    once per model content and reused by every later actor; a concurrent writer replaces
+    it atomically with the same bytes. Where the node has no writable cache, a private
+    temporary folder serves the session's start and is removed when it is built (ONNX
+    Runtime reads the file only then).
     """
     import hashlib
 
+    from emberd.paths import cache_dir
+
     digest = hashlib.sha256(model_bytes).hexdigest()[:MODEL_DIGEST_CHARS]
-    folder = os.path.join(tempfile.gettempdir(), f"emberd-ray-model-{os.getuid()}-{digest}")
-    os.makedirs(folder, mode=0o700, exist_ok=True)
-    st = os.lstat(folder)
-    if st.st_uid != os.getuid() or st.st_mode & 0o077 or not os.path.isdir(folder):
-        raise EmberdError(f"{folder}: not a private folder of this user; remove it")
-    path = os.path.join(folder, name)
     try:
-        with open(path, "rb") as fh:
-            if fh.read() == model_bytes:
-                return path
+        folder = cache_dir() / "ray-models" / digest
+        folder.mkdir(parents=True, exist_ok=True)
     except OSError:
-        pass  # not there yet (or unreadable): write it
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".part-")
+        with tempfile.TemporaryDirectory(prefix="emberd-ray-model-") as tmp:
+            path = os.path.join(tmp, name)
+            with open(path, "wb") as fh:
+                fh.write(model_bytes)
+            yield path
+        return
+    path = str(folder / name)
+    if not _same_bytes(path, model_bytes):
+        now = time.time()
+        for part in folder.glob(".part-*"):  # left by an actor killed while writing
+            with contextlib.suppress(OSError):
+                if now - part.stat().st_mtime > PART_STALE_S:
+                    part.unlink()
+        fd, tmp_path = tempfile.mkstemp(dir=folder, prefix=".part-")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(model_bytes)
+            os.replace(tmp_path, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp_path)
+            raise
+    yield path
+
+
+def _same_bytes(path: str, data: bytes) -> bool:
+    """Whether ``path`` holds exactly ``data`` (the size first: no read of a wrong file)."""
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(model_bytes)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    return path
+        if os.path.getsize(path) != len(data):
+            return False
+        with open(path, "rb") as fh:
+            return fh.read() == data
+    except OSError:
+        return False
 
 
 class EmbedActor:
@@ -323,11 +348,11 @@ class EmbedActor:
             self.encoder = load_encoder(manifest, device=device, threads=threads,
                                         skip_silence=skip_silence)
             return
-        path = _node_copy(ray.get(model[0]), os.path.basename(str(manifest.path)))
-        # The same Encoder the built-in entry points build, on the shipped copy.
-        self.manifest = dataclasses.replace(manifest, path=type(manifest.path)(path))
-        self.encoder = Encoder(self.manifest, device=device, threads=threads,
-                               skip_silence=skip_silence)
+        with _node_copy(ray.get(model[0]), os.path.basename(str(manifest.path))) as path:
+            # The same Encoder the built-in entry points build, on the shipped copy.
+            self.manifest = dataclasses.replace(manifest, path=type(manifest.path)(path))
+            self.encoder = Encoder(self.manifest, device=device, threads=threads,
+                                   skip_silence=skip_silence)
 
     def ping(self) -> str:
         """The active execution provider (also: the actor is up)."""
