@@ -9,12 +9,16 @@ index is now rebuilt only when the library's files, paths or snippets changed.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from emberd.daemon import status
+from emberd.daemon.worker import HitIndexReloads, _IndexBuilder
 from emberd.library import Library
-from emberd.library.hitindex import HitIndex
+from emberd.library.hitindex import HitIndex, IndexSource
 from emberd.testing import smalllib
 from emberd.testing.harness import Daemon, wait_for
 
@@ -32,20 +36,91 @@ def sounds(tmp_path: Path) -> tuple[Path, Path]:
     return lib, tmp_path / "b"
 
 
-def test_an_unchanged_library_gives_back_the_same_index(sounds: tuple[Path, Path]) -> None:
-    lib, more = sounds
+def _sources(lib: Path, more: Path) -> tuple[IndexSource, IndexSource, dict[int, Any]]:
+    """The library's index source, then the changed library's and its files."""
     with Library.open(lib) as first:
-        index = HitIndex.from_library(first)
-    assert index.content_key is not None and index.class_model is not None
-    with Library.open(lib) as again:  # another connection, the same generation
-        assert HitIndex.from_library(again, reuse=index) is index
-        fresh = HitIndex.from_library(again)
-    assert fresh is not index and fresh.content_key == index.content_key
+        before = IndexSource.read(first)
     assert smalllib.index([more], lib).returncode == 0  # the library changes
     with Library.open(lib) as changed:
-        rebuilt = HitIndex.from_library(changed, reuse=index)
-    assert rebuilt is not index and rebuilt.content_key != index.content_key
-    assert len(rebuilt) > len(index)
+        return before, IndexSource.read(changed), changed.files()
+
+
+def test_an_unchanged_library_keeps_the_index(sounds: tuple[Path, Path]) -> None:
+    lib, more = sounds
+    before, after, files = _sources(lib, more)
+    index = HitIndex.build(before)
+    with Library.open(lib) as again:  # another connection, the same files: the same key
+        assert IndexSource.read(again).key == after.key
+    assert index.content_key == before.key != after.key
+    reloads = HitIndexReloads(index)
+    try:
+        assert reloads.reload(before, files) == "kept" and reloads.index is index
+        assert reloads.reload(after, files) == "building" and reloads.building
+        built = reloads.take(wait_s=WAIT_S)
+        assert built is not None and built[1] is files and reloads.builds == 2
+        assert built[0] is reloads.index and len(built[0]) > len(index)
+        assert reloads.reload(after, files) == "kept" and not reloads.building
+    finally:
+        reloads.stop(WAIT_S)
+
+
+def test_an_index_built_for_a_replaced_reload_is_dropped(sounds: tuple[Path, Path]) -> None:
+    """A -> B (building) -> A (kept) while B builds: A's index keeps answering, and B's is
+    neither counted nor handed over (the builder never writes the worker's state)."""
+    lib, more = sounds
+    before, after, files = _sources(lib, more)
+    index = HitIndex.build(before)
+    reloads = HitIndexReloads(index)
+    try:
+        assert reloads.reload(after, files) == "building"
+        assert reloads.reload(before, files) == "kept"
+        assert reloads.take(wait_s=WAIT_S) is None  # B's result arrives and is dropped
+        assert reloads.index is index and reloads.builds == 1
+    finally:
+        reloads.stop(WAIT_S)
+
+
+def test_a_failed_build_is_retried_by_the_next_reload(sounds: tuple[Path, Path]) -> None:
+    """A build that raises ends the wait: the next reload of the same library builds again
+    (it used to answer 'building' for ever, the key being the one still 'pending')."""
+    lib, more = sounds
+    before, after, files = _sources(lib, more)
+    broken = dataclasses.replace(after, snippets=after.snippets[:, :0])  # build raises
+    with pytest.raises(ValueError):
+        HitIndex.build(broken)
+    failed = status.swallowed_counts().get("hit index build", 0)
+    reloads = HitIndexReloads(HitIndex.build(before))
+    try:
+        assert reloads.reload(broken, files) == "building"
+        assert reloads.take(wait_s=WAIT_S) is None and reloads.builds == 1
+        assert status.swallowed_counts()["hit index build"] == failed + 1
+        assert not reloads.building, "a failed build still counts as being built"
+        assert reloads.reload(after, files) == "building"  # the same key: built again
+        built = reloads.take(wait_s=WAIT_S)
+        assert built is not None and built[0].content_key == after.key
+        assert reloads.builds == 2
+    finally:
+        reloads.stop(WAIT_S)
+
+
+def test_stopping_drops_queued_builds_and_a_finished_result(sounds: tuple[Path, Path]) -> None:
+    lib, more = sounds
+    before, after, files = _sources(lib, more)
+    # queued jobs are never built once a stop is queued behind them
+    builder = _IndexBuilder()  # not started: run() below drains the queue on this thread
+    for i in range(3):
+        builder.submit(dataclasses.replace(after, key=bytes([i]) * 16))
+    builder.stop()
+    builder.run()
+    assert builder.results.empty(), "queued builds ran before the stop"
+    # a result the builder posted before the stop is never taken
+    reloads = HitIndexReloads(HitIndex.build(before))
+    assert reloads.reload(after, files) == "building"
+    results = reloads._builder.results if reloads._builder is not None else None
+    assert results is not None
+    results.put(results.get(timeout=WAIT_S))  # built, not taken
+    reloads.stop(WAIT_S)
+    assert reloads.take() is None and reloads.builds == 1 and not reloads.building
 
 
 def test_daemon_reload_builds_the_hit_index_only_when_the_library_changed(
@@ -98,8 +173,11 @@ def test_whole_sounds_are_kept_without_their_trailing_zeros(
         loaded.append(row)
         y, _ = load_audio(path, sr=hx.WAVE_SR)
         assert len(y) < n  # the test sounds are shorter than SOUND_MAX_S
-        whole = index.placed(row, 0.5, 0, n)
+        window = index.aligned_sound(row, path)  # the 2-s window before its zeros are cut
+        assert window is not None and len(window) == n
+        whole = np.float32(0.5) * window
         tail = int(np.flatnonzero(whole)[-1]) + 1
+        assert tail < n - 400, "no trailing zeros to trim"
         for start, length in ((0, n), (tail - 300, 600), (tail, 400), (-50, 100)):
             got = index.placed(row, 0.5, start, length)
             want = np.zeros(length, np.float32)

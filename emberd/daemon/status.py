@@ -62,17 +62,25 @@ JITTER_WINDOW_BLOCKS = 8192  # latest block intervals in the jitter figure
 
 
 _SWALLOWED: dict[str, int] = {}  # place -> exceptions caught there and not re-raised
+_SWALLOWED_LOCK = threading.Lock()  # one read-modify-write at a time
 
 
 def swallowed(where: str) -> None:
     """Count an exception that is caught and not re-raised (call it in the ``except``
     block); the first one per place is logged with its traceback, every one reaches
     status as ``swallowed_errors`` (counts since the process started)."""
-    n = _SWALLOWED.get(where, 0) + 1
-    _SWALLOWED[where] = n
+    with _SWALLOWED_LOCK:  # control, output, hit and builder threads all count here
+        n = _SWALLOWED.get(where, 0) + 1
+        _SWALLOWED[where] = n
     if n == 1:
         log.warning("%s failed (counted in status swallowed_errors from now on)", where,
                     exc_info=True)  # fmt: skip
+
+
+def swallowed_counts() -> dict[str, int]:
+    """A copy of the :func:`swallowed` counts: place -> exceptions since the process started."""
+    with _SWALLOWED_LOCK:
+        return dict(_SWALLOWED)
 
 
 class _Ring:
@@ -203,7 +211,7 @@ class DaemonStats:
             rate_limited_control=self.rate_limited_control,
             rate_limited_osc=self.rate_limited_osc,
         )
-        status["swallowed_errors"] = dict(_SWALLOWED)
+        status["swallowed_errors"] = swallowed_counts()
         status["subscriber_lost"] = sum(subscriber_lost.values())
         status["subscriber_lost_by"] = subscriber_lost
         if self.outputs is not None:

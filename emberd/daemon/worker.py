@@ -33,6 +33,14 @@ Shared attributes (written by -> read by):
   the encoder thread alone runs the network. At the end of input the worker stops that
   thread (it finishes what was handed) and steps the flush itself, so a file played once
   gives the same windows as stepping in one thread.
+* a ``reload`` whose library changed: the builder thread (``emberd-hit-index``,
+  :class:`_IndexBuilder`, started at the first such reload) reads only its job queue
+  (:class:`~emberd.library.hitindex.IndexSource`, read by the worker) and writes only its
+  result queue (built indexes); the worker drains that queue between hops
+  (:class:`HitIndexReloads`), drops what a later reload replaced, and alone sets the
+  current index, ``hit_index_builds`` (-> control thread for status) and the ladder it
+  hands the hit thread. At shutdown queued builds are dropped and a running one's result
+  is never taken, so nothing is handed over after the end-of-input flush
 * ``done`` event (worker at end of input -> app)
 * ``stats`` counters (see :class:`~emberd.daemon.status.DaemonStats`)
 """
@@ -48,7 +56,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -58,6 +66,9 @@ from emberd.daemon.hits import HitLadder, HitResult, HitThread, LevelGate, Seria
 from emberd.daemon.mixdown import MixdownAnalyser, MixdownResult, class_data
 from emberd.daemon.status import DaemonStats, swallowed
 from emberd.errors import EmberdError
+
+if TYPE_CHECKING:
+    from emberd.library.hitindex import HitIndex, IndexSource
 
 log = logging.getLogger(__name__)
 
@@ -133,25 +144,120 @@ class _Capture:
 
 
 class _IndexBuilder(threading.Thread):
-    """Runs the jobs it is given one after the other (the hit indexes of reloaded
-    libraries), away from the analysis thread; a job that raises is logged and counted."""
+    """Builds the hit indexes of reloaded libraries away from the analysis thread.
+
+    It reads only its job queue (:class:`~emberd.library.hitindex.IndexSource` items, or
+    ``None`` to stop) and writes only :attr:`results` (``(key, index)``, ``index`` None when
+    the build raised: logged and counted in ``swallowed_errors``). Of the jobs queued when
+    it looks, it builds only the newest (a later reload replaced the others) and none when
+    a stop is among them; what a result is for is decided by :class:`HitIndexReloads`.
+    """
 
     def __init__(self) -> None:
         super().__init__(name="emberd-hit-index", daemon=True)
-        self._jobs: queue.Queue[Callable[[], None] | None] = queue.Queue()
+        self._jobs: queue.Queue[IndexSource | None] = queue.Queue()
+        self.results: queue.Queue[tuple[bytes, HitIndex | None]] = queue.Queue()
 
-    def submit(self, job: Callable[[], None]) -> None:
-        self._jobs.put(job)
+    def submit(self, source: IndexSource) -> None:
+        self._jobs.put(source)
 
     def stop(self) -> None:
+        """Stop before any queued job (a running build still finishes)."""
         self._jobs.put(None)
 
     def run(self) -> None:
-        while (job := self._jobs.get()) is not None:
+        from emberd.library.hitindex import HitIndex
+
+        while True:
+            jobs = [self._jobs.get()]
+            while True:
+                try:
+                    jobs.append(self._jobs.get_nowait())
+                except queue.Empty:
+                    break
+            if any(job is None for job in jobs):
+                return
+            source = jobs[-1]
+            assert source is not None
+            index: HitIndex | None = None
             try:
-                job()
+                index = HitIndex.build(source)
             except Exception:  # a broken library must not end the daemon: old ladder stays
                 swallowed("hit index build")
+            self.results.put((source.key, index))
+
+
+class HitIndexReloads:
+    """The hit index that answers after each ``reload``: kept, or built on a builder thread.
+
+    Used by the analysis thread alone (see the module docstring's thread map); the builder
+    thread (:class:`_IndexBuilder`) only computes indexes and posts them, and :meth:`take`
+    decides here whether one is still wanted, so the index, the build count and the ladder
+    handed to the hit thread change on one thread, in reload order.
+
+    Parameters
+    ----------
+    index : HitIndex
+        The index built at start (counted as the first build).
+    """
+
+    def __init__(self, index: HitIndex) -> None:
+        self.index = index  # the index of the latest ladder handed to the hit thread
+        self.builds = 1  # indexes built (status hit_index_builds)
+        self._pending: tuple[bytes, dict[int, Any]] | None = None  # wanted key, its files
+        self._builder: _IndexBuilder | None = None
+
+    @property
+    def building(self) -> bool:
+        """Whether an index is being built for the latest reload."""
+        return self._pending is not None
+
+    def reload(self, source: IndexSource, files: dict[int, Any]) -> str:
+        """``kept``: ``source`` has :attr:`index`'s content key (the same files, paths and
+        snippets), whose class model, decoded sounds and descriptors a new ladder reuses at
+        once. ``building``: they changed, and :meth:`take` gives the new index later."""
+        if source.key == self.index.content_key:
+            self._pending = None  # a build still running for another key is dropped
+            return "kept"
+        if self._pending is None or self._pending[0] != source.key:
+            if self._builder is None:
+                self._builder = _IndexBuilder()
+                self._builder.start()
+            self._builder.submit(source)
+        self._pending = (source.key, files)
+        return "building"
+
+    def take(self, wait_s: float = 0.0) -> tuple[HitIndex, dict[int, Any]] | None:
+        """The index built for the latest reload and that library's files, once; else None.
+
+        Results a later reload made stale are dropped; a failed build ends the wait (the
+        next reload builds again). ``wait_s`` > 0 waits up to that long for the next result
+        while one is pending (tests; the analysis thread never waits).
+        """
+        got = None
+        block = wait_s > 0.0 and self._pending is not None
+        while self._builder is not None:
+            try:
+                key, index = self._builder.results.get(block, wait_s if block else None)
+            except queue.Empty:
+                break
+            block = False
+            if self._pending is None or key != self._pending[0]:
+                continue  # a later reload wants another library
+            files = self._pending[1]
+            self._pending = None
+            if index is not None:
+                self.index, got = index, (index, files)
+                self.builds += 1
+        return got
+
+    def stop(self, join_s: float) -> None:
+        """Drop what is pending and stop the builder: queued jobs are never built, and a
+        running one's result is never taken."""
+        self._pending = None
+        if self._builder is not None:
+            self._builder.stop()
+            self._builder.join(join_s)
 
 
 class Worker(threading.Thread):
@@ -224,11 +330,7 @@ class Worker(threading.Thread):
         self._capture: _Capture | None = None
         self._audio_end = sys.maxsize  # ring position where the input ended (end of input)
         self.hits: HitLadder | None = None  # built in run(), with the library
-        self._hit_index: Any = None  # the HitIndex of the latest ladder (reused on reload)
-        self._hit_index_builds = 0  # hit indexes built (status: a reload that reused none)
-        self._builder: _IndexBuilder | None = None  # builds a reloaded library's hit index
-        self._pending_key: bytes | None = None  # content key of the index being built
-        self._hits_lock = threading.Lock()  # the two above, and handing ladders over
+        self._reloads: HitIndexReloads | None = None  # the hit index a reload keeps or builds
         self._reload_ms = 0.0  # the latest reload's time on this thread (status)
         self._hit_thread: HitThread | None = None  # runs self.hits beside this thread
         self.hit_detection = hit_detection
@@ -285,9 +387,8 @@ class Worker(threading.Thread):
                 self._encoder_thread(False)
             except EmberdError as exc:
                 log.warning("%s", exc)
-            if self._builder is not None:
-                self._builder.stop()
-                self._builder.join(JOIN_HITS_S)
+            if self._reloads is not None:  # no ladder is handed over after this
+                self._reloads.stop(JOIN_HITS_S)
             if self._hit_thread is not None:
                 self._hit_thread.stop()
                 self._hit_thread.join(JOIN_HITS_S)
@@ -397,14 +498,10 @@ class Worker(threading.Thread):
             return None
         from emberd.library.hitindex import HitIndex, IndexSource
 
-        return self._built_ladder(HitIndex.build(IndexSource.read(library)), library.files())
-
-    def _built_ladder(self, index: Any, files: dict[int, Any]) -> HitLadder:
-        """A ladder over a newly built ``index`` (this thread or the index builder)."""
-        self._hit_index = index
-        self._hit_index_builds += 1
+        index = HitIndex.build(IndexSource.read(library))
+        self._reloads = HitIndexReloads(index)
         log.info("hits: %d library sounds in the hit index", len(index))
-        return self._ladder(index, files)
+        return self._ladder(index, library.files())
 
     def _ladder(self, index: Any, files: dict[int, Any]) -> HitLadder:
         return HitLadder(index, files, sr=self.source.sr, channels=self.channels,
@@ -414,40 +511,29 @@ class Worker(threading.Thread):
     def _reload_hits(self, library: Any) -> str:
         """Give the hit thread a ladder over the reloaded ``library``; how (reload reply).
 
-        ``kept``: the same files, paths and snippets as the current index
-        (:attr:`~emberd.library.hitindex.HitIndex.content_key`), whose class model, decoded
-        sounds and descriptors a new ladder reuses at once. ``building``: they changed,
-        and the index is built on the builder thread (0.4-0.8 CPU-s for 62 files, 3.3 s
-        for 663: the hops, analysed here, must not wait for it); the hit thread takes the
-        new ladder when it is done. Only the snippets are read here (this thread's
-        SQLite connection).
+        ``kept``: the same files, paths and snippets as the current index, whose ladder is
+        handed over at once. ``building``: they changed, and the index is built on the
+        builder thread (0.4-0.8 CPU-s for 62 files, 3.3 s for 663: the hops, analysed here,
+        must not wait for it); :meth:`_take_built` hands its ladder over, on this thread,
+        when it is done (:class:`HitIndexReloads`). Only the snippets are read here (this
+        thread's SQLite connection).
         """
-        from emberd.library.hitindex import HitIndex, IndexSource
+        from emberd.library.hitindex import IndexSource
 
-        source = IndexSource.read(library)
+        assert self._reloads is not None
         files = library.files()
+        how = self._reloads.reload(IndexSource.read(library), files)
+        if how == "kept":
+            self._hand_ladder(self._ladder(self._reloads.index, files))
+        return how
 
-        def build() -> None:
-            if self._pending_key != source.key:  # a later reload wants another library
-                return
-            index = HitIndex.build(source)
-            with self._hits_lock:
-                if self._pending_key == source.key:  # still wanted: the hit thread takes it
-                    self._pending_key = None
-                    self._hand_ladder(self._built_ladder(index, files))
-
-        with self._hits_lock:  # _hit_index and _pending_key: this thread and the builder's
-            if self._hit_index is not None and source.key == self._hit_index.content_key:
-                self._pending_key = None
-                self._hand_ladder(self._ladder(self._hit_index, files))
-                return "kept"
-            if source.key != self._pending_key:
-                self._pending_key = source.key
-                if self._builder is None:
-                    self._builder = _IndexBuilder()
-                    self._builder.start()
-                self._builder.submit(build)
-        return "building"
+    def _take_built(self) -> None:
+        """Hand the hit thread the ladder of an index the builder finished, if still wanted."""
+        built = self._reloads.take() if self._reloads is not None else None
+        if built is not None:
+            index, files = built
+            log.info("hits: %d library sounds in the rebuilt hit index", len(index))
+            self._hand_ladder(self._ladder(index, files))
 
     def _hand_ladder(self, ladder: HitLadder) -> None:
         self.hits = ladder
@@ -634,7 +720,7 @@ class Worker(threading.Thread):
             "k": self.k,
             "paused": self.paused,
             "reload_ms": round(self._reload_ms, 1),
-            **({"hit_index_builds": self._hit_index_builds} if self.hit_detection else {}),
+            **({"hit_index_builds": self._reloads.builds} if self._reloads is not None else {}),
             **(ladder.describe() if (ladder := self._answering_ladder()) is not None else {}),
             **(self._hit_thread.describe() if self._hit_thread is not None else {}),
             **(self.source.watchdog.describe() if hasattr(self.source, "watchdog") else {}),
@@ -643,6 +729,7 @@ class Worker(threading.Thread):
     # ------------------------------------------------------------------ commands
 
     def _apply_commands(self) -> None:
+        self._take_built()
         while True:
             try:
                 command = self.commands.get_nowait()

@@ -356,7 +356,10 @@ class IndexSource:
     snippets : float array [len(file_ids), SNIPPET_SAMPLES]
         Their onset snippets.
     key : bytes
-        :func:`content_key` of them: equal keys build equal indexes.
+        :func:`content_key` of them: file ids, paths and snippets. Not covered: what a
+        path's class is read from (a kit's ``drumkit.xml``, :func:`file_class`) and the
+        sound files :meth:`HitIndex.load_sound` decodes; a reload keeps an index whose key
+        is unchanged even if those changed.
     """
 
     file_ids: list[int]
@@ -411,7 +414,7 @@ class HitIndex:
         self._early = self._build(rows, EARLY_SAMPLES)
         # What instrument a sound that is not in the library is (its attack and decay).
         self.class_model = ClassModel.from_snippets(snips, self.classes) if n else None
-        # What it was built from (from_library): an unchanged library reuses the index.
+        # What it was built from (build): the daemon keeps an index whose key is unchanged.
         self.content_key: bytes | None = None
         # Whole sounds of files heard ringing (load_sound): row -> (samples up to the last
         # non-zero one, length in samples), or None (the snippet is used).
@@ -445,25 +448,11 @@ class HitIndex:
         return len(self.file_ids)
 
     @classmethod
-    def from_library(cls, library: Any, *, reuse: HitIndex | None = None) -> HitIndex:
-        """Load every stored snippet of ``library`` (a :class:`~emberd.library.query.Library`).
-
-        Parameters
-        ----------
-        library : Library
-            An open library.
-        reuse : HitIndex, optional
-            An index built earlier (the daemon's, before a ``reload``): returned as it is
-            when it was built from the same files, paths and snippets (:attr:`content_key`),
-            with its fitted :class:`ClassModel` and its decoded sounds. Building one costs
-            0.4-0.8 CPU-s for 62 files (3.3 s for 663), nearly all of it the class model's
-            fit; the daemon's ``reload`` (every 9 s in the session soak) paid it on the
-            analysis thread each time while the hops waited.
-        """
-        source = IndexSource.read(library)
-        if reuse is not None and reuse.content_key == source.key:
-            return reuse
-        return cls.build(source)
+    def from_library(cls, library: Any) -> HitIndex:
+        """Load every stored snippet of ``library`` (a :class:`~emberd.library.query.Library`)
+        and build the index (:meth:`build`; the daemon reads and builds in two steps and
+        keeps an index whose :attr:`content_key` is unchanged)."""
+        return cls.build(IndexSource.read(library))
 
     @classmethod
     def build(cls, source: IndexSource) -> HitIndex:
@@ -618,6 +607,17 @@ class HitIndex:
         return self._sound_bytes
 
     def _decode(self, row: int, path: str) -> tuple[np.ndarray, int] | None:
+        w = self.aligned_sound(row, path)
+        if w is None:
+            return None
+        nonzero = np.flatnonzero(w)
+        end = int(nonzero[-1]) + 1 if len(nonzero) else 0
+        return w[:end].copy(), len(w)  # the zeros after the file's end are not kept
+
+    def aligned_sound(self, row: int, path: str) -> np.ndarray | None:
+        """``path`` decoded at WAVE_SR and aligned to row ``row``'s snippet: SOUND_MAX_S
+        of samples (zeros after the file's end), or None when it cannot be read or does
+        not match the snippet (SOUND_MATCH_RHO). What :meth:`load_sound` keeps, untrimmed."""
         from emberd.dsp.sources import load_audio
         from emberd.library.waveform import onset_sample, padded
 
@@ -635,10 +635,7 @@ class HitIndex:
         k = int(np.argmax(rho[0]))
         if float(rho[0, k]) < SOUND_MATCH_RHO:
             return None
-        w = w[k : k + n]
-        nonzero = np.flatnonzero(w)
-        end = int(nonzero[-1]) + 1 if len(nonzero) else 0
-        return w[:end].copy(), n  # the zeros after the file's end are not kept
+        return w[k : k + n]
 
     def sound_length(self, row: int) -> int:
         """Samples :meth:`placed` can give for ``row`` (its whole sound when loaded)."""
