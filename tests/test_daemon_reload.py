@@ -45,6 +45,13 @@ def _sources(lib: Path, more: Path) -> tuple[IndexSource, IndexSource, dict[int,
         return before, IndexSource.read(changed), changed.files()
 
 
+def _wait_built(reloads: HitIndexReloads) -> None:
+    """Wait until the builder has posted a result, leaving it to be taken."""
+    results = reloads._builder.results if reloads._builder is not None else None
+    assert results is not None
+    results.put(results.get(timeout=WAIT_S))
+
+
 def test_an_unchanged_library_keeps_the_index(sounds: tuple[Path, Path]) -> None:
     lib, more = sounds
     before, after, files = _sources(lib, more)
@@ -73,8 +80,9 @@ def test_an_index_built_for_a_replaced_reload_is_dropped(sounds: tuple[Path, Pat
     reloads = HitIndexReloads(index)
     try:
         assert reloads.reload(after, files) == "building"
+        _wait_built(reloads)  # B is built (the builder thread is done), not yet taken
         assert reloads.reload(before, files) == "kept"
-        assert reloads.take(wait_s=WAIT_S) is None  # B's result arrives and is dropped
+        assert reloads.take() is None  # B's result is dropped
         assert reloads.index is index and reloads.builds == 1
     finally:
         reloads.stop(WAIT_S)
@@ -116,9 +124,7 @@ def test_stopping_drops_queued_builds_and_a_finished_result(sounds: tuple[Path, 
     # a result the builder posted before the stop is never taken
     reloads = HitIndexReloads(HitIndex.build(before))
     assert reloads.reload(after, files) == "building"
-    results = reloads._builder.results if reloads._builder is not None else None
-    assert results is not None
-    results.put(results.get(timeout=WAIT_S))  # built, not taken
+    _wait_built(reloads)
     reloads.stop(WAIT_S)
     assert reloads.take() is None and reloads.builds == 1 and not reloads.building
 
