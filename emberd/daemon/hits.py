@@ -89,7 +89,9 @@ TAIL_PROBE = 220  # samples at a snippet's end (10 ms) that tell how loud its ta
 TAIL_RANGE_DB = 30.0  # a tail going on within this of a hit's peak limits the hit's window
 SUBTRACT_MIN_RHO = 0.9  # ... when identified this well (a worse fit would add, not remove)
 CHECK_SAMPLES = 64  # a prediction past its snippet is checked against the audio this finely
-CHECK_STOPPED = 0.5  # ... and ends where the audio's energy falls under this share of it
+CHECK_STOPPED = 0.5  # ... and ends where the audio's energy falls under this share of it,
+CHECK_EXPLAINED = 0.5  # ... or where the audio's projection on it falls under this share of
+CHECK_MEMORY_SAMPLES = 1024  # ... its energy, both remembered over this long (exponential)
 SAME_RECORDING = 0.999  # snippets this correlated are one recording at two levels
 MAX_MATCHES = 3  # matches per hit message: the answer and two alternatives
 EXACT_MIN_PROBABILITY = 0.98  # P(exact) to claim the very file: the highest P a tuning
@@ -451,6 +453,8 @@ class _Sounding:
     start: int
     hit: int
     end: int  # absolute position after the last predicted sample
+    xp: float = 0.0  # the audio's projection on the prediction past the snippet (decaying)
+    pp: float = 0.0  # ... and the prediction's energy there (HitLadder._check)
 
 
 @dataclass
@@ -463,6 +467,7 @@ class _Hit:
     sounding: _Sounding | None = None
     exact: tuple[int, float] | None = None  # (row, P) of an exact claim made at a stage
     trusted: int | None = None  # row a refined stage's waveform named (STAGE_TRUST_RHO)
+    background: np.ndarray | None = None  # band power of what sounded before it (per band)
 
 
 @dataclass
@@ -635,11 +640,15 @@ class HitLadder:
         ch.sounding[:] = [s for s in ch.sounding if s.end + guard > start]
         known = np.zeros(n, np.float32)
         covered = np.zeros(n, bool)
-        x = None
+        past = [s for s in ch.sounding if s.start + SNIPPET_SAMPLES < start + n and s.end > start]
+        if past:  # each is checked against what the others leave of the audio
+            x = ch.history.get(start, n)
+            preds = [self._predicted(s, start, n) for s in ch.sounding]
+            everything = np.sum(preds, axis=0)
+            for s, p in zip(ch.sounding, preds, strict=True):
+                if any(s is q for q in past):
+                    self._check(s, x - (everything - p), start, p)
         for s in ch.sounding:
-            if s.start + SNIPPET_SAMPLES < start + n and s.end > start:
-                x = ch.history.get(start, n) if x is None else x
-                self._check(s, x, start)
             a, b = max(s.start, start), min(s.end, start + n)
             if b > a:
                 known += self._predicted(s, start, n)
@@ -661,18 +670,24 @@ class HitLadder:
         p[max(0, s.end - start) :] = 0.0
         return p
 
-    def _check(self, s: _Sounding, x: np.ndarray, start: int) -> None:
+    def _check(self, s: _Sounding, x: np.ndarray, start: int, p: np.ndarray) -> None:
         """End ``s`` where, past its snippet, it stops explaining the audio ``x`` (from
-        ``start``): a right prediction leaves less than the audio, a wrong one (another
-        recording) more; where the audio falls well under the prediction, the sound was
-        stopped (a choked cymbal). Judged over CHECK_SAMPLES pieces."""
-        p = self._predicted(s, start, len(x))
-        r = x - p
+        ``start``; the other known sounds' predictions taken out) given its prediction
+        ``p``: a right prediction leaves less than the audio (the audio's projection on it,
+        ``x . p``, is its energy ``p . p``), a wrong one (another recording) more (``x . p``
+        near 0); the rule is ``x . p < CHECK_EXPLAINED * p . p``, both sums remembered over
+        about CHECK_MEMORY_SAMPLES (over one CHECK_SAMPLES piece a louder sound starting
+        over a right prediction made it look wrong by chance, and the quiet hit that came
+        next was missed under the tail no longer subtracted). Where the audio falls well
+        under the prediction within a piece, the sound was stopped (a choked cymbal)."""
         first = max(0, s.start + SNIPPET_SAMPLES - start)
+        keep = math.exp(-CHECK_SAMPLES / CHECK_MEMORY_SAMPLES)
         for a in range(first, len(x), CHECK_SAMPLES):
             b = min(a + CHECK_SAMPLES, len(x))
-            x_e = float(x[a:b] @ x[a:b])
-            if float(r[a:b] @ r[a:b]) > x_e or x_e < CHECK_STOPPED * float(p[a:b] @ p[a:b]):
+            x_e, p_e = float(x[a:b] @ x[a:b]), float(p[a:b] @ p[a:b])
+            s.xp = keep * s.xp + float(x[a:b] @ p[a:b])
+            s.pp = keep * s.pp + p_e
+            if s.xp < CHECK_EXPLAINED * s.pp or x_e < CHECK_STOPPED * p_e:
                 s.end = min(s.end, start + a)
                 return
 
@@ -765,7 +780,7 @@ class HitLadder:
         desc = self._query(ch, hit, onset - hx.DESC_OFFSET_SAMPLES, n_desc)
         if window < n_desc - hx.DESC_OFFSET_SAMPLES:  # not heard yet: do not describe zeros
             desc[hx.DESC_OFFSET_SAMPLES + window :] = 0.0
-        rows, _ = index.candidates(desc, n_desc, k)
+        rows, _ = index.candidates(desc, n_desc, k, self._background(ch, hit))
         rows = np.array(list(dict.fromkeys([*hit.carried.tolist(), *rows.tolist()])), np.int64)
         pre = hx.PRE_SAMPLES + hx.LAG_SAMPLES
         seg = self._query(ch, hit, onset - pre, pre + window + hx.LAG_SAMPLES)
@@ -842,6 +857,20 @@ class HitLadder:
                 out.append(self._match(index, int(rows[i]), float(rho[i]), float(gain[i]),
                                        "similar", p))  # fmt: skip
         return out, heard
+
+    def _background(self, ch: _Channel, hit: _Hit) -> np.ndarray:
+        """Band power of what sounded just before the hit (the BACKGROUND_SAMPLES before
+        its descriptor starts, the known tails subtracted): an unexplained tail and the
+        noise floor. Candidates are ranked on the descriptor cells the hit lifts above it
+        (:meth:`~emberd.library.hitindex.HitIndex.candidates`): a quiet tom under a
+        cymbal's tail no longer looks like the cymbal to the index. Measured once, at the
+        first stage (before the detected onset: an anchor moved later would take the hit's
+        own first sound for background)."""
+        if hit.background is None:
+            n = hx.BACKGROUND_SAMPLES
+            x = self._query(ch, hit, hit.onset - hx.DESC_OFFSET_SAMPLES - n, n)
+            hit.background = hx.band_power(x, n)[0].mean(axis=0)
+        return hit.background
 
     def _anchor(self, ch: _Channel, hit: _Hit, window: int) -> int:
         """Where the library would place this hit's onset: the first sample within
@@ -950,6 +979,7 @@ class HitLadder:
         else:
             hit.sounding.row, hit.sounding.gain, hit.sounding.start = row, gain, start
             hit.sounding.end = start + length
+            hit.sounding.xp = hit.sounding.pp = 0.0  # another prediction: evidence anew
 
     def _path(self, index: hx.HitIndex, row: int) -> str:
         return str(getattr(self.files.get(int(index.file_ids[row])), "path", ""))

@@ -60,6 +60,11 @@ DESC_FMIN_HZ = 100.0
 DESC_FMAX_HZ = 10000.0
 DESC_RANGE_DB = 60.0  # cells more than this below the descriptor's maximum are clipped
 DESC_OFFSET_SAMPLES = 16  # descriptors start this far before the onset
+BACKGROUND_SAMPLES = 512  # what sounded before a hit (23 ms, 4 descriptor frames) is its
+# background: a cell of the hit's descriptor is *heard* when its band power reaches
+BACKGROUND_MARGIN = 4.0  # ... this many times the background's in that band (6 dB); the
+# candidates are ranked on the heard cells only (chosen on the tuning split, bench/hits.py
+MIN_HEARD_CELLS = 5  # --tune); with fewer heard cells than this every cell counts
 ALIGN_SHIFTS = (-48, -16, 16, 48)  # onset offsets (samples) each file is indexed at
 COARSE_SAMPLES = 512  # lags are searched over this much of the sound (23 ms) ...
 FINE_LAGS = 2  # ... then the whole window is compared at the best lag +-this
@@ -125,13 +130,34 @@ def descriptors(segments: np.ndarray, n_samples: int) -> np.ndarray:
     -------
     float array [n, frames * DESC_BANDS]
     """
+    return normalize(_centred(_log_cells(band_power(segments, n_samples))))
+
+
+def band_power(segments: np.ndarray, n_samples: int) -> np.ndarray:
+    """Band power of every descriptor frame of ``segments`` [n, >= n_samples] (or one
+    segment): float array [n, n_samples // DESC_FRAME_SAMPLES, DESC_BANDS]."""
     seg = np.atleast_2d(np.asarray(segments, np.float32))[:, :n_samples]
     frames = seg.reshape(len(seg), -1, DESC_FRAME_SAMPLES) * _HANN
     power = np.abs(np.fft.rfft(frames, DESC_NFFT, axis=-1)) ** 2
-    db = 10.0 * np.log10(power @ _bands(WAVE_SR).T + 1e-12)
-    flat = db.reshape(len(seg), -1)
-    flat = np.maximum(flat, flat.max(axis=1, keepdims=True) - DESC_RANGE_DB)
-    return normalize(flat - flat.mean(axis=1, keepdims=True))
+    return np.asarray(power @ _bands(WAVE_SR).T, np.float32)
+
+
+def _log_cells(power: np.ndarray) -> np.ndarray:
+    """[n, cells] dB of band powers [n, frames, bands], clipped DESC_RANGE_DB under each
+    row's loudest cell."""
+    flat = (10.0 * np.log10(power + 1e-12)).reshape(len(power), -1)
+    return np.maximum(flat, flat.max(axis=1, keepdims=True) - DESC_RANGE_DB)
+
+
+def _centred(flat: np.ndarray) -> np.ndarray:
+    return flat - flat.mean(axis=1, keepdims=True)
+
+
+def heard_cells(power: np.ndarray, background: np.ndarray) -> np.ndarray:
+    """Which cells of a descriptor's band powers [frames, bands] stand BACKGROUND_MARGIN
+    times above ``background`` [bands] (the band power of what sounded before the hit:
+    an unexplained tail, the noise floor): bool [frames * bands]."""
+    return (power >= BACKGROUND_MARGIN * np.asarray(background)[None, :]).reshape(-1)
 
 
 @functools.lru_cache(maxsize=4)
@@ -414,6 +440,7 @@ class HitIndex:
         self._early = self._build(rows, EARLY_SAMPLES)
         # What instrument a sound that is not in the library is (its attack and decay).
         self.class_model = ClassModel.from_snippets(snips, self.classes) if n else None
+        self._squares: dict[str, np.ndarray] = {}  # descriptor matrices squared (lazy)
         # What it was built from (build): the daemon keeps an index whose key is unchanged.
         self.content_key: bytes | None = None
         # Whole sounds of files heard ringing (load_sound): row -> (samples up to the last
@@ -469,7 +496,7 @@ class HitIndex:
         return index
 
     def candidates(
-        self, segment: np.ndarray, n_samples: int, k: int
+        self, segment: np.ndarray, n_samples: int, k: int, background: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """Rows of the k files whose attack looks most like ``segment``'s.
 
@@ -481,23 +508,62 @@ class HitIndex:
             ATTACK_SAMPLES (provisional) or EARLY_SAMPLES (later stages).
         k : int
             Distinct files wanted.
+        background : float array [DESC_BANDS] or None
+            Band power of what sounded just before the hit (:func:`band_power` averaged
+            over frames): a tail nobody explained, the noise floor. Given, the files are
+            ranked on the *heard* cells of the query's descriptor only
+            (:func:`heard_cells`: a quiet kick under a cymbal's tail is compared on its
+            low bands, not on the cymbal's), by the cosine of the mean-removed cells
+            there. An Annoy index (beyond EXACT_MAX_ITEMS items) ranks on every cell.
 
         Returns
         -------
         rows, scores : arrays
             Snippet rows, best first, and their descriptor cosines.
         """
-        index = self._attack if n_samples == ATTACK_SAMPLES else self._early
+        which = "attack" if n_samples == ATTACK_SAMPLES else "early"
+        index = self._attack if which == "attack" else self._early
         if index is None:
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
         q = np.zeros(n_samples, np.float32)
         q[: min(len(segment), n_samples)] = segment[:n_samples]
-        items, scores = index.search(descriptors(q[None], n_samples), k * len(ALIGN_SHIFTS))
+        power = band_power(q, n_samples)
+        cells = _log_cells(power)
+        heard = None
+        if background is not None and isinstance(index, ExactSearch):
+            heard = heard_cells(power[0], background)
+            if not MIN_HEARD_CELLS <= int(heard.sum()) < heard.size:
+                heard = None  # nothing buried (the same ranking), or too little heard
+        want = k * len(ALIGN_SHIFTS)
+        if heard is None:
+            items, scores = index.search(normalize(_centred(cells)), want)
+        else:
+            items, scores = self._heard_search(which, index, cells[0], heard, want)
         rows, first = np.unique(items[0], return_index=True)
         keep = rows >= 0  # -1: an empty Annoy answer (rectangular)
         rows, first = rows[keep], first[keep]
         order = np.argsort(first)[:k]  # best alignment of each file, in score order
         return rows[order], scores[0][first[order]]
+
+    def _heard_search(
+        self, which: str, index: ExactSearch, cells: np.ndarray, heard: np.ndarray, want: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The ``want`` items with the best cosine to ``cells`` over the ``heard`` cells
+        (both sides mean-removed there): three matrix-vector products over the index."""
+        m = heard.astype(np.float32)
+        n_heard = float(m.sum())
+        qc = (cells - float(cells @ m) / n_heard) * m
+        qc /= float(np.linalg.norm(qc)) + 1e-12
+        if which not in self._squares:  # the items' squared cells (their norms on a mask)
+            self._squares[which] = np.square(index.matrix)
+        num = index.matrix @ qc
+        mean = (index.matrix @ m) / n_heard
+        var = np.maximum(self._squares[which] @ m - n_heard * mean**2, 1e-12)
+        scores = num / np.sqrt(var)
+        top = min(want, len(scores))
+        part = np.argpartition(-scores, top - 1)[:top]
+        part = part[np.argsort(-scores[part], kind="stable")]
+        return index.ids[part][None], scores[part][None]
 
     def candidates_many(
         self, segments: list[np.ndarray], n_samples: int, k: int
