@@ -640,18 +640,21 @@ class HitLadder:
         ch.sounding[:] = [s for s in ch.sounding if s.end + guard > start]
         known = np.zeros(n, np.float32)
         covered = np.zeros(n, bool)
+        # Each prediction once per block (None: it does not reach into it).
+        preds = [self._predicted(s, start, n) if min(s.end, start + n) > max(s.start, start)
+                 else None for s in ch.sounding]  # fmt: skip
         past = [s for s in ch.sounding if s.start + SNIPPET_SAMPLES < start + n and s.end > start]
         if past:  # each is checked against what the others leave of the audio
             x = ch.history.get(start, n)
-            preds = [self._predicted(s, start, n) for s in ch.sounding]
-            everything = np.sum(preds, axis=0)
+            everything = np.sum([p for p in preds if p is not None], axis=0)
             for s, p in zip(ch.sounding, preds, strict=True):
-                if any(s is q for q in past):
+                if p is not None and any(s is q for q in past):
                     self._check(s, x - (everything - p), start, p)
-        for s in ch.sounding:
+                    p[max(0, s.end - start) :] = 0.0  # ended there by the check
+        for s, p in zip(ch.sounding, preds, strict=True):
             a, b = max(s.start, start), min(s.end, start + n)
-            if b > a:
-                known += self._predicted(s, start, n)
+            if b > a and p is not None:
+                known += p
                 covered[a - start : b - start] = True
         # Where a prediction has just ended, its sound comes back into the residual of the
         # others: compare raw levels there (no residual "rise") until the detector's
