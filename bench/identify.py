@@ -69,11 +69,12 @@ from emberd.testing import edits as ed
 K = 5
 ECE_BINS = 10
 NON_LIBRARY = 48  # sounds in no library, evaluated like every edit
-# Held-out draws already measured (and so inspected): seed -> (--limit, --exclude-limits) they
-# were drawn with. ``--exclude-used`` leaves their samples out of a new draw.
-USED_DRAWS: dict[int, tuple[int, tuple[int, ...]]] = {
-    7: (48, (24, 48)),  # 2026-12-02 13:03-13:47 UTC (README, issue 13 part 1)
-    8: (48, (4, 24, 48, 60)),  # 2026-12-02 16:2x UTC, with --exclude-used (issue 13, edits)
+# Held-out draws already measured (and so inspected): seed -> (--limit, --exclude-limits, the
+# earlier draws --exclude-used left out) they were drawn with, so each is redrawn exactly.
+# ``--exclude-used`` leaves their samples out of a new draw.
+USED_DRAWS: dict[int, tuple[int, tuple[int, ...], tuple[int, ...]]] = {
+    7: (48, (24, 48), ()),  # 2026-12-02 13:03-13:47 UTC (README, issue 13 part 1)
+    8: (48, (4, 24, 48, 60), (7,)),  # 2026-12-02 16:18-16:39 UTC (issue 13 part 2)
 }
 
 
@@ -146,8 +147,8 @@ def drawn(queries: list[str], limit: int, seed: int, exclude_limits: list[int],
     used = {j for n in exclude_limits for j in spaced(len(queries), n)}
     index = {q: j for j, q in enumerate(queries)}
     for d in exclude_draws or []:
-        n, excl = USED_DRAWS[d]
-        used |= {index[q] for q in drawn(queries, n, d, list(excl))}
+        n, excl, earlier = USED_DRAWS[d]
+        used |= {index[q] for q in drawn(queries, n, d, list(excl), list(earlier))}
     rest = [j for j in range(len(queries)) if j not in used]
     rng = np.random.default_rng(seed)
     pick = sorted(rng.choice(len(rest), size=min(limit or len(rest), len(rest)),

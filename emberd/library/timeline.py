@@ -561,9 +561,9 @@ class _Stream:
         """The entry of the sound starting at ``onset`` (None when nothing is found): the
         candidates' attacks correlated at every grid speed, those at ``min_rho`` or more
         refined (COARSE_MIN_RHO when None), the best kept (see the module docstring)."""
+        speeds = None if min_rho is None else RETRY_SPEEDS  # a retry: min_rho is given
         min_rho = COARSE_MIN_RHO if min_rho is None else min_rho
-        ids = [f for f in self._candidates(onset, None if min_rho is None else RETRY_SPEEDS)
-               if f not in claimed]
+        ids = [f for f in self._candidates(onset, speeds) if f not in claimed]
         if not ids:
             return None
         tl = self.tl
