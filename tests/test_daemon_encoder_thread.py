@@ -113,6 +113,9 @@ def test_hops_are_answered_while_a_step_runs_and_give_the_one_thread_embeddings(
             assert enc.embedding_end == ends[first]
         gated.gate.set()
         enc.settle()
+        # Newer steps have finished, but the end still belongs to the embedding last
+        # returned: read apart, a hop could publish one window's vector with another's end.
+        assert enc.embedding_end == ends[first]
         after = enc.embed_hop(live.fronts, held)
         assert after is not None and np.abs(after - want[held]).max() <= EMB_TOL
         assert enc.embedding_end == ends[held]
@@ -211,3 +214,19 @@ def test_live_worker_never_steps_itself_until_the_flush(
         assert m.header["window_end_s"] <= m.header["stream_s"] + hop_s + 1e-6, m.header
     tops = [Path(m.header["matches"][0]["path"]).name for m in matches if m.header["matches"]]
     assert played.name in tops
+
+
+def test_a_failed_stepper_is_not_stepped_again_inline(aisfx_manifest_path: Path,
+                                                     drumkit_dir: Path) -> None:
+    """After the encoder thread failed (and was stopped: a model swap), the worker's own
+    thread must not go on stepping the failed state: every call reports the failure."""
+    import pytest
+
+    from emberd.errors import EmberdError
+
+    _, live = _engines(aisfx_manifest_path, drumkit_dir)
+    enc = live.encoder
+    assert enc.embed_hop(live.fronts, 120) is not None  # inline, no thread
+    enc.error = RuntimeError("a step failed")
+    with pytest.raises(EmberdError, match="a step failed"):
+        enc.embed_hop(live.fronts, 136)

@@ -188,7 +188,8 @@ class StreamingHopEncoder:
         self._buf = np.empty((channels, streaming.chunk_frames * 4, n_mels), np.float32)
         self._window = np.empty((channels, self.window_frames, n_mels), np.float32)
         self._silence = silence
-        self._newest: tuple[int, np.ndarray] | None = None
+        self._newest: tuple[int, np.ndarray] | None = None  # (end, embedding): stepper writes
+        self._served: tuple[int, np.ndarray] | None = None  # the pair embed_hop returned (worker)
         self.restarts = 0  # jumps over frames never stepped through (see embed_hop)
         self.step_frames = STREAMING_STEP_FRAMES  # a new embedding every this many frames
         self.step_ms: deque[float] = deque(maxlen=STEP_TIMES_KEPT)  # background step times
@@ -215,24 +216,26 @@ class StreamingHopEncoder:
 
     @property
     def embedding_end(self) -> int | None:
-        """Input frame (exclusive) where the newest finished embedding's window ends."""
-        newest = self._newest
-        return None if newest is None else newest[0]
+        """Input frame (exclusive) where the window of the embedding :meth:`embed_hop` last
+        returned ends (taken with it: the encoder thread may have finished a newer one)."""
+        served = self._served
+        return None if served is None else served[0]
 
     def embed_hop(self, fronts: list[Any], end_frame: int) -> np.ndarray | None:
+        if self.error is not None:  # a failed stepper's state is not stepped again, inline either
+            raise EmberdError(f"streaming encoder failed: {self.error}") from self.error
         job = self._take(fronts, end_frame)
         if self._thread is None:
             if job is not None:
                 self._run(job)
         elif job is not None:
-            if self.error is not None:
-                raise EmberdError(f"streaming encoder failed: {self.error}") from self.error
             with self._cond:
                 if job.window is not None:
                     self._jobs.clear()  # a restart replaces every frame not yet stepped
                 self._jobs.append(job)
                 self._cond.notify()
-        newest = self._newest
+        newest = self._newest  # read once: the embedding and its end stay a pair
+        self._served = newest
         return None if newest is None else newest[1]
 
     def _take(self, fronts: list[Any], end_frame: int) -> StepJob | None:

@@ -625,7 +625,8 @@ class Worker(threading.Thread):
         else:
             self.stats.inference_ms.add((t1 - t0) * 1000.0)
         emb_end = getattr(enc, "embedding_end", None)
-        window_end = sample_end if emb_end is None else self._hop_sample_end(emb_end)
+        window_end = min(sample_end, sample_end if emb_end is None
+                         else self._hop_sample_end(emb_end))
         key = (emb, self.library, self.engine)
         last = self._searched
         if last is not None and last[1] == self.k and all(map(operator.is_, key, last[0])):
@@ -638,7 +639,8 @@ class Worker(threading.Thread):
         ladder = self._answering_ladder()
         for c in range(len(self.channels)):  # a silent window names nothing
             floor = ladder.floor_db(c) if ladder is not None else -120.0
-            if not self._gate.heard(c, sample_end - window, sample_end, floor):
+            # the embedding's own window, which may end steps before this hop
+            if not self._gate.heard(c, window_end - window, window_end, floor):
                 matches[c] = []
         top = next((m[0] for m in matches if m), None)
         if top is not None:
@@ -652,7 +654,7 @@ class Worker(threading.Thread):
             model=self.engine.encoder.model,
             channels=self.channels,
             embeddings=np.array(emb, dtype=np.float32, copy=True),
-            window_end_s=min(window_end, sample_end) / cfg.sr,
+            window_end_s=window_end / cfg.sr,
             matches=matches,
             levels=levels,
             centre=self._centre,
