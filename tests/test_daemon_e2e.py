@@ -12,6 +12,7 @@ import itertools
 import json
 import socket
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -64,8 +65,13 @@ def _sub(ctx: Any, endpoint: str) -> Any:
     return sock
 
 
-def _run_collect(cfg: DaemonConfig) -> tuple[list[wire.Message], dict[str, Any]]:
-    """Run a fast-paced file through the daemon; every ZeroMQ message until it ends."""
+def _run_collect(
+    cfg: DaemonConfig, before_input: Callable[[Daemon], None] | None = None
+) -> tuple[list[wire.Message], dict[str, Any]]:
+    """Run a file through the daemon; every ZeroMQ message until it ends.
+
+    ``before_input`` sees the started daemon before its input starts (e.g. to wrap a part).
+    """
     import zmq
 
     ctx = zmq.Context()
@@ -73,6 +79,8 @@ def _run_collect(cfg: DaemonConfig) -> tuple[list[wire.Message], dict[str, Any]]
     daemon = Daemon(cfg).start(start_input=False)
     try:
         assert daemon.pub_endpoint is not None
+        if before_input is not None:
+            before_input(daemon)
         sub = _sub(ctx, daemon.pub_endpoint)
         # The worker publishes status every second even without audio: the first one
         # proves the subscription is live, so no hop can be missed.

@@ -172,36 +172,23 @@ def test_live_worker_never_steps_itself_until_the_flush(
 ) -> None:
     # A file played once in real time: live, every step on the encoder's thread; the
     # end-of-input flush stepped by the worker (in order, so the one-shot's window comes).
-    import zmq
-    from test_daemon_e2e import _config, _sub
+    from test_daemon_e2e import _config, _run_collect
 
     from emberd.clients import wire
-    from emberd.daemon.app import Daemon
 
     lib, files = aisfx_library
     played = files[0]
-    ctx = zmq.Context()
-    daemon = Daemon(_config(lib, played, model="aisfx", pace="realtime")).start(start_input=False)
-    msgs: list[wire.Message] = []
-    try:
-        assert daemon.worker is not None and daemon.pub_endpoint is not None
+    wrapped: list[StepThreads] = []
+
+    def wrap(daemon: Any) -> None:
+        assert daemon.worker is not None
         enc = daemon.worker.engine.encoder
-        steps = StepThreads(enc.streaming)
-        enc.streaming = steps
-        sub = _sub(ctx, daemon.pub_endpoint)
-        while wire.decode(sub.recv_multipart()).kind != wire.KIND_STATUS:
-            pass  # the subscription is live
-        daemon.start_input()
-        while True:
-            msg = wire.decode(sub.recv_multipart())
-            if msg.kind == wire.KIND_STATUS and msg.header["status"].get("final"):
-                status = msg.header["status"]
-                break
-            msgs.append(msg)
-    finally:
-        daemon.close()
-        sub.close(0)
-        ctx.term()
+        wrapped.append(StepThreads(enc.streaming))
+        enc.streaming = wrapped[0]
+
+    msgs, status = _run_collect(_config(lib, played, model="aisfx", pace="realtime"),
+                                before_input=wrap)
+    steps = wrapped[0]
     assert status["encoder"] == "streaming"
     live = [i for i, name in enumerate(steps.threads) if name == ENCODER_THREAD]
     flush = [i for i, name in enumerate(steps.threads) if name == "emberd-worker"]
