@@ -287,6 +287,41 @@ def features(paths: list[str], encoder: Any) -> dict[str, np.ndarray]:
     return {k: np.array(v) for k, v in out.items()}
 
 
+def _layer_session(encoder: Any, names: list[str]) -> Any:
+    """An ONNX Runtime session of ``encoder``'s graph that also outputs the layers ``names``."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from emberd.models.onnxrt import onnxruntime
+
+    graph = onnx.load(encoder.manifest.path)
+    for name in names:
+        graph.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
+    opts = onnxruntime().SessionOptions()
+    opts.intra_op_num_threads = 1
+    return onnxruntime().InferenceSession(graph.SerializeToString(), opts,
+                                          providers=["CPUExecutionProvider"])  # fmt: skip
+
+
+def _onset_mel(path: str, config: Any) -> tuple[np.ndarray, int]:
+    """``path``'s mel frames from PRE_ONSET_S before its onset (at most LAYER_FRAMES), padded
+    with zeros to whole block-4 columns: ``([1, frames, n_mels], frames used)``."""
+    from emberd.dsp.frontend import melspectrogram
+    from emberd.dsp.sources import load_audio
+    from emberd.library import waveform
+
+    stride = 8  # frames per block-4 column (three 2x time pools)
+    y, _ = load_audio(path, sr=config.sr, mono=True)
+    y = np.asarray(y, np.float32)
+    y = y[max(waveform.onset_sample(y) - round(PRE_ONSET_S * config.sr), 0) :]
+    mel = melspectrogram(y, config).astype(np.float32)[:LAYER_FRAMES]
+    used = mel.shape[0]
+    frames = max(2 * stride, -(-used // stride) * stride)
+    padded = np.zeros((1, frames, mel.shape[1]), np.float32)
+    padded[0, :used] = mel
+    return padded, used
+
+
 def layer_features(paths: list[str], encoder: Any) -> dict[str, np.ndarray]:
     """Intermediate-layer and log-mel statistics of every sound (the representations tried).
 
@@ -300,36 +335,15 @@ def layer_features(paths: list[str], encoder: Any) -> dict[str, np.ndarray]:
     each span of :data:`MEL_PYRAMID`.  Also ``ms``: the wall time per file (load, onset,
     mel, network, statistics).
     """
-    import onnx
-    from onnx import TensorProto, helper
-
-    from emberd.dsp.frontend import melspectrogram
-    from emberd.dsp.sources import load_audio
-    from emberd.library import waveform
-    from emberd.models.onnxrt import onnxruntime
-
-    ort = onnxruntime()
-    graph = onnx.load(encoder.manifest.path)
-    for name in LAYER_NAMES:
-        graph.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    sess = ort.InferenceSession(graph.SerializeToString(), opts,
-                                providers=["CPUExecutionProvider"])  # fmt: skip
+    sess = _layer_session(encoder, list(LAYER_NAMES))
     config = encoder.manifest.frontend()
-    stride = 8  # frames per block-4 column (three 2x time pools)
     out: dict[str, list[np.ndarray]] = {n: [] for n in ("layers", "b3c1", "b4c2", "bands",
                                                           "mel", "ms")}  # fmt: skip
     for path in paths:
         t0 = time.perf_counter()
-        y, _ = load_audio(path, sr=config.sr, mono=True)
-        y = np.asarray(y, np.float32)
-        y = y[max(waveform.onset_sample(y) - round(PRE_ONSET_S * config.sr), 0) :]
-        mel = melspectrogram(y, config).astype(np.float32)[:LAYER_FRAMES]
-        used = mel.shape[0]
-        frames = max(2 * stride, -(-used // stride) * stride)
-        padded = np.zeros((1, frames, mel.shape[1]), np.float32)
-        padded[0, :used] = mel
+        padded, used = _onset_mel(path, config)
+        frames = padded.shape[1]
+        mel = padded[0, :used]
         acts = sess.run(list(LAYER_NAMES), {encoder.manifest.input_name: padded})
         layers, bands = [], []
         for name, a in zip(LAYER_NAMES, acts, strict=True):
@@ -462,33 +476,12 @@ def envelope_block(paths: list[str]) -> np.ndarray:
 def block_maps(paths: list[str], encoder: Any, layer: str = "b3c2_relu") -> list[np.ndarray]:
     """One aiSFX layer's ReLU output per file, ``[positions, channels]`` (time x mel cells
     the sound covers), from the first :data:`LAYER_FRAMES` mel frames after the onset."""
-    import onnx
-    from onnx import TensorProto, helper
-
-    from emberd.dsp.frontend import melspectrogram
-    from emberd.dsp.sources import load_audio
-    from emberd.library import waveform
-    from emberd.models.onnxrt import onnxruntime
-
-    ort = onnxruntime()
-    graph = onnx.load(encoder.manifest.path)
-    graph.graph.output.append(helper.make_tensor_value_info(layer, TensorProto.FLOAT, None))
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    sess = ort.InferenceSession(graph.SerializeToString(), opts,
-                                providers=["CPUExecutionProvider"])  # fmt: skip
+    sess = _layer_session(encoder, [layer])
     config = encoder.manifest.frontend()
-    stride = 8  # frames per block-4 column (three 2x time pools)
     out = []
     for path in paths:
-        y, _ = load_audio(path, sr=config.sr, mono=True)
-        y = np.asarray(y, np.float32)
-        y = y[max(waveform.onset_sample(y) - round(PRE_ONSET_S * config.sr), 0) :]
-        mel = melspectrogram(y, config).astype(np.float32)[:LAYER_FRAMES]
-        used = mel.shape[0]
-        frames = max(2 * stride, -(-used // stride) * stride)
-        padded = np.zeros((1, frames, mel.shape[1]), np.float32)
-        padded[0, :used] = mel
+        padded, used = _onset_mel(path, config)
+        frames = padded.shape[1]
         a = sess.run([layer], {encoder.manifest.input_name: padded})[0][0]
         a = a[:, : max(1, -(-used // (frames // a.shape[1])))]
         out.append(a.reshape(a.shape[0], -1).T.astype(np.float32))
