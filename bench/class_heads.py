@@ -799,41 +799,11 @@ class EnvelopeClassModel:
     def from_snippets(
         cls, snippets: np.ndarray, labels: list[str | None]
     ) -> EnvelopeClassModel | None:
-        """As :meth:`~emberd.library.hitindex.ClassModel.from_snippets` (same sampling)."""
-        from emberd.library import hitindex as hx
-        from emberd.library.waveform import PRE_ROLL_SAMPLES, WAVE_SR
+        """As :meth:`~emberd.library.hitindex.ClassModel.from_snippets` (the same set)."""
+        from emberd.library.hitindex import class_training_set
 
-        keep = [i for i, c in enumerate(labels) if c is not None]
-        if len({labels[i] for i in keep}) < 2:
-            return None
-        rng = np.random.default_rng(0)
-        by_class: dict[str, list[int]] = {}
-        for i in keep:
-            by_class.setdefault(str(labels[i]), []).append(i)
-        keep = sorted(
-            j
-            for rows in by_class.values()
-            for j in (
-                rows
-                if len(rows) <= hx.CLASS_MAX_PER_CLASS
-                else rng.choice(rows, hx.CLASS_MAX_PER_CLASS, replace=False).tolist()
-            )
-        )
-        feats, ys = [], []
-        for i in keep:
-            x = np.asarray(snippets[i, PRE_ROLL_SAMPLES:], np.float64)
-            peak = float(np.max(np.abs(x))) + 1e-12
-            feats.append(cls.features(x))
-            ys.append(str(labels[i]))
-            for _ in range(hx.CLASS_COPIES):
-                noise_db = rng.uniform(*hx.CLASS_NOISE_DB)
-                z = x + rng.standard_normal(len(x)) * peak * 10 ** (-noise_db / 20)
-                cut = round(np.exp(rng.uniform(*np.log(hx.CLASS_CUT_S))) * WAVE_SR)
-                if rng.random() < hx.CLASS_CUT_SHARE:
-                    z[cut:] = 0.0
-                feats.append(cls.features(z))
-                ys.append(str(labels[i]))
-        return cls(np.array(feats), ys)  # fmt: skip
+        data = class_training_set(snippets, labels, cls.features)
+        return None if data is None else cls(*data)
 
     def predict(self, x: np.ndarray) -> tuple[str, float]:
         """(class, probability) of a sound given from its onset at the hit index's rate."""

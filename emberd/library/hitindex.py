@@ -36,7 +36,7 @@ import functools
 import hashlib
 import itertools
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -193,6 +193,44 @@ def class_features(x: np.ndarray) -> np.ndarray:
     return (np.maximum(db, db.max() - CLASS_RANGE_DB) - db.max()).ravel()
 
 
+def class_training_set(
+    snippets: np.ndarray, labels: Sequence[str | None],
+    features: Callable[[np.ndarray], np.ndarray],
+) -> tuple[np.ndarray, list[str]] | None:
+    """The features and labels a class model of hits is fitted on: the labelled snippets
+    (onset at PRE_ROLL_SAMPLES; at most CLASS_MAX_PER_CLASS per class) plus CLASS_COPIES
+    noisy, sometimes cut copies each. None when fewer than two classes are labelled.
+    Seeded: the same set every load."""
+    keep = [i for i, c in enumerate(labels) if c is not None]
+    if len({labels[i] for i in keep}) < 2:
+        return None
+    rng = np.random.default_rng(0)
+    by_class: dict[str, list[int]] = {}
+    for i in keep:
+        by_class.setdefault(str(labels[i]), []).append(i)
+    # A bounded fit whatever the library's size.
+    keep = sorted(j for rows in by_class.values()
+                  for j in (rows if len(rows) <= CLASS_MAX_PER_CLASS else
+                            rng.choice(rows, CLASS_MAX_PER_CLASS, replace=False).tolist()))
+    feats, ys = [], []
+    for i in keep:
+        x = np.asarray(snippets[i, PRE_ROLL_SAMPLES:], np.float64)
+        peak = float(np.max(np.abs(x))) + 1e-12
+        feats.append(features(x))
+        ys.append(str(labels[i]))
+        for _ in range(CLASS_COPIES):
+            noise_db = rng.uniform(*CLASS_NOISE_DB)
+            y = x + rng.standard_normal(len(x)) * peak * 10 ** (-noise_db / 20)
+            # A live hit is often heard for less than a snippet (the next hit, or its
+            # decay sinking into the noise): then its features read silence after.
+            cut = round(np.exp(rng.uniform(*np.log(CLASS_CUT_S))) * WAVE_SR)
+            if rng.random() < CLASS_CUT_SHARE:
+                y[cut:] = 0.0
+            feats.append(features(y))
+            ys.append(str(labels[i]))
+    return np.array(feats), ys
+
+
 class ClassModel:
     """Instrument class of a hit from its attack and decay (multinomial logistic regression
     on :func:`class_features`, class-balanced, ridge CLASS_L2), fitted on the library's own
@@ -229,36 +267,10 @@ class ClassModel:
 
     @classmethod
     def from_snippets(cls, snippets: np.ndarray, labels: Sequence[str | None]) -> ClassModel | None:
-        """Fit on labelled snippets (onset at PRE_ROLL_SAMPLES) plus CLASS_COPIES noisy copies
-        each; None when fewer than two classes are labelled."""
-        keep = [i for i, c in enumerate(labels) if c is not None]
-        if len({labels[i] for i in keep}) < 2:
-            return None
-        rng = np.random.default_rng(0)
-        by_class: dict[str, list[int]] = {}
-        for i in keep:
-            by_class.setdefault(str(labels[i]), []).append(i)
-        # A bounded fit whatever the library's size (seeded: the same model every load).
-        keep = sorted(j for rows in by_class.values()
-                      for j in (rows if len(rows) <= CLASS_MAX_PER_CLASS else
-                                rng.choice(rows, CLASS_MAX_PER_CLASS, replace=False).tolist()))
-        feats, ys = [], []
-        for i in keep:
-            x = np.asarray(snippets[i, PRE_ROLL_SAMPLES:], np.float64)
-            peak = float(np.max(np.abs(x))) + 1e-12
-            feats.append(class_features(x))
-            ys.append(str(labels[i]))
-            for _ in range(CLASS_COPIES):
-                noise_db = rng.uniform(*CLASS_NOISE_DB)
-                y = x + rng.standard_normal(len(x)) * peak * 10 ** (-noise_db / 20)
-                # A live hit is often heard for less than a snippet (the next hit, or its
-                # decay sinking into the noise): then its features read silence after.
-                cut = round(np.exp(rng.uniform(*np.log(CLASS_CUT_S))) * WAVE_SR)
-                if rng.random() < CLASS_CUT_SHARE:
-                    y[cut:] = 0.0
-                feats.append(class_features(y))
-                ys.append(str(labels[i]))
-        return cls(np.array(feats), ys)
+        """Fit on :func:`class_training_set` (of :func:`class_features`); None when fewer
+        than two classes are labelled."""
+        data = class_training_set(snippets, labels, class_features)
+        return None if data is None else cls(*data)
 
     def predict(self, x: np.ndarray) -> tuple[str, float]:
         """(class, probability) of a sound given from its onset at WAVE_SR."""
