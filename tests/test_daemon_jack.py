@@ -37,6 +37,11 @@ ONSET_WINDOW_S = 1.0  # the sample must be top-1 for audio within this long afte
 CLOCK_SLACK_S = 0.1  # JACK cycle vs. PortAudio ADC timestamp mapping
 SETTLE_S = 2.5  # audio time after an onset before the next sample is played
 RECV_TIMEOUT_MS = 30000
+# A play that the machine disturbed (a player xrun, an input overflow, a hop the late
+# worker skipped) and that missed is played again: the claim is about intact audio. Measured offline
+# with this library: one 256-frame gap anywhere in kick_000's first 160 ms makes its
+# sibling kick_001 top-1 of every window (CI failed so, once, 2026-12-02).
+MAX_PLAYS = 4
 
 
 @pytest.fixture(scope="module")
@@ -86,21 +91,18 @@ def test_jack_capture_publishes_played_sample_as_top1(
             sample = files[pick]
             data, sr = sf.read(sample, dtype="float32")
             assert sr == 44100
-            player.play(data)
-            assert player.played.wait(30), "the JACK player did not run"
-            onset = player.onset_time
-            assert onset is not None
-            tops: list[str] = []
-            while True:
-                msg = wire.decode(sub.recv_multipart())
-                t = msg.capture_time
-                if onset - CLOCK_SLACK_S <= t <= onset + ONSET_WINDOW_S and msg.header["matches"]:
-                    tops.append(msg.header["matches"][0]["path"])
-                if t > onset + SETTLE_S:
+            tries: list[tuple[dict[str, int], list[str]]] = []
+            for _ in range(MAX_PLAYS):
+                before = _disturbances(daemon, player)
+                tops = _play_and_collect(player, sub, data)
+                disturbed = {k: v - before[k] for k, v in _disturbances(daemon, player).items()
+                             if v != before[k]}  # fmt: skip
+                names = sorted({Path(p).name for p in tops})
+                tries.append((disturbed, names))
+                if sample.name in names or not disturbed:
                     break
             assert tops, f"no hop captured within {ONSET_WINDOW_S} s of the onset"
-            assert str(sample.resolve()) in {str(Path(p).resolve()) for p in tops}, (
-                sample.name, sorted({Path(p).name for p in tops}))  # fmt: skip
+            assert sample.name in names, (sample.name, tries)
         status = daemon.status()
         assert status["hops"] > 0 and status["callback_interval_ms"] > 0
         sub.close(0)
@@ -113,3 +115,26 @@ def test_jack_capture_publishes_played_sample_as_top1(
         if jackd.poll() is None:
             stop_process(jackd)
     assert rc == 0, daemon.log_tail()
+
+
+def _disturbances(daemon: Daemon, player: JackPlayer) -> dict[str, int]:
+    """Counters that say a play did not reach the daemon's matches intact."""
+    status = daemon.status()
+    return {"player_xruns": player.xruns, "overflows": int(status["overflows"]),
+            "dropped_hops": int(status["dropped_hops"])}  # fmt: skip
+
+
+def _play_and_collect(player: JackPlayer, sub: Any, data: Any) -> list[str]:
+    """Play ``data`` once; the top-1 paths of hops captured near its onset."""
+    player.play(data)
+    assert player.played.wait(30), "the JACK player did not run"
+    onset = player.onset_time
+    assert onset is not None
+    tops: list[str] = []
+    while True:
+        msg = wire.decode(sub.recv_multipart())
+        t = msg.capture_time
+        if onset - CLOCK_SLACK_S <= t <= onset + ONSET_WINDOW_S and msg.header["matches"]:
+            tops.append(msg.header["matches"][0]["path"])
+        if t > onset + SETTLE_S:
+            return tops
