@@ -555,3 +555,40 @@ def test_a_sound_off_its_onset_is_found_from_an_anchor_that_its_attack_passes(
         monkeypatch.setattr(timeline, "RETRY_MIN_RHO", 0.7)
         monkeypatch.setattr(timeline, "ANCHOR_SHIFTS", ())  # no anchors
         assert found(tl) == []
+
+
+def test_a_file_missed_by_the_descriptor_search_is_found_as_a_neighbour_of_a_candidate(
+    lib: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sound whose file the descriptor search does not return (on a mixed residual it may
+    return only the file's velocity layers or siblings) is still found: the descriptor
+    neighbours of the best attacks are candidates too. Without them (NEIGHBOUR_TOP 0) the
+    sound is not claimed."""
+    hat = lib["sounds"][6]
+    import soxr
+
+    y = np.zeros(2 * beats.SR, np.float32)
+    beats._add(y, beats.at_speed(beats.load_mono(hat), 0.97), 0.5, -3.0)
+    x = np.asarray(soxr.resample(y, beats.SR, WAVE_SR, quality="HQ"), np.float32)
+    onset = int(np.argmax(np.abs(x) > 0.05 * np.abs(x).max()))
+
+    with Library.open(lib["lib"]) as library:
+        tl = Timeline(library)
+        fid = next(f for f, r in tl.files.items() if Path(r.path).name == hat.name)
+        assert any(fid in near for near in tl.neighbours.values())
+        others = [f for f in tl.files if f != fid]
+
+        def found() -> list[tuple[str, float]]:
+            s = _Stream(tl)
+            s.x[-s.base : -s.base + len(x)] = x
+            s.end = len(x)
+            # The descriptor search returning every file but the sound's own.
+            monkeypatch.setattr(s, "_candidates", lambda onset, speeds=None: list(others))
+            e = s._best(onset, set())
+            return [] if e is None or e.kind != "exact" else [(Path(e.path).name, e.speed)]
+
+        got = found()
+        assert [n for n, _ in got] == [hat.name], got
+        assert abs(got[0][1] / 0.97 - 1) <= SPEED_TOL
+        monkeypatch.setattr(timeline, "NEIGHBOUR_TOP", 0)
+        assert hat.name not in [n for n, _ in found()]
