@@ -6,7 +6,8 @@ constant and prints right / exact entries, recall, precision and CPU seconds per
 Never run on half B: the held-out half is measured once, with the chosen values.
 
 Usage: ``python bench/fit_timeline.py [NAME=V1,V2,... ...]``; without arguments the
-sweeps of SWEEPS (the constants this script chose: NEIGHBOUR_TOP, NEIGHBOURS).
+sweeps of SWEEPS (the constants this script chose: NEIGHBOUR_TOP, NEIGHBOURS,
+LONG_HEAD_MIN_RHO).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 SWEEPS: dict[str, tuple[str, ...]] = {
     "NEIGHBOUR_TOP": ("0", "3", "5", "8"),
     "NEIGHBOURS": ("4", "8"),
+    "LONG_HEAD_MIN_RHO": ("-1.0", "0.6", "0.65", "0.7"),
 }
 BENCH = Path(__file__).with_name("timeline.py")
 SUMMARY = re.compile(r"recall ([0-9.]+) \((\d+)/(\d+)\), precision ([0-9.]+) \((\d+)/(\d+)")

@@ -145,6 +145,12 @@ EXACT_RHO = 0.80  # fine correlation at or above which an occurrence is claimed 
 SIMILAR_RHO = 0.60  # ... between this and EXACT_RHO: listed as similar, not subtracted
 LONGER_EXPLAINS = 1.5  # explained-energy ratio by which a candidate beats a better-correlated one
 SOUNDS_PER_ONSET = 3  # sounds looked for at one onset (a kick and a hat hit together)
+# A file of two PART_SAMPLES or more is not decoded where only a claim would count and its
+# snippet judges it under this (its whole length may correlate better: no gate otherwise).
+# Half A (bench/fit_timeline.py LONG_HEAD_MIN_RHO=...): the long files claimed so judged 0.74
+# or more on their snippets; 0.60, 0.65, 0.70 and no gate gave the same 223/227 right/exact
+# entries; 0.60 halved the 109 refinements that ended `similar` after a claim (0.6 of 6.7 s).
+LONG_HEAD_MIN_RHO = 0.60
 HEAD_MARGIN_RHO = 0.05  # a one-shot judged this far under SIMILAR_RHO on its snippet is dropped
 ABANDON_RHO = 0.4  # a candidate refined this far below is dropped (saves long windows)
 MIN_STEP = 0.00002  # refinement ends at this speed step, or where a step drifts the
@@ -608,7 +614,10 @@ class _Stream:
             # The template's first sample sat at win[lag]: the file's sample
             # (onset - PRE_SAMPLES) plays there.
             pos = onset - PRE_SAMPLES - LAG_SAMPLES + float(best_lag[i])
-            fit = self._refine(ids[i], speed, pos)
+            # Once a claim is found, only claims matter here (the pool keeps exact entries):
+            # a short file whose snippet judges it below EXACT_RHO is not decoded.
+            exact_found = any(f[2].kind == "exact" for f in found)
+            fit = self._refine(ids[i], speed, pos, exact_found)
             g0 = int(g[order[0]])
             if (abs(int(g[i]) - g0) > 1
                     and tl.files[ids[i]].duration_s * WAVE_SR >= LONG_FILE_SAMPLES):
@@ -656,7 +665,7 @@ class _Stream:
         if rho[k] < rho[g] - SECOND_SPEED_RHO or rho[k] < COARSE_MIN_RHO:
             return None
         return self._refine(file_id, SPEED_GRID[k], onset - PRE_SAMPLES - LAG_SAMPLES
-                            + float(lag[k]))
+                            + float(lag[k]), True)
 
     def _add_neighbours(
         self, win: np.ndarray, ids: list[int], rho: np.ndarray, lag: np.ndarray,
@@ -685,7 +694,7 @@ class _Stream:
         return ids + list(add), np.concatenate([rho, r2]), np.concatenate([lag, l2])
 
     def _refine(
-        self, file_id: int, speed: float, pos: float
+        self, file_id: int, speed: float, pos: float, exact_only: bool = False
     ) -> tuple[float, Entry] | None:
         """Refine the speed and place (``pos``: track sample where the file's sample
         ``onset - PRE_SAMPLES`` plays) of one candidate; its explained energy and entry.
@@ -695,7 +704,10 @@ class _Stream:
         file shorter than two PART_SAMPLES (the length from which files are aligned part
         by part) whose judged correlation there, on its first 250 ms at most, is under
         SIMILAR_RHO - HEAD_MARGIN_RHO (decoding was a third of the time; most candidates
-        fail here)."""
+        fail here); with ``exact_only`` (only a claim would count), under EXACT_RHO -
+        HEAD_MARGIN_RHO, and a longer file under LONG_HEAD_MIN_RHO (half A: 347 refinements
+        ending ``similar`` took a fifth of the CPU, 131 of them after a claim at the same
+        onset)."""
         tl = self.tl
         step = FINE_START_STEP
         head = tl._head(file_id)
@@ -710,9 +722,12 @@ class _Stream:
         if rho < ABANDON_RHO and n <= self._judge_window(pos, speed):
             return None
         n_judge = min(self._judge_window(pos, speed), avail)
-        if (tl.files[file_id].duration_s * WAVE_SR < 2 * PART_SAMPLES and self._fit(
-                head, speed, pos, n_judge)[0] < SIMILAR_RHO - HEAD_MARGIN_RHO):
-            return None  # (longer files are aligned part by part before they are judged)
+        if tl.files[file_id].duration_s * WAVE_SR < 2 * PART_SAMPLES:
+            floor = (EXACT_RHO if exact_only else SIMILAR_RHO) - HEAD_MARGIN_RHO
+        else:  # (longer files are aligned part by part before they are judged)
+            floor = LONG_HEAD_MIN_RHO if exact_only else -math.inf
+        if floor > -math.inf and self._fit(head, speed, pos, n_judge)[0] < floor:
+            return None
         ref = tl._ref(file_id)
         avail = len(ref.y) - (ref.onset - PRE_SAMPLES)
         if n < avail:  # on as the climb would have gone on: the next window
