@@ -22,6 +22,7 @@ SWEEPS: dict[str, tuple[str, ...]] = {
     "NEIGHBOUR_TOP": ("0", "3", "5", "8"),
     "NEIGHBOURS": ("4", "8"),
     "LONG_HEAD_MIN_RHO": ("-1.0", "0.6", "0.65", "0.7"),
+    "NEIGHBOUR_MIN_RHO": ("0.35", "0.6", "0.8"),
 }
 BENCH = Path(__file__).with_name("timeline.py")
 SUMMARY = re.compile(r"recall ([0-9.]+) \((\d+)/(\d+)\), precision ([0-9.]+) \((\d+)/(\d+)")

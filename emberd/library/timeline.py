@@ -114,6 +114,7 @@ SECOND_SPEED_MAX_RHO = 0.98
 # layer lists it), NEIGHBOURS 8 with 3: 222/226.
 NEIGHBOURS = 4
 NEIGHBOUR_TOP = 5
+NEIGHBOUR_MIN_RHO = 0.6  # ... whose attacks correlate this well (half A: 0.35, 0.6, 0.8 the same)
 COARSE_TIE_RHO = 0.02  # candidates this close to the best attack are all refined ...
 REFINE_TIES = 8  # ... up to this many
 COARSE_MIN_RHO = 0.35  # a candidate's attack must correlate this well to be refined
@@ -681,7 +682,7 @@ class _Stream:
         have = set(ids)
         add: dict[int, None] = {}
         for i in np.argsort(-best)[:NEIGHBOUR_TOP].tolist():
-            if best[i] < min_rho:
+            if best[i] < max(min_rho, NEIGHBOUR_MIN_RHO):
                 break
             for f in self.tl.neighbours.get(ids[i], ()):
                 if f not in have and f not in claimed:
@@ -868,8 +869,7 @@ class _Stream:
             t = np.arange(lo, hi, dtype=np.float64)
             t *= dt
             t += t0
-            i = t.astype(np.intp)
-            np.maximum(i, 0, out=i)
+            i = t.astype(np.intp)  # (t >= 0 but for rounding: truncation gives 0 there)
             t -= i
             frac = t.astype(np.float32)
             here = ref.up[i]
