@@ -31,6 +31,15 @@ plus deterministic synthetic bass, pad and lead one-shots and stems
    given as a share of that budget and as a ratio to the anchor run in the same
    process: aiSFX embedding the same 8 channels' windows (per 1.161 s window hop).
 
+5. **The library's per-file classes** (``--parts file-classes``): the shipped
+   :func:`~emberd.library.classifier.predict_file_classes` (RBF kernel ridge on the
+   whole-file vector and the envelope descriptors, smoothed over velocity layers in
+   each folder) with each held-out kit name-less inside a library of the other kits.
+   The confidence temperature is chosen on kits A (least ECE over their drum kits);
+   kits B measured once at the shipped one.  ``--parts file-classes-cost`` (bench
+   lock) times the envelope descriptor per file against the whole-file embedding of
+   the same files (the anchor, same run).
+
 Run under the bench lock: ``flock /tmp/emberd-bench.lock python bench/mixdown.py``.
 """
 
@@ -53,6 +62,7 @@ import soundfile as sf
 
 from emberd.daemon.mixdown import MixdownAnalyser
 from emberd.dsp.resample import mono_at
+from emberd.library import classifier
 from emberd.library.classifier import L2, ClassHead, fit_head, library_labels
 from emberd.library.store import Store
 from emberd.paths import cache_dir
@@ -173,6 +183,127 @@ def held_out_accuracy(
     return {"overall": round(sum(right.values()) / sum(total.values()), 3), "per_class": per,
             "n": dict(total), "calibration_error": round(float(ece), 3),
             "confusions": dict(confusion.most_common(12))}  # fmt: skip
+
+
+TEMPERATURE_GRID = (0.2, 0.3, 0.4, 0.5, 0.7, 1.0)  # confidence temperatures tried on kits A
+
+
+def _ece(conf: np.ndarray, ok: np.ndarray) -> float:
+    """Expected calibration error over 10 confidence bins."""
+    bins = np.minimum((conf * 10).astype(int), 9)
+    return float(sum(abs(ok[bins == b].mean() - conf[bins == b].mean()) * np.mean(bins == b)
+                     for b in range(10) if np.any(bins == b)))  # fmt: skip
+
+
+def file_class_folds(
+    x: np.ndarray, env: np.ndarray, labels: list[str], groups: list[str], paths: list[str],
+    *, split: str, kits_only: bool = False,
+) -> tuple[list[str], np.ndarray, np.ndarray]:  # fmt: skip
+    """The library's per-file classes (:func:`~emberd.library.classifier.predict_file_classes`,
+    the shipped code) of every sound of the ``split`` half's groups, each group name-less
+    (its labels hidden) in a library of the other groups (``A``: the other A groups only;
+    ``B``: every other group); ``kits_only``: the drum kits' groups scored, not the synth
+    ones (a synth group held out of A leaves no bass/pad/lead to learn from: sure errors
+    that would drive the confidence's calibration). Returns truths, log-probabilities and
+    class order."""
+    truth: list[str] = []
+    lps: list[np.ndarray] = []
+    order = list(classifier.CLASSES)
+    for g in sorted(set(groups)):
+        if half(g) != split or (kits_only and g.startswith("synth-")):
+            continue
+        rows = [i for i, gg in enumerate(groups) if gg == g or (split == "B" or half(gg) == "A")]
+        hidden = [None if groups[i] == g else labels[i] for i in rows]
+        got = classifier.predict_file_classes(
+            x[rows], env[rows], hidden, [str(Path(paths[i]).parent) for i in rows])
+        assert got is not None
+        classes, prob, _best = got
+        full = np.full((len(rows), len(order)), -np.inf)
+        # Back to the smoothed log-probabilities (up to a constant per row): the
+        # temperature is applied by the caller.
+        logp = np.log(np.maximum(prob, 1e-300)) / classifier.CONFIDENCE_TEMPERATURE
+        full[:, [order.index(c) for c in classes]] = logp
+        test = [j for j, i in enumerate(rows) if groups[i] == g]
+        truth += [labels[rows[j]] for j in test]
+        lps.append(full[test])
+    return truth, np.vstack(lps), np.array(order)
+
+
+def file_class_accuracy(
+    x: np.ndarray, env: np.ndarray, labels: list[str], groups: list[str], paths: list[str],
+    *, split: str, temperature: float, kits_only: bool = False,
+) -> dict[str, Any]:  # fmt: skip
+    """Accuracy per class, ECE and confusions of :func:`file_class_folds` at a confidence
+    temperature (the shipped one: the shipped probabilities)."""
+    truth, lp, order = file_class_folds(x, env, labels, groups, paths, split=split,
+                                        kits_only=kits_only)  # fmt: skip
+    z = np.where(np.isfinite(lp), lp * temperature, -np.inf)
+    z -= z.max(axis=1, keepdims=True)
+    p = np.exp(z)
+    p /= p.sum(axis=1, keepdims=True)
+    pred = order[p.argmax(axis=1)]
+    ok = np.array([a == b for a, b in zip(truth, pred, strict=True)], float)
+    total = collections.Counter(truth)
+    right = collections.Counter(t for t, o in zip(truth, ok, strict=True) if o)
+    conf = collections.Counter(f"{t}->{q}" for t, q in zip(truth, pred, strict=True) if t != q)
+    return {"overall": round(float(ok.mean()), 3), "n": len(truth),
+            "per_class": {c: round(right[c] / total[c], 3)
+                          for c in sorted(total, key=lambda c: -total[c])},
+            "calibration_error": round(_ece(p.max(axis=1), ok), 3),
+            "confusions": dict(conf.most_common(12))}  # fmt: skip
+
+
+def file_classes_part(
+    x: np.ndarray, labels: list[str], groups: list[str], paths: list[str]
+) -> dict[str, Any]:
+    """The library's per-file classes: the confidence temperature chosen on kits A (ECE of
+    the A folds), then kits B measured once at the shipped temperature; plus the cost of
+    the envelope descriptors (one decode per file)."""
+    t0 = time.perf_counter()
+    env = np.array([classifier.file_envelope(p) for p in paths])
+    env_ms = (time.perf_counter() - t0) * 1000.0 / len(paths)
+    t0 = time.perf_counter()
+    classifier.predict_file_classes(x, env, labels, [str(Path(p).parent) for p in paths])
+    fit_s = time.perf_counter() - t0
+    tune = {t: file_class_accuracy(x, env, labels, groups, paths, split="A", temperature=t,
+                                   kits_only=True) for t in TEMPERATURE_GRID}  # fmt: skip
+    best = min(TEMPERATURE_GRID, key=lambda t: tune[t]["calibration_error"])
+    shipped = classifier.CONFIDENCE_TEMPERATURE
+    return {
+        "tuning_A": file_class_accuracy(x, env, labels, groups, paths, split="A",
+                                        temperature=shipped),
+        "tuning_A_kits_only": tune.get(shipped),
+        "temperature_ece_A": {f"{t:g}": tune[t]["calibration_error"] for t in TEMPERATURE_GRID},
+        "temperature_chosen_on_A": best, "temperature_shipped": shipped,
+        "held_out_B": file_class_accuracy(x, env, labels, groups, paths, split="B",
+                                          temperature=shipped),
+        "envelope_ms_per_file": round(env_ms, 1), "fit_and_predict_s": round(fit_s, 2),
+        "files": len(paths), "load": os.getloadavg()[0],
+    }  # fmt: skip
+
+
+COST_FILES = 120  # files timed by file_classes_cost
+
+
+def file_classes_cost(paths: list[str], encoder: Any) -> dict[str, Any]:
+    """Index-time cost of the per-file classes (run under the bench lock): the envelope
+    descriptor (one decode at 22.05 kHz + STFT) per file against the anchor, the whole-file
+    embedding the index computes for the same files, in the same run."""
+    from emberd.library.query import query_vector
+
+    files = paths[:: max(len(paths) // COST_FILES, 1)][:COST_FILES]
+    t0 = time.perf_counter()
+    for p in files:
+        classifier.file_envelope(p)
+    env_ms = (time.perf_counter() - t0) * 1000.0 / len(files)
+    t0 = time.perf_counter()
+    for p in files:
+        y, sr = sf.read(p, dtype="float32")
+        query_vector(y, sr, MODEL)
+    emb_ms = (time.perf_counter() - t0) * 1000.0 / len(files)
+    return {"files": len(files), "envelope_ms_per_file": round(env_ms, 1),
+            "embedding_ms_per_file_anchor": round(emb_ms, 1),
+            "ratio": round(env_ms / emb_ms, 3), "load": os.getloadavg()}  # fmt: skip
 
 
 def within_kit_split(paths: list[str]) -> np.ndarray:
@@ -501,8 +632,9 @@ def main() -> None:
     ap.add_argument("--root", type=Path, default=cache_dir() / "bench-mixdown",
                     help="where the bench library and synthetic sounds live (reused)")
     ap.add_argument("--json", type=Path, help="also write the results here")
-    ap.add_argument("--parts", default="classes,multitrack,masking,cost",
-                    help="comma-separated subset of classes, multitrack, masking, cost "
+    ap.add_argument("--parts", default="classes,file-classes,multitrack,masking,cost",
+                    help="comma-separated subset of classes, file-classes, multitrack, "
+                         "masking, cost, file-classes-cost "
                          "(only cost is timed: run that part under the bench lock)")
     args = ap.parse_args()
     parts = set(args.parts.split(","))
@@ -526,6 +658,10 @@ def main() -> None:
         if choice["l2"] != L2:
             results["classes_held_out_B_at_choice"] = held_out_accuracy(
                 x, labels, groups, l2=choice["l2"], only="B")  # fmt: skip
+    if "file-classes" in parts:
+        results["file_classes"] = file_classes_part(x, labels, groups, paths)
+    if "file-classes-cost" in parts:
+        results["file_classes_cost"] = file_classes_cost(paths, encoder)
     if "masking" in parts:
         results["masking_planted_tuning"] = masking_scores(
             paths, labels, groups, kits=MASKING_TUNE_KITS, seeds=(0, 1, 2))  # fmt: skip

@@ -804,6 +804,9 @@ class HitLadder:
             voted = of_class[0] if of_class else best
             if not of_class:
                 more = index.candidates_of_class(desc, n_desc, REFINED_CANDIDATES, cls)
+                if not len(more):  # no named file of the class: the library model's guesses
+                    more = index.candidates_of_class(desc, n_desc, REFINED_CANDIDATES, cls,
+                                                     guessed=True)  # fmt: skip
                 if len(more):
                     r2, g2, l2 = index.correlate(seg, more, window)
                     voted = len(rows) + int(np.argmax(r2))

@@ -24,8 +24,15 @@ channels of one hop), :meth:`ClassHead.classify` (one embedding) and
 :func:`classify_waveform` (audio: a one-shot or a hit's onset-aligned window,
 embedded as the indexer embeds a file).
 
+Every library file's class (:func:`fit_library_file_classes`, file
+``file-classes-<model>.npz``): a file's label when its names give one, else the guess
+of an RBF kernel ridge on the whole-file vector and the envelope descriptors
+(:mod:`emberd.dsp.envelope`), smoothed over its velocity layers in its folder.  That
+is what the panel's library map and the hit ladder's near answers use for name-less
+files; the live channels keep the logistic head (they have an embedding, not a file).
+
 The held-out accuracy (hydrogen-drumkits, whole kits held out, names never
-seen by the head) is measured by ``bench/mixdown.py --classes``; the fitted
+seen by the head) is measured by ``bench/mixdown.py --parts classes,file-classes``; the fitted
 weights are written by :func:`fit_library_head`, which ``emberd index`` runs
 after every indexing (file ``classes-<model>.npz`` in the library folder).
 """
@@ -241,7 +248,8 @@ def fit_library_head(store: object, model: str, library: str | Path) -> ClassHea
     target = head_path(library, model)
     generation = int(store.generation())  # type: ignore[attr-defined]
     old = ClassHead.load(target)
-    if old is not None and old.generation == generation and old.model == model:
+    if (old is not None and old.generation == generation and old.model == model
+            and file_classes_path(library, model).is_file()):  # fmt: skip
         return old  # nothing changed since it was fitted: no refit on an unchanged library
     file_ids, matrix = store.file_vectors(model)  # type: ignore[attr-defined]
     records = store.file_by_id(file_ids.tolist())  # type: ignore[attr-defined]
@@ -252,10 +260,210 @@ def fit_library_head(store: object, model: str, library: str | Path) -> ClassHea
     head = fit_head(matrix[have], [str(labels[i]) for i in have], model=model) if have else None
     if head is None:
         target.unlink(missing_ok=True)
+        file_classes_path(library, model).unlink(missing_ok=True)
         return None
+    fit_library_file_classes(library, model, generation, file_ids, matrix, paths, labels)
     head.generation = generation
     head.save(target)
     return head
+
+
+# The library's per-file classes (issue 19): RBF kernel ridge on the whole-file vector and
+# the envelope descriptors (emberd.dsp.envelope), smoothed over each sound's velocity layers
+# in its own folder. Every setting chosen by leave-one-kit-out on kits A only
+# (bench/class_heads.py --library-head); held-out kits B measured once (bench/mixdown.py).
+KERNEL_GAMMA = 0.125  # RBF width on the design (two blocks, each of unit total variance)
+KERNEL_L2 = 0.1  # kernel ridge penalty
+KERNEL_MAX_TRAIN = 2000  # labelled sounds the kernel is fitted on at most (an n^3 solve)
+SCORE_TEMPERATURE = 3.0  # kernel scores -> log-softmax(T * score) before smoothing
+SMOOTH_COSINE = 0.95  # folder neighbours: whole-vector cosine at least (velocity layers)
+SMOOTH_WEIGHT = 2.0  # weight of the neighbours' mean log-probability
+CONFIDENCE_TEMPERATURE = 0.7  # smoothed log-probabilities -> softmax(t * .): least ECE on kits A
+FILE_CLASSES_FORMAT = 1
+
+
+def file_classes_path(library: str | Path, model: str) -> Path:
+    """Where a library keeps its per-file classes (and the envelope descriptors they used)."""
+    return Path(library) / f"file-classes-{model}.npz"
+
+
+def file_envelope(path: str) -> np.ndarray:
+    """:func:`~emberd.dsp.envelope.envelope_features` of a file from its onset (the
+    library's onset rule); zeros when the file cannot be read."""
+    from emberd.dsp.envelope import ENV_SR, N_FEATURES, envelope_features
+    from emberd.dsp.sources import load_audio
+    from emberd.library.waveform import onset_sample
+
+    try:
+        y, _ = load_audio(path, sr=ENV_SR, mono=True)
+    except Exception as exc:  # any unreadable file: no descriptor
+        log.warning("%s: no envelope descriptor (%s)", path, exc)
+        return np.zeros(N_FEATURES)
+    y = np.asarray(y, np.float32).reshape(-1)
+    return envelope_features(y[onset_sample(y) :]) if y.size else np.zeros(N_FEATURES)
+
+
+@dataclass
+class KernelHead:
+    """RBF kernel ridge on ``[unit(whole) - mean) / scale, (env - mean) / std / scale]``:
+    class-balanced one-vs-rest targets +-1, scores ``K(x, train) @ alpha``."""
+
+    classes: list[str]
+    train: np.ndarray  # [n, d] design rows it was fitted on
+    alpha: np.ndarray  # [n, K]
+    whole_mean: np.ndarray
+    whole_scale: float
+    env_mean: np.ndarray
+    env_std: np.ndarray
+    env_scale: float
+
+    def design(self, whole: np.ndarray, env: np.ndarray) -> np.ndarray:
+        """The kernel's input rows of whole-file vectors ``[n, dim]`` and descriptors ``[n, E]``."""
+        a = (_unit(np.atleast_2d(whole)) - self.whole_mean) / self.whole_scale
+        b = (np.atleast_2d(env) - self.env_mean) / self.env_std / self.env_scale
+        return np.hstack([a, b])
+
+    def scores(self, whole: np.ndarray, env: np.ndarray) -> np.ndarray:
+        """One-vs-rest scores ``[n, K]``."""
+        return np.asarray(_rbf(self.design(whole, env), self.train) @ self.alpha)
+
+
+def _rbf(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    d2 = (a * a).sum(1)[:, None] + (b * b).sum(1)[None] - 2.0 * a @ b.T
+    return np.exp(-KERNEL_GAMMA * np.maximum(d2, 0.0))
+
+
+def fit_kernel_head(
+    whole: np.ndarray, env: np.ndarray, labels: Sequence[str], *, seed: int = 0
+) -> KernelHead | None:
+    """Fit a :class:`KernelHead` (classes with fewer than MIN_PER_CLASS sounds left out;
+    None when fewer than two remain). Beyond KERNEL_MAX_TRAIN sounds a class-balanced,
+    seeded subsample is fitted on."""
+    labels = list(labels)
+    counts = {c: labels.count(c) for c in CLASSES if labels.count(c) >= MIN_PER_CLASS}
+    classes = [c for c in CLASSES if c in counts]
+    if len(classes) < 2:
+        return None
+    keep = np.array([i for i, lab in enumerate(labels) if lab in counts])
+    if len(keep) > KERNEL_MAX_TRAIN:
+        rng = np.random.default_rng(seed)
+        per = KERNEL_MAX_TRAIN // len(classes)
+        keep = np.sort(np.concatenate([
+            (rows if len(rows) <= per else rng.choice(rows, per, replace=False))
+            for rows in ([i for i in keep if labels[i] == c] for c in classes)]))  # fmt: skip
+    y = np.array([classes.index(labels[i]) for i in keep])
+    u = _unit(np.asarray(whole, np.float64)[keep])
+    e = np.asarray(env, np.float64)[keep]
+    w_mean = u.mean(axis=0)
+    w_scale = float(np.sqrt(max(float(((u - w_mean) ** 2).mean(axis=0).sum()), 1e-12)))
+    e_mean, e_std = e.mean(axis=0), e.std(axis=0) + 1e-6
+    z = (e - e_mean) / e_std
+    e_scale = float(np.sqrt(max(float((z**2).mean(axis=0).sum()), 1e-12)))
+    head = KernelHead(classes, np.zeros((0, 0)), np.zeros((0, 0)), w_mean, w_scale,
+                      e_mean, e_std, e_scale)  # fmt: skip
+    x = head.design(u, e)
+    n, k = len(y), len(classes)
+    cnt = np.bincount(y, minlength=k)
+    w = (n / (k * np.maximum(cnt, 1)))[y]  # class-balanced
+    target = -np.ones((n, k))
+    target[np.arange(n), y] = 1.0
+    head.train = x
+    head.alpha = np.linalg.solve(w[:, None] * _rbf(x, x) + KERNEL_L2 * np.eye(n),
+                                 w[:, None] * target)  # fmt: skip
+    return head
+
+
+def _log_softmax(s: np.ndarray, t: float) -> np.ndarray:
+    z = t * s - (t * s).max(axis=1, keepdims=True)
+    return np.asarray(z - np.log(np.exp(z).sum(axis=1, keepdims=True)))
+
+
+def smoothed_log_probabilities(
+    scores: np.ndarray, whole: np.ndarray, folders: Sequence[str]
+) -> np.ndarray:
+    """Each sound's ``log_softmax(SCORE_TEMPERATURE * scores)`` plus SMOOTH_WEIGHT times the
+    mean of those of the sounds in its own folder whose whole vectors are at least
+    SMOOTH_COSINE alike (its velocity layers; no labels used)."""
+    lp = _log_softmax(np.asarray(scores, np.float64), SCORE_TEMPERATURE)
+    unit = _unit(np.asarray(whole, np.float64))
+    out = lp.copy()
+    folder = np.array(list(folders))
+    for f in np.unique(folder):
+        idx = np.flatnonzero(folder == f)
+        near = (unit[idx] @ unit[idx].T >= SMOOTH_COSINE).astype(np.float64)
+        np.fill_diagonal(near, 0.0)
+        out[idx] += SMOOTH_WEIGHT * (near @ lp[idx]) / np.maximum(near.sum(1, keepdims=True), 1)
+    return out
+
+
+def predict_file_classes(
+    whole: np.ndarray, env: np.ndarray, labels: Sequence[str | None], folders: Sequence[str]
+) -> tuple[list[str], np.ndarray, np.ndarray] | None:
+    """Fit the kernel head on the labelled files and give every file a class.
+
+    Returns
+    -------
+    (classes, probabilities [n, K], predicted index [n]) or None
+        None when the labels cannot teach two classes.  Probabilities are
+        ``softmax(CONFIDENCE_TEMPERATURE * smoothed log-probabilities)``.
+    """
+    have = [i for i, lab in enumerate(labels) if lab is not None]
+    head = fit_kernel_head(np.asarray(whole)[have], np.asarray(env)[have],
+                           [str(labels[i]) for i in have])  # fmt: skip
+    if head is None:
+        return None
+    lp = smoothed_log_probabilities(head.scores(whole, env), whole, folders)
+    p = np.exp(_log_softmax(lp, CONFIDENCE_TEMPERATURE))
+    return head.classes, p, p.argmax(axis=1)
+
+
+def fit_library_file_classes(
+    library: str | Path, model: str, generation: int, file_ids: np.ndarray,
+    matrix: np.ndarray, paths: Sequence[str], labels: Sequence[str | None],
+) -> dict[int, tuple[str, float]]:  # fmt: skip
+    """Every library file's class (its label when it has one, else the kernel head's guess)
+    and confidence, written to :func:`file_classes_path`. The envelope descriptors of files
+    seen by the previous fit are reused (one decode per new file)."""
+    from emberd.dsp.envelope import N_FEATURES
+
+    target = file_classes_path(library, model)
+    cached: dict[int, np.ndarray] = {}
+    try:
+        with np.load(target, allow_pickle=False) as old:
+            if int(old["format"]) == FILE_CLASSES_FORMAT:
+                cached = {int(f): e for f, e in zip(old["file_ids"], old["env"], strict=True)}
+    except (OSError, KeyError, ValueError):
+        pass
+    env = np.array([cached[int(f)] if int(f) in cached else file_envelope(p)
+                    for f, p in zip(file_ids, paths, strict=True)])  # fmt: skip
+    env = env.reshape(-1, N_FEATURES)
+    got = predict_file_classes(matrix, env, labels, [str(Path(p).parent) for p in paths])
+    out: dict[int, tuple[str, float]] = {}
+    if got is not None:
+        classes, prob, best = got
+        for i, f in enumerate(file_ids.tolist()):
+            lab = labels[i]
+            out[int(f)] = (lab, 1.0) if lab is not None else (classes[best[i]],
+                                                             float(prob[i, best[i]]))  # fmt: skip
+    names = np.array([out.get(int(f), ("", 0.0))[0] for f in file_ids])
+    conf = np.array([out.get(int(f), ("", 0.0))[1] for f in file_ids], np.float32)
+    with atomic_open(target, "wb") as fh:
+        np.savez(fh, format=FILE_CLASSES_FORMAT, generation=generation, file_ids=file_ids,
+                 env=env.astype(np.float32), classes=names, confidence=conf)  # fmt: skip
+    return out
+
+
+def load_file_classes(library: str | Path, model: str) -> dict[int, tuple[str, float]]:
+    """``file id -> (class, confidence)`` written by :func:`fit_library_file_classes`
+    (empty when absent or unreadable; files the fit could not class are left out)."""
+    try:
+        with np.load(file_classes_path(library, model), allow_pickle=False) as d:
+            if int(d["format"]) != FILE_CLASSES_FORMAT:
+                return {}
+            rows = zip(d["file_ids"], d["classes"], d["confidence"], strict=True)
+            return {int(f): (str(c), float(p)) for f, c, p in rows if c}
+    except (OSError, KeyError, ValueError):
+        return {}
 
 
 def classify_waveform(

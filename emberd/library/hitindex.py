@@ -396,19 +396,24 @@ class IndexSource:
     key : bytes
         :func:`content_key` of them: file ids, paths and snippets. Not covered: what a
         path's class is read from (a kit's ``drumkit.xml``, :func:`file_class`) and the
-        sound files :meth:`HitIndex.load_sound` decodes; a reload keeps an index whose key
-        is unchanged even if those changed.
+        sound files :meth:`HitIndex.load_sound` decodes, and :attr:`guessed`; a reload
+        keeps an index whose key is unchanged even if those changed.
+    guessed : dict of int to str
+        ``file id -> class`` the library's model guessed (:func:`guessed_classes`).
     """
 
     file_ids: list[int]
     paths: list[str]
     snippets: np.ndarray
     key: bytes
+    guessed: dict[int, str] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def read(cls, library: Any) -> IndexSource:
         """Read the stored snippets of ``library`` (a :class:`~emberd.library.query.Library`,
-        in the thread that opened it); cheap next to :meth:`HitIndex.build`."""
+        in the thread that opened it) and the classes the library's model guessed for its
+        name-less files (:func:`~emberd.library.classifier.load_file_classes`); cheap next
+        to :meth:`HitIndex.build`."""
         files = library.files()
         ids = sorted(files)
         snips = library._db(library.store.snippets, ids)
@@ -417,7 +422,21 @@ class IndexSource:
         mat = np.zeros((len(ids), SNIPPET_SAMPLES), np.float32)
         for i, f in enumerate(ids):
             mat[i] = snips[f].samples()
-        return cls(ids, paths, mat, content_key(ids, paths, [snips[f] for f in ids]))
+        return cls(ids, paths, mat, content_key(ids, paths, [snips[f] for f in ids]),
+                   guessed_classes(library.path))  # fmt: skip
+
+
+def guessed_classes(library: str | Path) -> dict[int, str]:
+    """``file id -> class`` of every model's per-file classes kept in ``library`` (the
+    first model's, by name, where two disagree)."""
+    from emberd.library.classifier import load_file_classes
+
+    out: dict[int, str] = {}
+    for path in sorted(Path(library).glob("file-classes-*.npz")):
+        model = path.stem.removeprefix("file-classes-")
+        for fid, (cls, _conf) in load_file_classes(library, model).items():
+            out.setdefault(fid, cls)
+    return out
 
 
 class HitIndex:
@@ -430,7 +449,11 @@ class HitIndex:
     snippets : float array [n, SNIPPET_SAMPLES]
         Their onset snippets (onset at PRE_ROLL_SAMPLES).
     file_classes : sequence of str or None
-        Instrument class per file.
+        Instrument class per file its names give (what the hit class model learns from).
+    guessed_classes : sequence of str or None, optional
+        The library model's class of each name-less file (None for a named one):
+        :attr:`guessed`, the near answers' last resort
+        (:meth:`candidates_of_class` with ``guessed=True``).
     """
 
     def __init__(
@@ -438,6 +461,7 @@ class HitIndex:
         file_ids: Sequence[int],
         snippets: np.ndarray,
         file_classes: Sequence[str | None],
+        guessed_classes: Sequence[str | None] | None = None,
     ) -> None:
         self.file_ids = np.asarray(file_ids, np.int64)
         snips = np.asarray(snippets, np.float32).reshape(-1, SNIPPET_SAMPLES)
@@ -446,6 +470,9 @@ class HitIndex:
         self.scale = np.where(peak > 0, peak / 32767.0, 1.0).astype(np.float32)
         self._int16 = np.round(snips / self.scale[:, None]).astype(np.int16)
         self.classes = list(file_classes)
+        self.guessed: list[str | None] = (
+            [None] * len(self.classes) if guessed_classes is None else list(guessed_classes)
+        )
         n = len(self.file_ids)
         rows = np.repeat(np.arange(n), len(ALIGN_SHIFTS))
         self._attack = self._build(rows, ATTACK_SAMPLES)
@@ -503,7 +530,11 @@ class HitIndex:
             log.info("hit index: %d silent snippets left out", int((~keep).sum()))
         rows = np.flatnonzero(keep).tolist()
         labels = [file_class(source.paths[i]) for i in rows]
-        index = cls([source.file_ids[i] for i in rows], mat[keep], labels)
+        # A name-less file's class as the library's model guessed it: the near answers'
+        # last resort (names first: a guess is not a label).
+        guessed = [None if lab is not None else source.guessed.get(source.file_ids[i])
+                   for lab, i in zip(labels, rows, strict=True)]  # fmt: skip
+        index = cls([source.file_ids[i] for i in rows], mat[keep], labels, guessed)
         index.content_key = source.key
         return index
 
@@ -597,12 +628,14 @@ class HitIndex:
         return out
 
     def candidates_of_class(
-        self, segment: np.ndarray, n_samples: int, k: int, cls: str
+        self, segment: np.ndarray, n_samples: int, k: int, cls: str, *, guessed: bool = False
     ) -> np.ndarray:
         """Like :meth:`candidates`, but only files of instrument class ``cls``: the best k
-        of the CLASS_POOL files whose attack looks most like ``segment``'s."""
+        of the CLASS_POOL files whose attack looks most like ``segment``'s (``guessed``:
+        the name-less files the library's model put in ``cls`` instead)."""
         rows, _ = self.candidates(segment, n_samples, CLASS_POOL)
-        return rows[[self.classes[int(r)] == cls for r in rows.tolist()]][:k]
+        of = self.guessed if guessed else self.classes
+        return rows[[of[int(r)] == cls for r in rows.tolist()]][:k]
 
     def correlate(
         self, segment: np.ndarray, rows: np.ndarray, n_samples: int

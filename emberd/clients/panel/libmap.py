@@ -20,7 +20,7 @@ import numpy as np
 from emberd.atomic import atomic_write_text
 from emberd.errors import EmberdError
 from emberd.library.classes import class_of_path
-from emberd.library.classifier import ClassHead, head_path
+from emberd.library.classifier import ClassHead, head_path, load_file_classes
 from emberd.paths import cache_dir
 
 MAP_FORMAT_VERSION = 3  # 3: points carry the instrument class and duration
@@ -234,7 +234,8 @@ def load_library_map(library: str | Path, model: str | None = None) -> tuple[Lib
         recs = [records[int(ids[i])] for i in keep]
         lib_map = fit_map(model, ids[keep], vectors[keep], [r.name for r in recs],
                           [list(r.tags) for r in recs], [r.path for r in recs])
-        add_classes(lib_map.points, recs, vectors[keep], head_file=head_path(path, model))
+        add_classes(lib_map.points, recs, vectors[keep], head_file=head_path(path, model),
+                    file_classes=load_file_classes(path, model))  # fmt: skip
     finally:
         lib.close()
     atomic_write_text(cache, json.dumps({**lib_map.to_json(), "generation": generation}))
@@ -243,14 +244,18 @@ def load_library_map(library: str | Path, model: str | None = None) -> tuple[Lib
 
 
 def add_classes(
-    points: list[dict[str, Any]], records: list[Any], vectors: np.ndarray, *, head_file: Path
-) -> None:
-    """Give each map point its instrument class: from its names, else the class head."""
+    points: list[dict[str, Any]], records: list[Any], vectors: np.ndarray, *, head_file: Path,
+    file_classes: dict[int, tuple[str, float]] | None = None,
+) -> None:  # fmt: skip
+    """Give each map point its instrument class: from its names, else the library's
+    per-file class (:func:`~emberd.library.classifier.load_file_classes`), else the head."""
     head = ClassHead.load(head_file)
     guesses = head.predict(vectors) if head is not None and len(vectors) else None
     for k, (point, rec) in enumerate(zip(points, records, strict=True)):
         named = class_of_path(rec.path, rec.root)
         guess = guesses[k] if guesses is not None else (None, 0.0)
+        if file_classes and int(rec.id) in file_classes:
+            guess = file_classes[int(rec.id)]
         point["cls"] = named or guess[0]
         point["cls_src"] = "name" if named else ("model" if guess[0] else None)
         point["dur"] = round(float(rec.duration_s), 3)
