@@ -275,6 +275,7 @@ def fit_library_head(store: object, model: str, library: str | Path) -> ClassHea
 KERNEL_GAMMA = 0.125  # RBF width on the design (two blocks, each of unit total variance)
 KERNEL_L2 = 0.1  # kernel ridge penalty
 KERNEL_MAX_TRAIN = 2000  # labelled sounds the kernel is fitted on at most (an n^3 solve)
+SCORE_ROWS = 4096  # files scored per kernel block (4096 x 2000 x 8 bytes = 66 MB at most)
 SCORE_TEMPERATURE = 3.0  # kernel scores -> log-softmax(T * score) before smoothing
 SMOOTH_COSINE = 0.95  # folder neighbours: whole-vector cosine at least (velocity layers)
 SMOOTH_WEIGHT = 2.0  # weight of the neighbours' mean log-probability
@@ -324,8 +325,10 @@ class KernelHead:
         return np.hstack([a, b])
 
     def scores(self, whole: np.ndarray, env: np.ndarray) -> np.ndarray:
-        """One-vs-rest scores ``[n, K]``."""
-        return np.asarray(_rbf(self.design(whole, env), self.train) @ self.alpha)
+        """One-vs-rest scores ``[n, K]`` (SCORE_ROWS rows at a time: bounded memory)."""
+        x = self.design(whole, env)
+        return np.vstack([_rbf(x[i : i + SCORE_ROWS], self.train) @ self.alpha
+                          for i in range(0, max(len(x), 1), SCORE_ROWS)])  # fmt: skip
 
 
 def _rbf(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -387,9 +390,11 @@ def smoothed_log_probabilities(
     lp = _log_softmax(np.asarray(scores, np.float64), SCORE_TEMPERATURE)
     unit = _unit(np.asarray(whole, np.float64))
     out = lp.copy()
-    folder = np.array(list(folders))
-    for f in np.unique(folder):
-        idx = np.flatnonzero(folder == f)
+    groups: dict[str, list[int]] = {}
+    for i, f in enumerate(folders):
+        groups.setdefault(f, []).append(i)
+    for rows in groups.values():
+        idx = np.array(rows)
         near = (unit[idx] @ unit[idx].T >= SMOOTH_COSINE).astype(np.float64)
         np.fill_diagonal(near, 0.0)
         out[idx] += SMOOTH_WEIGHT * (near @ lp[idx]) / np.maximum(near.sum(1, keepdims=True), 1)
