@@ -15,7 +15,8 @@ memory holds BUFFER_S of audio whatever the file's length. For each block:
 2. **Candidates** -- the attack descriptors of :class:`~emberd.library.hitindex.HitIndex`
    (built from the stored onset snippets) of the residual at the onset, searched as
    it is and undone by the speeds of CANDIDATE_SPEEDS, plus the files found recently
-   (a beat repeats its samples).
+   (a beat repeats its samples) and the NEIGHBOURS nearest files by descriptor of the
+   NEIGHBOUR_TOP best attacks (a mixed residual may return only a file's velocity layers).
 3. **Coarse speed** -- each candidate's onset waveform (from the library file itself,
    or its stored snippet when the file is gone) is correlated with the residual
    resampled by every factor of SPEED_GRID, over COARSE_SAMPLES after the onset
