@@ -419,7 +419,7 @@ def main() -> None:
     }
     if "confidence" in fitted.params():  # fitted on the old ranking: rerun with --confidence
         # The weight picks the answers the confidence was fitted on: they stay together.
-        for key in ("confidence", "wave_prob_weight"):
+        for key in ("confidence", "wave_prob_weight", "sibling"):
             if key in fitted.params():
                 result[key] = fitted.params()[key]
         print("kept the old confidence fit: run again with --confidence")

@@ -32,6 +32,7 @@ in the thread that opened the library.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import os
@@ -46,6 +47,7 @@ import numpy as np
 
 from emberd.dsp.resample import mono_at
 from emberd.dsp.silence import QUERY_FLOOR_DBFS, no_sound_reason
+from emberd.dsp.sources import load_audio
 from emberd.errors import EmberdError
 from emberd.library import fingerprint, fitted, rerank, waveform
 from emberd.library.classes import cached_class_of_path
@@ -114,6 +116,18 @@ TEMPLATE_RHO_EQUIVALENT = 0.8  # a template answer whose probability leads the r
 # in :func:`strength` (chosen on kits A by ``bench/fit_identify.py --confidence``; 0 in a fit
 # file without it): a near tie of correlations goes to the file the templates believe too.
 WAVE_PROB_WEIGHT = float(fitted.params().get("wave_prob_weight", 0.0))
+# Sibling recordings (round robins, velocity layers of one instrument: files in one folder)
+# share their first 250 ms so closely that a transform (a pitch-preserving shift, a cut
+# attack, a reversal) can leave one correlating a little better than the source. When other
+# files of the answer's folder correlate within SIBLING_RHO of it, each one's whole sound
+# (waveform.SOUND_S, read from its file) is compared with the query (waveform.sound_rho)
+# and the best of those answers; at most SIBLING_FILES are read. Chosen on kits A by
+# ``bench/fit_siblings.py`` (0 in a fit file without it: no tie-break).
+SIBLING_RHO = float(fitted.params().get("sibling", {}).get("rho_margin", 0.0))
+SIBLING_FILES = 4
+# Which of waveform.sound_rho's measures decides (0: whole, energy-weighted; 1: the mean of
+# the blocks'), chosen with the margin.
+SIBLING_MEASURE = int(fitted.params().get("sibling", {}).get("measure", 0))
 
 # A query and its speed/direction variants: (semitones, reversed, audio, attack cosines).
 VariantScores = list[tuple[float, bool, np.ndarray, np.ndarray]]
@@ -676,9 +690,14 @@ class Library:
             return max((p for c, p in probs.items() if c != f), default=0.0)
 
         if wave is not None and wave.file_id in files:
+            if wave.mixed_with is None:
+                wave = self._sibling(ev, wave)
             best = wave.file_id
             match = self._match(files[best], ev.cosine.get(best), 0.0, "exact", "waveform")
-            match["rho"] = round(wave.rho, 4)
+            # The answer's own correlation (a sibling picked over the best-correlated file
+            # correlates a little less; the confidence weighs the best, the evidence's).
+            match["rho"] = round(next((t.rho for t in wave.ties if t.file_id == best),
+                                      wave.rho), 4)
             match["gain_db"] = round(wave.gain_db, 2)
             if wave.mixed_with is not None and wave.mixed_with in files:
                 match["mixed_with"] = files[wave.mixed_with].path
@@ -694,6 +713,50 @@ class Library:
         feats = rerank.answer_features("template", prob=float(prob[i]),
                                        runner_up=runner_up(best), variant=variant)
         return finish(match, feats), probs, feats
+
+    def sibling_ties(self, wave: waveform.Explanation) -> list[waveform.Tie]:
+        """The answer's ties (itself first) that are sibling recordings of it: files in
+        its folder correlating within SIBLING_RHO of it (at most SIBLING_FILES)."""
+        files = self.files()
+        if not SIBLING_RHO or wave.file_id not in files:
+            return []
+        folder = os.path.dirname(files[wave.file_id].path)
+        return [t for t in wave.ties if t.file_id in files and t.rho >= wave.rho - SIBLING_RHO
+                and os.path.dirname(files[t.file_id].path) == folder][:SIBLING_FILES]
+
+    def sound_rhos(self, ev: Evidence, ties: Sequence[waveform.Tie]
+                   ) -> list[tuple[float, float]] | None:
+        """:func:`waveform.sound_rho` of each tie, read from its file; None when a file is
+        gone or changed since it was indexed (its snippet would no longer describe it)."""
+        files = self.files()
+        out = []
+        for t in ties:
+            rec = files[t.file_id]
+            try:
+                st = os.stat(rec.path)
+                if st.st_size != rec.size or st.st_mtime_ns != rec.mtime_ns:
+                    return None
+                y, info = load_audio(rec.path, sr=None)
+            except (OSError, EmberdError):
+                return None
+            out.append(waveform.sound_rho(ev.audio, t, y, info.sr))
+        return out
+
+    def _sibling(self, ev: Evidence, wave: waveform.Explanation) -> waveform.Explanation:
+        """The waveform answer, or the sibling recording of it (:meth:`sibling_ties`) whose
+        whole sound matches the query best. The evidence's rho and margin are kept for the
+        confidence (they describe the query's correlation, not the pick); the match reports
+        the pick's own rho."""
+        ties = self.sibling_ties(wave)
+        if len(ties) < 2:
+            return wave
+        rhos = self.sound_rhos(ev, ties)
+        if rhos is None:
+            return wave
+        pick = ties[int(np.argmax([r[SIBLING_MEASURE] for r in rhos]))]
+        if pick.file_id == wave.file_id:
+            return wave
+        return dataclasses.replace(wave, file_id=pick.file_id, gain_db=pick.gain_db)
 
     def evidence(
         self, audio: np.ndarray, sr: int, *, similar: list[dict[str, Any]] | None = None

@@ -60,6 +60,12 @@ TRIM_SAMPLES = 661  # 30 ms: a query that starts loud is searched this much earl
 MAX_TRIM_SAMPLES = 1500  # ... for a cut attack: up to 68 ms of a snippet's start may be missing
 MIN_OVERLAP_ENERGY = 0.002  # the compared rest of a snippet must hold this share of its energy
 SAME_RECORDING_RHO = 0.002  # candidates within this of the best rho may be level copies of it
+TIE_RHO = 0.05  # candidates within this of the best rho are reported as ties (Explanation.ties)
+SOUND_S = 1.0  # :func:`sound_rho` compares this much of the sound from the snippet's start
+SOUND_BLOCK = 1024  # samples (46 ms) per block of sound_rho ...
+SOUND_FLOOR_DB = 50.0  # sound_rho's blocks more than this under the loudest are not compared
+SOUND_BLOCK_LAG = 16  # ... each aligned within +-0.7 ms (the speed search's residual drift:
+# 0.8 cent is 10 samples over 1 s)
 INT16_FULL_SCALE = 32767.0
 
 _SEGMENT = SNIPPET_SAMPLES + 2 * LAG_SAMPLES  # query samples around the onset
@@ -95,6 +101,21 @@ class Explanation:
     # The best correlation of any other recording among the candidates (level copies of the
     # answer left out): a source stands out, a sound in no library correlates alike with many.
     runner_up_rho: float = 0.0
+    # The candidates that correlate within TIE_RHO of the answer (the answer first), with
+    # where each aligns: sibling recordings (round robins, velocity layers) are told apart
+    # over the whole sound by :func:`sound_rho` (``Library`` does, it has their files).
+    ties: tuple[Tie, ...] = ()
+
+
+@dataclass(frozen=True)
+class Tie:
+    """A candidate correlating nearly as well as the answer, and its alignment."""
+
+    file_id: int
+    rho: float  # its correlation with the query's onset region (as Explanation.rho)
+    gain_db: float  # its level in the query
+    cents: float  # the query was compared resampled as played this many cents lower
+    align: int  # the sample of that (resampled) query where the snippet's first sample lies
 
 
 def onset_sample(y: np.ndarray) -> int:
@@ -462,7 +483,12 @@ def analyse(
         now[keep] = before[keep]
     cents[keep] = 0.0
     best = int(np.argmax(rho))
-    one = _single(ids, rho, gain, best)
+
+    def first_at(c: float) -> int:
+        """Where the segment compared at ``c`` cents starts in the query resampled so."""
+        return _segment_first(y if c == 0 else stretched_at(c)[0])
+
+    one = _single(ids, rho, gain, best, (lag, cents, first_at))
     alone = Analysis(float(rho[best]), one, None, 0.0)
     if stop is not None and (rho[best] < stop.wave_min_rho or rho[best] >= stop.alone_rho):
         return alone
@@ -513,13 +539,90 @@ def analyse(
     return Analysis(alone.rho, one, pair, float(r2[second]))
 
 
-def _single(ids: list[int], rho: np.ndarray, gain: np.ndarray, best: int) -> Explanation:
-    """The best file, or the level copy of it whose gain is nearest 0 dB."""
+def _single(
+    ids: list[int], rho: np.ndarray, gain: np.ndarray, best: int,
+    where: tuple[np.ndarray, np.ndarray, Callable[[float], int]] | None = None,
+) -> Explanation:
+    """The best file, or the level copy of it whose gain is nearest 0 dB.
+
+    ``where``: each candidate's lag and stretch (cents) and the segment's start in the query
+    at a stretch; with it the answer lists its :class:`Tie` s (those within TIE_RHO).
+    """
     same = rho >= rho[best] - SAME_RECORDING_RHO
     near = np.nonzero(same)[0]
     pick = int(near[np.argmin(np.abs([_db(float(gain[i])) for i in near]))])
     other = float(np.max(rho[~same])) if not same.all() else 0.0
-    return Explanation(ids[pick], float(rho[pick]), _db(float(gain[pick])), None, other)
+    ties: tuple[Tie, ...] = ()
+    if where is not None:
+        lag, cents, first_at = where
+        close = [int(i) for i in np.argsort(-rho) if rho[i] >= rho[best] - TIE_RHO]
+        ties = tuple(
+            Tie(ids[i], float(rho[i]), _db(float(gain[i])), float(cents[i]),
+                first_at(float(cents[i])) + int(lag[i]))
+            for i in [pick, *(i for i in close if i != pick)])
+    return Explanation(ids[pick], float(rho[pick]), _db(float(gain[pick])), None, other, ties)
+
+
+def sound_rho(y: np.ndarray, tie: Tie, file_audio: np.ndarray, sr: int) -> tuple[float, float]:
+    """How well a candidate's whole sound (its first SOUND_S from the snippet's start), not
+    only its snippet, matches the query where the snippet aligned: sibling recordings of one
+    instrument (round robins, velocity layers) share their first 250 ms closely, their
+    later fine structure and decay much less.
+
+    The query is resampled by the tie's cents (as the speed search left it) and compared
+    block by block (SOUND_BLOCK samples, each re-aligned within SOUND_BLOCK_LAG: the residual
+    speed error drifts over a second), from the query's first sample on (a cut attack is not
+    counted).
+
+    Parameters
+    ----------
+    y : float array [n]
+        The query at WAVE_SR (the one :func:`explain` was given).
+    tie : Tie
+        The candidate, with its stretch and alignment (:attr:`Explanation.ties`).
+    file_audio : float array [m] or [m, channels]
+        The candidate's audio (its file).
+    sr : int
+        ``file_audio``'s sample rate in Hz.
+
+    Returns
+    -------
+    whole, blocks : float
+        The sum of the blocks' best products over the root of both energies (the attack's
+        energy dominates it), and the mean of each block's own normalised correlation over
+        the blocks where the file is within SOUND_FLOOR_DB of its loudest block (the decay
+        counts as much as the attack); each 0 where nothing overlaps.
+    """
+    import soxr
+
+    n = int(SOUND_S * WAVE_SR)
+    f = mono_at(file_audio, sr, WAVE_SR)
+    w = padded(f, onset_sample(f) - PRE_ROLL_SAMPLES, n)
+    ys = np.asarray(y, np.float32)
+    if tie.cents:
+        end = max(0, tie.align) + 2 * n  # enough of the query for n samples once resampled
+        ys = np.asarray(soxr.resample(ys[: int(end * 2 ** (abs(tie.cents) / 1200)) + 1],
+                                      WAVE_SR, WAVE_SR * 2 ** (tie.cents / 1200)), np.float32)
+    d = SOUND_BLOCK_LAG
+    q = padded(ys, tie.align - d, n + 2 * d)
+    begin = max(0, -tie.align)  # the query's first sample in w's time
+    dots, q_en, w_en = [], [], []
+    for a in range(begin, n, SOUND_BLOCK):
+        wb = w[a : a + SOUND_BLOCK].astype(np.float64)
+        qb = q[a : a + len(wb) + 2 * d].astype(np.float64)
+        x = np.correlate(qb, wb, mode="valid")  # lags -d .. +d
+        k = int(np.argmax(x)) if np.any(wb) and np.any(qb) else d
+        qa = qb[k : k + len(wb)]
+        dots.append(float(x[k]))
+        q_en.append(float(qa @ qa))
+        w_en.append(float(wb @ wb))
+    dot, qe, we = np.array(dots), np.array(q_en), np.array(w_en)
+    if not len(dot) or qe.sum() <= 0 or we.sum() <= 0:
+        return 0.0, 0.0
+    whole = float(dot.sum() / np.sqrt(qe.sum() * we.sum()))
+    live = (we >= we.max() * 10 ** (-SOUND_FLOOR_DB / 10)) & (qe > 0)
+    blocks = float(np.mean(dot[live] / np.sqrt(qe[live] * we[live]))) if live.any() else 0.0
+    return whole, blocks
 
 
 def _db(gain: float) -> float:
