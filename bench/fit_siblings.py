@@ -5,9 +5,12 @@ folder) share their first 250 ms so closely that a producer's edit (a pitch-pres
 shift, a cut attack, a reversal) can leave a sibling correlating a little better with the
 query's onset than the source does. :meth:`emberd.library.query.Library._sibling` then
 compares each sibling's whole sound (:func:`emberd.library.waveform.sound_rho`, read from
-its file) with the query and answers the best. What is chosen here is the margin
-``rho_margin`` (:data:`emberd.library.query.SIBLING_RHO`): files of the answer's folder
-correlating within it of the answer are weighed by their whole sound (0: no tie-break).
+its file) with the query and answers the best. Chosen here, on a grid, together:
+``rho_margin`` (:data:`emberd.library.query.SIBLING_RHO`: files of the answer's folder
+correlating within it of the answer are weighed; 0: no tie-break), ``measure``
+(:data:`~emberd.library.query.SIBLING_MEASURE`: sound_rho's energy-weighted whole or its
+mean over blocks) and ``min_gain`` (:data:`~emberd.library.query.SIBLING_GAIN`: how much
+better a sibling's whole sound must match than the answer's).
 
 Data: the samples of kits A (:func:`emberd.testing.drumkits.kit_half`), edited with the
 fit's seed (:data:`emberd.testing.drumkits.FIT_SEED`) under ``--edits`` (every
@@ -16,15 +19,16 @@ answer :meth:`Library.answers` weighs (the query's own and its variants') is rec
 its sibling ties and their whole-sound correlations, so every margin of the grid is decided
 from one run: within the margin the sibling whose whole sound correlates best answers (its
 answer weighed by its own rho, as :func:`emberd.library.query.strength` weighs it), and the
-strongest answer per query is scored (right = the sample or a level copy of it). The margin
-that answers the most kits-A queries right is taken, the smallest of equals.
+strongest answer per query is scored (right = the sample or a level copy of it). The point
+that answers the most kits-A queries right is taken; of equals the smallest margin, then
+the largest gain (the fewest switches), then the first measure.
 
 Held out: ``bench/identify.py`` (kits B, seed EVAL_SEED) measures it.
 
 Usage: ``python bench/fit_siblings.py [--edits E ...] [--stride N] [--answers FILE ...]
-[--write]`` (``--answers``: save the recorded answers to the first FILE, or, when every
-FILE exists, choose on them without querying; ``--write`` merges the entry into
-emberd/library/identify_fit.json).
+[--drop FILE:EDIT ...] [--write]`` (``--answers``: save the recorded answers to the first
+FILE, or, when every FILE exists, choose on them without querying; ``--drop`` leaves one
+edit of one file out; ``--write`` merges the entry into emberd/library/identify_fit.json).
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from emberd.testing import edits as ed
 
 MARGIN_GRID = (0.0, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05)  # rho
 MEASURES = (0, 1)  # waveform.sound_rho's whole (energy-weighted) and per-block measures
+GAIN_GRID = (0.0, 0.0025, 0.005, 0.01, 0.02)  # how much better a sibling's whole sound must be
 DEFAULT_EDITS = ("keep+2", "trim25", "reverse")
 
 
@@ -108,9 +113,11 @@ def record(lib: Library, queries: list[str], edits: list[str], stride: int,
     return out
 
 
-def right_at(records: list[dict[str, Any]], margin: float, measure: int) -> dict[str, int]:
+def right_at(records: list[dict[str, Any]], margin: float, measure: int, gain: float = 0.0
+             ) -> dict[str, int]:
     """Queries answered right per edit when the tie-break weighs siblings within ``margin``
-    by ``measure`` (an index into :func:`waveform.sound_rho`'s pair)."""
+    by ``measure`` (an index into :func:`waveform.sound_rho`'s pair), a sibling answering
+    when it matches at least ``gain`` better than the answer."""
     per: dict[str, int] = {}
     for r in records:
         best: tuple[float, bool] | None = None
@@ -121,8 +128,10 @@ def right_at(records: list[dict[str, Any]], margin: float, measure: int) -> dict
             if margin > 0 and len(ties) > 1 and all(t["sound"] is not None for t in ties):
                 # the first of equals: the answer
                 pick = max(ties, key=lambda t: t["sound"][measure])
-                s -= ties[0]["rho"] - pick["rho"]
-                ok = pick["truth"]
+                if pick is not ties[0] and pick["sound"][measure] >= (
+                        ties[0]["sound"][measure] + gain):
+                    s -= ties[0]["rho"] - pick["rho"]
+                    ok = pick["truth"]
             if best is None or s > best[0]:
                 best = (s, ok)
         per[r["edit"]] = per.get(r["edit"], 0) + int(bool(best and best[1]))
@@ -130,12 +139,13 @@ def right_at(records: list[dict[str, Any]], margin: float, measure: int) -> dict
 
 
 def choose(records: list[dict[str, Any]]
-           ) -> tuple[tuple[int, float], dict[tuple[int, float], dict[str, int]]]:
-    """The (measure, margin) of MEASURES x MARGIN_GRID with the most kits-A queries right
-    (the smallest margin of equals, then the first measure)."""
-    grid = [(k, m) for k in MEASURES for m in MARGIN_GRID]
-    table = {g: right_at(records, g[1], g[0]) for g in grid}
-    best = max(grid, key=lambda g: (sum(table[g].values()), -g[1], -g[0]))
+           ) -> tuple[tuple[int, float, float], dict[tuple[int, float, float], dict[str, int]]]:
+    """The (measure, margin, gain) of MEASURES x MARGIN_GRID x GAIN_GRID with the most
+    kits-A queries right (of equals: the smallest margin, the largest gain, the first
+    measure)."""
+    grid = [(k, m, g) for k in MEASURES for m in MARGIN_GRID for g in GAIN_GRID]
+    table = {p: right_at(records, p[1], p[0], p[2]) for p in grid}
+    best = max(grid, key=lambda p: (sum(table[p].values()), -p[1], p[2], -p[0]))
     return best, table
 
 
@@ -147,10 +157,17 @@ def main() -> None:
     ap.add_argument("--answers", nargs="+", help="save the answers to the first file, or "
                     "choose on these files when they all exist")
     ap.add_argument("--write", action="store_true", help="merge into identify_fit.json")
+    ap.add_argument("--drop", nargs="+", default=[], metavar="FILE:EDIT",
+                    help="with recorded answers: leave out an edit of one file (recorded by "
+                         "older code, re-recorded in another file)")
     args = ap.parse_args()
     if args.answers and all(Path(f).exists() for f in args.answers):
-        records = [r for f in args.answers for r in json.loads(Path(f).read_text())]
+        drop = {tuple(d.rsplit(":", 1)) for d in args.drop}
+        records = [r for f in args.answers for r in json.loads(Path(f).read_text())
+                   if (f, r["edit"]) not in drop]
         how = f"the recorded answers {', '.join(args.answers)}"
+        if drop:
+            how += f" less {', '.join(args.drop)}"
     else:
         lib = Library.open(args.library, search="exact")
         have = {r.path for r in lib.files().values()}
@@ -159,20 +176,24 @@ def main() -> None:
                          Path(args.answers[0]) if args.answers else None)
         lib.close()
         how = f"edits {' '.join(args.edits)}, every {args.stride}. sample"
-    (measure, margin), table = choose(records)
+    (measure, margin, gain), table = choose(records)
     edits = sorted({r["edit"] for r in records}, key=list(ed.EDITS).index)
     n = {e: sum(1 for r in records if r["edit"] == e) for e in edits}
-    print(f"kits A, seed {dk.FIT_SEED}, {len(records)} queries ({how}); right per margin:")
-    print(f"  {'measure':>7s} {'margin':>7s} {'all':>5s} "
+    print(f"kits A, seed {dk.FIT_SEED}, {len(records)} queries ({how}); right per "
+          "measure, margin and gain (no tie-break: margin 0):")
+    print(f"  {'measure':>7s} {'margin':>7s} {'gain':>6s} {'all':>5s} "
           + " ".join(f"{e:>10s}" for e in edits))
-    for (k, m), per in table.items():
-        print(f"  {k:7d} {m:7.4f} {sum(per.values()):5d} "
+    for (k, m, g), per in table.items():
+        if m == 0 and (k, g) != (0, 0.0):
+            continue  # no tie-break: one row
+        print(f"  {k:7d} {m:7.4f} {g:6.4f} {sum(per.values()):5d} "
               + " ".join(f"{per.get(e, 0):4d}/{n[e]:<5d}" for e in edits))
-    print(f"chosen measure {measure}, rho_margin {margin}")
-    entry = {"rho_margin": margin, "measure": measure, "provenance": (
+    print(f"chosen measure {measure}, rho_margin {margin}, min_gain {gain}")
+    entry = {"rho_margin": margin, "measure": measure, "min_gain": gain, "provenance": (
         f"bench/fit_siblings.py on hydrogen-drumkits half A, seed {dk.FIT_SEED}, "
-        f"{len(records)} queries ({how}); right {sum(table[(measure, margin)].values())} "
-        f"(no tie-break: {sum(table[(0, 0.0)].values())})")}
+        f"{len(records)} queries ({how}); right "
+        f"{sum(table[(measure, margin, gain)].values())} "
+        f"(no tie-break: {sum(table[(0, 0.0, 0.0)].values())})")}
     print(json.dumps(entry))
     if args.write:
         result = dict(fitted.params())

@@ -75,6 +75,7 @@ NON_LIBRARY = 48  # sounds in no library, evaluated like every edit
 USED_DRAWS: dict[int, tuple[int, tuple[int, ...], tuple[int, ...]]] = {
     7: (48, (24, 48), ()),  # 2026-12-02 13:03-13:47 UTC (README, issue 13 part 1)
     8: (48, (4, 24, 48, 60), (7,)),  # 2026-12-02 16:18-16:39 UTC (issue 13 part 2)
+    9: (48, (4, 24, 48, 60), (7, 8)),  # 2026-12-02 (issue 13, sibling tie-break)
 }
 
 
@@ -285,6 +286,8 @@ def main() -> None:
     seed = dk.EVAL_SEED if args.half == "B" else dk.FIT_SEED
     if args.draw is not None:
         earlier = [d for d in USED_DRAWS if d != args.draw] if args.exclude_used else []
+        if args.exclude_used and args.draw in USED_DRAWS:  # a registered draw is redrawn as
+            earlier = list(USED_DRAWS[args.draw][2])  # it was (later draws left in)
         queries = drawn(queries, args.limit, args.draw, args.exclude_limits, earlier)
     elif args.limit:
         queries = [queries[j] for j in spaced(len(queries), args.limit)]

@@ -128,6 +128,9 @@ SIBLING_FILES = 4
 # Which of waveform.sound_rho's measures decides (0: whole, energy-weighted; 1: the mean of
 # the blocks'), chosen with the margin.
 SIBLING_MEASURE = int(fitted.params().get("sibling", {}).get("measure", 0))
+# A sibling answers only when its whole sound matches the query at least this much better
+# than the answer's does (chosen with the margin).
+SIBLING_GAIN = float(fitted.params().get("sibling", {}).get("min_gain", 0.0))
 
 # A query and its speed/direction variants: (semitones, reversed, audio, attack cosines).
 VariantScores = list[tuple[float, bool, np.ndarray, np.ndarray]]
@@ -744,18 +747,20 @@ class Library:
 
     def _sibling(self, ev: Evidence, wave: waveform.Explanation) -> waveform.Explanation:
         """The waveform answer, or the sibling recording of it (:meth:`sibling_ties`) whose
-        whole sound matches the query best. The evidence's rho and margin are kept for the
-        confidence (they describe the query's correlation, not the pick); the match reports
-        the pick's own rho."""
+        whole sound matches the query best, when by at least SIBLING_GAIN. The evidence's rho
+        and margin are kept for the confidence (they describe the query's correlation, not
+        the pick); the match reports the pick's own rho."""
         ties = self.sibling_ties(wave)
         if len(ties) < 2:
             return wave
         rhos = self.sound_rhos(ev, ties)
         if rhos is None:
             return wave
-        pick = ties[int(np.argmax([r[SIBLING_MEASURE] for r in rhos]))]
-        if pick.file_id == wave.file_id:
+        score = [r[SIBLING_MEASURE] for r in rhos]
+        j = int(np.argmax(score))
+        if j == 0 or score[j] < score[0] + SIBLING_GAIN:
             return wave
+        pick = ties[j]
         return dataclasses.replace(wave, file_id=pick.file_id, gain_db=pick.gain_db)
 
     def evidence(

@@ -571,8 +571,8 @@ def sound_rho(y: np.ndarray, tie: Tie, file_audio: np.ndarray, sr: int) -> tuple
 
     The query is resampled by the tie's cents (as the speed search left it) and compared
     block by block (SOUND_BLOCK samples, each re-aligned within SOUND_BLOCK_LAG: the residual
-    speed error drifts over a second), from the query's first sample on (a cut attack is not
-    counted).
+    speed error drifts over a second), from the query's first sample to its last (a cut
+    attack or a cut tail is not counted).
 
     Parameters
     ----------
@@ -606,9 +606,10 @@ def sound_rho(y: np.ndarray, tie: Tie, file_audio: np.ndarray, sr: int) -> tuple
     d = SOUND_BLOCK_LAG
     q = padded(ys, tie.align - d, n + 2 * d)
     begin = max(0, -tie.align)  # the query's first sample in w's time
+    stop = min(n, len(ys) - tie.align)  # ... and its last: a cut tail is not counted either
     dots, q_en, w_en = [], [], []
-    for a in range(begin, n, SOUND_BLOCK):
-        wb = w[a : a + SOUND_BLOCK].astype(np.float64)
+    for a in range(begin, stop, SOUND_BLOCK):
+        wb = w[a : min(a + SOUND_BLOCK, stop)].astype(np.float64)
         qb = q[a : a + len(wb) + 2 * d].astype(np.float64)
         x = np.correlate(qb, wb, mode="valid")  # lags -d .. +d
         k = int(np.argmax(x)) if np.any(wb) and np.any(qb) else d
