@@ -38,7 +38,14 @@ from pathlib import Path
 import numpy as np
 
 from emberd.clients import osc_format as fmt
-from emberd.testing.harness import Daemon, HopClock, jack_available, start_jackd, stop_process
+from emberd.testing.harness import (
+    BareCapture,
+    Daemon,
+    HopClock,
+    jack_available,
+    start_jackd,
+    stop_process,
+)
 
 BLOCK_FRAMES = 256  # frames per callback block
 HOP_MS = 23.2  # analysis hop (one aiSFX mel frame)
@@ -153,7 +160,7 @@ CAPTURE_ONLY_SCRIPT = """
 import json, os, sys, time
 import numpy as np
 from emberd.daemon.device import DeviceInput
-d = DeviceInput(None, sr=44100, channels=1, block_size=256)
+d = DeviceInput(None, sr=44100, channels=1, block_size=256, capture="thread")
 d.start()
 buf = np.zeros((4096, 1), np.float32)
 end, ivs = time.time() + float(sys.argv[1]), []
@@ -180,6 +187,25 @@ def capture_only_anchor(env: dict[str, str], seconds: float) -> dict[str, float]
     return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
+def jack_xruns(log: str) -> dict[str, int]:
+    """Who made the JACK graph late, from jackd's log: cycles the server itself was late
+    (``driver``: a delayed wake-up of jackd, i.e. machine load) and, per client and state,
+    cycles it had not finished. ``Running``: the client was inside its process callback
+    (for PortAudio's client, named ``PortAudio``: the Python callback, e.g. waiting for
+    the GIL); ``Triggered``: it had been signalled but not run (its thread not scheduled
+    in time, or its input, the player ``emberd-bench-player``, not ready). Each of these
+    is one ``input_overflow`` for every PortAudio client of the server."""
+    counts: dict[str, int] = {"driver": 0}
+    for line in log.splitlines():
+        if "JackTimedDriver::Process XRun" in line:
+            counts["driver"] += 1
+        elif "was not finished" in line and "client = " in line:
+            name, _, rest = line.split("client = ", 1)[1].partition(" was not finished")
+            key = f"{name} {rest.rpartition('state = ')[2].strip()}"
+            counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
 def start_player(server: str, wav: Path) -> subprocess.Popen[str]:
     """Loop ``wav`` into PortAudio's JACK input from a child process (its own GIL)."""
     proc = subprocess.Popen([sys.executable, "-c", PLAYER_SCRIPT, server, str(wav)],
@@ -196,6 +222,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default="dsp-baseline", help="encoder (default dsp-baseline)")
     ap.add_argument("--source", choices=("synth", "jack"), default="synth")
     ap.add_argument("--warmup", type=float, default=5.0, help="seconds ignored at the start")
+    ap.add_argument("--same-run-anchor", action="store_true",
+                    help="JACK: also run the bare-capture anchor during the daemon run, on the "
+                         "same server (its client, started first, is jackd's `PortAudio`)")
+    ap.add_argument("--daemon-arg", action="append", default=[], metavar="ARG",
+                    help="extra `emberd run` argument (repeatable), e.g. --daemon-arg=--no-hits")
     args = ap.parse_args(argv)
 
     from emberd.daemon.demo import build_demo_library
@@ -211,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     jackd: subprocess.Popen[bytes] | None = None
     player: subprocess.Popen[str] | None = None
     daemon_args = ["--library", str(library), "--model", args.model, "--device", "cpu",
-                   "--hop-ms", str(HOP_MS), "--k", "5", *osc]  # fmt: skip
+                   "--hop-ms", str(HOP_MS), "--k", "5", *osc, *args.daemon_arg]  # fmt: skip
     if args.source == "jack":
         if not jack_available():
             print("bench: jackd not installed", file=sys.stderr)
@@ -223,10 +254,20 @@ def main(argv: list[str] | None = None) -> int:
     else:
         daemon_args += ["--input", "synth", "--loop"]
     anchor_cap: dict[str, float] | None = None
+    anchor_log_end = 0  # jackd.log offset where the anchor's phase ends and the daemon's begins
     if args.source == "jack":  # anchor: the same capture with no daemon at all
         anchor_cap = capture_only_anchor(env, min(60.0, max(10.0, args.duration / 4)))
+        anchor_log_end = (work / "jackd.log").stat().st_size
+    bare: BareCapture | None = None
+    if args.same_run_anchor and args.source == "jack":
+        bare = BareCapture(env["JACK_DEFAULT_SERVER"], 1, period=1.0)
+        wait_until = time.time() + 30
+        while not bare.samples and time.time() < wait_until:
+            time.sleep(0.1)
     d = Daemon(daemon_args, work / "daemon.log", env=env, osc_in=False)
     subs: list[HopClock] = []
+    log_marks: dict[str, int] = {}  # jackd.log offsets at the measured period's ends
+    same_run: dict[str, int] = {}  # overflows of daemon and same-run anchor in that period
     try:
         d.start()
         if args.source == "jack":
@@ -237,9 +278,20 @@ def main(argv: list[str] | None = None) -> int:
         subs = [HopClock(d.pub, "").start() for _ in range(SUBSCRIBERS)]
         start_time = float(d.status()["start_time"])
         t_begin = time.time() + args.warmup
-        time.sleep(args.warmup + args.duration)  # the measurement period itself
+        time.sleep(args.warmup)
+        if args.source == "jack":
+            log_marks["begin"] = (work / "jackd.log").stat().st_size
+            same_run["daemon0"] = int(d.status()["overflows"])
+            same_run["anchor0"] = bare.overflows() if bare is not None else 0
+        time.sleep(args.duration)  # the measurement period itself
         status = d.status()
+        if args.source == "jack":
+            log_marks["end"] = (work / "jackd.log").stat().st_size
+            same_run["daemon1"] = int(status["overflows"])
+            same_run["anchor1"] = bare.overflows() if bare is not None else 0
     finally:
+        if bare is not None:
+            bare.close()
         for s in subs:
             s.stop()
         rc = d.stop()
@@ -271,6 +323,8 @@ def main(argv: list[str] | None = None) -> int:
           f"p99 {status['inference_p99_ms']:.2f} ms, worker per hop p50 "
           f"{status['hop_work_ms']:.2f} / p99 {status.get('hop_work_p99_ms', float('nan')):.2f} "
           f"ms, hops {status['hops']}")
+    print(f"  capture: {status.get('capture', 'thread')} (pid {status.get('capture_pid')}), "
+          f"blocks dropped on the capture pipe {status.get('capture_dropped_blocks', 0)}")
     print(f"  callback interval p50 {status['callback_interval_ms']:.3f} ms, jitter p99 "
           f"{status['callback_jitter_ms']:.3f} ms (last 47 s), max over the run "
           f"{status['callback_jitter_max_run_ms']:.3f} ms; "
@@ -286,6 +340,24 @@ def main(argv: list[str] | None = None) -> int:
               f"overflows {anchor_cap['overflows']:g} ({anchor_per_min:.1f}/min; daemon "
               f"{per_min:.1f}/min, ratio {ratio}), jitter p99 "
               f"{anchor_cap['jitter_p99_ms']:.3f} ms, max {anchor_cap['jitter_max_ms']:.3f} ms")
+    if args.source == "jack":
+        log_bytes = (work / "jackd.log").read_bytes()
+        for phase, text in (("anchor alone", log_bytes[:anchor_log_end]),
+                            ("daemon start-up", log_bytes[anchor_log_end:log_marks["begin"]]),
+                            ("measured", log_bytes[log_marks["begin"]:log_marks["end"]])):
+            late = jack_xruns(text.decode(errors="replace"))
+            who = ", ".join(f"{k} {v}" for k, v in late.items())
+            print(f"  jackd xruns, {phase} phase: {who}")
+        print(f"  (jackd.log split at bytes {anchor_log_end}, {log_marks}: {work / 'jackd.log'})")
+        d_ov = same_run["daemon1"] - same_run["daemon0"]
+        if bare is not None:
+            a_ov = same_run["anchor1"] - same_run["anchor0"]
+            print(f"  same-run anchor over the measured {args.duration:g} s: daemon overflows "
+                  f"{d_ov}, anchor overflows {a_ov} (added {d_ov - a_ov}); PortAudio flags "
+                  f"every xrun of the server to every client, so compare the per-client "
+                  f"lateness above (anchor = `PortAudio`)")
+        else:
+            print(f"  daemon overflows over the measured {args.duration:g} s: {d_ov}")
     if "input_state" in status:  # device input: the stall watchdog's view
         print(f"  device input: state {status['input_state']}, stalls "
               f"{status.get('input_stalls')}, reconnects {status.get('input_reconnects')}")

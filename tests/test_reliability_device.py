@@ -12,6 +12,7 @@ once its server died (see ``emberd/daemon/reconnect.py``).
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import threading
@@ -138,6 +139,43 @@ def test_stall_on_a_live_server_then_exit_is_clean(library: Path, tmp_path: Path
         h = d.status()["hops"]
         wait_for(lambda: d.status()["hops"] > h + 20, 30, what="hops after reconnecting")
         _sigterm_exits_cleanly(d)
+    finally:
+        d.stop()
+        stop_process(jackd, signal.SIGTERM)
+
+
+def test_capture_child_killed_is_reported_and_restarted(library: Path, tmp_path: Path) -> None:
+    """Device capture runs in a child of the daemon (``--capture-in process``, the default):
+    status names its pid, which is not the daemon's and whose parent is the daemon. The
+    child SIGKILLed: the daemon reports the stall, starts a new child (a new pid) and
+    hops flow again."""
+    require(jack_available(), "jackd (Debian jackd2)")
+    server = f"emberd-rel-{uuid.uuid4().hex[:8]}"
+    jackd = start_jackd(server, log_path=tmp_path / "jackd.log")
+    env = {"JACK_DEFAULT_SERVER": server, "JACK_NO_START_SERVER": "1"}
+    d = Daemon(["--library", str(library), "--model", MODEL, "--input", "default"],
+               tmp_path / "daemon.log", env=env, osc_in=False)  # fmt: skip
+    try:
+        d.start()
+        wait_for(lambda: d.status()["hops"] > 20, 30, what="hops from JACK")
+        st = d.status()
+        assert st["capture"] == "process"
+        assert d.proc is not None
+        pid = st["capture_pid"]
+        assert pid is not None and pid != d.proc.pid
+        ppid = next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                    if line.startswith("PPid:"))  # fmt: skip
+        assert int(ppid.split()[1]) == d.proc.pid
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: d.status()["input_stalls"] >= 1, 30, what="the dead child reported")
+        wait_for(lambda: d.status()["input_reconnects"] >= 1, 60, what="a new capture child")
+        st = d.status()
+        assert st["capture_pid"] not in (None, pid)
+        h = st["hops"]
+        wait_for(lambda: d.status()["hops"] > h + 20, 30, what="hops from the new child")
+        _sigterm_exits_cleanly(d)
+        assert not Path(f"/proc/{st['capture_pid']}").exists() or \
+            "zombie" in Path(f"/proc/{st['capture_pid']}/status").read_text()
     finally:
         d.stop()
         stop_process(jackd, signal.SIGTERM)

@@ -20,6 +20,7 @@ LAYERS = ("dsp", "models", "library", "clients", "daemon")  # lowest first
 PRIVATE_OK = {
     "os._exit", "argparse._SubParsersAction",  # stdlib names
     "getattr(sd, '_exit_handler', None)",  # sounddevice's Pa_Terminate hook (see dsp/device.py)
+    "getattr(sd, '_terminate', None)",  # sounddevice's Pa_Terminate (dsp/device.release_portaudio)
 }
 
 

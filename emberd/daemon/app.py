@@ -79,6 +79,7 @@ class DaemonConfig:
     midi_map: str | None = None
     midi_stage: str | None = None
     mix_reference: str | None = None  # --mix-reference pink | FILE (emberd.daemon.mixdown)
+    capture_in: str = "process"  # --capture-in: device callback in a child process or "thread"
 
 
 def parse_channels(spec: str, available: int) -> list[int]:
@@ -137,7 +138,8 @@ def open_input(config: DaemonConfig, sr: int) -> Any:
 
     device: int | str | None = None if spec == "default" else int(spec) if spec.isdigit() else spec
     channels = device_channels(device, config.channels)
-    return DeviceInput(device, sr=sr, channels=channels, block_size=BLOCK_FRAMES)
+    return DeviceInput(device, sr=sr, channels=channels, block_size=BLOCK_FRAMES,
+                       capture=config.capture_in)
 
 
 def _file_input(path: Path, sr: int, config: DaemonConfig) -> FeederInput:

@@ -81,6 +81,9 @@ def add_daemon_options(p: argparse.ArgumentParser, *, demo: bool = False) -> Non
                         "(default: General MIDI drum notes)")
     p.add_argument("--midi-stage", default=None, metavar="STAGE",
                    help="hit stage that sends the note: provisional (default), refined or final")
+    p.add_argument("--capture-in", default="process", choices=("process", "thread"),
+                   help="device input: run the PortAudio callback in a capture child process "
+                        "(default: no daemon thread can delay it) or in the daemon itself")
     if not demo:
         p.add_argument("--channels", default="mix", metavar="SPEC",
                        help="input channels to analyse separately: mix (default), all, "
@@ -159,6 +162,7 @@ def config_from_args(args: argparse.Namespace, **overrides: Any) -> Any:
         midi_map=args.midi_map,
         midi_stage=args.midi_stage,
         mix_reference=args.mix_reference,
+        capture_in=args.capture_in,
     )
     values.update(overrides)
     return DaemonConfig(**values)

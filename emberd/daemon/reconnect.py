@@ -1,49 +1,62 @@
-"""Stalled device input: detect it, report it, and reconnect with backoff.
+"""Device input in a capture child: start it, watch it, report stalls, restart with backoff.
 
-Why a child process. When the sound server dies under an open PortAudio JACK
-stream (PortAudio V19.6), ``Pa_StopStream``/``Pa_AbortStream``/``Pa_CloseStream``
-block in ``pthread_cond_timedwait`` for ten minutes, and so does ``Pa_Terminate``
-(sounddevice calls it at exit); the JACK client of the dead server cannot open a
-stream on a restarted one either. So the stalled stream is abandoned, never
-touched again, and sounddevice's exit handler is unregistered so the process can
-still exit at once. Capture then continues in a child process
-(``python -m emberd.daemon.reconnect``) with a fresh PortAudio that reads blocks
-and writes them to its stdout; a reader thread here copies them into the same
-ring the callback used, through the source's public operations only
-(:meth:`~emberd.dsp.device.DeviceSource.detach` gives up the wedged stream,
+Two paths, one mechanism. **Normally** (``--capture-in process``, the default) the
+PortAudio callback runs in a capture child process (:mod:`emberd.daemon.capture_child`) from
+the start: :meth:`InputWatchdog.start_capture` starts it, a reader thread here copies
+its framed blocks into the source's ring, and the reconnect thread watches it. So no
+thread of the daemon can delay the callback (on JACK a callback late by one period is
+an xrun for the whole graph). **In-process capture** (``--capture-in thread``) keeps
+the stream in the daemon; when it stalls, the worker's :meth:`InputWatchdog.watch`
+notices and capture continues in a child the same way.
+
+Why children, and why the wedged stream is abandoned. When the sound server dies under
+an open PortAudio JACK stream (PortAudio V19.6), ``Pa_StopStream``/``Pa_AbortStream``/
+``Pa_CloseStream`` block in ``pthread_cond_timedwait`` for ten minutes, and so does
+``Pa_Terminate`` (sounddevice calls it at exit); the JACK client of the dead server
+cannot open a stream on a restarted one either. So an in-process stream that stalled is
+abandoned, never touched again, and sounddevice's exit handler is unregistered so the
+process can still exit at once; a child that stalls (or dies) is killed (SIGKILL never
+blocks) and replaced by a fresh one, with a fresh PortAudio, after exponential backoff.
+The reader thread uses the source's public operations only
+(:meth:`~emberd.dsp.device.DeviceSource.detach` gives up a wedged in-process stream,
 :meth:`~emberd.dsp.device.DeviceSource.deliver` is the one producer path: ring copy,
-arrival mark, counter). A child that stalls in turn is killed (SIGKILL never blocks)
-and replaced, with exponential backoff.
+arrival mark at the child's callback time, counter) and adds the child's counters:
+PortAudio-flagged input overflows to ``source.input_overflows``, blocks the child
+dropped on a full pipe (this side was late) to ``dropped_blocks``.
 
 States (``input_state`` in status): ``running``; ``stalled`` (no audio for
-:data:`STALL_S` while the stream should run: detected within one second);
-``reconnecting`` (a capture child is starting). ``input_stalls`` counts stalls,
-``input_reconnects`` successful reconnections.
+:data:`STALL_S` while capture should run, or the child died: detected within one
+second); ``reconnecting`` (a capture child is starting). ``input_stalls`` counts stalls,
+``input_reconnects`` successful restarts after a stall; ``capture`` is ``process`` or
+``thread``, ``capture_pid`` the current child's pid (None without one),
+``capture_dropped_blocks`` the blocks dropped on a full pipe.
 
 Threads, all owned by the :class:`InputWatchdog` and joined by :meth:`InputWatchdog.close`:
-the reconnect thread (backoff, starts and watches children) and one reader thread per
-capture child (ends when the child's stdout closes, i.e. when the child dies or is killed).
+the reconnect thread (watches the child, backoff, starts children) and one reader
+thread per capture child (ends when the child's stdout closes, i.e. when the child dies
+or is killed).
 
 Shared attributes (written by -> read by): ``state``, ``stalls``, ``reconnects``
 (worker via :meth:`InputWatchdog.watch`, reconnect thread -> status);
-``_blocks`` (reader thread -> reconnect thread); ring writes via ``deliver`` (reader
-thread, the only producer once the stream is detached -> worker).
+``_blocks``, ``dropped_blocks`` (reader thread -> reconnect thread, status);
+``_child`` (reconnect thread, or the thread calling ``start_capture``/``close`` ->
+worker via ``watch``, status); ring writes and ``input_overflows`` via ``deliver``
+(reader thread, the only producer once capture runs in a child -> worker).
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
-import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from typing import Any
 
-import numpy as np
-
+from emberd.daemon.capture_child import message_bytes, parse_message
 from emberd.dsp.device import forget_portaudio_at_exit
+from emberd.errors import EmberdError
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +97,8 @@ class InputWatchdog:
     ----------
     source : DeviceSource
         Used through its public surface only: ``callbacks``, ``capturing``, ``detach()``,
-        ``deliver(block)``, ``device``, ``sr``, ``channels``, ``block_size``.
+        ``deliver(block, unix_s, mono_s)``, ``input_overflows``, ``device``, ``sr``,
+        ``channels``, ``block_size``.
     """
 
     def __init__(self, source: Any) -> None:
@@ -97,6 +111,8 @@ class InputWatchdog:
         self._reported = RUNNING
         self._child: subprocess.Popen[bytes] | None = None
         self._blocks = 0  # blocks delivered by the current child
+        self.dropped_blocks = 0  # blocks the children dropped on a full pipe (all children)
+        self.mode = "thread"  # "process" once start_capture ran
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None  # the reconnect loop
         self._readers: list[threading.Thread] = []  # one per capture child started
@@ -124,8 +140,32 @@ class InputWatchdog:
         return changed
 
     def describe(self) -> dict[str, Any]:
+        child = self._child
         return {"input_state": self.state, "input_stalls": self.stalls,
-                "input_reconnects": self.reconnects}
+                "input_reconnects": self.reconnects, "capture": self.mode,
+                "capture_pid": child.pid if child is not None else None,
+                "capture_dropped_blocks": self.dropped_blocks}  # fmt: skip
+
+    def start_capture(self) -> None:
+        """Capture in a child process from the start (``--capture-in process``).
+
+        Starts the first capture child, waits for its first block (at most
+        :data:`CHILD_START_S`), then the reconnect thread watches it as it watches any
+        child: a child that stalls or dies is reported and replaced.
+
+        Raises
+        ------
+        EmberdError
+            The child could not open the device (its one line) or sent nothing in time.
+        """
+        self.mode = "process"
+        err = self._start_child()
+        if err is not None:
+            raise EmberdError(err)
+        self.state = RUNNING
+        self._thread = threading.Thread(target=self._reconnect_loop,
+                                        name="emberd-reconnect", daemon=True)  # fmt: skip
+        self._thread.start()
 
     def close(self) -> None:
         """Stop reconnecting, kill the capture child and join every thread this watchdog owns."""
@@ -150,7 +190,8 @@ class InputWatchdog:
         while not self._stop.is_set():
             if self.state == RUNNING:  # on a capture child: watch it in turn
                 seen = self._blocks
-                self._stop.wait(STALL_S)
+                if self._stop.wait(STALL_S):
+                    return
                 alive = self._child is not None and self._child.poll() is None
                 if self._blocks != seen and alive:
                     continue
@@ -163,7 +204,7 @@ class InputWatchdog:
             if self._stop.wait(wait):
                 return
             self.state = RECONNECTING
-            if self._start_child():
+            if self._start_child() is None:
                 self.state = RUNNING
                 self.reconnects += 1
                 log.warning("input reconnected after %d attempt(s)", attempt)
@@ -171,64 +212,50 @@ class InputWatchdog:
             else:
                 self.state = STALLED
 
-    def _start_child(self) -> bool:
+    def _start_child(self) -> str | None:
+        """Start a capture child and wait for its first block: None, or why it failed."""
         src = self.source
         dev = src.device.name if src.device is not None else "default"
-        cmd = [sys.executable, "-m", "emberd.daemon.reconnect", "--device", dev,
+        cmd = [sys.executable, "-m", "emberd.daemon.capture_child", "--device", dev,
                "--sr", str(src.sr), "--channels", str(src.channels),
                "--block", str(src.block_size)]
-        child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                 stdin=subprocess.DEVNULL)
-        self._child = child
-        first = threading.Event()
-        self._readers = [t for t in self._readers if t.is_alive()]  # earlier children's, ended
-        reader = threading.Thread(target=self._reader, args=(child, first),
-                                  name="emberd-reconnect-read", daemon=True)  # fmt: skip
-        self._readers.append(reader)
-        reader.start()
-        deadline = time.monotonic() + CHILD_START_S
-        while time.monotonic() < deadline and not self._stop.is_set():
-            if first.wait(0.05):
-                return True
-            if child.poll() is not None:
-                break
-        self._kill_child()
-        return False
+        with tempfile.TemporaryFile() as errors:  # the child's stderr: its one line on failure
+            child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=errors,
+                                     stdin=subprocess.DEVNULL)  # fmt: skip
+            self._child = child
+            first = threading.Event()
+            self._readers = [t for t in self._readers if t.is_alive()]  # earlier children's
+            reader = threading.Thread(target=self._reader, args=(child, first),
+                                      name="emberd-capture-read", daemon=True)  # fmt: skip
+            self._readers.append(reader)
+            reader.start()
+            deadline = time.monotonic() + CHILD_START_S
+            while time.monotonic() < deadline and not self._stop.is_set():
+                if first.wait(0.05):
+                    return None
+                if child.poll() is not None:
+                    break
+            self._kill_child()
+            errors.seek(0)
+            lines = errors.read().decode(errors="replace").strip().splitlines()
+        return lines[-1] if lines else f"capture child: no audio within {CHILD_START_S:g} s"
 
     def _reader(self, child: subprocess.Popen[bytes], first: threading.Event) -> None:
-        """Copy the child's blocks into the source, exactly as its callback did."""
+        """Copy the child's blocks into the source at the child's callback times; add its counts."""
         src = self.source
-        nbytes = src.block_size * src.channels * 4
+        block, channels = src.block_size, src.channels
+        nbytes = message_bytes(block, channels)
+        seen_overflows = seen_dropped = 0  # this child's cumulative counts, as last reported
         assert child.stdout is not None
         while True:
             data = child.stdout.read(nbytes)
             if not data or len(data) < nbytes:
                 return  # the child ended: the reconnect loop notices
-            src.deliver(np.frombuffer(data, dtype=np.float32).reshape(src.block_size,
-                                                                      src.channels))
+            head, samples = parse_message(data, block, channels)
+            src.deliver(samples, float(head["unix_s"]), float(head["mono_s"]))
+            overflows, dropped = int(head["overflows"]), int(head["dropped"])
+            src.input_overflows += overflows - seen_overflows
+            self.dropped_blocks += dropped - seen_dropped
+            seen_overflows, seen_dropped = overflows, dropped
             self._blocks += 1
             first.set()
-
-
-def _child_main(argv: list[str] | None = None) -> int:
-    """Capture child: blocks of float32 audio to stdout until killed."""
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--device", required=True)
-    ap.add_argument("--sr", type=int, required=True)
-    ap.add_argument("--channels", type=int, required=True)
-    ap.add_argument("--block", type=int, required=True)
-    args = ap.parse_args(argv)
-    import sounddevice as sd
-
-    forget_portaudio_at_exit()  # this process is killed, never stopped
-    device: int | str = int(args.device) if args.device.isdigit() else args.device
-    out = os.fdopen(sys.stdout.fileno(), "wb", buffering=0)
-    with sd.InputStream(device=device, samplerate=args.sr, channels=args.channels,
-                        blocksize=args.block, dtype="float32") as stream:
-        while True:
-            data, _overflowed = stream.read(args.block)
-            out.write(np.ascontiguousarray(data, dtype=np.float32).tobytes())
-
-
-if __name__ == "__main__":
-    sys.exit(_child_main())

@@ -44,12 +44,22 @@ class BlockClock:
         self._count = 0
         self._stats_seen = 0  # consumer-side cursor for interval statistics (status thread)
 
-    def mark(self, end_pos: int) -> None:
-        """Record that samples up to ``end_pos`` (exclusive) have arrived now. Callback-safe."""
+    def mark(self, end_pos: int, unix_s: float | None = None, mono_s: float | None = None) -> None:
+        """Record that samples up to ``end_pos`` (exclusive) arrived now. Callback-safe.
+
+        Parameters
+        ----------
+        end_pos : int
+            Ring position just past the block.
+        unix_s, mono_s : float, optional
+            When the block arrived elsewhere, as ``time.time()`` and ``time.perf_counter()``
+            read there (a capture child's callback: ``perf_counter`` is CLOCK_MONOTONIC on
+            Linux, one clock for every process). Default: now.
+        """
         i = self._count % self.capacity
         self._end_pos[i] = end_pos
-        self._time[i] = time.time()
-        self._mono[i] = time.perf_counter()
+        self._time[i] = time.time() if unix_s is None else unix_s
+        self._mono[i] = time.perf_counter() if mono_s is None else mono_s
         self._count += 1  # publish after the slot is complete
 
     @property

@@ -19,9 +19,12 @@ Thread map
   :meth:`DeviceSource.deliver`: copy the block into the ring (NaN/Inf samples zeroed
   and counted by ``SampleRing.write``), mark its arrival, bump counters. No
   allocation, logging, lock or blocking call.
-* **Another producer** may take over once the stream is :meth:`detached
-  <DeviceSource.detach>` (the reconnect reader thread): it calls :meth:`deliver` too;
-  the detached callback delivers nothing, so the ring keeps a single producer.
+* **Another producer** may replace the callback: the daemon's capture-child reader
+  thread (:mod:`emberd.daemon.reconnect`), which calls :meth:`deliver` with the child's
+  callback times, either from the start (capture in a child process, the daemon's
+  default: this source then never opens a stream) or once the stream is
+  :meth:`detached <DeviceSource.detach>` (the detached callback delivers nothing). The
+  ring always has a single producer.
 * **Consumer thread** (the daemon worker, or whoever iterates the source) reads the
   ring and asks :meth:`capture_time`.
 * **Any thread** may call :meth:`stats`, ``start``/``stop``/``close``.
@@ -33,7 +36,8 @@ Shared attributes (written by -> read by)
 * ``ring._read``: consumer -> producer
 * ``clock`` marks: producer -> consumer, status (see :mod:`emberd.dsp.clock`)
 * ``callbacks`` (blocks delivered), ``input_overflows`` (blocks PortAudio flagged
-  ``input_overflow``): producer -> stats, stall watchdog
+  ``input_overflow``; on JACK that is any xrun of the server, whoever was late: PortAudio
+  flags every client): producer -> stats, stall watchdog
 * ``detached``: the thread calling :meth:`detach` -> callback
 
 sounddevice is imported lazily (:func:`sounddevice_module`) so that file-only use of
@@ -190,6 +194,26 @@ def streams_left_running() -> bool:
     return bool(_left_running)
 
 
+def release_portaudio() -> None:
+    """Terminate PortAudio in this process (devices resolved, capture runs in a child).
+
+    On JACK, initialising PortAudio opens and activates a client that stays in the
+    server's graph for the life of the process: one more thread that the server waits
+    for every period, idle or not. A process whose capture runs in a capture child
+    (:mod:`emberd.daemon.capture_child`) gives it back; listing devices in this process fails
+    afterwards. Nothing happens when a stream was left running here, or PortAudio is
+    not loaded or already terminated.
+    """
+    sd = sys.modules.get("sounddevice")
+    terminate = getattr(sd, "_terminate", None)
+    if terminate is None or streams_left_running():
+        return
+    try:
+        terminate()
+    except Exception:  # not initialised (any more): nothing to give back
+        return
+
+
 def device_channels(device: int | str | None, spec: str) -> int:
     """How many device channels to open for ``--channels SPEC`` (``mix``: up to 2)."""
     info = resolve_input_device(device)
@@ -259,14 +283,18 @@ class DeviceSource:
             self.input_overflows += 1
         self.deliver(indata)
 
-    def deliver(self, block: np.ndarray) -> None:
+    def deliver(
+        self, block: np.ndarray, unix_s: float | None = None, mono_s: float | None = None
+    ) -> None:
         """Hand one captured ``[frames, channels]`` float32 block to the consumer.
 
         Callback-safe (ring copy, one arrival mark, one counter). Called by the PortAudio
-        callback, or by the one producer that replaces it after :meth:`detach`.
+        callback, or by the one producer that replaces it (a capture child's reader
+        thread, which passes the child's callback times ``unix_s``/``mono_s`` so that
+        arrival marks and jitter are the callback's, not the reader's).
         """
         self.ring.write(block)
-        self.clock.mark(self.ring.total_written)  # ring positions, as the consumer counts
+        self.clock.mark(self.ring.total_written, unix_s, mono_s)  # ring positions
         self.callbacks += 1
 
     # -- control ------------------------------------------------------------------------

@@ -717,7 +717,7 @@ import json, os, sys, threading, time
 import numpy as np
 from emberd.daemon.device import DeviceInput
 channels, period = int(sys.argv[1]), float(sys.argv[2])
-d = DeviceInput(None, sr=44100, channels=channels, block_size=256)
+d = DeviceInput(None, sr=44100, channels=channels, block_size=256, capture="thread")
 d.start()
 stop = threading.Event()
 threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
