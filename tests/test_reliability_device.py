@@ -145,7 +145,7 @@ def test_stall_on_a_live_server_then_exit_is_clean(library: Path, tmp_path: Path
 
 
 def test_capture_child_killed_is_reported_and_restarted(library: Path, tmp_path: Path) -> None:
-    """Device capture runs in a child of the daemon (``--capture-in process``, the default):
+    """Device capture runs in a child of the daemon (``--capture-in process``):
     status names its pid, which is not the daemon's and whose parent is the daemon. The
     child SIGKILLed: the daemon reports the stall, starts a new child (a new pid) and
     hops flow again."""
@@ -153,8 +153,9 @@ def test_capture_child_killed_is_reported_and_restarted(library: Path, tmp_path:
     server = f"emberd-rel-{uuid.uuid4().hex[:8]}"
     jackd = start_jackd(server, log_path=tmp_path / "jackd.log")
     env = {"JACK_DEFAULT_SERVER": server, "JACK_NO_START_SERVER": "1"}
-    d = Daemon(["--library", str(library), "--model", MODEL, "--input", "default"],
-               tmp_path / "daemon.log", env=env, osc_in=False)  # fmt: skip
+    d = Daemon(["--library", str(library), "--model", MODEL, "--input", "default",
+                "--capture-in", "process"], tmp_path / "daemon.log", env=env,
+               osc_in=False)  # fmt: skip
     try:
         d.start()
         wait_for(lambda: d.status()["hops"] > 20, 30, what="hops from JACK")

@@ -6,8 +6,8 @@ Thread map
 
     capture child process: PortAudio callback -> framed blocks on a pipe (capture_child)
       -> capture reader thread ─┐  (reconnect.InputWatchdog: DeviceSource.deliver at the
-                                │   child's callback times; the default for a device)
-    or PortAudio callback ──────┤  (--capture-in thread: dsp.device.DeviceSource in-process)
+                                │   child's callback times; --capture-in process)
+    or PortAudio callback ──────┤  (default: dsp.device.DeviceSource in-process)
     or feeder thread  ──────────┤  (feed.FeederInput: file/synth blocks at real-time or fast pace)
                                 ▼
                   SampleRing (SPSC, lock-free)  +  BlockClock (arrival marks)

@@ -79,7 +79,7 @@ class DaemonConfig:
     midi_map: str | None = None
     midi_stage: str | None = None
     mix_reference: str | None = None  # --mix-reference pink | FILE (emberd.daemon.mixdown)
-    capture_in: str = "process"  # --capture-in: device callback in a child process or "thread"
+    capture_in: str = "thread"  # --capture-in: the device callback here, or "process" (a child)
 
 
 def parse_channels(spec: str, available: int) -> list[int]:

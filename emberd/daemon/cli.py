@@ -81,9 +81,9 @@ def add_daemon_options(p: argparse.ArgumentParser, *, demo: bool = False) -> Non
                         "(default: General MIDI drum notes)")
     p.add_argument("--midi-stage", default=None, metavar="STAGE",
                    help="hit stage that sends the note: provisional (default), refined or final")
-    p.add_argument("--capture-in", default="process", choices=("process", "thread"),
-                   help="device input: run the PortAudio callback in a capture child process "
-                        "(default: no daemon thread can delay it) or in the daemon itself")
+    p.add_argument("--capture-in", default="thread", choices=("process", "thread"),
+                   help="device input: run the PortAudio callback in the daemon (default) or "
+                        "in a capture child process, where no daemon thread can delay it")
     if not demo:
         p.add_argument("--channels", default="mix", metavar="SPEC",
                        help="input channels to analyse separately: mix (default), all, "

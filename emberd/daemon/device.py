@@ -3,7 +3,7 @@
 The worker reads the source's ring directly (not its block iterator, which copies) and
 takes capture times from its arrival clock (the one timing mechanism, see
 :mod:`emberd.dsp.device`). This subclass adds what only the daemon needs: capture in a
-child process (``capture="process"``, the default: the PortAudio callback runs in
+child process (``capture="process"``, ``--capture-in process``: the PortAudio callback runs in
 :mod:`emberd.daemon.capture_child`, where no daemon thread holds its GIL, and a reader thread
 delivers into the ring), the :class:`~emberd.daemon.reconnect.InputWatchdog` that
 notices a stalled stream or child and reconnects through the source's public operations
@@ -30,12 +30,12 @@ class DeviceInput(DeviceSource):
     ----------
     device, sr, channels, block_size
         As for :class:`~emberd.dsp.device.DeviceSource`.
-    capture : "process" or "thread"
-        Where the PortAudio callback runs: a capture child (default), or this process.
+    capture : "thread" or "process"
+        Where the PortAudio callback runs: this process (default), or a capture child.
     """
 
     def __init__(self, device: int | str | None, *, sr: int, channels: int, block_size: int,
-                 capture: str = "process") -> None:  # fmt: skip
+                 capture: str = "thread") -> None:  # fmt: skip
         if capture not in CAPTURE_MODES:
             raise EmberdError(f"--capture-in {capture!r}: choose from {', '.join(CAPTURE_MODES)}")
         super().__init__(device, sr=sr, channels=channels, block_size=block_size)
@@ -65,7 +65,7 @@ class DeviceInput(DeviceSource):
             stop_stream_bounded(stream)
 
     def start(self) -> None:
-        """Open the device: in a capture child (default) or in this process."""
+        """Open the device: in this process (default) or in a capture child."""
         if self.capture == "thread":
             super().start()
         elif self.watchdog.mode != "process":  # not started yet

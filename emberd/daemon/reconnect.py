@@ -1,11 +1,12 @@
 """Device input in a capture child: start it, watch it, report stalls, restart with backoff.
 
-Two paths, one mechanism. **Normally** (``--capture-in process``, the default) the
+Two paths, one mechanism. With ``--capture-in process`` the
 PortAudio callback runs in a capture child process (:mod:`emberd.daemon.capture_child`) from
 the start: :meth:`InputWatchdog.start_capture` starts it, a reader thread here copies
 its framed blocks into the source's ring, and the reconnect thread watches it. So no
 thread of the daemon can delay the callback (on JACK a callback late by one period is
-an xrun for the whole graph). **In-process capture** (``--capture-in thread``) keeps
+an xrun for the whole graph). **In-process capture** (``--capture-in thread``, the
+default: the capture child removed no overflow on the loaded test box, see README) keeps
 the stream in the daemon; when it stalls, the worker's :meth:`InputWatchdog.watch`
 notices and capture continues in a child the same way.
 
@@ -250,7 +251,8 @@ class InputWatchdog:
         while True:
             data = child.stdout.read(nbytes)
             if not data or len(data) < nbytes:
-                return  # the child ended: the reconnect loop notices
+                child.stdout.close()  # the child ended: the reconnect loop notices
+                return
             head, samples = parse_message(data, block, channels)
             src.deliver(samples, float(head["unix_s"]), float(head["mono_s"]))
             overflows, dropped = int(head["overflows"]), int(head["dropped"])

@@ -22,7 +22,7 @@ Thread map
 * **Another producer** may replace the callback: the daemon's capture-child reader
   thread (:mod:`emberd.daemon.reconnect`), which calls :meth:`deliver` with the child's
   callback times, either from the start (capture in a child process, the daemon's
-  default: this source then never opens a stream) or once the stream is
+  ``--capture-in process``: this source then never opens a stream) or once the stream is
   :meth:`detached <DeviceSource.detach>` (the detached callback delivers nothing). The
   ring always has a single producer.
 * **Consumer thread** (the daemon worker, or whoever iterates the source) reads the
